@@ -1,0 +1,42 @@
+package api
+
+import (
+	"crypto/tls"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+)
+
+// Services are the gRPC services the server registers.
+type Services struct {
+	Enrollment pb.EnrollmentServer
+}
+
+// NewServer returns a gRPC server with mutual TLS (client certificates are
+// verified when given; the role check rejects calls without one), the role
+// interceptors, the standard health service (reporting SERVING for every
+// registered service) and reflection.
+func NewServer(tlsConfig *tls.Config, access Access, svc Services) *grpc.Server {
+	cfg := tlsConfig.Clone()
+	cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	cfg.MinVersion = tls.VersionTLS12
+	s := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(cfg)),
+		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
+		grpc.ChainStreamInterceptor(access.StreamInterceptor),
+	)
+	hs := health.NewServer()
+	if svc.Enrollment != nil {
+		pb.RegisterEnrollmentServer(s, svc.Enrollment)
+		hs.SetServingStatus(pb.Enrollment_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	}
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(s, hs)
+	reflection.Register(s)
+	return s
+}

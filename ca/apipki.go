@@ -1,0 +1,176 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/x509util"
+)
+
+// The API PKI is separate from the S/MIME PKI: its CA only issues the gRPC
+// server certificate and the role client certificates, so an S/MIME
+// certificate can never authenticate to the API and vice versa.
+const (
+	apiCACertFile = "api_ca.crt"
+	apiCAKeyFile  = "api_ca.key"
+
+	// Client credential file names under DATA/credentials/<role>/.
+	ClientCertFile = "client.crt"
+	ClientKeyFile  = "client.key"
+	ClientCAFile   = "ca.crt"
+
+	apiCALifetime     = 20 * 365 * 24 * time.Hour
+	apiClientLifetime = 2 * 365 * 24 * time.Hour
+	apiServerLifetime = 90 * 24 * time.Hour
+)
+
+// APIPKI holds what the gRPC server needs for mutual TLS.
+type APIPKI struct {
+	// CA is the API CA certificate; client certificates must chain to it.
+	CA *x509.Certificate
+	// Server is the server's certificate and key, issued at every start for
+	// the given host names (it is never written to disk).
+	Server tls.Certificate
+}
+
+// TLSConfig returns a server TLS config that presents the server
+// certificate and verifies client certificates against the API CA.
+func (p *APIPKI) TLSConfig() *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(p.CA)
+	return &tls.Config{
+		Certificates: []tls.Certificate{p.Server},
+		ClientCAs:    pool,
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		MinVersion:   tls.VersionTLS12,
+	}
+}
+
+// EnsureAPIPKI loads or creates the API CA in caDir, issues a fresh server
+// certificate for hosts, and makes sure every role in roles (role name →
+// URI SAN) has client credentials in credDir/<role>/ (created once, renewed
+// when less than 30 days remain).
+func EnsureAPIPKI(caDir, credDir string, hosts []string, roles map[string]string) (*APIPKI, error) {
+	caCert, caKey, err := readKeyPair(filepath.Join(caDir, apiCACertFile), filepath.Join(caDir, apiCAKeyFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		caCert, caKey, err = createAPICA(caDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for role, uri := range roles {
+		if err := ensureClient(caCert, caKey, filepath.Join(credDir, role), role, uri); err != nil {
+			return nil, err
+		}
+	}
+	server, err := issueServer(caCert, caKey, hosts)
+	if err != nil {
+		return nil, err
+	}
+	return &APIPKI{CA: caCert, Server: server}, nil
+}
+
+func createAPICA(dir string) (*x509.Certificate, crypto.Signer, error) {
+	key, err := keyutil.GenerateSigner("EC", "P-256", 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: generate API CA key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: "smimeca API CA", Organization: []string{"smimeca"}},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(apiCALifetime),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 0, MaxPathLenZero: true,
+	}
+	crt, err := x509util.CreateCertificate(tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: create API CA: %w", err)
+	}
+	if err := writeKey(filepath.Join(dir, apiCAKeyFile), key); err != nil {
+		return nil, nil, err
+	}
+	return crt, key, writeCertificates(filepath.Join(dir, apiCACertFile), crt)
+}
+
+func ensureClient(caCert *x509.Certificate, caKey crypto.Signer, dir, role, uri string) error {
+	certPath, keyPath := filepath.Join(dir, ClientCertFile), filepath.Join(dir, ClientKeyFile)
+	crt, _, err := readKeyPair(certPath, keyPath)
+	if err == nil && time.Until(crt.NotAfter) > 30*24*time.Hour && crt.CheckSignatureFrom(caCert) == nil {
+		return writeCertificates(filepath.Join(dir, ClientCAFile), caCert)
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	u, err := url.Parse(uri)
+	if err != nil {
+		return fmt.Errorf("ca: role URI %q: %w", uri, err)
+	}
+	key, err := keyutil.GenerateSigner("EC", "P-256", 0)
+	if err != nil {
+		return fmt.Errorf("ca: generate %s client key: %w", role, err)
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: "smimeca " + role, Organization: []string{"smimeca"}},
+		URIs:        []*url.URL{u},
+		NotBefore:   time.Now().Add(-time.Minute),
+		NotAfter:    time.Now().Add(apiClientLifetime),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	crt, err = x509util.CreateCertificate(tmpl, caCert, key.Public(), caKey)
+	if err != nil {
+		return fmt.Errorf("ca: create %s client certificate: %w", role, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := writeKey(keyPath, key); err != nil {
+		return err
+	}
+	if err := writeCertificates(certPath, crt); err != nil {
+		return err
+	}
+	return writeCertificates(filepath.Join(dir, ClientCAFile), caCert)
+}
+
+func issueServer(caCert *x509.Certificate, caKey crypto.Signer, hosts []string) (tls.Certificate, error) {
+	key, err := keyutil.GenerateSigner("EC", "P-256", 0)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: generate API server key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: "smimeca API", Organization: []string{"smimeca"}},
+		NotBefore:   time.Now().Add(-time.Minute),
+		NotAfter:    time.Now().Add(apiServerLifetime),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	seen := map[string]bool{}
+	for _, h := range append([]string{"localhost", "127.0.0.1", "::1"}, hosts...) {
+		if h == "" || seen[h] {
+			continue
+		}
+		seen[h] = true
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	crt, err := x509util.CreateCertificate(tmpl, caCert, key.Public(), caKey)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: create API server certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{crt.Raw, caCert.Raw}, PrivateKey: key, Leaf: crt}, nil
+}

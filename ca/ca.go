@@ -1,0 +1,458 @@
+// Package ca is smimeca's issuing certificate authority. It owns the root,
+// the issuing intermediate and the RSA SCEP decrypter (RA) certificate, signs
+// leaf certificates from x509util templates through an embedded
+// smallstep/certificates authority, keeps the issued-certificate inventory and
+// the revocations in that authority's database, and publishes the CRL.
+//
+// It knows nothing about users, devices, roles or escrow: callers decide what a
+// certificate says (see Template) and ca applies it.
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"path/filepath"
+	"time"
+
+	"github.com/smallstep/certificates/authority"
+	"github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/smallstep/certificates/db"
+	"github.com/smallstep/nosql/database"
+	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/x509util"
+)
+
+// Key types accepted for the issuing intermediate.
+const (
+	KeyTypeEC  = "EC"  // ECDSA P-256
+	KeyTypeRSA = "RSA" // RSA 3072
+)
+
+// Lifetimes of the certificates the CA creates for itself.
+const (
+	rootLifetime         = 20 * 365 * 24 * time.Hour
+	intermediateLifetime = 10 * 365 * 24 * time.Hour
+	raLifetime           = 5 * 365 * 24 * time.Hour
+	// raRenewBefore is how long before its expiry the RA certificate is
+	// replaced at start-up.
+	raRenewBefore = 60 * 24 * time.Hour
+	// raKeyBits is the size of the SCEP decrypter key.
+	raKeyBits = 2048
+)
+
+// Files under Config.Dir.
+const (
+	RootCertFile         = "root_ca.crt"
+	rootKeyFile          = "root_ca.key"
+	IntermediateCertFile = "intermediate_ca.crt"
+	intermediateKeyFile  = "intermediate_ca.key"
+	RACertFile           = "scep_ra.crt"
+	raKeyFile            = "scep_ra.key"
+)
+
+// ErrNotFound is returned when a certificate serial is unknown to the CA.
+var ErrNotFound = errors.New("ca: certificate not found")
+
+// ErrAlreadyRevoked is returned by Revoke for a serial that is already revoked.
+var ErrAlreadyRevoked = errors.New("ca: certificate already revoked")
+
+// Config says where the CA keeps its files and how it initialises them.
+type Config struct {
+	// Dir holds the CA certificates and keys (created on first start).
+	Dir string
+	// Name is the organisation name put into the CA subjects.
+	Name string
+	// IssuerKeyType is KeyTypeEC (default) or KeyTypeRSA. It is only used when
+	// the intermediate is created.
+	IssuerKeyType string
+	// CRLURL is the CRL distribution point put into every leaf and into the
+	// CRL's issuing distribution point.
+	CRLURL string
+	// CRLValidity is how long a generated CRL is valid (default 24 h); the CRL
+	// is regenerated well before and on every revocation.
+	CRLValidity time.Duration
+}
+
+// Validate reports whether the configuration is usable.
+func (c *Config) Validate() error {
+	switch {
+	case c.Dir == "":
+		return errors.New("ca: config: Dir is required")
+	case c.CRLURL == "":
+		return errors.New("ca: config: CRLURL is required")
+	case c.IssuerKeyType != "" && c.IssuerKeyType != KeyTypeEC && c.IssuerKeyType != KeyTypeRSA:
+		return fmt.Errorf("ca: config: IssuerKeyType %q is not EC or RSA", c.IssuerKeyType)
+	}
+	return nil
+}
+
+// Authority is the issuing CA.
+type Authority struct {
+	auth         *authority.Authority
+	db           db.AuthDB
+	root         *x509.Certificate
+	intermediate *x509.Certificate
+	ra           *x509.Certificate
+	raKey        *rsa.PrivateKey
+	crlURL       string
+	roots        *x509.CertPool
+	inters       *x509.CertPool
+}
+
+// Open loads the CA from cfg.Dir, creating the root, the intermediate and the
+// RA certificate on first start, and starts the embedded authority on
+// database (normally the bbolt database under the data directory). The RA
+// certificate is replaced when it is close to expiry.
+func Open(cfg Config, database db.AuthDB) (*Authority, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Name == "" {
+		cfg.Name = "smimeca"
+	}
+	if cfg.CRLValidity <= 0 {
+		cfg.CRLValidity = 24 * time.Hour
+	}
+	root, rootKey, err := loadOrCreateRoot(cfg)
+	if err != nil {
+		return nil, err
+	}
+	inter, interKey, err := loadOrCreateIntermediate(cfg, root, rootKey)
+	if err != nil {
+		return nil, err
+	}
+	ra, raKey, err := loadOrCreateRA(cfg, inter, interKey)
+	if err != nil {
+		return nil, err
+	}
+
+	conf := &config.Config{
+		Root:             []string{filepath.Join(cfg.Dir, RootCertFile)},
+		IntermediateCert: filepath.Join(cfg.Dir, IntermediateCertFile),
+		CRL: &config.CRLConfig{
+			Enabled:          true,
+			GenerateOnRevoke: true,
+			CacheDuration:    &provisioner.Duration{Duration: cfg.CRLValidity},
+			IDPurl:           cfg.CRLURL,
+		},
+		AuthorityConfig: &config.AuthConfig{DisableIssuedAtCheck: true},
+	}
+	auth, err := authority.NewEmbedded(
+		authority.WithConfig(conf),
+		authority.WithDatabase(database),
+		authority.WithX509RootCerts(root),
+		authority.WithX509SignerChain([]*x509.Certificate{inter}, interKey),
+		authority.WithQuietInit(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("ca: start embedded authority: %w", err)
+	}
+	a := &Authority{
+		auth: auth, db: database,
+		root: root, intermediate: inter, ra: ra, raKey: raKey,
+		crlURL: cfg.CRLURL,
+		roots:  x509.NewCertPool(), inters: x509.NewCertPool(),
+	}
+	a.roots.AddCert(root)
+	a.inters.AddCert(inter)
+	return a, nil
+}
+
+// Close stops the CRL generator. The database is closed by its owner.
+func (a *Authority) Close() error {
+	a.auth.CloseForReload()
+	return nil
+}
+
+// Root returns the root CA certificate.
+func (a *Authority) Root() *x509.Certificate { return a.root }
+
+// Intermediate returns the issuing intermediate certificate.
+func (a *Authority) Intermediate() *x509.Certificate { return a.intermediate }
+
+// RA returns the SCEP RA/decrypter certificate and its RSA key.
+func (a *Authority) RA() (*x509.Certificate, *rsa.PrivateKey) { return a.ra, a.raKey }
+
+// CRLURL returns the CRL distribution point URL.
+func (a *Authority) CRLURL() string { return a.crlURL }
+
+// Fingerprint returns the SHA-256 fingerprint of the root certificate.
+func (a *Authority) Fingerprint() [32]byte { return sha256.Sum256(a.root.Raw) }
+
+// Template says what a leaf certificate carries. The public key always comes
+// from the CSR; every name comes from the template, never from the CSR.
+type Template struct {
+	CommonName  string
+	Emails      []string
+	KeyUsage    []string // x509util names: digitalSignature, contentCommitment, …
+	ExtKeyUsage []string // x509util names: emailProtection, …
+	NotBefore   time.Time
+	NotAfter    time.Time
+}
+
+// leafTemplate is the x509util template every leaf is rendered from.
+const leafTemplate = `{
+	"subject": {"commonName": {{ toJson .Leaf.CommonName }}},
+	"emailAddresses": {{ toJson .Leaf.Emails }},
+	"keyUsage": {{ toJson .Leaf.KeyUsage }},
+	"extKeyUsage": {{ toJson .Leaf.ExtKeyUsage }},
+	"notBefore": {{ toJson .Leaf.NotBefore }},
+	"notAfter": {{ toJson .Leaf.NotAfter }},
+	"crlDistributionPoints": {{ toJson .Leaf.CRL }},
+	"basicConstraints": {"isCA": false}
+}`
+
+type templateOptions []x509util.Option
+
+func (o templateOptions) Options(provisioner.SignOptions) []x509util.Option { return o }
+
+// Issue signs a certificate for the public key in csr, shaped by t, records
+// it in the inventory and returns the leaf followed by the issuing chain.
+// The CSR signature is checked.
+func (a *Authority) Issue(ctx context.Context, csr *x509.CertificateRequest, t Template) ([]*x509.Certificate, error) {
+	if t.NotAfter.IsZero() || !t.NotAfter.After(t.NotBefore) {
+		return nil, errors.New("ca: template validity is empty")
+	}
+	data := x509util.TemplateData{}
+	data.Set("Leaf", map[string]any{
+		"CommonName":  t.CommonName,
+		"Emails":      t.Emails,
+		"KeyUsage":    t.KeyUsage,
+		"ExtKeyUsage": t.ExtKeyUsage,
+		"NotBefore":   t.NotBefore.UTC().Truncate(time.Second),
+		"NotAfter":    t.NotAfter.UTC().Truncate(time.Second),
+		"CRL":         []string{a.crlURL},
+	})
+	chain, err := a.auth.SignWithContext(ctx, csr, provisioner.SignOptions{},
+		templateOptions{x509util.WithTemplate(leafTemplate, data)})
+	if err != nil {
+		return nil, fmt.Errorf("ca: issue: %w", err)
+	}
+	return chain, nil
+}
+
+// Certificate returns the issued certificate with the given decimal serial,
+// or ErrNotFound.
+func (a *Authority) Certificate(serial string) (*x509.Certificate, error) {
+	crt, err := a.db.GetCertificate(serial)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, fmt.Errorf("%w: serial %s", ErrNotFound, serial)
+		}
+		return nil, fmt.Errorf("ca: read certificate %s: %w", serial, err)
+	}
+	return crt, nil
+}
+
+// IsRevoked reports whether the certificate with the decimal serial is revoked.
+func (a *Authority) IsRevoked(serial string) (bool, error) {
+	ok, err := a.db.IsRevoked(serial)
+	if err != nil {
+		return false, fmt.Errorf("ca: revocation status of %s: %w", serial, err)
+	}
+	return ok, nil
+}
+
+// VerifyIssued reports (nil) whether crt was issued by this CA, is in the
+// inventory with the same bytes, chains to the root at time now, and is not
+// revoked.
+func (a *Authority) VerifyIssued(crt *x509.Certificate, now time.Time) error {
+	if _, err := crt.Verify(x509.VerifyOptions{
+		Roots: a.roots, Intermediates: a.inters, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	}); err != nil {
+		return fmt.Errorf("ca: certificate does not chain to this CA: %w", err)
+	}
+	stored, err := a.Certificate(crt.SerialNumber.String())
+	if err != nil {
+		return err
+	}
+	if !stored.Equal(crt) {
+		return fmt.Errorf("ca: certificate %s differs from the one issued", crt.SerialNumber)
+	}
+	revoked, err := a.IsRevoked(crt.SerialNumber.String())
+	if err != nil {
+		return err
+	}
+	if revoked {
+		return fmt.Errorf("ca: certificate %s is revoked", crt.SerialNumber)
+	}
+	return nil
+}
+
+// Revocation reason codes (RFC 5280 5.3.1) accepted by Revoke.
+const (
+	ReasonUnspecified          = 0
+	ReasonKeyCompromise        = 1
+	ReasonAffiliationChanged   = 3
+	ReasonSuperseded           = 4
+	ReasonCessationOfOperation = 5
+)
+
+// Revoke revokes the certificate with the given decimal serial and
+// regenerates the CRL. It returns ErrNotFound for a serial the CA never issued
+// and ErrAlreadyRevoked for one already revoked.
+func (a *Authority) Revoke(ctx context.Context, serial string, reasonCode int, reason string) error {
+	crt, err := a.Certificate(serial)
+	if err != nil {
+		return err
+	}
+	if revoked, err := a.IsRevoked(serial); err != nil {
+		return err
+	} else if revoked {
+		return fmt.Errorf("%w: serial %s", ErrAlreadyRevoked, serial)
+	}
+	ctx = provisioner.NewContextWithMethod(ctx, provisioner.RevokeMethod)
+	if err := a.auth.Revoke(ctx, &authority.RevokeOptions{
+		Serial: serial, ReasonCode: reasonCode, Reason: reason, MTLS: true, Crt: crt,
+	}); err != nil {
+		if errors.Is(err, db.ErrAlreadyExists) {
+			return fmt.Errorf("%w: serial %s", ErrAlreadyRevoked, serial)
+		}
+		return fmt.Errorf("ca: revoke %s: %w", serial, err)
+	}
+	return nil
+}
+
+// CRL returns the current DER-encoded CRL, regenerating it when it has
+// expired.
+func (a *Authority) CRL() ([]byte, error) {
+	info, err := a.auth.GetCertificateRevocationList()
+	if err == nil && time.Now().Before(info.ExpiresAt) {
+		return info.Data, nil
+	}
+	if err := a.auth.GenerateCertificateRevocationList(); err != nil {
+		return nil, fmt.Errorf("ca: generate CRL: %w", err)
+	}
+	info, err = a.auth.GetCertificateRevocationList()
+	if err != nil {
+		return nil, fmt.Errorf("ca: read CRL: %w", err)
+	}
+	return info.Data, nil
+}
+
+func isNotFound(err error) bool {
+	return database.IsErrNotFound(err) || errors.Is(err, database.ErrNotFound)
+}
+
+func loadOrCreateRoot(cfg Config) (*x509.Certificate, crypto.Signer, error) {
+	certPath, keyPath := filepath.Join(cfg.Dir, RootCertFile), filepath.Join(cfg.Dir, rootKeyFile)
+	crt, key, err := readKeyPair(certPath, keyPath)
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return crt, key, err
+	}
+	key, err = keyutil.GenerateSigner("EC", "P-384", 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: generate root key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: cfg.Name + " Root CA", Organization: []string{cfg.Name}},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(rootLifetime),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 1,
+	}
+	crt, err = x509util.CreateCertificate(tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: create root: %w", err)
+	}
+	if err := writeKey(keyPath, key); err != nil {
+		return nil, nil, err
+	}
+	return crt, key, writeCertificates(certPath, crt)
+}
+
+func loadOrCreateIntermediate(cfg Config, root *x509.Certificate, rootKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
+	certPath, keyPath := filepath.Join(cfg.Dir, IntermediateCertFile), filepath.Join(cfg.Dir, intermediateKeyFile)
+	crt, key, err := readKeyPair(certPath, keyPath)
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return crt, key, err
+	}
+	switch cfg.IssuerKeyType {
+	case KeyTypeRSA:
+		key, err = keyutil.GenerateSigner("RSA", "", 3072)
+	default:
+		key, err = keyutil.GenerateSigner("EC", "P-256", 0)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: generate intermediate key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: cfg.Name + " S/MIME Issuing CA", Organization: []string{cfg.Name}},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(intermediateLifetime),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 0, MaxPathLenZero: true,
+	}
+	crt, err = x509util.CreateCertificate(tmpl, root, key.Public(), rootKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: create intermediate: %w", err)
+	}
+	if err := writeKey(keyPath, key); err != nil {
+		return nil, nil, err
+	}
+	return crt, key, writeCertificates(certPath, crt)
+}
+
+func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, *rsa.PrivateKey, error) {
+	certPath, keyPath := filepath.Join(cfg.Dir, RACertFile), filepath.Join(cfg.Dir, raKeyFile)
+	crt, key, err := readKeyPair(certPath, keyPath)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, err
+	}
+	if err == nil {
+		rk, ok := key.(*rsa.PrivateKey)
+		if !ok {
+			return nil, nil, fmt.Errorf("ca: %s is not an RSA key; SCEP content encryption needs RSA", keyPath)
+		}
+		fresh := time.Until(crt.NotAfter) > raRenewBefore
+		chained := crt.CheckSignatureFrom(inter) == nil
+		if fresh && chained {
+			return crt, rk, nil
+		}
+	}
+	rk, err := rsa.GenerateKey(rand.Reader, raKeyBits)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: generate SCEP RA key: %w", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: cfg.Name + " SCEP RA", Organization: []string{cfg.Name}},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(raLifetime),
+		// Signs CertRep messages and decrypts pkcsPKIEnvelopes.
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		BasicConstraintsValid: true,
+	}
+	crt, err = x509util.CreateCertificate(tmpl, inter, rk.Public(), interKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: create SCEP RA certificate: %w", err)
+	}
+	if err := writeKey(keyPath, rk); err != nil {
+		return nil, nil, err
+	}
+	return crt, rk, writeCertificates(certPath, crt)
+}
+
+func randomSerial() (*big.Int, error) {
+	limit := new(big.Int).Lsh(big.NewInt(1), 159)
+	n, err := rand.Int(rand.Reader, limit)
+	if err != nil {
+		return nil, fmt.Errorf("ca: serial: %w", err)
+	}
+	return n.Add(n, big.NewInt(1)), nil
+}

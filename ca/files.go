@@ -1,0 +1,94 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"go.step.sm/crypto/pemutil"
+)
+
+// keyFileMode is the permission of every private key file the CA writes.
+const keyFileMode = 0o600
+
+// writeCertificates writes certs as a PEM bundle to path (mode 0644).
+func writeCertificates(path string, certs ...*x509.Certificate) error {
+	var buf []byte
+	for _, c := range certs {
+		buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return writeFileAtomic(path, buf, 0o644)
+}
+
+// writeKey writes a private key as PKCS#8 PEM to path with mode 0600.
+func writeKey(path string, key crypto.PrivateKey) error {
+	block, err := pemutil.Serialize(key, pemutil.WithPKCS8(true))
+	if err != nil {
+		return fmt.Errorf("ca: serialize key for %s: %w", filepath.Base(path), err)
+	}
+	return writeFileAtomic(path, pem.EncodeToMemory(block), keyFileMode)
+}
+
+// writeFileAtomic writes data to a temporary file next to path and renames
+// it into place, so that a crash never leaves a half-written file.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("ca: create %s: %w", filepath.Dir(path), err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("ca: write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return fmt.Errorf("ca: write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("ca: write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("ca: write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("ca: write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("ca: write %s: %w", path, err)
+	}
+	return nil
+}
+
+// readKeyPair reads a certificate and its private key. It reports
+// fs.ErrNotExist (wrapped) when either file is missing.
+func readKeyPair(certPath, keyPath string) (*x509.Certificate, crypto.Signer, error) {
+	crt, err := pemutil.ReadCertificate(certPath)
+	if err != nil {
+		if _, statErr := os.Stat(certPath); errors.Is(statErr, fs.ErrNotExist) {
+			return nil, nil, statErr
+		}
+		return nil, nil, fmt.Errorf("ca: read %s: %w", certPath, err)
+	}
+	if fi, err := os.Stat(keyPath); err != nil {
+		return nil, nil, err
+	} else if fi.Mode().Perm()&0o077 != 0 {
+		return nil, nil, fmt.Errorf("ca: %s is readable by group or others (mode %04o); run chmod 600 on it", keyPath, fi.Mode().Perm())
+	}
+	k, err := pemutil.Read(keyPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: read key %s: %w", keyPath, err)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, nil, fmt.Errorf("ca: key %s is not a signing key", keyPath)
+	}
+	return crt, signer, nil
+}

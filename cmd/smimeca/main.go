@@ -1,0 +1,82 @@
+// Command smimeca is the one smimeca binary: "smimeca serve" runs the CA,
+// the SCEP endpoint and the gRPC API; the other subcommands are gRPC clients
+// for administrators.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// exit codes
+const (
+	exitOK       = 0
+	exitFailure  = 1 // the operation failed (server said no, I/O error…)
+	exitUsage    = 2 // bad command line
+	exitInternal = 3 // unexpected failure
+)
+
+// usageError marks an error as a command-line mistake (exit code 2).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return &usageError{msg: fmt.Sprintf(format, a...)} }
+
+const usage = `smimeca — S/MIME certificate authority and key escrow for MDM
+
+Usage:
+  smimeca serve [flags]                       run CA, SCEP endpoint and gRPC API
+  smimeca challenge create --user EMAIL --device ID [--ttl 24h]
+  smimeca cert list (--user EMAIL | --device ID) [-o json]
+  smimeca cert revoke (--serial S | --device ID) [--reason R]
+  smimeca version
+
+Run "smimeca COMMAND -h" for a command's flags. Every setting can also be
+given as an environment variable (SMIMECA_DATA, SMIMECA_HTTP_ADDR, …).
+`
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(args[1:], stderr)
+	case "challenge":
+		err = challengeCmd(args[1:], stdout)
+	case "cert":
+		err = certCmd(args[1:], stdout)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "smimeca", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		err = usagef("unknown command %q", args[0])
+	}
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(stderr, "smimeca:", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintln(stderr, `run "smimeca help" for usage`)
+		return exitUsage
+	}
+	var ce *clientError
+	if errors.As(err, &ce) {
+		return exitFailure
+	}
+	return exitFailure
+}

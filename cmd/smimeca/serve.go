@@ -1,0 +1,302 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/smallstep/certificates/db"
+
+	"github.com/smimeca/smimeca/api"
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/policy"
+	"github.com/smimeca/smimeca/policy/nosqlstore"
+	"github.com/smimeca/smimeca/scep"
+)
+
+// Compile-time checks that the concrete types fit the consumers' interfaces.
+var (
+	_ policy.Issuer        = (*ca.Authority)(nil)
+	_ scep.Enroller        = (*policy.Enrollment)(nil)
+	_ api.EnrollmentPolicy = (*policy.Enrollment)(nil)
+)
+
+type serveConfig struct {
+	dataDir           string
+	httpAddr          string
+	grpcAddr          string
+	publicURL         string
+	allowedDomains    string
+	issuerKeyType     string
+	validity          time.Duration
+	challengeTTL      time.Duration
+	contentCommitment bool
+	staticChallenge   string
+	scepIncludeRoot   bool
+	scepEncryption    string
+	logFormat         string
+	logLevel          string
+}
+
+func parseServe(args []string) (*serveConfig, error) {
+	c := &serveConfig{}
+	f := newFlags("serve")
+	f.str(&c.dataDir, "data", "SMIMECA_DATA", "data", "data directory (CA keys, database, credentials)")
+	f.str(&c.httpAddr, "http-addr", "SMIMECA_HTTP_ADDR", ":8080", "HTTP listen address (SCEP, CRL, health, metrics)")
+	f.str(&c.grpcAddr, "grpc-addr", "SMIMECA_GRPC_ADDR", ":9443", "gRPC (mTLS) listen address")
+	f.str(&c.publicURL, "public-url", "SMIMECA_PUBLIC_URL", "", "public base URL put into certificates and bundles (default http://<http addr>)")
+	f.str(&c.allowedDomains, "allowed-domains", "SMIMECA_ALLOWED_DOMAINS", "", "comma-separated e-mail domains that may get certificates (default: any)")
+	f.str(&c.issuerKeyType, "issuer-key-type", "SMIMECA_ISSUER_KEY_TYPE", ca.KeyTypeEC, "issuing CA key type on first start: EC (P-256) or RSA")
+	f.duration(&c.validity, "cert-validity", "SMIMECA_CERT_VALIDITY", policy.DefaultValidity, "validity of issued signing certificates")
+	f.duration(&c.challengeTTL, "challenge-ttl", "SMIMECA_CHALLENGE_TTL", policy.DefaultChallengeTTL, "default lifetime of one-time challenges")
+	f.boolean(&c.contentCommitment, "content-commitment", "SMIMECA_CONTENT_COMMITMENT", false, "add the contentCommitment key usage to signing certificates")
+	f.str(&c.staticChallenge, "static-challenge", "SMIMECA_STATIC_CHALLENGE", "", "LAB ONLY: a shared challenge that lets devices name their own address")
+	f.boolean(&c.scepIncludeRoot, "scep-include-root", "SMIMECA_SCEP_INCLUDE_ROOT", false, "include the root in GetCACert")
+	f.str(&c.scepEncryption, "scep-encryption", "SMIMECA_SCEP_ENCRYPTION", "aes256-cbc", "CertRep content encryption: aes256-cbc, aes128-cbc, aes256-gcm")
+	f.str(&c.logFormat, "log-format", "SMIMECA_LOG_FORMAT", "text", "log format: text or json")
+	f.str(&c.logLevel, "log-level", "SMIMECA_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	if err := f.parse(args); err != nil {
+		return nil, err
+	}
+	if c.publicURL == "" {
+		hp, err := localURLHost(c.httpAddr)
+		if err != nil {
+			return nil, usagef("--http-addr: %v", err)
+		}
+		c.publicURL = "http://" + hp
+	}
+	u, err := url.Parse(c.publicURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, usagef("--public-url %q must be an absolute http(s) URL", c.publicURL)
+	}
+	c.publicURL = strings.TrimRight(c.publicURL, "/")
+	if _, _, err := net.SplitHostPort(c.grpcAddr); err != nil {
+		return nil, usagef("--grpc-addr %q: %v", c.grpcAddr, err)
+	}
+	return c, nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, usagef("--log-format %q: use text or json", format)
+	}
+}
+
+func serve(args []string, stderr io.Writer) error {
+	cfg, err := parseServe(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, cfg.logFormat, cfg.logLevel)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return runServer(ctx, cfg, logger)
+}
+
+// runServer wires everything and serves until ctx is done.
+func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error {
+	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if err := scep.SetContentEncryption(cfg.scepEncryption); err != nil {
+		return usagef("%v", err)
+	}
+	if cfg.staticChallenge != "" {
+		logger.Warn("a static SCEP challenge is configured: any device that knows it can enrol for any allowed address; use it in labs only")
+	}
+
+	if err := os.MkdirAll(filepath.Join(cfg.dataDir, "db"), 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(cfg.dataDir, "db", "smimeca.db")})
+	if err != nil {
+		return fmt.Errorf("open database (is another smimeca running on %s?): %w", cfg.dataDir, err)
+	}
+	defer authDB.Shutdown()
+	nosqlDB, ok := authDB.(*db.DB)
+	if !ok {
+		return errors.New("unexpected database type")
+	}
+
+	authority, err := ca.Open(ca.Config{
+		Dir: filepath.Join(cfg.dataDir, "ca"), IssuerKeyType: strings.ToUpper(cfg.issuerKeyType),
+		CRLURL: cfg.publicURL + "/crl",
+	}, authDB)
+	if err != nil {
+		return err
+	}
+	defer authority.Close()
+
+	store, err := nosqlstore.New(nosqlDB.DB)
+	if err != nil {
+		return err
+	}
+	var domainList []string
+	for _, d := range strings.Split(cfg.allowedDomains, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			domainList = append(domainList, d)
+		}
+	}
+	domains, err := policy.NewDomains(domainList)
+	if err != nil {
+		return usagef("--allowed-domains: %v", err)
+	}
+	if len(domainList) == 0 {
+		logger.Warn("no --allowed-domains set: challenges can be created for any e-mail domain")
+	}
+	enrollment, err := policy.NewEnrollment(authority, store, store, policy.Config{
+		Domains: domains, Validity: cfg.validity, ContentCommitment: cfg.contentCommitment,
+		ChallengeTTL: cfg.challengeTTL, StaticChallenge: cfg.staticChallenge,
+	}, policy.WithAuditor(policy.LogAuditor{Logger: logger}))
+	if err != nil {
+		return usagef("%v", err)
+	}
+
+	// HTTP: SCEP, CRL, health, metrics.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := newSCEPMetrics(reg)
+	ra, raKey := authority.RA()
+	chain := []*x509.Certificate{authority.Intermediate()}
+	if cfg.scepIncludeRoot {
+		chain = append(chain, authority.Root())
+	}
+	scepHandler, err := scep.New(enrollment, ra, raKey, chain,
+		scep.WithLogger(logger), scep.WithMetrics(metrics))
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle(scep.Path, scepHandler)
+	mux.Handle(scep.LegacyPath, scepHandler)
+	mux.Handle("GET /crl", crlHandler(authority, logger))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	httpSrv := &http.Server{
+		Addr: cfg.httpAddr, Handler: mux,
+		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+
+	// gRPC with mTLS.
+	u, _ := url.Parse(cfg.publicURL)
+	grpcHost, _, _ := net.SplitHostPort(cfg.grpcAddr)
+	hostname, _ := os.Hostname()
+	pki, err := ca.EnsureAPIPKI(filepath.Join(cfg.dataDir, "ca"), filepath.Join(cfg.dataDir, "credentials"),
+		[]string{u.Hostname(), grpcHost, hostname},
+		map[string]string{string(api.RoleAdmin): api.RoleURI(api.RoleAdmin), string(api.RoleProfile): api.RoleURI(api.RoleProfile)})
+	if err != nil {
+		return err
+	}
+	grpcSrv := api.NewServer(pki.TLSConfig(), api.DefaultAccess, api.Services{
+		Enrollment: api.NewEnrollmentService(enrollment, cfg.publicURL+scep.Path, logger),
+	})
+
+	httpLn, err := net.Listen("tcp", cfg.httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.httpAddr, err)
+	}
+	grpcLn, err := net.Listen("tcp", cfg.grpcAddr)
+	if err != nil {
+		httpLn.Close()
+		return fmt.Errorf("listen %s: %w", cfg.grpcAddr, err)
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- httpSrv.Serve(httpLn) }()
+	go func() { errc <- grpcSrv.Serve(grpcLn) }()
+	go purgeChallenges(ctx, store, logger)
+
+	fp := authority.Fingerprint()
+	logger.Info("smimeca serving",
+		"http", httpLn.Addr().String(), "grpc", grpcLn.Addr().String(),
+		"scep_url", cfg.publicURL+scep.Path, "crl_url", authority.CRLURL(),
+		"root_sha256", fmt.Sprintf("%X", fp[:]), "data", cfg.dataDir,
+		"admin_credentials", filepath.Join(cfg.dataDir, "credentials", string(api.RoleAdmin)))
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	httpSrv.Shutdown(shutdownCtx)
+	stopped := make(chan struct{})
+	go func() { grpcSrv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-shutdownCtx.Done():
+		grpcSrv.Stop()
+	}
+	logger.Info("smimeca stopped")
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		return nil
+	}
+	return serveErr
+}
+
+func crlHandler(a *ca.Authority, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		der, err := a.CRL()
+		if err != nil {
+			logger.Error("crl", "err", err)
+			http.Error(w, "CRL unavailable", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		w.Write(der)
+	})
+}
+
+func purgeChallenges(ctx context.Context, store *nosqlstore.Store, logger *slog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := store.PurgeChallenges(time.Now().Add(-24 * time.Hour))
+			if err != nil {
+				logger.Warn("purge challenges", "err", err)
+			} else if n > 0 {
+				logger.Info("purged old challenges", "count", n)
+			}
+		}
+	}
+}

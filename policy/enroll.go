@@ -1,0 +1,379 @@
+// Package policy holds smimeca's rules: which user and device a one-time
+// challenge binds, what a device may ask for in its CSR, what the issued
+// S/MIME signing certificate carries, who may renew, what is revoked, and the
+// audit trail of every such decision. It decides; ca signs and stores.
+//
+// It knows nothing of HTTP, gRPC or Vault. Its stores are the small
+// interfaces in stores.go; implementations live in subpackages named after
+// their backend.
+package policy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/asn1"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/smimeca/smimeca/ca"
+)
+
+// Defaults of Config.
+const (
+	DefaultValidity     = 365 * 24 * time.Hour
+	DefaultChallengeTTL = 24 * time.Hour
+	MaxChallengeTTL     = 30 * 24 * time.Hour
+	DefaultMinRSABits   = 2048
+	// StaticDevice is the device id recorded for enrolments that used the
+	// static lab challenge.
+	StaticDevice = "static-challenge"
+)
+
+// Config holds the issuance rules.
+type Config struct {
+	// Domains limits the users that may get challenges (nil: any).
+	Domains *Domains
+	// Validity of issued signing certificates (default 1 year).
+	Validity time.Duration
+	// ContentCommitment adds the contentCommitment (nonRepudiation) key usage.
+	ContentCommitment bool
+	// MinRSABits is the smallest device RSA key accepted (default 2048).
+	MinRSABits int
+	// ChallengeTTL is the default challenge lifetime (default 24 h).
+	ChallengeTTL time.Duration
+	// StaticChallenge, when not empty, is a shared lab secret accepted instead
+	// of a one-time challenge: the device then names its own address, which
+	// must be in Domains. Off by default; never for production.
+	StaticChallenge string
+}
+
+// Validate fills defaults and checks the values.
+func (c *Config) Validate() error {
+	if c.Validity == 0 {
+		c.Validity = DefaultValidity
+	}
+	if c.MinRSABits == 0 {
+		c.MinRSABits = DefaultMinRSABits
+	}
+	if c.ChallengeTTL == 0 {
+		c.ChallengeTTL = DefaultChallengeTTL
+	}
+	switch {
+	case c.Validity < time.Hour:
+		return errors.New("policy: config: certificate validity must be at least 1h")
+	case c.MinRSABits < 2048:
+		return errors.New("policy: config: minimum RSA key size must be at least 2048")
+	case c.ChallengeTTL < time.Minute || c.ChallengeTTL > MaxChallengeTTL:
+		return fmt.Errorf("policy: config: challenge TTL must be between 1m and %s", MaxChallengeTTL)
+	case c.StaticChallenge != "" && len(c.StaticChallenge) < 16:
+		return errors.New("policy: config: the static challenge must be at least 16 characters")
+	}
+	return nil
+}
+
+// Enrollment applies the enrolment rules. It is safe for concurrent use.
+type Enrollment struct {
+	cfg        Config
+	issuer     Issuer
+	challenges ChallengeStore
+	inventory  Inventory
+	audit      Auditor
+	now        func() time.Time
+	rand       io.Reader
+}
+
+// Option configures an Enrollment.
+type Option func(*Enrollment)
+
+// WithAuditor sets where audit events go (default: nowhere).
+func WithAuditor(a Auditor) Option { return func(e *Enrollment) { e.audit = a } }
+
+// WithClock sets the clock (default time.Now).
+func WithClock(now func() time.Time) Option { return func(e *Enrollment) { e.now = now } }
+
+// WithRand sets the randomness for challenges (default crypto/rand).
+func WithRand(r io.Reader) Option { return func(e *Enrollment) { e.rand = r } }
+
+type nopAuditor struct{}
+
+func (nopAuditor) Audit(context.Context, Event) {}
+
+// NewEnrollment returns the enrolment rules on the given issuer and stores.
+func NewEnrollment(issuer Issuer, challenges ChallengeStore, inventory Inventory, cfg Config, opts ...Option) (*Enrollment, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Enrollment{cfg: cfg, issuer: issuer, challenges: challenges, inventory: inventory,
+		audit: nopAuditor{}, now: time.Now, rand: rand.Reader}
+	for _, o := range opts {
+		o(e)
+	}
+	return e, nil
+}
+
+// NewChallenge is a freshly created challenge.
+type NewChallenge struct {
+	// Secret is the one-time challenge password to give to the device. It is
+	// returned once and stored only as a hash.
+	Secret    string
+	User      string
+	Device    string
+	ExpiresAt time.Time
+}
+
+// challengeBytes is the entropy of a challenge (256 bits).
+const challengeBytes = 32
+
+// CreateChallenge creates a one-time challenge that lets one device enrol
+// one signing certificate for user. ttl 0 means the configured default.
+func (e *Enrollment) CreateChallenge(ctx context.Context, user, device string, ttl time.Duration) (NewChallenge, error) {
+	u, err := NormalizeEmail(user)
+	if err != nil {
+		return NewChallenge{}, err
+	}
+	if err := e.cfg.Domains.Check(u); err != nil {
+		return NewChallenge{}, err
+	}
+	if err := ValidateDeviceID(device); err != nil {
+		return NewChallenge{}, err
+	}
+	if ttl == 0 {
+		ttl = e.cfg.ChallengeTTL
+	}
+	if ttl < time.Minute || ttl > MaxChallengeTTL {
+		return NewChallenge{}, reject(ReasonBadTTL, fmt.Sprintf("ttl %s is outside 1m..%s", ttl, MaxChallengeTTL))
+	}
+	raw := make([]byte, challengeBytes)
+	if _, err := io.ReadFull(e.rand, raw); err != nil {
+		return NewChallenge{}, fmt.Errorf("policy: challenge randomness: %w", err)
+	}
+	secret := base64.RawURLEncoding.EncodeToString(raw)
+	now := e.now().UTC()
+	c := Challenge{User: u, Device: device, CreatedAt: now, ExpiresAt: now.Add(ttl), CreatedBy: ActorFrom(ctx).Name}
+	if err := e.challenges.PutChallenge(ctx, hashChallenge(secret), c); err != nil {
+		return NewChallenge{}, fmt.Errorf("policy: store challenge: %w", err)
+	}
+	e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionChallengeCreate,
+		User: u, Device: device, Result: "ok", Detail: "expires " + c.ExpiresAt.Format(time.RFC3339)})
+	return NewChallenge{Secret: secret, User: u, Device: device, ExpiresAt: c.ExpiresAt}, nil
+}
+
+func hashChallenge(secret string) []byte {
+	h := sha256.Sum256([]byte(secret))
+	return h[:]
+}
+
+// RequestKind says how a device asks for a certificate.
+type RequestKind int
+
+// Request kinds.
+const (
+	// Initial is a first enrolment (SCEP PKCSReq) authorised by a challenge.
+	Initial RequestKind = iota + 1
+	// Renewal is a renewal (SCEP RenewalReq) authorised by the certificate
+	// that signed the request.
+	Renewal
+)
+
+// Request is a device's certificate request as the transport decoded it.
+type Request struct {
+	Kind RequestKind
+	CSR  *x509.CertificateRequest
+	// Challenge is the CSR's challengePassword (Initial).
+	Challenge string
+	// Signer is the certificate that signed the SCEP message (Renewal).
+	Signer *x509.Certificate
+}
+
+// Enroll decides a device's request and, when it is allowed, issues the
+// certificate. It returns leaf followed by the issuing chain. A refused
+// request gets a *RejectError; a malformed request never burns a challenge.
+func (e *Enrollment) Enroll(ctx context.Context, req Request) ([]*x509.Certificate, error) {
+	switch req.Kind {
+	case Initial:
+		return e.enrollInitial(ctx, req)
+	case Renewal:
+		return e.renew(ctx, req)
+	default:
+		return nil, reject(ReasonBadCSR, "unsupported request kind")
+	}
+}
+
+func (e *Enrollment) enrollInitial(ctx context.Context, req Request) ([]*x509.Certificate, error) {
+	if err := e.checkCSR(req.CSR); err != nil {
+		return nil, e.refused(ctx, ActionEnroll, "", "", err)
+	}
+	if req.Challenge == "" {
+		return nil, e.refused(ctx, ActionEnroll, "", "", reject(ReasonChallengeMissing, "the CSR carries no challengePassword"))
+	}
+	if e.cfg.StaticChallenge != "" && subtle.ConstantTimeCompare([]byte(req.Challenge), []byte(e.cfg.StaticChallenge)) == 1 {
+		return e.enrollStatic(ctx, req)
+	}
+	now := e.now().UTC()
+	hash := hashChallenge(req.Challenge)
+	c, err := e.challenges.Challenge(ctx, hash)
+	if errors.Is(err, ErrNotFound) {
+		return nil, e.refused(ctx, ActionEnroll, "", "", reject(ReasonChallengeUnknown, "the challenge is unknown"))
+	} else if err != nil {
+		return nil, fmt.Errorf("policy: read challenge: %w", err)
+	}
+	if !c.ConsumedAt.IsZero() {
+		return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, reject(ReasonChallengeUsed, "the challenge was already used"))
+	}
+	if !now.Before(c.ExpiresAt) {
+		return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, reject(ReasonChallengeExpired, "the challenge expired at "+c.ExpiresAt.Format(time.RFC3339)))
+	}
+	if err := checkNamesBound(req.CSR, c.User); err != nil {
+		return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, err)
+	}
+	// Only a well-formed request for the bound user burns the challenge.
+	if _, err := e.challenges.ConsumeChallenge(ctx, hash, now); err != nil {
+		if _, ok := IsReject(err); ok {
+			return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, err)
+		}
+		return nil, fmt.Errorf("policy: consume challenge: %w", err)
+	}
+	return e.issue(ctx, ActionEnroll, req.CSR, c.User, c.Device, "")
+}
+
+func (e *Enrollment) enrollStatic(ctx context.Context, req Request) ([]*x509.Certificate, error) {
+	if len(req.CSR.EmailAddresses) != 1 {
+		return nil, e.refused(ctx, ActionEnroll, "", StaticDevice,
+			reject(ReasonNameNotBound, "with the static challenge the CSR must request exactly one rfc822Name"))
+	}
+	u, err := NormalizeEmail(req.CSR.EmailAddresses[0])
+	if err != nil {
+		return nil, e.refused(ctx, ActionEnroll, "", StaticDevice, err)
+	}
+	if err := e.cfg.Domains.Check(u); err != nil {
+		return nil, e.refused(ctx, ActionEnroll, u, StaticDevice, err)
+	}
+	if err := checkNamesBound(req.CSR, u); err != nil {
+		return nil, e.refused(ctx, ActionEnroll, u, StaticDevice, err)
+	}
+	return e.issue(ctx, ActionEnroll, req.CSR, u, StaticDevice, "")
+}
+
+func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificate, error) {
+	if err := e.checkCSR(req.CSR); err != nil {
+		return nil, e.refused(ctx, ActionRenew, "", "", err)
+	}
+	if req.Signer == nil {
+		return nil, e.refused(ctx, ActionRenew, "", "", reject(ReasonRenewalNotAuthorized, "a renewal must be signed with the certificate being renewed"))
+	}
+	now := e.now()
+	if err := e.issuer.VerifyIssued(req.Signer, now); err != nil {
+		return nil, e.refused(ctx, ActionRenew, "", "",
+			reject(ReasonRenewalNotAuthorized, "the signing certificate is not a valid, unrevoked certificate of this CA; enrol again with a new challenge"))
+	}
+	prev, err := e.inventory.IssuedBySerial(ctx, req.Signer.SerialNumber.String())
+	if errors.Is(err, ErrNotFound) {
+		return nil, e.refused(ctx, ActionRenew, "", "",
+			reject(ReasonRenewalNotAuthorized, "the signing certificate was not issued to a device"))
+	} else if err != nil {
+		return nil, fmt.Errorf("policy: read inventory: %w", err)
+	}
+	if err := checkNamesBound(req.CSR, prev.User); err != nil {
+		return nil, e.refused(ctx, ActionRenew, prev.User, prev.Device, err)
+	}
+	return e.issue(ctx, ActionRenew, req.CSR, prev.User, prev.Device, prev.Serial)
+}
+
+func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.CertificateRequest, user, device, renewedFrom string) ([]*x509.Certificate, error) {
+	now := e.now().UTC()
+	ku := []string{"digitalSignature"}
+	if e.cfg.ContentCommitment {
+		ku = append(ku, "contentCommitment")
+	}
+	chain, err := e.issuer.Issue(ctx, csr, ca.Template{
+		CommonName:  user,
+		Emails:      []string{user},
+		KeyUsage:    ku,
+		ExtKeyUsage: []string{"emailProtection"},
+		NotBefore:   now.Add(-5 * time.Minute), // tolerate device clock skew
+		NotAfter:    now.Add(e.cfg.Validity),
+	})
+	if err != nil {
+		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: user, Device: device, Result: "error", Detail: "signing failed"})
+		return nil, fmt.Errorf("policy: issue: %w", err)
+	}
+	leaf := chain[0]
+	sum := sha256.Sum256(leaf.Raw)
+	rec := Issued{
+		Serial: leaf.SerialNumber.String(), User: user, Device: device,
+		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IssuedAt: now,
+		RenewedFrom: renewedFrom, SHA256: hex.EncodeToString(sum[:]),
+	}
+	if err := e.inventory.RecordIssued(ctx, rec); err != nil {
+		return nil, fmt.Errorf("policy: record issued certificate %s: %w", rec.Serial, err)
+	}
+	e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: user, Device: device,
+		Serials: []string{rec.Serial}, SHA256: []string{rec.SHA256}, Result: "ok"})
+	return chain, nil
+}
+
+func (e *Enrollment) refused(ctx context.Context, action, user, device string, err error) error {
+	re, _ := IsReject(err)
+	detail := err.Error()
+	if re != nil {
+		detail = re.Reason.String()
+	}
+	e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: device, Result: "refused", Detail: detail})
+	return err
+}
+
+// checkCSR checks what does not depend on the binding: signature and key.
+func (e *Enrollment) checkCSR(csr *x509.CertificateRequest) error {
+	if csr == nil {
+		return reject(ReasonBadCSR, "no certificate request")
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return reject(ReasonBadCSR, "the CSR signature does not verify")
+	}
+	pub, ok := csr.PublicKey.(*rsa.PublicKey)
+	if !ok {
+		return reject(ReasonWeakKey, fmt.Sprintf("device keys must be RSA (got %s)", csr.PublicKeyAlgorithm))
+	}
+	if bits := pub.N.BitLen(); bits < e.cfg.MinRSABits {
+		return reject(ReasonWeakKey, fmt.Sprintf("RSA key of %d bits; at least %d required", bits, e.cfg.MinRSABits))
+	}
+	return nil
+}
+
+// oidEmailAddress is PKCS#9 emailAddress, sometimes put in CSR subjects.
+var oidEmailAddress = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 1}
+
+// checkNamesBound refuses a CSR that asks for any name but user's address.
+// The issued certificate is built from the binding; this check only makes
+// sure a device that asks for something else is told so instead of silently
+// getting a different certificate.
+func checkNamesBound(csr *x509.CertificateRequest, user string) error {
+	if len(csr.DNSNames) > 0 || len(csr.URIs) > 0 || len(csr.IPAddresses) > 0 {
+		return reject(ReasonNameNotBound, "the CSR requests DNS, URI or IP names; only the bound user's e-mail address may be requested")
+	}
+	for _, a := range csr.EmailAddresses {
+		if !strings.EqualFold(strings.TrimSpace(a), user) {
+			return reject(ReasonNameNotBound, fmt.Sprintf("the CSR requests %q but the challenge is bound to another user", a))
+		}
+	}
+	for _, atv := range csr.Subject.Names {
+		if atv.Type.Equal(oidEmailAddress) {
+			if s, ok := atv.Value.(string); !ok || !strings.EqualFold(s, user) {
+				return reject(ReasonNameNotBound, "the CSR subject emailAddress differs from the bound user")
+			}
+		}
+	}
+	if cn := csr.Subject.CommonName; strings.Contains(cn, "@") && !strings.EqualFold(strings.TrimSpace(cn), user) {
+		return reject(ReasonNameNotBound, fmt.Sprintf("the CSR subject CN %q is an address other than the bound user's", cn))
+	}
+	return nil
+}

@@ -1,0 +1,355 @@
+// Package scep is smimeca's SCEP (RFC 8894) HTTP endpoint. It speaks the
+// protocol — GetCACert, GetCACaps and PKIOperation over GET and POST — with
+// github.com/smallstep/scep, holds the RA (decrypter) key, and translates a
+// device's request into a policy.Request and the policy's decision into a
+// signed CertRep with the matching failInfo.
+//
+// It makes no decision of its own about who may get what: challenges,
+// certificate contents and storage belong to policy and ca.
+package scep
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/asn1"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/smallstep/pkcs7"
+	smallscep "github.com/smallstep/scep"
+
+	"github.com/smimeca/smimeca/policy"
+)
+
+// Paths the handler answers on.
+const (
+	Path       = "/scep"
+	LegacyPath = "/scep/pkiclient.exe"
+)
+
+// maxMessageBytes bounds a PKIOperation body; real requests are a few KiB.
+const maxMessageBytes = 256 << 10
+
+// DefaultCaps are the capabilities advertised by GetCACaps: no DES, no SHA-1.
+var DefaultCaps = []string{"POSTPKIOperation", "SHA-256", "SHA-512", "AES", "SCEPStandard", "Renewal"}
+
+// Enroller decides and fulfils a device's request; *policy.Enrollment
+// implements it.
+type Enroller interface {
+	Enroll(ctx context.Context, req policy.Request) ([]*x509.Certificate, error)
+}
+
+// Metrics receives one observation per PKIOperation.
+type Metrics interface {
+	// ObserveEnrollment records the outcome ("issued", "refused", "error",
+	// "malformed") and duration of one PKIOperation of the given type.
+	ObserveEnrollment(messageType, result string, d time.Duration)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) ObserveEnrollment(string, string, time.Duration) {}
+
+// Handler serves SCEP.
+type Handler struct {
+	enroller Enroller
+	ra       *x509.Certificate
+	raKey    *rsa.PrivateKey
+	caCerts  []*x509.Certificate
+	caBody   []byte
+	caps     string
+	log      *slog.Logger
+	metrics  Metrics
+}
+
+// Option configures a Handler.
+type Option func(*Handler)
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(h *Handler) { h.log = l } }
+
+// WithMetrics sets the metrics sink.
+func WithMetrics(m Metrics) Option { return func(h *Handler) { h.metrics = m } }
+
+// WithCaps replaces the advertised capabilities.
+func WithCaps(caps []string) Option {
+	return func(h *Handler) { h.caps = strings.Join(caps, "\n") + "\n" }
+}
+
+// New returns a SCEP handler. ra and raKey decrypt requests and sign
+// responses; chain is what GetCACert returns after the RA certificate (the
+// issuing intermediate, optionally the root).
+func New(enroller Enroller, ra *x509.Certificate, raKey *rsa.PrivateKey, chain []*x509.Certificate, opts ...Option) (*Handler, error) {
+	if ra == nil || raKey == nil {
+		return nil, errors.New("scep: RA certificate and key are required")
+	}
+	h := &Handler{
+		enroller: enroller, ra: ra, raKey: raKey,
+		caCerts: append([]*x509.Certificate{ra}, chain...),
+		log:     slog.New(slog.DiscardHandler), metrics: nopMetrics{},
+	}
+	WithCaps(DefaultCaps)(h)
+	for _, o := range opts {
+		o(h)
+	}
+	body, err := smallscep.DegenerateCertificates(h.caCerts)
+	if err != nil {
+		return nil, fmt.Errorf("scep: GetCACert body: %w", err)
+	}
+	h.caBody = body
+	return h, nil
+}
+
+// SetContentEncryption sets the algorithm CertRep envelopes are encrypted
+// with: "aes256-cbc" (default), "aes128-cbc" or "aes256-gcm".
+// github.com/smallstep/pkcs7 keeps this in a package variable, so call it
+// once at start-up, before serving, never per request.
+func SetContentEncryption(name string) error {
+	switch strings.ToLower(name) {
+	case "", "aes256-cbc":
+		pkcs7.ContentEncryptionAlgorithm = pkcs7.EncryptionAlgorithmAES256CBC
+	case "aes128-cbc":
+		pkcs7.ContentEncryptionAlgorithm = pkcs7.EncryptionAlgorithmAES128CBC
+	case "aes256-gcm":
+		pkcs7.ContentEncryptionAlgorithm = pkcs7.EncryptionAlgorithmAES256GCM
+	default:
+		return fmt.Errorf("scep: unknown content encryption %q (aes256-cbc, aes128-cbc, aes256-gcm)", name)
+	}
+	return nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != Path && r.URL.Path != LegacyPath {
+		http.NotFound(w, r)
+		return
+	}
+	op := r.URL.Query().Get("operation")
+	switch {
+	case op == "GetCACert":
+		h.getCACert(w, r)
+	case op == "GetCACaps":
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, h.caps)
+	case op == "PKIOperation" && (r.Method == http.MethodPost || r.Method == http.MethodGet):
+		h.pkiOperation(w, r)
+	case op == "PKIOperation":
+		w.Header().Set("Allow", "GET, POST")
+		http.Error(w, "PKIOperation takes GET or POST", http.StatusMethodNotAllowed)
+	case op == "":
+		http.Error(w, "missing operation parameter (GetCACert, GetCACaps or PKIOperation)", http.StatusBadRequest)
+	default:
+		http.Error(w, fmt.Sprintf("unsupported operation %q (GetCACert, GetCACaps or PKIOperation)", op), http.StatusBadRequest)
+	}
+}
+
+func (h *Handler) getCACert(w http.ResponseWriter, _ *http.Request) {
+	if len(h.caCerts) == 1 {
+		w.Header().Set("Content-Type", "application/x-x509-ca-cert")
+		w.Write(h.ra.Raw)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-x509-ca-ra-cert")
+	w.Write(h.caBody)
+}
+
+// readMessage returns the DER PKIMessage of a POST body or a GET "message"
+// parameter. GET accepts standard base64 whether or not it was URL-escaped:
+// macOS sends it unescaped, so a '+' arrives as ' '.
+func readMessage(r *http.Request) ([]byte, error) {
+	if r.Method == http.MethodPost {
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxMessageBytes+1))
+		if err != nil {
+			return nil, fmt.Errorf("read body: %w", err)
+		}
+		if len(b) > maxMessageBytes {
+			return nil, errTooLarge
+		}
+		return b, nil
+	}
+	m := r.URL.Query().Get("message")
+	if m == "" {
+		return nil, errors.New("missing message parameter")
+	}
+	if len(m) > maxMessageBytes*4/3+4 {
+		return nil, errTooLarge
+	}
+	m = strings.ReplaceAll(m, " ", "+")
+	m = strings.NewReplacer("\r", "", "\n", "").Replace(m)
+	if b, err := base64.StdEncoding.DecodeString(m); err == nil {
+		return b, nil
+	}
+	b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(m, "="))
+	if err != nil {
+		return nil, errors.New("message parameter is not base64")
+	}
+	return b, nil
+}
+
+var errTooLarge = errors.New("message too large")
+
+func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	msgType, result := "unknown", "malformed"
+	defer func() { h.metrics.ObserveEnrollment(msgType, result, time.Since(start)) }()
+
+	der, err := readMessage(r)
+	if err != nil {
+		code := http.StatusBadRequest
+		if errors.Is(err, errTooLarge) {
+			code = http.StatusRequestEntityTooLarge
+		}
+		http.Error(w, "bad PKIOperation: "+err.Error(), code)
+		return
+	}
+	msg, err := smallscep.ParsePKIMessage(der)
+	if err != nil {
+		// Message types the library does not parse (CertPoll, GetCert,
+		// GetCRL) still deserve a signed answer when they are well formed.
+		if fail, mt, ok := h.failUnsupported(der); ok {
+			msgType, result = mt, "refused"
+			h.log.Info("scep: unsupported message", "type", mt)
+			writePKIMessage(w, fail)
+			return
+		}
+		http.Error(w, "bad PKIOperation: not a signed SCEP pkiMessage", http.StatusBadRequest)
+		return
+	}
+	msgType = msg.MessageType.String()
+	logger := h.log.With("transaction_id", string(msg.TransactionID), "type", msgType)
+
+	var kind policy.RequestKind
+	switch msg.MessageType {
+	case smallscep.PKCSReq:
+		kind = policy.Initial
+	case smallscep.RenewalReq, smallscep.UpdateReq:
+		kind = policy.Renewal
+	default:
+		result = "refused"
+		h.fail(w, logger, msg, smallscep.BadRequest, "unexpected message type")
+		return
+	}
+	if err := msg.DecryptPKIEnvelope(h.ra, h.raKey); err != nil {
+		result = "refused"
+		h.fail(w, logger, msg, smallscep.BadMessageCheck, "cannot decrypt or parse the pkcsPKIEnvelope: "+err.Error())
+		return
+	}
+	req := policy.Request{Kind: kind, CSR: msg.CSRReqMessage.CSR}
+	if kind == policy.Initial {
+		req.Challenge = msg.CSRReqMessage.ChallengePassword
+	} else {
+		signer, err := messageSigner(der)
+		if err != nil {
+			result = "refused"
+			h.fail(w, logger, msg, smallscep.BadMessageCheck, err.Error())
+			return
+		}
+		req.Signer = signer
+	}
+	chain, err := h.enroller.Enroll(r.Context(), req)
+	if err != nil {
+		if re, ok := policy.IsReject(err); ok {
+			result = "refused"
+			h.fail(w, logger, msg, failInfoFor(re.Reason), re.Error())
+			return
+		}
+		result = "error"
+		logger.Error("scep: enrolment failed", "err", err)
+		http.Error(w, "internal error; try again later", http.StatusInternalServerError)
+		return
+	}
+	rep, err := msg.Success(h.ra, h.raKey, chain[0])
+	if err != nil {
+		result = "error"
+		logger.Error("scep: build CertRep", "err", err)
+		http.Error(w, "internal error building the response", http.StatusInternalServerError)
+		return
+	}
+	result = "issued"
+	logger.Info("scep: issued", "serial", chain[0].SerialNumber.String(), "subject", chain[0].Subject.CommonName)
+	writePKIMessage(w, rep.Raw)
+}
+
+func failInfoFor(r policy.Reason) smallscep.FailInfo {
+	switch r {
+	case policy.ReasonBadCSR:
+		return smallscep.BadRequest
+	case policy.ReasonRenewalNotAuthorized:
+		return smallscep.BadMessageCheck
+	default:
+		return smallscep.BadRequest
+	}
+}
+
+func (h *Handler) fail(w http.ResponseWriter, logger *slog.Logger, msg *smallscep.PKIMessage, info smallscep.FailInfo, why string) {
+	logger.Info("scep: refused", "fail_info", info.String(), "reason", why)
+	rep, err := msg.Fail(h.ra, h.raKey, info)
+	if err != nil {
+		logger.Error("scep: build failure CertRep", "err", err)
+		http.Error(w, "internal error building the response", http.StatusInternalServerError)
+		return
+	}
+	writePKIMessage(w, rep.Raw)
+}
+
+func writePKIMessage(w http.ResponseWriter, der []byte) {
+	w.Header().Set("Content-Type", "application/x-pki-message")
+	w.Write(der)
+}
+
+// messageSigner returns the certificate that signed the pkiMessage (the
+// library verified the signature already).
+func messageSigner(der []byte) (*x509.Certificate, error) {
+	p7, err := pkcs7.Parse(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse pkiMessage: %w", err)
+	}
+	c := p7.GetOnlySigner()
+	if c == nil {
+		return nil, errors.New("the pkiMessage must have exactly one signer with its certificate")
+	}
+	return c, nil
+}
+
+// SCEP signed-attribute OIDs (RFC 8894 3.2.1).
+var (
+	oidMessageType   = asn1.ObjectIdentifier{2, 16, 840, 1, 113733, 1, 9, 2}
+	oidSenderNonce   = asn1.ObjectIdentifier{2, 16, 840, 1, 113733, 1, 9, 5}
+	oidTransactionID = asn1.ObjectIdentifier{2, 16, 840, 1, 113733, 1, 9, 7}
+)
+
+// failUnsupported answers a verified CertPoll, GetCert or GetCRL with a
+// signed FAILURE: smimeca issues synchronously and keeps no pending
+// requests, so there is nothing to poll (badCertId).
+func (h *Handler) failUnsupported(der []byte) ([]byte, string, bool) {
+	p7, err := pkcs7.Parse(der)
+	if err != nil || p7.Verify() != nil {
+		return nil, "", false
+	}
+	var mt smallscep.MessageType
+	var tid smallscep.TransactionID
+	var nonce smallscep.SenderNonce
+	if p7.UnmarshalSignedAttribute(oidMessageType, &mt) != nil ||
+		p7.UnmarshalSignedAttribute(oidTransactionID, &tid) != nil ||
+		p7.UnmarshalSignedAttribute(oidSenderNonce, &nonce) != nil || len(nonce) == 0 {
+		return nil, "", false
+	}
+	switch mt {
+	case smallscep.CertPoll, smallscep.GetCert, smallscep.GetCRL:
+	default:
+		return nil, "", false
+	}
+	req := &smallscep.PKIMessage{TransactionID: tid, MessageType: mt, SenderNonce: nonce}
+	rep, err := req.Fail(h.ra, h.raKey, smallscep.BadCertID)
+	if err != nil {
+		return nil, "", false
+	}
+	return rep.Raw, mt.String(), true
+}
