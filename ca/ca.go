@@ -21,6 +21,7 @@ import (
 	"io/fs"
 	"math/big"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/smallstep/certificates/authority"
@@ -107,6 +108,7 @@ type Authority struct {
 	crlURL       string
 	roots        *x509.CertPool
 	inters       *x509.CertPool
+	closeOnce    sync.Once
 }
 
 // Open loads the CA from cfg.Dir, creating the root, the intermediate and the
@@ -169,8 +171,9 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 }
 
 // Close stops the CRL generator. The database is closed by its owner.
+// It is safe to call more than once.
 func (a *Authority) Close() error {
-	a.auth.CloseForReload()
+	a.closeOnce.Do(a.auth.CloseForReload)
 	return nil
 }
 

@@ -209,7 +209,7 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad PKIOperation: "+err.Error(), code)
 		return
 	}
-	msg, err := smallscep.ParsePKIMessage(der)
+	msg, err := parsePKIMessage(der)
 	if err != nil {
 		// Message types the library does not parse (CertPoll, GetCert,
 		// GetCRL) still deserve a signed answer when they are well formed.
@@ -277,6 +277,19 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 	writePKIMessage(w, rep.Raw)
 }
 
+// parsePKIMessage parses untrusted input. The BER parser under it has
+// panicked on truncated input before (smallstep/pkcs7 < v0.2.3, found by
+// FuzzPKIOperation); a parser panic must become a 400, not a dropped
+// connection.
+func parsePKIMessage(der []byte) (msg *smallscep.PKIMessage, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			msg, err = nil, fmt.Errorf("scep: parser panic: %v", r)
+		}
+	}()
+	return smallscep.ParsePKIMessage(der)
+}
+
 func failInfoFor(r policy.Reason) smallscep.FailInfo {
 	switch r {
 	case policy.ReasonBadCSR:
@@ -307,7 +320,7 @@ func writePKIMessage(w http.ResponseWriter, der []byte) {
 // messageSigner returns the certificate that signed the pkiMessage (the
 // library verified the signature already).
 func messageSigner(der []byte) (*x509.Certificate, error) {
-	p7, err := pkcs7.Parse(der)
+	p7, err := parsePKCS7(der)
 	if err != nil {
 		return nil, fmt.Errorf("parse pkiMessage: %w", err)
 	}
@@ -316,6 +329,16 @@ func messageSigner(der []byte) (*x509.Certificate, error) {
 		return nil, errors.New("the pkiMessage must have exactly one signer with its certificate")
 	}
 	return c, nil
+}
+
+// parsePKCS7 is pkcs7.Parse with the same panic guard as parsePKIMessage.
+func parsePKCS7(der []byte) (p7 *pkcs7.PKCS7, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			p7, err = nil, fmt.Errorf("scep: parser panic: %v", r)
+		}
+	}()
+	return pkcs7.Parse(der)
 }
 
 // SCEP signed-attribute OIDs (RFC 8894 3.2.1).
@@ -329,7 +352,7 @@ var (
 // signed FAILURE: smimeca issues synchronously and keeps no pending
 // requests, so there is nothing to poll (badCertId).
 func (h *Handler) failUnsupported(der []byte) ([]byte, string, bool) {
-	p7, err := pkcs7.Parse(der)
+	p7, err := parsePKCS7(der)
 	if err != nil || p7.Verify() != nil {
 		return nil, "", false
 	}

@@ -1,0 +1,226 @@
+package ca_test
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/asn1"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smallstep/certificates/db"
+
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/testpki"
+)
+
+var oidStepProvisioner = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 37476, 9000, 64, 1}
+
+func leafTemplate(now time.Time) ca.Template {
+	return ca.Template{
+		CommonName: "alice@example.com", Emails: []string{"alice@example.com"},
+		KeyUsage: []string{"digitalSignature"}, ExtKeyUsage: []string{"emailProtection"},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(365 * 24 * time.Hour),
+	}
+}
+
+func TestIssueFollowsTemplateNotCSR(t *testing.T) {
+	for _, kt := range []string{ca.KeyTypeEC, ca.KeyTypeRSA} {
+		t.Run(kt, func(t *testing.T) {
+			c := testpki.NewCA(t, kt)
+			key := testpki.RSAKey(t, 2048, 0)
+			csr := testpki.CSR(t, key, &x509.CertificateRequest{
+				DNSNames: []string{"evil.example"}, EmailAddresses: []string{"mallory@example.com"},
+			})
+			now := time.Now()
+			chain, err := c.Issue(context.Background(), csr, leafTemplate(now))
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaf := chain[0]
+			if leaf.Subject.CommonName != "alice@example.com" || len(leaf.EmailAddresses) != 1 || leaf.EmailAddresses[0] != "alice@example.com" {
+				t.Errorf("names = %q %q, want alice@example.com only", leaf.Subject.CommonName, leaf.EmailAddresses)
+			}
+			if len(leaf.DNSNames) != 0 {
+				t.Errorf("DNS names copied from CSR: %q", leaf.DNSNames)
+			}
+			if leaf.KeyUsage != x509.KeyUsageDigitalSignature {
+				t.Errorf("key usage = %v", leaf.KeyUsage)
+			}
+			if len(leaf.ExtKeyUsage) != 1 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageEmailProtection {
+				t.Errorf("EKU = %v", leaf.ExtKeyUsage)
+			}
+			if leaf.IsCA {
+				t.Error("leaf is a CA")
+			}
+			if got := leaf.NotAfter.Sub(leaf.NotBefore); got < 364*24*time.Hour {
+				t.Errorf("validity %s, want about a year (step-ca's 24h default must not apply)", got)
+			}
+			if len(leaf.CRLDistributionPoints) != 1 || leaf.CRLDistributionPoints[0] != "http://ca.test/crl" {
+				t.Errorf("CDP = %q", leaf.CRLDistributionPoints)
+			}
+			for _, ext := range leaf.Extensions {
+				if ext.Id.Equal(oidStepProvisioner) {
+					t.Error("leaf carries the smallstep provisioner extension")
+				}
+			}
+			if !leaf.PublicKey.(*rsa.PublicKey).Equal(&key.PublicKey) {
+				t.Error("leaf key is not the CSR key")
+			}
+			if err := c.VerifyIssued(leaf, now); err != nil {
+				t.Errorf("VerifyIssued: %v", err)
+			}
+			pool := x509.NewCertPool()
+			pool.AddCert(c.Root())
+			inter := x509.NewCertPool()
+			inter.AddCert(c.Intermediate())
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}}); err != nil {
+				t.Errorf("chain: %v", err)
+			}
+		})
+	}
+}
+
+func TestRevokeAndCRL(t *testing.T) {
+	c := testpki.NewCA(t, ca.KeyTypeEC)
+	ctx := context.Background()
+	csr := testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil)
+	chain, err := c.Issue(ctx, csr, leafTemplate(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := chain[0].SerialNumber.String()
+	if err := c.Revoke(ctx, serial, ca.ReasonKeyCompromise, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Revoke(ctx, serial, ca.ReasonKeyCompromise, "again"); !errors.Is(err, ca.ErrAlreadyRevoked) {
+		t.Errorf("second revoke: %v, want ErrAlreadyRevoked", err)
+	}
+	if err := c.Revoke(ctx, "12345", 0, ""); !errors.Is(err, ca.ErrNotFound) {
+		t.Errorf("unknown serial: %v, want ErrNotFound", err)
+	}
+	der, err := c.CRL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crl.CheckSignatureFrom(c.Intermediate()); err != nil {
+		t.Errorf("CRL signature: %v", err)
+	}
+	found := false
+	for _, e := range crl.RevokedCertificateEntries {
+		if e.SerialNumber.Cmp(chain[0].SerialNumber) == 0 {
+			found = true
+			if e.ReasonCode != ca.ReasonKeyCompromise {
+				t.Errorf("reason = %d", e.ReasonCode)
+			}
+		}
+	}
+	if !found {
+		t.Error("revoked serial missing from CRL")
+	}
+	if err := c.VerifyIssued(chain[0], time.Now()); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("VerifyIssued of revoked cert: %v", err)
+	}
+}
+
+func TestVerifyIssuedRejectsForeignCertificates(t *testing.T) {
+	a := testpki.NewCA(t, ca.KeyTypeEC)
+	b := testpki.NewCA(t, ca.KeyTypeEC)
+	chain, err := b.Issue(context.Background(), testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.VerifyIssued(chain[0], time.Now()); err == nil {
+		t.Error("a certificate of another CA was accepted")
+	}
+	if err := b.VerifyIssued(chain[0], time.Now().Add(2*365*24*time.Hour)); err == nil {
+		t.Error("an expired certificate was accepted")
+	}
+}
+
+func TestOpenPersistsAndProtectsKeys(t *testing.T) {
+	dir := t.TempDir()
+	open := func() (*ca.Authority, db.AuthDB) {
+		authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), CRLURL: "http://x/crl"}, authDB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a, authDB
+	}
+	first, firstDB := open()
+	chain, err := first.Issue(context.Background(), testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ra1, raKey1 := first.RA()
+	if raKey1.N.BitLen() < 2048 {
+		t.Error("RA key is not RSA >= 2048")
+	}
+	if ra1.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+		t.Error("RA certificate lacks keyEncipherment")
+	}
+	first.Close()
+	firstDB.Shutdown()
+
+	second, secondDB := open()
+	defer secondDB.Shutdown()
+	defer second.Close()
+	if !second.Root().Equal(first.Root()) || !second.Intermediate().Equal(first.Intermediate()) {
+		t.Error("CA certificates changed across restart")
+	}
+	if ra2, _ := second.RA(); !ra2.Equal(ra1) {
+		t.Error("RA certificate changed across restart")
+	}
+	if _, err := second.Certificate(chain[0].SerialNumber.String()); err != nil {
+		t.Errorf("issued certificate lost across restart: %v", err)
+	}
+	entries, err := os.ReadDir(filepath.Join(dir, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := 0
+	for _, e := range entries {
+		fi, _ := e.Info()
+		if strings.HasSuffix(e.Name(), ".key") {
+			keys++
+			if fi.Mode().Perm() != 0o600 {
+				t.Errorf("%s has mode %o, want 600", e.Name(), fi.Mode().Perm())
+			}
+		}
+	}
+	if keys != 3 {
+		t.Errorf("found %d key files, want 3 (root, intermediate, RA)", keys)
+	}
+}
+
+func TestRejectsWorldReadableKey(t *testing.T) {
+	dir := t.TempDir()
+	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer authDB.Shutdown()
+	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), CRLURL: "http://x/crl"}, authDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if err := os.Chmod(filepath.Join(dir, "ca", "intermediate_ca.key"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), CRLURL: "http://x/crl"}, authDB); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("open with 0644 key: %v", err)
+	}
+}

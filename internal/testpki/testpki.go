@@ -1,0 +1,82 @@
+// Package testpki builds a real smimeca CA (embedded step-ca on a bbolt
+// database in a temporary directory) and device keys for tests. It is used
+// only from _test.go files.
+package testpki
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/smallstep/certificates/db"
+
+	"github.com/smimeca/smimeca/ca"
+)
+
+// CA is a real CA with its database.
+type CA struct {
+	*ca.Authority
+	DB  *db.DB
+	Dir string
+}
+
+// NewCA opens a fresh CA in a temporary directory.
+func NewCA(t testing.TB, keyType string) *CA {
+	t.Helper()
+	dir := t.TempDir()
+	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "smimeca.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), IssuerKeyType: keyType, CRLURL: "http://ca.test/crl"}, authDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Close()
+		authDB.Shutdown()
+	})
+	return &CA{Authority: a, DB: authDB.(*db.DB), Dir: dir}
+}
+
+var (
+	keyMu   sync.Mutex
+	keyPool = map[int][]*rsa.PrivateKey{}
+)
+
+// RSAKey returns an RSA key of the given size. Keys are generated once per
+// size and index and reused, since RSA generation dominates test time.
+func RSAKey(t testing.TB, bits, index int) *rsa.PrivateKey {
+	t.Helper()
+	keyMu.Lock()
+	defer keyMu.Unlock()
+	for len(keyPool[bits]) <= index {
+		k, err := rsa.GenerateKey(rand.Reader, bits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyPool[bits] = append(keyPool[bits], k)
+	}
+	return keyPool[bits][index]
+}
+
+// CSR makes a CSR signed by key; tmpl may be nil.
+func CSR(t testing.TB, key any, tmpl *x509.CertificateRequest) *x509.CertificateRequest {
+	t.Helper()
+	if tmpl == nil {
+		tmpl = &x509.CertificateRequest{Subject: pkix.Name{CommonName: "device"}}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
+}

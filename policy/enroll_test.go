@@ -1,0 +1,426 @@
+package policy_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/policy"
+	"github.com/smimeca/smimeca/policy/nosqlstore"
+)
+
+type recordingAuditor struct {
+	mu     sync.Mutex
+	events []policy.Event
+}
+
+func (r *recordingAuditor) Audit(_ context.Context, e policy.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, e)
+}
+
+type env struct {
+	t     *testing.T
+	ca    *testpki.CA
+	store *nosqlstore.Store
+	e     *policy.Enrollment
+	audit *recordingAuditor
+	now   time.Time
+	mu    sync.Mutex
+}
+
+func (v *env) clock() time.Time {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.now
+}
+
+func (v *env) advance(d time.Duration) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.now = v.now.Add(d)
+}
+
+func newEnv(t *testing.T, mut func(*policy.Config)) *env {
+	t.Helper()
+	c := testpki.NewCA(t, ca.KeyTypeEC)
+	store, err := nosqlstore.New(c.DB.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	domains, err := policy.NewDomains([]string{"example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := policy.Config{Domains: domains}
+	if mut != nil {
+		mut(&cfg)
+	}
+	v := &env{t: t, ca: c, store: store, audit: &recordingAuditor{}, now: time.Now()}
+	v.e, err = policy.NewEnrollment(c, store, store, cfg, policy.WithAuditor(v.audit), policy.WithClock(v.clock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func (v *env) challenge(user, device string) string {
+	v.t.Helper()
+	c, err := v.e.CreateChallenge(context.Background(), user, device, 0)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	return c.Secret
+}
+
+func wantReason(t *testing.T, err error, r policy.Reason) {
+	t.Helper()
+	re, ok := policy.IsReject(err)
+	if !ok {
+		t.Fatalf("err = %v, want RejectError %s", err, r)
+	}
+	if re.Reason != r {
+		t.Fatalf("reason = %s (%s), want %s", re.Reason, re.Detail, r)
+	}
+}
+
+func TestCreateChallengeRules(t *testing.T) {
+	v := newEnv(t, nil)
+	ctx := context.Background()
+	c, err := v.e.CreateChallenge(ctx, "  Alice@Example.COM ", "dev-1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.User != "alice@example.com" {
+		t.Errorf("user = %q, want lower-cased", c.User)
+	}
+	if len(c.Secret) < 40 {
+		t.Errorf("challenge %d chars, want >= 40 (256 bits)", len(c.Secret))
+	}
+	if got := c.ExpiresAt.Sub(v.now); got < 23*time.Hour || got > 25*time.Hour {
+		t.Errorf("default ttl = %s", got)
+	}
+	for _, tc := range []struct {
+		user, device string
+		ttl          time.Duration
+		want         policy.Reason
+	}{
+		{"bob@evil.com", "d", 0, policy.ReasonDomainNotAllowed},
+		{"bob@sub.example.com", "d", 0, policy.ReasonDomainNotAllowed},
+		{"not an address", "d", 0, policy.ReasonBadUser},
+		{"Bob <bob@example.com>", "d", 0, policy.ReasonBadUser},
+		{"", "d", 0, policy.ReasonBadUser},
+		{"bob@example.com", "", 0, policy.ReasonBadDevice},
+		{"bob@example.com", "has space", 0, policy.ReasonBadDevice},
+		{"bob@example.com", strings.Repeat("x", 129), 0, policy.ReasonBadDevice},
+		{"bob@example.com", "d", 31 * 24 * time.Hour, policy.ReasonBadTTL},
+		{"bob@example.com", "d", time.Second, policy.ReasonBadTTL},
+	} {
+		_, err := v.e.CreateChallenge(ctx, tc.user, tc.device, tc.ttl)
+		wantReason(t, err, tc.want)
+	}
+}
+
+func TestEnrollBuildsCertificateFromBinding(t *testing.T) {
+	v := newEnv(t, nil)
+	secret := v.challenge("Alice@example.com", "dev-1")
+	csr := testpki.CSR(t, testpki.RSAKey(t, 2048, 0), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "whatever-the-device-says"}})
+	chain, err := v.e.Enroll(context.Background(), policy.Request{Kind: policy.Initial, CSR: csr, Challenge: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := chain[0]
+	if leaf.Subject.CommonName != "alice@example.com" || len(leaf.EmailAddresses) != 1 || leaf.EmailAddresses[0] != "alice@example.com" {
+		t.Errorf("leaf names %q %q", leaf.Subject.CommonName, leaf.EmailAddresses)
+	}
+	if leaf.KeyUsage != x509.KeyUsageDigitalSignature {
+		t.Errorf("KU = %v, want digitalSignature only by default", leaf.KeyUsage)
+	}
+	rec, err := v.store.IssuedBySerial(context.Background(), leaf.SerialNumber.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.User != "alice@example.com" || rec.Device != "dev-1" {
+		t.Errorf("inventory %+v", rec)
+	}
+	// Audit events never hold the challenge.
+	b, _ := json.Marshal(v.audit.events)
+	if strings.Contains(string(b), secret) {
+		t.Error("audit log contains the challenge")
+	}
+	if len(v.audit.events) < 2 || v.audit.events[len(v.audit.events)-1].Action != policy.ActionEnroll {
+		t.Errorf("audit events %+v", v.audit.events)
+	}
+}
+
+func TestContentCommitmentOption(t *testing.T) {
+	v := newEnv(t, func(c *policy.Config) { c.ContentCommitment = true; c.Validity = 30 * 24 * time.Hour })
+	chain, err := v.e.Enroll(context.Background(), policy.Request{Kind: policy.Initial,
+		CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), Challenge: v.challenge("a@example.com", "d")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chain[0].KeyUsage != x509.KeyUsageDigitalSignature|x509.KeyUsageContentCommitment {
+		t.Errorf("KU = %v", chain[0].KeyUsage)
+	}
+	if d := chain[0].NotAfter.Sub(chain[0].NotBefore); d > 31*24*time.Hour {
+		t.Errorf("validity %s, want 30d", d)
+	}
+}
+
+func TestMalformedRequestsDoNotBurnTheChallenge(t *testing.T) {
+	v := newEnv(t, nil)
+	ctx := context.Background()
+	secret := v.challenge("alice@example.com", "dev-1")
+	key := testpki.RSAKey(t, 2048, 0)
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	weak := testpki.RSAKey(t, 1024, 0)
+	u, _ := url.Parse("https://evil.example")
+	bad := []struct {
+		name string
+		csr  *x509.CertificateRequest
+		want policy.Reason
+	}{
+		{"other user SAN", testpki.CSR(t, key, &x509.CertificateRequest{EmailAddresses: []string{"bob@example.com"}}), policy.ReasonNameNotBound},
+		{"other user CN", testpki.CSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bob@example.com"}}), policy.ReasonNameNotBound},
+		{"DNS SAN", testpki.CSR(t, key, &x509.CertificateRequest{DNSNames: []string{"host.example.com"}}), policy.ReasonNameNotBound},
+		{"URI SAN", testpki.CSR(t, key, &x509.CertificateRequest{URIs: []*url.URL{u}}), policy.ReasonNameNotBound},
+		{"EC key", testpki.CSR(t, ecKey, nil), policy.ReasonWeakKey},
+		{"RSA 1024", testpki.CSR(t, weak, nil), policy.ReasonWeakKey},
+	}
+	for _, tc := range bad {
+		_, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: tc.csr, Challenge: secret})
+		wantReason(t, err, tc.want)
+	}
+	tampered := testpki.CSR(t, key, nil)
+	tampered.Signature[0] ^= 0xff
+	_, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: tampered, Challenge: secret})
+	wantReason(t, err, policy.ReasonBadCSR)
+
+	// The same challenge still works for a proper request, with the bound
+	// address requested in any case.
+	ok := testpki.CSR(t, key, &x509.CertificateRequest{EmailAddresses: []string{"ALICE@example.com"}})
+	if _, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: ok, Challenge: secret}); err != nil {
+		t.Fatalf("valid request after refusals: %v", err)
+	}
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: ok, Challenge: secret})
+	wantReason(t, err, policy.ReasonChallengeUsed)
+}
+
+func TestChallengeUnknownMissingExpired(t *testing.T) {
+	v := newEnv(t, nil)
+	ctx := context.Background()
+	csr := testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil)
+	_, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: csr, Challenge: "nope"})
+	wantReason(t, err, policy.ReasonChallengeUnknown)
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: csr})
+	wantReason(t, err, policy.ReasonChallengeMissing)
+	c, err := v.e.CreateChallenge(ctx, "a@example.com", "d", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.advance(time.Hour + time.Second)
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: csr, Challenge: c.Secret})
+	wantReason(t, err, policy.ReasonChallengeExpired)
+}
+
+func TestConcurrentDoubleUseIssuesOnce(t *testing.T) {
+	v := newEnv(t, nil)
+	secret := v.challenge("alice@example.com", "dev-1")
+	const n = 16
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	issued, used := 0, 0
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			csr := testpki.CSR(t, testpki.RSAKey(t, 2048, i%4), nil)
+			_, err := v.e.Enroll(context.Background(), policy.Request{Kind: policy.Initial, CSR: csr, Challenge: secret})
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				issued++
+			} else if re, ok := policy.IsReject(err); ok && re.Reason == policy.ReasonChallengeUsed {
+				used++
+			} else {
+				t.Errorf("unexpected error %v", err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if issued != 1 || used != n-1 {
+		t.Fatalf("issued %d, refused as used %d; want 1 and %d", issued, used, n-1)
+	}
+	list, err := v.e.ListCertificates(context.Background(), policy.Filter{Device: "dev-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 {
+		t.Fatalf("inventory holds %d certificates, want 1", len(list))
+	}
+}
+
+func TestRenewal(t *testing.T) {
+	v := newEnv(t, nil)
+	ctx := context.Background()
+	key := testpki.RSAKey(t, 2048, 0)
+	chain, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, key, nil), Challenge: v.challenge("alice@example.com", "dev-1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := chain[0]
+	newKey := testpki.RSAKey(t, 2048, 1)
+	renewed, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil), Signer: old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := v.store.IssuedBySerial(ctx, renewed[0].SerialNumber.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.User != "alice@example.com" || rec.Device != "dev-1" || rec.RenewedFrom != old.SerialNumber.String() {
+		t.Errorf("renewal record %+v", rec)
+	}
+	// Renewal for another address is refused.
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, Signer: old,
+		CSR: testpki.CSR(t, newKey, &x509.CertificateRequest{EmailAddresses: []string{"bob@example.com"}})})
+	wantReason(t, err, policy.ReasonNameNotBound)
+	// Without a signer, with a foreign or a revoked certificate: refused.
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil)})
+	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
+	other := testpki.NewCA(t, ca.KeyTypeEC)
+	foreign, err := other.Issue(ctx, testpki.CSR(t, key, nil), ca.Template{CommonName: "alice@example.com", Emails: []string{"alice@example.com"},
+		KeyUsage: []string{"digitalSignature"}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil), Signer: foreign[0]})
+	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
+	if _, err := v.e.RevokeCertificate(ctx, old.SerialNumber.String(), ca.ReasonSuperseded, ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil), Signer: old})
+	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
+}
+
+func TestRevokeDeviceAndList(t *testing.T) {
+	v := newEnv(t, nil)
+	ctx := context.Background()
+	var serials []string
+	for i := 0; i < 3; i++ {
+		chain, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, i), nil), Challenge: v.challenge("alice@example.com", "dev-1")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		serials = append(serials, chain[0].SerialNumber.String())
+	}
+	if _, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), Challenge: v.challenge("alice@example.com", "dev-2")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.e.RevokeCertificate(ctx, serials[0], ca.ReasonKeyCompromise, ""); err != nil {
+		t.Fatal(err)
+	}
+	got, err := v.e.RevokeDevice(ctx, "dev-1", ca.ReasonCessationOfOperation, "lost phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Errorf("RevokeDevice revoked %v, want the 2 still valid", got)
+	}
+	list, err := v.e.ListCertificates(ctx, policy.Filter{User: "ALICE@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked := 0
+	for _, c := range list {
+		if c.Revoked {
+			revoked++
+			if c.Device != "dev-1" {
+				t.Errorf("revoked a certificate of %s", c.Device)
+			}
+		}
+	}
+	if len(list) != 4 || revoked != 3 {
+		t.Errorf("list: %d certificates, %d revoked; want 4 and 3", len(list), revoked)
+	}
+	_, err = v.e.RevokeCertificate(ctx, serials[1], 0, "")
+	wantReason(t, err, policy.ReasonAlreadyRevoked)
+	_, err = v.e.RevokeCertificate(ctx, "999", 0, "")
+	wantReason(t, err, policy.ReasonUnknownCertificate)
+	_, err = v.e.RevokeCertificate(ctx, "zz", 0, "")
+	wantReason(t, err, policy.ReasonBadSerial)
+	_, err = v.e.ListCertificates(ctx, policy.Filter{})
+	if _, ok := policy.IsReject(err); !ok {
+		t.Errorf("empty filter: %v", err)
+	}
+}
+
+func TestStaticChallenge(t *testing.T) {
+	ctx := context.Background()
+	key := testpki.RSAKey(t, 2048, 0)
+	const static = "lab-secret-0123456789"
+	off := newEnv(t, nil)
+	_, err := off.e.Enroll(ctx, policy.Request{Kind: policy.Initial, Challenge: static,
+		CSR: testpki.CSR(t, key, &x509.CertificateRequest{EmailAddresses: []string{"a@example.com"}})})
+	wantReason(t, err, policy.ReasonChallengeUnknown)
+
+	on := newEnv(t, func(c *policy.Config) { c.StaticChallenge = static })
+	chain, err := on.e.Enroll(ctx, policy.Request{Kind: policy.Initial, Challenge: static,
+		CSR: testpki.CSR(t, key, &x509.CertificateRequest{EmailAddresses: []string{"A@example.com"}})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chain[0].EmailAddresses[0] != "a@example.com" {
+		t.Errorf("static enrolment names %q", chain[0].EmailAddresses)
+	}
+	_, err = on.e.Enroll(ctx, policy.Request{Kind: policy.Initial, Challenge: static,
+		CSR: testpki.CSR(t, key, &x509.CertificateRequest{EmailAddresses: []string{"a@evil.com"}})})
+	wantReason(t, err, policy.ReasonDomainNotAllowed)
+}
+
+func TestParseSerial(t *testing.T) {
+	for in, want := range map[string]string{"255": "255", "0xff": "255", "0XFF": "255", "00:ff": "255", " 10 ": "10"} {
+		got, err := policy.ParseSerial(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSerial(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "0", "0xzz", "abc"} {
+		if _, err := policy.ParseSerial(in); err == nil {
+			t.Errorf("ParseSerial(%q) accepted", in)
+		}
+	}
+}
+
+func TestPurgeChallenges(t *testing.T) {
+	v := newEnv(t, nil)
+	ctx := context.Background()
+	c, err := v.e.CreateChallenge(ctx, "a@example.com", "d", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := v.challenge("b@example.com", "d")
+	n, err := v.store.PurgeChallenges(time.Now().Add(2 * time.Minute))
+	if err != nil || n != 1 {
+		t.Fatalf("purged %d, %v; want 1", n, err)
+	}
+	csr := testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil)
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: csr, Challenge: c.Secret})
+	wantReason(t, err, policy.ReasonChallengeUnknown)
+	if _, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: csr, Challenge: keep}); err != nil {
+		t.Errorf("unexpired challenge purged: %v", err)
+	}
+}

@@ -1,0 +1,348 @@
+package scep_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/base64"
+	"io"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smallstep/pkcs7"
+	smallscep "github.com/smallstep/scep"
+	scepx509 "github.com/smallstep/scep/x509util"
+
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/policy"
+	"github.com/smimeca/smimeca/policy/nosqlstore"
+	"github.com/smimeca/smimeca/scep"
+)
+
+type fixture struct {
+	srv    *httptest.Server
+	e      *policy.Enrollment
+	ra     *x509.Certificate
+	caCert *testpki.CA
+}
+
+func newFixture(t testing.TB) *fixture {
+	t.Helper()
+	if err := scep.SetContentEncryption("aes256-cbc"); err != nil {
+		t.Fatal(err)
+	}
+	c := testpki.NewCA(t, ca.KeyTypeEC)
+	store, err := nosqlstore.New(c.DB.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := policy.NewEnrollment(c, store, store, policy.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ra, raKey := c.RA()
+	h, err := scep.New(e, ra, raKey, []*x509.Certificate{c.Intermediate()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return &fixture{srv: srv, e: e, ra: ra, caCert: c}
+}
+
+// device is a SCEP client built from the same library a real client uses.
+type device struct {
+	key  *rsa.PrivateKey
+	cert *x509.Certificate // self-signed, or the issued one for renewal
+}
+
+func newDevice(t testing.TB, i int) *device {
+	t.Helper()
+	key := testpki.RSAKey(t, 2048, i)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "device"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, _ := x509.ParseCertificate(der)
+	return &device{key: key, cert: crt}
+}
+
+func (d *device) message(t testing.TB, f *fixture, mt smallscep.MessageType, challenge string, emails ...string) []byte {
+	t.Helper()
+	der, err := scepx509.CreateCertificateRequest(rand.Reader, &scepx509.CertificateRequest{
+		CertificateRequest: x509.CertificateRequest{Subject: pkix.Name{CommonName: "device"}, EmailAddresses: emails},
+		ChallengePassword:  challenge,
+	}, d.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := smallscep.NewCSRRequest(csr, &smallscep.PKIMessage{
+		MessageType: mt, Recipients: []*x509.Certificate{f.ra}, SignerKey: d.key, SignerCert: d.cert,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg.Raw
+}
+
+func (f *fixture) post(t testing.TB, body []byte) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := http.Post(f.srv.URL+"/scep?operation=PKIOperation", "application/x-pki-message", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+func (f *fixture) certRep(t testing.TB, d *device, body []byte) *smallscep.PKIMessage {
+	t.Helper()
+	rep, err := smallscep.ParsePKIMessage(body, smallscep.WithCACerts([]*x509.Certificate{f.ra}))
+	if err != nil {
+		t.Fatalf("parse CertRep: %v", err)
+	}
+	if rep.MessageType != smallscep.CertRep {
+		t.Fatalf("message type %s", rep.MessageType)
+	}
+	if rep.PKIStatus == smallscep.SUCCESS {
+		if err := rep.DecryptPKIEnvelope(d.cert, d.key); err != nil {
+			t.Fatalf("decrypt CertRep: %v", err)
+		}
+	}
+	return rep
+}
+
+func (f *fixture) challenge(t testing.TB, user, device string) string {
+	c, err := f.e.CreateChallenge(context.Background(), user, device, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Secret
+}
+
+func TestGetCACapsAndCert(t *testing.T) {
+	f := newFixture(t)
+	for _, path := range []string{"/scep", "/scep/pkiclient.exe"} {
+		resp, err := http.Get(f.srv.URL + path + "?operation=GetCACaps")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		caps := string(b)
+		for _, want := range []string{"POSTPKIOperation", "SHA-256", "SHA-512", "AES", "SCEPStandard", "Renewal"} {
+			if !strings.Contains(caps, want+"\n") {
+				t.Errorf("%s caps lack %s: %q", path, want, caps)
+			}
+		}
+		for _, bad := range []string{"DES3", "SHA-1"} {
+			if strings.Contains(caps, bad) {
+				t.Errorf("caps advertise %s", bad)
+			}
+		}
+	}
+	resp, err := http.Get(f.srv.URL + "/scep?operation=GetCACert")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "application/x-x509-ca-ra-cert" {
+		t.Errorf("content type %q", ct)
+	}
+	certs, err := smallscep.CACerts(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(certs) != 2 || !certs[0].Equal(f.ra) || !certs[1].Equal(f.caCert.Intermediate()) {
+		t.Errorf("GetCACert returned %d certs, want RA then intermediate", len(certs))
+	}
+	if _, ok := certs[0].PublicKey.(*rsa.PublicKey); !ok {
+		t.Error("RA key is not RSA")
+	}
+}
+
+func TestEnrollOverPOSTAndGET(t *testing.T) {
+	f := newFixture(t)
+	d := newDevice(t, 0)
+
+	// POST
+	_, body := f.post(t, d.message(t, f, smallscep.PKCSReq, f.challenge(t, "alice@example.com", "dev-1")))
+	rep := f.certRep(t, d, body)
+	if rep.PKIStatus != smallscep.SUCCESS {
+		t.Fatalf("status %s failInfo %s", rep.PKIStatus, rep.FailInfo)
+	}
+	if got := rep.CertRepMessage.Certificate.EmailAddresses; len(got) != 1 || got[0] != "alice@example.com" {
+		t.Errorf("issued names %q", got)
+	}
+
+	// GET with the base64 unescaped, as macOS sends it: '+' arrives as ' '.
+	msg := d.message(t, f, smallscep.PKCSReq, f.challenge(t, "alice@example.com", "dev-1"))
+	b64 := base64.StdEncoding.EncodeToString(msg)
+	for !strings.Contains(b64, "+") { // make sure the test exercises the '+' case
+		msg = d.message(t, f, smallscep.PKCSReq, f.challenge(t, "alice@example.com", "dev-1"))
+		b64 = base64.StdEncoding.EncodeToString(msg)
+	}
+	resp, err := http.Get(f.srv.URL + "/scep?operation=PKIOperation&message=" + b64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET status %d: %s", resp.StatusCode, gb)
+	}
+	if rep := f.certRep(t, d, gb); rep.PKIStatus != smallscep.SUCCESS {
+		t.Fatalf("GET status %s", rep.PKIStatus)
+	}
+	// GET properly escaped.
+	resp, err = http.Get(f.srv.URL + "/scep?operation=PKIOperation&message=" + url.QueryEscape(base64.StdEncoding.EncodeToString(
+		d.message(t, f, smallscep.PKCSReq, f.challenge(t, "alice@example.com", "dev-1")))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gb, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if rep := f.certRep(t, d, gb); rep.PKIStatus != smallscep.SUCCESS {
+		t.Fatalf("escaped GET status %s", rep.PKIStatus)
+	}
+}
+
+func TestRefusalsAreSignedFailures(t *testing.T) {
+	f := newFixture(t)
+	d := newDevice(t, 0)
+	secret := f.challenge(t, "alice@example.com", "dev-1")
+	for name, msg := range map[string][]byte{
+		"other user":        d.message(t, f, smallscep.PKCSReq, secret, "bob@example.com"),
+		"unknown challenge": d.message(t, f, smallscep.PKCSReq, "wrong"),
+		"no challenge":      d.message(t, f, smallscep.PKCSReq, ""),
+		"renewal by self-signed": d.message(t, f, smallscep.RenewalReq, ""),
+	} {
+		resp, body := f.post(t, msg)
+		if resp.StatusCode != 200 {
+			t.Errorf("%s: HTTP %d", name, resp.StatusCode)
+			continue
+		}
+		rep := f.certRep(t, d, body)
+		if rep.PKIStatus != smallscep.FAILURE {
+			t.Errorf("%s: status %s", name, rep.PKIStatus)
+		}
+		want := smallscep.BadRequest
+		if strings.HasPrefix(name, "renewal") {
+			want = smallscep.BadMessageCheck
+		}
+		if rep.FailInfo != want {
+			t.Errorf("%s: failInfo %s, want %s", name, rep.FailInfo, want)
+		}
+	}
+	// The refused "other user" request did not burn the challenge.
+	_, body := f.post(t, d.message(t, f, smallscep.PKCSReq, secret))
+	if rep := f.certRep(t, d, body); rep.PKIStatus != smallscep.SUCCESS {
+		t.Fatalf("challenge burned by a refused request: %s", rep.FailInfo)
+	}
+}
+
+func TestRenewalReq(t *testing.T) {
+	f := newFixture(t)
+	d := newDevice(t, 0)
+	_, body := f.post(t, d.message(t, f, smallscep.PKCSReq, f.challenge(t, "alice@example.com", "dev-1")))
+	issued := f.certRep(t, d, body).CertRepMessage.Certificate
+	renewer := &device{key: d.key, cert: issued}
+	_, body = f.post(t, renewer.message(t, f, smallscep.RenewalReq, ""))
+	rep := f.certRep(t, renewer, body)
+	if rep.PKIStatus != smallscep.SUCCESS {
+		t.Fatalf("renewal: %s %s", rep.PKIStatus, rep.FailInfo)
+	}
+	if rep.CertRepMessage.Certificate.SerialNumber.Cmp(issued.SerialNumber) == 0 {
+		t.Error("renewal returned the old certificate")
+	}
+}
+
+var (
+	oidMessageType   = asn1.ObjectIdentifier{2, 16, 840, 1, 113733, 1, 9, 2}
+	oidSenderNonce   = asn1.ObjectIdentifier{2, 16, 840, 1, 113733, 1, 9, 5}
+	oidTransactionID = asn1.ObjectIdentifier{2, 16, 840, 1, 113733, 1, 9, 7}
+)
+
+func TestCertPollGetsSignedFailure(t *testing.T) {
+	f := newFixture(t)
+	d := newDevice(t, 0)
+	sd, err := pkcs7.NewSignedData([]byte("poll"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sd.AddSigner(d.cert, d.key, pkcs7.SignerInfoConfig{ExtraSignedAttributes: []pkcs7.Attribute{
+		{Type: oidTransactionID, Value: smallscep.TransactionID("tx-1")},
+		{Type: oidMessageType, Value: smallscep.CertPoll},
+		{Type: oidSenderNonce, Value: smallscep.SenderNonce([]byte("0123456789abcdef"))},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sd.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := f.post(t, raw)
+	if resp.StatusCode != 200 {
+		t.Fatalf("HTTP %d: %s", resp.StatusCode, body)
+	}
+	rep := f.certRep(t, d, body)
+	if rep.PKIStatus != smallscep.FAILURE || rep.FailInfo != smallscep.BadCertID || rep.TransactionID != "tx-1" {
+		t.Errorf("CertPoll answer %s %s %s", rep.PKIStatus, rep.FailInfo, rep.TransactionID)
+	}
+}
+
+func TestBadRequestsGet4xx(t *testing.T) {
+	f := newFixture(t)
+	cases := []struct {
+		method, query string
+		body          []byte
+		want          int
+	}{
+		{"GET", "", nil, 400},
+		{"GET", "operation=Nope", nil, 400},
+		{"POST", "operation=PKIOperation", []byte("garbage"), 400},
+		{"POST", "operation=PKIOperation", nil, 400},
+		{"POST", "operation=PKIOperation", bytes.Repeat([]byte{0x30}, 300<<10), 413},
+		{"GET", "operation=PKIOperation", nil, 400},
+		{"GET", "operation=PKIOperation&message=%%%", nil, 400},
+		{"GET", "operation=PKIOperation&message=AAAA", nil, 400},
+		{"PUT", "operation=PKIOperation", []byte("x"), 405},
+	}
+	for _, tc := range cases {
+		req, _ := http.NewRequest(tc.method, f.srv.URL+"/scep?"+tc.query, bytes.NewReader(tc.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s ?%s: HTTP %d, want %d", tc.method, tc.query, resp.StatusCode, tc.want)
+		}
+	}
+	resp, err := http.Get(f.srv.URL + "/other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Errorf("unknown path: %d", resp.StatusCode)
+	}
+}
