@@ -1,0 +1,266 @@
+package test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func openssl(t *testing.T, args ...string) result {
+	t.Helper()
+	return run(t, 60*time.Second, tool(t, "openssl"), args...)
+}
+
+func mustOK(t *testing.T, what string, r result) string {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("%s failed (exit %d):\nstdout: %s\nstderr: %s", what, r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+func serialOf(t *testing.T, certPath string) string {
+	out := mustOK(t, "openssl x509 -serial", openssl(t, "x509", "-in", certPath, "-noout", "-serial"))
+	return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(out), "serial="))
+}
+
+// TestEnrolWithScepclient is the issue's end-to-end scenario with real
+// clients: enrol, verify, second use refused, renewal, revoke → CRL.
+func TestEnrolWithScepclient(t *testing.T) {
+	s := newServer(t)
+	work := t.TempDir()
+	chainPEM := filepath.Join(s.data, "ca", "intermediate_ca.crt")
+	rootPEM := filepath.Join(s.data, "ca", "root_ca.crt")
+
+	challenge := s.challenge("Alice@Example.com", "iphone-1")
+	if len(challenge) < 40 {
+		t.Fatalf("challenge %q", challenge)
+	}
+
+	// A device asking for another user's address is refused, and the
+	// challenge survives that.
+	evil := filepath.Join(work, "evil")
+	r := s.scepclient(evil, challenge, "-cn", "bob@example.com")
+	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "badRequest") {
+		t.Fatalf("CSR for bob was not refused with badRequest: %+v", r)
+	}
+
+	dev := filepath.Join(work, "dev")
+	mustOK(t, "scepclient enrol", s.scepclient(dev, challenge))
+	cert := filepath.Join(dev, "client.pem")
+
+	mustOK(t, "openssl verify -purpose smimesign",
+		openssl(t, "verify", "-purpose", "smimesign", "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
+	text := mustOK(t, "openssl x509 -text", openssl(t, "x509", "-in", cert, "-noout", "-text"))
+	for _, want := range []string{"email:alice@example.com", "E-mail Protection", "Subject: CN = alice@example.com",
+		"Digital Signature", "URI:" + s.baseURL + "/crl", "CA:FALSE"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("certificate lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "1.3.6.1.4.1.37476.9000.64.1") {
+		t.Error("certificate carries the smallstep provisioner extension")
+	}
+	if strings.Contains(text, "bob@") {
+		t.Error("certificate names bob")
+	}
+
+	// The same challenge a second time fails (fresh key dir: a new device).
+	r = s.scepclient(filepath.Join(work, "again"), challenge)
+	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "badRequest") {
+		t.Fatalf("second use of a challenge: %+v", r)
+	}
+
+	// Renewal signed with the issued certificate, no challenge.
+	oldSerial := serialOf(t, cert)
+	old := filepath.Join(work, "old.pem")
+	b, _ := os.ReadFile(cert)
+	os.WriteFile(old, b, 0o600)
+	mustOK(t, "scepclient renewal", s.scepclient(dev, "", "-certificate", cert))
+	newSerial := serialOf(t, cert)
+	if newSerial == oldSerial {
+		t.Fatal("renewal returned the same certificate")
+	}
+	mustOK(t, "verify renewed", openssl(t, "verify", "-purpose", "smimesign", "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
+
+	// Inventory over the CLI, as JSON.
+	out := mustOK(t, "cert list", s.cli("cert", "list", "--device", "iphone-1", "-o", "json"))
+	var list struct {
+		Certificates []struct {
+			SerialHex   string `json:"serialHex"`
+			User        string `json:"user"`
+			RenewedFrom string `json:"renewedFrom"`
+			Revoked     bool   `json:"revoked"`
+		} `json:"certificates"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("cert list json: %v\n%s", err, out)
+	}
+	if len(list.Certificates) != 2 {
+		t.Fatalf("inventory %s", out)
+	}
+
+	// Revoke the old one by its openssl serial; it appears in the CRL fetched
+	// from the certificate's CDP URL, and openssl's CRL check then fails.
+	mustOK(t, "cert revoke", s.cli("cert", "revoke", "--serial", "0x"+oldSerial, "--reason", "superseded"))
+	cdp := regexp.MustCompile(`URI:(\S+)`).FindStringSubmatch(text)[1]
+	resp, err := http.Get(cdp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crlDER, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	crlFile := filepath.Join(work, "crl.der")
+	os.WriteFile(crlFile, crlDER, 0o600)
+	crlText := mustOK(t, "openssl crl", openssl(t, "crl", "-inform", "DER", "-in", crlFile, "-noout", "-text"))
+	if !strings.Contains(crlText, "Serial Number: "+oldSerial) {
+		t.Fatalf("revoked serial %s not in CRL:\n%s", oldSerial, crlText)
+	}
+	crlPEM := filepath.Join(work, "crl.pem")
+	mustOK(t, "crl to pem", openssl(t, "crl", "-inform", "DER", "-in", crlFile, "-out", crlPEM))
+	r = openssl(t, "verify", "-crl_check", "-CRLfile", crlPEM, "-CAfile", rootPEM, "-untrusted", chainPEM, old)
+	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "revoked") {
+		t.Fatalf("openssl accepted the revoked certificate: %+v", r)
+	}
+	mustOK(t, "unrevoked cert passes the CRL check",
+		openssl(t, "verify", "-crl_check", "-CRLfile", crlPEM, "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
+
+	// Renewal with the revoked certificate is refused.
+	revokedDir := filepath.Join(work, "revoked")
+	os.MkdirAll(revokedDir, 0o700)
+	key, _ := os.ReadFile(filepath.Join(dev, "key.pem"))
+	os.WriteFile(filepath.Join(revokedDir, "key.pem"), key, 0o600)
+	csr, _ := os.ReadFile(filepath.Join(dev, "csr.pem"))
+	os.WriteFile(filepath.Join(revokedDir, "csr.pem"), csr, 0o600)
+	os.WriteFile(filepath.Join(revokedDir, "client.pem"), b, 0o600)
+	r = s.scepclient(revokedDir, "", "-certificate", filepath.Join(revokedDir, "client.pem"))
+	if r.code == 0 {
+		t.Fatal("renewal with a revoked certificate succeeded")
+	}
+
+	// Revoke the device: the renewed one goes too.
+	mustOK(t, "revoke device", s.cli("cert", "revoke", "--device", "iphone-1"))
+	out = mustOK(t, "cert list", s.cli("cert", "list", "--user", "ALICE@example.com"))
+	if strings.Contains(out, "valid") {
+		t.Errorf("a certificate is still valid after device revocation:\n%s", out)
+	}
+
+	// No challenge ever reaches the log.
+	if strings.Contains(s.log.String(), challenge) {
+		t.Error("the server log contains a challenge")
+	}
+}
+
+// TestChallengeRaceIssuesOnce runs several real clients on one challenge.
+func TestChallengeRaceIssuesOnce(t *testing.T) {
+	s := newServer(t)
+	work := t.TempDir()
+	challenge := s.challenge("carol@example.com", "race-device")
+	const n = 4
+	var wg sync.WaitGroup
+	results := make([]result, n)
+	s.raFingerprint() // compute once before the race
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			results[i] = s.scepclient(filepath.Join(work, "d", string(rune('a'+i))), challenge)
+		}(i)
+	}
+	wg.Wait()
+	ok := 0
+	for _, r := range results {
+		if r.code == 0 {
+			ok++
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d clients got a certificate from one challenge, want 1: %+v", ok, results)
+	}
+	out := mustOK(t, "cert list", s.cli("cert", "list", "--device", "race-device", "-o", "json"))
+	if c := strings.Count(out, `"serial"`); c != 1 {
+		t.Fatalf("inventory holds %d certificates:\n%s", c, out)
+	}
+}
+
+func TestExpiredChallengeRefused(t *testing.T) {
+	s := newServer(t)
+	// The smallest TTL is a minute; wait it out rather than fake the clock
+	// of a real process. t.Parallel lets the wait overlap other tests.
+	t.Parallel()
+	r := s.cli("challenge", "create", "--user", "dave@example.com", "--device", "slow", "--ttl", "1m")
+	short := strings.TrimSpace(mustOK(t, "challenge create --ttl 1m", r))
+	time.Sleep(61 * time.Second)
+	r = s.scepclient(filepath.Join(t.TempDir(), "d"), short)
+	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "badRequest") {
+		t.Fatalf("expired challenge accepted: %+v", r)
+	}
+	if !strings.Contains(s.log.String(), "challenge-expired") {
+		t.Errorf("log does not say the challenge expired")
+	}
+}
+
+// TestRestartKeepsData restarts the server on the same data dir.
+func TestRestartKeepsData(t *testing.T) {
+	s := newServer(t)
+	root1, _ := os.ReadFile(filepath.Join(s.data, "ca", "root_ca.crt"))
+	mustOK(t, "enrol", s.scepclient(filepath.Join(t.TempDir(), "d"), s.challenge("erin@example.com", "dev")))
+	pending := s.challenge("erin@example.com", "dev2")
+	s.restart()
+	root2, _ := os.ReadFile(filepath.Join(s.data, "ca", "root_ca.crt"))
+	if string(root1) != string(root2) {
+		t.Fatal("root changed across restart")
+	}
+	out := mustOK(t, "cert list", s.cli("cert", "list", "--user", "erin@example.com"))
+	if !strings.Contains(out, "erin@example.com") {
+		t.Fatalf("inventory lost across restart:\n%s", out)
+	}
+	mustOK(t, "challenge created before restart", s.scepclient(filepath.Join(t.TempDir(), "d2"), pending))
+}
+
+// TestGarbageGets4xx sends junk to every endpoint.
+func TestGarbageGets4xx(t *testing.T) {
+	s := newServer(t)
+	cases := []struct{ method, path, body string }{
+		{"POST", "/scep?operation=PKIOperation", "garbage"},
+		{"GET", "/scep?operation=PKIOperation&message=Z2FyYmFnZQ==", ""},
+		{"GET", "/scep?operation=PKIOperation&message=%25%25", ""},
+		{"GET", "/scep", ""},
+		{"GET", "/scep?operation=Bogus", ""},
+		{"DELETE", "/scep?operation=PKIOperation", ""},
+		{"POST", "/scep/pkiclient.exe?operation=PKIOperation", "\x30\x82"},
+		{"POST", "/crl", "x"},
+		{"POST", "/healthz", "x"},
+		{"GET", "/nope", ""},
+	}
+	for _, c := range cases {
+		req, _ := http.NewRequest(c.method, s.baseURL+c.path, strings.NewReader(c.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", c.method, c.path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 400 || resp.StatusCode >= 500 {
+			t.Errorf("%s %s: HTTP %d, want 4xx", c.method, c.path, resp.StatusCode)
+		}
+	}
+	if strings.Contains(s.log.String(), "panic") {
+		t.Errorf("server log mentions a panic:\n%s", s.log.String())
+	}
+	resp, err := http.Get(s.baseURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), `smimeca_scep_operations_total{result="malformed"`) {
+		t.Errorf("metrics do not count malformed requests:\n%.2000s", b)
+	}
+}

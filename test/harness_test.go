@@ -1,0 +1,243 @@
+// Package test holds smimeca's end-to-end tests: they build the real binary,
+// start "smimeca serve" on loopback ports, and drive it with real clients
+// (Debian's scepclient, openssl, grpcurl). scripts/deps.sh installs them;
+// a missing tool fails the test, it never skips it.
+package test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// smimecaBin builds cmd/smimeca once per test binary.
+func smimecaBin(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "smimeca-e2e-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "smimeca")
+		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/smimeca").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// tool returns the path of a required external tool, looking in PATH and
+// in ~/.cache/smimeca/bin where scripts/deps.sh installs Go tools.
+func tool(t testing.TB, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	home, _ := os.UserHomeDir()
+	p := filepath.Join(home, ".cache", "smimeca", "bin", name)
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	t.Fatalf("%s is not installed: run `make test` (scripts/deps.sh installs it)", name)
+	return ""
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// server is a running "smimeca serve".
+type server struct {
+	t        testing.TB
+	data     string
+	httpAddr string
+	grpcAddr string
+	baseURL  string
+	log      *syncBuffer
+	cmd      *exec.Cmd
+	extra    []string
+}
+
+func newServer(t testing.TB, extra ...string) *server {
+	t.Helper()
+	s := &server{
+		t: t, data: filepath.Join(t.TempDir(), "data"), log: &syncBuffer{},
+		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		extra:    extra,
+	}
+	s.baseURL = "http://" + s.httpAddr
+	s.start()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *server) start() {
+	s.t.Helper()
+	args := append([]string{"serve", "--data", s.data, "--http-addr", s.httpAddr, "--grpc-addr", s.grpcAddr,
+		"--allowed-domains", "example.com", "--log-format", "json"}, s.extra...)
+	s.cmd = exec.Command(smimecaBin(s.t), args...)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	s.cmd.Env = cleanEnv()
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(s.baseURL + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				if c, err := net.Dial("tcp", s.grpcAddr); err == nil {
+					c.Close()
+					return
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.t.Fatalf("server did not come up:\n%s", s.log.String())
+}
+
+func (s *server) stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	s.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
+	}
+	s.cmd = nil
+}
+
+func (s *server) restart() {
+	s.stop()
+	s.start()
+}
+
+// cleanEnv drops SMIMECA_* variables of the caller so tests see defaults.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "SMIMECA_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func run(t testing.TB, timeout time.Duration, name string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = cleanEnv()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	return result{stdout: out.String(), stderr: errb.String(), code: code}
+}
+
+// cli runs a smimeca client subcommand against s with the admin credentials.
+func (s *server) cli(args ...string) result {
+	s.t.Helper()
+	full := append(args, "--server", s.grpcAddr, "--credentials", filepath.Join(s.data, "credentials", "admin"))
+	return run(s.t, 60*time.Second, smimecaBin(s.t), full...)
+}
+
+func (s *server) challenge(user, device string) string {
+	s.t.Helper()
+	r := s.cli("challenge", "create", "--user", user, "--device", device)
+	if r.code != 0 {
+		s.t.Fatalf("challenge create: %d %s", r.code, r.stderr)
+	}
+	return strings.TrimSpace(r.stdout)
+}
+
+// raFingerprint is the SHA-256 of the RA certificate, which scepclient
+// needs to pick the RSA recipient out of GetCACert (the issuing CA is ECDSA).
+func (s *server) raFingerprint() string {
+	s.t.Helper()
+	r := run(s.t, 30*time.Second, tool(s.t, "openssl"), "x509", "-in", filepath.Join(s.data, "ca", "scep_ra.crt"), "-noout", "-fingerprint", "-sha256")
+	if r.code != 0 {
+		s.t.Fatal(r.stderr)
+	}
+	fp := strings.TrimSpace(r.stdout[strings.Index(r.stdout, "=")+1:])
+	return strings.ReplaceAll(fp, ":", "")
+}
+
+// scepclient enrols (or renews, when cert exists) in dir.
+func (s *server) scepclient(dir, challenge string, extra ...string) result {
+	s.t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		s.t.Fatal(err)
+	}
+	args := append([]string{"-server-url", s.baseURL + "/scep", "-private-key", filepath.Join(dir, "key.pem"),
+		"-ca-fingerprint", s.raFingerprint()}, extra...)
+	if challenge != "" {
+		args = append(args, "-challenge", challenge)
+	}
+	return run(s.t, 60*time.Second, tool(s.t, "scepclient"), args...)
+}
