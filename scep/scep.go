@@ -253,7 +253,8 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 		}
 		req.Signer = signer
 	}
-	chain, err := h.enroller.Enroll(r.Context(), req)
+	ctx := policy.WithActor(r.Context(), policy.Actor{Role: "device", Name: "scep transaction " + string(msg.TransactionID)})
+	chain, err := h.enroller.Enroll(ctx, req)
 	if err != nil {
 		if re, ok := policy.IsReject(err); ok {
 			result = "refused"

@@ -1,0 +1,23 @@
+# smimeca: multi-stage build, static binary, distroless non-root image.
+#   docker build -t smimeca .
+#   docker run -p 8080:8080 -p 9443:9443 -v smimeca-data:/data smimeca
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/smimeca ./cmd/smimeca \
+ && mkdir -p /out/data
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/smimeca /usr/local/bin/smimeca
+COPY --from=build --chown=65532:65532 /out/data /data
+ENV SMIMECA_DATA=/data \
+    SMIMECA_HTTP_ADDR=:8080 \
+    SMIMECA_GRPC_ADDR=:9443
+USER 65532:65532
+VOLUME ["/data"]
+EXPOSE 8080 9443
+ENTRYPOINT ["/usr/local/bin/smimeca"]
+CMD ["serve"]

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a bare machine (Debian + Go):
+#   Debian: scep (micromdm's scepclient/scepserver), openssl, gcc (for -race)
+#   Go:     grpcurl, into ~/.cache/smimeca/bin
+# apt-get update runs once, and only when something has to be installed.
+set -euo pipefail
+BIN="${HOME}/.cache/smimeca/bin"
+mkdir -p "$BIN"
+
+need_apt=()
+command -v scepclient >/dev/null || need_apt+=(scep)
+command -v openssl    >/dev/null || need_apt+=(openssl)
+command -v gcc        >/dev/null || need_apt+=(gcc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "deps: apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+GRPCURL_VERSION=v1.9.3
+# go install leaves no version in the binary; a stamp file records it.
+if [ ! -x "$BIN/grpcurl" ] || [ ! -f "$BIN/.grpcurl-${GRPCURL_VERSION}" ]; then
+  echo "deps: go install grpcurl@${GRPCURL_VERSION}"
+  GOBIN="$BIN" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@${GRPCURL_VERSION}"
+  touch "$BIN/.grpcurl-${GRPCURL_VERSION}"
+fi
+echo "deps: $(command -v scepclient), $(openssl version | cut -d' ' -f1-2), grpcurl ${GRPCURL_VERSION}"
