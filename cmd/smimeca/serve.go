@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/smallstep/certificates/db"
 
 	"github.com/smimeca/smimeca/api"
 	"github.com/smimeca/smimeca/ca"
@@ -50,6 +49,7 @@ type serveConfig struct {
 	staticChallenge   string
 	scepIncludeRoot   bool
 	scepEncryption    string
+	debugAddr         string
 	logFormat         string
 	logLevel          string
 }
@@ -69,6 +69,7 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.str(&c.staticChallenge, "static-challenge", "SMIMECA_STATIC_CHALLENGE", "", "LAB ONLY: a shared challenge that lets devices name their own address")
 	f.boolean(&c.scepIncludeRoot, "scep-include-root", "SMIMECA_SCEP_INCLUDE_ROOT", false, "include the root in GetCACert")
 	f.str(&c.scepEncryption, "scep-encryption", "SMIMECA_SCEP_ENCRYPTION", "aes256-cbc", "CertRep content encryption: aes256-cbc, aes128-cbc, aes256-gcm")
+	f.str(&c.debugAddr, "debug-addr", "SMIMECA_DEBUG_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); off by default")
 	f.str(&c.logFormat, "log-format", "SMIMECA_LOG_FORMAT", "text", "log format: text or json")
 	f.str(&c.logLevel, "log-level", "SMIMECA_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	if err := f.parse(args); err != nil {
@@ -137,29 +138,22 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		logger.Warn("a static SCEP challenge is configured: any device that knows it can enrol for any allowed address; use it in labs only")
 	}
 
-	if err := os.MkdirAll(filepath.Join(cfg.dataDir, "db"), 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(cfg.dataDir, "db", "smimeca.db")})
+	database, err := ca.OpenDatabase(filepath.Join(cfg.dataDir, "db", "smimeca.db"))
 	if err != nil {
-		return fmt.Errorf("open database (is another smimeca running on %s?): %w", cfg.dataDir, err)
+		return err
 	}
-	defer authDB.Shutdown()
-	nosqlDB, ok := authDB.(*db.DB)
-	if !ok {
-		return errors.New("unexpected database type")
-	}
+	defer database.Close()
 
 	authority, err := ca.Open(ca.Config{
 		Dir: filepath.Join(cfg.dataDir, "ca"), IssuerKeyType: strings.ToUpper(cfg.issuerKeyType),
 		CRLURL: cfg.publicURL + "/crl",
-	}, authDB)
+	}, database.DB)
 	if err != nil {
 		return err
 	}
 	defer authority.Close()
 
-	store, err := nosqlstore.New(nosqlDB.DB)
+	store, err := nosqlstore.New(database.DB.DB)
 	if err != nil {
 		return err
 	}
@@ -240,6 +234,15 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	go func() { errc <- httpSrv.Serve(httpLn) }()
 	go func() { errc <- grpcSrv.Serve(grpcLn) }()
 	go purgeChallenges(ctx, store, logger)
+	if cfg.debugAddr != "" {
+		dbg := &http.Server{Addr: cfg.debugAddr, Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := dbg.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Warn("debug server", "err", err)
+			}
+		}()
+		defer dbg.Close()
+	}
 
 	fp := authority.Fingerprint()
 	logger.Info("smimeca serving",

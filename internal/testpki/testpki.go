@@ -28,19 +28,19 @@ type CA struct {
 func NewCA(t testing.TB, keyType string) *CA {
 	t.Helper()
 	dir := t.TempDir()
-	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "smimeca.db")})
+	database, err := ca.OpenDatabase(filepath.Join(dir, "smimeca.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), IssuerKeyType: keyType, CRLURL: "http://ca.test/crl"}, authDB)
+	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), IssuerKeyType: keyType, CRLURL: "http://ca.test/crl"}, database.DB)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		a.Close()
-		authDB.Shutdown()
+		database.Close()
 	})
-	return &CA{Authority: a, DB: authDB.(*db.DB), Dir: dir}
+	return &CA{Authority: a, DB: database.DB, Dir: dir}
 }
 
 var (

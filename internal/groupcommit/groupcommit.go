@@ -1,0 +1,133 @@
+// Package groupcommit coalesces concurrent writes to a smallstep nosql
+// database into one transaction, so that N enrolments finishing at the same
+// time pay for one bbolt commit (and its fsyncs) instead of N. Every write
+// still returns only after the transaction holding it committed: durability
+// is unchanged, only the number of commits goes down (the idea of bbolt's
+// DB.Batch, which the nosql interface does not expose).
+//
+// Reads, table management and Close pass straight through.
+package groupcommit
+
+import (
+	"sync"
+
+	"github.com/smallstep/nosql/database"
+)
+
+// DB wraps a database.DB. It is safe for concurrent use.
+type DB struct {
+	database.DB
+
+	mu       sync.Mutex
+	pending  []*request
+	inFlight bool
+	// maxOps bounds the operations merged into one transaction.
+	maxOps int
+}
+
+type request struct {
+	tx   *database.Tx
+	err  error
+	done chan struct{}
+}
+
+var _ database.DB = (*DB)(nil)
+
+// New returns db with group commit for Set, Del, CmpAndSwap and Update.
+func New(db database.DB) *DB {
+	return &DB{DB: db, maxOps: 1024}
+}
+
+// Update runs tx, possibly in one transaction with concurrent writers.
+func (g *DB) Update(tx *database.Tx) error {
+	r := &request{tx: tx, done: make(chan struct{})}
+	g.mu.Lock()
+	g.pending = append(g.pending, r)
+	if g.inFlight {
+		g.mu.Unlock()
+		<-r.done
+		return r.err
+	}
+	g.inFlight = true
+	g.mu.Unlock()
+	g.commitLoop()
+	<-r.done
+	return r.err
+}
+
+// commitLoop commits pending requests until none are left. Exactly one
+// goroutine runs it at a time: the writer that found no commit in flight.
+func (g *DB) commitLoop() {
+	for {
+		g.mu.Lock()
+		batch := g.pending
+		if len(batch) == 0 {
+			g.inFlight = false
+			g.mu.Unlock()
+			return
+		}
+		n, ops := 0, 0
+		for n < len(batch) && (n == 0 || ops+len(batch[n].tx.Operations) <= g.maxOps) {
+			ops += len(batch[n].tx.Operations)
+			n++
+		}
+		batch, g.pending = batch[:n], batch[n:]
+		g.mu.Unlock()
+		g.commit(batch)
+	}
+}
+
+func (g *DB) commit(batch []*request) {
+	if len(batch) == 1 {
+		batch[0].err = g.DB.Update(batch[0].tx)
+		close(batch[0].done)
+		return
+	}
+	merged := &database.Tx{}
+	for _, r := range batch {
+		merged.Operations = append(merged.Operations, r.tx.Operations...)
+	}
+	if err := g.DB.Update(merged); err == nil {
+		for _, r := range batch {
+			close(r.done)
+		}
+		return
+	}
+	// One request made the merged transaction fail (and roll back): run each
+	// on its own so that only the faulty one sees an error.
+	for _, r := range batch {
+		for _, op := range r.tx.Operations {
+			op.Result, op.Swapped = nil, false
+		}
+		r.err = g.DB.Update(r.tx)
+		close(r.done)
+	}
+}
+
+// Set implements database.DB through Update.
+func (g *DB) Set(bucket, key, value []byte) error {
+	tx := new(database.Tx)
+	tx.Set(bucket, key, value)
+	return g.Update(tx)
+}
+
+// Del implements database.DB through Update.
+func (g *DB) Del(bucket, key []byte) error {
+	tx := new(database.Tx)
+	tx.Del(bucket, key)
+	return g.Update(tx)
+}
+
+// CmpAndSwap implements database.DB through Update. Compare-and-swaps on the
+// same key within one merged transaction are applied in arrival order, so
+// of two racing swaps from the same old value exactly one succeeds.
+func (g *DB) CmpAndSwap(bucket, key, oldValue, newValue []byte) ([]byte, bool, error) {
+	tx := &database.Tx{Operations: []*database.TxEntry{{
+		Bucket: bucket, Key: key, CmpValue: oldValue, Value: newValue, Cmd: database.CmpAndSwap,
+	}}}
+	if err := g.Update(tx); err != nil {
+		return nil, false, err
+	}
+	op := tx.Operations[0]
+	return op.Result, op.Swapped, nil
+}

@@ -1,0 +1,488 @@
+// Command scepbench measures SCEP enrolment throughput of smimeca against
+// Debian's scepserver (micromdm) on the same machine in one run, and the
+// in-process rate of the private-key operations an enrolment cannot avoid.
+//
+// All device keys, CSRs and PKCSReq messages are built before timing, so the
+// timed part is the servers' work plus HTTP on loopback. Every response is
+// checked to be a CertRep SUCCESS signed by the server's RA.
+//
+// Run it through `make bench-scep` (scripts/bench-scep.sh).
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/smallstep/pkcs7"
+	smallscep "github.com/smallstep/scep"
+	scepx509 "github.com/smallstep/scep/x509util"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+)
+
+func main() {
+	bin := flag.String("smimeca", "bin/smimeca", "smimeca binary")
+	peer := flag.String("scepserver", "scepserver", "Debian's scepserver binary")
+	n := flag.Int("n", 300, "enrolments per run")
+	conc := flag.String("c", "1,16", "comma-separated client concurrencies")
+	keys := flag.Int("keys", 16, "distinct device keys (messages are unique anyway)")
+	flag.Parse()
+	if err := run(*bin, *peer, *n, *keys, *conc); err != nil {
+		fmt.Fprintln(os.Stderr, "scepbench:", err)
+		os.Exit(1)
+	}
+}
+
+type target struct {
+	name    string
+	url     string
+	ra      []*x509.Certificate
+	cmd     *exec.Cmd
+	recipie []*x509.Certificate
+}
+
+func run(bin, peerBin string, n, nkeys int, concList string) error {
+	pkcs7.ContentEncryptionAlgorithm = pkcs7.EncryptionAlgorithmAES256CBC
+	var concs []int
+	for _, s := range strings.Split(concList, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || c < 1 {
+			return fmt.Errorf("bad -c %q", concList)
+		}
+		concs = append(concs, c)
+	}
+	work, err := os.MkdirTemp("", "scepbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	fmt.Fprintf(os.Stderr, "generating %d device keys…\n", nkeys)
+	devs := make([]*device, nkeys)
+	for i := range devs {
+		if devs[i], err = newDevice(); err != nil {
+			return err
+		}
+	}
+
+	// smimeca
+	sm, challenges, err := startSmimeca(bin, work, n*len(concs)+20)
+	if err != nil {
+		return err
+	}
+	defer stop(sm.cmd)
+	// scepserver with an RSA-2048 CA (its default is 4096, which would make it
+	// slower for a reason that has nothing to do with the server).
+	ps, err := startScepserver(peerBin, work)
+	if err != nil {
+		return err
+	}
+	defer stop(ps.cmd)
+
+	limit := cryptoLimit(2 * time.Second)
+
+	type row struct {
+		name            string
+		conc            int
+		rate, p50, p99  float64
+		failed          int
+		cpuMS           float64
+	}
+	var rows []row
+	ci := 0
+	for _, c := range concs {
+		for _, t := range []*target{sm, ps} {
+			msgs := make([][]byte, n)
+			for i := range msgs {
+				d := devs[i%len(devs)]
+				var ch string
+				if t == sm {
+					ch = challenges[ci]
+					ci++
+				} else {
+					ch = "bench-secret"
+				}
+				if msgs[i], err = d.pkcsReq(t.recipie, ch, fmt.Sprintf("bench-%d-%d-%d", c, i, time.Now().UnixNano())); err != nil {
+					return err
+				}
+			}
+			// warm-up
+			for i := 0; i < 5 && t == ps; i++ {
+				m, _ := devs[0].pkcsReq(t.recipie, "bench-secret", fmt.Sprintf("warm-%d-%d", c, i))
+				if err := enrol(t, m); err != nil {
+					return fmt.Errorf("%s warm-up: %w", t.name, err)
+				}
+			}
+			cpu0 := procCPU(t.cmd)
+			rate, p50, p99, failed, err := load(t, msgs, c)
+			cpuMS := float64(procCPU(t.cmd)-cpu0) / float64(time.Millisecond) / float64(n-failed)
+			if err != nil {
+				return fmt.Errorf("%s c=%d: %w", t.name, c, err)
+			}
+			rows = append(rows, row{t.name, c, rate, p50, p99, failed, cpuMS})
+			fmt.Fprintf(os.Stderr, "%-11s c=%-3d %7.1f enrol/s  p50 %6.2f ms  p99 %6.2f ms  failed %d  server CPU %.2f ms/enrolment\n", t.name, c, rate, p50, p99, failed, cpuMS)
+		}
+	}
+
+	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), %s, go %s; n=%d enrolments per cell\n\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOARCH, runtime.Version(), n)
+	fmt.Printf("crypto limit (in-process, all cores): %.0f enrolments/s (%.2f ms of CPU each) = per enrolment one RSA-2048 decrypt (pkcsPKIEnvelope key), one RSA-2048 sign (CertRep), one ECDSA P-256 sign (certificate)\n\n", limit, float64(runtime.GOMAXPROCS(0))*1000/limit)
+	fmt.Println("| server | clients | enrolments/s | p50 ms | p99 ms | failed | server CPU ms/enrolment | vs scepserver | vs crypto limit |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, r := range rows {
+		vsPeer, vsLimit := "", fmt.Sprintf("%.0f %%", 100*r.rate/limit)
+		if r.name == "smimeca" {
+			for _, p := range rows {
+				if p.name == "scepserver" && p.conc == r.conc {
+					vsPeer = fmt.Sprintf("%.2f×", r.rate/p.rate)
+				}
+			}
+		}
+		fmt.Printf("| %s | %d | %.1f | %.2f | %.2f | %d/%d | %.2f | %s | %s |\n", r.name, r.conc, r.rate, r.p50, r.p99, r.failed, n, r.cpuMS, vsPeer, vsLimit)
+	}
+	return nil
+}
+
+// load sends msgs with c concurrent clients and returns successful
+// enrolments/s, p50/p99 latency in ms of the successful ones, and the number
+// of failed enrolments. A failure of smimeca aborts the run; the peer's
+// failures are counted and reported.
+func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, error) {
+	lat := make([]time.Duration, 0, len(msgs))
+	bodies := make([][]byte, len(msgs))
+	var latMu sync.Mutex
+	var failed atomic.Int64
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < c; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(msgs) {
+					return
+				}
+				t0 := time.Now()
+				if err := post(t, msgs[i], bodies, i); err != nil {
+					if t.name == "smimeca" {
+						firstErr.CompareAndSwap(nil, err)
+						return
+					}
+					failed.Add(1)
+					continue
+				}
+				d := time.Since(t0)
+				latMu.Lock()
+				lat = append(lat, d)
+				latMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	total := time.Since(start)
+	if e := firstErr.Load(); e != nil {
+		return 0, 0, 0, 0, e.(error)
+	}
+	// Check every answer after the timed window, so that the load
+	// generator's signature checks do not take CPU from the server.
+	for i, b := range bodies {
+		if b == nil {
+			continue
+		}
+		if err := checkCertRep(t, b); err != nil {
+			if t.name == "smimeca" {
+				return 0, 0, 0, 0, fmt.Errorf("response %d: %w", i, err)
+			}
+			failed.Add(1)
+		}
+	}
+	if len(lat) == 0 {
+		return 0, 0, 0, int(failed.Load()), nil
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(p float64) float64 {
+		return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
+	}
+	return float64(len(lat)) / total.Seconds(), pct(0.50), pct(0.99), int(failed.Load()), nil
+}
+
+var httpClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 60 * time.Second}
+
+// post sends one PKIOperation and keeps the raw answer in bodies[i].
+func post(t *target, msg []byte, bodies [][]byte, i int) error {
+	resp, err := httpClient.Post(t.url+"?operation=PKIOperation", "application/x-pki-message", bytes.NewReader(msg))
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, body)
+	}
+	bodies[i] = body
+	return nil
+}
+
+// checkCertRep verifies that body is a CertRep SUCCESS signed by t's RA.
+func checkCertRep(t *target, body []byte) error {
+	rep, err := smallscep.ParsePKIMessage(body, smallscep.WithCACerts(t.ra))
+	if err != nil {
+		return fmt.Errorf("parse CertRep: %w", err)
+	}
+	if rep.PKIStatus != smallscep.SUCCESS {
+		return fmt.Errorf("CertRep %s failInfo %s", rep.PKIStatus, rep.FailInfo)
+	}
+	return nil
+}
+
+func enrol(t *target, msg []byte) error {
+	bodies := make([][]byte, 1)
+	if err := post(t, msg, bodies, 0); err != nil {
+		return err
+	}
+	return checkCertRep(t, bodies[0])
+}
+
+type device struct {
+	key  *rsa.PrivateKey
+	cert *x509.Certificate
+}
+
+func newDevice() (*device, error) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench device"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	c, err := x509.ParseCertificate(der)
+	return &device{key: key, cert: c}, err
+}
+
+func (d *device) pkcsReq(recipients []*x509.Certificate, challenge, cn string) ([]byte, error) {
+	der, err := scepx509.CreateCertificateRequest(rand.Reader, &scepx509.CertificateRequest{
+		CertificateRequest: x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}},
+		ChallengePassword:  challenge,
+	}, d.key)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, err
+	}
+	m, err := smallscep.NewCSRRequest(csr, &smallscep.PKIMessage{
+		MessageType: smallscep.PKCSReq, Recipients: recipients, SignerKey: d.key, SignerCert: d.cert,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return m.Raw, nil
+}
+
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitHTTP(url string) error {
+	for i := 0; i < 300; i++ {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return errors.New("server did not start: " + url)
+}
+
+func getCACerts(url string) ([]*x509.Certificate, error) {
+	resp, err := http.Get(url + "?operation=GetCACert")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.Header.Get("Content-Type") == "application/x-x509-ca-cert" {
+		return x509.ParseCertificates(b)
+	}
+	return smallscep.CACerts(b)
+}
+
+func startSmimeca(bin, work string, nChallenges int) (*target, []string, error) {
+	data := filepath.Join(work, "smimeca")
+	httpAddr, grpcAddr := freeAddr(), freeAddr()
+	cmd := exec.Command(bin, "serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	url := "http://" + httpAddr + "/scep"
+	if err := waitHTTP("http://" + httpAddr + "/healthz"); err != nil {
+		return nil, nil, err
+	}
+	certs, err := getCACerts(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	// certs[0] is the RA; encrypt to it alone (the issuing CA is ECDSA).
+	t := &target{name: "smimeca", url: url, ra: certs[:1], cmd: cmd, recipie: certs[:1]}
+
+	cred := filepath.Join(data, "credentials", "admin")
+	pair, err := tls.LoadX509KeyPair(filepath.Join(cred, "client.crt"), filepath.Join(cred, "client.key"))
+	if err != nil {
+		return nil, nil, err
+	}
+	caPEM, _ := os.ReadFile(filepath.Join(cred, "ca.crt"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: "localhost"})))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.Close()
+	client := pb.NewEnrollmentClient(conn)
+	fmt.Fprintf(os.Stderr, "creating %d one-time challenges…\n", nChallenges)
+	challenges := make([]string, nChallenges)
+	for i := range challenges {
+		r, err := client.CreateChallenge(context.Background(), &pb.CreateChallengeRequest{
+			User: fmt.Sprintf("user%d@example.com", i), DeviceId: fmt.Sprintf("bench-%d", i)})
+		if err != nil {
+			return nil, nil, err
+		}
+		challenges[i] = r.GetChallenge()
+	}
+	return t, challenges, nil
+}
+
+func startScepserver(bin, work string) (*target, error) {
+	depot := filepath.Join(work, "depot")
+	if out, err := exec.Command(bin, "ca", "-init", "-depot", depot, "-keySize", "2048").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("scepserver ca -init: %v: %s", err, out)
+	}
+	addr := freeAddr()
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(bin, "-depot", depot, "-port", port, "-challenge", "bench-secret", "-allowrenew", "0")
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	url := "http://127.0.0.1:" + port + "/scep"
+	if err := waitHTTP(url + "?operation=GetCACaps"); err != nil {
+		return nil, err
+	}
+	certs, err := getCACerts(url)
+	if err != nil {
+		return nil, err
+	}
+	return &target{name: "scepserver", url: url, ra: certs, cmd: cmd, recipie: certs}, nil
+}
+
+func stop(cmd *exec.Cmd) {
+	if cmd != nil && cmd.Process != nil {
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+		}
+	}
+}
+
+// procCPU returns the user+system CPU time the process has used so far.
+func procCPU(cmd *exec.Cmd) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name; utime and stime are the
+	// 14th and 15th fields overall, in clock ticks (USER_HZ = 100).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// cryptoLimit measures, on all cores, how many times per second this machine
+// can do the private-key work one smimeca enrolment needs.
+func cryptoLimit(d time.Duration) float64 {
+	ra, _ := rsa.GenerateKey(rand.Reader, 2048)
+	issuer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cek := make([]byte, 32)
+	rand.Read(cek)
+	wrapped, _ := rsa.EncryptPKCS1v15(rand.Reader, &ra.PublicKey, cek)
+	digest := sha256.Sum256([]byte("certificate"))
+	var count atomic.Int64
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				if _, err := rsa.DecryptPKCS1v15(nil, ra, wrapped); err != nil {
+					panic(err)
+				}
+				if _, err := rsa.SignPKCS1v15(nil, ra, crypto.SHA256, digest[:]); err != nil {
+					panic(err)
+				}
+				if _, err := ecdsa.SignASN1(rand.Reader, issuer, digest[:]); err != nil {
+					panic(err)
+				}
+				count.Add(1)
+			}
+		}()
+	}
+	start := time.Now()
+	wg.Wait()
+	return float64(count.Load()) / time.Since(start).Seconds()
+}
