@@ -49,7 +49,8 @@ type Access map[string][]Role
 
 // DefaultAccess is smimeca's access table.
 var DefaultAccess = Access{
-	"/smimeca.v1.Enrollment/": {RoleAdmin},
+	"/smimeca.v1.Enrollment/":  {RoleAdmin},
+	"/smimeca.v1.EscrowAdmin/": {RoleAdmin},
 }
 
 func (a Access) allowed(method string, role Role) bool {

@@ -15,6 +15,8 @@ import (
 // Services are the gRPC services the server registers.
 type Services struct {
 	Enrollment pb.EnrollmentServer
+	// Escrow is optional: without Vault the server runs enrolment only.
+	Escrow pb.EscrowAdminServer
 }
 
 // NewServer returns a gRPC server with mutual TLS (client certificates are
@@ -34,6 +36,10 @@ func NewServer(tlsConfig *tls.Config, access Access, svc Services) *grpc.Server 
 	if svc.Enrollment != nil {
 		pb.RegisterEnrollmentServer(s, svc.Enrollment)
 		hs.SetServingStatus(pb.Enrollment_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	}
+	if svc.Escrow != nil {
+		pb.RegisterEscrowAdminServer(s, svc.Escrow)
+		hs.SetServingStatus(pb.EscrowAdmin_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	}
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)

@@ -2,6 +2,8 @@ package ca
 
 import (
 	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -91,4 +93,37 @@ func readKeyPair(certPath, keyPath string) (*x509.Certificate, crypto.Signer, er
 		return nil, nil, fmt.Errorf("ca: key %s is not a signing key", keyPath)
 	}
 	return crt, signer, nil
+}
+
+// ConnectorKeyFile is the PFX connector's key under the CA directory.
+const ConnectorKeyFile = "pfx_connector.key"
+
+// LoadOrCreateConnectorKey returns the RSA key admins encrypt PFX passwords
+// to, creating it (RSA 3072, mode 0600) on first start.
+func LoadOrCreateConnectorKey(dir string) (*rsa.PrivateKey, error) {
+	path := filepath.Join(dir, ConnectorKeyFile)
+	if fi, err := os.Stat(path); err == nil {
+		if fi.Mode().Perm()&0o077 != 0 {
+			return nil, fmt.Errorf("ca: %s is readable by group or others (mode %04o); run chmod 600 on it", path, fi.Mode().Perm())
+		}
+		k, err := pemutil.Read(path)
+		if err != nil {
+			return nil, fmt.Errorf("ca: read connector key: %w", err)
+		}
+		rk, ok := k.(*rsa.PrivateKey)
+		if !ok {
+			return nil, fmt.Errorf("ca: %s is not an RSA key", path)
+		}
+		return rk, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	k, err := rsa.GenerateKey(rand.Reader, 3072)
+	if err != nil {
+		return nil, fmt.Errorf("ca: generate connector key: %w", err)
+	}
+	if err := writeKey(path, k); err != nil {
+		return nil, err
+	}
+	return k, nil
 }

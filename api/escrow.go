@@ -1,0 +1,146 @@
+package api
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/smimeca/smimeca/escrow"
+	"github.com/smimeca/smimeca/policy"
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+)
+
+// EscrowPolicy is what EscrowAdmin needs from policy; *policy.Escrow
+// implements it.
+type EscrowPolicy interface {
+	ConnectorKey() *rsa.PublicKey
+	Import(ctx context.Context, req policy.ImportRequest) (policy.ImportResult, error)
+	List(ctx context.Context, user string) ([]escrow.Metadata, error)
+	Delete(ctx context.Context, user, thumbprint string) (escrow.Metadata, error)
+	Purge(ctx context.Context, user string) ([]escrow.Metadata, error)
+}
+
+// EscrowService implements smimeca.v1.EscrowAdmin.
+type EscrowService struct {
+	pb.UnimplementedEscrowAdminServer
+	policy EscrowPolicy
+	log    *slog.Logger
+	now    func() time.Time
+}
+
+// NewEscrowService returns the EscrowAdmin service.
+func NewEscrowService(p EscrowPolicy, log *slog.Logger) *EscrowService {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &EscrowService{policy: p, log: log, now: time.Now}
+}
+
+// GetConnectorKey implements pb.EscrowAdminServer.
+func (s *EscrowService) GetConnectorKey(context.Context, *pb.GetConnectorKeyRequest) (*pb.GetConnectorKeyResponse, error) {
+	der, err := x509.MarshalPKIXPublicKey(s.policy.ConnectorKey())
+	if err != nil {
+		return nil, status.Error(codes.Internal, "internal error")
+	}
+	sum := sha256.Sum256(der)
+	return &pb.GetConnectorKeyResponse{
+		PublicKeyPem: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})),
+		KeyId:        hex.EncodeToString(sum[:]),
+		OaepHashes:   []string{"SHA256", "SHA384", "SHA512"},
+	}, nil
+}
+
+var passwordHashes = map[pb.PasswordHash]string{
+	pb.PasswordHash_PASSWORD_HASH_UNSPECIFIED: "SHA256",
+	pb.PasswordHash_PASSWORD_HASH_SHA256:      "SHA256",
+	pb.PasswordHash_PASSWORD_HASH_SHA384:      "SHA384",
+	pb.PasswordHash_PASSWORD_HASH_SHA512:      "SHA512",
+}
+
+// ImportPfx implements pb.EscrowAdminServer.
+func (s *EscrowService) ImportPfx(ctx context.Context, req *pb.ImportPfxRequest) (*pb.ImportPfxResponse, error) {
+	h, ok := passwordHashes[req.GetPasswordHash()]
+	if !ok {
+		return nil, status.Error(codes.InvalidArgument, "password_hash: use SHA256, SHA384 or SHA512")
+	}
+	res, err := s.policy.Import(ctx, policy.ImportRequest{
+		User: req.GetUser(), PFX: req.GetPfx(), Password: req.GetPassword(),
+		EncryptedPassword: req.GetEncryptedPassword(), PasswordHash: h, Purpose: req.GetPurpose(),
+	})
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	return &pb.ImportPfxResponse{Certificate: s.toProto(res.Metadata), Duplicate: res.Duplicate, Expired: res.Expired}, nil
+}
+
+// ListUserCertificates implements pb.EscrowAdminServer.
+func (s *EscrowService) ListUserCertificates(ctx context.Context, req *pb.ListUserCertificatesRequest) (*pb.ListUserCertificatesResponse, error) {
+	list, err := s.policy.List(ctx, req.GetUser())
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	out := &pb.ListUserCertificatesResponse{Certificates: make([]*pb.EscrowedCertificate, 0, len(list))}
+	for _, m := range list {
+		out.Certificates = append(out.Certificates, s.toProto(m))
+	}
+	return out, nil
+}
+
+// DeleteUserCertificate implements pb.EscrowAdminServer.
+func (s *EscrowService) DeleteUserCertificate(ctx context.Context, req *pb.DeleteUserCertificateRequest) (*pb.DeleteUserCertificateResponse, error) {
+	m, err := s.policy.Delete(ctx, req.GetUser(), req.GetThumbprint())
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	return &pb.DeleteUserCertificateResponse{Certificate: s.toProto(m)}, nil
+}
+
+// PurgeUser implements pb.EscrowAdminServer.
+func (s *EscrowService) PurgeUser(ctx context.Context, req *pb.PurgeUserRequest) (*pb.PurgeUserResponse, error) {
+	list, err := s.policy.Purge(ctx, req.GetUser())
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	out := &pb.PurgeUserResponse{}
+	for _, m := range list {
+		out.Purged = append(out.Purged, s.toProto(m))
+	}
+	return out, nil
+}
+
+func (s *EscrowService) toProto(m escrow.Metadata) *pb.EscrowedCertificate {
+	return &pb.EscrowedCertificate{
+		Sha1: m.SHA1, Sha256: m.SHA256, Serial: m.Serial, Issuer: m.Issuer, Subject: m.Subject,
+		Emails: m.Emails, NotBefore: timestamppb.New(m.NotBefore), NotAfter: timestamppb.New(m.NotAfter),
+		Purpose: m.Purpose, ImportedAt: timestamppb.New(m.ImportedAt), ImportedBy: m.ImportedBy,
+		Expired: s.now().After(m.NotAfter),
+	}
+}
+
+func (s *EscrowService) status(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, escrow.ErrUnavailable):
+		return status.Error(codes.Unavailable, "Vault is unavailable; nothing was changed, retry later")
+	case errors.Is(err, escrow.ErrConflict):
+		return status.Error(codes.Aborted, "too many concurrent changes to this user's escrow; retry")
+	}
+	if re, ok := policy.IsReject(err); ok {
+		switch re.Reason {
+		case policy.ReasonNotEscrowed:
+			return status.Error(codes.NotFound, re.Reason.String()+": "+re.Detail)
+		case policy.ReasonEntryFull:
+			return status.Error(codes.ResourceExhausted, re.Reason.String()+": "+re.Detail)
+		}
+	}
+	return statusFor(ctx, s.log, err)
+}

@@ -1,0 +1,456 @@
+// Package escrow keeps users' S/MIME encryption certificates and their
+// private keys in HashiCorp Vault: one KV v2 entry per user holds the whole
+// history (read in one round trip), every private key inside it is
+// encrypted with a Vault Transit key (a token that can only read KV never
+// sees a key), writers use KV v2 check-and-set so concurrent imports for one
+// user never lose each other, and entries are idempotent by the
+// certificate's SHA-256 thumbprint.
+//
+// It does not parse PFX files and makes no access decisions.
+package escrow
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	vault "github.com/hashicorp/vault/api"
+)
+
+// Errors returned by Store. Each says what happened, never a secret.
+var (
+	// ErrUnavailable means Vault could not be reached or is sealed; nothing
+	// was changed.
+	ErrUnavailable = errors.New("escrow: Vault is unavailable")
+	// ErrNotFound means the user or the certificate is not in escrow.
+	ErrNotFound = errors.New("escrow: not found")
+	// ErrTooLarge means the user's entry would pass Vault's entry size limit.
+	ErrTooLarge = errors.New("escrow: the user's escrow entry would exceed Vault's size limit")
+	// ErrConflict means concurrent writers kept winning the check-and-set.
+	ErrConflict = errors.New("escrow: too many concurrent changes to the user's entry; retry")
+)
+
+// maxEntryBytes keeps a user's entry below Vault's default 1 MiB request
+// and storage-entry limit, with room for Vault's own encoding.
+const maxEntryBytes = 900 << 10
+
+// Purposes of an escrowed certificate.
+const (
+	PurposeEncryption = "smimeEncryption"
+	PurposeSigning    = "smimeSigning"
+)
+
+// Metadata describes one escrowed certificate.
+type Metadata struct {
+	SHA1       string    `json:"sha1"`
+	SHA256     string    `json:"sha256"`
+	Serial     string    `json:"serial"` // hex, upper case
+	Issuer     string    `json:"issuer"`
+	Subject    string    `json:"subject"`
+	Emails     []string  `json:"emails"`
+	NotBefore  time.Time `json:"not_before"`
+	NotAfter   time.Time `json:"not_after"`
+	Purpose    string    `json:"purpose"`
+	ImportedAt time.Time `json:"imported_at"`
+	ImportedBy string    `json:"imported_by"`
+}
+
+// Record is one certificate with its private key in the clear. Records
+// live only in memory, for the request that needs them.
+type Record struct {
+	Metadata
+	// CertDER is the certificate.
+	CertDER []byte
+	// ChainDER holds the other certificates of the imported file.
+	ChainDER [][]byte
+	// KeyPKCS8 is the private key, PKCS#8 DER.
+	KeyPKCS8 []byte
+}
+
+// stored is one certificate as it sits in Vault.
+type stored struct {
+	Metadata
+	Cert  string   `json:"cert"`            // base64 DER
+	Chain []string `json:"chain,omitempty"` // base64 DER
+	Key   string   `json:"key"`             // Transit ciphertext of base64 PKCS#8
+}
+
+// entry is a user's KV v2 document.
+type entry struct {
+	Schema       int      `json:"schema"`
+	User         string   `json:"user"`
+	Certificates []stored `json:"certificates"`
+}
+
+// Logical is the part of Vault's API the store uses; (*vault.Logical)
+// implements it.
+type Logical interface {
+	ReadWithContext(ctx context.Context, path string) (*vault.Secret, error)
+	WriteWithContext(ctx context.Context, path string, data map[string]any) (*vault.Secret, error)
+	DeleteWithContext(ctx context.Context, path string) (*vault.Secret, error)
+}
+
+// Config names the Vault mounts and key.
+type Config struct {
+	// KVMount is the KV v2 mount (default "smimeca").
+	KVMount string
+	// TransitMount is the Transit mount (default "transit").
+	TransitMount string
+	// TransitKey is the Transit key name (default "smimeca-escrow").
+	TransitKey string
+	// MaxCASRetries bounds check-and-set retries (default 50).
+	MaxCASRetries int
+}
+
+func (c *Config) defaults() {
+	if c.KVMount == "" {
+		c.KVMount = "smimeca"
+	}
+	if c.TransitMount == "" {
+		c.TransitMount = "transit"
+	}
+	if c.TransitKey == "" {
+		c.TransitKey = "smimeca-escrow"
+	}
+	if c.MaxCASRetries == 0 {
+		c.MaxCASRetries = 50
+	}
+}
+
+// Store is the Vault-backed escrow store. It is safe for concurrent use.
+type Store struct {
+	v   Logical
+	cfg Config
+}
+
+// New returns a store on v.
+func New(v Logical, cfg Config) *Store {
+	cfg.defaults()
+	return &Store{v: v, cfg: cfg}
+}
+
+func (s *Store) dataPath(user string) string {
+	return s.cfg.KVMount + "/data/users/" + url.PathEscape(user)
+}
+
+func (s *Store) metadataPath(user string) string {
+	return s.cfg.KVMount + "/metadata/users/" + url.PathEscape(user)
+}
+
+// read returns the user's entry and its KV version (0 when absent).
+func (s *Store) read(ctx context.Context, user string) (*entry, int, error) {
+	sec, err := s.v.ReadWithContext(ctx, s.dataPath(user))
+	if err != nil {
+		return nil, 0, vaultErr("read", err)
+	}
+	e := &entry{Schema: 1, User: user}
+	if sec == nil || sec.Data == nil {
+		return e, 0, nil
+	}
+	version := 0
+	if md, ok := sec.Data["metadata"].(map[string]any); ok {
+		if v, ok := md["version"].(json.Number); ok {
+			n, _ := v.Int64()
+			version = int(n)
+		}
+		// A deleted latest version reads as data == nil with its version:
+		// the next write must still name that version.
+	}
+	data, ok := sec.Data["data"].(map[string]any)
+	if !ok || data == nil {
+		return e, version, nil
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return nil, 0, fmt.Errorf("escrow: decode entry: %w", err)
+	}
+	if err := json.Unmarshal(b, e); err != nil {
+		return nil, 0, fmt.Errorf("escrow: decode entry of %s: %w", user, err)
+	}
+	return e, version, nil
+}
+
+// write stores e if the entry is still at version; it reports false on a
+// check-and-set mismatch.
+func (s *Store) write(ctx context.Context, user string, e *entry, version int) (bool, error) {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return false, err
+	}
+	if len(b) > maxEntryBytes {
+		return false, fmt.Errorf("%w (%d KiB for %d certificates; delete old ones first)", ErrTooLarge, len(b)>>10, len(e.Certificates))
+	}
+	var data map[string]any
+	if err := json.Unmarshal(b, &data); err != nil {
+		return false, err
+	}
+	_, err = s.v.WriteWithContext(ctx, s.dataPath(user), map[string]any{
+		"options": map[string]any{"cas": version},
+		"data":    data,
+	})
+	if err != nil {
+		if isCASMismatch(err) {
+			return false, nil
+		}
+		return false, vaultErr("write", err)
+	}
+	return true, nil
+}
+
+// update applies fn to the user's entry with check-and-set, retrying on
+// concurrent changes. fn returns false when there is nothing to write.
+func (s *Store) update(ctx context.Context, user string, fn func(e *entry) (bool, error)) error {
+	for attempt := 0; attempt < s.cfg.MaxCASRetries; attempt++ {
+		e, version, err := s.read(ctx, user)
+		if err != nil {
+			return err
+		}
+		changed, err := fn(e)
+		if err != nil || !changed {
+			return err
+		}
+		ok, err := s.write(ctx, user, e, version)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if err := sleepCtx(ctx, backoff(attempt)); err != nil {
+			return err
+		}
+	}
+	return ErrConflict
+}
+
+func backoff(attempt int) time.Duration {
+	d := time.Duration(1+attempt*attempt) * time.Millisecond
+	if d > 100*time.Millisecond {
+		d = 100 * time.Millisecond
+	}
+	return d
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Put escrows rec for user. When a certificate with the same SHA-256
+// thumbprint is already escrowed it changes nothing and reports duplicate
+// with the stored metadata.
+func (s *Store) Put(ctx context.Context, user string, rec Record) (Metadata, bool, error) {
+	if e, _, err := s.read(ctx, user); err != nil {
+		return Metadata{}, false, err
+	} else if m, ok := e.find(rec.SHA256); ok {
+		return m.Metadata, true, nil
+	}
+	ct, err := s.encrypt(ctx, rec.KeyPKCS8)
+	if err != nil {
+		return Metadata{}, false, err
+	}
+	st := stored{Metadata: rec.Metadata, Cert: base64.StdEncoding.EncodeToString(rec.CertDER), Key: ct}
+	for _, c := range rec.ChainDER {
+		st.Chain = append(st.Chain, base64.StdEncoding.EncodeToString(c))
+	}
+	var dup *stored
+	err = s.update(ctx, user, func(e *entry) (bool, error) {
+		if m, ok := e.find(rec.SHA256); ok {
+			dup = &m
+			return false, nil
+		}
+		e.Certificates = append(e.Certificates, st)
+		return true, nil
+	})
+	if err != nil {
+		return Metadata{}, false, err
+	}
+	if dup != nil {
+		return dup.Metadata, true, nil
+	}
+	return rec.Metadata, false, nil
+}
+
+func (e *entry) find(sha256 string) (stored, bool) {
+	for _, c := range e.Certificates {
+		if strings.EqualFold(c.SHA256, sha256) {
+			return c, true
+		}
+	}
+	return stored{}, false
+}
+
+// List returns the metadata of the user's escrowed certificates, newest
+// notAfter first, in one Vault read.
+func (s *Store) List(ctx context.Context, user string) ([]Metadata, error) {
+	e, _, err := s.read(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Metadata, 0, len(e.Certificates))
+	for _, c := range e.Certificates {
+		out = append(out, c.Metadata)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].NotAfter.After(out[j].NotAfter) })
+	return out, nil
+}
+
+// Load returns the user's certificates with their private keys decrypted:
+// one KV read and one Transit batch decryption, whatever the number of
+// certificates. Newest notAfter first.
+func (s *Store) Load(ctx context.Context, user string) ([]Record, error) {
+	e, _, err := s.read(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	if len(e.Certificates) == 0 {
+		return nil, nil
+	}
+	cts := make([]string, len(e.Certificates))
+	for i, c := range e.Certificates {
+		cts[i] = c.Key
+	}
+	keys, err := s.decrypt(ctx, cts)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Record, len(e.Certificates))
+	for i, c := range e.Certificates {
+		der, err := base64.StdEncoding.DecodeString(c.Cert)
+		if err != nil {
+			return nil, fmt.Errorf("escrow: certificate %s of %s is corrupt", c.SHA256, user)
+		}
+		r := Record{Metadata: c.Metadata, CertDER: der, KeyPKCS8: keys[i]}
+		for _, cc := range c.Chain {
+			if d, err := base64.StdEncoding.DecodeString(cc); err == nil {
+				r.ChainDER = append(r.ChainDER, d)
+			}
+		}
+		out[i] = r
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].NotAfter.After(out[j].NotAfter) })
+	return out, nil
+}
+
+// Delete removes one certificate, named by its SHA-256 or SHA-1 thumbprint
+// (hex), and returns its metadata; ErrNotFound when it is not escrowed.
+func (s *Store) Delete(ctx context.Context, user, thumbprint string) (Metadata, error) {
+	t := strings.ToLower(strings.ReplaceAll(thumbprint, ":", ""))
+	var removed *Metadata
+	err := s.update(ctx, user, func(e *entry) (bool, error) {
+		removed = nil
+		for i, c := range e.Certificates {
+			if strings.EqualFold(c.SHA256, t) || strings.EqualFold(c.SHA1, t) {
+				m := c.Metadata
+				removed = &m
+				e.Certificates = append(e.Certificates[:i], e.Certificates[i+1:]...)
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return Metadata{}, err
+	}
+	if removed == nil {
+		return Metadata{}, fmt.Errorf("%w: no certificate %s escrowed for %s", ErrNotFound, thumbprint, user)
+	}
+	return *removed, nil
+}
+
+// Purge removes the user's entry with every version Vault keeps of it and
+// returns the metadata of what was escrowed.
+func (s *Store) Purge(ctx context.Context, user string) ([]Metadata, error) {
+	list, err := s.List(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.v.DeleteWithContext(ctx, s.metadataPath(user)); err != nil {
+		return nil, vaultErr("purge", err)
+	}
+	return list, nil
+}
+
+func (s *Store) encrypt(ctx context.Context, plaintext []byte) (string, error) {
+	sec, err := s.v.WriteWithContext(ctx, s.cfg.TransitMount+"/encrypt/"+s.cfg.TransitKey, map[string]any{
+		"plaintext": base64.StdEncoding.EncodeToString(plaintext),
+	})
+	if err != nil {
+		return "", vaultErr("transit encrypt", err)
+	}
+	ct, _ := sec.Data["ciphertext"].(string)
+	if !strings.HasPrefix(ct, "vault:") {
+		return "", errors.New("escrow: transit encrypt returned no ciphertext")
+	}
+	return ct, nil
+}
+
+func (s *Store) decrypt(ctx context.Context, cts []string) ([][]byte, error) {
+	batch := make([]map[string]any, len(cts))
+	for i, ct := range cts {
+		batch[i] = map[string]any{"ciphertext": ct}
+	}
+	sec, err := s.v.WriteWithContext(ctx, s.cfg.TransitMount+"/decrypt/"+s.cfg.TransitKey, map[string]any{"batch_input": batch})
+	if err != nil {
+		return nil, vaultErr("transit decrypt", err)
+	}
+	results, _ := sec.Data["batch_results"].([]any)
+	if len(results) != len(cts) {
+		return nil, fmt.Errorf("escrow: transit decrypt returned %d results for %d keys", len(results), len(cts))
+	}
+	out := make([][]byte, len(cts))
+	for i, r := range results {
+		m, _ := r.(map[string]any)
+		if e, _ := m["error"].(string); e != "" {
+			return nil, fmt.Errorf("escrow: transit could not decrypt key %d", i)
+		}
+		pt, _ := m["plaintext"].(string)
+		b, err := base64.StdEncoding.DecodeString(pt)
+		if err != nil {
+			return nil, fmt.Errorf("escrow: transit returned a malformed key %d", i)
+		}
+		out[i] = b
+	}
+	return out, nil
+}
+
+func isCASMismatch(err error) bool {
+	var re *vault.ResponseError
+	if errors.As(err, &re) && re.StatusCode == 400 {
+		for _, e := range re.Errors {
+			if strings.Contains(e, "check-and-set") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// vaultErr turns a Vault client error into ErrUnavailable when Vault could
+// not answer (connection, 5xx, sealed, rate limited), and otherwise into an
+// error that names the operation and status without echoing request data.
+func vaultErr(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %s: %v", ErrUnavailable, op, err)
+	}
+	var re *vault.ResponseError
+	if errors.As(err, &re) {
+		if re.StatusCode >= 500 || re.StatusCode == 429 {
+			return fmt.Errorf("%w: %s: HTTP %d", ErrUnavailable, op, re.StatusCode)
+		}
+		return fmt.Errorf("escrow: vault %s: HTTP %d: %s", op, re.StatusCode, strings.Join(re.Errors, "; "))
+	}
+	return fmt.Errorf("%w: %s: %v", ErrUnavailable, op, err)
+}

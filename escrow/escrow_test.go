@@ -1,0 +1,210 @@
+package escrow_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/smimeca/smimeca/escrow"
+	"github.com/smimeca/smimeca/internal/testvault"
+)
+
+// record makes a record with random bytes standing in for a certificate and
+// a private key (the store does not parse them).
+func record(t testing.TB, size int) escrow.Record {
+	cert := make([]byte, 1200)
+	key := make([]byte, size)
+	rand.Read(cert)
+	rand.Read(key)
+	sum := sha256.Sum256(cert)
+	return escrow.Record{
+		Metadata: escrow.Metadata{SHA256: hex.EncodeToString(sum[:]), SHA1: hex.EncodeToString(sum[:20]),
+			Serial: "01", NotAfter: time.Now().Add(time.Duration(len(key)) * time.Hour), Purpose: escrow.PurposeEncryption},
+		CertDER: cert, KeyPKCS8: key,
+	}
+}
+
+func TestPutLoadListDeletePurge(t *testing.T) {
+	v := testvault.Start(t)
+	s, _ := v.Store(t)
+	ctx := context.Background()
+	a, b := record(t, 1218), record(t, 1219)
+	if _, dup, err := s.Put(ctx, "alice@example.com", a); err != nil || dup {
+		t.Fatalf("put a: dup=%v err=%v", dup, err)
+	}
+	if _, dup, err := s.Put(ctx, "alice@example.com", b); err != nil || dup {
+		t.Fatalf("put b: dup=%v err=%v", dup, err)
+	}
+	if _, dup, err := s.Put(ctx, "alice@example.com", a); err != nil || !dup {
+		t.Fatalf("re-put a: dup=%v err=%v, want duplicate", dup, err)
+	}
+	recs, err := s.Load(ctx, "alice@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 {
+		t.Fatalf("loaded %d, want 2", len(recs))
+	}
+	// Newest notAfter first (b's is later), keys decrypted byte for byte.
+	if recs[0].SHA256 != b.SHA256 || !bytes.Equal(recs[0].KeyPKCS8, b.KeyPKCS8) || !bytes.Equal(recs[1].KeyPKCS8, a.KeyPKCS8) {
+		t.Error("keys or order differ after the round trip")
+	}
+	// The key never sits in KV in the clear.
+	raw, err := v.Root.Logical().Read("smimeca/data/users/alice@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dump := fmt.Sprint(raw.Data)
+	for _, k := range [][]byte{a.KeyPKCS8, b.KeyPKCS8} {
+		if strings.Contains(dump, string(k[:32])) || strings.Contains(dump, fmt.Sprintf("%x", k[:32])) {
+			t.Fatal("a private key is stored in KV in the clear")
+		}
+	}
+	if !strings.Contains(dump, "vault:v1:") {
+		t.Error("keys are not Transit ciphertext")
+	}
+	if _, err := s.Delete(ctx, "alice@example.com", a.SHA1); err != nil {
+		t.Fatalf("delete by SHA-1: %v", err)
+	}
+	if _, err := s.Delete(ctx, "alice@example.com", a.SHA256); !errors.Is(err, escrow.ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+	list, _ := s.List(ctx, "alice@example.com")
+	if len(list) != 1 || list[0].SHA256 != b.SHA256 {
+		t.Fatalf("after delete: %+v", list)
+	}
+	purged, err := s.Purge(ctx, "alice@example.com")
+	if err != nil || len(purged) != 1 {
+		t.Fatalf("purge: %v %v", purged, err)
+	}
+	if list, _ := s.List(ctx, "alice@example.com"); len(list) != 0 {
+		t.Fatalf("after purge: %+v", list)
+	}
+	// Purge removes the version history too.
+	if old, err := v.Root.Logical().ReadWithData("smimeca/data/users/alice@example.com", map[string][]string{"version": {"1"}}); err != nil || (old != nil && old.Data["data"] != nil) {
+		t.Fatalf("an old version survived the purge: %v %v", old, err)
+	}
+}
+
+func TestConcurrentImportsLoseNothing(t *testing.T) {
+	v := testvault.Start(t)
+	s, _ := v.Store(t)
+	ctx := context.Background()
+	const n = 100
+	recs := make([]escrow.Record, n)
+	for i := range recs {
+		recs[i] = record(t, 1200+i)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if _, _, err := s.Put(ctx, "bob@example.com", recs[i]); err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	list, err := s.List(ctx, "bob@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != n {
+		t.Fatalf("%d certificates listed after %d concurrent imports", len(list), n)
+	}
+	// A user with 100 certificates still loads, in one KV read.
+	loaded, err := s.Load(ctx, "bob@example.com")
+	if err != nil || len(loaded) != n {
+		t.Fatalf("load 100: %d %v", len(loaded), err)
+	}
+}
+
+func TestSameCertificateConcurrentlyIsOneEntry(t *testing.T) {
+	v := testvault.Start(t)
+	s, _ := v.Store(t)
+	ctx := context.Background()
+	r := record(t, 1218)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	fresh := 0
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, dup, err := s.Put(ctx, "carol@example.com", r)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if !dup {
+				mu.Lock()
+				fresh++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	list, _ := s.List(ctx, "carol@example.com")
+	if len(list) != 1 || fresh != 1 {
+		t.Fatalf("%d entries, %d non-duplicate answers; want 1 and 1", len(list), fresh)
+	}
+}
+
+func TestEntrySizeLimit(t *testing.T) {
+	v := testvault.Start(t)
+	s, _ := v.Store(t)
+	ctx := context.Background()
+	var err error
+	for i := 0; i < 400 && err == nil; i++ {
+		_, _, err = s.Put(ctx, "dave@example.com", record(t, 3000))
+	}
+	if !errors.Is(err, escrow.ErrTooLarge) {
+		t.Fatalf("err = %v, want ErrTooLarge before Vault's 1 MiB limit", err)
+	}
+	list, lerr := s.List(ctx, "dave@example.com")
+	if lerr != nil || len(list) == 0 {
+		t.Fatalf("entry unreadable after the refusal: %v", lerr)
+	}
+}
+
+func TestVaultDownIsUnavailableAndWritesNothing(t *testing.T) {
+	v := testvault.Start(t)
+	s, _ := v.Store(t)
+	ctx := context.Background()
+	first := record(t, 1218)
+	if _, _, err := s.Put(ctx, "erin@example.com", first); err != nil {
+		t.Fatal(err)
+	}
+	v.Stop()
+	_, _, err := s.Put(ctx, "erin@example.com", record(t, 1219))
+	if !errors.Is(err, escrow.ErrUnavailable) {
+		t.Fatalf("put with Vault down: %v, want ErrUnavailable", err)
+	}
+	if _, err := s.List(ctx, "erin@example.com"); !errors.Is(err, escrow.ErrUnavailable) {
+		t.Fatalf("list with Vault down: %v", err)
+	}
+	if err := v.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.List(ctx, "erin@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].SHA256 != first.SHA256 {
+		t.Fatalf("after restart: %+v, want only the first certificate", list)
+	}
+}

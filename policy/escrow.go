@@ -1,0 +1,358 @@
+package policy
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/smimeca/smimeca/escrow"
+	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
+)
+
+// Import refusal reasons.
+const (
+	ReasonBadPFX Reason = iota + 100
+	ReasonWrongPassword
+	ReasonNoKey
+	ReasonKeyMismatch
+	ReasonCACertificate
+	ReasonCannotEncrypt
+	ReasonUserMismatch
+	ReasonBadPurpose
+	ReasonBadThumbprint
+	ReasonNotEscrowed
+	ReasonEntryFull
+)
+
+func init() {
+	for r, n := range map[Reason]string{
+		ReasonBadPFX:        "bad-pfx",
+		ReasonWrongPassword: "wrong-password",
+		ReasonNoKey:         "no-private-key",
+		ReasonKeyMismatch:   "key-mismatch",
+		ReasonCACertificate: "ca-certificate",
+		ReasonCannotEncrypt: "cannot-encrypt",
+		ReasonUserMismatch:  "user-mismatch",
+		ReasonBadPurpose:    "bad-purpose",
+		ReasonBadThumbprint: "bad-thumbprint",
+		ReasonNotEscrowed:   "not-escrowed",
+		ReasonEntryFull:     "entry-full",
+	} {
+		reasonNames[r] = n
+	}
+}
+
+// Audit actions of the escrow.
+const (
+	ActionEscrowImport = "escrow.import"
+	ActionEscrowDelete = "escrow.delete"
+	ActionEscrowPurge  = "escrow.purge"
+)
+
+// EscrowStore is what escrow rules need from the Vault store;
+// *escrow.Store implements it.
+type EscrowStore interface {
+	Put(ctx context.Context, user string, rec escrow.Record) (escrow.Metadata, bool, error)
+	List(ctx context.Context, user string) ([]escrow.Metadata, error)
+	Delete(ctx context.Context, user, thumbprint string) (escrow.Metadata, error)
+	Purge(ctx context.Context, user string) ([]escrow.Metadata, error)
+}
+
+// Escrow applies the import rules and records every escrow change.
+type Escrow struct {
+	store     EscrowStore
+	connector *rsa.PrivateKey
+	domains   *Domains
+	aliases   map[string]string // alias address → user address
+	audit     Auditor
+	now       func() time.Time
+}
+
+// EscrowOption configures Escrow.
+type EscrowOption func(*Escrow)
+
+// WithAliases sets alternative addresses: a certificate naming an alias is
+// accepted for the user it maps to (both lower-cased).
+func WithAliases(aliases map[string]string) EscrowOption {
+	return func(e *Escrow) {
+		for a, u := range aliases {
+			e.aliases[strings.ToLower(a)] = strings.ToLower(u)
+		}
+	}
+}
+
+// WithEscrowAuditor sets where audit events go.
+func WithEscrowAuditor(a Auditor) EscrowOption { return func(e *Escrow) { e.audit = a } }
+
+// WithEscrowClock sets the clock.
+func WithEscrowClock(now func() time.Time) EscrowOption { return func(e *Escrow) { e.now = now } }
+
+// NewEscrow returns the escrow rules on store. connector is the key admins
+// encrypt PFX passwords to.
+func NewEscrow(store EscrowStore, connector *rsa.PrivateKey, domains *Domains, opts ...EscrowOption) *Escrow {
+	e := &Escrow{store: store, connector: connector, domains: domains, aliases: map[string]string{},
+		audit: nopAuditor{}, now: time.Now}
+	for _, o := range opts {
+		o(e)
+	}
+	return e
+}
+
+// ConnectorKey returns the public key PFX passwords may be encrypted to.
+func (e *Escrow) ConnectorKey() *rsa.PublicKey { return &e.connector.PublicKey }
+
+// ImportRequest is one PFX to escrow for a user.
+type ImportRequest struct {
+	User string
+	PFX  []byte
+	// Password opens the PFX (plain text over the mutually authenticated
+	// channel), or EncryptedPassword does, RSA-OAEP encrypted to the
+	// connector key with PasswordHash (SHA256, SHA384, SHA512).
+	Password          string
+	EncryptedPassword []byte
+	PasswordHash      string
+	// Purpose is escrow.PurposeEncryption (default) or escrow.PurposeSigning.
+	Purpose string
+}
+
+// ImportResult says what an import did.
+type ImportResult struct {
+	Metadata escrow.Metadata
+	// Duplicate reports that the certificate was escrowed already; nothing
+	// changed.
+	Duplicate bool
+	// Expired reports that the certificate is past its notAfter (accepted:
+	// old mail needs it).
+	Expired bool
+}
+
+// Import checks a PFX against the import rules and escrows it. Every
+// refusal is a *RejectError naming the rule; Vault trouble wraps
+// escrow.ErrUnavailable, and then nothing was written.
+func (e *Escrow) Import(ctx context.Context, req ImportRequest) (ImportResult, error) {
+	user, err := NormalizeEmail(req.User)
+	if err != nil {
+		return ImportResult{}, err
+	}
+	res, err := e.importPFX(ctx, user, req)
+	actor := ActorFrom(ctx)
+	ev := Event{Time: e.now().UTC(), Actor: actor, Action: ActionEscrowImport, User: user}
+	switch {
+	case err != nil:
+		ev.Result, ev.Detail = "refused", err.Error()
+		if _, ok := IsReject(err); !ok {
+			ev.Result = "error"
+		}
+	case res.Duplicate:
+		ev.Result, ev.SHA256 = "duplicate", []string{res.Metadata.SHA256}
+	default:
+		ev.Result, ev.SHA256 = "ok", []string{res.Metadata.SHA256}
+		ev.Serials = []string{res.Metadata.Serial}
+	}
+	e.audit.Audit(ctx, ev)
+	return res, err
+}
+
+func (e *Escrow) importPFX(ctx context.Context, user string, req ImportRequest) (ImportResult, error) {
+	if err := e.domains.Check(user); err != nil {
+		return ImportResult{}, err
+	}
+	purpose := req.Purpose
+	switch purpose {
+	case "":
+		purpose = escrow.PurposeEncryption
+	case escrow.PurposeEncryption, escrow.PurposeSigning:
+	default:
+		return ImportResult{}, reject(ReasonBadPurpose, fmt.Sprintf("purpose %q is not %s or %s", purpose, escrow.PurposeEncryption, escrow.PurposeSigning))
+	}
+	password := req.Password
+	if len(req.EncryptedPassword) > 0 {
+		if req.Password != "" {
+			return ImportResult{}, reject(ReasonWrongPassword, "give the password either in plain text or encrypted, not both")
+		}
+		p, err := pfxconnector.DecryptPassword(e.connector, req.EncryptedPassword, pfxconnector.PasswordHash(req.PasswordHash))
+		if err != nil {
+			return ImportResult{}, reject(ReasonWrongPassword, err.Error())
+		}
+		password = p
+	}
+	d, err := pfxconnector.Decode(req.PFX, password)
+	switch {
+	case errors.Is(err, pfxconnector.ErrWrongPassword):
+		return ImportResult{}, reject(ReasonWrongPassword, "the password does not open this PFX")
+	case errors.Is(err, pfxconnector.ErrNoKey):
+		return ImportResult{}, reject(ReasonNoKey, "the PFX holds only a certificate; export it with its private key")
+	case err != nil:
+		return ImportResult{}, reject(ReasonBadPFX, err.Error())
+	}
+	now := e.now()
+	if err := e.checkImport(user, purpose, d); err != nil {
+		return ImportResult{}, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(d.Key)
+	if err != nil {
+		return ImportResult{}, reject(ReasonBadPFX, "the private key cannot be re-encoded as PKCS#8")
+	}
+	meta := CertificateMetadata(d.Cert)
+	meta.Purpose = purpose
+	meta.ImportedAt = now.UTC()
+	meta.ImportedBy = ActorFrom(ctx).Name
+	rec := escrow.Record{Metadata: meta, CertDER: d.Cert.Raw, KeyPKCS8: keyDER}
+	for _, c := range d.Chain {
+		rec.ChainDER = append(rec.ChainDER, c.Raw)
+	}
+	stored, dup, err := e.store.Put(ctx, user, rec)
+	clear(keyDER)
+	if errors.Is(err, escrow.ErrTooLarge) {
+		return ImportResult{}, reject(ReasonEntryFull, err.Error())
+	}
+	if err != nil {
+		return ImportResult{}, fmt.Errorf("policy: escrow: %w", err)
+	}
+	return ImportResult{Metadata: stored, Duplicate: dup, Expired: now.After(d.Cert.NotAfter)}, nil
+}
+
+// checkImport applies the import rules to a decoded PFX.
+func (e *Escrow) checkImport(user, purpose string, d *pfxconnector.Decoded) error {
+	c := d.Cert
+	if !d.KeyMatches {
+		return reject(ReasonKeyMismatch, "the private key in the PFX does not belong to its certificate")
+	}
+	if c.IsCA || c.KeyUsage&x509.KeyUsageCertSign != 0 {
+		return reject(ReasonCACertificate, "the certificate is a CA certificate, not a user's S/MIME certificate")
+	}
+	if len(c.ExtKeyUsage) > 0 && !hasEKU(c, x509.ExtKeyUsageEmailProtection) && !hasEKU(c, x509.ExtKeyUsageAny) {
+		return reject(ReasonCannotEncrypt, "the certificate's extended key usage does not include emailProtection")
+	}
+	if purpose == escrow.PurposeEncryption && c.KeyUsage != 0 {
+		switch d.Key.(type) {
+		case *rsa.PrivateKey:
+			if c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+				return reject(ReasonCannotEncrypt, "the RSA certificate's key usage lacks keyEncipherment, so mail cannot be encrypted to it")
+			}
+		case *ecdsa.PrivateKey:
+			if c.KeyUsage&x509.KeyUsageKeyAgreement == 0 {
+				return reject(ReasonCannotEncrypt, "the EC certificate's key usage lacks keyAgreement, so mail cannot be encrypted to it")
+			}
+		default:
+			return reject(ReasonCannotEncrypt, "only RSA and EC keys can decrypt S/MIME mail")
+		}
+	}
+	if purpose == escrow.PurposeSigning && c.KeyUsage != 0 && c.KeyUsage&(x509.KeyUsageDigitalSignature|x509.KeyUsageContentCommitment) == 0 {
+		return reject(ReasonCannotEncrypt, "the certificate's key usage does not allow signing")
+	}
+	emails := certificateEmails(c)
+	for _, a := range emails {
+		a = strings.ToLower(a)
+		if a == user || e.aliases[a] == user {
+			return nil
+		}
+	}
+	return reject(ReasonUserMismatch, fmt.Sprintf("the certificate is for %s, not for %s (or a configured alias)", strings.Join(emails, ", "), user))
+}
+
+func hasEKU(c *x509.Certificate, u x509.ExtKeyUsage) bool {
+	for _, e := range c.ExtKeyUsage {
+		if e == u {
+			return true
+		}
+	}
+	return false
+}
+
+// certificateEmails returns the rfc822Names and subject emailAddress values.
+func certificateEmails(c *x509.Certificate) []string {
+	out := append([]string{}, c.EmailAddresses...)
+	for _, atv := range c.Subject.Names {
+		if atv.Type.Equal(oidEmailAddress) {
+			if s, ok := atv.Value.(string); ok {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// CertificateMetadata returns the escrow metadata of a certificate.
+func CertificateMetadata(c *x509.Certificate) escrow.Metadata {
+	s1 := sha1.Sum(c.Raw)
+	s256 := sha256.Sum256(c.Raw)
+	emails := certificateEmails(c)
+	for i := range emails {
+		emails[i] = strings.ToLower(emails[i])
+	}
+	return escrow.Metadata{
+		SHA1: hex.EncodeToString(s1[:]), SHA256: hex.EncodeToString(s256[:]),
+		Serial: strings.ToUpper(c.SerialNumber.Text(16)), Issuer: c.Issuer.String(), Subject: c.Subject.String(),
+		Emails: emails, NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(),
+	}
+}
+
+// List returns the user's escrowed certificates' metadata.
+func (e *Escrow) List(ctx context.Context, user string) ([]escrow.Metadata, error) {
+	u, err := NormalizeEmail(user)
+	if err != nil {
+		return nil, err
+	}
+	list, err := e.store.List(ctx, u)
+	if err != nil {
+		return nil, fmt.Errorf("policy: escrow list: %w", err)
+	}
+	return list, nil
+}
+
+// Delete removes one escrowed certificate by SHA-256 or SHA-1 thumbprint.
+func (e *Escrow) Delete(ctx context.Context, user, thumbprint string) (escrow.Metadata, error) {
+	u, err := NormalizeEmail(user)
+	if err != nil {
+		return escrow.Metadata{}, err
+	}
+	t := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(thumbprint), ":", ""))
+	if _, err := hex.DecodeString(t); err != nil || (len(t) != 40 && len(t) != 64) {
+		return escrow.Metadata{}, reject(ReasonBadThumbprint, fmt.Sprintf("%q is not a SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint", thumbprint))
+	}
+	m, err := e.store.Delete(ctx, u, t)
+	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionEscrowDelete, User: u}
+	switch {
+	case errors.Is(err, escrow.ErrNotFound):
+		ev.Result, ev.Detail = "refused", "not escrowed"
+		e.audit.Audit(ctx, ev)
+		return escrow.Metadata{}, reject(ReasonNotEscrowed, fmt.Sprintf("no certificate %s is escrowed for %s", thumbprint, u))
+	case err != nil:
+		ev.Result, ev.Detail = "error", err.Error()
+		e.audit.Audit(ctx, ev)
+		return escrow.Metadata{}, fmt.Errorf("policy: escrow delete: %w", err)
+	}
+	ev.Result, ev.SHA256, ev.Serials = "ok", []string{m.SHA256}, []string{m.Serial}
+	e.audit.Audit(ctx, ev)
+	return m, nil
+}
+
+// Purge removes every escrowed certificate of the user.
+func (e *Escrow) Purge(ctx context.Context, user string) ([]escrow.Metadata, error) {
+	u, err := NormalizeEmail(user)
+	if err != nil {
+		return nil, err
+	}
+	list, err := e.store.Purge(ctx, u)
+	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionEscrowPurge, User: u}
+	if err != nil {
+		ev.Result, ev.Detail = "error", err.Error()
+		e.audit.Audit(ctx, ev)
+		return nil, fmt.Errorf("policy: escrow purge: %w", err)
+	}
+	ev.Result = "ok"
+	for _, m := range list {
+		ev.SHA256 = append(ev.SHA256, m.SHA256)
+	}
+	e.audit.Audit(ctx, ev)
+	return list, nil
+}
