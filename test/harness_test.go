@@ -100,11 +100,18 @@ type server struct {
 	log      *syncBuffer
 	cmd      *exec.Cmd
 	extra    []string
+	env      []string
 }
 
 func newServer(t testing.TB, extra ...string) *server {
 	t.Helper()
-	s := &server{
+	return newServerEnv(t, nil, extra...)
+}
+
+// newServerEnv starts a server with extra environment variables and flags.
+func newServerEnv(t testing.TB, env []string, extra ...string) *server {
+	t.Helper()
+	s := &server{env: env,
 		t: t, data: filepath.Join(t.TempDir(), "data"), log: &syncBuffer{},
 		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
@@ -122,11 +129,11 @@ func (s *server) start() {
 		"--allowed-domains", "example.com", "--log-format", "json"}, s.extra...)
 	s.cmd = exec.Command(smimecaBin(s.t), args...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	s.cmd.Env = cleanEnv()
+	s.cmd.Env = append(cleanEnv(), s.env...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get(s.baseURL + "/healthz")
 		if err == nil {
@@ -184,8 +191,19 @@ func run(t testing.TB, timeout time.Duration, name string, args ...string) resul
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
+	cmd := execCommand(ctx, name, args...)
 	cmd.Env = cleanEnv()
+	return runCmd(t, cmd)
+}
+
+func execCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, name, args...)
+}
+
+// runCmd runs cmd and collects its output and exit code.
+func runCmd(t testing.TB, cmd *exec.Cmd) result {
+	t.Helper()
+	name := cmd.Path
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

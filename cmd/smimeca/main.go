@@ -32,6 +32,11 @@ Usage:
   smimeca challenge create --user EMAIL --device ID [--ttl 24h]
   smimeca cert list (--user EMAIL | --device ID) [-o json]
   smimeca cert revoke (--serial S | --device ID) [--reason R]
+  smimeca pfx import --user EMAIL (--password-file F | --password-env VAR) [--purpose P] FILE...
+  smimeca pfx import --manifest FILE.csv [--concurrency 4]
+  smimeca pfx list --user EMAIL [-o json]
+  smimeca pfx delete --user EMAIL --thumbprint T
+  smimeca pfx purge --user EMAIL
   smimeca version
 
 Run "smimeca COMMAND -h" for a command's flags. Every setting can also be
@@ -58,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = challengeCmd(args[1:], stdout)
 	case "cert":
 		err = certCmd(args[1:], stdout)
+	case "pfx":
+		err = pfxCmd(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "smimeca", version)
 	case "help", "-h", "--help":
@@ -73,10 +80,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if errors.As(err, &ue) {
 		fmt.Fprintln(stderr, `run "smimeca help" for usage`)
 		return exitUsage
-	}
-	var ce *clientError
-	if errors.As(err, &ce) {
-		return exitFailure
 	}
 	return exitFailure
 }

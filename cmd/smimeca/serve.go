@@ -24,6 +24,7 @@ import (
 
 	"github.com/smimeca/smimeca/api"
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/vaultproc"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 	"github.com/smimeca/smimeca/scep"
@@ -50,6 +51,18 @@ type serveConfig struct {
 	scepIncludeRoot   bool
 	scepEncryption    string
 	debugAddr         string
+	vaultAddr         string
+	vaultTokenFile    string
+	vaultRoleID       string
+	vaultSecretIDFile string
+	vaultKVMount      string
+	vaultTransit      string
+	vaultTransitKey   string
+	vaultSetup        bool
+	embeddedVault     bool
+	vaultBin          string
+	embeddedVaultAddr string
+	emailAliases      string
 	logFormat         string
 	logLevel          string
 }
@@ -69,6 +82,18 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.str(&c.staticChallenge, "static-challenge", "SMIMECA_STATIC_CHALLENGE", "", "LAB ONLY: a shared challenge that lets devices name their own address")
 	f.boolean(&c.scepIncludeRoot, "scep-include-root", "SMIMECA_SCEP_INCLUDE_ROOT", false, "include the root in GetCACert")
 	f.str(&c.scepEncryption, "scep-encryption", "SMIMECA_SCEP_ENCRYPTION", "aes256-cbc", "CertRep content encryption: aes256-cbc, aes128-cbc, aes256-gcm")
+	f.str(&c.vaultAddr, "vault-addr", "SMIMECA_VAULT_ADDR", "", "Vault address for the escrow (empty: no escrow, unless --embedded-vault)")
+	f.str(&c.vaultTokenFile, "vault-token-file", "SMIMECA_VAULT_TOKEN_FILE", "", "file holding the Vault token ($SMIMECA_VAULT_TOKEN also works)")
+	f.str(&c.vaultRoleID, "vault-role-id", "SMIMECA_VAULT_ROLE_ID", "", "AppRole role id (with --vault-secret-id-file)")
+	f.str(&c.vaultSecretIDFile, "vault-secret-id-file", "SMIMECA_VAULT_SECRET_ID_FILE", "", "file holding the AppRole secret id")
+	f.str(&c.vaultKVMount, "vault-kv-mount", "SMIMECA_VAULT_KV_MOUNT", "smimeca", "KV v2 mount of the escrow")
+	f.str(&c.vaultTransit, "vault-transit-mount", "SMIMECA_VAULT_TRANSIT_MOUNT", "transit", "Transit mount")
+	f.str(&c.vaultTransitKey, "vault-transit-key", "SMIMECA_VAULT_TRANSIT_KEY", "smimeca-escrow", "Transit key that encrypts escrowed private keys")
+	f.boolean(&c.vaultSetup, "vault-setup", "SMIMECA_VAULT_SETUP", false, "create the KV mount, Transit mount and key when missing (needs a token that may)")
+	f.boolean(&c.embeddedVault, "embedded-vault", "SMIMECA_EMBEDDED_VAULT", false, "SINGLE MACHINE ONLY: run a Vault with file storage under DATA/vault, unseal key kept in DATA/vault/init.json")
+	f.str(&c.embeddedVaultAddr, "embedded-vault-addr", "SMIMECA_EMBEDDED_VAULT_ADDR", "127.0.0.1:8200", "listen address of the embedded Vault (loopback)")
+	f.str(&c.vaultBin, "vault-bin", "SMIMECA_VAULT_BIN", vaultproc.DefaultBinary(), "Vault binary for --embedded-vault (scripts/vault.sh builds it)")
+	f.str(&c.emailAliases, "email-aliases", "SMIMECA_EMAIL_ALIASES", "", "CSV file of alias,user address pairs accepted at PFX import")
 	f.str(&c.debugAddr, "debug-addr", "SMIMECA_DEBUG_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); off by default")
 	f.str(&c.logFormat, "log-format", "SMIMECA_LOG_FORMAT", "text", "log format: text or json")
 	f.str(&c.logLevel, "log-level", "SMIMECA_LOG_LEVEL", "info", "log level: debug, info, warn, error")
@@ -178,6 +203,12 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		return usagef("%v", err)
 	}
 
+	escrowPolicy, stopVault, err := setupEscrow(ctx, cfg, logger, domains, filepath.Join(cfg.dataDir, "ca"))
+	if err != nil {
+		return err
+	}
+	defer stopVault()
+
 	// HTTP: SCEP, CRL, health, metrics.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -217,9 +248,11 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	if err != nil {
 		return err
 	}
-	grpcSrv := api.NewServer(pki.TLSConfig(), api.DefaultAccess, api.Services{
-		Enrollment: api.NewEnrollmentService(enrollment, cfg.publicURL+scep.Path, logger),
-	})
+	services := api.Services{Enrollment: api.NewEnrollmentService(enrollment, cfg.publicURL+scep.Path, logger)}
+	if escrowPolicy != nil {
+		services.Escrow = api.NewEscrowService(escrowPolicy, logger)
+	}
+	grpcSrv := api.NewServer(pki.TLSConfig(), api.DefaultAccess, services)
 
 	httpLn, err := net.Listen("tcp", cfg.httpAddr)
 	if err != nil {

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	vault "github.com/hashicorp/vault/api"
+
+	"github.com/smimeca/smimeca/api"
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/escrow"
+	"github.com/smimeca/smimeca/internal/vaultproc"
+	"github.com/smimeca/smimeca/policy"
+)
+
+var _ api.EscrowPolicy = (*policy.Escrow)(nil)
+var _ policy.EscrowStore = (*escrow.Store)(nil)
+
+// setupEscrow connects to Vault (starting the embedded one when asked) and
+// returns the escrow rules, or nil when no Vault is configured.
+func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, domains *policy.Domains, caDir string) (*policy.Escrow, func(), error) {
+	noop := func() {}
+	vc := escrow.VaultConfig{Address: cfg.vaultAddr, TokenFile: cfg.vaultTokenFile,
+		Token: os.Getenv("SMIMECA_VAULT_TOKEN"), RoleID: cfg.vaultRoleID, SecretIDFile: cfg.vaultSecretIDFile}
+	ecfg := escrow.Config{KVMount: cfg.vaultKVMount, TransitMount: cfg.vaultTransit, TransitKey: cfg.vaultTransitKey}
+	stop := noop
+	switch {
+	case cfg.embeddedVault && cfg.vaultAddr != "":
+		return nil, noop, usagef("--embedded-vault and --vault-addr exclude each other")
+	case cfg.embeddedVault:
+		logger.Warn("EMBEDDED VAULT: single-machine default. Its unseal key and root token are stored in " +
+			filepath.Join(cfg.dataDir, "vault", "init.json") + "; anyone who can read the data directory can read every escrowed key. Use an operator-run Vault (--vault-addr) in production.")
+		p, err := vaultproc.Start(ctx, cfg.vaultBin, filepath.Join(cfg.dataDir, "vault"), cfg.embeddedVaultAddr, vaultLog{logger})
+		if err != nil {
+			return nil, noop, fmt.Errorf("embedded vault: %w", err)
+		}
+		stop = func() { p.Stop() }
+		root, err := p.Client()
+		if err != nil {
+			stop()
+			return nil, noop, err
+		}
+		if err := escrow.Setup(ctx, root, ecfg); err != nil {
+			stop()
+			return nil, noop, err
+		}
+		if err := enableAudit(ctx, p, filepath.Join(cfg.dataDir, "vault", "audit.log")); err != nil {
+			logger.Warn("vault audit device", "err", err)
+		}
+		tok, err := p.ScopedToken(ctx, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey)
+		if err != nil {
+			stop()
+			return nil, noop, err
+		}
+		vc = escrow.VaultConfig{Address: p.Addr, Token: tok}
+	case cfg.vaultAddr == "":
+		logger.Warn("no Vault configured (--vault-addr or --embedded-vault): the escrow API is off")
+		return nil, noop, nil
+	}
+	client, err := escrow.Connect(ctx, vc)
+	if err != nil {
+		stop()
+		return nil, noop, err
+	}
+	if cfg.vaultSetup {
+		if err := escrow.Setup(ctx, client, ecfg); err != nil {
+			stop()
+			return nil, noop, err
+		}
+	}
+	if err := escrow.Ping(ctx, client); err != nil {
+		logger.Warn("Vault is not available now; escrow calls will answer UNAVAILABLE until it is", "err", err)
+	}
+	conn, err := ca.LoadOrCreateConnectorKey(caDir)
+	if err != nil {
+		stop()
+		return nil, noop, err
+	}
+	aliases, err := readAliases(cfg.emailAliases)
+	if err != nil {
+		stop()
+		return nil, noop, usagef("--email-aliases: %v", err)
+	}
+	store := escrow.New(client.Logical(), ecfg)
+	logger.Info("escrow in Vault", "vault", client.Address(), "kv_mount", ecfg.KVMount)
+	return policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases),
+		policy.WithEscrowAuditor(policy.LogAuditor{Logger: logger})), stop, nil
+}
+
+// enableAudit turns on Vault's file audit device (idempotent).
+func enableAudit(ctx context.Context, p *vaultproc.Proc, path string) error {
+	c, err := p.Client()
+	if err != nil {
+		return err
+	}
+	audits, err := c.Sys().ListAuditWithContext(ctx)
+	if err != nil {
+		return err
+	}
+	if _, ok := audits["file/"]; ok {
+		return nil
+	}
+	return c.Sys().EnableAuditWithOptionsWithContext(ctx, "file", &vault.EnableAuditOptions{Type: "file", Options: map[string]string{"file_path": path, "mode": "0600"}})
+}
+
+// readAliases reads "alias,user" lines.
+func readAliases(path string) (map[string]string, error) {
+	out := map[string]string{}
+	if path == "" {
+		return out, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	r := csv.NewReader(f)
+	r.FieldsPerRecord = 2
+	r.Comment = '#'
+	for {
+		rec, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		a, err1 := policy.NormalizeEmail(rec[0])
+		u, err2 := policy.NormalizeEmail(rec[1])
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("line %q: both columns must be e-mail addresses", strings.Join(rec, ","))
+		}
+		out[a] = u
+	}
+}
+
+// vaultLog forwards the embedded Vault's output to the log.
+type vaultLog struct{ l *slog.Logger }
+
+func (v vaultLog) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
+		if line != "" {
+			v.l.Info("vault: " + line)
+		}
+	}
+	return len(p), nil
+}

@@ -1,0 +1,246 @@
+package policy_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/x509"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
+	"github.com/smimeca/smimeca/escrow"
+	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/policy"
+)
+
+type escrowEnv struct {
+	e     *policy.Escrow
+	store *escrow.Store
+	is    *testpki.Issuer
+	audit *recordingAuditor
+	conn  *rsa.PrivateKey
+}
+
+func newEscrowEnv(t *testing.T) *escrowEnv {
+	t.Helper()
+	v := testvault.Start(t)
+	store, _ := v.Store(t)
+	domains, _ := policy.NewDomains([]string{"example.com"})
+	conn := testpki.RSAKey(t, 3072, 0)
+	audit := &recordingAuditor{}
+	e := policy.NewEscrow(store, conn, domains, policy.WithEscrowAuditor(audit),
+		policy.WithAliases(map[string]string{"a.old@example.com": "alice@example.com"}))
+	return &escrowEnv{e: e, store: store, is: testpki.NewIssuer(t), audit: audit, conn: conn}
+}
+
+func (v *escrowEnv) list(t *testing.T, user string) []escrow.Metadata {
+	t.Helper()
+	l, err := v.e.List(context.Background(), user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestImportEncodings(t *testing.T) {
+	v := newEscrowEnv(t)
+	ctx := context.Background()
+	key := testpki.RSAKey(t, 2048, 0)
+	cases := map[string]func() []byte{
+		"openssl -legacy (RC2-40/3DES, SHA-1 MAC)": func() []byte {
+			return v.is.OpenSSLPFX(t, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}}), "pw-1", true)
+		},
+		"openssl default (AES-256/PBES2, SHA-256 MAC)": func() []byte {
+			return v.is.OpenSSLPFX(t, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"Alice@Example.com"}}), "pw-1", false)
+		},
+		"go-pkcs12 LegacyRC2": func() []byte {
+			return v.is.PFX(t, pkcs12.LegacyRC2, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}}), "pw-1")
+		},
+		"go-pkcs12 LegacyDES": func() []byte {
+			return v.is.PFX(t, pkcs12.LegacyDES, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}}), "pw-1")
+		},
+		"go-pkcs12 Modern2023": func() []byte {
+			return v.is.PFX(t, pkcs12.Modern2023, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}}), "pw-1")
+		},
+		"EC key with keyAgreement": func() []byte {
+			ek, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			return v.is.PFX(t, nil, ek, v.is.UserCert(t, ek, testpki.CertOptions{Emails: []string{"alice@example.com"}}), "pw-1")
+		},
+		"alias address": func() []byte {
+			return v.is.PFX(t, nil, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"a.old@example.com"}}), "pw-1")
+		},
+	}
+	n := 0
+	for name, mk := range cases {
+		res, err := v.e.Import(ctx, policy.ImportRequest{User: "ALICE@example.com", PFX: mk(), Password: "pw-1"})
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		n++
+		if res.Duplicate || res.Expired || res.Metadata.Purpose != escrow.PurposeEncryption {
+			t.Errorf("%s: %+v", name, res)
+		}
+	}
+	if got := len(v.list(t, "alice@example.com")); got != n {
+		t.Errorf("%d escrowed, want %d", got, n)
+	}
+}
+
+func TestImportRefusalsLeaveVaultUnchanged(t *testing.T) {
+	v := newEscrowEnv(t)
+	ctx := context.Background()
+	key := testpki.RSAKey(t, 2048, 0)
+	good := v.is.PFX(t, nil, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}}), "pw")
+	other := testpki.RSAKey(t, 2048, 1)
+	certOnly, err := pkcs12.Modern.EncodeTrustStore([]*x509.Certificate{v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}})}, "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := make([]byte, 2048)
+	rand.Read(garbage)
+	// A PFX whose key belongs to another certificate.
+	mismatch, err := pkcs12.Modern.Encode(other, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}}), nil, "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		req  policy.ImportRequest
+		want policy.Reason
+	}{
+		{"wrong password", policy.ImportRequest{PFX: good, Password: "nope"}, policy.ReasonWrongPassword},
+		{"truncated", policy.ImportRequest{PFX: good[:len(good)/2], Password: "pw"}, policy.ReasonBadPFX},
+		{"random bytes", policy.ImportRequest{PFX: garbage, Password: "pw"}, policy.ReasonBadPFX},
+		{"empty", policy.ImportRequest{Password: "pw"}, policy.ReasonBadPFX},
+		{"certificate only", policy.ImportRequest{PFX: certOnly, Password: "pw"}, policy.ReasonNoKey},
+		{"another user's certificate", policy.ImportRequest{Password: "pw",
+			PFX: v.is.PFX(t, nil, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"bob@example.com"}}), "pw")}, policy.ReasonUserMismatch},
+		{"CA certificate", policy.ImportRequest{Password: "pw",
+			PFX: v.is.PFX(t, nil, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}, IsCA: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageKeyEncipherment}), "pw")}, policy.ReasonCACertificate},
+		{"signing-only key usage", policy.ImportRequest{Password: "pw",
+			PFX: v.is.PFX(t, nil, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}, KeyUsage: x509.KeyUsageDigitalSignature}), "pw")}, policy.ReasonCannotEncrypt},
+		{"TLS-only EKU", policy.ImportRequest{Password: "pw",
+			PFX: v.is.PFX(t, nil, key, v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}), "pw")}, policy.ReasonCannotEncrypt},
+		{"key of another certificate", policy.ImportRequest{PFX: mismatch, Password: "pw"}, policy.ReasonKeyMismatch},
+		{"bad purpose", policy.ImportRequest{PFX: good, Password: "pw", Purpose: "tls"}, policy.ReasonBadPurpose},
+		{"bad encrypted password", policy.ImportRequest{PFX: good, EncryptedPassword: []byte("xx")}, policy.ReasonWrongPassword},
+	}
+	for _, c := range cases {
+		c.req.User = "alice@example.com"
+		_, err := v.e.Import(ctx, c.req)
+		re, ok := policy.IsReject(err)
+		if !ok || re.Reason != c.want {
+			t.Errorf("%s: %v, want %s", c.name, err, c.want)
+			continue
+		}
+		if strings.Contains(re.Detail, "pw") && c.name != "bad purpose" {
+			t.Errorf("%s: the refusal mentions the password: %q", c.name, re.Detail)
+		}
+	}
+	_, err = v.e.Import(ctx, policy.ImportRequest{User: "alice@evil.com", PFX: good, Password: "pw"})
+	if re, ok := policy.IsReject(err); !ok || re.Reason != policy.ReasonDomainNotAllowed {
+		t.Errorf("outside domains: %v", err)
+	}
+	if l := v.list(t, "alice@example.com"); len(l) != 0 {
+		t.Fatalf("refused imports left %d entries in Vault", len(l))
+	}
+	b, _ := json.Marshal(v.audit.events)
+	if strings.Contains(string(b), `"pw"`) {
+		t.Error("audit events contain the password")
+	}
+}
+
+func TestImportEncryptedPasswordExpiredAndDuplicate(t *testing.T) {
+	v := newEscrowEnv(t)
+	ctx := context.Background()
+	key := testpki.RSAKey(t, 2048, 0)
+	old := v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"},
+		NotBefore: time.Now().Add(-3 * 365 * 24 * time.Hour), NotAfter: time.Now().Add(-2 * 365 * 24 * time.Hour)})
+	pfx := v.is.PFX(t, pkcs12.LegacyDES, key, old, "s3cret pässword")
+	for _, h := range []struct {
+		name string
+		hash func() crypto.Hash
+	}{{"SHA256", func() crypto.Hash { return crypto.SHA256 }}, {"SHA384", func() crypto.Hash { return crypto.SHA384 }}, {"SHA512", func() crypto.Hash { return crypto.SHA512 }}} {
+		var hf = sha256.New()
+		switch h.hash() {
+		case crypto.SHA384:
+			hf = sha512.New384()
+		case crypto.SHA512:
+			hf = sha512.New()
+		}
+		ct, err := rsa.EncryptOAEP(hf, rand.Reader, v.e.ConnectorKey(), []byte("s3cret pässword"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := v.e.Import(ctx, policy.ImportRequest{User: "alice@example.com", PFX: pfx, EncryptedPassword: ct, PasswordHash: h.name})
+		if err != nil {
+			t.Fatalf("%s: %v", h.name, err)
+		}
+		if !res.Expired {
+			t.Error("expired certificate not flagged")
+		}
+		if h.name == "SHA256" && res.Duplicate || h.name != "SHA256" && !res.Duplicate {
+			t.Errorf("%s: duplicate = %v", h.name, res.Duplicate)
+		}
+	}
+	l := v.list(t, "alice@example.com")
+	if len(l) != 1 || l[0].SHA256 != policy.CertificateMetadata(old).SHA256 || l[0].Serial == "" || len(l[0].Emails) != 1 {
+		t.Fatalf("escrow holds %+v", l)
+	}
+}
+
+func TestDeletePurgeAudit(t *testing.T) {
+	v := newEscrowEnv(t)
+	ctx := policy.WithActor(context.Background(), policy.Actor{Role: "admin", Name: "ops"})
+	key := testpki.RSAKey(t, 2048, 0)
+	c1 := v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}})
+	c2 := v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}})
+	for _, c := range []*x509.Certificate{c1, c2} {
+		if _, err := v.e.Import(ctx, policy.ImportRequest{User: "alice@example.com", PFX: v.is.PFX(t, nil, key, c, "pw"), Password: "pw"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m1 := policy.CertificateMetadata(c1)
+	if _, err := v.e.Delete(ctx, "alice@example.com", "zz"); !isReason(err, policy.ReasonBadThumbprint) {
+		t.Errorf("bad thumbprint: %v", err)
+	}
+	if _, err := v.e.Delete(ctx, "alice@example.com", strings.ToUpper(m1.SHA1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.e.Delete(ctx, "alice@example.com", m1.SHA256); !isReason(err, policy.ReasonNotEscrowed) {
+		t.Errorf("delete twice: %v", err)
+	}
+	purged, err := v.e.Purge(ctx, "alice@example.com")
+	if err != nil || len(purged) != 1 {
+		t.Fatalf("purge: %v %v", purged, err)
+	}
+	actions := map[string]int{}
+	for _, ev := range v.audit.events {
+		if ev.Result == "ok" {
+			actions[ev.Action]++
+			if ev.Actor.Name != "ops" || len(ev.SHA256) == 0 {
+				t.Errorf("audit event lacks who or which: %+v", ev)
+			}
+		}
+	}
+	if actions[policy.ActionEscrowImport] != 2 || actions[policy.ActionEscrowDelete] != 1 || actions[policy.ActionEscrowPurge] != 1 {
+		t.Errorf("audit actions %v", actions)
+	}
+}
+
+func isReason(err error, r policy.Reason) bool {
+	re, ok := policy.IsReject(err)
+	return ok && re.Reason == r
+}
+
