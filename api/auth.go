@@ -51,6 +51,8 @@ type Access map[string][]Role
 var DefaultAccess = Access{
 	"/smimeca.v1.Enrollment/":  {RoleAdmin},
 	"/smimeca.v1.EscrowAdmin/": {RoleAdmin},
+	// The profile service fetches bundles; admins may too.
+	"/smimeca.v1.ProfileBundles/": {RoleProfile, RoleAdmin},
 }
 
 func (a Access) allowed(method string, role Role) bool {

@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 	"github.com/smimeca/smimeca/policy"
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
 
 // EnrollmentPolicy is what the Enrollment service needs from policy;

@@ -17,6 +17,8 @@ type Services struct {
 	Enrollment pb.EnrollmentServer
 	// Escrow is optional: without Vault the server runs enrolment only.
 	Escrow pb.EscrowAdminServer
+	// Bundles serves the profile service.
+	Bundles pb.ProfileBundlesServer
 }
 
 // NewServer returns a gRPC server with mutual TLS (client certificates are
@@ -40,6 +42,10 @@ func NewServer(tlsConfig *tls.Config, access Access, svc Services) *grpc.Server 
 	if svc.Escrow != nil {
 		pb.RegisterEscrowAdminServer(s, svc.Escrow)
 		hs.SetServingStatus(pb.EscrowAdmin_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	}
+	if svc.Bundles != nil {
+		pb.RegisterProfileBundlesServer(s, svc.Bundles)
+		hs.SetServingStatus(pb.ProfileBundles_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	}
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)

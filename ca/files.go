@@ -99,7 +99,8 @@ func readKeyPair(certPath, keyPath string) (*x509.Certificate, crypto.Signer, er
 const ConnectorKeyFile = "pfx_connector.key"
 
 // LoadOrCreateConnectorKey returns the RSA key admins encrypt PFX passwords
-// to, creating it (RSA 3072, mode 0600) on first start.
+// to, creating it (RSA 2048, mode 0600) on first start: the size Intune's
+// PFX connector uses, and one RSA-OAEP decryption per import.
 func LoadOrCreateConnectorKey(dir string) (*rsa.PrivateKey, error) {
 	path := filepath.Join(dir, ConnectorKeyFile)
 	if fi, err := os.Stat(path); err == nil {
@@ -118,7 +119,7 @@ func LoadOrCreateConnectorKey(dir string) (*rsa.PrivateKey, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	k, err := rsa.GenerateKey(rand.Reader, 3072)
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return nil, fmt.Errorf("ca: generate connector key: %w", err)
 	}

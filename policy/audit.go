@@ -2,7 +2,11 @@ package policy
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
+	"os"
+	"sync"
 	"time"
 )
 
@@ -73,4 +77,49 @@ func (l LogAuditor) Audit(ctx context.Context, e Event) {
 		slog.String("result", e.Result),
 		slog.String("detail", e.Detail),
 	)
+}
+
+// FileAuditor appends audit events as JSON lines to a file (mode 0600).
+// Each event is one write of one line, so lines never interleave.
+type FileAuditor struct {
+	mu  sync.Mutex
+	f   *os.File
+	log *slog.Logger
+}
+
+// OpenFileAuditor opens (creating) the audit file at path for appending.
+// Trouble writing later is reported to log, never to the audited action.
+func OpenFileAuditor(path string, log *slog.Logger) (*FileAuditor, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("policy: audit file: %w", err)
+	}
+	return &FileAuditor{f: f, log: log}, nil
+}
+
+// Audit implements Auditor.
+func (a *FileAuditor) Audit(_ context.Context, e Event) {
+	b, err := json.Marshal(e)
+	if err == nil {
+		b = append(b, '\n')
+		a.mu.Lock()
+		_, err = a.f.Write(b)
+		a.mu.Unlock()
+	}
+	if err != nil && a.log != nil {
+		a.log.Error("audit file write failed", "err", err, "action", e.Action)
+	}
+}
+
+// Close closes the file.
+func (a *FileAuditor) Close() error { return a.f.Close() }
+
+// Auditors sends each event to every auditor in turn.
+type Auditors []Auditor
+
+// Audit implements Auditor.
+func (as Auditors) Audit(ctx context.Context, e Event) {
+	for _, a := range as {
+		a.Audit(ctx, e)
+	}
 }

@@ -243,4 +243,3 @@ func isReason(err error, r policy.Reason) bool {
 	re, ok := policy.IsReject(err)
 	return ok && re.Reason == r
 }
-

@@ -230,9 +230,9 @@ func TestRefusalsAreSignedFailures(t *testing.T) {
 	d := newDevice(t, 0)
 	secret := f.challenge(t, "alice@example.com", "dev-1")
 	for name, msg := range map[string][]byte{
-		"other user":        d.message(t, f, smallscep.PKCSReq, secret, "bob@example.com"),
-		"unknown challenge": d.message(t, f, smallscep.PKCSReq, "wrong"),
-		"no challenge":      d.message(t, f, smallscep.PKCSReq, ""),
+		"other user":             d.message(t, f, smallscep.PKCSReq, secret, "bob@example.com"),
+		"unknown challenge":      d.message(t, f, smallscep.PKCSReq, "wrong"),
+		"no challenge":           d.message(t, f, smallscep.PKCSReq, ""),
 		"renewal by self-signed": d.message(t, f, smallscep.RenewalReq, ""),
 	} {
 		resp, body := f.post(t, msg)

@@ -37,6 +37,7 @@ Usage:
   smimeca pfx list --user EMAIL [-o json]
   smimeca pfx delete --user EMAIL --thumbprint T
   smimeca pfx purge --user EMAIL
+  smimeca bundle get --user EMAIL --device ID --out DIR [--format pkcs12|cms] [--device-cert FILE]
   smimeca version
 
 Run "smimeca COMMAND -h" for a command's flags. Every setting can also be
@@ -65,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = certCmd(args[1:], stdout)
 	case "pfx":
 		err = pfxCmd(args[1:], stdout, stderr)
+	case "bundle":
+		err = bundleCmd(args[1:], stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "smimeca", version)
 	case "help", "-h", "--help":

@@ -195,15 +195,21 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	if len(domainList) == 0 {
 		logger.Warn("no --allowed-domains set: challenges can be created for any e-mail domain")
 	}
+	auditFile, err := policy.OpenFileAuditor(filepath.Join(cfg.dataDir, "audit.log"), logger)
+	if err != nil {
+		return err
+	}
+	defer auditFile.Close()
+	audit := policy.Auditors{policy.LogAuditor{Logger: logger}, auditFile}
 	enrollment, err := policy.NewEnrollment(authority, store, store, policy.Config{
 		Domains: domains, Validity: cfg.validity, ContentCommitment: cfg.contentCommitment,
 		ChallengeTTL: cfg.challengeTTL, StaticChallenge: cfg.staticChallenge,
-	}, policy.WithAuditor(policy.LogAuditor{Logger: logger}))
+	}, policy.WithAuditor(audit))
 	if err != nil {
 		return usagef("%v", err)
 	}
 
-	escrowPolicy, stopVault, err := setupEscrow(ctx, cfg, logger, domains, filepath.Join(cfg.dataDir, "ca"))
+	escrowPolicy, escrowStore, stopVault, err := setupEscrow(ctx, cfg, logger, audit, domains, filepath.Join(cfg.dataDir, "ca"))
 	if err != nil {
 		return err
 	}
@@ -249,9 +255,12 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		return err
 	}
 	services := api.Services{Enrollment: api.NewEnrollmentService(enrollment, cfg.publicURL+scep.Path, logger)}
+	var keys policy.KeyStore
 	if escrowPolicy != nil {
 		services.Escrow = api.NewEscrowService(escrowPolicy, logger)
+		keys = escrowStore
 	}
+	services.Bundles = api.NewBundleService(policy.NewBundles(enrollment, keys, authority, cfg.publicURL+scep.Path, audit), logger)
 	grpcSrv := api.NewServer(pki.TLSConfig(), api.DefaultAccess, services)
 
 	httpLn, err := net.Listen("tcp", cfg.httpAddr)

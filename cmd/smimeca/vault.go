@@ -25,7 +25,7 @@ var _ policy.EscrowStore = (*escrow.Store)(nil)
 
 // setupEscrow connects to Vault (starting the embedded one when asked) and
 // returns the escrow rules, or nil when no Vault is configured.
-func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, domains *policy.Domains, caDir string) (*policy.Escrow, func(), error) {
+func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, audit policy.Auditor, domains *policy.Domains, caDir string) (*policy.Escrow, *escrow.Store, func(), error) {
 	noop := func() {}
 	vc := escrow.VaultConfig{Address: cfg.vaultAddr, TokenFile: cfg.vaultTokenFile,
 		Token: os.Getenv("SMIMECA_VAULT_TOKEN"), RoleID: cfg.vaultRoleID, SecretIDFile: cfg.vaultSecretIDFile}
@@ -33,23 +33,23 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, dom
 	stop := noop
 	switch {
 	case cfg.embeddedVault && cfg.vaultAddr != "":
-		return nil, noop, usagef("--embedded-vault and --vault-addr exclude each other")
+		return nil, nil, noop, usagef("--embedded-vault and --vault-addr exclude each other")
 	case cfg.embeddedVault:
 		logger.Warn("EMBEDDED VAULT: single-machine default. Its unseal key and root token are stored in " +
 			filepath.Join(cfg.dataDir, "vault", "init.json") + "; anyone who can read the data directory can read every escrowed key. Use an operator-run Vault (--vault-addr) in production.")
 		p, err := vaultproc.Start(ctx, cfg.vaultBin, filepath.Join(cfg.dataDir, "vault"), cfg.embeddedVaultAddr, vaultLog{logger})
 		if err != nil {
-			return nil, noop, fmt.Errorf("embedded vault: %w", err)
+			return nil, nil, noop, fmt.Errorf("embedded vault: %w", err)
 		}
 		stop = func() { p.Stop() }
 		root, err := p.Client()
 		if err != nil {
 			stop()
-			return nil, noop, err
+			return nil, nil, noop, err
 		}
 		if err := escrow.Setup(ctx, root, ecfg); err != nil {
 			stop()
-			return nil, noop, err
+			return nil, nil, noop, err
 		}
 		if err := enableAudit(ctx, p, filepath.Join(cfg.dataDir, "vault", "audit.log")); err != nil {
 			logger.Warn("vault audit device", "err", err)
@@ -57,22 +57,22 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, dom
 		tok, err := p.ScopedToken(ctx, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey)
 		if err != nil {
 			stop()
-			return nil, noop, err
+			return nil, nil, noop, err
 		}
 		vc = escrow.VaultConfig{Address: p.Addr, Token: tok}
 	case cfg.vaultAddr == "":
 		logger.Warn("no Vault configured (--vault-addr or --embedded-vault): the escrow API is off")
-		return nil, noop, nil
+		return nil, nil, noop, nil
 	}
 	client, err := escrow.Connect(ctx, vc)
 	if err != nil {
 		stop()
-		return nil, noop, err
+		return nil, nil, noop, err
 	}
 	if cfg.vaultSetup {
 		if err := escrow.Setup(ctx, client, ecfg); err != nil {
 			stop()
-			return nil, noop, err
+			return nil, nil, noop, err
 		}
 	}
 	if err := escrow.Ping(ctx, client); err != nil {
@@ -81,17 +81,17 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, dom
 	conn, err := ca.LoadOrCreateConnectorKey(caDir)
 	if err != nil {
 		stop()
-		return nil, noop, err
+		return nil, nil, noop, err
 	}
 	aliases, err := readAliases(cfg.emailAliases)
 	if err != nil {
 		stop()
-		return nil, noop, usagef("--email-aliases: %v", err)
+		return nil, nil, noop, usagef("--email-aliases: %v", err)
 	}
 	store := escrow.New(client.Logical(), ecfg)
 	logger.Info("escrow in Vault", "vault", client.Address(), "kv_mount", ecfg.KVMount)
 	return policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases),
-		policy.WithEscrowAuditor(policy.LogAuditor{Logger: logger})), stop, nil
+		policy.WithEscrowAuditor(audit)), store, stop, nil
 }
 
 // enableAudit turns on Vault's file audit device (idempotent).

@@ -110,11 +110,11 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 	limit := cryptoLimit(2 * time.Second)
 
 	type row struct {
-		name            string
-		conc            int
-		rate, p50, p99  float64
-		failed          int
-		cpuMS           float64
+		name           string
+		conc           int
+		rate, p50, p99 float64
+		failed         int
+		cpuMS          float64
 	}
 	var rows []row
 	ci := 0

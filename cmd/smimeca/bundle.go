@@ -1,0 +1,153 @@
+package main
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+)
+
+// bundleFile is DIR/bundle.json.
+type bundleFile struct {
+	User    string `json:"user"`
+	Device  string `json:"device"`
+	Signing struct {
+		SCEPURL             string   `json:"scep_url"`
+		Challenge           string   `json:"challenge"`
+		ChallengeExpiresAt  string   `json:"challenge_expires_at"`
+		Subject             string   `json:"subject"`
+		RFC822Name          string   `json:"rfc822_name"`
+		KeySize             int32    `json:"key_size"`
+		KeyType             string   `json:"key_type"`
+		AppleKeyUsage       int32    `json:"apple_key_usage"`
+		CAFingerprintSHA256 string   `json:"ca_fingerprint_sha256"`
+		CAFingerprintSHA1   string   `json:"ca_fingerprint_sha1"`
+		CAFingerprintMD5    string   `json:"ca_fingerprint_md5"`
+		IssuedSerials       []string `json:"issued_serials"`
+	} `json:"signing"`
+	Encryption []bundleEntry `json:"encryption"`
+	CAFile     string        `json:"ca_file"`
+}
+
+type bundleEntry struct {
+	File                  string   `json:"file"`
+	Password              string   `json:"password,omitempty"`
+	EnvelopedPasswordFile string   `json:"enveloped_password_file,omitempty"`
+	Current               bool     `json:"current"`
+	Expired               bool     `json:"expired"`
+	SHA1                  string   `json:"sha1"`
+	SHA256                string   `json:"sha256"`
+	Serial                string   `json:"serial"`
+	Emails                []string `json:"emails"`
+	NotAfter              string   `json:"not_after"`
+}
+
+func bundleCmd(args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "get" {
+		return usagef("usage: smimeca bundle get --user EMAIL --device ID --out DIR [--format pkcs12|cms] [--device-cert FILE] [--encoding legacy|modern]")
+	}
+	var cf clientFlags
+	var user, device, out, format, deviceCert, encoding string
+	f := newFlags("bundle get")
+	cf.register(f, "profile")
+	f.fs.StringVar(&user, "user", "", "user e-mail address (required)")
+	f.fs.StringVar(&device, "device", "", "device id (required)")
+	f.fs.StringVar(&out, "out", "", "output directory (required; created 0700)")
+	f.fs.StringVar(&format, "format", "pkcs12", "pkcs12 (password beside each file) or cms (password enveloped to --device-cert)")
+	f.fs.StringVar(&deviceCert, "device-cert", "", "device certificate (PEM or DER) for --format cms")
+	f.fs.StringVar(&encoding, "encoding", "legacy", "PKCS#12 encoding: legacy (3DES, iOS) or modern (AES-256)")
+	if err := f.parse(args[1:]); err != nil {
+		return helpOK(err)
+	}
+	if user == "" || device == "" || out == "" {
+		return usagef("bundle get needs --user, --device and --out")
+	}
+	req := &pb.GetUserBundleRequest{User: user, DeviceId: device}
+	switch format {
+	case "pkcs12":
+		req.Format = pb.DeliveryFormat_DELIVERY_FORMAT_PKCS12
+	case "cms":
+		req.Format = pb.DeliveryFormat_DELIVERY_FORMAT_CMS
+		if deviceCert == "" {
+			return usagef("--format cms needs --device-cert")
+		}
+		b, err := os.ReadFile(deviceCert)
+		if err != nil {
+			return usagef("--device-cert: %v", err)
+		}
+		if blk, _ := pem.Decode(b); blk != nil {
+			b = blk.Bytes
+		}
+		req.DeviceCertificateDer = b
+	default:
+		return usagef("--format %q: use pkcs12 or cms", format)
+	}
+	switch encoding {
+	case "legacy":
+	case "modern":
+		req.Encoding = pb.Pkcs12Encoding_PKCS12_ENCODING_MODERN
+	default:
+		return usagef("--encoding %q: use legacy or modern", encoding)
+	}
+	conn, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := cf.ctx()
+	defer cancel()
+	resp, err := pb.NewProfileBundlesClient(conn).GetUserBundle(ctx, req)
+	if err != nil {
+		return &clientError{err}
+	}
+	if err := os.MkdirAll(out, 0o700); err != nil {
+		return err
+	}
+	var bf bundleFile
+	bf.User, bf.Device = resp.GetUser(), resp.GetDeviceId()
+	s := resp.GetSigning()
+	bf.Signing.SCEPURL, bf.Signing.Challenge = s.GetScepUrl(), s.GetChallenge()
+	bf.Signing.ChallengeExpiresAt = s.GetChallengeExpiresAt().AsTime().Format("2006-01-02T15:04:05Z07:00")
+	bf.Signing.Subject, bf.Signing.RFC822Name = s.GetSubject(), s.GetRfc822Name()
+	bf.Signing.KeySize, bf.Signing.KeyType, bf.Signing.AppleKeyUsage = s.GetKeySize(), s.GetKeyType(), s.GetAppleKeyUsage()
+	bf.Signing.CAFingerprintSHA256 = hex.EncodeToString(s.GetCaFingerprintSha256())
+	bf.Signing.CAFingerprintSHA1 = hex.EncodeToString(s.GetCaFingerprintSha1())
+	bf.Signing.CAFingerprintMD5 = hex.EncodeToString(s.GetCaFingerprintMd5())
+	bf.Signing.IssuedSerials = s.GetIssuedSerials()
+	bf.Encryption = []bundleEntry{}
+	for _, e := range resp.GetEncryptionCertificates() {
+		m := e.GetMetadata()
+		be := bundleEntry{File: m.GetSha1() + ".p12", Password: e.GetPassword(), Current: e.GetCurrent(), Expired: m.GetExpired(),
+			SHA1: m.GetSha1(), SHA256: m.GetSha256(), Serial: m.GetSerial(), Emails: m.GetEmails(),
+			NotAfter: m.GetNotAfter().AsTime().Format("2006-01-02T15:04:05Z07:00")}
+		if err := os.WriteFile(filepath.Join(out, be.File), e.GetPkcs12(), 0o600); err != nil {
+			return err
+		}
+		if len(e.GetEnvelopedPassword()) > 0 {
+			be.EnvelopedPasswordFile = m.GetSha1() + ".password.cms"
+			if err := os.WriteFile(filepath.Join(out, be.EnvelopedPasswordFile), e.GetEnvelopedPassword(), 0o600); err != nil {
+				return err
+			}
+		}
+		bf.Encryption = append(bf.Encryption, be)
+	}
+	var caPEM []byte
+	for _, der := range resp.GetCaChainDer() {
+		caPEM = append(caPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	bf.CAFile = "ca.pem"
+	if err := os.WriteFile(filepath.Join(out, bf.CAFile), caPEM, 0o644); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(bf, "", "  ")
+	if err := os.WriteFile(filepath.Join(out, "bundle.json"), append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s: signing reference, %d encryption certificate(s), CA chain\n", out, len(bf.Encryption))
+	return nil
+}

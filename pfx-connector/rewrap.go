@@ -1,0 +1,89 @@
+package pfxconnector
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/smallstep/pkcs7"
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
+)
+
+// Encoding selects the PKCS#12 algorithms of a re-wrapped file.
+type Encoding int
+
+// Encodings.
+const (
+	// Legacy is 3DES + SHA-1 MAC (go-pkcs12 LegacyDES), the default: iOS's
+	// importer is reported to reject AES/PBES2 files.
+	Legacy Encoding = iota
+	// Modern is PBES2/AES-256 + SHA-256 MAC (go-pkcs12 Modern2023).
+	Modern
+)
+
+// passwordBytes is the entropy of a delivery password (144 bits).
+const passwordBytes = 18
+
+// Rewrapped is one key and certificate packed for one delivery.
+type Rewrapped struct {
+	// PFX is the new PKCS#12.
+	PFX []byte
+	// Password opens PFX. It is fresh for every delivery.
+	Password string
+}
+
+// Rewrap packs key, cert and chain into a new PKCS#12 with a fresh random
+// password.
+func Rewrap(key crypto.PrivateKey, cert *x509.Certificate, chain []*x509.Certificate, enc Encoding) (Rewrapped, error) {
+	raw := make([]byte, passwordBytes)
+	if _, err := rand.Read(raw); err != nil {
+		return Rewrapped{}, fmt.Errorf("pfx: password randomness: %w", err)
+	}
+	password := base64.RawURLEncoding.EncodeToString(raw)
+	encoder := pkcs12.LegacyDES
+	if enc == Modern {
+		encoder = pkcs12.Modern2023
+	}
+	pfx, err := encoder.Encode(key, cert, chain, password)
+	if err != nil {
+		return Rewrapped{}, fmt.Errorf("pfx: encode: %w", err)
+	}
+	return Rewrapped{PFX: pfx, Password: password}, nil
+}
+
+// ErrBadRecipient means the device certificate cannot receive CMS
+// EnvelopedData.
+var ErrBadRecipient = errors.New("pfx: the device certificate cannot receive encrypted data")
+
+// CheckRecipient reports whether a device certificate can be the recipient
+// of an envelope at time now: RSA key (key transport), valid now, and key
+// usage (when present) allowing keyEncipherment.
+func CheckRecipient(c *x509.Certificate, now time.Time) error {
+	if _, ok := c.PublicKey.(*rsa.PublicKey); !ok {
+		return fmt.Errorf("%w: its key is %s, RSA is needed", ErrBadRecipient, c.PublicKeyAlgorithm)
+	}
+	if now.Before(c.NotBefore) || now.After(c.NotAfter) {
+		return fmt.Errorf("%w: it is not valid now (%s to %s)", ErrBadRecipient, c.NotBefore.Format(time.RFC3339), c.NotAfter.Format(time.RFC3339))
+	}
+	if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+		return fmt.Errorf("%w: its key usage lacks keyEncipherment", ErrBadRecipient)
+	}
+	return nil
+}
+
+// Envelope encrypts data as CMS EnvelopedData (DER) to the device
+// certificate, as Intune's connector does with PFX passwords: only the
+// device's private key opens it. The content encryption algorithm is
+// pkcs7's process-wide setting (AES-256-CBC, set once at start-up).
+func Envelope(data []byte, recipient *x509.Certificate) ([]byte, error) {
+	der, err := pkcs7.Encrypt(data, []*x509.Certificate{recipient})
+	if err != nil {
+		return nil, fmt.Errorf("pfx: envelope: %w", err)
+	}
+	return der, nil
+}

@@ -1,0 +1,246 @@
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/smimeca/smimeca/internal/testvault"
+)
+
+// sh runs openssl in dir and fails the test on error.
+func opensslIn(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := execCommand(t.Context(), tool(t, "openssl"), args...)
+	cmd.Dir = dir
+	cmd.Env = cleanEnv()
+	r := runCmd(t, cmd)
+	if r.code != 0 {
+		t.Fatalf("openssl %s: %s%s", strings.Join(args, " "), r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+type bundleJSON struct {
+	Signing struct {
+		SCEPURL             string   `json:"scep_url"`
+		Challenge           string   `json:"challenge"`
+		Subject             string   `json:"subject"`
+		RFC822Name          string   `json:"rfc822_name"`
+		KeySize             int      `json:"key_size"`
+		CAFingerprintSHA256 string   `json:"ca_fingerprint_sha256"`
+		CAFingerprintSHA1   string   `json:"ca_fingerprint_sha1"`
+		IssuedSerials       []string `json:"issued_serials"`
+	} `json:"signing"`
+	Encryption []struct {
+		File                  string `json:"file"`
+		Password              string `json:"password"`
+		EnvelopedPasswordFile string `json:"enveloped_password_file"`
+		Current               bool   `json:"current"`
+		Expired               bool   `json:"expired"`
+		SHA256                string `json:"sha256"`
+	} `json:"encryption"`
+}
+
+func (s *server) bundle(t *testing.T, out string, extra ...string) bundleJSON {
+	t.Helper()
+	args := append([]string{"bundle", "get", "--out", out, "--server", s.grpcAddr,
+		"--credentials", filepath.Join(s.data, "credentials", "profile")}, extra...)
+	mustOK(t, "bundle get", run(t, 60e9, smimecaBin(t), args...))
+	b, err := os.ReadFile(filepath.Join(out, "bundle.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bj bundleJSON
+	if err := json.Unmarshal(b, &bj); err != nil {
+		t.Fatal(err)
+	}
+	return bj
+}
+
+// TestBundleEndToEnd is the bundle issue's scenario with real tools only:
+// three generations of encryption certificates made with openssl (one
+// expired), a message encrypted to each with `openssl cms -encrypt`, the
+// PFX files imported, the bundle fetched with the profile credentials, every
+// message decrypted with `openssl pkcs12` + `openssl cms -decrypt` from the
+// bundle alone; then the device enrols over SCEP with the bundle's challenge
+// and its signature verifies against the bundle's CA chain.
+func TestBundleEndToEnd(t *testing.T) {
+	v := testvault.Start(t)
+	s := escrowServer(t, v)
+	w := t.TempDir()
+
+	opensslIn(t, w, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+		"-keyout", "corp-ca.key", "-out", "corp-ca.pem", "-subj", "/CN=Corp SMIME CA", "-days", "3650")
+	os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:alice@example.com\nkeyUsage=keyEncipherment,digitalSignature\nextendedKeyUsage=emailProtection\n"), 0o600)
+	os.WriteFile(filepath.Join(w, "msg.txt"), []byte("quarterly numbers, eyes only\n"), 0o600)
+	pw := randomPassword(t)
+	os.WriteFile(filepath.Join(w, "export.pw"), []byte(pw), 0o600)
+	var files []string
+	for i, days := range []string{"-1", "400", "730"} { // the first one is expired
+		g := fmt.Sprintf("gen%d", i)
+		opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", g+".key", "-out", g+".csr", "-subj", "/CN=alice@example.com")
+		opensslIn(t, w, "x509", "-req", "-in", g+".csr", "-CA", "corp-ca.pem", "-CAkey", "corp-ca.key", "-CAcreateserial",
+			"-days", days, "-extfile", "ext", "-out", g+".pem")
+		opensslIn(t, w, "cms", "-encrypt", "-aes256", "-in", "msg.txt", "-out", g+".p7m", g+".pem")
+		opensslIn(t, w, "pkcs12", "-export", "-inkey", g+".key", "-in", g+".pem", "-certfile", "corp-ca.pem",
+			"-out", g+".p12", "-passout", "file:export.pw")
+		files = append(files, filepath.Join(w, g+".p12"))
+	}
+	args := append([]string{"pfx", "import", "--user", "alice@example.com", "--password-file", filepath.Join(w, "export.pw")}, files...)
+	if out := mustOK(t, "import", s.cli(args...)); !strings.Contains(out, "imported 3") {
+		t.Fatalf("import: %s", out)
+	}
+
+	// The bundle, fetched with the profile credentials.
+	bdir := filepath.Join(w, "bundle")
+	b := s.bundle(t, bdir, "--user", "Alice@example.com", "--device", "iphone-7")
+	if len(b.Encryption) != 3 {
+		t.Fatalf("bundle has %d encryption certificates, want 3", len(b.Encryption))
+	}
+	if !b.Encryption[0].Current || b.Encryption[0].Expired || b.Encryption[1].Current || !b.Encryption[2].Expired {
+		t.Errorf("order/flags: want current first and the expired last: %+v", b.Encryption)
+	}
+	if b.Signing.Subject != "CN=alice@example.com" || b.Signing.RFC822Name != "alice@example.com" || b.Signing.KeySize != 2048 ||
+		b.Signing.SCEPURL != s.baseURL+"/scep" || len(b.Signing.CAFingerprintSHA1) != 40 || len(b.Signing.CAFingerprintSHA256) != 64 {
+		t.Errorf("signing reference %+v", b.Signing)
+	}
+	fp := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(strings.TrimSpace(
+		opensslIn(t, w, "x509", "-in", filepath.Join(s.data, "ca", "intermediate_ca.crt"), "-noout", "-fingerprint", "-sha256")), "sha256 Fingerprint="), ":", ""))
+	if fp != b.Signing.CAFingerprintSHA256 {
+		t.Errorf("CA fingerprint %s, openssl says %s", b.Signing.CAFingerprintSHA256, fp)
+	}
+
+	// Every message decrypts with what the bundle returned, and nothing else.
+	for i, e := range b.Encryption {
+		pwf := filepath.Join(bdir, fmt.Sprintf("pw%d", i))
+		os.WriteFile(pwf, []byte(e.Password), 0o600)
+		keyPEM := filepath.Join(bdir, fmt.Sprintf("k%d.pem", i))
+		opensslIn(t, bdir, "pkcs12", "-in", e.File, "-nocerts", "-nodes", "-passin", "file:"+pwf, "-out", keyPEM)
+		decrypted := 0
+		for g := 0; g < 3; g++ {
+			cmd := execCommand(t.Context(), tool(t, "openssl"), "cms", "-decrypt", "-in", filepath.Join(w, fmt.Sprintf("gen%d.p7m", g)), "-inkey", keyPEM)
+			r := runCmd(t, cmd)
+			// S/MIME canonicalises line ends to CRLF.
+			if r.code == 0 && strings.ReplaceAll(r.stdout, "\r\n", "\n") == "quarterly numbers, eyes only\n" {
+				decrypted++
+			}
+		}
+		if decrypted != 1 {
+			t.Errorf("bundle key %d decrypts %d of the 3 messages, want exactly its own", i, decrypted)
+		}
+	}
+
+	// The device enrols over SCEP with the bundle's challenge; exactly once.
+	dev := filepath.Join(w, "device")
+	mustOK(t, "scepclient with the bundle's challenge", s.scepclient(dev, b.Signing.Challenge))
+	if r := s.scepclient(filepath.Join(w, "other-device"), b.Signing.Challenge); r.code == 0 {
+		t.Fatal("a bundle's challenge worked twice")
+	}
+	opensslIn(t, dev, "cms", "-sign", "-in", filepath.Join(w, "msg.txt"), "-signer", "client.pem", "-inkey", "key.pem", "-out", "signed.p7m")
+	opensslIn(t, dev, "cms", "-verify", "-in", "signed.p7m", "-CAfile", filepath.Join(bdir, "ca.pem"), "-purpose", "smimesign", "-out", "verified.txt")
+	if got, _ := os.ReadFile(filepath.Join(dev, "verified.txt")); strings.ReplaceAll(string(got), "\r\n", "\n") != "quarterly numbers, eyes only\n" {
+		t.Errorf("verified content %q", got)
+	}
+	// A second bundle for the same device lists the enrolled certificate.
+	if b2 := s.bundle(t, filepath.Join(w, "bundle2"), "--user", "alice@example.com", "--device", "iphone-7"); len(b2.Signing.IssuedSerials) != 1 {
+		t.Errorf("issued serials %v, want the one enrolled", b2.Signing.IssuedSerials)
+	}
+
+	// A user with nothing escrowed still gets a signing reference.
+	empty := s.bundle(t, filepath.Join(w, "empty"), "--user", "nobody@example.com", "--device", "d")
+	if empty.Signing.Challenge == "" || empty.Encryption == nil || len(empty.Encryption) != 0 {
+		t.Errorf("empty bundle %+v", empty)
+	}
+
+	// The audit trail names who, user, device, thumbprints and format, and
+	// holds no password or challenge.
+	audit, err := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(audit), `"action":"key.release"`) || !strings.Contains(string(audit), b.Encryption[0].SHA256) ||
+		!strings.Contains(string(audit), `"device":"iphone-7"`) || !strings.Contains(string(audit), "delivery pkcs12") {
+		t.Errorf("audit log lacks the key release:\n%s", audit)
+	}
+	for _, secret := range []string{pw, b.Signing.Challenge, b.Encryption[0].Password} {
+		if strings.Contains(string(audit), secret) || strings.Contains(s.log.String(), secret) {
+			t.Errorf("audit or server log holds a secret")
+		}
+	}
+}
+
+// TestBundleCMSDelivery: the password comes enveloped to the device
+// certificate and opens with the device key and with no other key.
+func TestBundleCMSDelivery(t *testing.T) {
+	v := testvault.Start(t)
+	s := escrowServer(t, v)
+	w := t.TempDir()
+	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=CA", "-days", "30")
+	os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:bob@example.com\nkeyUsage=keyEncipherment\n"), 0o600)
+	opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "u.key", "-out", "u.csr", "-subj", "/CN=bob")
+	opensslIn(t, w, "x509", "-req", "-in", "u.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "30", "-extfile", "ext", "-out", "u.pem")
+	pw := randomPassword(t)
+	os.WriteFile(filepath.Join(w, "pw"), []byte(pw), 0o600)
+	opensslIn(t, w, "pkcs12", "-export", "-inkey", "u.key", "-in", "u.pem", "-out", "u.p12", "-passout", "file:pw")
+	mustOK(t, "import", s.cli("pfx", "import", "--user", "bob@example.com", "--password-file", filepath.Join(w, "pw"), filepath.Join(w, "u.p12")))
+
+	// The device's own key pair, and a stranger's.
+	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "device.key", "-out", "device.pem", "-subj", "/CN=device", "-days", "30")
+	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.pem", "-subj", "/CN=other", "-days", "30")
+	bdir := filepath.Join(w, "b")
+	b := s.bundle(t, bdir, "--user", "bob@example.com", "--device", "ipad-1", "--format", "cms", "--device-cert", filepath.Join(w, "device.pem"))
+	if len(b.Encryption) != 1 || b.Encryption[0].Password != "" || b.Encryption[0].EnvelopedPasswordFile == "" {
+		t.Fatalf("CMS bundle %+v", b.Encryption)
+	}
+	env := filepath.Join(bdir, b.Encryption[0].EnvelopedPasswordFile)
+	got := opensslIn(t, w, "cms", "-decrypt", "-inform", "DER", "-in", env, "-inkey", "device.key", "-recip", "device.pem")
+	opensslIn(t, w, "pkcs12", "-in", filepath.Join(bdir, b.Encryption[0].File), "-nokeys", "-passin", "pass:"+got, "-out", "check.pem")
+	r := runCmd(t, execCommand(t.Context(), tool(t, "openssl"), "cms", "-decrypt", "-inform", "DER", "-in", env, "-inkey", filepath.Join(w, "other.key")))
+	if r.code == 0 && r.stdout == got {
+		t.Fatal("another key opened the envelope")
+	}
+	// A certificate that cannot receive (EC) is refused with the reason.
+	opensslIn(t, w, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ec.key", "-out", "ec.pem", "-subj", "/CN=ec", "-days", "30")
+	rr := run(t, 60e9, smimecaBin(t), "bundle", "get", "--out", filepath.Join(w, "x"), "--server", s.grpcAddr,
+		"--credentials", filepath.Join(s.data, "credentials", "profile"), "--user", "bob@example.com", "--device", "d",
+		"--format", "cms", "--device-cert", filepath.Join(w, "ec.pem"))
+	if rr.code != 1 || !strings.Contains(rr.stderr, "bad-device-certificate") {
+		t.Errorf("EC device certificate: %+v", rr)
+	}
+}
+
+// TestProfileRoleLimits: the profile credentials get bundles and nothing
+// that changes state.
+func TestProfileRoleLimits(t *testing.T) {
+	v := testvault.Start(t)
+	s := escrowServer(t, v)
+	addr := "localhost" + s.grpcAddr[strings.LastIndex(s.grpcAddr, ":"):]
+	for _, c := range []struct{ method, body string }{
+		{"smimeca.v1.EscrowAdmin/ImportPfx", `{"user":"a@example.com"}`},
+		{"smimeca.v1.EscrowAdmin/DeleteUserCertificate", `{"user":"a@example.com","thumbprint":"00"}`},
+		{"smimeca.v1.EscrowAdmin/PurgeUser", `{"user":"a@example.com"}`},
+		{"smimeca.v1.Enrollment/RevokeCertificate", `{"serial":"1"}`},
+		{"smimeca.v1.Enrollment/RevokeDevice", `{"device_id":"x"}`},
+	} {
+		r := s.grpcurl(t, "profile", "-d", c.body, addr, c.method)
+		if r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") {
+			t.Errorf("profile %s: %+v", c.method, r)
+		}
+	}
+	r := s.grpcurl(t, "", "-d", `{"user":"a@example.com","device_id":"d"}`, addr, "smimeca.v1.ProfileBundles/GetUserBundle")
+	if r.code == 0 || !strings.Contains(r.stderr, "Unauthenticated") {
+		t.Errorf("no client certificate: %+v", r)
+	}
+	out := mustOK(t, "admin may fetch bundles", s.grpcurl(t, "admin", "-d", `{"user":"a@example.com","device_id":"d"}`, addr, "smimeca.v1.ProfileBundles/GetUserBundle"))
+	if !strings.Contains(out, "challenge") {
+		t.Errorf("bundle: %s", out)
+	}
+	r = s.grpcurl(t, "profile", "-d", `{"user":"a@evil.org","device_id":"d"}`, addr, "smimeca.v1.ProfileBundles/GetUserBundle")
+	if r.code == 0 || !strings.Contains(r.stderr, "InvalidArgument") {
+		t.Errorf("outside domains: %+v", r)
+	}
+}
