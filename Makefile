@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/smimeca
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build deps vault unit e2e fuzz bench-scep bench-import proto docker vet clean
+.PHONY: run test build deps vault unit e2e fuzz bench-scep bench-import bench-bundle proto docker vet clean
 
 ## run: build and start CA + SCEP + gRPC + escrow on the embedded default (data in ./data, kept across
 ##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault.
@@ -48,6 +48,10 @@ bench-scep: deps build
 ## bench-import: PFX/s of importing 10 000 PFX into the real Vault, with the decode and Vault-write limits
 bench-import: deps vault build
 	./scripts/bench-import.sh
+
+## bench-bundle: GetUserBundle p50/p99 and calls/s for 1, 10, 50 certificates at 1 and 16 callers
+bench-bundle: deps vault build
+	./scripts/bench-bundle.sh
 
 ## proto: regenerate the committed gRPC code
 proto:

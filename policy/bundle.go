@@ -6,8 +6,12 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"runtime"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smimeca/smimeca/escrow"
@@ -213,7 +217,7 @@ func deliveryName(d Delivery) string {
 // (newest valid encryption certificate) first, then by notAfter, newest
 // first.
 func (b *Bundles) rewrap(recs []escrow.Record, req BundleRequest, now time.Time) ([]EncryptionEntry, error) {
-	entries := make([]EncryptionEntry, 0, len(recs))
+	entries := make([]EncryptionEntry, len(recs))
 	current := -1
 	for i, r := range recs {
 		if r.Purpose != escrow.PurposeSigning && now.Before(r.NotAfter) && !now.Before(r.NotBefore) &&
@@ -221,34 +225,27 @@ func (b *Bundles) rewrap(recs []escrow.Record, req BundleRequest, now time.Time)
 			current = i
 		}
 	}
-	for i, r := range recs {
-		cert, err := x509.ParseCertificate(r.CertDER)
-		if err != nil {
-			return nil, fmt.Errorf("policy: escrowed certificate %s is unreadable: %w", r.SHA256, err)
-		}
-		key, err := x509.ParsePKCS8PrivateKey(r.KeyPKCS8)
-		if err != nil {
-			return nil, fmt.Errorf("policy: escrowed key of %s is unreadable", r.SHA256)
-		}
-		var chain []*x509.Certificate
-		for _, d := range r.ChainDER {
-			if c, err := x509.ParseCertificate(d); err == nil {
-				chain = append(chain, c)
+	// Re-wrapping (PBKDF + 3DES/AES per file) dominates a bundle's CPU:
+	// spread it over the cores so one caller's latency drops with them.
+	errs := make([]error, len(recs))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < min(runtime.GOMAXPROCS(0), len(recs)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(recs) {
+					return
+				}
+				entries[i], errs[i] = rewrapOne(recs[i], req, now, i == current)
 			}
-		}
-		w, err := pfxconnector.Rewrap(key, cert, chain, req.Encoding)
-		if err != nil {
-			return nil, err
-		}
-		e := EncryptionEntry{Metadata: r.Metadata, PFX: w.PFX, Current: i == current, Expired: now.After(r.NotAfter)}
-		if req.Delivery == DeliverCMS {
-			if e.EnvelopedPassword, err = pfxconnector.Envelope([]byte(w.Password), req.DeviceCert); err != nil {
-				return nil, err
-			}
-		} else {
-			e.Password = w.Password
-		}
-		entries = append(entries, e)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	sort.SliceStable(entries, func(i, j int) bool {
 		if entries[i].Current != entries[j].Current {
@@ -257,4 +254,34 @@ func (b *Bundles) rewrap(recs []escrow.Record, req BundleRequest, now time.Time)
 		return entries[i].Metadata.NotAfter.After(entries[j].Metadata.NotAfter)
 	})
 	return entries, nil
+}
+
+func rewrapOne(r escrow.Record, req BundleRequest, now time.Time, current bool) (EncryptionEntry, error) {
+	cert, err := x509.ParseCertificate(r.CertDER)
+	if err != nil {
+		return EncryptionEntry{}, fmt.Errorf("policy: escrowed certificate %s is unreadable: %w", r.SHA256, err)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(r.KeyPKCS8)
+	if err != nil {
+		return EncryptionEntry{}, fmt.Errorf("policy: escrowed key of %s is unreadable", r.SHA256)
+	}
+	var chain []*x509.Certificate
+	for _, d := range r.ChainDER {
+		if c, err := x509.ParseCertificate(d); err == nil {
+			chain = append(chain, c)
+		}
+	}
+	w, err := pfxconnector.Rewrap(key, cert, chain, req.Encoding)
+	if err != nil {
+		return EncryptionEntry{}, err
+	}
+	e := EncryptionEntry{Metadata: r.Metadata, PFX: w.PFX, Current: current, Expired: now.After(r.NotAfter)}
+	if req.Delivery == DeliverCMS {
+		if e.EnvelopedPassword, err = pfxconnector.Envelope([]byte(w.Password), req.DeviceCert); err != nil {
+			return EncryptionEntry{}, err
+		}
+	} else {
+		e.Password = w.Password
+	}
+	return e, nil
 }

@@ -99,7 +99,9 @@ func run(bin string, n, users, conc int) error {
 	if err != nil {
 		return err
 	}
-	writeRate, err := vaultLimit(ctx, escrow.New(vc.Logical(), escrow.Config{}), files[:min(len(files), 2000)], password, conc)
+	// Same certificates per user as the timed run, so entries grow alike.
+	sub := files[:min(len(files), 2000)]
+	writeRate, err := vaultLimit(ctx, escrow.New(vc.Logical(), escrow.Config{}), sub, max(1, len(sub)*users/n), password, conc)
 	if err != nil {
 		return err
 	}
@@ -243,7 +245,7 @@ func decodeLimit(files []file, password string) float64 {
 	return float64(len(files)) / time.Since(start).Seconds()
 }
 
-func vaultLimit(ctx context.Context, s *escrow.Store, files []file, password string, conc int) (float64, error) {
+func vaultLimit(ctx context.Context, s *escrow.Store, files []file, users int, password string, conc int) (float64, error) {
 	recs := make([]escrow.Record, len(files))
 	for i, f := range files {
 		d, err := pfxconnector.Decode(f.data, password)
@@ -266,7 +268,7 @@ func vaultLimit(ctx context.Context, s *escrow.Store, files []file, password str
 				if i >= len(recs) {
 					return
 				}
-				if _, _, err := s.Put(ctx, "limit-"+files[i].user, recs[i]); err != nil {
+				if _, _, err := s.Put(ctx, fmt.Sprintf("limit-%d@example.com", i%users), recs[i]); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# GetUserBundle benchmark against a real Vault; prints a markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SMIMECA_VAULT_BIN="$(./scripts/vault.sh)"
+go build -o bin/bundlebench ./test/bundlebench
+./bin/bundlebench -smimeca bin/smimeca -calls "${BENCH_CALLS:-200}"
