@@ -15,9 +15,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -127,6 +130,17 @@ func (c *Config) defaults() {
 type Store struct {
 	v   Logical
 	cfg Config
+	// userLocks serialise this process's writers of one user (striped by a
+	// hash of the address), so they queue instead of losing check-and-set
+	// rounds to each other; check-and-set still guards against other
+	// processes.
+	userLocks [64]sync.Mutex
+}
+
+func (s *Store) lock(user string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(user))
+	return &s.userLocks[h.Sum32()%uint32(len(s.userLocks))]
 }
 
 // New returns a store on v.
@@ -206,6 +220,9 @@ func (s *Store) write(ctx context.Context, user string, e *entry, version int) (
 // update applies fn to the user's entry with check-and-set, retrying on
 // concurrent changes. fn returns false when there is nothing to write.
 func (s *Store) update(ctx context.Context, user string, fn func(e *entry) (bool, error)) error {
+	mu := s.lock(user)
+	mu.Lock()
+	defer mu.Unlock()
 	for attempt := 0; attempt < s.cfg.MaxCASRetries; attempt++ {
 		e, version, err := s.read(ctx, user)
 		if err != nil {
@@ -229,12 +246,14 @@ func (s *Store) update(ctx context.Context, user string, fn func(e *entry) (bool
 	return ErrConflict
 }
 
+// backoff grows quadratically to 100 ms, with jitter so that writers in
+// different processes do not retry in lockstep.
 func backoff(attempt int) time.Duration {
 	d := time.Duration(1+attempt*attempt) * time.Millisecond
 	if d > 100*time.Millisecond {
 		d = 100 * time.Millisecond
 	}
-	return d
+	return d/2 + time.Duration(rand.Int64N(int64(d)))
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

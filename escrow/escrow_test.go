@@ -97,6 +97,9 @@ func TestPutLoadListDeletePurge(t *testing.T) {
 func TestConcurrentImportsLoseNothing(t *testing.T) {
 	v := testvault.Start(t)
 	s, _ := v.Store(t)
+	// A second store stands for a second smimeca process: its writers do
+	// not share the first one's locks, so check-and-set must arbitrate.
+	other, _ := v.Store(t)
 	ctx := context.Background()
 	const n = 100
 	recs := make([]escrow.Record, n)
@@ -109,7 +112,11 @@ func TestConcurrentImportsLoseNothing(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			if _, _, err := s.Put(ctx, "bob@example.com", recs[i]); err != nil {
+			st := s
+			if i%2 == 1 {
+				st = other
+			}
+			if _, _, err := st.Put(ctx, "bob@example.com", recs[i]); err != nil {
 				errs <- err
 			}
 		}(i)
@@ -168,9 +175,10 @@ func TestEntrySizeLimit(t *testing.T) {
 	v := testvault.Start(t)
 	s, _ := v.Store(t)
 	ctx := context.Background()
+	// Large stand-in keys reach the limit in a few dozen writes.
 	var err error
-	for i := 0; i < 400 && err == nil; i++ {
-		_, _, err = s.Put(ctx, "dave@example.com", record(t, 3000))
+	for i := 0; i < 200 && err == nil; i++ {
+		_, _, err = s.Put(ctx, "dave@example.com", record(t, 20000+i))
 	}
 	if !errors.Is(err, escrow.ErrTooLarge) {
 		t.Fatalf("err = %v, want ErrTooLarge before Vault's 1 MiB limit", err)
