@@ -61,6 +61,10 @@ const (
 	intermediateKeyFile  = "intermediate_ca.key"
 	RACertFile           = "scep_ra.crt"
 	raKeyFile            = "scep_ra.key"
+	// ProfileSignerCertFile and ProfileSignerKeyFile sign configuration
+	// profiles.
+	ProfileSignerCertFile = "profile_signer.crt"
+	ProfileSignerKeyFile  = "profile_signer.key"
 )
 
 // ErrNotFound is returned when a certificate serial is unknown to the CA.
@@ -107,6 +111,8 @@ type Authority struct {
 	intermediate *x509.Certificate
 	ra           *x509.Certificate
 	raKey        *rsa.PrivateKey
+	profCert     *x509.Certificate
+	profKey      crypto.Signer
 	crlURL       string
 	roots        *x509.CertPool
 	inters       *x509.CertPool
@@ -139,6 +145,10 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
+	profCert, profKey, err := loadOrCreateProfileSigner(cfg, inter, interKey)
+	if err != nil {
+		return nil, err
+	}
 
 	conf := &config.Config{
 		Root:             []string{filepath.Join(cfg.Dir, RootCertFile)},
@@ -163,7 +173,7 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	}
 	a := &Authority{
 		auth: auth, db: database,
-		root: root, intermediate: inter, ra: ra, raKey: raKey,
+		root: root, intermediate: inter, ra: ra, raKey: raKey, profCert: profCert, profKey: profKey,
 		crlURL: cfg.CRLURL,
 		roots:  x509.NewCertPool(), inters: x509.NewCertPool(),
 	}
@@ -187,6 +197,10 @@ func (a *Authority) Intermediate() *x509.Certificate { return a.intermediate }
 
 // RA returns the SCEP RA/decrypter certificate and its RSA key.
 func (a *Authority) RA() (*x509.Certificate, *rsa.PrivateKey) { return a.ra, a.raKey }
+
+// ProfileSigner returns the certificate and key that sign configuration
+// profiles, issued by the intermediate on first start.
+func (a *Authority) ProfileSigner() (*x509.Certificate, crypto.Signer) { return a.profCert, a.profKey }
 
 // CRLURL returns the CRL distribution point URL.
 func (a *Authority) CRLURL() string { return a.crlURL }
@@ -469,6 +483,36 @@ func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer)
 		return nil, nil, err
 	}
 	return crt, rk, writeCertificates(certPath, crt)
+}
+
+func loadOrCreateProfileSigner(cfg Config, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
+	certPath, keyPath := filepath.Join(cfg.Dir, ProfileSignerCertFile), filepath.Join(cfg.Dir, ProfileSignerKeyFile)
+	crt, key, err := readKeyPair(certPath, keyPath)
+	if err == nil && time.Until(crt.NotAfter) > raRenewBefore && crt.CheckSignatureFrom(inter) == nil {
+		return crt, key, nil
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, err
+	}
+	key, err = keyutil.GenerateSigner("EC", "P-256", 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: generate profile signing key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: cfg.Name + " Profile Signing", Organization: []string{cfg.Name}},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(raLifetime),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+	}
+	crt, err = x509util.CreateCertificate(tmpl, inter, key.Public(), interKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: create profile signing certificate: %w", err)
+	}
+	if err := writeKey(keyPath, key); err != nil {
+		return nil, nil, err
+	}
+	return crt, key, writeCertificates(certPath, crt)
 }
 
 func randomSerial() (*big.Int, error) {

@@ -200,8 +200,8 @@ func TestOpenPersistsAndProtectsKeys(t *testing.T) {
 			}
 		}
 	}
-	if keys != 3 {
-		t.Errorf("found %d key files, want 3 (root, intermediate, RA)", keys)
+	if keys != 4 {
+		t.Errorf("found %d key files, want 4 (root, intermediate, RA, profile signer)", keys)
 	}
 }
 

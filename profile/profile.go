@@ -175,8 +175,8 @@ func Render(in Input) ([]byte, error) {
 		p["PayloadContent"] = id.PFX
 		p["Password"] = id.Password
 		p["PayloadCertificateFileName"] = id.SHA1 + ".p12"
-		p["KeyIsExtractable"] = false
-		p["AllowAllAppsAccess"] = false
+		// KeyIsExtractable and AllowAllAppsAccess exist for PKCS#12
+		// payloads on macOS only; Apple's schema has them n/a on iOS.
 		if id.Current {
 			currentUUID = p["PayloadUUID"].(string)
 		}

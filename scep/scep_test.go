@@ -32,6 +32,7 @@ import (
 type fixture struct {
 	srv    *httptest.Server
 	e      *policy.Enrollment
+	raKey  *rsa.PrivateKey
 	ra     *x509.Certificate
 	caCert *testpki.CA
 }
@@ -57,7 +58,7 @@ func newFixture(t testing.TB) *fixture {
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &fixture{srv: srv, e: e, ra: ra, caCert: c}
+	return &fixture{srv: srv, e: e, ra: ra, raKey: raKey, caCert: c}
 }
 
 // device is a SCEP client built from the same library a real client uses.

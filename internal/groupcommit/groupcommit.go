@@ -9,6 +9,7 @@
 package groupcommit
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/smallstep/nosql/database"
@@ -78,6 +79,20 @@ func (g *DB) commitLoop() {
 }
 
 func (g *DB) commit(batch []*request) {
+	// A panic below must not leave writers waiting forever (and every later
+	// writer queued behind a commit that never ends): fail the batch.
+	defer func() {
+		if r := recover(); r != nil {
+			for _, req := range batch {
+				select {
+				case <-req.done:
+				default:
+					req.err = fmt.Errorf("groupcommit: commit panicked: %v", r)
+					close(req.done)
+				}
+			}
+		}
+	}()
 	if len(batch) == 1 {
 		batch[0].err = g.DB.Update(batch[0].tx)
 		close(batch[0].done)
