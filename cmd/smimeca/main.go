@@ -38,6 +38,7 @@ Usage:
   smimeca pfx delete --user EMAIL --thumbprint T
   smimeca pfx purge --user EMAIL
   smimeca bundle get --user EMAIL --device ID --out DIR [--format pkcs12|cms] [--device-cert FILE]
+  smimeca profile render --user EMAIL --device ID --settings FILE.yaml --out FILE.mobileconfig [--sign]
   smimeca version
 
 Run "smimeca COMMAND -h" for a command's flags. Every setting can also be
@@ -68,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = pfxCmd(args[1:], stdout, stderr)
 	case "bundle":
 		err = bundleCmd(args[1:], stdout)
+	case "profile":
+		err = profileCmd(args[1:], stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "smimeca", version)
 	case "help", "-h", "--help":

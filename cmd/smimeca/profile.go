@@ -1,0 +1,142 @@
+package main
+
+import (
+	"crypto"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.step.sm/crypto/pemutil"
+
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/profile"
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+)
+
+func profileCmd(args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "render" {
+		return usagef("usage: smimeca profile render --user EMAIL --device ID --settings FILE.yaml --out FILE.mobileconfig [--sign]")
+	}
+	var cf clientFlags
+	var user, device, settingsPath, out, org, signerDir string
+	var ui profile.UserInfo
+	var sign bool
+	f := newFlags("profile render")
+	cf.register(f, "profile")
+	f.fs.StringVar(&user, "user", "", "user e-mail address (required)")
+	f.fs.StringVar(&device, "device", "", "device id (required)")
+	f.fs.StringVar(&settingsPath, "settings", "", "e-mail settings, JSON or YAML with Graph iosEasEmailProfileConfiguration fields (required)")
+	f.fs.StringVar(&out, "out", "", "output .mobileconfig (required; written 0600: it holds PKCS#12 passwords)")
+	f.fs.StringVar(&org, "organization", "", "PayloadOrganization")
+	f.fs.BoolVar(&sign, "sign", false, "sign the profile with the CA's profile-signing certificate")
+	f.fs.StringVar(&signerDir, "signer-dir", filepath.Join(defaultDataDir(), "ca"), "directory with profile_signer.crt/.key and intermediate_ca.crt")
+	f.fs.StringVar(&ui.UPN, "upn", "", "user principal name (default: the user address)")
+	f.fs.StringVar(&ui.PrimarySMTP, "primary-smtp", "", "primary SMTP address (default: the user address)")
+	f.fs.StringVar(&ui.SAMAccountName, "sam-account-name", "", "sAMAccountName, for usernameAADSource samAccountName")
+	f.fs.StringVar(&ui.FullDomain, "domain", "", "full domain name, for DOMAIN\\user")
+	f.fs.StringVar(&ui.NetBIOSDomain, "netbios-domain", "", "NetBIOS domain name, for DOMAIN\\user")
+	if err := f.parse(args[1:]); err != nil {
+		return helpOK(err)
+	}
+	if user == "" || device == "" || settingsPath == "" || out == "" {
+		return usagef("profile render needs --user, --device, --settings and --out")
+	}
+	raw, err := os.ReadFile(settingsPath)
+	if err != nil {
+		return usagef("--settings: %v", err)
+	}
+	settings, err := profile.ParseSettings(raw)
+	if err != nil {
+		return usagef("%s: %v", settingsPath, err)
+	}
+	var signer *x509.Certificate
+	var signerKey crypto.Signer
+	var chain []*x509.Certificate
+	if sign {
+		if signer, signerKey, chain, err = loadProfileSigner(signerDir); err != nil {
+			return err
+		}
+	}
+
+	conn, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := cf.ctx()
+	defer cancel()
+	resp, err := pb.NewProfileBundlesClient(conn).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: user, DeviceId: device})
+	if err != nil {
+		return &clientError{err}
+	}
+	b, err := bundleFromProto(resp)
+	if err != nil {
+		return err
+	}
+	mc, err := profile.Render(profile.Input{Bundle: b, Settings: settings, User: ui, Organization: org})
+	if err != nil {
+		return usagef("%v", err)
+	}
+	if sign {
+		if mc, err = profile.Sign(mc, signer, signerKey, chain); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(out, mc, 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s: SCEP signing identity, %d encryption certificate(s), Exchange account %s\n", out, len(b.Encryption), settings.HostName)
+	return nil
+}
+
+func bundleFromProto(r *pb.GetUserBundleResponse) (profile.Bundle, error) {
+	if len(r.GetCaChainDer()) != 2 {
+		return profile.Bundle{}, fmt.Errorf("the bundle carries %d CA certificates, want root and issuing CA", len(r.GetCaChainDer()))
+	}
+	root, err := x509.ParseCertificate(r.GetCaChainDer()[0])
+	if err != nil {
+		return profile.Bundle{}, err
+	}
+	inter, err := x509.ParseCertificate(r.GetCaChainDer()[1])
+	if err != nil {
+		return profile.Bundle{}, err
+	}
+	s := r.GetSigning()
+	b := profile.Bundle{
+		User: r.GetUser(), Device: r.GetDeviceId(), Root: root, Intermediate: inter,
+		SCEP: profile.SCEPRef{URL: s.GetScepUrl(), Challenge: s.GetChallenge(), CommonName: s.GetRfc822Name(),
+			RFC822Name: s.GetRfc822Name(), KeySize: int(s.GetKeySize()), CAFingerprint: s.GetCaFingerprintSha1(),
+			CAName: inter.Subject.CommonName},
+	}
+	for _, e := range r.GetEncryptionCertificates() {
+		m := e.GetMetadata()
+		b.Encryption = append(b.Encryption, profile.Identity{
+			PFX: e.GetPkcs12(), Password: e.GetPassword(), SHA1: m.GetSha1(), Current: e.GetCurrent(),
+			Label: "until " + m.GetNotAfter().AsTime().Format(time.DateOnly),
+		})
+	}
+	return b, nil
+}
+
+func loadProfileSigner(dir string) (*x509.Certificate, crypto.Signer, []*x509.Certificate, error) {
+	crt, err := pemutil.ReadCertificate(filepath.Join(dir, ca.ProfileSignerCertFile))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("profile signer: %w (pass --signer-dir DATA/ca)", err)
+	}
+	k, err := pemutil.Read(filepath.Join(dir, ca.ProfileSignerKeyFile))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("profile signer key: %w", err)
+	}
+	key, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, nil, nil, fmt.Errorf("profile signer key is not a signing key")
+	}
+	inter, err := pemutil.ReadCertificate(filepath.Join(dir, ca.IntermediateCertFile))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("issuing CA: %w", err)
+	}
+	return crt, key, []*x509.Certificate{inter}, nil
+}
