@@ -173,28 +173,19 @@ func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error
 	}()
 
 	out := &Bundle{User: user, Device: req.Device, Chain: []*x509.Certificate{b.ca.Root(), b.ca.Intermediate()}}
-	if out.Encryption, err = b.rewrap(recs, req, now); err != nil {
+	// The signing reference (a challenge write and an inventory read) is
+	// built while the keys are re-wrapped; both are needed for the answer.
+	// It comes after every refusal above, so a refused bundle leaves no
+	// challenge behind.
+	sigDone := make(chan error, 1)
+	go func() { sigDone <- b.signingReference(ctx, &out.Signing, user, req.Device, now) }()
+	var rewrapErr error
+	out.Encryption, rewrapErr = b.rewrap(recs, req, now)
+	if err := <-sigDone; err != nil {
 		return nil, err
 	}
-	// The challenge is created last, so that a refused bundle leaves none.
-	ch, err := b.enroll.CreateChallenge(ctx, user, req.Device, 0)
-	if err != nil {
-		return nil, err
-	}
-	inter := b.ca.Intermediate()
-	s := &out.Signing
-	s.SCEPURL, s.Challenge, s.ExpiresAt = b.scepURL, ch.Secret, ch.ExpiresAt
-	s.Subject, s.RFC822Name, s.KeySize, s.KeyUsage = "CN="+user, user, 2048, x509.KeyUsageDigitalSignature
-	s256, s1, m5 := sha256.Sum256(inter.Raw), sha1.Sum(inter.Raw), md5.Sum(inter.Raw)
-	s.CAFingerprint.SHA256, s.CAFingerprint.SHA1, s.CAFingerprint.MD5 = s256[:], s1[:], m5[:]
-	issued, err := b.enroll.ListCertificates(ctx, Filter{Device: req.Device})
-	if err != nil {
-		return nil, err
-	}
-	for _, c := range issued {
-		if !c.Revoked && c.User == user && now.Before(c.NotAfter) {
-			s.IssuedSerials = append(s.IssuedSerials, c.Serial)
-		}
+	if rewrapErr != nil {
+		return nil, rewrapErr
 	}
 
 	ev := Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: ActionKeyRelease, User: user, Device: req.Device,
@@ -204,6 +195,28 @@ func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error
 	}
 	b.audit.Audit(ctx, ev)
 	return out, nil
+}
+
+func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, user, device string, now time.Time) error {
+	ch, err := b.enroll.CreateChallenge(ctx, user, device, 0)
+	if err != nil {
+		return err
+	}
+	inter := b.ca.Intermediate()
+	s.SCEPURL, s.Challenge, s.ExpiresAt = b.scepURL, ch.Secret, ch.ExpiresAt
+	s.Subject, s.RFC822Name, s.KeySize, s.KeyUsage = "CN="+user, user, 2048, x509.KeyUsageDigitalSignature
+	s256, s1, m5 := sha256.Sum256(inter.Raw), sha1.Sum(inter.Raw), md5.Sum(inter.Raw)
+	s.CAFingerprint.SHA256, s.CAFingerprint.SHA1, s.CAFingerprint.MD5 = s256[:], s1[:], m5[:]
+	issued, err := b.enroll.ListCertificates(ctx, Filter{Device: device})
+	if err != nil {
+		return err
+	}
+	for _, c := range issued {
+		if !c.Revoked && c.User == user && now.Before(c.NotAfter) {
+			s.IssuedSerials = append(s.IssuedSerials, c.Serial)
+		}
+	}
+	return nil
 }
 
 func deliveryName(d Delivery) string {
