@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+	"google.golang.org/grpc"
 )
 
 // bundleFile is DIR/bundle.json.
@@ -94,16 +96,12 @@ func bundleCmd(args []string, stdout io.Writer) error {
 	default:
 		return usagef("--encoding %q: use legacy or modern", encoding)
 	}
-	conn, err := cf.dial()
-	if err != nil {
+	var resp *pb.GetUserBundleResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewProfileBundlesClient(conn).GetUserBundle(ctx, req)
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := cf.ctx()
-	defer cancel()
-	resp, err := pb.NewProfileBundlesClient(conn).GetUserBundle(ctx, req)
-	if err != nil {
-		return &clientError{err}
+	}); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(out, 0o700); err != nil {
 		return err

@@ -85,6 +85,22 @@ func (c *clientFlags) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), c.timeout)
 }
 
+// call dials the server, runs fn under the per-call timeout and closes the
+// connection. Errors of fn become clientErrors (exit code 1).
+func (c *clientFlags) call(fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	conn, err := c.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := c.ctx()
+	defer cancel()
+	if err := fn(ctx, conn); err != nil {
+		return &clientError{err}
+	}
+	return nil
+}
+
 func challengeCmd(args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] != "create" {
 		return usagef("usage: smimeca challenge create --user EMAIL --device ID [--ttl 24h]")
@@ -107,18 +123,14 @@ func challengeCmd(args []string, stdout io.Writer) error {
 	if user == "" || device == "" {
 		return usagef("challenge create needs --user and --device")
 	}
-	conn, err := cf.dial()
-	if err != nil {
+	var resp *pb.CreateChallengeResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewEnrollmentClient(conn).CreateChallenge(ctx, &pb.CreateChallengeRequest{
+			User: user, DeviceId: device, TtlSeconds: int64(ttl / time.Second),
+		})
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := cf.ctx()
-	defer cancel()
-	resp, err := pb.NewEnrollmentClient(conn).CreateChallenge(ctx, &pb.CreateChallengeRequest{
-		User: user, DeviceId: device, TtlSeconds: int64(ttl / time.Second),
-	})
-	if err != nil {
-		return &clientError{err}
+	}); err != nil {
+		return err
 	}
 	fmt.Fprintln(stdout, resp.GetChallenge())
 	return nil
@@ -155,16 +167,12 @@ func certList(args []string, stdout io.Writer) error {
 	if output != "table" && output != "json" {
 		return usagef("-o %q: use table or json", output)
 	}
-	conn, err := cf.dial()
-	if err != nil {
+	var resp *pb.ListCertificatesResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewEnrollmentClient(conn).ListCertificates(ctx, &pb.ListCertificatesRequest{User: user, DeviceId: device})
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := cf.ctx()
-	defer cancel()
-	resp, err := pb.NewEnrollmentClient(conn).ListCertificates(ctx, &pb.ListCertificatesRequest{User: user, DeviceId: device})
-	if err != nil {
-		return &clientError{err}
+	}); err != nil {
+		return err
 	}
 	if output == "json" {
 		return printJSON(stdout, resp)
@@ -216,25 +224,23 @@ func certRevoke(args []string, stdout io.Writer) error {
 		}
 		return usagef("--reason %q: use one of %s", reason, strings.Join(names, ", "))
 	}
-	conn, err := cf.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := cf.ctx()
-	defer cancel()
-	client := pb.NewEnrollmentClient(conn)
 	if serial != "" {
-		resp, err := client.RevokeCertificate(ctx, &pb.RevokeCertificateRequest{Serial: serial, Reason: code, Comment: comment})
-		if err != nil {
-			return &clientError{err}
+		var resp *pb.RevokeCertificateResponse
+		if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+			resp, err = pb.NewEnrollmentClient(conn).RevokeCertificate(ctx, &pb.RevokeCertificateRequest{Serial: serial, Reason: code, Comment: comment})
+			return err
+		}); err != nil {
+			return err
 		}
 		fmt.Fprintf(stdout, "revoked %s (%s, device %s)\n", resp.GetCertificate().GetSerialHex(), resp.GetCertificate().GetUser(), resp.GetCertificate().GetDeviceId())
 		return nil
 	}
-	resp, err := client.RevokeDevice(ctx, &pb.RevokeDeviceRequest{DeviceId: device, Reason: code, Comment: comment})
-	if err != nil {
-		return &clientError{err}
+	var resp *pb.RevokeDeviceResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewEnrollmentClient(conn).RevokeDevice(ctx, &pb.RevokeDeviceRequest{DeviceId: device, Reason: code, Comment: comment})
+		return err
+	}); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "revoked %d certificate(s) of device %s\n", len(resp.GetRevokedSerials()), device)
 	for _, s := range resp.GetRevokedSerials() {

@@ -20,6 +20,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -386,16 +387,12 @@ func pfxList(args []string, stdout io.Writer) error {
 	if output != "table" && output != "json" {
 		return usagef("-o %q: use table or json", output)
 	}
-	conn, err := cf.dial()
-	if err != nil {
+	var resp *pb.ListUserCertificatesResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewEscrowAdminClient(conn).ListUserCertificates(ctx, &pb.ListUserCertificatesRequest{User: user})
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := cf.ctx()
-	defer cancel()
-	resp, err := pb.NewEscrowAdminClient(conn).ListUserCertificates(ctx, &pb.ListUserCertificatesRequest{User: user})
-	if err != nil {
-		return &clientError{err}
+	}); err != nil {
+		return err
 	}
 	if output == "json" {
 		return printJSON(stdout, resp)
@@ -425,16 +422,12 @@ func pfxDelete(args []string, stdout io.Writer) error {
 	if user == "" || thumb == "" {
 		return usagef("pfx delete needs --user and --thumbprint")
 	}
-	conn, err := cf.dial()
-	if err != nil {
+	var resp *pb.DeleteUserCertificateResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewEscrowAdminClient(conn).DeleteUserCertificate(ctx, &pb.DeleteUserCertificateRequest{User: user, Thumbprint: thumb})
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := cf.ctx()
-	defer cancel()
-	resp, err := pb.NewEscrowAdminClient(conn).DeleteUserCertificate(ctx, &pb.DeleteUserCertificateRequest{User: user, Thumbprint: thumb})
-	if err != nil {
-		return &clientError{err}
+	}); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "deleted %s (serial %s)\n", resp.GetCertificate().GetSha1(), resp.GetCertificate().GetSerial())
 	return nil
@@ -452,16 +445,12 @@ func pfxPurge(args []string, stdout io.Writer) error {
 	if user == "" {
 		return usagef("pfx purge needs --user")
 	}
-	conn, err := cf.dial()
-	if err != nil {
+	var resp *pb.PurgeUserResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewEscrowAdminClient(conn).PurgeUser(ctx, &pb.PurgeUserRequest{User: user})
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
-	defer cancel()
-	resp, err := pb.NewEscrowAdminClient(conn).PurgeUser(ctx, &pb.PurgeUserRequest{User: user})
-	if err != nil {
-		return &clientError{err}
+	}); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "purged %d certificate(s) of %s\n", len(resp.GetPurged()), user)
 	return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto"
 	"crypto/x509"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"go.step.sm/crypto/pemutil"
+	"google.golang.org/grpc"
 
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/profile"
@@ -61,16 +63,12 @@ func profileCmd(args []string, stdout io.Writer) error {
 		}
 	}
 
-	conn, err := cf.dial()
-	if err != nil {
+	var resp *pb.GetUserBundleResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewProfileBundlesClient(conn).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: user, DeviceId: device})
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := cf.ctx()
-	defer cancel()
-	resp, err := pb.NewProfileBundlesClient(conn).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: user, DeviceId: device})
-	if err != nil {
-		return &clientError{err}
+	}); err != nil {
+		return err
 	}
 	b, err := bundleFromProto(resp)
 	if err != nil {

@@ -12,14 +12,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,14 +29,13 @@ import (
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/smimeca/smimeca/escrow"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/policy"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+	"github.com/smimeca/smimeca/test/benchutil"
 )
 
 func main() {
@@ -58,7 +55,7 @@ func run(bin string, calls int) error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	vp, err := vaultproc.Start(ctx, vaultproc.DefaultBinary(), filepath.Join(work, "vault"), freeAddr(), nil)
+	vp, err := vaultproc.Start(ctx, vaultproc.DefaultBinary(), filepath.Join(work, "vault"), benchutil.FreeAddr(), nil)
 	if err != nil {
 		return err
 	}
@@ -118,22 +115,23 @@ func run(bin string, calls int) error {
 	rewrapMS := float64(time.Since(start).Microseconds()) / 1000 / rewraps
 
 	data := filepath.Join(work, "smimeca")
-	grpcAddr := freeAddr()
-	srv := exec.Command(bin, "serve", "--data", data, "--http-addr", freeAddr(), "--grpc-addr", grpcAddr,
+	grpcAddr := benchutil.FreeAddr()
+	srv := exec.Command(bin, "serve", "--data", data, "--http-addr", benchutil.FreeAddr(), "--grpc-addr", grpcAddr,
 		"--vault-addr", vp.Addr, "--vault-token-file", tokFile, "--log-level", "error")
 	srv.Stderr = os.Stderr
 	if err := srv.Start(); err != nil {
 		return err
 	}
 	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
-	if err := waitTCP(grpcAddr); err != nil {
+	if err := benchutil.WaitTCP(grpcAddr); err != nil {
 		return err
 	}
-	client, conn, err := dial(grpcAddr, filepath.Join(data, "credentials", "profile"))
+	conn, err := benchutil.Dial(grpcAddr, filepath.Join(data, "credentials", "profile"))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	client := pb.NewProfileBundlesClient(conn)
 
 	// Vault requests of one call, from Vault's audit log.
 	before := countRequests(auditPath)
@@ -240,40 +238,4 @@ func countRequests(path string) map[string]int {
 		out[p]++
 	}
 	return out
-}
-
-func dial(addr, cred string) (pb.ProfileBundlesClient, *grpc.ClientConn, error) {
-	pair, err := tls.LoadX509KeyPair(filepath.Join(cred, "client.crt"), filepath.Join(cred, "client.key"))
-	if err != nil {
-		return nil, nil, err
-	}
-	caPEM, _ := os.ReadFile(filepath.Join(cred, "ca.crt"))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: "localhost"})))
-	if err != nil {
-		return nil, nil, err
-	}
-	return pb.NewProfileBundlesClient(conn), conn, nil
-}
-
-func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func waitTCP(addr string) error {
-	for i := 0; i < 600; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s did not come up", addr)
 }

@@ -20,7 +20,6 @@ import (
 	"flag"
 	"fmt"
 	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,6 +36,7 @@ import (
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/policy"
+	"github.com/smimeca/smimeca/test/benchutil"
 )
 
 func main() {
@@ -73,7 +73,7 @@ func run(bin string, n, users, conc int) error {
 	os.WriteFile(pwFile, []byte(password), 0o600)
 
 	ctx := context.Background()
-	vaultAddr := freeAddr()
+	vaultAddr := benchutil.FreeAddr()
 	vp, err := vaultproc.Start(ctx, vaultproc.DefaultBinary(), filepath.Join(work, "vault"), vaultAddr, nil)
 	if err != nil {
 		return err
@@ -108,7 +108,7 @@ func run(bin string, n, users, conc int) error {
 
 	// smimeca, via the CLI, as an admin would.
 	data := filepath.Join(work, "smimeca")
-	httpAddr, grpcAddr := freeAddr(), freeAddr()
+	httpAddr, grpcAddr := benchutil.FreeAddr(), benchutil.FreeAddr()
 	srv := exec.Command(bin, "serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr,
 		"--vault-addr", vp.Addr, "--vault-token-file", tokFile, "--log-level", "error")
 	srv.Stderr = os.Stderr
@@ -116,7 +116,7 @@ func run(bin string, n, users, conc int) error {
 		return err
 	}
 	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
-	if err := waitTCP(grpcAddr); err != nil {
+	if err := benchutil.WaitTCP(grpcAddr); err != nil {
 		return err
 	}
 	first := min(n/10, 1000)
@@ -296,24 +296,4 @@ func peakRSS(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func waitTCP(addr string) error {
-	for i := 0; i < 600; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s did not come up", addr)
 }

@@ -18,7 +18,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -42,10 +41,9 @@ import (
 	"github.com/smallstep/pkcs7"
 	smallscep "github.com/smallstep/scep"
 	scepx509 "github.com/smallstep/scep/x509util"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+	"github.com/smimeca/smimeca/test/benchutil"
 )
 
 func main() {
@@ -318,15 +316,6 @@ func (d *device) pkcsReq(recipients []*x509.Certificate, challenge, cn string) (
 	return m.Raw, nil
 }
 
-func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func waitHTTP(url string) error {
 	for i := 0; i < 300; i++ {
 		resp, err := http.Get(url)
@@ -357,7 +346,7 @@ func getCACerts(url string) ([]*x509.Certificate, error) {
 
 func startSmimeca(bin, work string, nChallenges int) (*target, []string, error) {
 	data := filepath.Join(work, "smimeca")
-	httpAddr, grpcAddr := freeAddr(), freeAddr()
+	httpAddr, grpcAddr := benchutil.FreeAddr(), benchutil.FreeAddr()
 	cmd := exec.Command(bin, "serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -374,16 +363,7 @@ func startSmimeca(bin, work string, nChallenges int) (*target, []string, error) 
 	// certs[0] is the RA; encrypt to it alone (the issuing CA is ECDSA).
 	t := &target{name: "smimeca", url: url, ra: certs[:1], cmd: cmd, recipie: certs[:1]}
 
-	cred := filepath.Join(data, "credentials", "admin")
-	pair, err := tls.LoadX509KeyPair(filepath.Join(cred, "client.crt"), filepath.Join(cred, "client.key"))
-	if err != nil {
-		return nil, nil, err
-	}
-	caPEM, _ := os.ReadFile(filepath.Join(cred, "ca.crt"))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: "localhost"})))
+	conn, err := benchutil.Dial(grpcAddr, filepath.Join(data, "credentials", "admin"))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -407,7 +387,7 @@ func startScepserver(bin, work string) (*target, error) {
 	if out, err := exec.Command(bin, "ca", "-init", "-depot", depot, "-keySize", "2048").CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("scepserver ca -init: %v: %s", err, out)
 	}
-	addr := freeAddr()
+	addr := benchutil.FreeAddr()
 	_, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(bin, "-depot", depot, "-port", port, "-challenge", "bench-secret", "-allowrenew", "0")
 	cmd.Stderr = io.Discard
