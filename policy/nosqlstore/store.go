@@ -17,10 +17,18 @@ import (
 	"github.com/smimeca/smimeca/policy"
 )
 
+// Tables. The inventory is kept by device (device → its certificates, so
+// that a bundle or a device revocation reads one key), with a serial →
+// device map for lookups by serial.
 var (
 	challengesTable = []byte("smimeca_challenges")
-	issuedTable     = []byte("smimeca_issued")
+	byDeviceTable   = []byte("smimeca_issued_by_device")
+	serialTable     = []byte("smimeca_issued_serials")
 )
+
+// maxCASRetries bounds retries of a device's inventory record when
+// concurrent enrolments of the same device race.
+const maxCASRetries = 100
 
 // Store implements policy.ChallengeStore and policy.Inventory.
 type Store struct {
@@ -34,7 +42,7 @@ var (
 
 // New returns a Store on db, creating its tables.
 func New(db database.DB) (*Store, error) {
-	for _, t := range [][]byte{challengesTable, issuedTable} {
+	for _, t := range [][]byte{challengesTable, byDeviceTable, serialTable} {
 		if err := db.CreateTable(t); err != nil {
 			return nil, fmt.Errorf("nosqlstore: create table %s: %w", t, err)
 		}
@@ -123,47 +131,108 @@ func (s *Store) PurgeChallenges(cutoff time.Time) (int, error) {
 	return n, nil
 }
 
-// RecordIssued implements policy.Inventory.
+// RecordIssued implements policy.Inventory: in one transaction it maps the
+// serial to the device and appends the record to the device's list
+// (compare-and-swap, retried when another enrolment of the same device
+// won).
 func (s *Store) RecordIssued(_ context.Context, rec policy.Issued) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
+	for attempt := 0; attempt < maxCASRetries; attempt++ {
+		old, err := s.db.Get(byDeviceTable, []byte(rec.Device))
+		if err != nil && !database.IsErrNotFound(err) {
+			return fmt.Errorf("nosqlstore: read inventory of %s: %w", rec.Device, err)
+		}
+		var list []policy.Issued
+		if old != nil {
+			if err := json.Unmarshal(old, &list); err != nil {
+				return fmt.Errorf("nosqlstore: decode inventory of %s: %w", rec.Device, err)
+			}
+		}
+		list = append(list, rec)
+		b, err := json.Marshal(list)
+		if err != nil {
+			return err
+		}
+		tx := &database.Tx{}
+		tx.Set(serialTable, []byte(rec.Serial), []byte(rec.Device))
+		tx.Operations = append(tx.Operations, &database.TxEntry{
+			Bucket: byDeviceTable, Key: []byte(rec.Device), CmpValue: old, Value: b, Cmd: database.CmpAndSwap,
+		})
+		if err := s.db.Update(tx); err != nil {
+			return fmt.Errorf("nosqlstore: record issued %s: %w", rec.Serial, err)
+		}
+		if tx.Operations[1].Swapped {
+			return nil
+		}
 	}
-	return s.db.Set(issuedTable, []byte(rec.Serial), b)
+	return fmt.Errorf("nosqlstore: record issued %s: too many concurrent enrolments of device %s", rec.Serial, rec.Device)
+}
+
+func (s *Store) deviceList(device string) ([]policy.Issued, error) {
+	b, err := s.db.Get(byDeviceTable, []byte(device))
+	if database.IsErrNotFound(err) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("nosqlstore: read inventory of %s: %w", device, err)
+	}
+	var list []policy.Issued
+	if err := json.Unmarshal(b, &list); err != nil {
+		return nil, fmt.Errorf("nosqlstore: decode inventory of %s: %w", device, err)
+	}
+	return list, nil
 }
 
 // IssuedBySerial implements policy.Inventory.
 func (s *Store) IssuedBySerial(_ context.Context, serial string) (policy.Issued, error) {
-	b, err := s.db.Get(issuedTable, []byte(serial))
+	dev, err := s.db.Get(serialTable, []byte(serial))
 	if database.IsErrNotFound(err) {
 		return policy.Issued{}, policy.ErrNotFound
 	} else if err != nil {
 		return policy.Issued{}, fmt.Errorf("nosqlstore: read issued %s: %w", serial, err)
 	}
-	var rec policy.Issued
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return policy.Issued{}, fmt.Errorf("nosqlstore: decode issued %s: %w", serial, err)
+	list, err := s.deviceList(string(dev))
+	if err != nil {
+		return policy.Issued{}, err
 	}
-	return rec, nil
+	for _, r := range list {
+		if r.Serial == serial {
+			return r, nil
+		}
+	}
+	return policy.Issued{}, policy.ErrNotFound
 }
 
-// ListIssued implements policy.Inventory. It scans the table; the inventory
-// of one CA is small enough for that (see the package notes in README).
+// ListIssued implements policy.Inventory. With a device it reads that
+// device's record; by user alone it scans every device (an administrator's
+// query).
 func (s *Store) ListIssued(_ context.Context, f policy.Filter) ([]policy.Issued, error) {
-	entries, err := s.db.List(issuedTable)
-	if database.IsErrNotFound(err) {
-		return nil, nil
-	} else if err != nil {
-		return nil, fmt.Errorf("nosqlstore: list issued: %w", err)
-	}
 	var out []policy.Issued
-	for _, e := range entries {
-		var rec policy.Issued
-		if err := json.Unmarshal(e.Value, &rec); err != nil {
-			return nil, fmt.Errorf("nosqlstore: decode issued %s: %w", e.Key, err)
+	if f.Device != "" {
+		list, err := s.deviceList(f.Device)
+		if err != nil {
+			return nil, err
 		}
-		if (f.User == "" || rec.User == f.User) && (f.Device == "" || rec.Device == f.Device) {
-			out = append(out, rec)
+		for _, r := range list {
+			if f.User == "" || r.User == f.User {
+				out = append(out, r)
+			}
+		}
+	} else {
+		entries, err := s.db.List(byDeviceTable)
+		if database.IsErrNotFound(err) {
+			return nil, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("nosqlstore: list issued: %w", err)
+		}
+		for _, e := range entries {
+			var list []policy.Issued
+			if err := json.Unmarshal(e.Value, &list); err != nil {
+				return nil, fmt.Errorf("nosqlstore: decode inventory of %s: %w", e.Key, err)
+			}
+			for _, r := range list {
+				if f.User == "" || r.User == f.User {
+					out = append(out, r)
+				}
+			}
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
