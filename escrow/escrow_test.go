@@ -8,10 +8,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/smimeca/smimeca/escrow"
 	"github.com/smimeca/smimeca/internal/testvault"
@@ -214,5 +218,46 @@ func TestVaultDownIsUnavailableAndWritesNothing(t *testing.T) {
 	}
 	if len(list) != 1 || list[0].SHA256 != first.SHA256 {
 		t.Fatalf("after restart: %+v, want only the first certificate", list)
+	}
+}
+
+// AppRole: smimeca logs in with a role id and a secret id file and can then
+// use the escrow, with the escrow policy only.
+func TestAppRoleLogin(t *testing.T) {
+	v := testvault.Start(t)
+	ctx := context.Background()
+	if _, err := v.ScopedToken(ctx, "smimeca", "transit", "smimeca-escrow"); err != nil { // writes the "smimeca" policy
+		t.Fatal(err)
+	}
+	if err := v.Root.Sys().EnableAuthWithOptionsWithContext(ctx, "approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Root.Logical().Write("auth/approle/role/smimeca", map[string]any{"token_policies": "smimeca", "token_ttl": "1h"}); err != nil {
+		t.Fatal(err)
+	}
+	rid, err := v.Root.Logical().Read("auth/approle/role/smimeca/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := v.Root.Logical().Write("auth/approle/role/smimeca/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "secret-id")
+	os.WriteFile(f, []byte(sid.Data["secret_id"].(string)), 0o600)
+	c, err := escrow.Connect(ctx, escrow.VaultConfig{Address: v.Addr, RoleID: rid.Data["role_id"].(string), SecretIDFile: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := escrow.New(c.Logical(), escrow.Config{})
+	if _, _, err := s.Put(ctx, "frank@example.com", record(t, 1218)); err != nil {
+		t.Fatalf("put with an AppRole token: %v", err)
+	}
+	// The escrow policy does not reach Vault's system backend.
+	if _, err := c.Sys().ListMountsWithContext(ctx); err == nil {
+		t.Error("the AppRole token can list mounts")
+	}
+	if _, err := escrow.Connect(ctx, escrow.VaultConfig{Address: v.Addr, RoleID: "wrong", SecretIDFile: f}); err == nil {
+		t.Error("a wrong role id logged in")
 	}
 }
