@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -26,7 +27,6 @@ type BundleService struct {
 	pb.UnimplementedProfileBundlesServer
 	policy BundlePolicy
 	log    *slog.Logger
-	meta   *EscrowService // for the metadata conversion
 }
 
 // NewBundleService returns the ProfileBundles service.
@@ -34,7 +34,7 @@ func NewBundleService(p BundlePolicy, log *slog.Logger) *BundleService {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &BundleService{policy: p, log: log, meta: NewEscrowService(nil, log)}
+	return &BundleService{policy: p, log: log}
 }
 
 // GetUserBundle implements pb.ProfileBundlesServer.
@@ -82,9 +82,10 @@ func (s *BundleService) GetUserBundle(ctx context.Context, req *pb.GetUserBundle
 		},
 		EncryptionCertificates: make([]*pb.EncryptionCertificate, 0, len(b.Encryption)),
 	}
+	now := time.Now()
 	for _, e := range b.Encryption {
 		out.EncryptionCertificates = append(out.EncryptionCertificates, &pb.EncryptionCertificate{
-			Metadata: s.meta.toProto(e.Metadata), Pkcs12: e.PFX, Password: e.Password,
+			Metadata: escrowedToProto(e.Metadata, now), Pkcs12: e.PFX, Password: e.Password,
 			EnvelopedPassword: e.EnvelopedPassword, Current: e.Current,
 		})
 	}

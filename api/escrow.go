@@ -119,11 +119,16 @@ func (s *EscrowService) PurgeUser(ctx context.Context, req *pb.PurgeUserRequest)
 }
 
 func (s *EscrowService) toProto(m escrow.Metadata) *pb.EscrowedCertificate {
+	return escrowedToProto(m, s.now())
+}
+
+// escrowedToProto converts escrow metadata; expired is judged at now.
+func escrowedToProto(m escrow.Metadata, now time.Time) *pb.EscrowedCertificate {
 	return &pb.EscrowedCertificate{
 		Sha1: m.SHA1, Sha256: m.SHA256, Serial: m.Serial, Issuer: m.Issuer, Subject: m.Subject,
 		Emails: m.Emails, NotBefore: timestamppb.New(m.NotBefore), NotAfter: timestamppb.New(m.NotAfter),
 		Purpose: m.Purpose, ImportedAt: timestamppb.New(m.ImportedAt), ImportedBy: m.ImportedBy,
-		Expired: s.now().After(m.NotAfter),
+		Expired: now.After(m.NotAfter),
 	}
 }
 

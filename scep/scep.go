@@ -291,15 +291,14 @@ func parsePKIMessage(der []byte) (msg *smallscep.PKIMessage, err error) {
 	return smallscep.ParsePKIMessage(der)
 }
 
+// failInfoFor maps a refusal to RFC 8894 failInfo: a renewal not signed by
+// a valid certificate of ours fails the message check; everything else is a
+// bad request.
 func failInfoFor(r policy.Reason) smallscep.FailInfo {
-	switch r {
-	case policy.ReasonBadCSR:
-		return smallscep.BadRequest
-	case policy.ReasonRenewalNotAuthorized:
+	if r == policy.ReasonRenewalNotAuthorized {
 		return smallscep.BadMessageCheck
-	default:
-		return smallscep.BadRequest
 	}
+	return smallscep.BadRequest
 }
 
 func (h *Handler) fail(w http.ResponseWriter, logger *slog.Logger, msg *smallscep.PKIMessage, info smallscep.FailInfo, why string) {
