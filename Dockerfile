@@ -1,6 +1,9 @@
 # smimeca: multi-stage build, static binary, distroless non-root image.
 #   docker build -t smimeca .
-#   docker run -p 8080:8080 -p 9443:9443 -v smimeca-data:/data smimeca
+#   docker run -p 8080:8080 -p 9443:9443 -v smimeca-data:/data \
+#     -e SMIMECA_VAULT_ADDR=https://vault.example.com:8200 -e SMIMECA_VAULT_TOKEN_FILE=/run/secrets/vault-token smimeca
+# The image holds no Vault: point it at an operator-run one (without one the
+# escrow API is off); the embedded single-machine Vault is `make run`'s.
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
