@@ -1,0 +1,130 @@
+package pfxconnector_test
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"testing"
+	"time"
+
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
+	"github.com/smimeca/smimeca/internal/testpki"
+	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
+)
+
+func TestDecodePicksTheKeysCertificate(t *testing.T) {
+	is := testpki.NewIssuer(t)
+	key := testpki.RSAKey(t, 2048, 0)
+	cert := is.UserCert(t, key, testpki.CertOptions{Emails: []string{"a@example.com"}})
+	// Chain first, leaf last: some exports order it so.
+	pfx, err := pkcs12.Modern.Encode(key, is.Cert, []*x509.Certificate{cert}, "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := pfxconnector.Decode(pfx, "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.KeyMatches || !d.Cert.Equal(cert) || len(d.Chain) != 1 || !d.Chain[0].Equal(is.Cert) {
+		t.Errorf("decoded %+v", d)
+	}
+	if _, err := pfxconnector.Decode(pfx, "wrong"); !errors.Is(err, pfxconnector.ErrWrongPassword) {
+		t.Errorf("wrong password: %v", err)
+	}
+	if _, err := pfxconnector.Decode(make([]byte, 300<<10), "pw"); !errors.Is(err, pfxconnector.ErrMalformed) {
+		t.Errorf("oversized: %v", err)
+	}
+}
+
+func TestRewrapAndEnvelope(t *testing.T) {
+	is := testpki.NewIssuer(t)
+	key := testpki.RSAKey(t, 2048, 0)
+	cert := is.UserCert(t, key, testpki.CertOptions{Emails: []string{"a@example.com"}})
+	seen := map[string]bool{}
+	for _, enc := range []pfxconnector.Encoding{pfxconnector.Legacy, pfxconnector.Modern} {
+		w, err := pfxconnector.Rewrap(key, cert, []*x509.Certificate{is.Cert}, enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(w.Password) < 24 || seen[w.Password] {
+			t.Errorf("password %q is short or repeated", w.Password)
+		}
+		seen[w.Password] = true
+		k, c, chain, err := pkcs12.DecodeChain(w.PFX, w.Password)
+		if err != nil || !c.Equal(cert) || len(chain) != 1 || !k.(*rsa.PrivateKey).Equal(key) {
+			t.Fatalf("re-wrapped file does not round-trip: %v", err)
+		}
+	}
+	// Envelope recipients: RSA, valid now, keyEncipherment.
+	dev := testpki.RSAKey(t, 2048, 1)
+	devCert := is.UserCert(t, dev, testpki.CertOptions{Emails: []string{"d@example.com"}})
+	if err := pfxconnector.CheckRecipient(devCert, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	expired := is.UserCert(t, dev, testpki.CertOptions{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+	if err := pfxconnector.CheckRecipient(expired, time.Now()); !errors.Is(err, pfxconnector.ErrBadRecipient) {
+		t.Errorf("expired recipient: %v", err)
+	}
+	if _, err := pfxconnector.Envelope([]byte("secret"), devCert); err != nil {
+		t.Fatal(err)
+	}
+	// OAEP-encrypted passwords with each hash.
+	for _, h := range []pfxconnector.PasswordHash{pfxconnector.SHA256, "sha-256"} {
+		ct, _ := rsa.EncryptOAEP(sha256.New(), rand.Reader, &dev.PublicKey, []byte("pässword"), nil)
+		if p, err := pfxconnector.DecryptPassword(dev, ct, h); err != nil || p != "pässword" {
+			t.Errorf("%s: %q %v", h, p, err)
+		}
+	}
+	if _, err := pfxconnector.DecryptPassword(dev, []byte("junk"), pfxconnector.SHA512); !errors.Is(err, pfxconnector.ErrPasswordDecryption) {
+		t.Errorf("junk ciphertext: %v", err)
+	}
+}
+
+// BenchmarkRewrap measures one per-delivery re-wrap (the unit of a
+// bundle's cost) for each encoding.
+func BenchmarkRewrap(b *testing.B) {
+	is := testpki.NewIssuer(b)
+	key := testpki.RSAKey(b, 2048, 0)
+	cert := is.UserCert(b, key, testpki.CertOptions{Emails: []string{"a@example.com"}})
+	for _, c := range []struct {
+		name string
+		enc  pfxconnector.Encoding
+	}{{"legacy-3des", pfxconnector.Legacy}, {"modern-aes", pfxconnector.Modern}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if _, err := pfxconnector.Rewrap(key, cert, nil, c.enc); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkDecode measures opening one imported PFX (the unit of an
+// import's CPU cost) in both encodings.
+func BenchmarkDecode(b *testing.B) {
+	is := testpki.NewIssuer(b)
+	key := testpki.RSAKey(b, 2048, 0)
+	cert := is.UserCert(b, key, testpki.CertOptions{Emails: []string{"a@example.com"}})
+	for _, c := range []struct {
+		name string
+		enc  *pkcs12.Encoder
+	}{{"legacy-des", pkcs12.LegacyDES}, {"modern2023", pkcs12.Modern2023}} {
+		pfx, err := c.enc.Encode(key, cert, nil, "pw")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if _, err := pfxconnector.Decode(pfx, "pw"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
