@@ -35,8 +35,9 @@ const RoleURIPrefix = "urn:smimeca:role:"
 // RoleURI returns the URI SAN value for role.
 func RoleURI(r Role) string { return RoleURIPrefix + string(r) }
 
-// publicMethods may be called without a client certificate: the standard
-// health and reflection services, which reveal no data.
+// publicMethod reports whether fullMethod may be called without a client
+// certificate: the standard health and reflection services, which reveal
+// no data.
 func publicMethod(fullMethod string) bool {
 	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") ||
 		strings.HasPrefix(fullMethod, "/grpc.reflection.v1.ServerReflection/") ||
