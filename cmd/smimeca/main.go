@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 )
 
 // exit codes
@@ -28,7 +29,7 @@ func usagef(format string, a ...any) error { return &usageError{msg: fmt.Sprintf
 const usage = `smimeca — S/MIME certificate authority and key escrow for MDM
 
 Usage:
-  smimeca serve [flags]                       run CA, SCEP endpoint and gRPC API
+  smimeca serve [flags]                       run CA, SCEP endpoint, escrow and gRPC API
   smimeca challenge create --user EMAIL --device ID [--ttl 24h]
   smimeca cert list (--user EMAIL | --device ID) [-o json]
   smimeca cert revoke (--serial S | --device ID) [--reason R]
@@ -49,6 +50,16 @@ given as an environment variable (SMIMECA_DATA, SMIMECA_HTTP_ADDR, …).
 var version = "dev"
 
 func main() {
+	// smimeca's live heap is small (tens of MiB) and every request allocates
+	// ASN.1 and CMS buffers, so the default GOGC=100 collects very often; a
+	// larger target under a soft memory limit trades some memory for fewer
+	// collections. GOGC / GOMEMLIMIT in the environment still win.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(1 << 30)
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
