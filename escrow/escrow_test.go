@@ -261,3 +261,44 @@ func TestAppRoleLogin(t *testing.T) {
 		t.Error("a wrong role id logged in")
 	}
 }
+
+// An AppRole token that expires is replaced by logging in again: a
+// long-running server must outlive its token.
+func TestAppRoleTokenExpiryReLogin(t *testing.T) {
+	v := testvault.Start(t)
+	ctx := context.Background()
+	if _, err := v.ScopedToken(ctx, "smimeca", "transit", "smimeca-escrow"); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Root.Sys().EnableAuthWithOptionsWithContext(ctx, "approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Root.Logical().Write("auth/approle/role/short", map[string]any{"token_policies": "smimeca", "token_ttl": "2s", "token_max_ttl": "2s"}); err != nil {
+		t.Fatal(err)
+	}
+	rid, _ := v.Root.Logical().Read("auth/approle/role/short/role-id")
+	sid, _ := v.Root.Logical().Write("auth/approle/role/short/secret-id", nil)
+	f := filepath.Join(t.TempDir(), "secret-id")
+	os.WriteFile(f, []byte(sid.Data["secret_id"].(string)), 0o600)
+	cfg := escrow.VaultConfig{Address: v.Addr, RoleID: rid.Data["role_id"].(string), SecretIDFile: f}
+
+	logical, _, err := escrow.ConnectLogical(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := escrow.Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, noReauth := escrow.New(logical, escrow.Config{}), escrow.New(plain.Logical(), escrow.Config{})
+	if _, _, err := s.Put(ctx, "gina@example.com", record(t, 1218)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	if _, err := noReauth.List(ctx, "gina@example.com"); err == nil {
+		t.Fatal("the expired token still works; the test proves nothing")
+	}
+	if list, err := s.List(ctx, "gina@example.com"); err != nil || len(list) != 1 {
+		t.Fatalf("after the token expired: %v %v", list, err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -31,6 +32,12 @@ type VaultConfig struct {
 
 // Connect returns an authenticated Vault client.
 func Connect(ctx context.Context, c VaultConfig) (*vault.Client, error) {
+	client, _, err := connect(ctx, c)
+	return client, err
+}
+
+// connect returns the client and the function that (re)authenticates it.
+func connect(ctx context.Context, c VaultConfig) (*vault.Client, func(context.Context) error, error) {
 	cfg := vault.DefaultConfig()
 	cfg.Address = c.Address
 	cfg.Timeout = c.Timeout
@@ -41,33 +48,102 @@ func Connect(ctx context.Context, c VaultConfig) (*vault.Client, error) {
 	cfg.MaxRetries = 1
 	client, err := vault.NewClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("escrow: vault client: %w", err)
+		return nil, nil, fmt.Errorf("escrow: vault client: %w", err)
 	}
 	client.SetToken("")
-	token := c.Token
-	if token == "" && c.TokenFile != "" {
-		b, err := os.ReadFile(c.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("escrow: read Vault token file: %w", err)
-		}
-		token = strings.TrimSpace(string(b))
-	}
+	var login func(context.Context) error
 	switch {
-	case token != "":
-		client.SetToken(token)
+	case c.Token != "":
+		client.SetToken(c.Token)
+		login = func(context.Context) error { return nil }
+	case c.TokenFile != "":
+		// Re-read on every login: an agent may rotate the file.
+		login = func(context.Context) error {
+			b, err := os.ReadFile(c.TokenFile)
+			if err != nil {
+				return fmt.Errorf("escrow: read Vault token file: %w", err)
+			}
+			client.SetToken(strings.TrimSpace(string(b)))
+			return nil
+		}
 	case c.RoleID != "":
 		auth, err := approle.NewAppRoleAuth(c.RoleID, &approle.SecretID{FromFile: c.SecretIDFile},
 			approle.WithMountPath(orDefault(c.AppRoleMount, "approle")))
 		if err != nil {
-			return nil, fmt.Errorf("escrow: AppRole: %w", err)
+			return nil, nil, fmt.Errorf("escrow: AppRole: %w", err)
 		}
-		if _, err := client.Auth().Login(ctx, auth); err != nil {
-			return nil, vaultErr("AppRole login", err)
+		login = func(ctx context.Context) error {
+			if _, err := client.Auth().Login(ctx, auth); err != nil {
+				return vaultErr("AppRole login", err)
+			}
+			return nil
 		}
 	default:
-		return nil, errors.New("escrow: no Vault credentials: give a token (file) or an AppRole role id and secret id file")
+		return nil, nil, errors.New("escrow: no Vault credentials: give a token (file) or an AppRole role id and secret id file")
 	}
-	return client, nil
+	if err := login(ctx); err != nil {
+		return nil, nil, err
+	}
+	return client, login, nil
+}
+
+// ConnectLogical returns Vault's logical API for the store, authenticated
+// as c says, that logs in again once and retries when Vault answers 403:
+// AppRole tokens expire and agents rotate token files, and a long-running
+// server must outlive both.
+func ConnectLogical(ctx context.Context, c VaultConfig) (Logical, *vault.Client, error) {
+	client, login, err := connect(ctx, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &reauth{l: client.Logical(), login: login}, client, nil
+}
+
+type reauth struct {
+	l     *vault.Logical
+	login func(context.Context) error
+	mu    sync.Mutex
+}
+
+func isForbidden(err error) bool {
+	var re *vault.ResponseError
+	return errors.As(err, &re) && re.StatusCode == 403
+}
+
+func (r *reauth) retry(ctx context.Context, err error) bool {
+	if !isForbidden(err) {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.login(ctx) == nil
+}
+
+// ReadWithContext implements Logical.
+func (r *reauth) ReadWithContext(ctx context.Context, path string) (*vault.Secret, error) {
+	s, err := r.l.ReadWithContext(ctx, path)
+	if err != nil && r.retry(ctx, err) {
+		return r.l.ReadWithContext(ctx, path)
+	}
+	return s, err
+}
+
+// WriteWithContext implements Logical.
+func (r *reauth) WriteWithContext(ctx context.Context, path string, data map[string]any) (*vault.Secret, error) {
+	s, err := r.l.WriteWithContext(ctx, path, data)
+	if err != nil && r.retry(ctx, err) {
+		return r.l.WriteWithContext(ctx, path, data)
+	}
+	return s, err
+}
+
+// DeleteWithContext implements Logical.
+func (r *reauth) DeleteWithContext(ctx context.Context, path string) (*vault.Secret, error) {
+	s, err := r.l.DeleteWithContext(ctx, path)
+	if err != nil && r.retry(ctx, err) {
+		return r.l.DeleteWithContext(ctx, path)
+	}
+	return s, err
 }
 
 func orDefault(s, d string) string {

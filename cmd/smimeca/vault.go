@@ -64,7 +64,7 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 		logger.Warn("no Vault configured (--vault-addr or --embedded-vault): the escrow API is off")
 		return nil, nil, noop, nil
 	}
-	client, err := escrow.Connect(ctx, vc)
+	logical, client, err := escrow.ConnectLogical(ctx, vc)
 	if err != nil {
 		stop()
 		return nil, nil, noop, err
@@ -88,7 +88,7 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 		stop()
 		return nil, nil, noop, usagef("--email-aliases: %v", err)
 	}
-	store := escrow.New(client.Logical(), ecfg)
+	store := escrow.New(logical, ecfg)
 	logger.Info("escrow in Vault", "vault", client.Address(), "kv_mount", ecfg.KVMount)
 	return policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases),
 		policy.WithEscrowAuditor(audit)), store, stop, nil
