@@ -28,6 +28,9 @@ type VaultConfig struct {
 	AppRoleMount string
 	// Timeout of one Vault request (default 10 s).
 	Timeout time.Duration
+	// TokenSource, when set, mints a token at every (re)login; it takes
+	// precedence over the other credentials (the embedded Vault uses it).
+	TokenSource func(context.Context) (string, error)
 }
 
 // Connect returns an authenticated Vault client.
@@ -53,6 +56,15 @@ func connect(ctx context.Context, c VaultConfig) (*vault.Client, func(context.Co
 	client.SetToken("")
 	var login func(context.Context) error
 	switch {
+	case c.TokenSource != nil:
+		login = func(ctx context.Context) error {
+			tok, err := c.TokenSource(ctx)
+			if err != nil {
+				return fmt.Errorf("escrow: mint Vault token: %w", err)
+			}
+			client.SetToken(tok)
+			return nil
+		}
 	case c.Token != "":
 		client.SetToken(c.Token)
 		login = func(context.Context) error { return nil }

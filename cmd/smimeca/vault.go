@@ -54,12 +54,11 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 		if err := enableAudit(ctx, p, filepath.Join(cfg.dataDir, "vault", "audit.log")); err != nil {
 			logger.Warn("vault audit device", "err", err)
 		}
-		tok, err := p.ScopedToken(ctx, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey)
-		if err != nil {
-			stop()
-			return nil, nil, noop, err
-		}
-		vc = escrow.VaultConfig{Address: p.Addr, Token: tok}
+		// A scoped token, minted again whenever Vault refuses the current one
+		// (it is periodic and would lapse if smimeca ran unrenewed for 32 days).
+		vc = escrow.VaultConfig{Address: p.Addr, TokenSource: func(ctx context.Context) (string, error) {
+			return p.ScopedToken(ctx, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey)
+		}}
 	case cfg.vaultAddr == "":
 		logger.Warn("no Vault configured (--vault-addr or --embedded-vault): the escrow API is off")
 		return nil, nil, noop, nil
