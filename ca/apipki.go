@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"go.step.sm/crypto/keyutil"
@@ -39,9 +40,32 @@ const (
 type APIPKI struct {
 	// CA is the API CA certificate; client certificates must chain to it.
 	CA *x509.Certificate
-	// Server is the server's certificate and key, issued at every start for
-	// the given host names (it is never written to disk).
-	Server tls.Certificate
+
+	caKey crypto.Signer
+	hosts []string
+	mu    sync.Mutex
+	// server is issued at start for the host names, re-issued when it nears
+	// expiry, and never written to disk.
+	server tls.Certificate
+}
+
+// serverRenewBefore is how long before expiry the server certificate is
+// replaced (on the next handshake).
+const serverRenewBefore = 14 * 24 * time.Hour
+
+// Server returns the current server certificate, re-issuing it when it is
+// within two weeks of expiry.
+func (p *APIPKI) Server() (*tls.Certificate, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.server.Leaf == nil || time.Until(p.server.Leaf.NotAfter) < serverRenewBefore {
+		c, err := issueServer(p.CA, p.caKey, p.hosts)
+		if err != nil {
+			return nil, err
+		}
+		p.server = c
+	}
+	return &p.server, nil
 }
 
 // TLSConfig returns a server TLS config that presents the server
@@ -50,10 +74,10 @@ func (p *APIPKI) TLSConfig() *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AddCert(p.CA)
 	return &tls.Config{
-		Certificates: []tls.Certificate{p.Server},
-		ClientCAs:    pool,
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		MinVersion:   tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.Server() },
+		ClientCAs:      pool,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
+		MinVersion:     tls.VersionTLS12,
 	}
 }
 
@@ -74,11 +98,11 @@ func EnsureAPIPKI(caDir, credDir string, hosts []string, roles map[string]string
 			return nil, err
 		}
 	}
-	server, err := issueServer(caCert, caKey, hosts)
-	if err != nil {
+	p := &APIPKI{CA: caCert, caKey: caKey, hosts: hosts}
+	if _, err := p.Server(); err != nil {
 		return nil, err
 	}
-	return &APIPKI{CA: caCert, Server: server}, nil
+	return p, nil
 }
 
 func createAPICA(dir string) (*x509.Certificate, crypto.Signer, error) {
