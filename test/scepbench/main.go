@@ -36,6 +36,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/smallstep/pkcs7"
@@ -113,6 +114,7 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 		rate, p50, p99 float64
 		failed         int
 		cpuMS          float64
+		clientMS       float64
 	}
 	var rows []row
 	ci := 0
@@ -140,12 +142,13 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 				}
 			}
 			cpu0 := procCPU(t.cmd)
-			rate, p50, p99, failed, err := load(t, msgs, c)
+			rate, p50, p99, failed, clientCPU, err := load(t, msgs, c)
 			cpuMS := float64(procCPU(t.cmd)-cpu0) / float64(time.Millisecond) / float64(n-failed)
+			clientMS := float64(clientCPU) / float64(time.Millisecond) / float64(n)
 			if err != nil {
 				return fmt.Errorf("%s c=%d: %w", t.name, c, err)
 			}
-			rows = append(rows, row{t.name, c, rate, p50, p99, failed, cpuMS})
+			rows = append(rows, row{t.name, c, rate, p50, p99, failed, cpuMS, clientMS})
 			fmt.Fprintf(os.Stderr, "%-11s c=%-3d %7.1f enrol/s  p50 %6.2f ms  p99 %6.2f ms  failed %d  server CPU %.2f ms/enrolment\n", t.name, c, rate, p50, p99, failed, cpuMS)
 		}
 	}
@@ -153,8 +156,9 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), %s, go %s; n=%d enrolments per cell\n\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOARCH, runtime.Version(), n)
 	fmt.Printf("crypto limit (in-process, all cores): %.0f enrolments/s (%.2f ms of CPU each) = per enrolment one RSA-2048 decrypt (pkcsPKIEnvelope key), one RSA-2048 sign (CertRep), one ECDSA P-256 sign (certificate)\n\n", limit, float64(runtime.GOMAXPROCS(0))*1000/limit)
-	fmt.Println("| server | clients | enrolments/s | p50 ms | p99 ms | failed | server CPU ms/enrolment | vs scepserver | vs crypto limit |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	cryptoMS := float64(runtime.GOMAXPROCS(0)) * 1000 / limit
+	fmt.Println("| server | clients | enrolments/s | p50 ms | p99 ms | failed | server CPU ms/enrolment | load-generator CPU ms/enrolment | crypto ÷ server CPU | vs scepserver | vs crypto limit |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rows {
 		vsPeer, vsLimit := "", fmt.Sprintf("%.0f %%", 100*r.rate/limit)
 		if r.name == "smimeca" {
@@ -164,7 +168,7 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 				}
 			}
 		}
-		fmt.Printf("| %s | %d | %.1f | %.2f | %.2f | %d/%d | %.2f | %s | %s |\n", r.name, r.conc, r.rate, r.p50, r.p99, r.failed, n, r.cpuMS, vsPeer, vsLimit)
+		fmt.Printf("| %s | %d | %.1f | %.2f | %.2f | %d/%d | %.2f | %.2f | %.0f %% | %s | %s |\n", r.name, r.conc, r.rate, r.p50, r.p99, r.failed, n, r.cpuMS, r.clientMS, 100*cryptoMS/r.cpuMS, vsPeer, vsLimit)
 	}
 	return nil
 }
@@ -173,7 +177,7 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 // enrolments/s, p50/p99 latency in ms of the successful ones, and the number
 // of failed enrolments. A failure of smimeca aborts the run; the peer's
 // failures are counted and reported.
-func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, error) {
+func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, time.Duration, error) {
 	lat := make([]time.Duration, 0, len(msgs))
 	bodies := make([][]byte, len(msgs))
 	var latMu sync.Mutex
@@ -181,7 +185,7 @@ func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, erro
 	var next atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
-	start := time.Now()
+	start, cpu0 := time.Now(), selfCPU()
 	for w := 0; w < c; w++ {
 		wg.Add(1)
 		go func() {
@@ -208,9 +212,9 @@ func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, erro
 		}()
 	}
 	wg.Wait()
-	total := time.Since(start)
+	total, clientCPU := time.Since(start), selfCPU()-cpu0
 	if e := firstErr.Load(); e != nil {
-		return 0, 0, 0, 0, e.(error)
+		return 0, 0, 0, 0, 0, e.(error)
 	}
 	// Check every answer after the timed window, so that the load
 	// generator's signature checks do not take CPU from the server.
@@ -220,19 +224,19 @@ func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, erro
 		}
 		if err := checkCertRep(t, b); err != nil {
 			if t.name == "smimeca" {
-				return 0, 0, 0, 0, fmt.Errorf("response %d: %w", i, err)
+				return 0, 0, 0, 0, 0, fmt.Errorf("response %d: %w", i, err)
 			}
 			failed.Add(1)
 		}
 	}
 	if len(lat) == 0 {
-		return 0, 0, 0, int(failed.Load()), nil
+		return 0, 0, 0, int(failed.Load()), clientCPU, nil
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	pct := func(p float64) float64 {
 		return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
 	}
-	return float64(len(lat)) / total.Seconds(), pct(0.50), pct(0.99), int(failed.Load()), nil
+	return float64(len(lat)) / total.Seconds(), pct(0.50), pct(0.99), int(failed.Load()), clientCPU, nil
 }
 
 var httpClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 60 * time.Second}
@@ -430,6 +434,15 @@ func procCPU(cmd *exec.Cmd) time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// selfCPU returns this process's user+system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // cryptoLimit measures, on all cores, how many times per second this machine
