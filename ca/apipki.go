@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -117,14 +116,8 @@ func createAPICA(dir string) (*x509.Certificate, crypto.Signer, error) {
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 0, MaxPathLenZero: true,
 	}
-	crt, err := x509util.CreateCertificate(tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: create API CA: %w", err)
-	}
-	if err := writeKey(filepath.Join(dir, apiCAKeyFile), key); err != nil {
-		return nil, nil, err
-	}
-	return crt, key, writeCertificates(filepath.Join(dir, apiCACertFile), crt)
+	crt, err := createAndStore("API CA", filepath.Join(dir, apiCACertFile), filepath.Join(dir, apiCAKeyFile), tmpl, tmpl, key, key)
+	return crt, key, err
 }
 
 func ensureClient(caCert *x509.Certificate, caKey crypto.Signer, dir, role, uri string) error {
@@ -152,17 +145,7 @@ func ensureClient(caCert *x509.Certificate, caKey crypto.Signer, dir, role, uri 
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	crt, err = x509util.CreateCertificate(tmpl, caCert, key.Public(), caKey)
-	if err != nil {
-		return fmt.Errorf("ca: create %s client certificate: %w", role, err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	if err := writeKey(keyPath, key); err != nil {
-		return err
-	}
-	if err := writeCertificates(certPath, crt); err != nil {
+	if _, err := createAndStore(role+" client certificate", certPath, keyPath, tmpl, caCert, key, caKey); err != nil {
 		return err
 	}
 	return writeCertificates(filepath.Join(dir, ClientCAFile), caCert)

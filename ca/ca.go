@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/big"
 	"path/filepath"
 	"sync"
 	"time"
@@ -399,14 +398,8 @@ func loadOrCreateRoot(cfg Config) (*x509.Certificate, crypto.Signer, error) {
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 1,
 	}
-	crt, err = x509util.CreateCertificate(tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: create root: %w", err)
-	}
-	if err := writeKey(keyPath, key); err != nil {
-		return nil, nil, err
-	}
-	return crt, key, writeCertificates(certPath, crt)
+	crt, err = createAndStore("root", certPath, keyPath, tmpl, tmpl, key, key)
+	return crt, key, err
 }
 
 func loadOrCreateIntermediate(cfg Config, root *x509.Certificate, rootKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
@@ -431,14 +424,8 @@ func loadOrCreateIntermediate(cfg Config, root *x509.Certificate, rootKey crypto
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 0, MaxPathLenZero: true,
 	}
-	crt, err = x509util.CreateCertificate(tmpl, root, key.Public(), rootKey)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: create intermediate: %w", err)
-	}
-	if err := writeKey(keyPath, key); err != nil {
-		return nil, nil, err
-	}
-	return crt, key, writeCertificates(certPath, crt)
+	crt, err = createAndStore("intermediate", certPath, keyPath, tmpl, root, key, rootKey)
+	return crt, key, err
 }
 
 func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, *rsa.PrivateKey, error) {
@@ -462,27 +449,16 @@ func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: generate SCEP RA key: %w", err)
 	}
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, nil, err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cfg.Name + " SCEP RA", Organization: []string{cfg.Name}},
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(raLifetime),
+		Subject:   pkix.Name{CommonName: cfg.Name + " SCEP RA", Organization: []string{cfg.Name}},
+		NotBefore: time.Now().Add(-time.Minute),
+		NotAfter:  time.Now().Add(raLifetime),
 		// Signs CertRep messages and decrypts pkcsPKIEnvelopes.
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		BasicConstraintsValid: true,
 	}
-	crt, err = x509util.CreateCertificate(tmpl, inter, rk.Public(), interKey)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: create SCEP RA certificate: %w", err)
-	}
-	if err := writeKey(keyPath, rk); err != nil {
-		return nil, nil, err
-	}
-	return crt, rk, writeCertificates(certPath, crt)
+	crt, err = createAndStore("SCEP RA certificate", certPath, keyPath, tmpl, inter, rk, interKey)
+	return crt, rk, err
 }
 
 func loadOrCreateProfileSigner(cfg Config, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
@@ -505,21 +481,19 @@ func loadOrCreateProfileSigner(cfg Config, inter *x509.Certificate, interKey cry
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 	}
-	crt, err = x509util.CreateCertificate(tmpl, inter, key.Public(), interKey)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: create profile signing certificate: %w", err)
-	}
-	if err := writeKey(keyPath, key); err != nil {
-		return nil, nil, err
-	}
-	return crt, key, writeCertificates(certPath, crt)
+	crt, err = createAndStore("profile signing certificate", certPath, keyPath, tmpl, inter, key, interKey)
+	return crt, key, err
 }
 
-func randomSerial() (*big.Int, error) {
-	limit := new(big.Int).Lsh(big.NewInt(1), 159)
-	n, err := rand.Int(rand.Reader, limit)
+// createAndStore signs tmpl for key with parentKey (x509util picks a random
+// serial), then writes the key (0600) and the certificate.
+func createAndStore(what, certPath, keyPath string, tmpl, parent *x509.Certificate, key, parentKey crypto.Signer) (*x509.Certificate, error) {
+	crt, err := x509util.CreateCertificate(tmpl, parent, key.Public(), parentKey)
 	if err != nil {
-		return nil, fmt.Errorf("ca: serial: %w", err)
+		return nil, fmt.Errorf("ca: create %s: %w", what, err)
 	}
-	return n.Add(n, big.NewInt(1)), nil
+	if err := writeKey(keyPath, key); err != nil {
+		return nil, err
+	}
+	return crt, writeCertificates(certPath, crt)
 }
