@@ -128,3 +128,18 @@ func LoadOrCreateConnectorKey(dir string) (*rsa.PrivateKey, error) {
 	}
 	return k, nil
 }
+
+// ReadProfileSigner reads, from a CA directory, the profile-signing
+// certificate with its key (refusing a key file readable by others, like
+// every key the CA reads) and the issuing CA that chains it to the root.
+func ReadProfileSigner(dir string) (*x509.Certificate, crypto.Signer, *x509.Certificate, error) {
+	crt, key, err := readKeyPair(filepath.Join(dir, ProfileSignerCertFile), filepath.Join(dir, ProfileSignerKeyFile))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("ca: profile signer in %s: %w", dir, err)
+	}
+	inter, err := pemutil.ReadCertificate(filepath.Join(dir, IntermediateCertFile))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("ca: issuing CA in %s: %w", dir, err)
+	}
+	return crt, key, inter, nil
+}

@@ -21,13 +21,6 @@ import (
 	"github.com/smimeca/smimeca/internal/testvault"
 )
 
-// fixture is a user's PFX history on the admin's disk.
-type pfxFile struct {
-	path, password string
-	key            any
-	cert           *x509.Certificate
-}
-
 func writePFX(t *testing.T, dir, name string, data []byte, password string) (string, string) {
 	t.Helper()
 	p := filepath.Join(dir, name+".p12")

@@ -13,10 +13,9 @@ import (
 
 // exit codes
 const (
-	exitOK       = 0
-	exitFailure  = 1 // the operation failed (server said no, I/O error…)
-	exitUsage    = 2 // bad command line
-	exitInternal = 3 // unexpected failure
+	exitOK      = 0
+	exitFailure = 1 // the operation failed (server said no, I/O error…)
+	exitUsage   = 2 // bad command line
 )
 
 // usageError marks an error as a command-line mistake (exit code 2).

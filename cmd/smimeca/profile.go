@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"go.step.sm/crypto/pemutil"
 	"google.golang.org/grpc"
 
 	"github.com/smimeca/smimeca/ca"
@@ -58,9 +57,11 @@ func profileCmd(args []string, stdout io.Writer) error {
 	var signerKey crypto.Signer
 	var chain []*x509.Certificate
 	if sign {
-		if signer, signerKey, chain, err = loadProfileSigner(signerDir); err != nil {
-			return err
+		var inter *x509.Certificate
+		if signer, signerKey, inter, err = ca.ReadProfileSigner(signerDir); err != nil {
+			return fmt.Errorf("%w (pass --signer-dir DATA/ca)", err)
 		}
+		chain = []*x509.Certificate{inter}
 	}
 
 	var resp *pb.GetUserBundleResponse
@@ -117,24 +118,4 @@ func bundleFromProto(r *pb.GetUserBundleResponse) (profile.Bundle, error) {
 		})
 	}
 	return b, nil
-}
-
-func loadProfileSigner(dir string) (*x509.Certificate, crypto.Signer, []*x509.Certificate, error) {
-	crt, err := pemutil.ReadCertificate(filepath.Join(dir, ca.ProfileSignerCertFile))
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("profile signer: %w (pass --signer-dir DATA/ca)", err)
-	}
-	k, err := pemutil.Read(filepath.Join(dir, ca.ProfileSignerKeyFile))
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("profile signer key: %w", err)
-	}
-	key, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, nil, nil, fmt.Errorf("profile signer key is not a signing key")
-	}
-	inter, err := pemutil.ReadCertificate(filepath.Join(dir, ca.IntermediateCertFile))
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("issuing CA: %w", err)
-	}
-	return crt, key, []*x509.Certificate{inter}, nil
 }
