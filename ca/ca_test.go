@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/smallstep/certificates/db"
+	"github.com/smallstep/nosql/database"
 
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/internal/testpki"
@@ -222,5 +223,55 @@ func TestRejectsWorldReadableKey(t *testing.T) {
 	}
 	if _, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), CRLURL: "http://x/crl"}, authDB); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("open with 0644 key: %v", err)
+	}
+}
+
+// Sign leaves the certificate's record to the caller: until its operations
+// are committed the CA does not know the certificate (it cannot be renewed
+// with or revoked), and committing them stores exactly what step-ca would.
+func TestSignDefersTheRecord(t *testing.T) {
+	c := testpki.NewCA(t, ca.KeyTypeEC)
+	ctx := context.Background()
+	iss, err := c.Sign(ctx, testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := iss.Chain[0]
+	serial := leaf.SerialNumber.String()
+	if leaf.SerialNumber.Sign() <= 0 || leaf.SerialNumber.BitLen() > 128 || leaf.SerialNumber.BitLen() < 64 {
+		t.Errorf("serial %s: want a positive random 128-bit number", serial)
+	}
+	if _, err := c.Certificate(serial); !errors.Is(err, ca.ErrNotFound) {
+		t.Fatalf("before commit: %v, want ErrNotFound", err)
+	}
+	if err := c.VerifyIssued(leaf, time.Now()); err == nil {
+		t.Fatal("an uncommitted certificate verifies as issued")
+	}
+	if len(iss.Record.Ops()) == 0 {
+		t.Fatal("no record operations")
+	}
+	if err := c.DB.Update(&database.Tx{Operations: iss.Record.Ops()}); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := c.Certificate(serial)
+	if err != nil || !stored.Equal(leaf) {
+		t.Fatalf("after commit: %v", err)
+	}
+	if err := c.VerifyIssued(leaf, time.Now()); err != nil {
+		t.Fatalf("committed certificate: %v", err)
+	}
+	if err := c.Revoke(ctx, serial, ca.ReasonKeyCompromise, "test"); err != nil {
+		t.Fatalf("revoke committed certificate: %v", err)
+	}
+	// Issue still stores by itself, and serials differ.
+	chain, err := c.Issue(ctx, testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chain[0].SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+		t.Error("two certificates with one serial")
+	}
+	if _, err := c.Certificate(chain[0].SerialNumber.String()); err != nil {
+		t.Errorf("Issue did not store: %v", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/smimeca/smimeca/ca"
@@ -82,6 +83,10 @@ func (c *Config) Validate() error {
 
 // Enrollment applies the enrolment rules. It is safe for concurrent use.
 type Enrollment struct {
+	// inUse holds the hashes of challenges an enrolment in this process is
+	// using right now, so that a concurrent second use is refused before
+	// anything is signed (the store's transaction is the final arbiter).
+	inUse      sync.Map
 	cfg        Config
 	issuer     Issuer
 	challenges ChallengeStore
@@ -235,14 +240,14 @@ func (e *Enrollment) enrollInitial(ctx context.Context, req Request) ([]*x509.Ce
 	if err := checkNamesBound(req.CSR, c.User); err != nil {
 		return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, err)
 	}
-	// Only a well-formed request for the bound user burns the challenge.
-	if _, err := e.challenges.ConsumeChallenge(ctx, hash, now); err != nil {
-		if _, ok := IsReject(err); ok {
-			return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, err)
-		}
-		return nil, fmt.Errorf("policy: consume challenge: %w", err)
+	// Only a well-formed request for the bound user uses the challenge up,
+	// in the transaction that records the certificate.
+	key := string(hash)
+	if _, busy := e.inUse.LoadOrStore(key, struct{}{}); busy {
+		return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, reject(ReasonChallengeUsed, "the challenge is being used by another request"))
 	}
-	return e.issue(ctx, ActionEnroll, req.CSR, c.User, c.Device, "")
+	defer e.inUse.Delete(key)
+	return e.issue(ctx, ActionEnroll, req.CSR, c.User, c.Device, "", hash, now)
 }
 
 func (e *Enrollment) enrollStatic(ctx context.Context, req Request) ([]*x509.Certificate, error) {
@@ -260,7 +265,7 @@ func (e *Enrollment) enrollStatic(ctx context.Context, req Request) ([]*x509.Cer
 	if err := checkNamesBound(req.CSR, u); err != nil {
 		return nil, e.refused(ctx, ActionEnroll, u, StaticDevice, err)
 	}
-	return e.issue(ctx, ActionEnroll, req.CSR, u, StaticDevice, "")
+	return e.issue(ctx, ActionEnroll, req.CSR, u, StaticDevice, "", nil, time.Time{})
 }
 
 func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificate, error) {
@@ -285,16 +290,19 @@ func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificat
 	if err := checkNamesBound(req.CSR, prev.User); err != nil {
 		return nil, e.refused(ctx, ActionRenew, prev.User, prev.Device, err)
 	}
-	return e.issue(ctx, ActionRenew, req.CSR, prev.User, prev.Device, prev.Serial)
+	return e.issue(ctx, ActionRenew, req.CSR, prev.User, prev.Device, prev.Serial, nil, time.Time{})
 }
 
-func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.CertificateRequest, user, device, renewedFrom string) ([]*x509.Certificate, error) {
+// issue signs and records a certificate; challenge, when not nil, is the
+// hash of the challenge the enrolment uses up (at time consumedAt) in the
+// same transaction.
+func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.CertificateRequest, user, device, renewedFrom string, challenge []byte, consumedAt time.Time) ([]*x509.Certificate, error) {
 	now := e.now().UTC()
 	ku := []string{"digitalSignature"}
 	if e.cfg.ContentCommitment {
 		ku = append(ku, "contentCommitment")
 	}
-	chain, err := e.issuer.Issue(ctx, csr, ca.Template{
+	iss, err := e.issuer.Sign(ctx, csr, ca.Template{
 		CommonName:  user,
 		Emails:      []string{user},
 		KeyUsage:    ku,
@@ -306,19 +314,23 @@ func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.Certifi
 		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: user, Device: device, Result: "error", Detail: "signing failed"})
 		return nil, fmt.Errorf("policy: issue: %w", err)
 	}
-	leaf := chain[0]
+	leaf := iss.Chain[0]
 	sum := sha256.Sum256(leaf.Raw)
 	rec := Issued{
 		Serial: leaf.SerialNumber.String(), User: user, Device: device,
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IssuedAt: now,
 		RenewedFrom: renewedFrom, SHA256: hex.EncodeToString(sum[:]),
 	}
-	if err := e.inventory.RecordIssued(ctx, rec); err != nil {
+	if err := e.inventory.RecordIssued(ctx, rec, Commit{Challenge: challenge, At: consumedAt, CA: iss.Record}); err != nil {
+		if _, ok := IsReject(err); ok {
+			return nil, e.refused(ctx, action, user, device, err)
+		}
+		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: user, Device: device, Result: "error", Detail: "storing the certificate failed"})
 		return nil, fmt.Errorf("policy: record issued certificate %s: %w", rec.Serial, err)
 	}
 	e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: user, Device: device,
 		Serials: []string{rec.Serial}, SHA256: []string{rec.SHA256}, Result: "ok"})
-	return chain, nil
+	return iss.Chain, nil
 }
 
 func (e *Enrollment) refused(ctx context.Context, action, user, device string, err error) error {

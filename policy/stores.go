@@ -19,17 +19,15 @@ type Challenge struct {
 	ConsumedAt time.Time `json:"consumed_at,omitzero"`
 }
 
-// ChallengeStore keeps challenges by the hash of their secret.
+// ChallengeStore keeps challenges by the hash of their secret. A challenge
+// is used up by the Inventory transaction that records the certificate it
+// paid for (see Commit).
 type ChallengeStore interface {
 	// PutChallenge stores a new challenge under hash.
 	PutChallenge(ctx context.Context, hash []byte, c Challenge) error
-	// Challenge returns the challenge stored under hash, or ErrNotFound.
+	// Challenge returns the challenge stored under hash (with ConsumedAt set
+	// once it was used), or ErrNotFound.
 	Challenge(ctx context.Context, hash []byte) (Challenge, error)
-	// ConsumeChallenge marks the challenge under hash consumed at time at,
-	// atomically: of concurrent callers exactly one succeeds and the others
-	// get a *RejectError with ReasonChallengeUsed. It returns ErrNotFound for
-	// an unknown hash.
-	ConsumeChallenge(ctx context.Context, hash []byte, at time.Time) (Challenge, error)
 }
 
 // Issued is the inventory record of a certificate issued to a device.
@@ -50,10 +48,24 @@ type Filter struct {
 	Device string
 }
 
+// Commit is what an issuance writes besides its inventory record, in the
+// same transaction: the certificate is stored, the challenge used up and the
+// device's inventory updated together or not at all.
+type Commit struct {
+	// Challenge, when not nil, is the hash of the one-time challenge the
+	// issuance uses up. If it is no longer unused the whole transaction
+	// fails with a *RejectError (ReasonChallengeUsed).
+	Challenge []byte
+	// At is when the challenge was used.
+	At time.Time
+	// CA is the CA's own record of the certificate.
+	CA ca.Record
+}
+
 // Inventory keeps the (serial → user, device) binding of issued certificates.
 type Inventory interface {
-	// RecordIssued stores rec.
-	RecordIssued(ctx context.Context, rec Issued) error
+	// RecordIssued stores rec together with c, atomically.
+	RecordIssued(ctx context.Context, rec Issued, c Commit) error
 	// IssuedBySerial returns the record for a decimal serial, or ErrNotFound.
 	IssuedBySerial(ctx context.Context, serial string) (Issued, error)
 	// ListIssued returns the records that match f, newest first.
@@ -62,8 +74,10 @@ type Inventory interface {
 
 // Issuer signs leaf certificates; *ca.Authority implements it.
 type Issuer interface {
-	// Issue signs csr's public key shaped by t and returns leaf + chain.
-	Issue(ctx context.Context, csr *x509.CertificateRequest, t ca.Template) ([]*x509.Certificate, error)
+	// Sign signs csr's public key shaped by t and returns leaf + chain with
+	// the CA's record of it, which the caller commits (Commit.CA) before
+	// the certificate is handed out.
+	Sign(ctx context.Context, csr *x509.CertificateRequest, t ca.Template) (ca.Issuance, error)
 	// VerifyIssued reports (nil) whether crt is a valid, unrevoked
 	// certificate issued by this CA.
 	VerifyIssued(crt *x509.Certificate, now time.Time) error
