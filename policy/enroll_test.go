@@ -122,6 +122,8 @@ func TestCreateChallengeRules(t *testing.T) {
 		{"not an address", "d", 0, policy.ReasonBadUser},
 		{"Bob <bob@example.com>", "d", 0, policy.ReasonBadUser},
 		{"", "d", 0, policy.ReasonBadUser},
+		{"jürgen@example.com", "d", 0, policy.ReasonBadUser}, // rfc822Name is ASCII
+		{"bob@bücher.example.com", "d", 0, policy.ReasonBadUser},
 		{"bob@example.com", "", 0, policy.ReasonBadDevice},
 		{"bob@example.com", "has space", 0, policy.ReasonBadDevice},
 		{"bob@example.com", strings.Repeat("x", 129), 0, policy.ReasonBadDevice},

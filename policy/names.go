@@ -5,6 +5,7 @@ import (
 	"net/mail"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	steppolicy "github.com/smallstep/certificates/policy"
 )
@@ -22,6 +23,14 @@ func NormalizeEmail(addr string) (string, error) {
 	parsed, err := mail.ParseAddress(a)
 	if err != nil || parsed.Address != a || parsed.Name != "" {
 		return "", reject(ReasonBadUser, fmt.Sprintf("%q is not a bare e-mail address (user@example.com)", a))
+	}
+	for i := 0; i < len(a); i++ {
+		if a[i] >= utf8.RuneSelf {
+			// rfc822Name is an IA5String: such an address could never be
+			// put in a certificate (RFC 8398's SmtpUTF8Mailbox is not
+			// supported).
+			return "", reject(ReasonBadUser, fmt.Sprintf("%q is not an ASCII address: certificates carry ASCII addresses only (write an internationalised domain in its xn-- form)", a))
+		}
 	}
 	return strings.ToLower(a), nil
 }
