@@ -49,7 +49,7 @@ type deferringDB struct {
 func (d *deferringDB) StoreCertificateChain(p provisioner.Interface, chain ...*x509.Certificate) error {
 	if len(chain) > 0 {
 		if v, ok := d.pending.Load(chain[0].SerialNumber.String()); ok {
-			rec := &recorder{DB: d.DB.DB}
+			rec := &recorder{}
 			if err := (&db.DB{DB: rec}).StoreCertificateChain(p, chain...); err != nil {
 				return err
 			}
@@ -61,7 +61,10 @@ func (d *deferringDB) StoreCertificateChain(p provisioner.Interface, chain ...*x
 }
 
 // recorder is a database.DB whose Update keeps the operations instead of
-// running them. step-ca's StoreCertificateChain writes through Update only.
+// running them. step-ca's StoreCertificateChain writes through one Update;
+// every other method is the nil embedded interface's and panics, so that a
+// step-ca version that wrote any other way fails TestSignDefersTheRecord
+// instead of writing behind the caller's transaction.
 type recorder struct {
 	database.DB
 	ops []*database.TxEntry
@@ -70,13 +73,6 @@ type recorder struct {
 func (r *recorder) Update(tx *database.Tx) error {
 	r.ops = append(r.ops, tx.Operations...)
 	return nil
-}
-
-// Set keeps a lone write too (step-ca's StoreCertificate uses Set).
-func (r *recorder) Set(bucket, key, value []byte) error {
-	tx := new(database.Tx)
-	tx.Set(bucket, key, value)
-	return r.Update(tx)
 }
 
 // serialLimit bounds leaf serials: 128 random bits, as x509util chooses them
