@@ -8,11 +8,14 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"errors"
 	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smallstep/nosql/database"
 
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/internal/testpki"
@@ -441,4 +444,73 @@ func TestPurgeChallenges(t *testing.T) {
 	if _, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: csr, Challenge: keep}); err != nil {
 		t.Errorf("unexpired challenge purged: %v", err)
 	}
+}
+
+// failingDB fails every Update while fail is set.
+type failingDB struct {
+	database.DB
+	mu   sync.Mutex
+	fail bool
+}
+
+func (f *failingDB) Update(tx *database.Tx) error {
+	f.mu.Lock()
+	fail := f.fail
+	f.mu.Unlock()
+	if fail {
+		return errors.New("disk full")
+	}
+	return f.DB.Update(tx)
+}
+
+// An enrolment whose final write fails stores nothing: the challenge stays
+// usable, the CA does not know the certificate that was signed, the device
+// gets an error (not a refusal), and a retry then succeeds once.
+func TestFailedCommitLosesNothing(t *testing.T) {
+	c := testpki.NewCA(t, ca.KeyTypeEC)
+	fdb := &failingDB{DB: c.DB.DB}
+	store, err := nosqlstore.New(fdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := &recordingAuditor{}
+	e, err := policy.NewEnrollment(c, store, store, policy.Config{}, policy.WithAuditor(audit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ch, err := e.CreateChallenge(ctx, "alice@example.com", "dev-1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), Challenge: ch.Secret}
+	fdb.mu.Lock()
+	fdb.fail = true
+	fdb.mu.Unlock()
+	if _, err := e.Enroll(ctx, req); err == nil {
+		t.Fatal("enrolment succeeded without its write")
+	} else if _, ok := policy.IsReject(err); ok {
+		t.Fatalf("a storage failure reported as a refusal: %v", err)
+	}
+	if certs, _ := c.DB.List([]byte("x509_certs")); len(certs) != 0 {
+		t.Fatalf("CA database holds %d certificates after a failed commit", len(certs))
+	}
+	if list, _ := e.ListCertificates(ctx, policy.Filter{Device: "dev-1"}); len(list) != 0 {
+		t.Fatalf("inventory holds %d records after a failed commit", len(list))
+	}
+	if n := len(audit.events); n == 0 || audit.events[n-1].Result != "error" {
+		t.Errorf("no error audit event for the failed commit: %+v", audit.events)
+	}
+	fdb.mu.Lock()
+	fdb.fail = false
+	fdb.mu.Unlock()
+	chain, err := e.Enroll(ctx, req)
+	if err != nil {
+		t.Fatalf("retry with the same challenge: %v", err)
+	}
+	if _, err := c.Certificate(chain[0].SerialNumber.String()); err != nil {
+		t.Fatalf("issued certificate not stored: %v", err)
+	}
+	_, err = e.Enroll(ctx, req)
+	wantReason(t, err, policy.ReasonChallengeUsed)
 }
