@@ -117,8 +117,10 @@ func TestFailingRequestDoesNotFailOthers(t *testing.T) {
 		}(i)
 	}
 	wg.Wait()
+	// A failed Get rolls back its own transaction only, and its error stays
+	// a not-found: nosqlstore.RecordIssued guards the challenge that way.
 	for i, err := range errs {
-		if (i%10 == 0) != (err != nil) {
+		if (i%10 == 0) != (err != nil) || (err != nil && !database.IsErrNotFound(err)) {
 			t.Errorf("request %d: err %v", i, err)
 		}
 	}

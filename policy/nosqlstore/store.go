@@ -141,13 +141,10 @@ func (s *Store) RecordIssued(_ context.Context, rec policy.Issued, c policy.Comm
 	var consume []*database.TxEntry
 	if c.Challenge != nil {
 		ch, err := s.getChallenge(challengesTable, c.Challenge)
-		if err == policy.ErrNotFound {
-			return &policy.RejectError{Reason: policy.ReasonChallengeUsed, Detail: "the challenge was already used"}
+		if err == policy.ErrNotFound || (err == nil && !ch.ConsumedAt.IsZero()) {
+			return errChallengeUsed()
 		} else if err != nil {
 			return err
-		}
-		if !ch.ConsumedAt.IsZero() {
-			return &policy.RejectError{Reason: policy.ReasonChallengeUsed, Detail: "the challenge was already used"}
 		}
 		ch.ConsumedAt = c.At.UTC()
 		used, err := json.Marshal(ch)
@@ -178,7 +175,7 @@ func (s *Store) RecordIssued(_ context.Context, rec policy.Issued, c policy.Comm
 		tx.Operations = append(tx.Operations, cas)
 		if err := s.db.Update(tx); err != nil {
 			if consume != nil && database.IsErrNotFound(err) {
-				return &policy.RejectError{Reason: policy.ReasonChallengeUsed, Detail: "the challenge was already used"}
+				return errChallengeUsed()
 			}
 			return fmt.Errorf("nosqlstore: record issued %s: %w", rec.Serial, err)
 		}
@@ -191,6 +188,10 @@ func (s *Store) RecordIssued(_ context.Context, rec policy.Issued, c policy.Comm
 		consume, caOps = nil, nil
 	}
 	return fmt.Errorf("nosqlstore: record issued %s: too many concurrent enrolments of device %s", rec.Serial, rec.Device)
+}
+
+func errChallengeUsed() error {
+	return &policy.RejectError{Reason: policy.ReasonChallengeUsed, Detail: "the challenge was already used"}
 }
 
 // stripe maps a device id to one of the device locks (FNV-1a).
