@@ -41,14 +41,16 @@ e2e:
 ##       Minimising a new input is capped at 50 runs: uncapped, minimising the first find (a few KiB
 ##       of CMS, each run doing RSA under coverage instrumentation) took the whole budget.
 FUZZTIME ?= 20s
+FUZZ_TARGETS := scep/FuzzPKIOperation pfx-connector/FuzzDecode policy/FuzzNormalizeEmail
 fuzz:
-	$(GO) test ./scep/ -run '^$$' -fuzz FuzzPKIOperation -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
-	$(GO) test ./pfx-connector/ -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
-	$(GO) test ./policy/ -run '^$$' -fuzz FuzzNormalizeEmail -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "$(GO) test ./$${t%/*}/ -run '^$$' -fuzz $${t#*/} -fuzztime $(FUZZTIME) -fuzzminimizetime 50x"; \
+	  $(GO) test ./$${t%/*}/ -run '^$$' -fuzz $${t#*/} -fuzztime $(FUZZTIME) -fuzzminimizetime 50x; \
+	done
 
 ## fuzz-keep: copy what the fuzzer found (Go's fuzz cache) into the kept corpus under testdata/fuzz
 fuzz-keep:
-	./scripts/fuzz-keep.sh
+	./scripts/fuzz-keep.sh $(FUZZ_TARGETS)
 
 ## bench-scep: enrolments/s and p50/p99 of smimeca vs Debian's scepserver, and the RSA limit
 bench-scep: deps build
