@@ -2,6 +2,9 @@ package api_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"net"
@@ -37,19 +40,30 @@ func startServer(t *testing.T) *server {
 		t.Fatal(err)
 	}
 	domains, _ := policy.NewDomains([]string{"example.com"})
-	e, err := policy.NewEnrollment(c, store, store, policy.Config{Domains: domains})
+	e, err := policy.NewEnrollment(c, store, policy.Config{Domains: domains})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	pki, err := ca.EnsureAPIPKI(dir, filepath.Join(dir, "credentials"), nil, map[string]string{
-		"admin": api.RoleURI(api.RoleAdmin), "profile": api.RoleURI(api.RoleProfile),
-	})
+	pki, err := ca.EnsureAPIPKI(dir, filepath.Join(dir, "credentials"), nil, api.Roles())
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := api.NewServer(pki.TLSConfig(), api.DefaultAccess, api.Services{
-		Enrollment: api.NewEnrollmentService(e, "http://scep.test/scep", nil),
+	cstore, err := nosqlstore.NewCredentialStore(c.DB.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := policy.NewCredentials(cstore, pki, api.Roles(), nil)
+	for role, crt := range pki.Clients {
+		if err := creds.Bootstrap(context.Background(), role, role, crt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), api.Services{
+		Enrollment:  api.NewEnrollmentService(e, "http://scep.test/scep", nil),
+		Devices:     api.NewDeviceService(e, nil),
+		Credentials: api.NewCredentialService(creds, pki.CA, nil),
+		Bundles:     api.NewBundleService(policy.NewBundles(e, nil, c, "http://scep.test/scep", nil), nil),
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -60,6 +74,18 @@ func startServer(t *testing.T) *server {
 	pool := x509.NewCertPool()
 	pool.AddCert(pki.CA)
 	return &server{addr: ln.Addr().String(), credDir: filepath.Join(dir, "credentials"), pool: pool}
+}
+
+// dialWith connects with a client certificate and key.
+func (s *server) dialWith(t *testing.T, pair tls.Certificate) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(credentials.NewTLS(
+		&tls.Config{RootCAs: s.pool, ServerName: "localhost", Certificates: []tls.Certificate{pair}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func (s *server) dial(t *testing.T, role string) *grpc.ClientConn {
@@ -103,6 +129,11 @@ func TestRoles(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied, "profile")
 
 	admin := pb.NewEnrollmentClient(s.dial(t, "admin"))
+	_, err = admin.CreateChallenge(ctx, req)
+	wantCode(t, err, codes.NotFound, "not registered")
+	if _, err := pb.NewDevicesClient(s.dial(t, "registrar")).RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: "alice@example.com", DeviceId: "dev-1"}); err != nil {
+		t.Fatal(err)
+	}
 	resp, err := admin.CreateChallenge(ctx, req)
 	if err != nil {
 		t.Fatal(err)
@@ -131,9 +162,134 @@ func TestErrorsSayWhatToFix(t *testing.T) {
 	_, err = admin.RevokeCertificate(ctx, &pb.RevokeCertificateRequest{Serial: "12345"})
 	wantCode(t, err, codes.NotFound, "12345")
 	_, err = admin.ListCertificates(ctx, &pb.ListCertificatesRequest{})
-	wantCode(t, err, codes.InvalidArgument, "user or a device")
+	wantCode(t, err, codes.InvalidArgument, "give the user")
+	_, err = admin.CreateChallenge(ctx, &pb.CreateChallengeRequest{User: "alice@example.com", DeviceId: "unregistered"})
+	wantCode(t, err, codes.NotFound, "smimeca device register")
+	devices := pb.NewDevicesClient(s.dial(t, "admin"))
+	_, err = devices.RetireDevice(ctx, &pb.RetireDeviceRequest{User: "alice@example.com", DeviceId: "unregistered", Reason: "x"})
+	wantCode(t, err, codes.NotFound, "unknown-device")
+	_, err = devices.RetireDevice(ctx, &pb.RetireDeviceRequest{User: "alice@example.com", DeviceId: "d"})
+	wantCode(t, err, codes.InvalidArgument, "reason is required")
+	_, err = devices.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: "alice@example.com", DeviceId: "d", IdentityCertificate: []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")})
+	wantCode(t, err, codes.InvalidArgument, "--device-identity-ca")
 	list, err := admin.ListCertificates(ctx, &pb.ListCertificatesRequest{User: "nobody@example.com"})
 	if err != nil || len(list.GetCertificates()) != 0 {
 		t.Errorf("empty list: %v %v", list, err)
+	}
+}
+
+// Each role may call its own services only, as an attacker holding one
+// credential would find out.
+func TestRoleMatrix(t *testing.T) {
+	s := startServer(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		role string
+		call func(*grpc.ClientConn) error
+		want codes.Code
+	}{
+		{"registrar", func(c *grpc.ClientConn) error {
+			_, err := pb.NewDevicesClient(c).RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: "a@example.com", DeviceId: "d"})
+			return err
+		}, codes.OK},
+		{"registrar", func(c *grpc.ClientConn) error {
+			_, err := pb.NewEnrollmentClient(c).CreateChallenge(ctx, &pb.CreateChallengeRequest{User: "a@example.com", DeviceId: "d"})
+			return err
+		}, codes.PermissionDenied},
+		{"registrar", func(c *grpc.ClientConn) error {
+			_, err := pb.NewProfileBundlesClient(c).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d"})
+			return err
+		}, codes.PermissionDenied},
+		{"profile", func(c *grpc.ClientConn) error {
+			_, err := pb.NewDevicesClient(c).RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: "a@example.com", DeviceId: "x"})
+			return err
+		}, codes.PermissionDenied},
+		{"profile", func(c *grpc.ClientConn) error {
+			_, err := pb.NewCredentialsClient(c).ListCredentials(ctx, &pb.ListCredentialsRequest{})
+			return err
+		}, codes.PermissionDenied},
+		{"profile", func(c *grpc.ClientConn) error {
+			_, err := pb.NewProfileBundlesClient(c).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d"})
+			return err
+		}, codes.OK},
+		{"profile", func(c *grpc.ClientConn) error { // an unregistered device gets nothing
+			_, err := pb.NewProfileBundlesClient(c).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "ceo@example.com", DeviceId: "attacker"})
+			return err
+		}, codes.NotFound},
+		{"profile", func(c *grpc.ClientConn) error { // no caller-chosen recipient
+			_, err := pb.NewProfileBundlesClient(c).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d", Format: pb.DeliveryFormat_DELIVERY_FORMAT_CMS, DeviceCertificateDer: []byte{0x30, 0x03, 0x02, 0x01, 0x01}})
+			return err
+		}, codes.InvalidArgument},
+		{"profile", func(c *grpc.ClientConn) error { // no plain PKCS#12
+			_, err := pb.NewProfileBundlesClient(c).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d", Format: pb.DeliveryFormat_DELIVERY_FORMAT_PKCS12, BreakGlass: true, BreakGlassReason: "please"})
+			return err
+		}, codes.PermissionDenied},
+		{"profile", func(c *grpc.ClientConn) error {
+			_, err := pb.NewProfileBundlesClient(c).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d", Format: pb.DeliveryFormat_DELIVERY_FORMAT_PKCS12})
+			return err
+		}, codes.PermissionDenied},
+		{"admin", func(c *grpc.ClientConn) error { // break-glass needs a reason
+			_, err := pb.NewProfileBundlesClient(c).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d", Format: pb.DeliveryFormat_DELIVERY_FORMAT_PKCS12, BreakGlass: true})
+			return err
+		}, codes.InvalidArgument},
+	} {
+		err := tc.call(s.dial(t, tc.role))
+		if got := status.Code(err); got != tc.want {
+			t.Errorf("%s: %v, want %s", tc.role, err, tc.want)
+		}
+	}
+}
+
+func newCSR(t *testing.T) (*ecdsa.PrivateKey, []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, der
+}
+
+// Credentials are per identity: a new one works at once, and a revoked one
+// is refused on its next call, with no restart.
+func TestCredentialLifecycle(t *testing.T) {
+	s := startServer(t)
+	ctx := context.Background()
+	admin := pb.NewCredentialsClient(s.dial(t, "admin"))
+	key, csr := newCSR(t)
+	resp, err := admin.IssueCredential(ctx, &pb.IssueCredentialRequest{Name: "mdm-prod", Role: "registrar", CsrDer: csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair := tls.Certificate{Certificate: [][]byte{resp.GetCertificateDer()}, PrivateKey: key}
+	mdm := pb.NewDevicesClient(s.dialWith(t, pair))
+	if _, err := mdm.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: "a@example.com", DeviceId: "d"}); err != nil {
+		t.Fatalf("new credential: %v", err)
+	}
+	d, err := mdm.GetDevice(ctx, &pb.GetDeviceRequest{User: "a@example.com", DeviceId: "d"})
+	if err != nil || d.GetCreatedBy() != "mdm-prod" {
+		t.Errorf("the registry does not name the credential: %v %v", d, err)
+	}
+	_, err = admin.IssueCredential(ctx, &pb.IssueCredentialRequest{Name: "mdm-prod", Role: "registrar", CsrDer: csr})
+	wantCode(t, err, codes.FailedPrecondition, "revoke it first")
+	_, err = admin.IssueCredential(ctx, &pb.IssueCredentialRequest{Name: "x", Role: "root", CsrDer: csr})
+	wantCode(t, err, codes.InvalidArgument, "role")
+	if _, err := admin.RevokeCredential(ctx, &pb.RevokeCredentialRequest{Name: "mdm-prod"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = mdm.GetDevice(ctx, &pb.GetDeviceRequest{User: "a@example.com", DeviceId: "d"})
+	wantCode(t, err, codes.Unauthenticated, "revoked")
+	// The bootstrap credentials are credentials like any other.
+	if _, err := admin.RevokeCredential(ctx, &pb.RevokeCredentialRequest{Name: "profile"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pb.NewProfileBundlesClient(s.dial(t, "profile")).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d"})
+	wantCode(t, err, codes.Unauthenticated, "revoked")
+	list, err := admin.ListCredentials(ctx, &pb.ListCredentialsRequest{})
+	if err != nil || len(list.GetCredentials()) != 4 {
+		t.Fatalf("list: %v %v", list, err)
 	}
 }

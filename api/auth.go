@@ -8,6 +8,7 @@ package api
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -24,9 +25,22 @@ type Role string
 
 // Roles.
 const (
-	RoleAdmin   Role = "admin"
+	// RoleAdmin may do everything.
+	RoleAdmin Role = "admin"
+	// RoleRegistrar (the MDM's enrolment hook) registers and retires
+	// devices, nothing else.
+	RoleRegistrar Role = "registrar"
+	// RoleProfile (the profile service) fetches bundles and renders
+	// profiles for registered, active devices, nothing else.
 	RoleProfile Role = "profile"
 )
+
+// Roles lists every role with the URI SAN its certificates carry.
+func Roles() map[string]string {
+	return map[string]string{
+		string(RoleAdmin): RoleURI(RoleAdmin), string(RoleRegistrar): RoleURI(RoleRegistrar), string(RoleProfile): RoleURI(RoleProfile),
+	}
+}
 
 // RoleURIPrefix prefixes the URI SAN that carries a client certificate's
 // role, e.g. "urn:smimeca:role:admin".
@@ -52,8 +66,31 @@ type Access map[string][]Role
 var DefaultAccess = Access{
 	"/smimeca.v1.Enrollment/":  {RoleAdmin},
 	"/smimeca.v1.EscrowAdmin/": {RoleAdmin},
+	"/smimeca.v1.Credentials/": {RoleAdmin},
+	// The MDM's enrolment hook registers and retires devices.
+	"/smimeca.v1.Devices/": {RoleRegistrar, RoleAdmin},
 	// The profile service fetches bundles; admins may too.
 	"/smimeca.v1.ProfileBundles/": {RoleProfile, RoleAdmin},
+}
+
+// CredentialChecker says whether a client certificate is a registered,
+// unrevoked credential; *policy.Credentials implements it.
+type CredentialChecker interface {
+	Check(ctx context.Context, crt *x509.Certificate) (policy.Credential, error)
+}
+
+// Authorizer decides who may call what: the caller's client certificate
+// must be a registered, unrevoked credential (checked on every call) whose
+// role the access table allows for the method.
+type Authorizer struct {
+	access Access
+	creds  CredentialChecker
+}
+
+// NewAuthorizer returns the authorizer for access, checking credentials
+// with creds.
+func NewAuthorizer(access Access, creds CredentialChecker) *Authorizer {
+	return &Authorizer{access: access, creds: creds}
 }
 
 func (a Access) allowed(method string, role Role) bool {
@@ -98,26 +135,37 @@ func roleOf(c *x509.Certificate) (Role, bool) {
 }
 
 // authorize checks the caller and returns ctx carrying the policy.Actor.
-func (a Access) authorize(ctx context.Context, method string) (context.Context, error) {
+func (a *Authorizer) authorize(ctx context.Context, method string) (context.Context, error) {
 	if publicMethod(method) {
 		return ctx, nil
 	}
 	crt := callerCert(ctx)
 	if crt == nil {
-		return nil, status.Error(codes.Unauthenticated, "a client certificate issued by smimeca's API CA is required (see DATA/credentials/)")
+		return nil, status.Error(codes.Unauthenticated, "a client certificate issued by smimeca's API CA is required (see DATA/credentials/, or smimeca credentials issue)")
 	}
 	role, ok := roleOf(crt)
 	if !ok {
 		return nil, status.Error(codes.PermissionDenied, "the client certificate carries no smimeca role")
 	}
-	if !a.allowed(method, role) {
+	cred, err := a.creds.Check(ctx, crt)
+	switch {
+	case errors.Is(err, policy.ErrRevokedCredential):
+		return nil, status.Errorf(codes.Unauthenticated, "the client credential (serial %s) was revoked; ask an administrator for a new one", policy.Serial(crt))
+	case errors.Is(err, policy.ErrUnknownCredential):
+		return nil, status.Errorf(codes.Unauthenticated, "the client certificate (serial %s) is not a registered credential; issue one with smimeca credentials issue", policy.Serial(crt))
+	case err != nil:
+		return nil, status.Error(codes.Unavailable, "the credential registry cannot be read; retry")
+	case cred.Role != string(role):
+		return nil, status.Error(codes.Unauthenticated, "the client certificate's role differs from its registered credential's")
+	}
+	if !a.access.allowed(method, role) {
 		return nil, status.Errorf(codes.PermissionDenied, "role %q may not call %s", role, method)
 	}
-	return policy.WithActor(ctx, policy.Actor{Role: string(role), Name: crt.Subject.CommonName}), nil
+	return policy.WithActor(ctx, policy.Actor{Role: cred.Role, Name: cred.Name, Credential: cred.Serial}), nil
 }
 
 // UnaryInterceptor authorizes unary calls.
-func (a Access) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+func (a *Authorizer) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	ctx, err := a.authorize(ctx, info.FullMethod)
 	if err != nil {
 		return nil, err
@@ -133,7 +181,7 @@ type wrappedStream struct {
 func (w wrappedStream) Context() context.Context { return w.ctx }
 
 // StreamInterceptor authorizes streaming calls.
-func (a Access) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+func (a *Authorizer) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx, err := a.authorize(ss.Context(), info.FullMethod)
 	if err != nil {
 		return err

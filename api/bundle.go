@@ -2,16 +2,16 @@ package api
 
 import (
 	"context"
-	"crypto/x509"
-	"errors"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/smimeca/smimeca/escrow"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/policy"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
@@ -37,23 +37,32 @@ func NewBundleService(p BundlePolicy, log *slog.Logger) *BundleService {
 	return &BundleService{policy: p, log: log}
 }
 
-// GetUserBundle implements pb.ProfileBundlesServer.
+// GetUserBundle implements pb.ProfileBundlesServer. Keys go out only
+// encrypted to the device's registered identity; plain PKCS#12 is an
+// administrator's break-glass release.
 func (s *BundleService) GetUserBundle(ctx context.Context, req *pb.GetUserBundleRequest) (*pb.GetUserBundleResponse, error) {
-	br := policy.BundleRequest{User: req.GetUser(), Device: req.GetDeviceId(), Delivery: policy.DeliverPKCS12}
+	if len(req.GetDeviceCertificateDer()) > 0 { //nolint:staticcheck // refused, not used
+		return nil, status.Error(codes.InvalidArgument, "device_certificate_der is not accepted: keys are only encrypted to the identity certificate registered for the device (Devices/RegisterDevice); leave it empty")
+	}
+	br := policy.BundleRequest{User: req.GetUser(), Device: req.GetDeviceId(), Delivery: policy.DeliverCMS,
+		BreakGlass: req.GetBreakGlass(), BreakGlassReason: req.GetBreakGlassReason()}
 	switch req.GetFormat() {
-	case pb.DeliveryFormat_DELIVERY_FORMAT_UNSPECIFIED, pb.DeliveryFormat_DELIVERY_FORMAT_PKCS12:
-	case pb.DeliveryFormat_DELIVERY_FORMAT_CMS:
-		br.Delivery = policy.DeliverCMS
-		if len(req.GetDeviceCertificateDer()) == 0 {
-			return nil, status.Error(codes.InvalidArgument, "device_certificate_der is required with DELIVERY_FORMAT_CMS")
+	case pb.DeliveryFormat_DELIVERY_FORMAT_UNSPECIFIED, pb.DeliveryFormat_DELIVERY_FORMAT_CMS:
+		if br.BreakGlass {
+			return nil, status.Error(codes.InvalidArgument, "break_glass goes with DELIVERY_FORMAT_PKCS12 only")
 		}
-		c, err := x509.ParseCertificate(req.GetDeviceCertificateDer())
-		if err != nil {
-			return nil, status.Error(codes.InvalidArgument, "device_certificate_der is not a DER certificate")
-		}
-		br.DeviceCert = c
+	case pb.DeliveryFormat_DELIVERY_FORMAT_PKCS12:
+		br.Delivery = policy.DeliverPKCS12
 	default:
 		return nil, status.Error(codes.InvalidArgument, "unknown delivery format")
+	}
+	if br.BreakGlass {
+		if policy.ActorFrom(ctx).Role != string(RoleAdmin) {
+			return nil, status.Error(codes.PermissionDenied, "only an admin credential may ask for a break-glass release")
+		}
+		if strings.TrimSpace(br.BreakGlassReason) == "" {
+			return nil, status.Error(codes.InvalidArgument, "break_glass_reason is required: say why the keys leave in the clear")
+		}
 	}
 	switch req.GetEncoding() {
 	case pb.Pkcs12Encoding_PKCS12_ENCODING_LEGACY:
@@ -63,11 +72,16 @@ func (s *BundleService) GetUserBundle(ctx context.Context, req *pb.GetUserBundle
 	default:
 		return nil, status.Error(codes.InvalidArgument, "unknown PKCS#12 encoding")
 	}
+	switch req.GetKeyTransport() {
+	case pb.KeyTransport_KEY_TRANSPORT_RSA_PKCS1V15:
+		br.KeyTransport = pfxconnector.PKCS1v15
+	case pb.KeyTransport_KEY_TRANSPORT_RSA_OAEP_SHA256:
+		br.KeyTransport = pfxconnector.OAEPSHA256
+	default:
+		return nil, status.Error(codes.InvalidArgument, "unknown key transport")
+	}
 	b, err := s.policy.Bundle(ctx, br)
 	if err != nil {
-		if errors.Is(err, escrow.ErrUnavailable) {
-			return nil, status.Error(codes.Unavailable, "Vault is unavailable; retry later")
-		}
 		return nil, statusFor(ctx, s.log, err)
 	}
 	sg := b.Signing
@@ -91,6 +105,10 @@ func (s *BundleService) GetUserBundle(ctx context.Context, req *pb.GetUserBundle
 	}
 	for _, c := range b.Chain {
 		out.CaChainDer = append(out.CaChainDer, c.Raw)
+	}
+	if b.Recipient != nil {
+		sum := sha256.Sum256(b.Recipient.Raw)
+		out.RecipientCertificateDer, out.RecipientSha256 = b.Recipient.Raw, hex.EncodeToString(sum[:])
 	}
 	return out, nil
 }

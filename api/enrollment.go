@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"math/big"
 	"strings"
@@ -23,7 +21,7 @@ type EnrollmentPolicy interface {
 	CreateChallenge(ctx context.Context, user, device string, ttl time.Duration) (policy.NewChallenge, error)
 	ListCertificates(ctx context.Context, f policy.Filter) ([]policy.CertificateStatus, error)
 	RevokeCertificate(ctx context.Context, serial string, reasonCode int, reason string) (policy.Issued, error)
-	RevokeDevice(ctx context.Context, device string, reasonCode int, reason string) ([]string, error)
+	RevokeDevice(ctx context.Context, user, device string, reasonCode int, reason string) ([]string, error)
 }
 
 // EnrollmentService implements smimeca.v1.Enrollment.
@@ -86,7 +84,7 @@ func (s *EnrollmentService) RevokeCertificate(ctx context.Context, req *pb.Revok
 
 // RevokeDevice implements pb.EnrollmentServer.
 func (s *EnrollmentService) RevokeDevice(ctx context.Context, req *pb.RevokeDeviceRequest) (*pb.RevokeDeviceResponse, error) {
-	serials, err := s.policy.RevokeDevice(ctx, req.GetDeviceId(), int(req.GetReason()), req.GetComment())
+	serials, err := s.policy.RevokeDevice(ctx, req.GetUser(), req.GetDeviceId(), int(req.GetReason()), req.GetComment())
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
@@ -109,30 +107,7 @@ func serialHex(dec string) string {
 	return strings.ToUpper(n.Text(16))
 }
 
-// status maps a domain error to a gRPC status, once, here at the edge.
-// Rule violations say what to fix; anything else is logged and reported as
-// an internal error without detail.
+// status maps a domain error to a gRPC status.
 func (s *EnrollmentService) status(ctx context.Context, err error) error {
 	return statusFor(ctx, s.log, err)
-}
-
-func statusFor(ctx context.Context, log *slog.Logger, err error) error {
-	if re, ok := policy.IsReject(err); ok {
-		code := codes.InvalidArgument
-		switch re.Reason {
-		case policy.ReasonUnknownCertificate:
-			code = codes.NotFound
-		case policy.ReasonAlreadyRevoked:
-			code = codes.FailedPrecondition
-		}
-		return status.Error(code, fmt.Sprintf("%s: %s", re.Reason, re.Detail))
-	}
-	if errors.Is(err, context.Canceled) {
-		return status.Error(codes.Canceled, "request canceled")
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
-	}
-	log.ErrorContext(ctx, "api: internal error", "err", err)
-	return status.Error(codes.Internal, "internal error; see the server log")
 }

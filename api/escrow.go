@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"log/slog"
 	"time"
 
@@ -133,19 +132,5 @@ func escrowedToProto(m escrow.Metadata, now time.Time) *pb.EscrowedCertificate {
 }
 
 func (s *EscrowService) status(ctx context.Context, err error) error {
-	switch {
-	case errors.Is(err, escrow.ErrUnavailable):
-		return status.Error(codes.Unavailable, "Vault is unavailable; nothing was changed, retry later")
-	case errors.Is(err, escrow.ErrConflict):
-		return status.Error(codes.Aborted, "too many concurrent changes to this user's escrow; retry")
-	}
-	if re, ok := policy.IsReject(err); ok {
-		switch re.Reason {
-		case policy.ReasonNotEscrowed:
-			return status.Error(codes.NotFound, re.Reason.String()+": "+re.Detail)
-		case policy.ReasonEntryFull:
-			return status.Error(codes.ResourceExhausted, re.Reason.String()+": "+re.Detail)
-		}
-	}
 	return statusFor(ctx, s.log, err)
 }

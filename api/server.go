@@ -19,20 +19,25 @@ type Services struct {
 	Escrow pb.EscrowAdminServer
 	// Bundles serves the profile service.
 	Bundles pb.ProfileBundlesServer
+	// Devices is the device registry.
+	Devices pb.DevicesServer
+	// Credentials manages API credentials.
+	Credentials pb.CredentialsServer
 }
 
 // NewServer returns a gRPC server with mutual TLS (client certificates are
 // verified when given; the role check rejects calls without one), the role
 // interceptors, the standard health service (reporting SERVING for every
-// registered service) and reflection.
-func NewServer(tlsConfig *tls.Config, access Access, svc Services) *grpc.Server {
+// registered service) and reflection. Every data call is authorized by
+// auth.
+func NewServer(tlsConfig *tls.Config, auth *Authorizer, svc Services) *grpc.Server {
 	cfg := tlsConfig.Clone()
 	cfg.ClientAuth = tls.VerifyClientCertIfGiven
 	cfg.MinVersion = tls.VersionTLS12
 	s := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(cfg)),
-		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
-		grpc.ChainStreamInterceptor(access.StreamInterceptor),
+		grpc.ChainUnaryInterceptor(auth.UnaryInterceptor),
+		grpc.ChainStreamInterceptor(auth.StreamInterceptor),
 	)
 	hs := health.NewServer()
 	if svc.Enrollment != nil {
@@ -46,6 +51,14 @@ func NewServer(tlsConfig *tls.Config, access Access, svc Services) *grpc.Server 
 	if svc.Bundles != nil {
 		pb.RegisterProfileBundlesServer(s, svc.Bundles)
 		hs.SetServingStatus(pb.ProfileBundles_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	}
+	if svc.Devices != nil {
+		pb.RegisterDevicesServer(s, svc.Devices)
+		hs.SetServingStatus(pb.Devices_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	}
+	if svc.Credentials != nil {
+		pb.RegisterCredentialsServer(s, svc.Credentials)
+		hs.SetServingStatus(pb.Credentials_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	}
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)

@@ -40,6 +40,10 @@ type APIPKI struct {
 	// CA is the API CA certificate; client certificates must chain to it.
 	CA *x509.Certificate
 
+	// Clients are the client certificates EnsureAPIPKI keeps under the
+	// credentials directory, by role: the credentials serve bootstraps.
+	Clients map[string]*x509.Certificate
+
 	caKey crypto.Signer
 	hosts []string
 	mu    sync.Mutex
@@ -92,12 +96,14 @@ func EnsureAPIPKI(caDir, credDir string, hosts []string, roles map[string]string
 	if err != nil {
 		return nil, err
 	}
+	p := &APIPKI{CA: caCert, caKey: caKey, hosts: hosts, Clients: map[string]*x509.Certificate{}}
 	for role, uri := range roles {
-		if err := ensureClient(caCert, caKey, filepath.Join(credDir, role), role, uri); err != nil {
+		crt, err := ensureClient(caCert, caKey, filepath.Join(credDir, role), role, uri)
+		if err != nil {
 			return nil, err
 		}
+		p.Clients[role] = crt
 	}
-	p := &APIPKI{CA: caCert, caKey: caKey, hosts: hosts}
 	if _, err := p.Server(); err != nil {
 		return nil, err
 	}
@@ -120,35 +126,57 @@ func createAPICA(dir string) (*x509.Certificate, crypto.Signer, error) {
 	return crt, key, err
 }
 
-func ensureClient(caCert *x509.Certificate, caKey crypto.Signer, dir, role, uri string) error {
+func ensureClient(caCert *x509.Certificate, caKey crypto.Signer, dir, role, uri string) (*x509.Certificate, error) {
 	certPath, keyPath := filepath.Join(dir, ClientCertFile), filepath.Join(dir, ClientKeyFile)
 	crt, _, err := readKeyPair(certPath, keyPath)
 	if err == nil && time.Until(crt.NotAfter) > 30*24*time.Hour && crt.CheckSignatureFrom(caCert) == nil {
-		return writeCertificates(filepath.Join(dir, ClientCAFile), caCert)
+		return crt, writeCertificates(filepath.Join(dir, ClientCAFile), caCert)
 	}
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	u, err := url.Parse(uri)
-	if err != nil {
-		return fmt.Errorf("ca: role URI %q: %w", uri, err)
+		return nil, err
 	}
 	key, err := keyutil.GenerateSigner("EC", "P-256", 0)
 	if err != nil {
-		return fmt.Errorf("ca: generate %s client key: %w", role, err)
+		return nil, fmt.Errorf("ca: generate %s client key: %w", role, err)
 	}
-	tmpl := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "smimeca " + role, Organization: []string{"smimeca"}},
+	tmpl, err := clientTemplate(role, uri, apiClientLifetime)
+	if err != nil {
+		return nil, err
+	}
+	if crt, err = createAndStore(role+" client certificate", certPath, keyPath, tmpl, caCert, key, caKey); err != nil {
+		return nil, err
+	}
+	return crt, writeCertificates(filepath.Join(dir, ClientCAFile), caCert)
+}
+
+func clientTemplate(name, uri string, lifetime time.Duration) (*x509.Certificate, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, fmt.Errorf("ca: role URI %q: %w", uri, err)
+	}
+	return &x509.Certificate{
+		Subject:     pkix.Name{CommonName: "smimeca " + name, Organization: []string{"smimeca"}},
 		URIs:        []*url.URL{u},
 		NotBefore:   time.Now().Add(-time.Minute),
-		NotAfter:    time.Now().Add(apiClientLifetime),
+		NotAfter:    time.Now().Add(lifetime),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, nil
+}
+
+// SignClient issues an API client certificate for the CSR's public key:
+// CN "smimeca <name>", the role URI SAN, clientAuth, for lifetime. The
+// caller checked the CSR.
+func (p *APIPKI) SignClient(csr *x509.CertificateRequest, name, roleURI string, lifetime time.Duration) (*x509.Certificate, error) {
+	tmpl, err := clientTemplate(name, roleURI, lifetime)
+	if err != nil {
+		return nil, err
 	}
-	if _, err := createAndStore(role+" client certificate", certPath, keyPath, tmpl, caCert, key, caKey); err != nil {
-		return err
+	crt, err := x509util.CreateCertificate(tmpl, p.CA, csr.PublicKey, p.caKey)
+	if err != nil {
+		return nil, fmt.Errorf("ca: create client certificate: %w", err)
 	}
-	return writeCertificates(filepath.Join(dir, ClientCAFile), caCert)
+	return crt, nil
 }
 
 func issueServer(caCert *x509.Certificate, caKey crypto.Signer, hosts []string) (tls.Certificate, error) {

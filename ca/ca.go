@@ -379,10 +379,21 @@ const (
 	ReasonCessationOfOperation = 5
 )
 
+func validReason(code int) bool {
+	switch code {
+	case ReasonUnspecified, ReasonKeyCompromise, ReasonAffiliationChanged, ReasonSuperseded, ReasonCessationOfOperation:
+		return true
+	}
+	return false
+}
+
 // Revoke revokes the certificate with the given decimal serial and
 // regenerates the CRL. It returns ErrNotFound for a serial the CA never issued
 // and ErrAlreadyRevoked for one already revoked.
 func (a *Authority) Revoke(ctx context.Context, serial string, reasonCode int, reason string) error {
+	if !validReason(reasonCode) {
+		return fmt.Errorf("ca: revocation reason code %d is not one of 0,1,3,4,5", reasonCode)
+	}
 	crt, err := a.Certificate(serial)
 	if err != nil {
 		return err

@@ -132,6 +132,59 @@ func TestRevokeAndCRL(t *testing.T) {
 	}
 }
 
+// A revocation committed from RevocationRecord is what step-ca itself
+// reads: the serial is revoked, on the next CRL with its reason, and a
+// second record for it does not overwrite the first.
+func TestRevocationRecord(t *testing.T) {
+	c := testpki.NewCA(t, ca.KeyTypeEC)
+	ctx := context.Background()
+	chain, err := c.Issue(ctx, testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := chain[0].SerialNumber.String()
+	rec, err := c.RevocationRecord(serial, ca.ReasonSuperseded, "renewed", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev, _ := c.IsRevoked(serial); rev {
+		t.Fatal("revoked before the record was committed")
+	}
+	if err := c.DB.Update(&database.Tx{Operations: rec.Ops()}); err != nil {
+		t.Fatal(err)
+	}
+	if !rec.Applied() {
+		t.Error("the first revocation did not apply")
+	}
+	if rev, _ := c.IsRevoked(serial); !rev {
+		t.Fatal("step-ca does not see the committed revocation")
+	}
+	if err := c.RefreshCRL(); err != nil {
+		t.Fatal(err)
+	}
+	der, _ := c.CRL()
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].ReasonCode != ca.ReasonSuperseded {
+		t.Errorf("CRL entries %+v", crl.RevokedCertificateEntries)
+	}
+	again, _ := c.RevocationRecord(serial, ca.ReasonKeyCompromise, "again", time.Now())
+	if err := c.DB.Update(&database.Tx{Operations: again.Ops()}); err != nil {
+		t.Fatal(err)
+	}
+	if again.Applied() {
+		t.Error("a second revocation overwrote the first")
+	}
+	if _, err := c.RevocationRecord("12345", 0, "", time.Now()); !errors.Is(err, ca.ErrNotFound) {
+		t.Errorf("unknown serial: %v", err)
+	}
+	if _, err := c.RevocationRecord(serial, 2, "", time.Now()); err == nil {
+		t.Error("reason code 2 (cACompromise) accepted for a leaf")
+	}
+}
+
 func TestVerifyIssuedRejectsForeignCertificates(t *testing.T) {
 	a := testpki.NewCA(t, ca.KeyTypeEC)
 	b := testpki.NewCA(t, ca.KeyTypeEC)

@@ -3,9 +3,11 @@ package ca
 import (
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"math/big"
 	"sync"
+	"time"
 
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/certificates/db"
@@ -90,4 +92,56 @@ func newSerial() (*big.Int, error) {
 			return sn, nil
 		}
 	}
+}
+
+// revokedCertsTable is step-ca's table of revoked X.509 certificates
+// (db.RevokedCertificateInfo by decimal serial). TestRevocationRecord
+// checks that step-ca reads what RevocationRecord writes.
+var revokedCertsTable = []byte("revoked_x509_certs")
+
+// RevocationRecord returns the CA database's record of revoking the
+// certificate with the decimal serial at time at, not yet written, so that
+// the caller commits it in the same transaction as its own change (a
+// device's retirement, a renewal that supersedes its predecessor). The write
+// is a compare-and-swap from absent: a certificate already revoked keeps its
+// first revocation. After the commit, RefreshCRL publishes it.
+func (a *Authority) RevocationRecord(serial string, reasonCode int, reason string, at time.Time) (Record, error) {
+	if !validReason(reasonCode) {
+		return Record{}, fmt.Errorf("ca: revocation reason code %d is not one of 0,1,3,4,5", reasonCode)
+	}
+	crt, err := a.Certificate(serial)
+	if err != nil {
+		return Record{}, err
+	}
+	b, err := json.Marshal(&db.RevokedCertificateInfo{
+		Serial: serial, ReasonCode: reasonCode, Reason: reason, RevokedAt: at.UTC(),
+		ExpiresAt: crt.NotAfter, MTLS: true,
+	})
+	if err != nil {
+		return Record{}, fmt.Errorf("ca: revocation record: %w", err)
+	}
+	return Record{ops: []*database.TxEntry{{
+		Bucket: revokedCertsTable, Key: []byte(serial), CmpValue: nil, Value: b, Cmd: database.CmpAndSwap,
+	}}}, nil
+}
+
+// RefreshCRL regenerates the CRL, after revocations committed through
+// RevocationRecord.
+func (a *Authority) RefreshCRL() error {
+	if err := a.auth.GenerateCertificateRevocationList(); err != nil {
+		return fmt.Errorf("ca: generate CRL: %w", err)
+	}
+	return nil
+}
+
+// Applied reports, once the record was committed, whether every
+// compare-and-swap in it took effect: false for a revocation that found the
+// certificate already revoked (its first revocation stays).
+func (r Record) Applied() bool {
+	for _, op := range r.ops {
+		if op.Cmd == database.CmpAndSwap && !op.Swapped {
+			return false
+		}
+	}
+	return true
 }

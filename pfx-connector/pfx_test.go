@@ -68,9 +68,6 @@ func TestRewrapAndEnvelope(t *testing.T) {
 	if err := pfxconnector.CheckRecipient(expired, time.Now()); !errors.Is(err, pfxconnector.ErrBadRecipient) {
 		t.Errorf("expired recipient: %v", err)
 	}
-	if _, err := pfxconnector.Envelope([]byte("secret"), devCert); err != nil {
-		t.Fatal(err)
-	}
 	// OAEP-encrypted passwords with each hash.
 	for _, h := range []pfxconnector.PasswordHash{pfxconnector.SHA256, "sha-256"} {
 		ct, _ := rsa.EncryptOAEP(sha256.New(), rand.Reader, &dev.PublicKey, []byte("pässword"), nil)

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/smallstep/pkcs7"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 )
 
@@ -74,16 +73,4 @@ func CheckRecipient(c *x509.Certificate, now time.Time) error {
 		return fmt.Errorf("%w: its key usage lacks keyEncipherment", ErrBadRecipient)
 	}
 	return nil
-}
-
-// Envelope encrypts data as CMS EnvelopedData (DER) to the device
-// certificate, as Intune's connector does with PFX passwords: only the
-// device's private key opens it. The content encryption algorithm is
-// pkcs7's process-wide setting (AES-256-CBC, set once at start-up).
-func Envelope(data []byte, recipient *x509.Certificate) ([]byte, error) {
-	der, err := pkcs7.Encrypt(data, []*x509.Certificate{recipient})
-	if err != nil {
-		return nil, fmt.Errorf("pfx: envelope: %w", err)
-	}
-	return der, nil
 }

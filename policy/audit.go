@@ -14,7 +14,11 @@ import (
 // name) or a device over SCEP.
 type Actor struct {
 	Role string `json:"role"`
+	// Name is the credential's name (the API caller's identity) or, for a
+	// device, what identifies it.
 	Name string `json:"name"`
+	// Credential is the serial (hex) of the API credential that called.
+	Credential string `json:"credential,omitempty"`
 }
 
 type actorKey struct{}
@@ -40,7 +44,10 @@ type Event struct {
 	Device  string    `json:"device,omitempty"`
 	Serials []string  `json:"serials,omitempty"`
 	SHA256  []string  `json:"sha256,omitempty"`
-	Result  string    `json:"result"`
+	// Recipient is the SHA-256 of the certificate released keys were
+	// encrypted to ("" for an administrator's plain break-glass release).
+	Recipient string `json:"recipient_sha256,omitempty"`
+	Result    string `json:"result"`
 	Detail  string    `json:"detail,omitempty"`
 }
 
@@ -59,6 +66,14 @@ type Auditor interface {
 	Audit(ctx context.Context, e Event)
 }
 
+// Recorder is an Auditor that reports whether an event was durably
+// recorded. A key is released only after its event was recorded: no audit,
+// no release.
+type Recorder interface {
+	Auditor
+	Record(ctx context.Context, e Event) error
+}
+
 // LogAuditor writes audit events to a slog logger under the "audit" group.
 type LogAuditor struct{ Logger *slog.Logger }
 
@@ -71,9 +86,12 @@ func (l LogAuditor) Audit(ctx context.Context, e Event) {
 		slog.String("action", e.Action),
 		slog.String("actor_role", e.Actor.Role),
 		slog.String("actor", e.Actor.Name),
+		slog.String("credential", e.Actor.Credential),
 		slog.String("user", e.User),
 		slog.String("device", e.Device),
 		slog.Any("serials", e.Serials),
+		slog.Any("sha256", e.SHA256),
+		slog.String("recipient_sha256", e.Recipient),
 		slog.String("result", e.Result),
 		slog.String("detail", e.Detail),
 	)
@@ -98,17 +116,35 @@ func OpenFileAuditor(path string, log *slog.Logger) (*FileAuditor, error) {
 }
 
 // Audit implements Auditor.
-func (a *FileAuditor) Audit(_ context.Context, e Event) {
-	b, err := json.Marshal(e)
-	if err == nil {
-		b = append(b, '\n')
-		a.mu.Lock()
-		_, err = a.f.Write(b)
-		a.mu.Unlock()
-	}
-	if err != nil && a.log != nil {
+func (a *FileAuditor) Audit(ctx context.Context, e Event) {
+	if err := a.write(e, false); err != nil && a.log != nil {
 		a.log.Error("audit file write failed", "err", err, "action", e.Action)
 	}
+}
+
+// Record implements Recorder: the event is written and synced to disk
+// before it returns nil.
+func (a *FileAuditor) Record(_ context.Context, e Event) error {
+	return a.write(e, true)
+}
+
+func (a *FileAuditor) write(e Event, sync bool) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("policy: audit event: %w", err)
+	}
+	b = append(b, '\n')
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, err := a.f.Write(b); err != nil {
+		return fmt.Errorf("policy: audit file: %w", err)
+	}
+	if sync {
+		if err := a.f.Sync(); err != nil {
+			return fmt.Errorf("policy: audit file sync: %w", err)
+		}
+	}
+	return nil
 }
 
 // Close closes the file.
@@ -122,4 +158,27 @@ func (as Auditors) Audit(ctx context.Context, e Event) {
 	for _, a := range as {
 		a.Audit(ctx, e)
 	}
+}
+
+// Record implements Recorder: every Recorder among them must record the
+// event (the others are told as by Audit); the first failure is returned.
+func (as Auditors) Record(ctx context.Context, e Event) error {
+	var first error
+	for _, a := range as {
+		if r, ok := a.(Recorder); ok {
+			if err := r.Record(ctx, e); err != nil && first == nil {
+				first = err
+			}
+			continue
+		}
+		a.Audit(ctx, e)
+	}
+	return first
+}
+
+// Record implements Recorder; a log line is not durable, so it never fails
+// the action (a FileAuditor beside it is what makes a release durable).
+func (l LogAuditor) Record(ctx context.Context, e Event) error {
+	l.Audit(ctx, e)
+	return nil
 }

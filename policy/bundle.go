@@ -6,6 +6,7 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"runtime"
@@ -18,32 +19,29 @@ import (
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 )
 
-// Bundle refusal reasons.
+// Audit actions of key releases.
 const (
-	ReasonBadFormat Reason = iota + 200
-	ReasonBadDeviceCert
+	// ActionKeyRelease is a bundle that released keys encrypted to the
+	// device's registered identity.
+	ActionKeyRelease = "key.release"
+	// ActionKeyBreakGlass is an administrator's explicit release of plain
+	// PKCS#12 files with their passwords.
+	ActionKeyBreakGlass = "key.release.break-glass"
 )
-
-func init() {
-	reasonNames[ReasonBadFormat] = "bad-format"
-	reasonNames[ReasonBadDeviceCert] = "bad-device-certificate"
-}
-
-// ActionKeyRelease is the audit action of a bundle that released keys.
-const ActionKeyRelease = "key.release"
 
 // Delivery says how escrowed keys leave in a bundle.
 type Delivery int
 
 // Deliveries.
 const (
-	// DeliverPKCS12 re-wraps each key in a new PKCS#12 with a fresh
-	// password returned beside it.
-	DeliverPKCS12 Delivery = iota + 1
-	// DeliverCMS re-wraps as DeliverPKCS12 and returns the password only as
-	// CMS EnvelopedData to the device's certificate: the caller never holds
-	// a usable key.
-	DeliverCMS
+	// DeliverCMS re-wraps each key in a new PKCS#12 and returns its fresh
+	// password only as CMS EnvelopedData to the device's registered
+	// identity certificate: the caller never holds a usable key. The
+	// default, and the only delivery of the profile service.
+	DeliverCMS Delivery = iota + 1
+	// DeliverPKCS12 returns each new PKCS#12 with its password in the
+	// clear. Only as a break-glass release (BundleRequest.BreakGlass).
+	DeliverPKCS12
 )
 
 // KeyStore is what bundles need from the escrow; *escrow.Store implements
@@ -64,28 +62,33 @@ type Bundles struct {
 	keys    KeyStore
 	ca      CAInfo
 	scepURL string
-	audit   Auditor
+	audit   Recorder
 	now     func() time.Time
 }
 
 // NewBundles returns the bundle rules. keys may be nil when no escrow is
-// configured: bundles then carry the signing reference only.
-func NewBundles(enroll *Enrollment, keys KeyStore, ca CAInfo, scepURL string, audit Auditor) *Bundles {
+// configured: bundles then carry the signing reference only. Every release
+// is recorded by audit before it is returned (nil: nowhere, for tests).
+func NewBundles(enroll *Enrollment, keys KeyStore, ca CAInfo, scepURL string, audit Recorder) *Bundles {
 	if audit == nil {
 		audit = nopAuditor{}
 	}
 	return &Bundles{enroll: enroll, keys: keys, ca: ca, scepURL: scepURL, audit: audit, now: time.Now}
 }
 
-// BundleRequest names the user, the device and the delivery.
+// BundleRequest names the user, the device and the delivery. There is no
+// recipient to choose: envelopes go to the device's registered identity.
 type BundleRequest struct {
 	User     string
 	Device   string
 	Delivery Delivery
 	// Encoding of the re-wrapped PKCS#12 files (default Legacy).
 	Encoding pfxconnector.Encoding
-	// DeviceCert receives the envelopes with DeliverCMS.
-	DeviceCert *x509.Certificate
+	// KeyTransport of the envelopes (default PKCS#1 v1.5).
+	KeyTransport pfxconnector.KeyTransport
+	// BreakGlass must be set for DeliverPKCS12, with the reason recorded.
+	BreakGlass       bool
+	BreakGlassReason string
 }
 
 // SigningReference is what the device needs to enrol its own signing
@@ -113,8 +116,8 @@ type EncryptionEntry struct {
 	PFX      []byte
 	// Password opens PFX (DeliverPKCS12 only).
 	Password string
-	// EnvelopedPassword is Password as CMS EnvelopedData to the device
-	// certificate (DeliverCMS only).
+	// EnvelopedPassword is Password as CMS EnvelopedData to the device's
+	// identity certificate (DeliverCMS only).
 	EnvelopedPassword []byte
 	// Current marks the certificate to use for new mail.
 	Current bool
@@ -129,40 +132,42 @@ type Bundle struct {
 	Encryption []EncryptionEntry
 	// Chain is root first, then the issuing CA.
 	Chain []*x509.Certificate
+	// Recipient is the device identity certificate the envelopes are
+	// encrypted to (DeliverCMS).
+	Recipient *x509.Certificate
 }
 
-// Bundle creates a fresh one-time challenge for the device, re-wraps every
-// escrowed certificate of the user for this delivery, and audits the
-// release. Keys are decrypted for this call only and dropped after it.
+// Bundle creates a fresh one-time challenge for a registered, active
+// device, re-wraps every escrowed certificate of the user for this delivery
+// and records the release. With DeliverCMS each password is encrypted to
+// the identity certificate registered for the device, never to one the
+// caller names; DeliverPKCS12 is a break-glass release. Keys are decrypted
+// for this call only and dropped after it. If the release cannot be
+// audited, nothing is released.
 func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error) {
-	user, err := NormalizeEmail(req.User)
+	dev, err := b.enroll.activeDevice(ctx, req.User, req.Device)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.enroll.cfg.Domains.Check(user); err != nil {
-		return nil, err
-	}
-	if err := ValidateDeviceID(req.Device); err != nil {
-		return nil, err
-	}
+	user := dev.User
 	now := b.now()
+	action := ActionKeyRelease
+	var recipient *x509.Certificate
 	switch req.Delivery {
-	case DeliverPKCS12:
 	case DeliverCMS:
-		if req.DeviceCert == nil {
-			return nil, reject(ReasonBadDeviceCert, "CMS delivery needs the device certificate to encrypt to")
+	case DeliverPKCS12:
+		if !req.BreakGlass {
+			return nil, reject(ReasonBreakGlass, "plain PKCS#12 with passwords is a break-glass release: an administrator must ask for it explicitly (--break-glass) with a reason; devices get CMS delivery")
 		}
-		if err := pfxconnector.CheckRecipient(req.DeviceCert, now); err != nil {
-			return nil, reject(ReasonBadDeviceCert, err.Error())
-		}
+		action = ActionKeyBreakGlass
 	default:
-		return nil, reject(ReasonBadFormat, "delivery format must be PKCS12 or CMS")
+		return nil, reject(ReasonBadFormat, "delivery format must be CMS or (break-glass) PKCS12")
 	}
 
 	var recs []escrow.Record
 	if b.keys != nil {
 		if recs, err = b.keys.Load(ctx, user); err != nil {
-			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: ActionKeyRelease, User: user, Device: req.Device, Result: "error", Detail: err.Error()})
+			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device, Result: "error", Detail: err.Error()})
 			return nil, fmt.Errorf("policy: bundle: %w", err)
 		}
 	}
@@ -171,8 +176,14 @@ func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error
 			clear(recs[i].KeyPKCS8)
 		}
 	}()
+	if req.Delivery == DeliverCMS && len(recs) > 0 {
+		if recipient, err = b.identity(dev, now); err != nil {
+			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device, Result: "refused", Detail: err.Error()})
+			return nil, err
+		}
+	}
 
-	out := &Bundle{User: user, Device: req.Device, Chain: []*x509.Certificate{b.ca.Root(), b.ca.Intermediate()}}
+	out := &Bundle{User: user, Device: req.Device, Recipient: recipient, Chain: []*x509.Certificate{b.ca.Root(), b.ca.Intermediate()}}
 	// The signing reference (a challenge write and an inventory read) is
 	// built while the keys are re-wrapped; both are needed for the answer.
 	// It comes after every refusal above, so a refused bundle leaves no
@@ -180,7 +191,7 @@ func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error
 	sigDone := make(chan error, 1)
 	go func() { sigDone <- b.signingReference(ctx, &out.Signing, user, req.Device, now) }()
 	var rewrapErr error
-	out.Encryption, rewrapErr = b.rewrap(recs, req, now)
+	out.Encryption, rewrapErr = b.rewrap(recs, req, recipient, now)
 	if err := <-sigDone; err != nil {
 		return nil, err
 	}
@@ -188,13 +199,38 @@ func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error
 		return nil, rewrapErr
 	}
 
-	ev := Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: ActionKeyRelease, User: user, Device: req.Device,
+	ev := Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device,
 		Result: "ok", Detail: "delivery " + deliveryName(req.Delivery)}
+	if recipient != nil {
+		s := sha256.Sum256(recipient.Raw)
+		ev.Recipient = hex.EncodeToString(s[:])
+	}
+	if req.Delivery == DeliverPKCS12 {
+		ev.Detail = "plain PKCS#12 and passwords to the caller; reason: " + req.BreakGlassReason
+	}
 	for _, e := range out.Encryption {
 		ev.SHA256 = append(ev.SHA256, e.Metadata.SHA256)
 	}
-	b.audit.Audit(ctx, ev)
+	if err := b.audit.Record(ctx, ev); err != nil {
+		return nil, fmt.Errorf("policy: the key release could not be audited, so nothing was released: %w", err)
+	}
 	return out, nil
+}
+
+// identity returns the device's registered identity certificate if it can
+// receive envelopes now.
+func (b *Bundles) identity(d Device, now time.Time) (*x509.Certificate, error) {
+	if len(d.Identity) == 0 {
+		return nil, reject(ReasonNoIdentity, fmt.Sprintf("device %q of %s has no registered identity certificate, so no key can be encrypted to it; register it with --identity-cert (smimeca device register)", d.ID, d.User))
+	}
+	c, err := x509.ParseCertificate(d.Identity)
+	if err != nil {
+		return nil, fmt.Errorf("policy: the registered identity of %s is unreadable: %w", d.ID, err)
+	}
+	if err := pfxconnector.CheckRecipient(c, now); err != nil {
+		return nil, reject(ReasonNoIdentity, fmt.Sprintf("the registered identity certificate of device %q cannot receive keys (%v); register its current identity", d.ID, err))
+	}
+	return c, nil
 }
 
 func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, user, device string, now time.Time) error {
@@ -207,7 +243,7 @@ func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, use
 	s.Subject, s.RFC822Name, s.KeySize, s.KeyUsage = "CN="+user, user, 2048, x509.KeyUsageDigitalSignature
 	s256, s1, m5 := sha256.Sum256(inter.Raw), sha1.Sum(inter.Raw), md5.Sum(inter.Raw)
 	s.CAFingerprint.SHA256, s.CAFingerprint.SHA1, s.CAFingerprint.MD5 = s256[:], s1[:], m5[:]
-	issued, err := b.enroll.ListCertificates(ctx, Filter{Device: device})
+	issued, err := b.enroll.ListCertificates(ctx, Filter{User: user, Device: device})
 	if err != nil {
 		return err
 	}
@@ -229,7 +265,7 @@ func deliveryName(d Delivery) string {
 // rewrap packs every record for this delivery: the current certificate
 // (newest valid encryption certificate) first, then by notAfter, newest
 // first.
-func (b *Bundles) rewrap(recs []escrow.Record, req BundleRequest, now time.Time) ([]EncryptionEntry, error) {
+func (b *Bundles) rewrap(recs []escrow.Record, req BundleRequest, recipient *x509.Certificate, now time.Time) ([]EncryptionEntry, error) {
 	entries := make([]EncryptionEntry, len(recs))
 	current := -1
 	for i, r := range recs {
@@ -252,7 +288,7 @@ func (b *Bundles) rewrap(recs []escrow.Record, req BundleRequest, now time.Time)
 				if i >= len(recs) {
 					return
 				}
-				entries[i], errs[i] = rewrapOne(recs[i], req, now, i == current)
+				entries[i], errs[i] = rewrapOne(recs[i], req, recipient, now, i == current)
 			}
 		}()
 	}
@@ -269,7 +305,7 @@ func (b *Bundles) rewrap(recs []escrow.Record, req BundleRequest, now time.Time)
 	return entries, nil
 }
 
-func rewrapOne(r escrow.Record, req BundleRequest, now time.Time, current bool) (EncryptionEntry, error) {
+func rewrapOne(r escrow.Record, req BundleRequest, recipient *x509.Certificate, now time.Time, current bool) (EncryptionEntry, error) {
 	cert, err := x509.ParseCertificate(r.CertDER)
 	if err != nil {
 		return EncryptionEntry{}, fmt.Errorf("policy: escrowed certificate %s is unreadable: %w", r.SHA256, err)
@@ -290,7 +326,7 @@ func rewrapOne(r escrow.Record, req BundleRequest, now time.Time, current bool) 
 	}
 	e := EncryptionEntry{Metadata: r.Metadata, PFX: w.PFX, Current: current, Expired: now.After(r.NotAfter)}
 	if req.Delivery == DeliverCMS {
-		if e.EnvelopedPassword, err = pfxconnector.Envelope([]byte(w.Password), req.DeviceCert); err != nil {
+		if e.EnvelopedPassword, err = pfxconnector.Envelope([]byte(w.Password), recipient, req.KeyTransport); err != nil {
 			return EncryptionEntry{}, err
 		}
 	} else {

@@ -6,32 +6,48 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/smallstep/pkcs7"
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/escrow"
 	"github.com/smimeca/smimeca/internal/testpki"
 	"github.com/smimeca/smimeca/internal/testvault"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
-
-	pkcs12 "software.sslmate.com/src/go-pkcs12"
 )
 
-func TestBundleWithoutEscrowAndWithVaultDown(t *testing.T) {
+// bundleEnv is an Enrollment with a device identity CA, a real Vault with
+// one escrowed certificate for a@example.com, and a registered device "d"
+// whose identity key is devKey.
+type bundleEnv struct {
+	enroll  *policy.Enrollment
+	ca      *testpki.CA
+	keys    *escrow.Store
+	vault   *testvault.Vault
+	mdm     *testpki.Issuer
+	escrow  *x509.Certificate
+	devCert *x509.Certificate
+	audit   *recordingAuditor
+	bundles *policy.Bundles
+}
+
+func newBundleEnv(t *testing.T) *bundleEnv {
+	t.Helper()
 	c := testpki.NewCA(t, ca.KeyTypeEC)
 	store, _ := nosqlstore.New(c.DB.DB)
-	enroll, err := policy.NewEnrollment(c, store, store, policy.Config{})
+	mdm := testpki.NewIssuer(t)
+	pool := x509.NewCertPool()
+	pool.AddCert(mdm.Cert)
+	enroll, err := policy.NewEnrollment(c, store, policy.Config{DeviceIdentityCAs: pool})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-
-	// No escrow configured: a signing reference and an empty list.
-	b, err := policy.NewBundles(enroll, nil, c, "http://x/scep", nil).Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverPKCS12})
-	if err != nil || b.Signing.Challenge == "" || len(b.Encryption) != 0 || len(b.Chain) != 2 {
-		t.Fatalf("bundle without escrow: %+v %v", b, err)
+	devCert := mdm.UserCert(t, testpki.RSAKey(t, 2048, 3), testpki.CertOptions{EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if _, err := enroll.RegisterDevice(ctx, "a@example.com", "d", devCert.Raw); err != nil {
+		t.Fatal(err)
 	}
-
-	// With Vault: keys re-wrapped, each opens with its fresh password.
 	v := testvault.Start(t)
 	ks, _ := v.Store(t)
 	is := testpki.NewIssuer(t)
@@ -42,36 +58,126 @@ func TestBundleWithoutEscrowAndWithVaultDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	audit := &recordingAuditor{}
-	bundles := policy.NewBundles(enroll, ks, c, "http://x/scep", audit)
-	b, err = bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverPKCS12})
-	if err != nil || len(b.Encryption) != 1 {
-		t.Fatalf("bundle: %v", err)
+	return &bundleEnv{enroll: enroll, ca: c, keys: ks, vault: v, mdm: mdm, escrow: cert, devCert: devCert, audit: audit,
+		bundles: policy.NewBundles(enroll, ks, c, "http://x/scep", audit)}
+}
+
+// The default delivery: every password only as an envelope to the
+// registered identity, opened by the device's key alone.
+func TestBundleEncryptsToTheRegisteredIdentity(t *testing.T) {
+	v := newBundleEnv(t)
+	ctx := context.Background()
+	b, err := v.bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
+	if err != nil || len(b.Encryption) != 1 || len(b.Chain) != 2 {
+		t.Fatalf("bundle: %+v %v", b, err)
 	}
-	k, c2, err := pkcs12.Decode(b.Encryption[0].PFX, b.Encryption[0].Password)
-	if err != nil || !c2.Equal(cert) || k == nil {
-		t.Fatalf("re-wrapped PFX does not open: %v", err)
+	e := b.Encryption[0]
+	if e.Password != "" || len(e.EnvelopedPassword) == 0 {
+		t.Fatal("a CMS delivery carries a plain password")
 	}
-	if !b.Encryption[0].Current {
+	p7, err := pkcs7.Parse(e.EnvelopedPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, err := p7.Decrypt(v.devCert, testpki.RSAKey(t, 2048, 3))
+	if err != nil {
+		t.Fatalf("the device key does not open the envelope: %v", err)
+	}
+	if k, c, err := pkcs12.Decode(e.PFX, string(pw)); err != nil || !c.Equal(v.escrow) || k == nil {
+		t.Fatalf("the PFX does not open with the enveloped password: %v", err)
+	}
+	if !e.Current {
 		t.Error("the only valid certificate is not current")
 	}
-	b2, _ := bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverPKCS12})
-	if b2.Encryption[0].Password == b.Encryption[0].Password || b2.Signing.Challenge == b.Signing.Challenge {
-		t.Error("two deliveries share a password or a challenge")
+	ev := v.audit.last(policy.ActionKeyRelease)
+	if ev.Result != "ok" || ev.Recipient == "" || len(ev.SHA256) != 1 || ev.SHA256[0] != e.Metadata.SHA256 {
+		t.Errorf("release audit %+v", ev)
 	}
+	d, _ := v.enroll.Device(ctx, "a@example.com", "d")
+	if ev.Recipient != d.IdentitySHA256() {
+		t.Errorf("audit names recipient %s, the registered identity is %s", ev.Recipient, d.IdentitySHA256())
+	}
+	b2, _ := v.bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
+	if string(b2.Encryption[0].EnvelopedPassword) == string(e.EnvelopedPassword) || b2.Signing.Challenge == b.Signing.Challenge {
+		t.Error("two deliveries share an envelope or a challenge")
+	}
+}
 
-	// Vault down: the error says unavailable and no challenge was created.
-	before, _ := enroll.ListCertificates(ctx, policy.Filter{Device: "d"})
-	v.Stop()
-	_, err = bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverPKCS12})
+// As an attacker with the profile credential would try it: no keys for a
+// device nobody registered, a retired one, one without an identity, and
+// never plain PKCS#12 without an explicit break-glass.
+func TestBundleRefusals(t *testing.T) {
+	v := newBundleEnv(t)
+	ctx := context.Background()
+	cms := func(user, device string) error {
+		_, err := v.bundles.Bundle(ctx, policy.BundleRequest{User: user, Device: device, Delivery: policy.DeliverCMS})
+		return err
+	}
+	wantReason(t, cms("a@example.com", "attacker-device"), policy.ReasonUnknownDevice)
+	if _, err := v.enroll.RegisterDevice(ctx, "a@example.com", "no-identity", nil); err != nil {
+		t.Fatal(err)
+	}
+	wantReason(t, cms("a@example.com", "no-identity"), policy.ReasonNoIdentity)
+	_, err := v.bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverPKCS12})
+	wantReason(t, err, policy.ReasonBreakGlass)
+	if _, err := v.enroll.RetireDevice(ctx, "a@example.com", "d", "lost"); err != nil {
+		t.Fatal(err)
+	}
+	wantReason(t, cms("a@example.com", "d"), policy.ReasonDeviceRetired)
+	for _, ev := range v.audit.events {
+		if (ev.Action == policy.ActionKeyRelease || ev.Action == policy.ActionKeyBreakGlass) && ev.Result == "ok" {
+			t.Errorf("a refused bundle was audited as a release: %+v", ev)
+		}
+	}
+}
+
+// An administrator's break-glass release is plain and audited as such.
+func TestBundleBreakGlass(t *testing.T) {
+	v := newBundleEnv(t)
+	b, err := v.bundles.Bundle(context.Background(), policy.BundleRequest{User: "a@example.com", Device: "d",
+		Delivery: policy.DeliverPKCS12, BreakGlass: true, BreakGlassReason: "mailbox export, ticket 42"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := pkcs12.Decode(b.Encryption[0].PFX, b.Encryption[0].Password); err != nil {
+		t.Fatalf("break-glass PFX: %v", err)
+	}
+	ev := v.audit.last(policy.ActionKeyBreakGlass)
+	if ev.Result != "ok" || ev.Recipient != "" || len(ev.SHA256) != 1 {
+		t.Errorf("break-glass audit %+v", ev)
+	}
+}
+
+// No audit, no release: when the release cannot be recorded the caller
+// gets an error and no key.
+func TestBundleFailsClosedWithoutAudit(t *testing.T) {
+	v := newBundleEnv(t)
+	v.audit.failRecord(errors.New("disk full"))
+	b, err := v.bundles.Bundle(context.Background(), policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
+	if err == nil || b != nil {
+		t.Fatalf("released without an audit record: %+v %v", b, err)
+	}
+}
+
+func TestBundleWithoutEscrowAndWithVaultDown(t *testing.T) {
+	v := newBundleEnv(t)
+	ctx := context.Background()
+	// No escrow configured: a signing reference and an empty list, even for
+	// a device without an identity.
+	if _, err := v.enroll.RegisterDevice(ctx, "a@example.com", "plain", nil); err != nil {
+		t.Fatal(err)
+	}
+	b, err := policy.NewBundles(v.enroll, nil, v.ca, "http://x/scep", nil).Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "plain", Delivery: policy.DeliverCMS})
+	if err != nil || b.Signing.Challenge == "" || len(b.Encryption) != 0 || len(b.Chain) != 2 {
+		t.Fatalf("bundle without escrow: %+v %v", b, err)
+	}
+	// Vault down: the error says unavailable and nothing is released.
+	v.vault.Stop()
+	_, err = v.bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
 	if !errors.Is(err, escrow.ErrUnavailable) {
 		t.Fatalf("Vault down: %v", err)
 	}
-	last := audit.events[len(audit.events)-1]
-	if last.Action != policy.ActionKeyRelease || last.Result != "error" {
-		t.Errorf("last audit event %+v", last)
-	}
-	after, _ := enroll.ListCertificates(ctx, policy.Filter{Device: "d"})
-	if len(after) != len(before) {
-		t.Error("a failed bundle changed the inventory")
+	if last := v.audit.last(policy.ActionKeyRelease); last.Result != "error" {
+		t.Errorf("last release event %+v", last)
 	}
 }

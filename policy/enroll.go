@@ -55,6 +55,10 @@ type Config struct {
 	// of a one-time challenge: the device then names its own address, which
 	// must be in Domains. Off by default; never for production.
 	StaticChallenge string
+	// DeviceIdentityCAs are the CAs that issue devices' identity
+	// certificates (the MDM's device identity CA). Without them no device
+	// can be registered with an identity, so no key can be released.
+	DeviceIdentityCAs *x509.CertPool
 }
 
 // Validate fills defaults and checks the values.
@@ -86,14 +90,13 @@ type Enrollment struct {
 	// inUse holds the hashes of challenges an enrolment in this process is
 	// using right now, so that a concurrent second use is refused before
 	// anything is signed (the store's transaction is the final arbiter).
-	inUse      sync.Map
-	cfg        Config
-	issuer     Issuer
-	challenges ChallengeStore
-	inventory  Inventory
-	audit      Auditor
-	now        func() time.Time
-	rand       io.Reader
+	inUse  sync.Map
+	cfg    Config
+	issuer Issuer
+	store  Store
+	audit  Auditor
+	now    func() time.Time
+	rand   io.Reader
 }
 
 // Option configures an Enrollment.
@@ -112,12 +115,15 @@ type nopAuditor struct{}
 
 func (nopAuditor) Audit(context.Context, Event) {}
 
-// NewEnrollment returns the enrolment rules on the given issuer and stores.
-func NewEnrollment(issuer Issuer, challenges ChallengeStore, inventory Inventory, cfg Config, opts ...Option) (*Enrollment, error) {
+func (nopAuditor) Record(context.Context, Event) error { return nil }
+
+// NewEnrollment returns the enrolment and device rules on the given issuer
+// and store.
+func NewEnrollment(issuer Issuer, store Store, cfg Config, opts ...Option) (*Enrollment, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Enrollment{cfg: cfg, issuer: issuer, challenges: challenges, inventory: inventory,
+	e := &Enrollment{cfg: cfg, issuer: issuer, store: store,
 		audit: nopAuditor{}, now: time.Now, rand: rand.Reader}
 	for _, o := range opts {
 		o(e)
@@ -138,19 +144,15 @@ type NewChallenge struct {
 // challengeBytes is the entropy of a challenge (256 bits).
 const challengeBytes = 32
 
-// CreateChallenge creates a one-time challenge that lets one device enrol
-// one signing certificate for user. ttl 0 means the configured default.
+// CreateChallenge creates a one-time challenge that lets one registered,
+// active device enrol one signing certificate for user; it replaces the
+// device's previous challenge. ttl 0 means the configured default.
 func (e *Enrollment) CreateChallenge(ctx context.Context, user, device string, ttl time.Duration) (NewChallenge, error) {
-	u, err := NormalizeEmail(user)
+	d, err := e.activeDevice(ctx, user, device)
 	if err != nil {
 		return NewChallenge{}, err
 	}
-	if err := e.cfg.Domains.Check(u); err != nil {
-		return NewChallenge{}, err
-	}
-	if err := ValidateDeviceID(device); err != nil {
-		return NewChallenge{}, err
-	}
+	u := d.User
 	if ttl == 0 {
 		ttl = e.cfg.ChallengeTTL
 	}
@@ -164,7 +166,9 @@ func (e *Enrollment) CreateChallenge(ctx context.Context, user, device string, t
 	secret := base64.RawURLEncoding.EncodeToString(raw)
 	now := e.now().UTC()
 	c := Challenge{User: u, Device: device, CreatedAt: now, ExpiresAt: now.Add(ttl), CreatedBy: ActorFrom(ctx).Name}
-	if err := e.challenges.PutChallenge(ctx, hashChallenge(secret), c); err != nil {
+	if err := e.store.PutChallenge(ctx, hashChallenge(secret), c); errors.Is(err, ErrInactiveDevice) {
+		return NewChallenge{}, errRetiredNow(u, device)
+	} else if err != nil {
 		return NewChallenge{}, fmt.Errorf("policy: store challenge: %w", err)
 	}
 	e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionChallengeCreate,
@@ -225,7 +229,7 @@ func (e *Enrollment) enrollInitial(ctx context.Context, req Request) ([]*x509.Ce
 	}
 	now := e.now().UTC()
 	hash := hashChallenge(req.Challenge)
-	c, err := e.challenges.Challenge(ctx, hash)
+	c, err := e.store.Challenge(ctx, hash)
 	if errors.Is(err, ErrNotFound) {
 		return nil, e.refused(ctx, ActionEnroll, "", "", reject(ReasonChallengeUnknown, "the challenge is unknown"))
 	} else if err != nil {
@@ -247,7 +251,7 @@ func (e *Enrollment) enrollInitial(ctx context.Context, req Request) ([]*x509.Ce
 		return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, reject(ReasonChallengeUsed, "the challenge is being used by another request"))
 	}
 	defer e.inUse.Delete(key)
-	return e.issue(ctx, ActionEnroll, req.CSR, c.User, c.Device, "", hash, now)
+	return e.issue(ctx, ActionEnroll, req.CSR, c.User, c.Device, Commit{Challenge: hash, At: now})
 }
 
 func (e *Enrollment) enrollStatic(ctx context.Context, req Request) ([]*x509.Certificate, error) {
@@ -265,7 +269,7 @@ func (e *Enrollment) enrollStatic(ctx context.Context, req Request) ([]*x509.Cer
 	if err := checkNamesBound(req.CSR, u); err != nil {
 		return nil, e.refused(ctx, ActionEnroll, u, StaticDevice, err)
 	}
-	return e.issue(ctx, ActionEnroll, req.CSR, u, StaticDevice, "", nil, time.Time{})
+	return e.issue(ctx, ActionEnroll, req.CSR, u, StaticDevice, Commit{Unregistered: true})
 }
 
 func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificate, error) {
@@ -280,23 +284,42 @@ func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificat
 		return nil, e.refused(ctx, ActionRenew, "", "",
 			reject(ReasonRenewalNotAuthorized, "the signing certificate is not a valid, unrevoked certificate of this CA; enrol again with a new challenge"))
 	}
-	prev, err := e.inventory.IssuedBySerial(ctx, req.Signer.SerialNumber.String())
+	prev, err := e.store.IssuedBySerial(ctx, req.Signer.SerialNumber.String())
 	if errors.Is(err, ErrNotFound) {
 		return nil, e.refused(ctx, ActionRenew, "", "",
 			reject(ReasonRenewalNotAuthorized, "the signing certificate was not issued to a device"))
 	} else if err != nil {
 		return nil, fmt.Errorf("policy: read inventory: %w", err)
 	}
+	// A renewal is a new issuance: today's rules apply, not those of the
+	// day the predecessor was issued.
+	static := prev.Device == StaticDevice
+	if !static {
+		if _, err := e.activeDevice(ctx, prev.User, prev.Device); err != nil {
+			return nil, e.refused(ctx, ActionRenew, prev.User, prev.Device,
+				reject(ReasonRenewalNotAuthorized, "the device is not registered and active: "+err.Error()))
+		}
+	} else if err := e.cfg.Domains.Check(prev.User); err != nil {
+		return nil, e.refused(ctx, ActionRenew, prev.User, prev.Device, err)
+	}
 	if err := checkNamesBound(req.CSR, prev.User); err != nil {
 		return nil, e.refused(ctx, ActionRenew, prev.User, prev.Device, err)
 	}
-	return e.issue(ctx, ActionRenew, req.CSR, prev.User, prev.Device, prev.Serial, nil, time.Time{})
+	rev, err := e.issuer.RevocationRecord(prev.Serial, ca.ReasonSuperseded, "superseded by renewal", now)
+	if err != nil {
+		return nil, fmt.Errorf("policy: supersede %s: %w", prev.Serial, err)
+	}
+	chain, err := e.issue(ctx, ActionRenew, req.CSR, prev.User, prev.Device,
+		Commit{Supersedes: prev.Serial, Revocation: rev, Unregistered: static})
+	if err == nil {
+		e.refreshCRL(ctx)
+	}
+	return chain, err
 }
 
-// issue signs and records a certificate; challenge, when not nil, is the
-// hash of the challenge the enrolment uses up (at time consumedAt) in the
-// same transaction.
-func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.CertificateRequest, user, device, renewedFrom string, challenge []byte, consumedAt time.Time) ([]*x509.Certificate, error) {
+// issue signs a certificate and records it together with c (the challenge
+// it uses up, the predecessor it supersedes) in one transaction.
+func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.CertificateRequest, user, device string, c Commit) ([]*x509.Certificate, error) {
 	now := e.now().UTC()
 	ku := []string{"digitalSignature"}
 	if e.cfg.ContentCommitment {
@@ -319,9 +342,13 @@ func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.Certifi
 	rec := Issued{
 		Serial: leaf.SerialNumber.String(), User: user, Device: device,
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IssuedAt: now,
-		RenewedFrom: renewedFrom, SHA256: hex.EncodeToString(sum[:]),
+		RenewedFrom: c.Supersedes, SHA256: hex.EncodeToString(sum[:]),
 	}
-	if err := e.inventory.RecordIssued(ctx, rec, Commit{Challenge: challenge, At: consumedAt, CA: iss.Record}); err != nil {
+	c.CA = iss.Record
+	if err := e.store.RecordIssued(ctx, rec, c); err != nil {
+		if errors.Is(err, ErrInactiveDevice) {
+			err = errRetiredNow(user, device)
+		}
 		if _, ok := IsReject(err); ok {
 			return nil, e.refused(ctx, action, user, device, err)
 		}

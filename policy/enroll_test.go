@@ -24,14 +24,33 @@ import (
 )
 
 type recordingAuditor struct {
-	mu     sync.Mutex
-	events []policy.Event
+	mu      sync.Mutex
+	events  []policy.Event
+	failErr error
 }
 
 func (r *recordingAuditor) Audit(_ context.Context, e policy.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.events = append(r.events, e)
+}
+
+// Record implements policy.Recorder; it fails after failRecord.
+func (r *recordingAuditor) Record(ctx context.Context, e policy.Event) error {
+	r.mu.Lock()
+	err := r.failErr
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	r.Audit(ctx, e)
+	return nil
+}
+
+func (r *recordingAuditor) failRecord(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failErr = err
 }
 
 type env struct {
@@ -72,15 +91,26 @@ func newEnv(t *testing.T, mut func(*policy.Config)) *env {
 		mut(&cfg)
 	}
 	v := &env{t: t, ca: c, store: store, audit: &recordingAuditor{}, now: time.Now()}
-	v.e, err = policy.NewEnrollment(c, store, store, cfg, policy.WithAuditor(v.audit), policy.WithClock(v.clock))
+	v.e, err = policy.NewEnrollment(c, store, cfg, policy.WithAuditor(v.audit), policy.WithClock(v.clock))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return v
 }
 
+// register registers the user's device without an identity certificate.
+func (v *env) register(user, device string) {
+	v.t.Helper()
+	if _, err := v.e.RegisterDevice(context.Background(), user, device, nil); err != nil {
+		v.t.Fatal(err)
+	}
+}
+
+// challenge registers the device (when it is not yet) and creates a
+// challenge for it.
 func (v *env) challenge(user, device string) string {
 	v.t.Helper()
+	v.register(user, device)
 	c, err := v.e.CreateChallenge(context.Background(), user, device, 0)
 	if err != nil {
 		v.t.Fatal(err)
@@ -102,6 +132,8 @@ func wantReason(t *testing.T, err error, r policy.Reason) {
 func TestCreateChallengeRules(t *testing.T) {
 	v := newEnv(t, nil)
 	ctx := context.Background()
+	v.register("alice@example.com", "dev-1")
+	v.register("bob@example.com", "d")
 	c, err := v.e.CreateChallenge(ctx, "  Alice@Example.COM ", "dev-1", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -232,6 +264,7 @@ func TestChallengeUnknownMissingExpired(t *testing.T) {
 	wantReason(t, err, policy.ReasonChallengeUnknown)
 	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: csr})
 	wantReason(t, err, policy.ReasonChallengeMissing)
+	v.register("a@example.com", "d")
 	c, err := v.e.CreateChallenge(ctx, "a@example.com", "d", time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -247,7 +280,7 @@ func TestChallengeUnknownMissingExpired(t *testing.T) {
 // handed out.
 func TestConcurrentDoubleUseIssuesOnce(t *testing.T) {
 	v := newEnv(t, nil)
-	other, err := policy.NewEnrollment(v.ca, v.store, v.store, policy.Config{})
+	other, err := policy.NewEnrollment(v.ca, v.store, policy.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +314,7 @@ func TestConcurrentDoubleUseIssuesOnce(t *testing.T) {
 	if issued != 1 || used != n-1 {
 		t.Fatalf("issued %d, refused as used %d; want 1 and %d", issued, used, n-1)
 	}
-	list, err := v.e.ListCertificates(context.Background(), policy.Filter{Device: "dev-1"})
+	list, err := v.e.ListCertificates(context.Background(), policy.Filter{User: "alice@example.com", Device: "dev-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,6 +337,22 @@ func TestRenewal(t *testing.T) {
 	}
 	old := chain[0]
 	newKey := testpki.RSAKey(t, 2048, 1)
+	// Renewal for another address is refused and changes nothing.
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, Signer: old,
+		CSR: testpki.CSR(t, newKey, &x509.CertificateRequest{EmailAddresses: []string{"bob@example.com"}})})
+	wantReason(t, err, policy.ReasonNameNotBound)
+	// Without a signer, or with a foreign certificate: refused.
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil)})
+	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
+	other := testpki.NewCA(t, ca.KeyTypeEC)
+	foreign, err := other.Issue(ctx, testpki.CSR(t, key, nil), ca.Template{CommonName: "alice@example.com", Emails: []string{"alice@example.com"},
+		KeyUsage: []string{"digitalSignature"}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil), Signer: foreign[0]})
+	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
+
 	renewed, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil), Signer: old})
 	if err != nil {
 		t.Fatal(err)
@@ -315,26 +364,54 @@ func TestRenewal(t *testing.T) {
 	if rec.User != "alice@example.com" || rec.Device != "dev-1" || rec.RenewedFrom != old.SerialNumber.String() {
 		t.Errorf("renewal record %+v", rec)
 	}
-	// Renewal for another address is refused.
-	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, Signer: old,
-		CSR: testpki.CSR(t, newKey, &x509.CertificateRequest{EmailAddresses: []string{"bob@example.com"}})})
-	wantReason(t, err, policy.ReasonNameNotBound)
-	// Without a signer, with a foreign or a revoked certificate: refused.
-	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil)})
-	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
-	other := testpki.NewCA(t, ca.KeyTypeEC)
-	foreign, err := other.Issue(ctx, testpki.CSR(t, key, nil), ca.Template{CommonName: "alice@example.com", Emails: []string{"alice@example.com"},
-		KeyUsage: []string{"digitalSignature"}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)})
-	if err != nil {
-		t.Fatal(err)
+	// The predecessor is superseded: revoked, on the CRL with that reason,
+	// and a replay of the same renewal (or any renewal with it) is refused.
+	if rev, _ := v.ca.IsRevoked(old.SerialNumber.String()); !rev {
+		t.Fatal("the renewed certificate is still valid")
 	}
-	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil), Signer: foreign[0]})
-	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
-	if _, err := v.e.RevokeCertificate(ctx, old.SerialNumber.String(), ca.ReasonSuperseded, ""); err != nil {
-		t.Fatal(err)
+	crl := currentCRL(t, v.ca)
+	if e := crlEntry(crl, old); e == nil || e.ReasonCode != ca.ReasonSuperseded {
+		t.Errorf("CRL entry of the predecessor: %+v", e)
 	}
 	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil), Signer: old})
 	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, key, nil), Signer: old})
+	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
+	// The successor renews in turn.
+	if _, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, key, nil), Signer: renewed[0]}); err != nil {
+		t.Fatalf("renewal of the successor: %v", err)
+	}
+	// A revoked certificate cannot renew.
+	third, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, key, nil), Challenge: v.challenge("alice@example.com", "dev-1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.e.RevokeCertificate(ctx, third[0].SerialNumber.String(), ca.ReasonKeyCompromise, ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil), Signer: third[0]})
+	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
+}
+
+// A renewal is judged by today's rules: a user whose domain is no longer
+// allowed cannot renew.
+func TestRenewalRechecksPolicy(t *testing.T) {
+	v := newEnv(t, nil)
+	ctx := context.Background()
+	chain, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), Challenge: v.challenge("alice@example.com", "dev-1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	domains, _ := policy.NewDomains([]string{"other.example"})
+	later, err := policy.NewEnrollment(v.ca, v.store, policy.Config{Domains: domains})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = later.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 1), nil), Signer: chain[0]})
+	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
+	if rev, _ := v.ca.IsRevoked(chain[0].SerialNumber.String()); rev {
+		t.Error("a refused renewal revoked its predecessor")
+	}
 }
 
 func TestRevokeDeviceAndList(t *testing.T) {
@@ -354,7 +431,7 @@ func TestRevokeDeviceAndList(t *testing.T) {
 	if _, err := v.e.RevokeCertificate(ctx, serials[0], ca.ReasonKeyCompromise, ""); err != nil {
 		t.Fatal(err)
 	}
-	got, err := v.e.RevokeDevice(ctx, "dev-1", ca.ReasonCessationOfOperation, "lost phone")
+	got, err := v.e.RevokeDevice(ctx, "alice@example.com", "dev-1", ca.ReasonCessationOfOperation, "lost phone")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,6 +506,7 @@ func TestParseSerial(t *testing.T) {
 func TestPurgeChallenges(t *testing.T) {
 	v := newEnv(t, nil)
 	ctx := context.Background()
+	v.register("a@example.com", "d")
 	c, err := v.e.CreateChallenge(ctx, "a@example.com", "d", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -474,11 +552,14 @@ func TestFailedCommitLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	audit := &recordingAuditor{}
-	e, err := policy.NewEnrollment(c, store, store, policy.Config{}, policy.WithAuditor(audit))
+	e, err := policy.NewEnrollment(c, store, policy.Config{}, policy.WithAuditor(audit))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	if _, err := e.RegisterDevice(ctx, "alice@example.com", "dev-1", nil); err != nil {
+		t.Fatal(err)
+	}
 	ch, err := e.CreateChallenge(ctx, "alice@example.com", "dev-1", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -495,7 +576,7 @@ func TestFailedCommitLosesNothing(t *testing.T) {
 	if certs, _ := c.DB.List([]byte("x509_certs")); len(certs) != 0 {
 		t.Fatalf("CA database holds %d certificates after a failed commit", len(certs))
 	}
-	if list, _ := e.ListCertificates(ctx, policy.Filter{Device: "dev-1"}); len(list) != 0 {
+	if list, _ := e.ListCertificates(ctx, policy.Filter{User: "alice@example.com", Device: "dev-1"}); len(list) != 0 {
 		t.Fatalf("inventory holds %d records after a failed commit", len(list))
 	}
 	if n := len(audit.events); n == 0 || audit.events[n-1].Result != "error" {

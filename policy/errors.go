@@ -8,8 +8,27 @@ import (
 // Reason says which rule refused a request.
 type Reason int
 
+// Kind is what sort of refusal a Reason is, independent of any transport:
+// each edge (gRPC status, SCEP failInfo, CLI exit code) maps kinds once.
+type Kind int
+
+// Kinds of refusal.
+const (
+	// KindInvalid: the request itself is wrong; fix it and send it again.
+	KindInvalid Kind = iota + 1
+	// KindNotFound: what the request names does not exist.
+	KindNotFound
+	// KindFailedPrecondition: the request is well-formed but the state it
+	// needs does not hold (already revoked, retired device, no identity).
+	KindFailedPrecondition
+	// KindExhausted: a size limit was reached.
+	KindExhausted
+	// KindDenied: the caller may not do this.
+	KindDenied
+)
+
 // Reasons a request is refused. Their String form is stable and appears in
-// API error messages.
+// API error messages; reasons lists each one's name and kind.
 const (
 	ReasonBadUser Reason = iota + 1
 	ReasonBadDevice
@@ -27,33 +46,87 @@ const (
 	ReasonAlreadyRevoked
 	ReasonBadSerial
 	ReasonBadReasonCode
+	ReasonUnknownDevice
+	ReasonDeviceRetired
+	ReasonBadIdentity
+	ReasonNoIdentity
+	ReasonBadFormat
+	ReasonBadDeviceCert
+	ReasonBreakGlass
+	ReasonBadPFX
+	ReasonWrongPassword
+	ReasonNoKey
+	ReasonKeyMismatch
+	ReasonCACertificate
+	ReasonCannotEncrypt
+	ReasonUserMismatch
+	ReasonBadPurpose
+	ReasonBadThumbprint
+	ReasonNotEscrowed
+	ReasonEntryFull
+	ReasonBadCredential
+	ReasonCredentialExists
+	ReasonUnknownCredential
+	reasonEnd
 )
 
-var reasonNames = map[Reason]string{
-	ReasonBadUser:              "bad-user",
-	ReasonBadDevice:            "bad-device",
-	ReasonDomainNotAllowed:     "domain-not-allowed",
-	ReasonBadTTL:               "bad-ttl",
-	ReasonChallengeMissing:     "challenge-missing",
-	ReasonChallengeUnknown:     "challenge-unknown",
-	ReasonChallengeExpired:     "challenge-expired",
-	ReasonChallengeUsed:        "challenge-used",
-	ReasonBadCSR:               "bad-csr",
-	ReasonWeakKey:              "weak-key",
-	ReasonNameNotBound:         "name-not-bound",
-	ReasonRenewalNotAuthorized: "renewal-not-authorized",
-	ReasonUnknownCertificate:   "unknown-certificate",
-	ReasonAlreadyRevoked:       "already-revoked",
-	ReasonBadSerial:            "bad-serial",
-	ReasonBadReasonCode:        "bad-reason-code",
+var reasons = [reasonEnd]struct {
+	name string
+	kind Kind
+}{
+	ReasonBadUser:              {"bad-user", KindInvalid},
+	ReasonBadDevice:            {"bad-device", KindInvalid},
+	ReasonDomainNotAllowed:     {"domain-not-allowed", KindInvalid},
+	ReasonBadTTL:               {"bad-ttl", KindInvalid},
+	ReasonChallengeMissing:     {"challenge-missing", KindInvalid},
+	ReasonChallengeUnknown:     {"challenge-unknown", KindInvalid},
+	ReasonChallengeExpired:     {"challenge-expired", KindInvalid},
+	ReasonChallengeUsed:        {"challenge-used", KindInvalid},
+	ReasonBadCSR:               {"bad-csr", KindInvalid},
+	ReasonWeakKey:              {"weak-key", KindInvalid},
+	ReasonNameNotBound:         {"name-not-bound", KindInvalid},
+	ReasonRenewalNotAuthorized: {"renewal-not-authorized", KindInvalid},
+	ReasonUnknownCertificate:   {"unknown-certificate", KindNotFound},
+	ReasonAlreadyRevoked:       {"already-revoked", KindFailedPrecondition},
+	ReasonBadSerial:            {"bad-serial", KindInvalid},
+	ReasonBadReasonCode:        {"bad-reason-code", KindInvalid},
+	ReasonUnknownDevice:        {"unknown-device", KindNotFound},
+	ReasonDeviceRetired:        {"device-retired", KindFailedPrecondition},
+	ReasonBadIdentity:          {"bad-identity-certificate", KindInvalid},
+	ReasonNoIdentity:           {"no-identity-certificate", KindFailedPrecondition},
+	ReasonBadFormat:            {"bad-format", KindInvalid},
+	ReasonBadDeviceCert:        {"bad-device-certificate", KindInvalid},
+	ReasonBreakGlass:           {"break-glass-required", KindDenied},
+	ReasonBadPFX:               {"bad-pfx", KindInvalid},
+	ReasonWrongPassword:        {"wrong-password", KindInvalid},
+	ReasonNoKey:                {"no-private-key", KindInvalid},
+	ReasonKeyMismatch:          {"key-mismatch", KindInvalid},
+	ReasonCACertificate:        {"ca-certificate", KindInvalid},
+	ReasonCannotEncrypt:        {"cannot-encrypt", KindInvalid},
+	ReasonUserMismatch:         {"user-mismatch", KindInvalid},
+	ReasonBadPurpose:           {"bad-purpose", KindInvalid},
+	ReasonBadThumbprint:        {"bad-thumbprint", KindInvalid},
+	ReasonNotEscrowed:          {"not-escrowed", KindNotFound},
+	ReasonEntryFull:            {"entry-full", KindExhausted},
+	ReasonBadCredential:        {"bad-credential-request", KindInvalid},
+	ReasonCredentialExists:     {"credential-exists", KindFailedPrecondition},
+	ReasonUnknownCredential:    {"unknown-credential", KindNotFound},
 }
 
 // String returns the stable short name of the reason.
 func (r Reason) String() string {
-	if s, ok := reasonNames[r]; ok {
-		return s
+	if r > 0 && r < reasonEnd {
+		return reasons[r].name
 	}
 	return fmt.Sprintf("reason(%d)", int(r))
+}
+
+// Kind returns what sort of refusal r is (KindInvalid for an unknown r).
+func (r Reason) Kind() Kind {
+	if r > 0 && r < reasonEnd {
+		return reasons[r].kind
+	}
+	return KindInvalid
 }
 
 // RejectError is returned when a request breaks a rule. Detail says what to

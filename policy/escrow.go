@@ -17,39 +17,6 @@ import (
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 )
 
-// Import refusal reasons.
-const (
-	ReasonBadPFX Reason = iota + 100
-	ReasonWrongPassword
-	ReasonNoKey
-	ReasonKeyMismatch
-	ReasonCACertificate
-	ReasonCannotEncrypt
-	ReasonUserMismatch
-	ReasonBadPurpose
-	ReasonBadThumbprint
-	ReasonNotEscrowed
-	ReasonEntryFull
-)
-
-func init() {
-	for r, n := range map[Reason]string{
-		ReasonBadPFX:        "bad-pfx",
-		ReasonWrongPassword: "wrong-password",
-		ReasonNoKey:         "no-private-key",
-		ReasonKeyMismatch:   "key-mismatch",
-		ReasonCACertificate: "ca-certificate",
-		ReasonCannotEncrypt: "cannot-encrypt",
-		ReasonUserMismatch:  "user-mismatch",
-		ReasonBadPurpose:    "bad-purpose",
-		ReasonBadThumbprint: "bad-thumbprint",
-		ReasonNotEscrowed:   "not-escrowed",
-		ReasonEntryFull:     "entry-full",
-	} {
-		reasonNames[r] = n
-	}
-}
-
 // Audit actions of the escrow.
 const (
 	ActionEscrowImport = "escrow.import"

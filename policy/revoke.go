@@ -16,21 +16,23 @@ type CertificateStatus struct {
 	Revoked bool
 }
 
-// ListCertificates returns the certificates issued to a user and/or device,
-// newest first, with their revocation state. At least one of the two must be
-// given.
+// ListCertificates returns the certificates issued to a user, or to one
+// of the user's devices, newest first, with their revocation state.
 func (e *Enrollment) ListCertificates(ctx context.Context, f Filter) ([]CertificateStatus, error) {
-	if f.User == "" && f.Device == "" {
-		return nil, reject(ReasonBadUser, "give a user or a device to list certificates for")
+	if f.User == "" {
+		return nil, reject(ReasonBadUser, "give the user (and optionally one of their devices) to list certificates for")
 	}
-	if f.User != "" {
-		u, err := NormalizeEmail(f.User)
-		if err != nil {
+	u, err := NormalizeEmail(f.User)
+	if err != nil {
+		return nil, err
+	}
+	f.User = u
+	if f.Device != "" {
+		if err := ValidateDeviceID(f.Device); err != nil {
 			return nil, err
 		}
-		f.User = u
 	}
-	recs, err := e.inventory.ListIssued(ctx, f)
+	recs, err := e.store.ListIssued(ctx, f)
 	if err != nil {
 		return nil, fmt.Errorf("policy: list issued: %w", err)
 	}
@@ -71,7 +73,7 @@ func (e *Enrollment) RevokeCertificate(ctx context.Context, serial string, reaso
 	if err != nil {
 		return Issued{}, err
 	}
-	rec, err := e.inventory.IssuedBySerial(ctx, sn)
+	rec, err := e.store.IssuedBySerial(ctx, sn)
 	if errors.Is(err, ErrNotFound) {
 		return Issued{}, reject(ReasonUnknownCertificate, "no certificate with serial "+sn+" was issued to a device")
 	} else if err != nil {
@@ -82,52 +84,69 @@ func (e *Enrollment) RevokeCertificate(ctx context.Context, serial string, reaso
 			User: rec.User, Device: rec.Device, Serials: []string{sn}, Result: "refused", Detail: err.Error()})
 		return Issued{}, err
 	}
+	e.refreshCRL(ctx)
 	e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionRevoke,
 		User: rec.User, Device: rec.Device, Serials: []string{sn}, SHA256: []string{rec.SHA256}, Result: "ok", Detail: reason})
 	return rec, nil
 }
 
-// RevokeDevice revokes every unrevoked certificate issued to device and
-// returns the serials it revoked.
-func (e *Enrollment) RevokeDevice(ctx context.Context, device string, reasonCode int, reason string) ([]string, error) {
-	if err := ValidateDeviceID(device); err != nil {
+// RevokeDevice revokes every unrevoked certificate issued to the user's
+// device and returns the serials it revoked. The device stays registered
+// and may enrol again with a new challenge; RetireDevice ends it.
+func (e *Enrollment) RevokeDevice(ctx context.Context, user, device string, reasonCode int, reason string) ([]string, error) {
+	if err := checkReasonCode(reasonCode); err != nil {
 		return nil, err
 	}
-	recs, err := e.inventory.ListIssued(ctx, Filter{Device: device})
+	u, err := e.checkDeviceName(user, device)
 	if err != nil {
-		return nil, fmt.Errorf("policy: list issued: %w", err)
+		return nil, err
 	}
-	var revoked, sums []string
-	for _, r := range recs {
-		err := e.revoke(ctx, r.Serial, reasonCode, reason)
-		if re, ok := IsReject(err); ok && re.Reason == ReasonAlreadyRevoked {
-			continue
-		}
-		if err != nil {
-			return revoked, err
-		}
-		revoked = append(revoked, r.Serial)
-		sums = append(sums, r.SHA256)
+	if _, err := e.Device(ctx, u, device); err != nil {
+		return nil, err
 	}
-	e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionRevokeDevice,
-		Device: device, Serials: revoked, SHA256: sums, Result: "ok", Detail: reason})
-	return revoked, nil
+	revoked, sums, err := e.revokeAll(ctx, u, device, reasonCode, reason)
+	if len(revoked) > 0 {
+		e.refreshCRL(ctx)
+	}
+	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionRevokeDevice,
+		User: u, Device: device, Serials: revoked, SHA256: sums, Result: "ok", Detail: reason}
+	if err != nil {
+		ev.Result, ev.Detail = "error", err.Error()
+	}
+	e.audit.Audit(ctx, ev)
+	return revoked, err
 }
 
-func (e *Enrollment) revoke(ctx context.Context, serial string, reasonCode int, reason string) error {
+func checkReasonCode(reasonCode int) error {
 	switch reasonCode {
 	case ca.ReasonUnspecified, ca.ReasonKeyCompromise, ca.ReasonAffiliationChanged, ca.ReasonSuperseded, ca.ReasonCessationOfOperation:
-	default:
-		return reject(ReasonBadReasonCode, fmt.Sprintf("revocation reason code %d is not one of 0,1,3,4,5", reasonCode))
+		return nil
 	}
-	err := e.issuer.Revoke(ctx, serial, reasonCode, reason)
-	switch {
-	case errors.Is(err, ca.ErrAlreadyRevoked):
+	return reject(ReasonBadReasonCode, fmt.Sprintf("revocation reason code %d is not one of 0,1,3,4,5", reasonCode))
+}
+
+// revoke revokes one certificate and ends its right to renew, in one
+// transaction.
+func (e *Enrollment) revoke(ctx context.Context, serial string, reasonCode int, reason string) error {
+	if err := checkReasonCode(reasonCode); err != nil {
+		return err
+	}
+	if revoked, err := e.issuer.IsRevoked(serial); err != nil {
+		return err
+	} else if revoked {
 		return reject(ReasonAlreadyRevoked, "certificate "+serial+" is already revoked")
-	case errors.Is(err, ca.ErrNotFound):
+	}
+	rec, err := e.issuer.RevocationRecord(serial, reasonCode, reason, e.now())
+	if errors.Is(err, ca.ErrNotFound) {
 		return reject(ReasonUnknownCertificate, "certificate "+serial+" is not in the CA database")
-	case err != nil:
+	} else if err != nil {
 		return fmt.Errorf("policy: revoke %s: %w", serial, err)
+	}
+	if err := e.store.RevokeIssued(ctx, serial, rec); err != nil {
+		return err
+	}
+	if !rec.Applied() {
+		return reject(ReasonAlreadyRevoked, "certificate "+serial+" is already revoked")
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"crypto/x509"
 	"time"
 
@@ -23,7 +24,10 @@ type Challenge struct {
 // is used up by the Inventory transaction that records the certificate it
 // paid for (see Commit).
 type ChallengeStore interface {
-	// PutChallenge stores a new challenge under hash.
+	// PutChallenge stores a new challenge under hash and deletes the
+	// device's previous challenge, if any: a device has at most one live
+	// challenge. It fails with ErrInactiveDevice when the device is not
+	// registered and active.
 	PutChallenge(ctx context.Context, hash []byte, c Challenge) error
 	// Challenge returns the challenge stored under hash (with ConsumedAt set
 	// once it was used), or ErrNotFound.
@@ -49,8 +53,9 @@ type Filter struct {
 }
 
 // Commit is what an issuance writes besides its inventory record, in the
-// same transaction: the certificate is stored, the challenge used up and the
-// device's inventory updated together or not at all.
+// same transaction: the certificate is stored, the challenge used up, the
+// predecessor superseded and the device's inventory updated together or
+// not at all.
 type Commit struct {
 	// Challenge, when not nil, is the hash of the one-time challenge the
 	// issuance uses up. If it is no longer unused the whole transaction
@@ -60,16 +65,98 @@ type Commit struct {
 	At time.Time
 	// CA is the CA's own record of the certificate.
 	CA ca.Record
+	// Supersedes, for a renewal, is the decimal serial of the certificate
+	// being renewed. It can be renewed once: if it was renewed, revoked or
+	// its device retired since it was checked, the whole transaction fails
+	// with a *RejectError (ReasonRenewalNotAuthorized). Revocation is the
+	// CA's record of revoking it as superseded, committed with the rest.
+	Supersedes string
+	Revocation ca.Record
+	// Unregistered marks an issuance to a device that is not in the
+	// registry (the labs-only static challenge). Every other issuance fails
+	// with ErrInactiveDevice unless the device is registered and active
+	// when the transaction commits: that is the tombstone a racing
+	// retirement leaves.
+	Unregistered bool
 }
 
-// Inventory keeps the (serial → user, device) binding of issued certificates.
+// ErrInactiveDevice is returned by stores when a device is not registered
+// or was retired by the time a transaction that needs it active commits.
+var ErrInactiveDevice = errors.New("policy: the device is not registered or was retired")
+
+// Inventory keeps the issued certificates, by device and by serial. A write
+// costs the same whatever the device's history.
 type Inventory interface {
 	// RecordIssued stores rec together with c, atomically.
 	RecordIssued(ctx context.Context, rec Issued, c Commit) error
 	// IssuedBySerial returns the record for a decimal serial, or ErrNotFound.
 	IssuedBySerial(ctx context.Context, serial string) (Issued, error)
-	// ListIssued returns the records that match f, newest first.
+	// ListIssued returns the records that match f, newest first. A Device
+	// filter needs its User: device ids are unique per user only.
 	ListIssued(ctx context.Context, f Filter) ([]Issued, error)
+	// RevokeIssued commits the CA's record of revoking serial (see
+	// ca.Authority.RevocationRecord) and ends the certificate's right to
+	// be renewed, in one transaction.
+	RevokeIssued(ctx context.Context, serial string, revocation ca.Record) error
+}
+
+// DeviceState is a registered device's state.
+type DeviceState string
+
+// Device states.
+const (
+	DeviceActive  DeviceState = "active"
+	DeviceRetired DeviceState = "retired"
+)
+
+// Device is a registered device: a user's device id with its state and the
+// identity certificate (the MDM identity the device holds) that escrowed
+// keys are encrypted to.
+type Device struct {
+	User  string      `json:"user"`
+	ID    string      `json:"id"`
+	State DeviceState `json:"state"`
+	// Identity is the DER identity certificate; nil when the device was
+	// registered without one (it may enrol, but no key is released to it).
+	Identity  []byte    `json:"identity,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	CreatedBy string    `json:"created_by,omitempty"`
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
+	UpdatedBy string    `json:"updated_by,omitempty"`
+	RetiredAt time.Time `json:"retired_at,omitzero"`
+	RetiredBy string    `json:"retired_by,omitempty"`
+	// RetireReason is the administrator's reason for retiring it.
+	RetireReason string `json:"retire_reason,omitempty"`
+}
+
+// Revocation is one certificate a retirement revokes: its decimal serial and
+// the CA's record of the revocation.
+type Revocation struct {
+	Serial string
+	CA     ca.Record
+}
+
+// DeviceStore keeps the device registry. Devices are keyed by (user, id).
+type DeviceStore interface {
+	// PutDevice stores d; an active d may be issued certificates and
+	// challenges from the moment this returns.
+	PutDevice(ctx context.Context, d Device) error
+	// Device returns the device, or ErrNotFound.
+	Device(ctx context.Context, user, id string) (Device, error)
+	// ListDevices returns the user's devices (every device for ""), by id.
+	ListDevices(ctx context.Context, user string) ([]Device, error)
+	// RetireDevice stores d (retired) and, in the same transaction, deletes
+	// the device's live challenge, ends its certificates' right to be
+	// renewed and commits the revocations. It fails with ErrInactiveDevice,
+	// changing nothing, when the device is not active any more.
+	RetireDevice(ctx context.Context, d Device, revocations []Revocation) error
+}
+
+// Store is every store the enrolment rules use; nosqlstore.Store is one.
+type Store interface {
+	ChallengeStore
+	Inventory
+	DeviceStore
 }
 
 // Issuer signs leaf certificates; *ca.Authority implements it.
@@ -83,6 +170,10 @@ type Issuer interface {
 	VerifyIssued(crt *x509.Certificate, now time.Time) error
 	// IsRevoked reports whether the decimal serial is revoked.
 	IsRevoked(serial string) (bool, error)
-	// Revoke revokes the decimal serial and refreshes the CRL.
-	Revoke(ctx context.Context, serial string, reasonCode int, reason string) error
+	// RevocationRecord returns the CA's record of revoking the decimal
+	// serial, for the caller to commit (Inventory.RevokeIssued,
+	// DeviceStore.RetireDevice, Commit.Revocation).
+	RevocationRecord(serial string, reasonCode int, reason string, at time.Time) (ca.Record, error)
+	// RefreshCRL publishes committed revocations in a new CRL.
+	RefreshCRL() error
 }

@@ -47,7 +47,7 @@ func newFixture(t testing.TB) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := policy.NewEnrollment(c, store, store, policy.Config{})
+	e, err := policy.NewEnrollment(c, store, policy.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,6 +131,9 @@ func (f *fixture) certRep(t testing.TB, d *device, body []byte) *smallscep.PKIMe
 }
 
 func (f *fixture) challenge(t testing.TB, user, device string) string {
+	if _, err := f.e.RegisterDevice(context.Background(), user, device, nil); err != nil {
+		t.Fatal(err)
+	}
 	c, err := f.e.CreateChallenge(context.Background(), user, device, 0)
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,9 @@ type bundleFile struct {
 	} `json:"signing"`
 	Encryption []bundleEntry `json:"encryption"`
 	CAFile     string        `json:"ca_file"`
+	// RecipientSHA256 is the device identity certificate the passwords
+	// are encrypted to (CMS delivery).
+	RecipientSHA256 string `json:"recipient_sha256,omitempty"`
 }
 
 type bundleEntry struct {
@@ -51,43 +54,39 @@ type bundleEntry struct {
 
 func bundleCmd(args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] != "get" {
-		return usagef("usage: smimeca bundle get --user EMAIL --device ID --out DIR [--format pkcs12|cms] [--device-cert FILE] [--encoding legacy|modern]")
+		return usagef("usage: smimeca bundle get --user EMAIL --device ID --out DIR [--key-transport pkcs1|oaep] [--encoding legacy|modern] [--break-glass --reason R]")
 	}
 	var cf clientFlags
-	var user, device, out, format, deviceCert, encoding string
+	var user, device, out, encoding, transport, reason string
+	var breakGlass bool
 	f := newFlags("bundle get")
 	cf.register(f, "profile")
 	f.fs.StringVar(&user, "user", "", "user e-mail address (required)")
-	f.fs.StringVar(&device, "device", "", "device id (required)")
+	f.fs.StringVar(&device, "device", "", "registered device id (required)")
 	f.fs.StringVar(&out, "out", "", "output directory (required; created 0700)")
-	f.fs.StringVar(&format, "format", "pkcs12", "pkcs12 (password beside each file) or cms (password enveloped to --device-cert)")
-	f.fs.StringVar(&deviceCert, "device-cert", "", "device certificate (PEM or DER) for --format cms")
+	f.fs.StringVar(&transport, "key-transport", "pkcs1", "how each password's envelope key is encrypted to the device identity: pkcs1 (iOS, openssl) or oaep (RSA-OAEP SHA-256)")
 	f.fs.StringVar(&encoding, "encoding", "legacy", "PKCS#12 encoding: legacy (3DES, iOS) or modern (AES-256)")
+	f.fs.BoolVar(&breakGlass, "break-glass", false, "ADMIN ONLY, AUDITED: plain PKCS#12 files with their passwords instead of envelopes to the device (needs --reason and admin --credentials)")
+	f.fs.StringVar(&reason, "reason", "", "why a break-glass release is needed (recorded in the audit trail)")
 	if err := f.parse(args[1:]); err != nil {
 		return helpOK(err)
 	}
 	if user == "" || device == "" || out == "" {
 		return usagef("bundle get needs --user, --device and --out")
 	}
-	req := &pb.GetUserBundleRequest{User: user, DeviceId: device}
-	switch format {
-	case "pkcs12":
-		req.Format = pb.DeliveryFormat_DELIVERY_FORMAT_PKCS12
-	case "cms":
-		req.Format = pb.DeliveryFormat_DELIVERY_FORMAT_CMS
-		if deviceCert == "" {
-			return usagef("--format cms needs --device-cert")
+	req := &pb.GetUserBundleRequest{User: user, DeviceId: device, Format: pb.DeliveryFormat_DELIVERY_FORMAT_CMS}
+	if breakGlass {
+		if reason == "" {
+			return usagef("--break-glass needs --reason")
 		}
-		b, err := os.ReadFile(deviceCert)
-		if err != nil {
-			return usagef("--device-cert: %v", err)
-		}
-		if blk, _ := pem.Decode(b); blk != nil {
-			b = blk.Bytes
-		}
-		req.DeviceCertificateDer = b
+		req.Format, req.BreakGlass, req.BreakGlassReason = pb.DeliveryFormat_DELIVERY_FORMAT_PKCS12, true, reason
+	}
+	switch transport {
+	case "pkcs1":
+	case "oaep":
+		req.KeyTransport = pb.KeyTransport_KEY_TRANSPORT_RSA_OAEP_SHA256
 	default:
-		return usagef("--format %q: use pkcs12 or cms", format)
+		return usagef("--key-transport %q: use pkcs1 or oaep", transport)
 	}
 	switch encoding {
 	case "legacy":
@@ -138,7 +137,7 @@ func bundleCmd(args []string, stdout io.Writer) error {
 	for _, der := range resp.GetCaChainDer() {
 		caPEM = append(caPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
-	bf.CAFile = "ca.pem"
+	bf.CAFile, bf.RecipientSHA256 = "ca.pem", resp.GetRecipientSha256()
 	if err := os.WriteFile(filepath.Join(out, bf.CAFile), caPEM, 0o644); err != nil {
 		return err
 	}

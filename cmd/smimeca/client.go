@@ -155,14 +155,14 @@ func certList(args []string, stdout io.Writer) error {
 	var user, device, output string
 	f := newFlags("cert list")
 	cf.register(f, "admin")
-	f.fs.StringVar(&user, "user", "", "user e-mail address")
-	f.fs.StringVar(&device, "device", "", "device id")
+	f.fs.StringVar(&user, "user", "", "user e-mail address (required)")
+	f.fs.StringVar(&device, "device", "", "one of the user's devices")
 	f.fs.StringVar(&output, "o", "table", "output: table or json")
 	if err := f.parse(args); err != nil {
 		return helpOK(err)
 	}
-	if user == "" && device == "" {
-		return usagef("cert list needs --user or --device")
+	if user == "" {
+		return usagef("cert list needs --user (and optionally --device)")
 	}
 	if output != "table" && output != "json" {
 		return usagef("-o %q: use table or json", output)
@@ -203,11 +203,12 @@ var reasons = map[string]pb.RevocationReason{
 
 func certRevoke(args []string, stdout io.Writer) error {
 	var cf clientFlags
-	var serial, device, reason, comment string
+	var serial, user, device, reason, comment string
 	f := newFlags("cert revoke")
 	cf.register(f, "admin")
 	f.fs.StringVar(&serial, "serial", "", "serial (decimal, 0x-hex or colon hex)")
-	f.fs.StringVar(&device, "device", "", "revoke every certificate of this device")
+	f.fs.StringVar(&user, "user", "", "with --device: the device's user")
+	f.fs.StringVar(&device, "device", "", "revoke every certificate of this device of --user (it stays registered; device retire ends it)")
 	f.fs.StringVar(&reason, "reason", "unspecified", "unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation")
 	f.fs.StringVar(&comment, "comment", "", "free text for the audit log")
 	if err := f.parse(args); err != nil {
@@ -215,6 +216,9 @@ func certRevoke(args []string, stdout io.Writer) error {
 	}
 	if (serial == "") == (device == "") {
 		return usagef("cert revoke needs exactly one of --serial and --device")
+	}
+	if device != "" && user == "" {
+		return usagef("cert revoke --device needs --user: device ids are unique per user only")
 	}
 	code, ok := reasons[reason]
 	if !ok {
@@ -237,12 +241,12 @@ func certRevoke(args []string, stdout io.Writer) error {
 	}
 	var resp *pb.RevokeDeviceResponse
 	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
-		resp, err = pb.NewEnrollmentClient(conn).RevokeDevice(ctx, &pb.RevokeDeviceRequest{DeviceId: device, Reason: code, Comment: comment})
+		resp, err = pb.NewEnrollmentClient(conn).RevokeDevice(ctx, &pb.RevokeDeviceRequest{User: user, DeviceId: device, Reason: code, Comment: comment})
 		return err
 	}); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "revoked %d certificate(s) of device %s\n", len(resp.GetRevokedSerials()), device)
+	fmt.Fprintf(stdout, "revoked %d certificate(s) of device %s of %s\n", len(resp.GetRevokedSerials()), device, user)
 	for _, s := range resp.GetRevokedSerials() {
 		fmt.Fprintln(stdout, s)
 	}

@@ -29,15 +29,22 @@ const usage = `smimeca — S/MIME certificate authority and key escrow for MDM
 
 Usage:
   smimeca serve [flags]                       run CA, SCEP endpoint, escrow and gRPC API
+  smimeca device register --user EMAIL --device ID [--identity-cert FILE]
+  smimeca device list --user EMAIL [-o json]
+  smimeca device show --user EMAIL --device ID [-o json]
+  smimeca device retire --user EMAIL --device ID --reason R
+  smimeca credentials issue --role admin|registrar|profile --name N [--ttl 90d] --out DIR
+  smimeca credentials list [-o json]
+  smimeca credentials revoke --name N
   smimeca challenge create --user EMAIL --device ID [--ttl 24h]
-  smimeca cert list (--user EMAIL | --device ID) [-o json]
-  smimeca cert revoke (--serial S | --device ID) [--reason R]
+  smimeca cert list --user EMAIL [--device ID] [-o json]
+  smimeca cert revoke (--serial S | --user EMAIL --device ID) [--reason R]
   smimeca pfx import --user EMAIL (--password-file F | --password-env VAR) [--purpose P] FILE...
   smimeca pfx import --manifest FILE.csv [--concurrency 4]
   smimeca pfx list --user EMAIL [-o json]
   smimeca pfx delete --user EMAIL --thumbprint T
   smimeca pfx purge --user EMAIL
-  smimeca bundle get --user EMAIL --device ID --out DIR [--format pkcs12|cms] [--device-cert FILE]
+  smimeca bundle get --user EMAIL --device ID --out DIR [--key-transport pkcs1|oaep] [--break-glass --reason R]
   smimeca profile render --user EMAIL --device ID --settings FILE.yaml --out FILE.mobileconfig [--sign]
   smimeca version
 
@@ -75,6 +82,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = challengeCmd(args[1:], stdout)
 	case "cert":
 		err = certCmd(args[1:], stdout)
+	case "device":
+		err = deviceCmd(args[1:], stdout)
+	case "credentials":
+		err = credentialsCmd(args[1:], stdout)
 	case "pfx":
 		err = pfxCmd(args[1:], stdout, stderr)
 	case "bundle":

@@ -36,7 +36,27 @@ var (
 	_ policy.Issuer        = (*ca.Authority)(nil)
 	_ scep.Enroller        = (*policy.Enrollment)(nil)
 	_ api.EnrollmentPolicy = (*policy.Enrollment)(nil)
+	_ api.DevicePolicy     = (*policy.Enrollment)(nil)
+	_ api.CredentialPolicy = (*policy.Credentials)(nil)
+	_ policy.ClientSigner  = (*ca.APIPKI)(nil)
+	_ policy.Store         = (*nosqlstore.Store)(nil)
 )
+
+// loadCertPool reads a PEM file of CA certificates (nil pool for "").
+func loadCertPool(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no PEM CERTIFICATE", path)
+	}
+	return pool, nil
+}
 
 type serveConfig struct {
 	dataDir           string
@@ -64,6 +84,7 @@ type serveConfig struct {
 	vaultBin          string
 	embeddedVaultAddr string
 	emailAliases      string
+	deviceIdentityCA  string
 	logFormat         string
 	logLevel          string
 }
@@ -94,6 +115,7 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.boolean(&c.embeddedVault, "embedded-vault", "SMIMECA_EMBEDDED_VAULT", false, "SINGLE MACHINE ONLY: run a Vault with file storage under DATA/vault, unseal key kept in DATA/vault/init.json")
 	f.str(&c.embeddedVaultAddr, "embedded-vault-addr", "SMIMECA_EMBEDDED_VAULT_ADDR", "127.0.0.1:8200", "listen address of the embedded Vault (loopback)")
 	f.str(&c.vaultBin, "vault-bin", "SMIMECA_VAULT_BIN", vaultproc.DefaultBinary(), "Vault binary for --embedded-vault (scripts/vault.sh builds it)")
+	f.str(&c.deviceIdentityCA, "device-identity-ca", "SMIMECA_DEVICE_IDENTITY_CA", "", "PEM file of the CA(s) that issue devices' MDM identity certificates; needed to register a device with an identity (and so to release any key to it)")
 	f.str(&c.emailAliases, "email-aliases", "SMIMECA_EMAIL_ALIASES", "", "CSV file of alias,user address pairs accepted at PFX import")
 	f.str(&c.debugAddr, "debug-addr", "SMIMECA_DEBUG_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); off by default")
 	f.str(&c.logFormat, "log-format", "SMIMECA_LOG_FORMAT", "text", "log format: text or json")
@@ -207,15 +229,22 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	if len(domainList) == 0 {
 		logger.Warn("no --allowed-domains set: challenges can be created for any e-mail domain")
 	}
+	identityCAs, err := loadCertPool(cfg.deviceIdentityCA)
+	if err != nil {
+		return usagef("--device-identity-ca: %v", err)
+	}
+	if identityCAs == nil {
+		logger.Warn("no --device-identity-ca set: devices can be registered without an identity only, so no escrowed key can be released")
+	}
 	auditFile, err := policy.OpenFileAuditor(filepath.Join(cfg.dataDir, "audit.log"), logger)
 	if err != nil {
 		return err
 	}
 	defer auditFile.Close()
 	audit := policy.Auditors{policy.LogAuditor{Logger: logger}, auditFile}
-	enrollment, err := policy.NewEnrollment(authority, store, store, policy.Config{
+	enrollment, err := policy.NewEnrollment(authority, store, policy.Config{
 		Domains: domains, Validity: cfg.validity, ContentCommitment: cfg.contentCommitment,
-		ChallengeTTL: cfg.challengeTTL, StaticChallenge: cfg.staticChallenge,
+		ChallengeTTL: cfg.challengeTTL, StaticChallenge: cfg.staticChallenge, DeviceIdentityCAs: identityCAs,
 	}, policy.WithAuditor(audit))
 	if err != nil {
 		return usagef("%v", err)
@@ -260,20 +289,36 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	u, _ := url.Parse(cfg.publicURL)
 	grpcHost, _, _ := net.SplitHostPort(cfg.grpcAddr)
 	hostname, _ := os.Hostname()
+	// The two credentials of the first start (admin, profile) are kept
+	// under DATA/credentials and registered like any other credential.
 	pki, err := ca.EnsureAPIPKI(filepath.Join(cfg.dataDir, "ca"), filepath.Join(cfg.dataDir, "credentials"),
 		[]string{u.Hostname(), grpcHost, hostname},
 		map[string]string{string(api.RoleAdmin): api.RoleURI(api.RoleAdmin), string(api.RoleProfile): api.RoleURI(api.RoleProfile)})
 	if err != nil {
 		return err
 	}
-	services := api.Services{Enrollment: api.NewEnrollmentService(enrollment, cfg.publicURL+scep.Path, logger)}
+	credStore, err := nosqlstore.NewCredentialStore(database.DB.DB)
+	if err != nil {
+		return err
+	}
+	creds := policy.NewCredentials(credStore, pki, api.Roles(), audit)
+	for role, crt := range pki.Clients {
+		if err := creds.Bootstrap(ctx, role, role, crt); err != nil {
+			return err
+		}
+	}
+	services := api.Services{
+		Enrollment:  api.NewEnrollmentService(enrollment, cfg.publicURL+scep.Path, logger),
+		Devices:     api.NewDeviceService(enrollment, logger),
+		Credentials: api.NewCredentialService(creds, pki.CA, logger),
+	}
 	var keys policy.KeyStore
 	if escrowPolicy != nil {
 		services.Escrow = api.NewEscrowService(escrowPolicy, logger)
 		keys = escrowStore
 	}
 	services.Bundles = api.NewBundleService(policy.NewBundles(enrollment, keys, authority, cfg.publicURL+scep.Path, audit), logger)
-	grpcSrv := api.NewServer(pki.TLSConfig(), api.DefaultAccess, services)
+	grpcSrv := api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services)
 
 	httpLn, err := net.Listen("tcp", cfg.httpAddr)
 	if err != nil {

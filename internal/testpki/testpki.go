@@ -4,6 +4,8 @@
 package testpki
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -79,4 +81,14 @@ func CSR(t testing.TB, key any, tmpl *x509.CertificateRequest) *x509.Certificate
 		t.Fatal(err)
 	}
 	return csr
+}
+
+// ECKey returns a fresh P-256 key.
+func ECKey(t testing.TB) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

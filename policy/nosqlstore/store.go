@@ -1,6 +1,8 @@
-// Package nosqlstore keeps policy's challenges and issued-certificate
-// inventory in the smallstep nosql database the CA already uses (bbolt under
-// the data directory by default), so that one file holds all CA state.
+// Package nosqlstore keeps policy's device registry, challenges and
+// issued-certificate inventory in the smallstep nosql database the CA
+// already uses (bbolt under the data directory by default), so that one
+// file holds all CA state and one transaction can change the CA's tables
+// and policy's together.
 package nosqlstore
 
 import (
@@ -8,61 +10,113 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/smallstep/nosql/database"
 
+	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/policy"
 )
 
-// Tables. The inventory is kept by device (device → its certificates, so
-// that a bundle or a device revocation reads one key), with a serial →
-// device map for lookups by serial.
+// Tables. Devices are keyed by devKey(user, id). The inventory is one row
+// per certificate (serial → record and the serial of the device's previous
+// certificate), and each device's newest serial is its head: a write costs
+// one row and one head, whatever the device's history, and a device's
+// certificates are read by following the chain from its head.
+//
+// A device is active while it has a row in activeTable; every issuance and
+// challenge transaction reads that row first and rolls back when it is gone,
+// which is the tombstone a retirement leaves. A certificate may be renewed
+// while it has a row in renewableTable: the renewal that supersedes it, a
+// revocation and a retirement delete that row in their transactions.
 //
 // A challenge lives in challengesTable until it is used; the transaction
-// that records the certificate it paid for moves it to usedTable. Records
-// written before that split may sit in challengesTable with ConsumedAt set;
-// they are refused as used all the same.
+// that records the certificate it paid for moves it to usedTable. A device's
+// live challenge is named in deviceChallengeTable, so that a new one
+// replaces it.
 var (
-	challengesTable = []byte("smimeca_challenges")
-	usedTable       = []byte("smimeca_challenges_used")
-	byDeviceTable   = []byte("smimeca_issued_by_device")
-	serialTable     = []byte("smimeca_issued_serials")
+	challengesTable      = []byte("smimeca_challenges")
+	usedTable            = []byte("smimeca_challenges_used")
+	devicesTable         = []byte("smimeca_devices")
+	activeTable          = []byte("smimeca_devices_active")
+	deviceChallengeTable = []byte("smimeca_device_challenge")
+	headsTable           = []byte("smimeca_device_heads")
+	certsTable           = []byte("smimeca_certs")
+	renewableTable       = []byte("smimeca_renewable")
+	metaTable            = []byte("smimeca_meta")
+
+	// Version 1 kept one JSON list per device id (global, not per user)
+	// and a serial → device map; New migrates them.
+	v1ByDeviceTable = []byte("smimeca_issued_by_device")
+	v1SerialTable   = []byte("smimeca_issued_serials")
+
+	schemaKey = []byte("schema")
+	marker    = []byte{1}
 )
 
-// maxCASRetries bounds retries of a device's inventory record when
-// concurrent enrolments of the same device race.
+const schemaVersion = "2"
+
+// maxCASRetries bounds retries of a device's head when enrolments of the
+// same device in different processes race.
 const maxCASRetries = 100
 
-// deviceStripes is the number of locks that serialise inventory writes of
-// one device within the process.
+// deviceStripes is the number of locks that serialise writes of one device
+// within the process.
 const deviceStripes = 4096
 
-// Store implements policy.ChallengeStore and policy.Inventory.
+// Store implements policy.Store.
 type Store struct {
 	db database.DB
-	// devices serialise RecordIssued per device (striped by a hash of the
-	// device id), so that the compare-and-swap of the device's list in the
-	// issuance transaction does not lose to a concurrent one in-process.
+	// devices serialise a device's writes in-process (striped by a hash of
+	// its key), so that the compare-and-swap of its head does not lose to a
+	// concurrent one in the same process.
 	devices [deviceStripes]sync.Mutex
 }
 
-var (
-	_ policy.ChallengeStore = (*Store)(nil)
-	_ policy.Inventory      = (*Store)(nil)
-)
+var _ policy.Store = (*Store)(nil)
 
-// New returns a Store on db, creating its tables.
+// row is one certificate of the inventory.
+type row struct {
+	policy.Issued
+	// Prev is the serial of the device's certificate issued before this
+	// one ("" for its first).
+	Prev string `json:"prev,omitempty"`
+}
+
+// New returns a Store on db, creating its tables and migrating an older
+// layout.
 func New(db database.DB) (*Store, error) {
-	for _, t := range [][]byte{challengesTable, usedTable, byDeviceTable, serialTable} {
+	for _, t := range [][]byte{challengesTable, usedTable, devicesTable, activeTable, deviceChallengeTable,
+		headsTable, certsTable, renewableTable, metaTable} {
 		if err := db.CreateTable(t); err != nil {
 			return nil, fmt.Errorf("nosqlstore: create table %s: %w", t, err)
 		}
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db}
+	if err := s.migrate(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func devKey(user, device string) []byte { return []byte(user + "\x00" + device) }
+
+func splitDevKey(k []byte) (user, device string) {
+	u, d, _ := strings.Cut(string(k), "\x00")
+	return u, d
+}
+
+func (s *Store) lock(key []byte) *sync.Mutex {
+	h := uint32(2166136261) // FNV-1a
+	for _, c := range key {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	return &s.devices[h%deviceStripes]
 }
 
 // PutChallenge implements policy.ChallengeStore.
@@ -71,7 +125,28 @@ func (s *Store) PutChallenge(_ context.Context, hash []byte, c policy.Challenge)
 	if err != nil {
 		return err
 	}
-	return s.db.Set(challengesTable, hash, b)
+	key := devKey(c.User, c.Device)
+	mu := s.lock(key)
+	mu.Lock()
+	defer mu.Unlock()
+	prev, err := s.get(deviceChallengeTable, key)
+	if err != nil && err != policy.ErrNotFound {
+		return err
+	}
+	tx := &database.Tx{}
+	tx.Get(activeTable, key) // rolls back for an unregistered or retired device
+	if prev != nil {
+		tx.Del(challengesTable, prev)
+	}
+	tx.Set(challengesTable, hash, b)
+	tx.Set(deviceChallengeTable, key, hash)
+	if err := s.db.Update(tx); err != nil {
+		if database.IsErrNotFound(err) {
+			return policy.ErrInactiveDevice
+		}
+		return fmt.Errorf("nosqlstore: store challenge: %w", err)
+	}
+	return nil
 }
 
 // Challenge implements policy.ChallengeStore: an unused challenge, or a
@@ -84,12 +159,23 @@ func (s *Store) Challenge(_ context.Context, hash []byte) (policy.Challenge, err
 	return c, err
 }
 
-func (s *Store) getChallenge(table, hash []byte) (policy.Challenge, error) {
-	b, err := s.db.Get(table, hash)
+func (s *Store) get(table, key []byte) ([]byte, error) {
+	b, err := s.db.Get(table, key)
 	if database.IsErrNotFound(err) {
-		return policy.Challenge{}, policy.ErrNotFound
+		return nil, policy.ErrNotFound
 	} else if err != nil {
-		return policy.Challenge{}, fmt.Errorf("nosqlstore: read challenge %s: %w", hex.EncodeToString(hash[:min(4, len(hash))]), err)
+		return nil, fmt.Errorf("nosqlstore: read %s: %w", table, err)
+	}
+	return b, nil
+}
+
+func (s *Store) getChallenge(table, hash []byte) (policy.Challenge, error) {
+	b, err := s.get(table, hash)
+	if err != nil {
+		if err != policy.ErrNotFound {
+			err = fmt.Errorf("nosqlstore: read challenge %s: %w", hex.EncodeToString(hash[:min(4, len(hash))]), err)
+		}
+		return policy.Challenge{}, err
 	}
 	var c policy.Challenge
 	if err := json.Unmarshal(b, &c); err != nil {
@@ -116,7 +202,8 @@ func (s *Store) PurgeChallenges(cutoff time.Time) (int, error) {
 			}
 			if c.ExpiresAt.Before(cutoff) || (!c.ConsumedAt.IsZero() && c.ConsumedAt.Before(cutoff)) {
 				// An expired or used challenge can never become usable
-				// again, so deleting it without a compare is safe.
+				// again, so deleting it without a compare is safe; a
+				// device's pointer to it then names nothing.
 				if err := s.db.Del(table, e.Key); err != nil {
 					return n, fmt.Errorf("nosqlstore: purge challenge: %w", err)
 				}
@@ -127,18 +214,24 @@ func (s *Store) PurgeChallenges(cutoff time.Time) (int, error) {
 	return n, nil
 }
 
-// RecordIssued implements policy.Inventory. One transaction holds the
-// CA's record of the certificate (c.CA), the serial → device map, the
-// device's list with rec appended (compare-and-swap) and, for a first
-// enrolment, the move of the challenge from the unused to the used table.
-// The transaction starts by reading the unused challenge, so it rolls back
-// as a whole when the challenge is gone: the caller then gets a
-// *policy.RejectError with ReasonChallengeUsed and nothing is stored.
+// RecordIssued implements policy.Inventory. One transaction holds: the
+// device's active row (read: the transaction rolls back when the device was
+// retired), for a first enrolment the move of the challenge from the unused
+// to the used table (read first, so it rolls back when the challenge is
+// gone), for a renewal the end of the predecessor's right to renew (read
+// first likewise) and its revocation as superseded, the CA's record of the
+// certificate, the certificate's row, its right to renew, and the device's
+// head (compare-and-swap). A rolled-back transaction stores nothing and
+// returns the *policy.RejectError or policy.ErrInactiveDevice that says why.
 func (s *Store) RecordIssued(_ context.Context, rec policy.Issued, c policy.Commit) error {
-	lock := &s.devices[stripe(rec.Device)]
-	lock.Lock()
-	defer lock.Unlock()
-	var consume []*database.TxEntry
+	key := devKey(rec.User, rec.Device)
+	mu := s.lock(key)
+	mu.Lock()
+	defer mu.Unlock()
+	var guards []*database.TxEntry
+	if !c.Unregistered {
+		guards = append(guards, &database.TxEntry{Bucket: activeTable, Key: key, Cmd: database.Get})
+	}
 	if c.Challenge != nil {
 		ch, err := s.getChallenge(challengesTable, c.Challenge)
 		if err == policy.ErrNotFound || (err == nil && !ch.ConsumedAt.IsZero()) {
@@ -151,136 +244,257 @@ func (s *Store) RecordIssued(_ context.Context, rec policy.Issued, c policy.Comm
 		if err != nil {
 			return err
 		}
-		consume = []*database.TxEntry{
-			{Bucket: challengesTable, Key: c.Challenge, Cmd: database.Get}, // rolls back when gone
-			{Bucket: challengesTable, Key: c.Challenge, Cmd: database.Delete},
-			{Bucket: usedTable, Key: c.Challenge, Value: used, Cmd: database.Set},
-		}
+		guards = append(guards,
+			&database.TxEntry{Bucket: challengesTable, Key: c.Challenge, Cmd: database.Get},
+			&database.TxEntry{Bucket: challengesTable, Key: c.Challenge, Cmd: database.Delete},
+			&database.TxEntry{Bucket: usedTable, Key: c.Challenge, Value: used, Cmd: database.Set},
+			&database.TxEntry{Bucket: deviceChallengeTable, Key: key, Cmd: database.Delete})
 	}
-	caOps := c.CA.Ops()
+	if c.Supersedes != "" {
+		guards = append(guards,
+			&database.TxEntry{Bucket: renewableTable, Key: []byte(c.Supersedes), Cmd: database.Get},
+			&database.TxEntry{Bucket: renewableTable, Key: []byte(c.Supersedes), Cmd: database.Delete})
+		guards = append(guards, c.Revocation.Ops()...)
+	}
+	once := append(guards, c.CA.Ops()...)
+	once = append(once, &database.TxEntry{Bucket: renewableTable, Key: []byte(rec.Serial), Value: marker, Cmd: database.Set})
 	for attempt := 0; attempt < maxCASRetries; attempt++ {
-		old, list, err := s.readDeviceList(rec.Device)
+		head, err := s.db.Get(headsTable, key)
+		if err != nil && !database.IsErrNotFound(err) {
+			return fmt.Errorf("nosqlstore: read head of %s: %w", rec.Device, err)
+		}
+		b, err := json.Marshal(row{Issued: rec, Prev: string(head)})
 		if err != nil {
 			return err
 		}
-		b, err := json.Marshal(append(list, rec))
-		if err != nil {
-			return err
-		}
-		tx := &database.Tx{}
-		tx.Operations = append(tx.Operations, consume...)
-		tx.Operations = append(tx.Operations, caOps...)
-		tx.Set(serialTable, []byte(rec.Serial), []byte(rec.Device))
-		cas := &database.TxEntry{Bucket: byDeviceTable, Key: []byte(rec.Device), CmpValue: old, Value: b, Cmd: database.CmpAndSwap}
+		tx := &database.Tx{Operations: once}
+		tx.Set(certsTable, []byte(rec.Serial), b)
+		cas := &database.TxEntry{Bucket: headsTable, Key: key, CmpValue: head, Value: []byte(rec.Serial), Cmd: database.CmpAndSwap}
 		tx.Operations = append(tx.Operations, cas)
 		if err := s.db.Update(tx); err != nil {
-			if consume != nil && database.IsErrNotFound(err) {
-				return errChallengeUsed()
+			if database.IsErrNotFound(err) && once != nil {
+				return s.whyRolledBack(key, c)
 			}
 			return fmt.Errorf("nosqlstore: record issued %s: %w", rec.Serial, err)
 		}
 		if cas.Swapped {
 			return nil
 		}
-		// Another process-external writer changed the device's list (the
-		// per-device lock rules out this process): everything but the list
-		// is committed; append to the list again on its own.
-		consume, caOps = nil, nil
+		// Another process moved the device's head (the per-device lock
+		// rules out this process): everything else is committed; link the
+		// row to the new head and move the head again.
+		once = nil
 	}
 	return fmt.Errorf("nosqlstore: record issued %s: too many concurrent enrolments of device %s", rec.Serial, rec.Device)
+}
+
+// whyRolledBack says which read rolled an issuance transaction back.
+func (s *Store) whyRolledBack(key []byte, c policy.Commit) error {
+	if !c.Unregistered {
+		if _, err := s.get(activeTable, key); err == policy.ErrNotFound {
+			return policy.ErrInactiveDevice
+		}
+	}
+	if c.Supersedes != "" {
+		if _, err := s.get(renewableTable, []byte(c.Supersedes)); err == policy.ErrNotFound {
+			return &policy.RejectError{Reason: policy.ReasonRenewalNotAuthorized,
+				Detail: "the certificate was already renewed or revoked; enrol again with a new challenge"}
+		}
+	}
+	return errChallengeUsed()
 }
 
 func errChallengeUsed() error {
 	return &policy.RejectError{Reason: policy.ReasonChallengeUsed, Detail: "the challenge was already used"}
 }
 
-// stripe maps a device id to one of the device locks (FNV-1a).
-func stripe(device string) int {
-	h := uint32(2166136261)
-	for i := 0; i < len(device); i++ {
-		h = (h ^ uint32(device[i])) * 16777619
+func (s *Store) readRow(serial string) (row, error) {
+	b, err := s.get(certsTable, []byte(serial))
+	if err != nil {
+		return row{}, err
 	}
-	return int(h % deviceStripes)
-}
-
-func (s *Store) readDeviceList(device string) ([]byte, []policy.Issued, error) {
-	old, err := s.db.Get(byDeviceTable, []byte(device))
-	if err != nil && !database.IsErrNotFound(err) {
-		return nil, nil, fmt.Errorf("nosqlstore: read inventory of %s: %w", device, err)
+	var r row
+	if err := json.Unmarshal(b, &r); err != nil {
+		return row{}, fmt.Errorf("nosqlstore: decode certificate %s: %w", serial, err)
 	}
-	var list []policy.Issued
-	if old != nil {
-		if err := json.Unmarshal(old, &list); err != nil {
-			return nil, nil, fmt.Errorf("nosqlstore: decode inventory of %s: %w", device, err)
-		}
-	}
-	return old, list, nil
-}
-
-func (s *Store) deviceList(device string) ([]policy.Issued, error) {
-	_, list, err := s.readDeviceList(device)
-	return list, err
+	return r, nil
 }
 
 // IssuedBySerial implements policy.Inventory.
 func (s *Store) IssuedBySerial(_ context.Context, serial string) (policy.Issued, error) {
-	dev, err := s.db.Get(serialTable, []byte(serial))
-	if database.IsErrNotFound(err) {
-		return policy.Issued{}, policy.ErrNotFound
-	} else if err != nil {
-		return policy.Issued{}, fmt.Errorf("nosqlstore: read issued %s: %w", serial, err)
-	}
-	list, err := s.deviceList(string(dev))
-	if err != nil {
-		return policy.Issued{}, err
-	}
-	for _, r := range list {
-		if r.Serial == serial {
-			return r, nil
-		}
-	}
-	return policy.Issued{}, policy.ErrNotFound
+	r, err := s.readRow(serial)
+	return r.Issued, err
 }
 
-// ListIssued implements policy.Inventory. With a device it reads that
-// device's record; by user alone it scans every device (an administrator's
-// query).
-func (s *Store) ListIssued(_ context.Context, f policy.Filter) ([]policy.Issued, error) {
+// deviceCerts follows the chain of the device with the given key from its
+// head, newest first.
+func (s *Store) deviceCerts(key []byte) ([]policy.Issued, error) {
+	head, err := s.get(headsTable, key)
+	if err == policy.ErrNotFound {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
 	var out []policy.Issued
+	for serial := string(head); serial != ""; {
+		r, err := s.readRow(serial)
+		if err != nil {
+			return nil, fmt.Errorf("nosqlstore: inventory chain at %s: %w", serial, err)
+		}
+		out = append(out, r.Issued)
+		serial = r.Prev
+	}
+	return out, nil
+}
+
+// ListIssued implements policy.Inventory. With a device it follows that
+// device's chain; by user alone it follows each of the user's devices; with
+// neither, every device (an administrator's query).
+func (s *Store) ListIssued(_ context.Context, f policy.Filter) ([]policy.Issued, error) {
+	if f.Device != "" && f.User == "" {
+		return nil, errors.New("nosqlstore: a device filter needs its user")
+	}
+	var keys [][]byte
 	if f.Device != "" {
-		list, err := s.deviceList(f.Device)
+		keys = [][]byte{devKey(f.User, f.Device)}
+	} else {
+		entries, err := s.db.List(headsTable)
+		if err != nil && !database.IsErrNotFound(err) {
+			return nil, fmt.Errorf("nosqlstore: list devices: %w", err)
+		}
+		for _, e := range entries {
+			if u, _ := splitDevKey(e.Key); f.User == "" || u == f.User {
+				keys = append(keys, e.Key)
+			}
+		}
+	}
+	var out []policy.Issued
+	for _, k := range keys {
+		list, err := s.deviceCerts(k)
 		if err != nil {
 			return nil, err
 		}
-		for _, r := range list {
-			if f.User == "" || r.User == f.User {
-				out = append(out, r)
-			}
-		}
-	} else {
-		entries, err := s.db.List(byDeviceTable)
-		if database.IsErrNotFound(err) {
-			return nil, nil
-		} else if err != nil {
-			return nil, fmt.Errorf("nosqlstore: list issued: %w", err)
-		}
-		for _, e := range entries {
-			var list []policy.Issued
-			if err := json.Unmarshal(e.Value, &list); err != nil {
-				return nil, fmt.Errorf("nosqlstore: decode inventory of %s: %w", e.Key, err)
-			}
-			for _, r := range list {
-				if f.User == "" || r.User == f.User {
-					out = append(out, r)
-				}
-			}
-		}
+		out = append(out, list...)
 	}
-	sort.Slice(out, func(i, j int) bool {
+	sort.SliceStable(out, func(i, j int) bool {
 		if !out[i].IssuedAt.Equal(out[j].IssuedAt) {
 			return out[i].IssuedAt.After(out[j].IssuedAt)
 		}
 		return bytes.Compare([]byte(out[i].Serial), []byte(out[j].Serial)) > 0
 	})
 	return out, nil
+}
+
+// RevokeIssued implements policy.Inventory.
+func (s *Store) RevokeIssued(_ context.Context, serial string, revocation ca.Record) error {
+	tx := &database.Tx{}
+	tx.Del(renewableTable, []byte(serial))
+	tx.Operations = append(tx.Operations, revocation.Ops()...)
+	if err := s.db.Update(tx); err != nil {
+		return fmt.Errorf("nosqlstore: revoke %s: %w", serial, err)
+	}
+	return nil
+}
+
+// PutDevice implements policy.DeviceStore.
+func (s *Store) PutDevice(_ context.Context, d policy.Device) error {
+	b, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	key := devKey(d.User, d.ID)
+	mu := s.lock(key)
+	mu.Lock()
+	defer mu.Unlock()
+	tx := &database.Tx{}
+	tx.Set(devicesTable, key, b)
+	if d.State == policy.DeviceActive {
+		tx.Set(activeTable, key, marker)
+	} else {
+		tx.Del(activeTable, key)
+	}
+	if err := s.db.Update(tx); err != nil {
+		return fmt.Errorf("nosqlstore: register device %s: %w", d.ID, err)
+	}
+	return nil
+}
+
+// Device implements policy.DeviceStore.
+func (s *Store) Device(_ context.Context, user, id string) (policy.Device, error) {
+	b, err := s.get(devicesTable, devKey(user, id))
+	if err != nil {
+		return policy.Device{}, err
+	}
+	var d policy.Device
+	if err := json.Unmarshal(b, &d); err != nil {
+		return policy.Device{}, fmt.Errorf("nosqlstore: decode device %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// ListDevices implements policy.DeviceStore. It reads the whole registry
+// (an administrator's query).
+func (s *Store) ListDevices(_ context.Context, user string) ([]policy.Device, error) {
+	entries, err := s.db.List(devicesTable)
+	if database.IsErrNotFound(err) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("nosqlstore: list devices: %w", err)
+	}
+	var out []policy.Device
+	for _, e := range entries {
+		if u, _ := splitDevKey(e.Key); user != "" && u != user {
+			continue
+		}
+		var d policy.Device
+		if err := json.Unmarshal(e.Value, &d); err != nil {
+			return nil, fmt.Errorf("nosqlstore: decode device %q: %w", e.Key, err)
+		}
+		out = append(out, d)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].User != out[j].User {
+			return out[i].User < out[j].User
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// RetireDevice implements policy.DeviceStore: one transaction reads the
+// device's active row (rolling back when it is gone), deletes it and the
+// live challenge, stores d, and revokes every given certificate, ending its
+// right to renew. An issuance that commits after it finds no active row.
+func (s *Store) RetireDevice(_ context.Context, d policy.Device, revocations []policy.Revocation) error {
+	b, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	key := devKey(d.User, d.ID)
+	mu := s.lock(key)
+	mu.Lock()
+	defer mu.Unlock()
+	live, err := s.get(deviceChallengeTable, key)
+	if err != nil && err != policy.ErrNotFound {
+		return err
+	}
+	tx := &database.Tx{}
+	tx.Get(activeTable, key)
+	tx.Del(activeTable, key)
+	if live != nil {
+		tx.Del(challengesTable, live)
+		tx.Del(deviceChallengeTable, key)
+	}
+	tx.Set(devicesTable, key, b)
+	for _, r := range revocations {
+		tx.Del(renewableTable, []byte(r.Serial))
+		tx.Operations = append(tx.Operations, r.CA.Ops()...)
+	}
+	if err := s.db.Update(tx); err != nil {
+		if database.IsErrNotFound(err) {
+			return policy.ErrInactiveDevice
+		}
+		return fmt.Errorf("nosqlstore: retire device %s: %w", d.ID, err)
+	}
+	return nil
 }

@@ -2,52 +2,79 @@ package nosqlstore_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/smallstep/nosql/database"
+
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 )
 
-func open(t *testing.T) *nosqlstore.Store {
+func openDB(t *testing.T) database.DB {
 	t.Helper()
 	db, err := ca.OpenDatabase(filepath.Join(t.TempDir(), "db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	s, err := nosqlstore.New(db.DB.DB)
+	return db.DB.DB
+}
+
+func open(t *testing.T) *nosqlstore.Store {
+	t.Helper()
+	s, err := nosqlstore.New(openDB(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
 
-// Concurrent enrolments of one device (renewals racing a new enrolment)
-// must all land in the device's record.
+func register(t *testing.T, s *nosqlstore.Store, user, id string) {
+	t.Helper()
+	if err := s.PutDevice(context.Background(), policy.Device{User: user, ID: id, State: policy.DeviceActive, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func issued(serial, user, device string) policy.Issued {
+	return policy.Issued{Serial: serial, User: user, Device: device, IssuedAt: time.Now()}
+}
+
+// Concurrent enrolments of one device must all land in its chain, and
+// devices are per user: alice's and bob's "iphone-1" are two devices.
 func TestConcurrentRecordsOfOneDevice(t *testing.T) {
 	s := open(t)
 	ctx := context.Background()
+	register(t, s, "a@example.com", "dev")
+	register(t, s, "b@example.com", "dev")
 	const n = 50
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			rec := policy.Issued{Serial: fmt.Sprint(1000 + i), User: "a@example.com", Device: "dev", IssuedAt: time.Now()}
-			if err := s.RecordIssued(ctx, rec, policy.Commit{}); err != nil {
+			if err := s.RecordIssued(ctx, issued(fmt.Sprint(1000+i), "a@example.com", "dev"), policy.Commit{}); err != nil {
 				t.Error(err)
 			}
 		}(i)
 	}
 	wg.Wait()
-	list, err := s.ListIssued(ctx, policy.Filter{Device: "dev"})
+	list, err := s.ListIssued(ctx, policy.Filter{User: "a@example.com", Device: "dev"})
 	if err != nil || len(list) != n {
 		t.Fatalf("%d records, %v; want %d", len(list), err, n)
+	}
+	seen := map[string]bool{}
+	for _, r := range list {
+		if seen[r.Serial] {
+			t.Fatalf("serial %s twice in the chain", r.Serial)
+		}
+		seen[r.Serial] = true
 	}
 	for i := 0; i < n; i++ {
 		r, err := s.IssuedBySerial(ctx, fmt.Sprint(1000+i))
@@ -58,13 +85,17 @@ func TestConcurrentRecordsOfOneDevice(t *testing.T) {
 	if _, err := s.IssuedBySerial(ctx, "1"); err != policy.ErrNotFound {
 		t.Errorf("unknown serial: %v", err)
 	}
-	if err := s.RecordIssued(ctx, policy.Issued{Serial: "7", User: "b@example.com", Device: "other", IssuedAt: time.Now()}, policy.Commit{}); err != nil {
+	if err := s.RecordIssued(ctx, issued("7", "b@example.com", "dev"), policy.Commit{}); err != nil {
 		t.Fatal(err)
 	}
-	byUser, _ := s.ListIssued(ctx, policy.Filter{User: "b@example.com"})
-	all, _ := s.ListIssued(ctx, policy.Filter{User: "a@example.com"})
-	if len(byUser) != 1 || len(all) != n {
-		t.Errorf("by user: %d and %d", len(byUser), len(all))
+	bob, _ := s.ListIssued(ctx, policy.Filter{User: "b@example.com", Device: "dev"})
+	alice, _ := s.ListIssued(ctx, policy.Filter{User: "a@example.com"})
+	all, _ := s.ListIssued(ctx, policy.Filter{})
+	if len(bob) != 1 || len(alice) != n || len(all) != n+1 {
+		t.Errorf("bob %d, alice %d, all %d", len(bob), len(alice), len(all))
+	}
+	if _, err := s.ListIssued(ctx, policy.Filter{Device: "dev"}); err == nil {
+		t.Error("a device filter without its user was accepted (device ids are per user)")
 	}
 }
 
@@ -74,6 +105,7 @@ func TestConcurrentRecordsOfOneDevice(t *testing.T) {
 func TestRecordIssuedUsesTheChallengeOnce(t *testing.T) {
 	s := open(t)
 	ctx := context.Background()
+	register(t, s, "a@example.com", "d")
 	hash := []byte("0123456789abcdef0123456789abcdef")
 	now := time.Now().UTC()
 	if err := s.PutChallenge(ctx, hash, policy.Challenge{User: "a@example.com", Device: "d", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
@@ -86,8 +118,7 @@ func TestRecordIssuedUsesTheChallengeOnce(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			rec := policy.Issued{Serial: fmt.Sprint(500 + i), User: "a@example.com", Device: fmt.Sprintf("d%d", i), IssuedAt: now}
-			errs[i] = s.RecordIssued(ctx, rec, policy.Commit{Challenge: hash, At: now})
+			errs[i] = s.RecordIssued(ctx, issued(fmt.Sprint(500+i), "a@example.com", "d"), policy.Commit{Challenge: hash, At: now})
 		}(i)
 	}
 	wg.Wait()
@@ -129,16 +160,237 @@ func TestRecordIssuedUsesTheChallengeOnce(t *testing.T) {
 func TestLegacyConsumedChallengeIsRefused(t *testing.T) {
 	s := open(t)
 	ctx := context.Background()
+	register(t, s, "a@example.com", "d")
 	hash := []byte("legacy-challenge-hash-0123456789")
 	now := time.Now().UTC()
 	if err := s.PutChallenge(ctx, hash, policy.Challenge{User: "a@example.com", Device: "d", ExpiresAt: now.Add(time.Hour), ConsumedAt: now}); err != nil {
 		t.Fatal(err)
 	}
-	err := s.RecordIssued(ctx, policy.Issued{Serial: "9", User: "a@example.com", Device: "d"}, policy.Commit{Challenge: hash, At: now})
+	err := s.RecordIssued(ctx, issued("9", "a@example.com", "d"), policy.Commit{Challenge: hash, At: now})
 	if re, ok := policy.IsReject(err); !ok || re.Reason != policy.ReasonChallengeUsed {
 		t.Fatalf("%v, want ReasonChallengeUsed", err)
 	}
 	if _, err := s.IssuedBySerial(ctx, "9"); err != policy.ErrNotFound {
 		t.Errorf("recorded: %v", err)
+	}
+}
+
+// Challenges and certificates only for registered, active devices; a
+// retirement is a tombstone that every later issuance transaction reads.
+func TestRetirementIsATombstone(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	ch := policy.Challenge{User: "a@example.com", Device: "d", ExpiresAt: now.Add(time.Hour)}
+	if err := s.PutChallenge(ctx, []byte("h0"), ch); err != policy.ErrInactiveDevice {
+		t.Fatalf("challenge for an unregistered device: %v", err)
+	}
+	if err := s.RecordIssued(ctx, issued("1", "a@example.com", "d"), policy.Commit{}); err != policy.ErrInactiveDevice {
+		t.Fatalf("certificate for an unregistered device: %v", err)
+	}
+	register(t, s, "a@example.com", "d")
+	if err := s.PutChallenge(ctx, []byte("h1"), ch); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordIssued(ctx, issued("1", "a@example.com", "d"), policy.Commit{}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := s.Device(ctx, "a@example.com", "d")
+	d.State = policy.DeviceRetired
+	if err := s.RetireDevice(ctx, d, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Challenge(ctx, []byte("h1")); err != policy.ErrNotFound {
+		t.Errorf("the live challenge survived the retirement: %v", err)
+	}
+	if err := s.RetireDevice(ctx, d, nil); err != policy.ErrInactiveDevice {
+		t.Errorf("second retirement: %v", err)
+	}
+	if err := s.RecordIssued(ctx, issued("2", "a@example.com", "d"), policy.Commit{Supersedes: "1"}); err != policy.ErrInactiveDevice {
+		t.Fatalf("renewal after retirement: %v", err)
+	}
+	if _, err := s.IssuedBySerial(ctx, "2"); err != policy.ErrNotFound {
+		t.Errorf("refused renewal was recorded: %v", err)
+	}
+	if err := s.PutChallenge(ctx, []byte("h2"), ch); err != policy.ErrInactiveDevice {
+		t.Errorf("challenge after retirement: %v", err)
+	}
+	// The history stays readable.
+	if l, _ := s.ListIssued(ctx, policy.Filter{User: "a@example.com", Device: "d"}); len(l) != 1 {
+		t.Errorf("history after retirement: %d records", len(l))
+	}
+}
+
+// A device has one live challenge: each new one replaces the last, so a
+// caller that creates challenges in a loop leaves one row, not a flood.
+func TestOneLiveChallengePerDevice(t *testing.T) {
+	db := openDB(t)
+	s, err := nosqlstore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	register(t, s, "a@example.com", "d")
+	register(t, s, "a@example.com", "e")
+	now := time.Now().UTC()
+	for i := 0; i < 100; i++ {
+		if err := s.PutChallenge(ctx, []byte(fmt.Sprintf("hash-%03d", i)), policy.Challenge{User: "a@example.com", Device: "d", ExpiresAt: now.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutChallenge(ctx, []byte("other"), policy.Challenge{User: "a@example.com", Device: "e", ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.List([]byte("smimeca_challenges"))
+	if err != nil || len(rows) != 2 {
+		t.Fatalf("%d live challenge rows (%v), want 2 (one per device)", len(rows), err)
+	}
+	if _, err := s.Challenge(ctx, []byte("hash-098")); err != policy.ErrNotFound {
+		t.Errorf("a replaced challenge is still usable: %v", err)
+	}
+	if _, err := s.Challenge(ctx, []byte("hash-099")); err != nil {
+		t.Errorf("the newest challenge: %v", err)
+	}
+}
+
+// A certificate is renewed once: of renewals racing on one predecessor
+// exactly one lands; a later one (a replayed request) stores nothing.
+func TestRenewalSupersedesOnce(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	register(t, s, "a@example.com", "d")
+	if err := s.RecordIssued(ctx, issued("100", "a@example.com", "d"), policy.Commit{}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 10
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs[i] = s.RecordIssued(ctx, issued(fmt.Sprint(200+i), "a@example.com", "d"), policy.Commit{Supersedes: "100"})
+		}(i)
+	}
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		if err == nil {
+			won++
+			continue
+		}
+		if re, ok := policy.IsReject(err); !ok || re.Reason != policy.ReasonRenewalNotAuthorized {
+			t.Errorf("renewal %d: %v, want ReasonRenewalNotAuthorized", i, err)
+		}
+		if _, err := s.IssuedBySerial(ctx, fmt.Sprint(200+i)); err != policy.ErrNotFound {
+			t.Errorf("refused renewal %d recorded", i)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d renewals of one certificate landed", won)
+	}
+	// A revoked certificate cannot be renewed either.
+	if err := s.RecordIssued(ctx, issued("300", "a@example.com", "d"), policy.Commit{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RevokeIssued(ctx, "300", ca.Record{}); err != nil {
+		t.Fatal(err)
+	}
+	err := s.RecordIssued(ctx, issued("301", "a@example.com", "d"), policy.Commit{Supersedes: "300"})
+	if re, ok := policy.IsReject(err); !ok || re.Reason != policy.ReasonRenewalNotAuthorized {
+		t.Errorf("renewal of a revoked certificate: %v", err)
+	}
+}
+
+// countingDB records the bytes each Update writes.
+type countingDB struct {
+	database.DB
+	mu   sync.Mutex
+	last int
+}
+
+func (c *countingDB) Update(tx *database.Tx) error {
+	n := 0
+	for _, op := range tx.Operations {
+		n += len(op.Key) + len(op.Value) + len(op.CmpValue)
+	}
+	c.mu.Lock()
+	c.last = n
+	c.mu.Unlock()
+	return c.DB.Update(tx)
+}
+
+// A certificate's write costs the same whatever the device's history: the
+// 1 000th certificate of a device writes as many bytes as its first (the
+// old layout rewrote the device's whole list every time).
+func TestWriteCostIsFlat(t *testing.T) {
+	cdb := &countingDB{DB: openDB(t)}
+	s, err := nosqlstore.New(cdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	register(t, s, "a@example.com", "d")
+	var first, last int
+	for i := 0; i < 1000; i++ {
+		// Serials of one length, so that only the history could differ.
+		if err := s.RecordIssued(ctx, issued(fmt.Sprint(100000+i), "a@example.com", "d"), policy.Commit{}); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			first = cdb.last
+		}
+		last = cdb.last
+	}
+	if last != first {
+		t.Errorf("the 1000th write is %d bytes, the 2nd %d: the cost grows with the history", last, first)
+	}
+}
+
+// A version 1 database (one JSON list per global device id) is migrated:
+// every user's device becomes a registered device with its own chain.
+func TestMigrateFromVersion1(t *testing.T) {
+	db := openDB(t)
+	byDevice, serials := []byte("smimeca_issued_by_device"), []byte("smimeca_issued_serials")
+	for _, tbl := range [][]byte{byDevice, serials} {
+		if err := db.CreateTable(tbl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t0 := time.Now().UTC().Add(-time.Hour)
+	list := []policy.Issued{
+		{Serial: "1", User: "alice@example.com", Device: "iphone-1", IssuedAt: t0},
+		{Serial: "2", User: "bob@example.com", Device: "iphone-1", IssuedAt: t0.Add(time.Minute)},
+		{Serial: "3", User: "alice@example.com", Device: "iphone-1", IssuedAt: t0.Add(2 * time.Minute), RenewedFrom: "1"},
+	}
+	b, _ := json.Marshal(list)
+	if err := db.Set(byDevice, []byte("iphone-1"), b); err != nil {
+		t.Fatal(err)
+	}
+	s, err := nosqlstore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	alice, _ := s.ListIssued(ctx, policy.Filter{User: "alice@example.com", Device: "iphone-1"})
+	bob, _ := s.ListIssued(ctx, policy.Filter{User: "bob@example.com", Device: "iphone-1"})
+	if len(alice) != 2 || alice[0].Serial != "3" || len(bob) != 1 {
+		t.Fatalf("migrated: alice %+v, bob %+v", alice, bob)
+	}
+	for _, u := range []string{"alice@example.com", "bob@example.com"} {
+		d, err := s.Device(ctx, u, "iphone-1")
+		if err != nil || d.State != policy.DeviceActive || d.Identity != nil {
+			t.Errorf("%s's device after migration: %+v %v", u, d, err)
+		}
+	}
+	if _, err := db.List(byDevice); !database.IsErrNotFound(err) {
+		t.Errorf("the version 1 table is still there: %v", err)
+	}
+	// Opening again changes nothing.
+	if _, err := nosqlstore.New(db); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.ListIssued(ctx, policy.Filter{}); len(again) != 3 {
+		t.Errorf("after a second open: %d records", len(again))
 	}
 }

@@ -25,11 +25,13 @@ const (
 type DeliveryFormat int32
 
 const (
-	DeliveryFormat_DELIVERY_FORMAT_UNSPECIFIED DeliveryFormat = 0 // PKCS12
-	// Each key in a new PKCS#12 with a fresh random password beside it.
+	DeliveryFormat_DELIVERY_FORMAT_UNSPECIFIED DeliveryFormat = 0 // CMS
+	// Each key in a new PKCS#12 with a fresh random password beside it, in
+	// the clear. Admin only, with break_glass set; audited as a break-glass
+	// release.
 	DeliveryFormat_DELIVERY_FORMAT_PKCS12 DeliveryFormat = 1
-	// Each key in a new PKCS#12 whose password is CMS EnvelopedData to
-	// device_certificate_der: only the device can open it.
+	// Each key in a new PKCS#12 whose password is CMS EnvelopedData to the
+	// device's registered identity certificate: only the device can open it.
 	DeliveryFormat_DELIVERY_FORMAT_CMS DeliveryFormat = 2
 )
 
@@ -74,6 +76,56 @@ func (DeliveryFormat) EnumDescriptor() ([]byte, []int) {
 	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{0}
 }
 
+// KeyTransport is how an envelope's AES-256 content key is encrypted to
+// the device's RSA identity key.
+type KeyTransport int32
+
+const (
+	// RSA PKCS#1 v1.5 (rsaEncryption): what iOS and openssl accept.
+	KeyTransport_KEY_TRANSPORT_RSA_PKCS1V15 KeyTransport = 0
+	// RSAES-OAEP with SHA-256 and MGF1-SHA-256.
+	KeyTransport_KEY_TRANSPORT_RSA_OAEP_SHA256 KeyTransport = 1
+)
+
+// Enum value maps for KeyTransport.
+var (
+	KeyTransport_name = map[int32]string{
+		0: "KEY_TRANSPORT_RSA_PKCS1V15",
+		1: "KEY_TRANSPORT_RSA_OAEP_SHA256",
+	}
+	KeyTransport_value = map[string]int32{
+		"KEY_TRANSPORT_RSA_PKCS1V15":    0,
+		"KEY_TRANSPORT_RSA_OAEP_SHA256": 1,
+	}
+)
+
+func (x KeyTransport) Enum() *KeyTransport {
+	p := new(KeyTransport)
+	*p = x
+	return p
+}
+
+func (x KeyTransport) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyTransport) Descriptor() protoreflect.EnumDescriptor {
+	return file_smimeca_v1_bundle_proto_enumTypes[1].Descriptor()
+}
+
+func (KeyTransport) Type() protoreflect.EnumType {
+	return &file_smimeca_v1_bundle_proto_enumTypes[1]
+}
+
+func (x KeyTransport) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyTransport.Descriptor instead.
+func (KeyTransport) EnumDescriptor() ([]byte, []int) {
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{1}
+}
+
 type Pkcs12Encoding int32
 
 const (
@@ -106,11 +158,11 @@ func (x Pkcs12Encoding) String() string {
 }
 
 func (Pkcs12Encoding) Descriptor() protoreflect.EnumDescriptor {
-	return file_smimeca_v1_bundle_proto_enumTypes[1].Descriptor()
+	return file_smimeca_v1_bundle_proto_enumTypes[2].Descriptor()
 }
 
 func (Pkcs12Encoding) Type() protoreflect.EnumType {
-	return &file_smimeca_v1_bundle_proto_enumTypes[1]
+	return &file_smimeca_v1_bundle_proto_enumTypes[2]
 }
 
 func (x Pkcs12Encoding) Number() protoreflect.EnumNumber {
@@ -119,7 +171,7 @@ func (x Pkcs12Encoding) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Pkcs12Encoding.Descriptor instead.
 func (Pkcs12Encoding) EnumDescriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{1}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{2}
 }
 
 type GetUserBundleRequest struct {
@@ -128,10 +180,19 @@ type GetUserBundleRequest struct {
 	DeviceId string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	Format   DeliveryFormat         `protobuf:"varint,3,opt,name=format,proto3,enum=smimeca.v1.DeliveryFormat" json:"format,omitempty"`
 	Encoding Pkcs12Encoding         `protobuf:"varint,4,opt,name=encoding,proto3,enum=smimeca.v1.Pkcs12Encoding" json:"encoding,omitempty"`
-	// The device's certificate (DER) for DELIVERY_FORMAT_CMS; RSA.
+	// No longer accepted: keys are only ever encrypted to the identity
+	// certificate registered for the device (Devices/RegisterDevice). A
+	// request that sets it is refused with INVALID_ARGUMENT.
+	//
+	// Deprecated: Marked as deprecated in smimeca/v1/bundle.proto.
 	DeviceCertificateDer []byte `protobuf:"bytes,5,opt,name=device_certificate_der,json=deviceCertificateDer,proto3" json:"device_certificate_der,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// break_glass asks for DELIVERY_FORMAT_PKCS12 (admin only), with the
+	// reason recorded in the audit trail.
+	BreakGlass       bool         `protobuf:"varint,6,opt,name=break_glass,json=breakGlass,proto3" json:"break_glass,omitempty"`
+	BreakGlassReason string       `protobuf:"bytes,7,opt,name=break_glass_reason,json=breakGlassReason,proto3" json:"break_glass_reason,omitempty"`
+	KeyTransport     KeyTransport `protobuf:"varint,8,opt,name=key_transport,json=keyTransport,proto3,enum=smimeca.v1.KeyTransport" json:"key_transport,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetUserBundleRequest) Reset() {
@@ -192,11 +253,33 @@ func (x *GetUserBundleRequest) GetEncoding() Pkcs12Encoding {
 	return Pkcs12Encoding_PKCS12_ENCODING_LEGACY
 }
 
+// Deprecated: Marked as deprecated in smimeca/v1/bundle.proto.
 func (x *GetUserBundleRequest) GetDeviceCertificateDer() []byte {
 	if x != nil {
 		return x.DeviceCertificateDer
 	}
 	return nil
+}
+
+func (x *GetUserBundleRequest) GetBreakGlass() bool {
+	if x != nil {
+		return x.BreakGlass
+	}
+	return false
+}
+
+func (x *GetUserBundleRequest) GetBreakGlassReason() string {
+	if x != nil {
+		return x.BreakGlassReason
+	}
+	return ""
+}
+
+func (x *GetUserBundleRequest) GetKeyTransport() KeyTransport {
+	if x != nil {
+		return x.KeyTransport
+	}
+	return KeyTransport_KEY_TRANSPORT_RSA_PKCS1V15
 }
 
 type SigningReference struct {
@@ -344,7 +427,8 @@ type EncryptionCertificate struct {
 	Pkcs12 []byte `protobuf:"bytes,2,opt,name=pkcs12,proto3" json:"pkcs12,omitempty"`
 	// Its password (PKCS12 delivery).
 	Password string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
-	// Its password as CMS EnvelopedData (DER) to the device (CMS delivery).
+	// Its password as CMS EnvelopedData (DER) to the device's registered
+	// identity (CMS delivery).
 	EnvelopedPassword []byte `protobuf:"bytes,4,opt,name=enveloped_password,json=envelopedPassword,proto3" json:"enveloped_password,omitempty"`
 	// The certificate to use for new mail.
 	Current       bool `protobuf:"varint,5,opt,name=current,proto3" json:"current,omitempty"`
@@ -426,9 +510,13 @@ type GetUserBundleResponse struct {
 	// first. Empty (not absent) when none is escrowed.
 	EncryptionCertificates []*EncryptionCertificate `protobuf:"bytes,4,rep,name=encryption_certificates,json=encryptionCertificates,proto3" json:"encryption_certificates,omitempty"`
 	// Root then issuing CA, DER.
-	CaChainDer    [][]byte `protobuf:"bytes,5,rep,name=ca_chain_der,json=caChainDer,proto3" json:"ca_chain_der,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CaChainDer [][]byte `protobuf:"bytes,5,rep,name=ca_chain_der,json=caChainDer,proto3" json:"ca_chain_der,omitempty"`
+	// The registered identity certificate the envelopes are encrypted to
+	// (CMS delivery with at least one certificate), and its SHA-256.
+	RecipientCertificateDer []byte `protobuf:"bytes,6,opt,name=recipient_certificate_der,json=recipientCertificateDer,proto3" json:"recipient_certificate_der,omitempty"`
+	RecipientSha256         string `protobuf:"bytes,7,opt,name=recipient_sha256,json=recipientSha256,proto3" json:"recipient_sha256,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *GetUserBundleResponse) Reset() {
@@ -496,18 +584,36 @@ func (x *GetUserBundleResponse) GetCaChainDer() [][]byte {
 	return nil
 }
 
+func (x *GetUserBundleResponse) GetRecipientCertificateDer() []byte {
+	if x != nil {
+		return x.RecipientCertificateDer
+	}
+	return nil
+}
+
+func (x *GetUserBundleResponse) GetRecipientSha256() string {
+	if x != nil {
+		return x.RecipientSha256
+	}
+	return ""
+}
+
 var File_smimeca_v1_bundle_proto protoreflect.FileDescriptor
 
 const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\n" +
 	"\x17smimeca/v1/bundle.proto\x12\n" +
-	"smimeca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17smimeca/v1/escrow.proto\"\xe9\x01\n" +
+	"smimeca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17smimeca/v1/escrow.proto\"\xfb\x02\n" +
 	"\x14GetUserBundleRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x122\n" +
 	"\x06format\x18\x03 \x01(\x0e2\x1a.smimeca.v1.DeliveryFormatR\x06format\x126\n" +
-	"\bencoding\x18\x04 \x01(\x0e2\x1a.smimeca.v1.Pkcs12EncodingR\bencoding\x124\n" +
-	"\x16device_certificate_der\x18\x05 \x01(\fR\x14deviceCertificateDer\"\xeb\x03\n" +
+	"\bencoding\x18\x04 \x01(\x0e2\x1a.smimeca.v1.Pkcs12EncodingR\bencoding\x128\n" +
+	"\x16device_certificate_der\x18\x05 \x01(\fB\x02\x18\x01R\x14deviceCertificateDer\x12\x1f\n" +
+	"\vbreak_glass\x18\x06 \x01(\bR\n" +
+	"breakGlass\x12,\n" +
+	"\x12break_glass_reason\x18\a \x01(\tR\x10breakGlassReason\x12=\n" +
+	"\rkey_transport\x18\b \x01(\x0e2\x18.smimeca.v1.KeyTransportR\fkeyTransport\"\xeb\x03\n" +
 	"\x10SigningReference\x12\x19\n" +
 	"\bscep_url\x18\x01 \x01(\tR\ascepUrl\x12\x1c\n" +
 	"\tchallenge\x18\x02 \x01(\tR\tchallenge\x12L\n" +
@@ -528,18 +634,23 @@ const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\x06pkcs12\x18\x02 \x01(\fR\x06pkcs12\x12\x1a\n" +
 	"\bpassword\x18\x03 \x01(\tR\bpassword\x12-\n" +
 	"\x12enveloped_password\x18\x04 \x01(\fR\x11envelopedPassword\x12\x18\n" +
-	"\acurrent\x18\x05 \x01(\bR\acurrent\"\xfe\x01\n" +
+	"\acurrent\x18\x05 \x01(\bR\acurrent\"\xe5\x02\n" +
 	"\x15GetUserBundleResponse\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x126\n" +
 	"\asigning\x18\x03 \x01(\v2\x1c.smimeca.v1.SigningReferenceR\asigning\x12Z\n" +
 	"\x17encryption_certificates\x18\x04 \x03(\v2!.smimeca.v1.EncryptionCertificateR\x16encryptionCertificates\x12 \n" +
 	"\fca_chain_der\x18\x05 \x03(\fR\n" +
-	"caChainDer*f\n" +
+	"caChainDer\x12:\n" +
+	"\x19recipient_certificate_der\x18\x06 \x01(\fR\x17recipientCertificateDer\x12)\n" +
+	"\x10recipient_sha256\x18\a \x01(\tR\x0frecipientSha256*f\n" +
 	"\x0eDeliveryFormat\x12\x1f\n" +
 	"\x1bDELIVERY_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DELIVERY_FORMAT_PKCS12\x10\x01\x12\x17\n" +
-	"\x13DELIVERY_FORMAT_CMS\x10\x02*H\n" +
+	"\x13DELIVERY_FORMAT_CMS\x10\x02*Q\n" +
+	"\fKeyTransport\x12\x1e\n" +
+	"\x1aKEY_TRANSPORT_RSA_PKCS1V15\x10\x00\x12!\n" +
+	"\x1dKEY_TRANSPORT_RSA_OAEP_SHA256\x10\x01*H\n" +
 	"\x0ePkcs12Encoding\x12\x1a\n" +
 	"\x16PKCS12_ENCODING_LEGACY\x10\x00\x12\x1a\n" +
 	"\x16PKCS12_ENCODING_MODERN\x10\x012f\n" +
@@ -558,32 +669,34 @@ func file_smimeca_v1_bundle_proto_rawDescGZIP() []byte {
 	return file_smimeca_v1_bundle_proto_rawDescData
 }
 
-var file_smimeca_v1_bundle_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_smimeca_v1_bundle_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_smimeca_v1_bundle_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_smimeca_v1_bundle_proto_goTypes = []any{
 	(DeliveryFormat)(0),           // 0: smimeca.v1.DeliveryFormat
-	(Pkcs12Encoding)(0),           // 1: smimeca.v1.Pkcs12Encoding
-	(*GetUserBundleRequest)(nil),  // 2: smimeca.v1.GetUserBundleRequest
-	(*SigningReference)(nil),      // 3: smimeca.v1.SigningReference
-	(*EncryptionCertificate)(nil), // 4: smimeca.v1.EncryptionCertificate
-	(*GetUserBundleResponse)(nil), // 5: smimeca.v1.GetUserBundleResponse
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*EscrowedCertificate)(nil),   // 7: smimeca.v1.EscrowedCertificate
+	(KeyTransport)(0),             // 1: smimeca.v1.KeyTransport
+	(Pkcs12Encoding)(0),           // 2: smimeca.v1.Pkcs12Encoding
+	(*GetUserBundleRequest)(nil),  // 3: smimeca.v1.GetUserBundleRequest
+	(*SigningReference)(nil),      // 4: smimeca.v1.SigningReference
+	(*EncryptionCertificate)(nil), // 5: smimeca.v1.EncryptionCertificate
+	(*GetUserBundleResponse)(nil), // 6: smimeca.v1.GetUserBundleResponse
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*EscrowedCertificate)(nil),   // 8: smimeca.v1.EscrowedCertificate
 }
 var file_smimeca_v1_bundle_proto_depIdxs = []int32{
 	0, // 0: smimeca.v1.GetUserBundleRequest.format:type_name -> smimeca.v1.DeliveryFormat
-	1, // 1: smimeca.v1.GetUserBundleRequest.encoding:type_name -> smimeca.v1.Pkcs12Encoding
-	6, // 2: smimeca.v1.SigningReference.challenge_expires_at:type_name -> google.protobuf.Timestamp
-	7, // 3: smimeca.v1.EncryptionCertificate.metadata:type_name -> smimeca.v1.EscrowedCertificate
-	3, // 4: smimeca.v1.GetUserBundleResponse.signing:type_name -> smimeca.v1.SigningReference
-	4, // 5: smimeca.v1.GetUserBundleResponse.encryption_certificates:type_name -> smimeca.v1.EncryptionCertificate
-	2, // 6: smimeca.v1.ProfileBundles.GetUserBundle:input_type -> smimeca.v1.GetUserBundleRequest
-	5, // 7: smimeca.v1.ProfileBundles.GetUserBundle:output_type -> smimeca.v1.GetUserBundleResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	2, // 1: smimeca.v1.GetUserBundleRequest.encoding:type_name -> smimeca.v1.Pkcs12Encoding
+	1, // 2: smimeca.v1.GetUserBundleRequest.key_transport:type_name -> smimeca.v1.KeyTransport
+	7, // 3: smimeca.v1.SigningReference.challenge_expires_at:type_name -> google.protobuf.Timestamp
+	8, // 4: smimeca.v1.EncryptionCertificate.metadata:type_name -> smimeca.v1.EscrowedCertificate
+	4, // 5: smimeca.v1.GetUserBundleResponse.signing:type_name -> smimeca.v1.SigningReference
+	5, // 6: smimeca.v1.GetUserBundleResponse.encryption_certificates:type_name -> smimeca.v1.EncryptionCertificate
+	3, // 7: smimeca.v1.ProfileBundles.GetUserBundle:input_type -> smimeca.v1.GetUserBundleRequest
+	6, // 8: smimeca.v1.ProfileBundles.GetUserBundle:output_type -> smimeca.v1.GetUserBundleResponse
+	8, // [8:9] is the sub-list for method output_type
+	7, // [7:8] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_smimeca_v1_bundle_proto_init() }
@@ -597,7 +710,7 @@ func file_smimeca_v1_bundle_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_smimeca_v1_bundle_proto_rawDesc), len(file_smimeca_v1_bundle_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -26,12 +26,15 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// ProfileBundles gives the profile service what one device of one user
-// needs in its configuration profile. Profile role (admin may call it too).
+// ProfileBundles gives the profile service what one registered, active
+// device of one user needs in its configuration profile. Profile role
+// (admin may call it too).
 type ProfileBundlesClient interface {
 	// GetUserBundle returns a signing-certificate reference with a fresh
 	// one-time SCEP challenge, and every escrowed certificate of the user
-	// re-wrapped for this delivery. Every call is audited as a key release.
+	// re-wrapped for this delivery, each password encrypted to the device's
+	// registered identity certificate. Every call is audited as a key
+	// release; if the audit cannot be written, nothing is released.
 	GetUserBundle(ctx context.Context, in *GetUserBundleRequest, opts ...grpc.CallOption) (*GetUserBundleResponse, error)
 }
 
@@ -57,12 +60,15 @@ func (c *profileBundlesClient) GetUserBundle(ctx context.Context, in *GetUserBun
 // All implementations must embed UnimplementedProfileBundlesServer
 // for forward compatibility.
 //
-// ProfileBundles gives the profile service what one device of one user
-// needs in its configuration profile. Profile role (admin may call it too).
+// ProfileBundles gives the profile service what one registered, active
+// device of one user needs in its configuration profile. Profile role
+// (admin may call it too).
 type ProfileBundlesServer interface {
 	// GetUserBundle returns a signing-certificate reference with a fresh
 	// one-time SCEP challenge, and every escrowed certificate of the user
-	// re-wrapped for this delivery. Every call is audited as a key release.
+	// re-wrapped for this delivery, each password encrypted to the device's
+	// registered identity certificate. Every call is audited as a key
+	// release; if the audit cannot be written, nothing is released.
 	GetUserBundle(context.Context, *GetUserBundleRequest) (*GetUserBundleResponse, error)
 	mustEmbedUnimplementedProfileBundlesServer()
 }

@@ -86,7 +86,8 @@ type CreateChallengeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// User e-mail address (compared case-insensitively).
 	User string `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
-	// Device identifier (1..128 printable characters, no spaces).
+	// A registered, active device of the user (Devices/RegisterDevice). A
+	// new challenge replaces the device's previous one.
 	DeviceId string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	// Lifetime in seconds; 0 means the server default (24 h). At most 30 days.
 	TtlSeconds    int64 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
@@ -226,7 +227,7 @@ func (x *CreateChallengeResponse) GetScepUrl() string {
 
 type ListCertificatesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// At least one of user and device_id.
+	// The user (required), and optionally one of the user's devices.
 	User          string `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
 	DeviceId      string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -548,10 +549,13 @@ func (x *RevokeCertificateResponse) GetCertificate() *Certificate {
 }
 
 type RevokeDeviceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	Reason        RevocationReason       `protobuf:"varint,2,opt,name=reason,proto3,enum=smimeca.v1.RevocationReason" json:"reason,omitempty"`
-	Comment       string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device is (user, device_id): device ids are unique per user only.
+	DeviceId string           `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Reason   RevocationReason `protobuf:"varint,2,opt,name=reason,proto3,enum=smimeca.v1.RevocationReason" json:"reason,omitempty"`
+	Comment  string           `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	// Required.
+	User          string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -603,6 +607,13 @@ func (x *RevokeDeviceRequest) GetReason() RevocationReason {
 func (x *RevokeDeviceRequest) GetComment() string {
 	if x != nil {
 		return x.Comment
+	}
+	return ""
+}
+
+func (x *RevokeDeviceRequest) GetUser() string {
+	if x != nil {
+		return x.User
 	}
 	return ""
 }
@@ -694,11 +705,12 @@ const file_smimeca_v1_enrollment_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\x0e2\x1c.smimeca.v1.RevocationReasonR\x06reason\x12\x18\n" +
 	"\acomment\x18\x03 \x01(\tR\acomment\"V\n" +
 	"\x19RevokeCertificateResponse\x129\n" +
-	"\vcertificate\x18\x01 \x01(\v2\x17.smimeca.v1.CertificateR\vcertificate\"\x82\x01\n" +
+	"\vcertificate\x18\x01 \x01(\v2\x17.smimeca.v1.CertificateR\vcertificate\"\x96\x01\n" +
 	"\x13RevokeDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x124\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x1c.smimeca.v1.RevocationReasonR\x06reason\x12\x18\n" +
-	"\acomment\x18\x03 \x01(\tR\acomment\"?\n" +
+	"\acomment\x18\x03 \x01(\tR\acomment\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\"?\n" +
 	"\x14RevokeDeviceResponse\x12'\n" +
 	"\x0frevoked_serials\x18\x01 \x03(\tR\x0erevokedSerials*\xd6\x01\n" +
 	"\x10RevocationReason\x12!\n" +

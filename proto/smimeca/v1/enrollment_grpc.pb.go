@@ -43,7 +43,8 @@ type EnrollmentClient interface {
 	ListCertificates(ctx context.Context, in *ListCertificatesRequest, opts ...grpc.CallOption) (*ListCertificatesResponse, error)
 	// RevokeCertificate revokes one certificate by serial and refreshes the CRL.
 	RevokeCertificate(ctx context.Context, in *RevokeCertificateRequest, opts ...grpc.CallOption) (*RevokeCertificateResponse, error)
-	// RevokeDevice revokes every certificate issued to a device.
+	// RevokeDevice revokes every certificate issued to a user's device; the
+	// device stays registered (Devices/RetireDevice ends it).
 	RevokeDevice(ctx context.Context, in *RevokeDeviceRequest, opts ...grpc.CallOption) (*RevokeDeviceResponse, error)
 }
 
@@ -109,7 +110,8 @@ type EnrollmentServer interface {
 	ListCertificates(context.Context, *ListCertificatesRequest) (*ListCertificatesResponse, error)
 	// RevokeCertificate revokes one certificate by serial and refreshes the CRL.
 	RevokeCertificate(context.Context, *RevokeCertificateRequest) (*RevokeCertificateResponse, error)
-	// RevokeDevice revokes every certificate issued to a device.
+	// RevokeDevice revokes every certificate issued to a user's device; the
+	// device stays registered (Devices/RetireDevice ends it).
 	RevokeDevice(context.Context, *RevokeDeviceRequest) (*RevokeDeviceResponse, error)
 	mustEmbedUnimplementedEnrollmentServer()
 }

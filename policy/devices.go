@@ -1,0 +1,282 @@
+package policy
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/smimeca/smimeca/ca"
+)
+
+// Audit actions of the device registry.
+const (
+	ActionDeviceRegister = "device.register"
+	// ActionDeviceIdentity is a re-registration that replaced an active
+	// device's identity certificate (an MDM re-enrolment).
+	ActionDeviceIdentity = "device.identity.replace"
+	ActionDeviceRetire   = "device.retire"
+)
+
+// Bounds of a device identity certificate's RSA key: what iOS MDM issues
+// (2048) up to the largest key worth verifying.
+const (
+	minIdentityRSABits = 2048
+	maxIdentityRSABits = 4096
+)
+
+// activeDevice returns the registered, active device (user, id), with the
+// user normalised and checked against the allowed domains. An unknown
+// device is ReasonUnknownDevice, a retired one ReasonDeviceRetired.
+func (e *Enrollment) activeDevice(ctx context.Context, user, id string) (Device, error) {
+	u, err := e.checkDeviceName(user, id)
+	if err != nil {
+		return Device{}, err
+	}
+	d, err := e.store.Device(ctx, u, id)
+	if errors.Is(err, ErrNotFound) {
+		return Device{}, reject(ReasonUnknownDevice, fmt.Sprintf("device %q of %s is not registered; register it first (smimeca device register --user %s --device %s)", id, u, u, id))
+	} else if err != nil {
+		return Device{}, fmt.Errorf("policy: read device: %w", err)
+	}
+	if d.State != DeviceActive {
+		return Device{}, reject(ReasonDeviceRetired, fmt.Sprintf("device %q of %s was retired at %s; register it again to give it a new lifecycle", id, u, d.RetiredAt.Format("2006-01-02T15:04:05Z")))
+	}
+	return d, nil
+}
+
+func (e *Enrollment) checkDeviceName(user, id string) (string, error) {
+	u, err := NormalizeEmail(user)
+	if err != nil {
+		return "", err
+	}
+	if err := e.cfg.Domains.Check(u); err != nil {
+		return "", err
+	}
+	if err := ValidateDeviceID(id); err != nil {
+		return "", err
+	}
+	return u, nil
+}
+
+// errRetiredNow is the refusal of a write whose transaction found the
+// device retired (or never registered) at commit time.
+func errRetiredNow(user, device string) error {
+	return reject(ReasonDeviceRetired, fmt.Sprintf("device %q of %s is not registered and active", device, user))
+}
+
+// refreshCRL publishes committed revocations. A failure is logged through
+// the audit trail's error, never undoes the revocation: the CRL is
+// regenerated again before it expires and on the next revocation.
+func (e *Enrollment) refreshCRL(ctx context.Context) {
+	if err := e.issuer.RefreshCRL(); err != nil {
+		e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: "crl.refresh", Result: "error", Detail: err.Error()})
+	}
+}
+
+// IdentitySHA256 returns the hex SHA-256 of a device's identity certificate
+// ("" when it has none): what audit events name as the key recipient.
+func (d Device) IdentitySHA256() string {
+	if len(d.Identity) == 0 {
+		return ""
+	}
+	s := sha256.Sum256(d.Identity)
+	return hex.EncodeToString(s[:])
+}
+
+// checkIdentity parses and checks a device identity certificate: RSA of
+// 2048 to 4096 bits with exponent 65537 (what iOS MDM enrolment issues, and
+// what CMS key transport needs), valid now and issued by one of the
+// configured device identity CAs.
+func (e *Enrollment) checkIdentity(der []byte) (*x509.Certificate, error) {
+	if e.cfg.DeviceIdentityCAs == nil {
+		return nil, reject(ReasonBadIdentity, "no device identity CA is configured; start the server with --device-identity-ca FILE.pem (the MDM's device identity CA) before registering identities")
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, reject(ReasonBadIdentity, "the identity certificate is not a DER or PEM X.509 certificate")
+	}
+	pub, ok := c.PublicKey.(*rsa.PublicKey)
+	if !ok {
+		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate's key is %s; device identities must be RSA (2048 to 4096 bits), as iOS MDM enrolment issues them", c.PublicKeyAlgorithm))
+	}
+	if bits := pub.N.BitLen(); bits < minIdentityRSABits || bits > maxIdentityRSABits || pub.E != 65537 {
+		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate's RSA key has %d bits and exponent %d; 2048 to 4096 bits with exponent 65537 are accepted", bits, pub.E))
+	}
+	now := e.now()
+	if now.Before(c.NotBefore) || now.After(c.NotAfter) {
+		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate is not valid now (%s to %s)", c.NotBefore.UTC().Format("2006-01-02"), c.NotAfter.UTC().Format("2006-01-02")))
+	}
+	if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+		return nil, reject(ReasonBadIdentity, "the identity certificate's key usage lacks keyEncipherment, so nothing can be encrypted to it")
+	}
+	if _, err := c.Verify(x509.VerifyOptions{Roots: e.cfg.DeviceIdentityCAs, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, reject(ReasonBadIdentity, "the identity certificate does not chain to a configured device identity CA (--device-identity-ca)")
+	}
+	return c, nil
+}
+
+// RegisterDevice registers user's device id as active, with identity (DER;
+// nil for none) as the certificate escrowed keys will be encrypted to. A
+// device that is active already keeps its history: a new identity replaces
+// the old one (an MDM re-enrolment, audited as such), the same one changes
+// nothing. A retired device starts a new lifecycle. It returns the device
+// as stored.
+func (e *Enrollment) RegisterDevice(ctx context.Context, user, id string, identity []byte) (Device, error) {
+	u, err := e.checkDeviceName(user, id)
+	if err != nil {
+		return Device{}, err
+	}
+	if id == StaticDevice {
+		return Device{}, reject(ReasonBadDevice, fmt.Sprintf("the device id %q is reserved for the labs static challenge", id))
+	}
+	if len(identity) > 0 {
+		c, err := e.checkIdentity(identity)
+		if err != nil {
+			e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionDeviceRegister, User: u, Device: id, Result: "refused", Detail: err.Error()})
+			return Device{}, err
+		}
+		identity = c.Raw
+	}
+	now := e.now().UTC()
+	by := ActorFrom(ctx).Name
+	old, err := e.store.Device(ctx, u, id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return Device{}, fmt.Errorf("policy: read device: %w", err)
+	}
+	action, detail := ActionDeviceRegister, "registered"
+	d := Device{User: u, ID: id, State: DeviceActive, Identity: identity, CreatedAt: now, CreatedBy: by}
+	switch {
+	case err == nil && old.State == DeviceActive:
+		if string(old.Identity) == string(identity) {
+			return old, nil
+		}
+		d.CreatedAt, d.CreatedBy, d.UpdatedAt, d.UpdatedBy = old.CreatedAt, old.CreatedBy, now, by
+		action, detail = ActionDeviceIdentity, "identity replaced; previous identity sha256 "+old.IdentitySHA256()
+		if len(old.Identity) == 0 {
+			detail = "identity added"
+		}
+	case err == nil:
+		detail = "registered again after retirement at " + old.RetiredAt.Format("2006-01-02T15:04:05Z")
+	}
+	if err := e.store.PutDevice(ctx, d); err != nil {
+		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: u, Device: id, Result: "error", Detail: "storing the device failed"})
+		return Device{}, fmt.Errorf("policy: register device: %w", err)
+	}
+	ev := Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: u, Device: id, Result: "ok", Detail: detail}
+	if s := d.IdentitySHA256(); s != "" {
+		ev.SHA256 = []string{s}
+	}
+	e.audit.Audit(ctx, ev)
+	return d, nil
+}
+
+// Device returns the registered device (user, id).
+func (e *Enrollment) Device(ctx context.Context, user, id string) (Device, error) {
+	u, err := e.checkDeviceName(user, id)
+	if err != nil {
+		return Device{}, err
+	}
+	d, err := e.store.Device(ctx, u, id)
+	if errors.Is(err, ErrNotFound) {
+		return Device{}, reject(ReasonUnknownDevice, fmt.Sprintf("device %q of %s is not registered", id, u))
+	}
+	return d, err
+}
+
+// ListDevices returns the user's registered devices.
+func (e *Enrollment) ListDevices(ctx context.Context, user string) ([]Device, error) {
+	u, err := NormalizeEmail(user)
+	if err != nil {
+		return nil, err
+	}
+	return e.store.ListDevices(ctx, u)
+}
+
+// RetireDevice ends a device's lifecycle. In one transaction: the device is
+// retired, its live challenge deleted, and every unrevoked certificate it
+// was issued revoked (cessationOfOperation, with reason) and stripped of
+// its right to renew. An issuance that commits after it finds the device
+// retired; one that committed between the listing and the retirement is
+// revoked right after, so none ends valid. The user's escrow is untouched.
+// It returns the serials it revoked.
+func (e *Enrollment) RetireDevice(ctx context.Context, user, id, reason string) ([]string, error) {
+	d, err := e.activeDevice(ctx, user, id)
+	if err != nil {
+		return nil, err
+	}
+	now := e.now().UTC()
+	revs, sums, err := e.unrevoked(ctx, d.User, d.ID, ca.ReasonCessationOfOperation, "device retired: "+reason)
+	if err != nil {
+		return nil, err
+	}
+	d.State, d.RetiredAt, d.RetiredBy, d.RetireReason = DeviceRetired, now, ActorFrom(ctx).Name, reason
+	if err := e.store.RetireDevice(ctx, d, revs); errors.Is(err, ErrInactiveDevice) {
+		return nil, reject(ReasonDeviceRetired, fmt.Sprintf("device %q of %s was retired meanwhile", id, d.User))
+	} else if err != nil {
+		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRetire, User: d.User, Device: id, Result: "error", Detail: "storing the retirement failed"})
+		return nil, fmt.Errorf("policy: retire device: %w", err)
+	}
+	serials := make([]string, 0, len(revs))
+	for _, r := range revs {
+		serials = append(serials, r.Serial)
+	}
+	// Anything issued between the listing and the commit.
+	late, lateSums, err := e.revokeAll(ctx, d.User, d.ID, ca.ReasonCessationOfOperation, "device retired: "+reason)
+	serials, sums = append(serials, late...), append(sums, lateSums...)
+	e.refreshCRL(ctx)
+	ev := Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRetire, User: d.User, Device: id,
+		Serials: serials, SHA256: sums, Result: "ok", Detail: reason}
+	if err != nil {
+		ev.Result, ev.Detail = "error", "retired; revoking late certificates failed: "+err.Error()
+	}
+	e.audit.Audit(ctx, ev)
+	return serials, err
+}
+
+// unrevoked lists the device's unrevoked certificates with the CA's records
+// of revoking them.
+func (e *Enrollment) unrevoked(ctx context.Context, user, id string, code int, reason string) ([]Revocation, []string, error) {
+	recs, err := e.store.ListIssued(ctx, Filter{User: user, Device: id})
+	if err != nil {
+		return nil, nil, fmt.Errorf("policy: list issued: %w", err)
+	}
+	var revs []Revocation
+	var sums []string
+	now := e.now()
+	for _, r := range recs {
+		if revoked, err := e.issuer.IsRevoked(r.Serial); err != nil {
+			return nil, nil, err
+		} else if revoked {
+			continue
+		}
+		rec, err := e.issuer.RevocationRecord(r.Serial, code, reason, now)
+		if err != nil {
+			return nil, nil, fmt.Errorf("policy: revoke %s: %w", r.Serial, err)
+		}
+		revs = append(revs, Revocation{Serial: r.Serial, CA: rec})
+		sums = append(sums, r.SHA256)
+	}
+	return revs, sums, nil
+}
+
+// revokeAll revokes every unrevoked certificate of the device, one
+// transaction each, and returns their serials and thumbprints.
+func (e *Enrollment) revokeAll(ctx context.Context, user, id string, code int, reason string) ([]string, []string, error) {
+	revs, sums, err := e.unrevoked(ctx, user, id, code, reason)
+	if err != nil {
+		return nil, nil, err
+	}
+	var serials []string
+	for i, r := range revs {
+		if err := e.store.RevokeIssued(ctx, r.Serial, r.CA); err != nil {
+			return serials, sums[:i], fmt.Errorf("policy: revoke %s: %w", r.Serial, err)
+		}
+		serials = append(serials, r.Serial)
+	}
+	return serials, sums, nil
+}
