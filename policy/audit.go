@@ -48,7 +48,7 @@ type Event struct {
 	// encrypted to ("" for an administrator's plain break-glass release).
 	Recipient string `json:"recipient_sha256,omitempty"`
 	Result    string `json:"result"`
-	Detail  string    `json:"detail,omitempty"`
+	Detail    string `json:"detail,omitempty"`
 }
 
 // Audit actions.

@@ -2,8 +2,8 @@ package policy
 
 import (
 	"context"
-	"errors"
 	"crypto/x509"
+	"errors"
 	"time"
 
 	"github.com/smimeca/smimeca/ca"
