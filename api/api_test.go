@@ -30,9 +30,18 @@ type server struct {
 	addr    string
 	credDir string
 	pool    *x509.CertPool
+	ca      *testpki.CA
 }
 
-func startServer(t *testing.T) *server {
+// options are what a test server may be given beyond the defaults.
+type options struct {
+	identityCAs *x509.CertPool
+	keys        policy.KeyStore
+}
+
+func startServer(t *testing.T) *server { return startServerWith(t, options{}) }
+
+func startServerWith(t *testing.T, o options) *server {
 	t.Helper()
 	c := testpki.NewCA(t, ca.KeyTypeEC)
 	store, err := nosqlstore.New(c.DB.DB)
@@ -40,7 +49,7 @@ func startServer(t *testing.T) *server {
 		t.Fatal(err)
 	}
 	domains, _ := policy.NewDomains([]string{"example.com"})
-	e, err := policy.NewEnrollment(c, store, policy.Config{Domains: domains})
+	e, err := policy.NewEnrollment(c, store, policy.Config{Domains: domains, DeviceIdentityCAs: o.identityCAs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,11 +68,13 @@ func startServer(t *testing.T) *server {
 			t.Fatal(err)
 		}
 	}
+	profCert, profKey := c.ProfileSigner()
 	srv := api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), api.Services{
 		Enrollment:  api.NewEnrollmentService(e, "http://scep.test/scep", nil),
 		Devices:     api.NewDeviceService(e, nil),
 		Credentials: api.NewCredentialService(creds, pki.CA, nil),
-		Bundles:     api.NewBundleService(policy.NewBundles(e, nil, c, "http://scep.test/scep", nil), nil),
+		Bundles: api.NewBundleService(policy.NewBundles(e, o.keys, c, "http://scep.test/scep", nil),
+			&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{c.Intermediate()}}, nil),
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -73,7 +84,7 @@ func startServer(t *testing.T) *server {
 	t.Cleanup(srv.Stop)
 	pool := x509.NewCertPool()
 	pool.AddCert(pki.CA)
-	return &server{addr: ln.Addr().String(), credDir: filepath.Join(dir, "credentials"), pool: pool}
+	return &server{addr: ln.Addr().String(), credDir: filepath.Join(dir, "credentials"), pool: pool, ca: c}
 }
 
 // dialWith connects with a client certificate and key.

@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"log/slog"
 	"strings"
 	"time"
@@ -20,21 +18,47 @@ import (
 // BundlePolicy is what ProfileBundles needs; *policy.Bundles implements it.
 type BundlePolicy interface {
 	Bundle(ctx context.Context, req policy.BundleRequest) (*policy.Bundle, error)
+	Sealed(ctx context.Context, req policy.BundleRequest, seal policy.Sealer) ([]byte, error)
 }
 
 // BundleService implements smimeca.v1.ProfileBundles.
 type BundleService struct {
 	pb.UnimplementedProfileBundlesServer
 	policy BundlePolicy
+	signer *ProfileSigner
 	log    *slog.Logger
 }
 
-// NewBundleService returns the ProfileBundles service.
-func NewBundleService(p BundlePolicy, log *slog.Logger) *BundleService {
+// NewBundleService returns the ProfileBundles service; signer signs the
+// profiles RenderDeviceProfile renders (nil: that RPC is unimplemented).
+func NewBundleService(p BundlePolicy, signer *ProfileSigner, log *slog.Logger) *BundleService {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &BundleService{policy: p, log: log}
+	return &BundleService{policy: p, signer: signer, log: log}
+}
+
+// wireOptions maps the PKCS#12 encoding and key transport of a request.
+func wireOptions(enc pb.Pkcs12Encoding, kt pb.KeyTransport) (pfxconnector.Encoding, pfxconnector.KeyTransport, error) {
+	var e pfxconnector.Encoding
+	var k pfxconnector.KeyTransport
+	switch enc {
+	case pb.Pkcs12Encoding_PKCS12_ENCODING_LEGACY:
+		e = pfxconnector.Legacy
+	case pb.Pkcs12Encoding_PKCS12_ENCODING_MODERN:
+		e = pfxconnector.Modern
+	default:
+		return e, k, status.Error(codes.InvalidArgument, "unknown PKCS#12 encoding")
+	}
+	switch kt {
+	case pb.KeyTransport_KEY_TRANSPORT_RSA_PKCS1V15:
+		k = pfxconnector.PKCS1v15
+	case pb.KeyTransport_KEY_TRANSPORT_RSA_OAEP_SHA256:
+		k = pfxconnector.OAEPSHA256
+	default:
+		return e, k, status.Error(codes.InvalidArgument, "unknown key transport")
+	}
+	return e, k, nil
 }
 
 // GetUserBundle implements pb.ProfileBundlesServer. Keys go out only
@@ -64,21 +88,9 @@ func (s *BundleService) GetUserBundle(ctx context.Context, req *pb.GetUserBundle
 			return nil, status.Error(codes.InvalidArgument, "break_glass_reason is required: say why the keys leave in the clear")
 		}
 	}
-	switch req.GetEncoding() {
-	case pb.Pkcs12Encoding_PKCS12_ENCODING_LEGACY:
-		br.Encoding = pfxconnector.Legacy
-	case pb.Pkcs12Encoding_PKCS12_ENCODING_MODERN:
-		br.Encoding = pfxconnector.Modern
-	default:
-		return nil, status.Error(codes.InvalidArgument, "unknown PKCS#12 encoding")
-	}
-	switch req.GetKeyTransport() {
-	case pb.KeyTransport_KEY_TRANSPORT_RSA_PKCS1V15:
-		br.KeyTransport = pfxconnector.PKCS1v15
-	case pb.KeyTransport_KEY_TRANSPORT_RSA_OAEP_SHA256:
-		br.KeyTransport = pfxconnector.OAEPSHA256
-	default:
-		return nil, status.Error(codes.InvalidArgument, "unknown key transport")
+	var err error
+	if br.Encoding, br.KeyTransport, err = wireOptions(req.GetEncoding(), req.GetKeyTransport()); err != nil {
+		return nil, err
 	}
 	b, err := s.policy.Bundle(ctx, br)
 	if err != nil {
@@ -107,8 +119,7 @@ func (s *BundleService) GetUserBundle(ctx context.Context, req *pb.GetUserBundle
 		out.CaChainDer = append(out.CaChainDer, c.Raw)
 	}
 	if b.Recipient != nil {
-		sum := sha256.Sum256(b.Recipient.Raw)
-		out.RecipientCertificateDer, out.RecipientSha256 = b.Recipient.Raw, hex.EncodeToString(sum[:])
+		out.RecipientCertificateDer, out.RecipientSha256 = b.Recipient.Raw, thumb(b.Recipient)
 	}
 	return out, nil
 }

@@ -145,30 +145,79 @@ type Bundle struct {
 // for this call only and dropped after it. If the release cannot be
 // audited, nothing is released.
 func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error) {
-	dev, err := b.enroll.activeDevice(ctx, req.User, req.Device)
+	switch req.Delivery {
+	case DeliverCMS, DeliverPKCS12:
+	default:
+		return nil, reject(ReasonBadFormat, "delivery format must be CMS or (break-glass) PKCS12")
+	}
+	out, ev, err := b.assemble(ctx, req)
 	if err != nil {
 		return nil, err
+	}
+	if err := b.audit.Record(ctx, ev); err != nil {
+		return nil, fmt.Errorf("policy: the key release could not be audited, so nothing was released: %w", err)
+	}
+	return out, nil
+}
+
+// Sealer turns a bundle into what leaves smimeca (a device's encrypted
+// configuration profile), putting everything secret in it through encrypt,
+// which encrypts to the device's registered identity certificate.
+type Sealer func(b *Bundle, encrypt func([]byte) ([]byte, error)) ([]byte, error)
+
+// Sealed releases the user's keys to a registered, active device with an
+// identity inside one envelope: the bundle (each PKCS#12 with its password)
+// goes to seal, which must encrypt it to the device, and only seal's result
+// leaves. The caller never holds a key or a password. Audited as a key
+// release to the identity; no audit, no release.
+func (b *Bundles) Sealed(ctx context.Context, req BundleRequest, seal Sealer) ([]byte, error) {
+	req.Delivery, req.BreakGlass = deliverSealed, false
+	out, ev, err := b.assemble(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for i := range out.Encryption {
+			out.Encryption[i].Password = ""
+		}
+	}()
+	sealed, err := seal(out, func(p []byte) ([]byte, error) { return pfxconnector.Envelope(p, out.Recipient, req.KeyTransport) })
+	if err != nil {
+		return nil, fmt.Errorf("policy: seal: %w", err)
+	}
+	ev.Detail = "sealed in an encrypted profile"
+	if err := b.audit.Record(ctx, ev); err != nil {
+		return nil, fmt.Errorf("policy: the key release could not be audited, so nothing was released: %w", err)
+	}
+	return sealed, nil
+}
+
+// deliverSealed re-wraps with passwords in the clear for a Sealer, which
+// encrypts the whole to the device: never returned from Bundle.
+const deliverSealed Delivery = -1
+
+// assemble checks the device and the delivery, loads and re-wraps the keys
+// and creates the challenge; it returns the bundle with the release's
+// audit event, still to be recorded.
+func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Event, error) {
+	dev, err := b.enroll.activeDevice(ctx, req.User, req.Device)
+	if err != nil {
+		return nil, Event{}, err
 	}
 	user := dev.User
 	now := b.now()
 	action := ActionKeyRelease
-	var recipient *x509.Certificate
-	switch req.Delivery {
-	case DeliverCMS:
-	case DeliverPKCS12:
+	if req.Delivery == DeliverPKCS12 {
 		if !req.BreakGlass {
-			return nil, reject(ReasonBreakGlass, "plain PKCS#12 with passwords is a break-glass release: an administrator must ask for it explicitly (--break-glass) with a reason; devices get CMS delivery")
+			return nil, Event{}, reject(ReasonBreakGlass, "plain PKCS#12 with passwords is a break-glass release: an administrator must ask for it explicitly (--break-glass) with a reason; devices get CMS delivery")
 		}
 		action = ActionKeyBreakGlass
-	default:
-		return nil, reject(ReasonBadFormat, "delivery format must be CMS or (break-glass) PKCS12")
 	}
-
 	var recs []escrow.Record
 	if b.keys != nil {
 		if recs, err = b.keys.Load(ctx, user); err != nil {
 			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device, Result: "error", Detail: err.Error()})
-			return nil, fmt.Errorf("policy: bundle: %w", err)
+			return nil, Event{}, fmt.Errorf("policy: bundle: %w", err)
 		}
 	}
 	defer func() {
@@ -176,10 +225,11 @@ func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error
 			clear(recs[i].KeyPKCS8)
 		}
 	}()
-	if req.Delivery == DeliverCMS && len(recs) > 0 {
+	var recipient *x509.Certificate
+	if (req.Delivery == DeliverCMS && len(recs) > 0) || req.Delivery == deliverSealed {
 		if recipient, err = b.identity(dev, now); err != nil {
 			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device, Result: "refused", Detail: err.Error()})
-			return nil, err
+			return nil, Event{}, err
 		}
 	}
 
@@ -193,10 +243,10 @@ func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error
 	var rewrapErr error
 	out.Encryption, rewrapErr = b.rewrap(recs, req, recipient, now)
 	if err := <-sigDone; err != nil {
-		return nil, err
+		return nil, Event{}, err
 	}
 	if rewrapErr != nil {
-		return nil, rewrapErr
+		return nil, Event{}, rewrapErr
 	}
 
 	ev := Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device,
@@ -211,10 +261,7 @@ func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error
 	for _, e := range out.Encryption {
 		ev.SHA256 = append(ev.SHA256, e.Metadata.SHA256)
 	}
-	if err := b.audit.Record(ctx, ev); err != nil {
-		return nil, fmt.Errorf("policy: the key release could not be audited, so nothing was released: %w", err)
-	}
-	return out, nil
+	return out, ev, nil
 }
 
 // identity returns the device's registered identity certificate if it can

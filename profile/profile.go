@@ -75,6 +75,14 @@ type Input struct {
 	Settings     *Settings
 	User         UserInfo
 	Organization string
+	// Encrypt, when set, encrypts the payloads for one device: Render
+	// then puts the PayloadContent array, as an XML property list,
+	// through Encrypt into EncryptedPayloadContent (IsEncrypted true) and
+	// leaves PayloadContent out, so that only the device can read the
+	// payloads (Apple's encrypted profiles). The caller supplies it (CMS
+	// EnvelopedData to the device's identity certificate); profile holds
+	// no key.
+	Encrypt func(payloads []byte) ([]byte, error)
 }
 
 // Payload kinds, part of each payload's stable identity.
@@ -190,7 +198,21 @@ func Render(in Input) ([]byte, error) {
 	content = append(content, eas)
 
 	top := payload(b, "Configuration", kindTop, "", "E-mail with S/MIME: "+b.User)
-	top["PayloadContent"] = content
+	if in.Encrypt != nil {
+		inner, err := plist.Marshal(content, plist.XMLFormat)
+		if err != nil {
+			return nil, fmt.Errorf("profile: encode payloads: %w", err)
+		}
+		ct, err := in.Encrypt(inner)
+		clear(inner)
+		if err != nil {
+			return nil, fmt.Errorf("profile: encrypt payloads: %w", err)
+		}
+		top["IsEncrypted"] = true
+		top["EncryptedPayloadContent"] = ct
+	} else {
+		top["PayloadContent"] = content
+	}
 	if in.Organization != "" {
 		top["PayloadOrganization"] = in.Organization
 	}

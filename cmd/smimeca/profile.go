@@ -19,20 +19,21 @@ import (
 
 func profileCmd(args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] != "render" {
-		return usagef("usage: smimeca profile render --user EMAIL --device ID --settings FILE.yaml --out FILE.mobileconfig [--sign]")
+		return usagef("usage: smimeca profile render --user EMAIL --device ID --settings FILE.yaml --out FILE.mobileconfig [--plain [--sign]]")
 	}
 	var cf clientFlags
 	var user, device, settingsPath, out, org, signerDir string
 	var ui profile.UserInfo
-	var sign bool
+	var sign, plain bool
 	f := newFlags("profile render")
 	cf.register(f, "profile")
 	f.fs.StringVar(&user, "user", "", "user e-mail address (required)")
 	f.fs.StringVar(&device, "device", "", "device id (required)")
 	f.fs.StringVar(&settingsPath, "settings", "", "e-mail settings, JSON or YAML with Graph iosEasEmailProfileConfiguration fields (required)")
-	f.fs.StringVar(&out, "out", "", "output .mobileconfig (required; written 0600: it holds PKCS#12 passwords)")
+	f.fs.StringVar(&out, "out", "", "output .mobileconfig (required; written 0600)")
 	f.fs.StringVar(&org, "organization", "", "PayloadOrganization")
-	f.fs.BoolVar(&sign, "sign", false, "sign the profile with the CA's profile-signing certificate")
+	f.fs.BoolVar(&plain, "plain", false, "LABS, ADMIN ONLY, AUDITED AS BREAK-GLASS: fetch the keys with their passwords and render here, unencrypted (default: the server renders the profile encrypted to the device and signed)")
+	f.fs.BoolVar(&sign, "sign", false, "with --plain: sign the profile with the CA's profile-signing certificate")
 	f.fs.StringVar(&signerDir, "signer-dir", filepath.Join(defaultDataDir(), "ca"), "directory with profile_signer.crt/.key and intermediate_ca.crt")
 	f.fs.StringVar(&ui.UPN, "upn", "", "user principal name (default: the user address)")
 	f.fs.StringVar(&ui.PrimarySMTP, "primary-smtp", "", "primary SMTP address (default: the user address)")
@@ -48,6 +49,29 @@ func profileCmd(args []string, stdout io.Writer) error {
 	raw, err := os.ReadFile(settingsPath)
 	if err != nil {
 		return usagef("--settings: %v", err)
+	}
+	if !plain {
+		if sign {
+			return usagef("--sign goes with --plain: the server always signs the profiles it renders")
+		}
+		var resp *pb.RenderDeviceProfileResponse
+		if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+			resp, err = pb.NewProfileBundlesClient(conn).RenderDeviceProfile(ctx, &pb.RenderDeviceProfileRequest{
+				User: user, DeviceId: device, Settings: raw, Upn: ui.UPN, PrimarySmtp: ui.PrimarySMTP,
+				SamAccountName: ui.SAMAccountName, Domain: ui.FullDomain, NetbiosDomain: ui.NetBIOSDomain, Organization: org})
+			return err
+		}); err != nil {
+			return err
+		}
+		if err := os.WriteFile(out, resp.GetMobileconfig(), 0o600); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s: signed, payloads encrypted to device identity %s, %d encryption certificate(s)\n",
+			out, resp.GetRecipientSha256(), len(resp.GetEncryptionSha256()))
+		return nil
+	}
+	if cf.credentials == filepath.Join(defaultDataDir(), "credentials", "profile") {
+		cf.credentials = filepath.Join(defaultDataDir(), "credentials", "admin")
 	}
 	settings, err := profile.ParseSettings(raw)
 	if err != nil {
@@ -66,7 +90,8 @@ func profileCmd(args []string, stdout io.Writer) error {
 
 	var resp *pb.GetUserBundleResponse
 	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
-		resp, err = pb.NewProfileBundlesClient(conn).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: user, DeviceId: device})
+		resp, err = pb.NewProfileBundlesClient(conn).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: user, DeviceId: device,
+			Format: pb.DeliveryFormat_DELIVERY_FORMAT_PKCS12, BreakGlass: true, BreakGlassReason: "profile render --plain"})
 		return err
 	}); err != nil {
 		return err

@@ -317,7 +317,9 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		services.Escrow = api.NewEscrowService(escrowPolicy, logger)
 		keys = escrowStore
 	}
-	services.Bundles = api.NewBundleService(policy.NewBundles(enrollment, keys, authority, cfg.publicURL+scep.Path, audit), logger)
+	profCert, profKey := authority.ProfileSigner()
+	services.Bundles = api.NewBundleService(policy.NewBundles(enrollment, keys, authority, cfg.publicURL+scep.Path, audit),
+		&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{authority.Intermediate()}}, logger)
 	grpcSrv := api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services)
 
 	httpLn, err := net.Listen("tcp", cfg.httpAddr)

@@ -334,3 +334,36 @@ func Payloads(profile []byte) (map[string][]map[string]any, error) {
 	}
 	return out, nil
 }
+
+// Decrypted returns an encrypted profile (IsEncrypted, EncryptedPayloadContent)
+// as the plain profile it stands for: decrypt opens EncryptedPayloadContent
+// (the PayloadContent array as a property list), which takes the place of
+// the two keys. Tests validate the result as any other profile.
+func Decrypted(profile []byte, decrypt func([]byte) ([]byte, error)) ([]byte, error) {
+	var top map[string]any
+	if _, err := plist.Unmarshal(profile, &top); err != nil {
+		return nil, err
+	}
+	if _, ok := top["PayloadContent"]; ok {
+		return nil, fmt.Errorf("an encrypted profile carries PayloadContent in the clear")
+	}
+	if enc, _ := top["IsEncrypted"].(bool); !enc {
+		return nil, fmt.Errorf("IsEncrypted is not true")
+	}
+	ct, ok := top["EncryptedPayloadContent"].([]byte)
+	if !ok {
+		return nil, fmt.Errorf("no EncryptedPayloadContent data")
+	}
+	inner, err := decrypt(ct)
+	if err != nil {
+		return nil, fmt.Errorf("decrypt EncryptedPayloadContent: %w", err)
+	}
+	var content []any
+	if _, err := plist.Unmarshal(inner, &content); err != nil {
+		return nil, fmt.Errorf("EncryptedPayloadContent is not a property list array: %w", err)
+	}
+	delete(top, "IsEncrypted")
+	delete(top, "EncryptedPayloadContent")
+	top["PayloadContent"] = content
+	return plist.MarshalIndent(top, plist.XMLFormat, "\t")
+}

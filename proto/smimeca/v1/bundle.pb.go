@@ -174,6 +174,197 @@ func (Pkcs12Encoding) EnumDescriptor() ([]byte, []int) {
 	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{2}
 }
 
+type RenderDeviceProfileRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	User     string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	DeviceId string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// E-mail settings with Microsoft Graph's iosEasEmailProfileConfiguration
+	// fields, JSON or YAML (at most 64 KiB); hostName is required.
+	Settings []byte `protobuf:"bytes,3,opt,name=settings,proto3" json:"settings,omitempty"`
+	// Per-user directory values the settings may draw on; UPN and primary
+	// SMTP default to the user's address.
+	Upn            string         `protobuf:"bytes,4,opt,name=upn,proto3" json:"upn,omitempty"`
+	PrimarySmtp    string         `protobuf:"bytes,5,opt,name=primary_smtp,json=primarySmtp,proto3" json:"primary_smtp,omitempty"`
+	SamAccountName string         `protobuf:"bytes,6,opt,name=sam_account_name,json=samAccountName,proto3" json:"sam_account_name,omitempty"`
+	Domain         string         `protobuf:"bytes,7,opt,name=domain,proto3" json:"domain,omitempty"`
+	NetbiosDomain  string         `protobuf:"bytes,8,opt,name=netbios_domain,json=netbiosDomain,proto3" json:"netbios_domain,omitempty"`
+	Organization   string         `protobuf:"bytes,9,opt,name=organization,proto3" json:"organization,omitempty"`
+	Encoding       Pkcs12Encoding `protobuf:"varint,10,opt,name=encoding,proto3,enum=smimeca.v1.Pkcs12Encoding" json:"encoding,omitempty"`
+	KeyTransport   KeyTransport   `protobuf:"varint,11,opt,name=key_transport,json=keyTransport,proto3,enum=smimeca.v1.KeyTransport" json:"key_transport,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RenderDeviceProfileRequest) Reset() {
+	*x = RenderDeviceProfileRequest{}
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenderDeviceProfileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenderDeviceProfileRequest) ProtoMessage() {}
+
+func (x *RenderDeviceProfileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenderDeviceProfileRequest.ProtoReflect.Descriptor instead.
+func (*RenderDeviceProfileRequest) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RenderDeviceProfileRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RenderDeviceProfileRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RenderDeviceProfileRequest) GetSettings() []byte {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+func (x *RenderDeviceProfileRequest) GetUpn() string {
+	if x != nil {
+		return x.Upn
+	}
+	return ""
+}
+
+func (x *RenderDeviceProfileRequest) GetPrimarySmtp() string {
+	if x != nil {
+		return x.PrimarySmtp
+	}
+	return ""
+}
+
+func (x *RenderDeviceProfileRequest) GetSamAccountName() string {
+	if x != nil {
+		return x.SamAccountName
+	}
+	return ""
+}
+
+func (x *RenderDeviceProfileRequest) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *RenderDeviceProfileRequest) GetNetbiosDomain() string {
+	if x != nil {
+		return x.NetbiosDomain
+	}
+	return ""
+}
+
+func (x *RenderDeviceProfileRequest) GetOrganization() string {
+	if x != nil {
+		return x.Organization
+	}
+	return ""
+}
+
+func (x *RenderDeviceProfileRequest) GetEncoding() Pkcs12Encoding {
+	if x != nil {
+		return x.Encoding
+	}
+	return Pkcs12Encoding_PKCS12_ENCODING_LEGACY
+}
+
+func (x *RenderDeviceProfileRequest) GetKeyTransport() KeyTransport {
+	if x != nil {
+		return x.KeyTransport
+	}
+	return KeyTransport_KEY_TRANSPORT_RSA_PKCS1V15
+}
+
+type RenderDeviceProfileResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The signed (CMS SignedData, SHA-256), encrypted .mobileconfig.
+	Mobileconfig []byte `protobuf:"bytes,1,opt,name=mobileconfig,proto3" json:"mobileconfig,omitempty"`
+	// The identity certificate the payloads are encrypted to.
+	RecipientSha256 string `protobuf:"bytes,2,opt,name=recipient_sha256,json=recipientSha256,proto3" json:"recipient_sha256,omitempty"`
+	// SHA-256 thumbprints of the escrowed certificates inside.
+	EncryptionSha256 []string `protobuf:"bytes,3,rep,name=encryption_sha256,json=encryptionSha256,proto3" json:"encryption_sha256,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RenderDeviceProfileResponse) Reset() {
+	*x = RenderDeviceProfileResponse{}
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenderDeviceProfileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenderDeviceProfileResponse) ProtoMessage() {}
+
+func (x *RenderDeviceProfileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenderDeviceProfileResponse.ProtoReflect.Descriptor instead.
+func (*RenderDeviceProfileResponse) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RenderDeviceProfileResponse) GetMobileconfig() []byte {
+	if x != nil {
+		return x.Mobileconfig
+	}
+	return nil
+}
+
+func (x *RenderDeviceProfileResponse) GetRecipientSha256() string {
+	if x != nil {
+		return x.RecipientSha256
+	}
+	return ""
+}
+
+func (x *RenderDeviceProfileResponse) GetEncryptionSha256() []string {
+	if x != nil {
+		return x.EncryptionSha256
+	}
+	return nil
+}
+
 type GetUserBundleRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	User     string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
@@ -197,7 +388,7 @@ type GetUserBundleRequest struct {
 
 func (x *GetUserBundleRequest) Reset() {
 	*x = GetUserBundleRequest{}
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[0]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +400,7 @@ func (x *GetUserBundleRequest) String() string {
 func (*GetUserBundleRequest) ProtoMessage() {}
 
 func (x *GetUserBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[0]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +413,7 @@ func (x *GetUserBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetUserBundleRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{0}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GetUserBundleRequest) GetUser() string {
@@ -308,7 +499,7 @@ type SigningReference struct {
 
 func (x *SigningReference) Reset() {
 	*x = SigningReference{}
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[1]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -320,7 +511,7 @@ func (x *SigningReference) String() string {
 func (*SigningReference) ProtoMessage() {}
 
 func (x *SigningReference) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[1]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -333,7 +524,7 @@ func (x *SigningReference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigningReference.ProtoReflect.Descriptor instead.
 func (*SigningReference) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{1}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SigningReference) GetScepUrl() string {
@@ -438,7 +629,7 @@ type EncryptionCertificate struct {
 
 func (x *EncryptionCertificate) Reset() {
 	*x = EncryptionCertificate{}
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[2]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +641,7 @@ func (x *EncryptionCertificate) String() string {
 func (*EncryptionCertificate) ProtoMessage() {}
 
 func (x *EncryptionCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[2]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +654,7 @@ func (x *EncryptionCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionCertificate.ProtoReflect.Descriptor instead.
 func (*EncryptionCertificate) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{2}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EncryptionCertificate) GetMetadata() *EscrowedCertificate {
@@ -521,7 +712,7 @@ type GetUserBundleResponse struct {
 
 func (x *GetUserBundleResponse) Reset() {
 	*x = GetUserBundleResponse{}
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[3]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +724,7 @@ func (x *GetUserBundleResponse) String() string {
 func (*GetUserBundleResponse) ProtoMessage() {}
 
 func (x *GetUserBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[3]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +737,7 @@ func (x *GetUserBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetUserBundleResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{3}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetUserBundleResponse) GetUser() string {
@@ -603,7 +794,24 @@ var File_smimeca_v1_bundle_proto protoreflect.FileDescriptor
 const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\n" +
 	"\x17smimeca/v1/bundle.proto\x12\n" +
-	"smimeca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17smimeca/v1/escrow.proto\"\xfb\x02\n" +
+	"smimeca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17smimeca/v1/escrow.proto\"\xa2\x03\n" +
+	"\x1aRenderDeviceProfileRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x1a\n" +
+	"\bsettings\x18\x03 \x01(\fR\bsettings\x12\x10\n" +
+	"\x03upn\x18\x04 \x01(\tR\x03upn\x12!\n" +
+	"\fprimary_smtp\x18\x05 \x01(\tR\vprimarySmtp\x12(\n" +
+	"\x10sam_account_name\x18\x06 \x01(\tR\x0esamAccountName\x12\x16\n" +
+	"\x06domain\x18\a \x01(\tR\x06domain\x12%\n" +
+	"\x0enetbios_domain\x18\b \x01(\tR\rnetbiosDomain\x12\"\n" +
+	"\forganization\x18\t \x01(\tR\forganization\x126\n" +
+	"\bencoding\x18\n" +
+	" \x01(\x0e2\x1a.smimeca.v1.Pkcs12EncodingR\bencoding\x12=\n" +
+	"\rkey_transport\x18\v \x01(\x0e2\x18.smimeca.v1.KeyTransportR\fkeyTransport\"\x99\x01\n" +
+	"\x1bRenderDeviceProfileResponse\x12\"\n" +
+	"\fmobileconfig\x18\x01 \x01(\fR\fmobileconfig\x12)\n" +
+	"\x10recipient_sha256\x18\x02 \x01(\tR\x0frecipientSha256\x12+\n" +
+	"\x11encryption_sha256\x18\x03 \x03(\tR\x10encryptionSha256\"\xfb\x02\n" +
 	"\x14GetUserBundleRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x122\n" +
@@ -653,9 +861,10 @@ const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\x1dKEY_TRANSPORT_RSA_OAEP_SHA256\x10\x01*H\n" +
 	"\x0ePkcs12Encoding\x12\x1a\n" +
 	"\x16PKCS12_ENCODING_LEGACY\x10\x00\x12\x1a\n" +
-	"\x16PKCS12_ENCODING_MODERN\x10\x012f\n" +
+	"\x16PKCS12_ENCODING_MODERN\x10\x012\xce\x01\n" +
 	"\x0eProfileBundles\x12T\n" +
-	"\rGetUserBundle\x12 .smimeca.v1.GetUserBundleRequest\x1a!.smimeca.v1.GetUserBundleResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
+	"\rGetUserBundle\x12 .smimeca.v1.GetUserBundleRequest\x1a!.smimeca.v1.GetUserBundleResponse\x12f\n" +
+	"\x13RenderDeviceProfile\x12&.smimeca.v1.RenderDeviceProfileRequest\x1a'.smimeca.v1.RenderDeviceProfileResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
 
 var (
 	file_smimeca_v1_bundle_proto_rawDescOnce sync.Once
@@ -670,33 +879,39 @@ func file_smimeca_v1_bundle_proto_rawDescGZIP() []byte {
 }
 
 var file_smimeca_v1_bundle_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_smimeca_v1_bundle_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_smimeca_v1_bundle_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_smimeca_v1_bundle_proto_goTypes = []any{
-	(DeliveryFormat)(0),           // 0: smimeca.v1.DeliveryFormat
-	(KeyTransport)(0),             // 1: smimeca.v1.KeyTransport
-	(Pkcs12Encoding)(0),           // 2: smimeca.v1.Pkcs12Encoding
-	(*GetUserBundleRequest)(nil),  // 3: smimeca.v1.GetUserBundleRequest
-	(*SigningReference)(nil),      // 4: smimeca.v1.SigningReference
-	(*EncryptionCertificate)(nil), // 5: smimeca.v1.EncryptionCertificate
-	(*GetUserBundleResponse)(nil), // 6: smimeca.v1.GetUserBundleResponse
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(*EscrowedCertificate)(nil),   // 8: smimeca.v1.EscrowedCertificate
+	(DeliveryFormat)(0),                 // 0: smimeca.v1.DeliveryFormat
+	(KeyTransport)(0),                   // 1: smimeca.v1.KeyTransport
+	(Pkcs12Encoding)(0),                 // 2: smimeca.v1.Pkcs12Encoding
+	(*RenderDeviceProfileRequest)(nil),  // 3: smimeca.v1.RenderDeviceProfileRequest
+	(*RenderDeviceProfileResponse)(nil), // 4: smimeca.v1.RenderDeviceProfileResponse
+	(*GetUserBundleRequest)(nil),        // 5: smimeca.v1.GetUserBundleRequest
+	(*SigningReference)(nil),            // 6: smimeca.v1.SigningReference
+	(*EncryptionCertificate)(nil),       // 7: smimeca.v1.EncryptionCertificate
+	(*GetUserBundleResponse)(nil),       // 8: smimeca.v1.GetUserBundleResponse
+	(*timestamppb.Timestamp)(nil),       // 9: google.protobuf.Timestamp
+	(*EscrowedCertificate)(nil),         // 10: smimeca.v1.EscrowedCertificate
 }
 var file_smimeca_v1_bundle_proto_depIdxs = []int32{
-	0, // 0: smimeca.v1.GetUserBundleRequest.format:type_name -> smimeca.v1.DeliveryFormat
-	2, // 1: smimeca.v1.GetUserBundleRequest.encoding:type_name -> smimeca.v1.Pkcs12Encoding
-	1, // 2: smimeca.v1.GetUserBundleRequest.key_transport:type_name -> smimeca.v1.KeyTransport
-	7, // 3: smimeca.v1.SigningReference.challenge_expires_at:type_name -> google.protobuf.Timestamp
-	8, // 4: smimeca.v1.EncryptionCertificate.metadata:type_name -> smimeca.v1.EscrowedCertificate
-	4, // 5: smimeca.v1.GetUserBundleResponse.signing:type_name -> smimeca.v1.SigningReference
-	5, // 6: smimeca.v1.GetUserBundleResponse.encryption_certificates:type_name -> smimeca.v1.EncryptionCertificate
-	3, // 7: smimeca.v1.ProfileBundles.GetUserBundle:input_type -> smimeca.v1.GetUserBundleRequest
-	6, // 8: smimeca.v1.ProfileBundles.GetUserBundle:output_type -> smimeca.v1.GetUserBundleResponse
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	2,  // 0: smimeca.v1.RenderDeviceProfileRequest.encoding:type_name -> smimeca.v1.Pkcs12Encoding
+	1,  // 1: smimeca.v1.RenderDeviceProfileRequest.key_transport:type_name -> smimeca.v1.KeyTransport
+	0,  // 2: smimeca.v1.GetUserBundleRequest.format:type_name -> smimeca.v1.DeliveryFormat
+	2,  // 3: smimeca.v1.GetUserBundleRequest.encoding:type_name -> smimeca.v1.Pkcs12Encoding
+	1,  // 4: smimeca.v1.GetUserBundleRequest.key_transport:type_name -> smimeca.v1.KeyTransport
+	9,  // 5: smimeca.v1.SigningReference.challenge_expires_at:type_name -> google.protobuf.Timestamp
+	10, // 6: smimeca.v1.EncryptionCertificate.metadata:type_name -> smimeca.v1.EscrowedCertificate
+	6,  // 7: smimeca.v1.GetUserBundleResponse.signing:type_name -> smimeca.v1.SigningReference
+	7,  // 8: smimeca.v1.GetUserBundleResponse.encryption_certificates:type_name -> smimeca.v1.EncryptionCertificate
+	5,  // 9: smimeca.v1.ProfileBundles.GetUserBundle:input_type -> smimeca.v1.GetUserBundleRequest
+	3,  // 10: smimeca.v1.ProfileBundles.RenderDeviceProfile:input_type -> smimeca.v1.RenderDeviceProfileRequest
+	8,  // 11: smimeca.v1.ProfileBundles.GetUserBundle:output_type -> smimeca.v1.GetUserBundleResponse
+	4,  // 12: smimeca.v1.ProfileBundles.RenderDeviceProfile:output_type -> smimeca.v1.RenderDeviceProfileResponse
+	11, // [11:13] is the sub-list for method output_type
+	9,  // [9:11] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_smimeca_v1_bundle_proto_init() }
@@ -711,7 +926,7 @@ func file_smimeca_v1_bundle_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_smimeca_v1_bundle_proto_rawDesc), len(file_smimeca_v1_bundle_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

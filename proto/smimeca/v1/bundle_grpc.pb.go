@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ProfileBundles_GetUserBundle_FullMethodName = "/smimeca.v1.ProfileBundles/GetUserBundle"
+	ProfileBundles_GetUserBundle_FullMethodName       = "/smimeca.v1.ProfileBundles/GetUserBundle"
+	ProfileBundles_RenderDeviceProfile_FullMethodName = "/smimeca.v1.ProfileBundles/RenderDeviceProfile"
 )
 
 // ProfileBundlesClient is the client API for ProfileBundles service.
@@ -36,6 +37,14 @@ type ProfileBundlesClient interface {
 	// registered identity certificate. Every call is audited as a key
 	// release; if the audit cannot be written, nothing is released.
 	GetUserBundle(ctx context.Context, in *GetUserBundleRequest, opts ...grpc.CallOption) (*GetUserBundleResponse, error)
+	// RenderDeviceProfile returns the device's complete iOS configuration
+	// profile (root and issuing CA, SCEP signing identity with a fresh
+	// challenge, one PKCS#12 per escrowed certificate, Exchange account with
+	// S/MIME settings), its payloads in EncryptedPayloadContent (CMS
+	// EnvelopedData to the device's registered identity certificate), signed
+	// with the profile signer. The caller never sees a key or a password.
+	// Audited as a key release.
+	RenderDeviceProfile(ctx context.Context, in *RenderDeviceProfileRequest, opts ...grpc.CallOption) (*RenderDeviceProfileResponse, error)
 }
 
 type profileBundlesClient struct {
@@ -56,6 +65,16 @@ func (c *profileBundlesClient) GetUserBundle(ctx context.Context, in *GetUserBun
 	return out, nil
 }
 
+func (c *profileBundlesClient) RenderDeviceProfile(ctx context.Context, in *RenderDeviceProfileRequest, opts ...grpc.CallOption) (*RenderDeviceProfileResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenderDeviceProfileResponse)
+	err := c.cc.Invoke(ctx, ProfileBundles_RenderDeviceProfile_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ProfileBundlesServer is the server API for ProfileBundles service.
 // All implementations must embed UnimplementedProfileBundlesServer
 // for forward compatibility.
@@ -70,6 +89,14 @@ type ProfileBundlesServer interface {
 	// registered identity certificate. Every call is audited as a key
 	// release; if the audit cannot be written, nothing is released.
 	GetUserBundle(context.Context, *GetUserBundleRequest) (*GetUserBundleResponse, error)
+	// RenderDeviceProfile returns the device's complete iOS configuration
+	// profile (root and issuing CA, SCEP signing identity with a fresh
+	// challenge, one PKCS#12 per escrowed certificate, Exchange account with
+	// S/MIME settings), its payloads in EncryptedPayloadContent (CMS
+	// EnvelopedData to the device's registered identity certificate), signed
+	// with the profile signer. The caller never sees a key or a password.
+	// Audited as a key release.
+	RenderDeviceProfile(context.Context, *RenderDeviceProfileRequest) (*RenderDeviceProfileResponse, error)
 	mustEmbedUnimplementedProfileBundlesServer()
 }
 
@@ -82,6 +109,9 @@ type UnimplementedProfileBundlesServer struct{}
 
 func (UnimplementedProfileBundlesServer) GetUserBundle(context.Context, *GetUserBundleRequest) (*GetUserBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetUserBundle not implemented")
+}
+func (UnimplementedProfileBundlesServer) RenderDeviceProfile(context.Context, *RenderDeviceProfileRequest) (*RenderDeviceProfileResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenderDeviceProfile not implemented")
 }
 func (UnimplementedProfileBundlesServer) mustEmbedUnimplementedProfileBundlesServer() {}
 func (UnimplementedProfileBundlesServer) testEmbeddedByValue()                        {}
@@ -122,6 +152,24 @@ func _ProfileBundles_GetUserBundle_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ProfileBundles_RenderDeviceProfile_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenderDeviceProfileRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProfileBundlesServer).RenderDeviceProfile(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProfileBundles_RenderDeviceProfile_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProfileBundlesServer).RenderDeviceProfile(ctx, req.(*RenderDeviceProfileRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ProfileBundles_ServiceDesc is the grpc.ServiceDesc for ProfileBundles service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -132,6 +180,10 @@ var ProfileBundles_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetUserBundle",
 			Handler:    _ProfileBundles_GetUserBundle_Handler,
+		},
+		{
+			MethodName: "RenderDeviceProfile",
+			Handler:    _ProfileBundles_RenderDeviceProfile_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
