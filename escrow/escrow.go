@@ -19,6 +19,7 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -363,6 +364,11 @@ func (s *Store) Load(ctx context.Context, user string) ([]Record, error) {
 
 // Delete removes one certificate, named by its SHA-256 or SHA-1 thumbprint
 // (hex), and returns its metadata; ErrNotFound when it is not escrowed.
+// Every older version of the user's entry is then destroyed (KV v2
+// destroy): an old version still holds the deleted key's Transit
+// ciphertext, which smimeca's own token could decrypt. A Delete that failed
+// half-way is completed by running it again: the destruction runs also when
+// the certificate is gone already.
 func (s *Store) Delete(ctx context.Context, user, thumbprint string) (Metadata, error) {
 	t := strings.ToLower(strings.ReplaceAll(thumbprint, ":", ""))
 	var removed *Metadata
@@ -381,10 +387,47 @@ func (s *Store) Delete(ctx context.Context, user, thumbprint string) (Metadata, 
 	if err != nil {
 		return Metadata{}, err
 	}
+	if err := s.destroyHistory(ctx, user); err != nil {
+		return Metadata{}, err
+	}
 	if removed == nil {
 		return Metadata{}, fmt.Errorf("%w: no certificate %s escrowed for %s", ErrNotFound, thumbprint, user)
 	}
 	return *removed, nil
+}
+
+// destroyHistory destroys every version of the user's entry but the
+// current one.
+func (s *Store) destroyHistory(ctx context.Context, user string) error {
+	sec, err := s.v.ReadWithContext(ctx, s.metadataPath(user))
+	if err != nil {
+		return vaultErr("read versions", err)
+	}
+	if sec == nil || sec.Data == nil {
+		return nil
+	}
+	cur, _ := sec.Data["current_version"].(json.Number)
+	current, _ := cur.Int64()
+	versions, _ := sec.Data["versions"].(map[string]any)
+	var old []int64
+	for k, v := range versions {
+		n, err := strconv.ParseInt(k, 10, 64)
+		if err != nil || n >= current {
+			continue
+		}
+		if m, _ := v.(map[string]any); m["destroyed"] == true {
+			continue
+		}
+		old = append(old, n)
+	}
+	if len(old) == 0 {
+		return nil
+	}
+	sort.Slice(old, func(i, j int) bool { return old[i] < old[j] })
+	if _, err := s.v.WriteWithContext(ctx, s.cfg.KVMount+"/destroy/users/"+url.PathEscape(user), map[string]any{"versions": old}); err != nil {
+		return vaultErr("destroy old versions", err)
+	}
+	return nil
 }
 
 // Purge removes the user's entry with every version Vault keeps of it and

@@ -38,7 +38,7 @@ func record(t testing.TB, size int) escrow.Record {
 
 func TestPutLoadListDeletePurge(t *testing.T) {
 	v := testvault.Start(t)
-	s, _ := v.Store(t)
+	s, own := v.Store(t)
 	ctx := context.Background()
 	a, b := record(t, 1218), record(t, 1219)
 	if _, dup, err := s.Put(ctx, "alice@example.com", a); err != nil || dup {
@@ -84,6 +84,18 @@ func TestPutLoadListDeletePurge(t *testing.T) {
 	list, _ := s.List(ctx, "alice@example.com")
 	if len(list) != 1 || list[0].SHA256 != b.SHA256 {
 		t.Fatalf("after delete: %+v", list)
+	}
+	// Delete really deletes: no older version, read with smimeca's own
+	// token, still holds the deleted key's ciphertext (versions 1 and 2
+	// held a; the current one, 3, does not).
+	for _, ver := range []string{"1", "2"} {
+		old, err := own.Logical().ReadWithData("smimeca/data/users/alice@example.com", map[string][]string{"version": {ver}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if old != nil && old.Data["data"] != nil {
+			t.Fatalf("version %s is still readable after the delete", ver)
+		}
 	}
 	purged, err := s.Purge(ctx, "alice@example.com")
 	if err != nil || len(purged) != 1 {

@@ -217,6 +217,7 @@ func (p *Proc) ScopedToken(ctx context.Context, kvMount, transitMount, transitKe
 	}
 	pol := fmt.Sprintf(`path "%[1]s/data/users/*" { capabilities = ["create", "read", "update"] }
 path "%[1]s/metadata/users/*" { capabilities = ["read", "delete"] }
+path "%[1]s/destroy/users/*" { capabilities = ["update"] }
 path "%[2]s/encrypt/%[3]s" { capabilities = ["update"] }
 path "%[2]s/decrypt/%[3]s" { capabilities = ["update"] }
 `, kvMount, transitMount, transitKey)
