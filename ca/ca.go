@@ -23,6 +23,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smallstep/certificates/authority"
@@ -117,6 +118,9 @@ type Authority struct {
 	roots        *x509.CertPool
 	inters       *x509.CertPool
 	closeOnce    sync.Once
+	// crlStale is set by InvalidateCRL; the next CRL read regenerates.
+	crlStale atomic.Bool
+	crlMu    sync.Mutex
 }
 
 // Open loads the CA from cfg.Dir, creating the root, the intermediate and the
@@ -415,9 +419,26 @@ func (a *Authority) Revoke(ctx context.Context, serial string, reasonCode int, r
 	return nil
 }
 
+// InvalidateCRL marks the published CRL out of date after revocations
+// committed through RevocationRecord that need not be published at once (a
+// renewal's superseded predecessor): the next CRL read regenerates it, so
+// that a burst of renewals costs one regeneration, not one each.
+func (a *Authority) InvalidateCRL() { a.crlStale.Store(true) }
+
 // CRL returns the current DER-encoded CRL, regenerating it when it has
-// expired.
+// expired or was invalidated.
 func (a *Authority) CRL() ([]byte, error) {
+	if a.crlStale.Load() {
+		a.crlMu.Lock()
+		if a.crlStale.Swap(false) {
+			if err := a.RefreshCRL(); err != nil {
+				a.crlStale.Store(true)
+				a.crlMu.Unlock()
+				return nil, err
+			}
+		}
+		a.crlMu.Unlock()
+	}
 	info, err := a.auth.GetCertificateRevocationList()
 	if err == nil && time.Now().Before(info.ExpiresAt) {
 		return info.Data, nil

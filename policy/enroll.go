@@ -312,7 +312,10 @@ func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificat
 	chain, err := e.issue(ctx, ActionRenew, req.CSR, prev.User, prev.Device,
 		Commit{Supersedes: prev.Serial, Revocation: rev, Unregistered: static})
 	if err == nil {
-		e.refreshCRL(ctx)
+		// A superseded certificate is not a compromised one: the CRL
+		// shows it from its next read on, and renewals do not each pay
+		// for a new CRL.
+		e.issuer.InvalidateCRL()
 	}
 	return chain, err
 }

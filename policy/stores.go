@@ -176,4 +176,7 @@ type Issuer interface {
 	RevocationRecord(serial string, reasonCode int, reason string, at time.Time) (ca.Record, error)
 	// RefreshCRL publishes committed revocations in a new CRL.
 	RefreshCRL() error
+	// InvalidateCRL marks the CRL out of date; it is regenerated when next
+	// read.
+	InvalidateCRL()
 }

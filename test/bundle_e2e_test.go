@@ -1,6 +1,7 @@
 package test
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -95,7 +96,10 @@ func TestBundleEndToEnd(t *testing.T) {
 		t.Fatalf("import: %s", out)
 	}
 
-	// The bundle, fetched with the profile credentials.
+	// The MDM registers the device with its identity; the bundle, fetched
+	// with the profile credentials, carries each password only as an
+	// envelope to that identity.
+	id := s.registerWithIdentity("alice@example.com", "iphone-7")
 	bdir := filepath.Join(w, "bundle")
 	b := s.bundle(t, bdir, "--user", "Alice@example.com", "--device", "iphone-7")
 	if len(b.Encryption) != 3 {
@@ -114,10 +118,15 @@ func TestBundleEndToEnd(t *testing.T) {
 		t.Errorf("CA fingerprint %s, openssl says %s", b.Signing.CAFingerprintSHA256, fp)
 	}
 
-	// Every message decrypts with what the bundle returned, and nothing else.
+	// Every message decrypts with what the bundle returned opened by the
+	// device's key, and nothing else.
 	for i, e := range b.Encryption {
+		if e.Password != "" || e.EnvelopedPasswordFile == "" {
+			t.Fatalf("entry %d carries a plain password", i)
+		}
+		password := opensslIn(t, bdir, "cms", "-decrypt", "-inform", "DER", "-in", e.EnvelopedPasswordFile, "-inkey", id.key, "-recip", id.cert)
 		pwf := filepath.Join(bdir, fmt.Sprintf("pw%d", i))
-		os.WriteFile(pwf, []byte(e.Password), 0o600)
+		os.WriteFile(pwf, []byte(password), 0o600)
 		keyPEM := filepath.Join(bdir, fmt.Sprintf("k%d.pem", i))
 		opensslIn(t, bdir, "pkcs12", "-in", e.File, "-nocerts", "-nodes", "-passin", "file:"+pwf, "-out", keyPEM)
 		decrypted := 0
@@ -150,7 +159,9 @@ func TestBundleEndToEnd(t *testing.T) {
 		t.Errorf("issued serials %v, want the one enrolled", b2.Signing.IssuedSerials)
 	}
 
-	// A user with nothing escrowed still gets a signing reference.
+	// A user with nothing escrowed still gets a signing reference, even for
+	// a device without an identity.
+	s.register("nobody@example.com", "d")
 	empty := s.bundle(t, filepath.Join(w, "empty"), "--user", "nobody@example.com", "--device", "d")
 	if empty.Signing.Challenge == "" || empty.Encryption == nil || len(empty.Encryption) != 0 {
 		t.Errorf("empty bundle %+v", empty)
@@ -162,23 +173,43 @@ func TestBundleEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	idSHA := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(strings.TrimSpace(
+		opensslIn(t, w, "x509", "-in", id.cert, "-noout", "-fingerprint", "-sha256")), "sha256 Fingerprint="), ":", ""))
 	if !strings.Contains(string(audit), `"action":"key.release"`) || !strings.Contains(string(audit), b.Encryption[0].SHA256) ||
-		!strings.Contains(string(audit), `"device":"iphone-7"`) || !strings.Contains(string(audit), "delivery pkcs12") {
-		t.Errorf("audit log lacks the key release:\n%s", audit)
+		!strings.Contains(string(audit), `"device":"iphone-7"`) || !strings.Contains(string(audit), "delivery cms") ||
+		!strings.Contains(string(audit), `"recipient_sha256":"`+idSHA+`"`) || !strings.Contains(string(audit), `"name":"profile"`) {
+		t.Errorf("audit log lacks the key release to %s by the profile credential:\n%s", idSHA, audit)
 	}
-	for _, secret := range []string{pw, b.Signing.Challenge, b.Encryption[0].Password} {
+
+	// An administrator's break-glass release: plain files and passwords,
+	// audited as such with the reason.
+	glass := filepath.Join(w, "glass")
+	bg := s.bundle(t, glass, "--user", "alice@example.com", "--device", "iphone-7", "--credentials", filepath.Join(s.data, "credentials", "admin"),
+		"--break-glass", "--reason", "mailbox export, ticket 42")
+	if len(bg.Encryption) != 3 || bg.Encryption[0].Password == "" {
+		t.Fatalf("break-glass bundle %+v", bg.Encryption)
+	}
+	os.WriteFile(filepath.Join(glass, "pw"), []byte(bg.Encryption[0].Password), 0o600)
+	opensslIn(t, glass, "pkcs12", "-in", bg.Encryption[0].File, "-nokeys", "-passin", "file:pw", "-out", "c.pem")
+	audit, _ = os.ReadFile(filepath.Join(s.data, "audit.log"))
+	if !strings.Contains(string(audit), `"action":"key.release.break-glass"`) || !strings.Contains(string(audit), "ticket 42") {
+		t.Errorf("audit log lacks the break-glass release:\n%s", audit)
+	}
+	for _, secret := range []string{pw, b.Signing.Challenge, bg.Encryption[0].Password} {
 		if strings.Contains(string(audit), secret) || strings.Contains(s.log.String(), secret) {
 			t.Errorf("audit or server log holds a secret")
 		}
 	}
 }
 
-// TestBundleCMSDelivery: the password comes enveloped to the device
-// certificate and opens with the device key and with no other key.
-func TestBundleCMSDelivery(t *testing.T) {
+// TestKeyReleaseRefusals tries, as an attacker holding the profile
+// credential would, to get keys to anything but a registered device's own
+// identity, with grpcurl and the CLI.
+func TestKeyReleaseRefusals(t *testing.T) {
 	v := testvault.Start(t)
 	s := escrowServer(t, v)
 	w := t.TempDir()
+	addr := "localhost" + s.grpcAddr[strings.LastIndex(s.grpcAddr, ":"):]
 	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=CA", "-days", "30")
 	os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:bob@example.com\nkeyUsage=keyEncipherment\n"), 0o600)
 	opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "u.key", "-out", "u.csr", "-subj", "/CN=bob")
@@ -187,29 +218,54 @@ func TestBundleCMSDelivery(t *testing.T) {
 	os.WriteFile(filepath.Join(w, "pw"), []byte(pw), 0o600)
 	opensslIn(t, w, "pkcs12", "-export", "-inkey", "u.key", "-in", "u.pem", "-out", "u.p12", "-passout", "file:pw")
 	mustOK(t, "import", s.cli("pfx", "import", "--user", "bob@example.com", "--password-file", filepath.Join(w, "pw"), filepath.Join(w, "u.p12")))
+	s.registerWithIdentity("bob@example.com", "ipad-1")
 
-	// The device's own key pair, and a stranger's.
-	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "device.key", "-out", "device.pem", "-subj", "/CN=device", "-days", "30")
-	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.pem", "-subj", "/CN=other", "-days", "30")
-	bdir := filepath.Join(w, "b")
-	b := s.bundle(t, bdir, "--user", "bob@example.com", "--device", "ipad-1", "--format", "cms", "--device-cert", filepath.Join(w, "device.pem"))
-	if len(b.Encryption) != 1 || b.Encryption[0].Password != "" || b.Encryption[0].EnvelopedPasswordFile == "" {
-		t.Fatalf("CMS bundle %+v", b.Encryption)
+	// The attacker's own certificate as recipient: refused, whatever role.
+	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "attacker.key", "-out", "attacker.pem", "-subj", "/CN=attacker", "-days", "30")
+	opensslIn(t, w, "x509", "-in", "attacker.pem", "-outform", "DER", "-out", "attacker.der")
+	raw, _ := os.ReadFile(filepath.Join(w, "attacker.der"))
+	body := fmt.Sprintf(`{"user":"bob@example.com","device_id":"ipad-1","format":"DELIVERY_FORMAT_CMS","device_certificate_der":%q}`, base64.StdEncoding.EncodeToString(raw))
+	for _, role := range []string{"profile", "admin"} {
+		r := s.grpcurl(t, role, "-d", body, addr, "smimeca.v1.ProfileBundles/GetUserBundle")
+		if r.code == 0 || !strings.Contains(r.stderr, "InvalidArgument") || !strings.Contains(r.stderr, "registered") {
+			t.Errorf("%s with a caller-chosen recipient: %+v", role, r)
+		}
 	}
-	env := filepath.Join(bdir, b.Encryption[0].EnvelopedPasswordFile)
-	got := opensslIn(t, w, "cms", "-decrypt", "-inform", "DER", "-in", env, "-inkey", "device.key", "-recip", "device.pem")
-	opensslIn(t, w, "pkcs12", "-in", filepath.Join(bdir, b.Encryption[0].File), "-nokeys", "-passin", "pass:"+got, "-out", "check.pem")
-	r := runCmd(t, execCommand(t.Context(), tool(t, "openssl"), "cms", "-decrypt", "-inform", "DER", "-in", env, "-inkey", filepath.Join(w, "other.key")))
-	if r.code == 0 && r.stdout == got {
-		t.Fatal("another key opened the envelope")
+	// Plain PKCS#12 for the profile role: refused, with or without break-glass.
+	for _, b := range []string{
+		`{"user":"bob@example.com","device_id":"ipad-1","format":"DELIVERY_FORMAT_PKCS12"}`,
+		`{"user":"bob@example.com","device_id":"ipad-1","format":"DELIVERY_FORMAT_PKCS12","break_glass":true,"break_glass_reason":"x"}`,
+	} {
+		if r := s.grpcurl(t, "profile", "-d", b, addr, "smimeca.v1.ProfileBundles/GetUserBundle"); r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") {
+			t.Errorf("plain PKCS#12 for the profile role: %+v", r)
+		}
 	}
-	// A certificate that cannot receive (EC) is refused with the reason.
+	bundle := func(device string) result {
+		return run(t, 60e9, smimecaBin(t), "bundle", "get", "--out", filepath.Join(w, "x-"+device), "--server", s.grpcAddr,
+			"--credentials", filepath.Join(s.data, "credentials", "profile"), "--user", "bob@example.com", "--device", device)
+	}
+	// A device nobody registered, one without an identity, a retired one.
+	if r := bundle("attacker-phone"); r.code != 1 || !strings.Contains(r.stderr, "NotFound") {
+		t.Errorf("unregistered device: %+v", r)
+	}
+	s.register("bob@example.com", "no-identity")
+	if r := bundle("no-identity"); r.code != 1 || !strings.Contains(r.stderr, "no-identity-certificate") {
+		t.Errorf("device without identity: %+v", r)
+	}
+	mustOK(t, "retire", s.cli("device", "retire", "--user", "bob@example.com", "--device", "ipad-1", "--reason", "stolen"))
+	if r := bundle("ipad-1"); r.code != 1 || !strings.Contains(r.stderr, "device-retired") {
+		t.Errorf("retired device: %+v", r)
+	}
+	// Identities the MDM did not issue, or that cannot receive keys.
 	opensslIn(t, w, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ec.key", "-out", "ec.pem", "-subj", "/CN=ec", "-days", "30")
-	rr := run(t, 60e9, smimecaBin(t), "bundle", "get", "--out", filepath.Join(w, "x"), "--server", s.grpcAddr,
-		"--credentials", filepath.Join(s.data, "credentials", "profile"), "--user", "bob@example.com", "--device", "d",
-		"--format", "cms", "--device-cert", filepath.Join(w, "ec.pem"))
-	if rr.code != 1 || !strings.Contains(rr.stderr, "bad-device-certificate") {
-		t.Errorf("EC device certificate: %+v", rr)
+	for name, cert := range map[string]string{"self-signed": "attacker.pem", "EC": "ec.pem"} {
+		r := s.cli("device", "register", "--user", "bob@example.com", "--device", "x-"+name, "--identity-cert", filepath.Join(w, cert))
+		if r.code != 1 || !strings.Contains(r.stderr, "bad-identity-certificate") {
+			t.Errorf("%s identity: %+v", name, r)
+		}
+	}
+	if strings.Contains(s.log.String(), pw) {
+		t.Error("the server log holds the PFX password")
 	}
 }
 
@@ -224,7 +280,11 @@ func TestProfileRoleLimits(t *testing.T) {
 		{"smimeca.v1.EscrowAdmin/DeleteUserCertificate", `{"user":"a@example.com","thumbprint":"00"}`},
 		{"smimeca.v1.EscrowAdmin/PurgeUser", `{"user":"a@example.com"}`},
 		{"smimeca.v1.Enrollment/RevokeCertificate", `{"serial":"1"}`},
-		{"smimeca.v1.Enrollment/RevokeDevice", `{"device_id":"x"}`},
+		{"smimeca.v1.Enrollment/RevokeDevice", `{"user":"a@example.com","device_id":"x"}`},
+		{"smimeca.v1.Enrollment/CreateChallenge", `{"user":"a@example.com","device_id":"d"}`},
+		{"smimeca.v1.Devices/RegisterDevice", `{"user":"a@example.com","device_id":"x"}`},
+		{"smimeca.v1.Devices/RetireDevice", `{"user":"a@example.com","device_id":"d","reason":"x"}`},
+		{"smimeca.v1.Credentials/ListCredentials", `{}`},
 	} {
 		r := s.grpcurl(t, "profile", "-d", c.body, addr, c.method)
 		if r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") {
@@ -235,6 +295,10 @@ func TestProfileRoleLimits(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "Unauthenticated") {
 		t.Errorf("no client certificate: %+v", r)
 	}
+	if r := s.grpcurl(t, "profile", "-d", `{"user":"a@example.com","device_id":"d"}`, addr, "smimeca.v1.ProfileBundles/GetUserBundle"); r.code == 0 || !strings.Contains(r.stderr, "NotFound") {
+		t.Errorf("bundle for an unregistered device: %+v", r)
+	}
+	s.register("a@example.com", "d")
 	out := mustOK(t, "admin may fetch bundles", s.grpcurl(t, "admin", "-d", `{"user":"a@example.com","device_id":"d"}`, addr, "smimeca.v1.ProfileBundles/GetUserBundle"))
 	if !strings.Contains(out, "challenge") {
 		t.Errorf("bundle: %s", out)

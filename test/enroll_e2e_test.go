@@ -18,7 +18,7 @@ func openssl(t *testing.T, args ...string) result {
 	return run(t, 60*time.Second, tool(t, "openssl"), args...)
 }
 
-func mustOK(t *testing.T, what string, r result) string {
+func mustOK(t testing.TB, what string, r result) string {
 	t.Helper()
 	if r.code != 0 {
 		t.Fatalf("%s failed (exit %d):\nstdout: %s\nstderr: %s", what, r.code, r.stdout, r.stderr)
@@ -91,7 +91,7 @@ func TestEnrolWithScepclient(t *testing.T) {
 	mustOK(t, "verify renewed", openssl(t, "verify", "-purpose", "smimesign", "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
 
 	// Inventory over the CLI, as JSON.
-	out := mustOK(t, "cert list", s.cli("cert", "list", "--device", "iphone-1", "-o", "json"))
+	out := mustOK(t, "cert list", s.cli("cert", "list", "--user", "alice@example.com", "--device", "iphone-1", "-o", "json"))
 	var list struct {
 		Certificates []struct {
 			SerialHex   string `json:"serialHex"`
@@ -103,13 +103,16 @@ func TestEnrolWithScepclient(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &list); err != nil {
 		t.Fatalf("cert list json: %v\n%s", err, out)
 	}
-	if len(list.Certificates) != 2 {
-		t.Fatalf("inventory %s", out)
+	if len(list.Certificates) != 2 || list.Certificates[0].Revoked || !list.Certificates[1].Revoked {
+		t.Fatalf("after a renewal the predecessor must be revoked (superseded), the new one valid: %s", out)
 	}
 
-	// Revoke the old one by its openssl serial; it appears in the CRL fetched
-	// from the certificate's CDP URL, and openssl's CRL check then fails.
-	mustOK(t, "cert revoke", s.cli("cert", "revoke", "--serial", "0x"+oldSerial, "--reason", "superseded"))
+	// The renewal superseded the old one: revoking it again is refused, it
+	// appears in the CRL fetched from the certificate's CDP URL, and
+	// openssl's CRL check then fails.
+	if r := s.cli("cert", "revoke", "--serial", "0x"+oldSerial, "--reason", "keyCompromise"); r.code != 1 || !strings.Contains(r.stderr, "already-revoked") {
+		t.Fatalf("revoking the superseded certificate: %+v", r)
+	}
 	cdp := regexp.MustCompile(`URI:(\S+)`).FindStringSubmatch(text)[1]
 	resp, err := http.Get(cdp)
 	if err != nil {
@@ -120,8 +123,8 @@ func TestEnrolWithScepclient(t *testing.T) {
 	crlFile := filepath.Join(work, "crl.der")
 	os.WriteFile(crlFile, crlDER, 0o600)
 	crlText := mustOK(t, "openssl crl", openssl(t, "crl", "-inform", "DER", "-in", crlFile, "-noout", "-text"))
-	if !strings.Contains(crlText, "Serial Number: "+oldSerial) {
-		t.Fatalf("revoked serial %s not in CRL:\n%s", oldSerial, crlText)
+	if !strings.Contains(crlText, "Serial Number: "+oldSerial) || !strings.Contains(crlText, "Superseded") {
+		t.Fatalf("superseded serial %s not in CRL with its reason:\n%s", oldSerial, crlText)
 	}
 	crlPEM := filepath.Join(work, "crl.pem")
 	mustOK(t, "crl to pem", openssl(t, "crl", "-inform", "DER", "-in", crlFile, "-out", crlPEM))
@@ -132,7 +135,7 @@ func TestEnrolWithScepclient(t *testing.T) {
 	mustOK(t, "unrevoked cert passes the CRL check",
 		openssl(t, "verify", "-crl_check", "-CRLfile", crlPEM, "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
 
-	// Renewal with the revoked certificate is refused.
+	// Renewal with the superseded certificate (a replayed renewal) is refused.
 	revokedDir := filepath.Join(work, "revoked")
 	os.MkdirAll(revokedDir, 0o700)
 	key, _ := os.ReadFile(filepath.Join(dev, "key.pem"))
@@ -145,11 +148,29 @@ func TestEnrolWithScepclient(t *testing.T) {
 		t.Fatal("renewal with a revoked certificate succeeded")
 	}
 
-	// Revoke the device: the renewed one goes too.
-	mustOK(t, "revoke device", s.cli("cert", "revoke", "--device", "iphone-1"))
+	// Retire the device: the renewed one is revoked, the device can get no
+	// new challenge and its certificate cannot renew.
+	pending := s.challenge("alice@example.com", "iphone-1")
+	out = mustOK(t, "retire device", s.cli("device", "retire", "--user", "alice@example.com", "--device", "iphone-1", "--reason", "lost"))
+	if !strings.Contains(out, "revoked 1 certificate") {
+		t.Errorf("retire: %s", out)
+	}
 	out = mustOK(t, "cert list", s.cli("cert", "list", "--user", "ALICE@example.com"))
 	if strings.Contains(out, "valid") {
-		t.Errorf("a certificate is still valid after device revocation:\n%s", out)
+		t.Errorf("a certificate is still valid after the retirement:\n%s", out)
+	}
+	if r := s.scepclient(filepath.Join(work, "late"), pending); r.code == 0 {
+		t.Error("a challenge created before the retirement enrolled")
+	}
+	if r := s.scepclient(dev, "", "-certificate", cert); r.code == 0 {
+		t.Error("the retired device renewed")
+	}
+	if r := s.cli("challenge", "create", "--user", "alice@example.com", "--device", "iphone-1"); r.code != 1 || !strings.Contains(r.stderr, "FailedPrecondition") {
+		t.Errorf("challenge for a retired device: %+v", r)
+	}
+	out = mustOK(t, "device show", s.cli("device", "show", "--user", "alice@example.com", "--device", "iphone-1"))
+	if !strings.Contains(out, "retired") || !strings.Contains(out, "lost") || !strings.Contains(out, "by admin") {
+		t.Errorf("device show: %s", out)
 	}
 
 	// No challenge ever reaches the log.
@@ -184,7 +205,7 @@ func TestChallengeRaceIssuesOnce(t *testing.T) {
 	if ok != 1 {
 		t.Fatalf("%d clients got a certificate from one challenge, want 1: %+v", ok, results)
 	}
-	out := mustOK(t, "cert list", s.cli("cert", "list", "--device", "race-device", "-o", "json"))
+	out := mustOK(t, "cert list", s.cli("cert", "list", "--user", "carol@example.com", "--device", "race-device", "-o", "json"))
 	if c := strings.Count(out, `"serial"`); c != 1 {
 		t.Fatalf("inventory holds %d certificates:\n%s", c, out)
 	}
@@ -195,6 +216,7 @@ func TestExpiredChallengeRefused(t *testing.T) {
 	// The smallest TTL is a minute; wait it out rather than fake the clock
 	// of a real process. t.Parallel lets the wait overlap other tests.
 	t.Parallel()
+	s.register("dave@example.com", "slow")
 	r := s.cli("challenge", "create", "--user", "dave@example.com", "--device", "slow", "--ttl", "1m")
 	short := strings.TrimSpace(mustOK(t, "challenge create --ttl 1m", r))
 	time.Sleep(61 * time.Second)

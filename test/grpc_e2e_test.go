@@ -50,6 +50,11 @@ func TestGRPCWithGrpcurl(t *testing.T) {
 		t.Errorf("domain outside policy: %+v", r)
 	}
 
+	r = s.grpcurl(t, "admin", "-d", req, addr, "smimeca.v1.Enrollment/CreateChallenge")
+	if r.code == 0 || !strings.Contains(r.stderr, "NotFound") || !strings.Contains(r.stderr, "smimeca device register") {
+		t.Errorf("challenge for an unregistered device: %+v", r)
+	}
+	mustOK(t, "RegisterDevice as admin", s.grpcurl(t, "admin", "-d", `{"user":"frank@example.com","device_id":"ipad-7"}`, addr, "smimeca.v1.Devices/RegisterDevice"))
 	out := mustOK(t, "CreateChallenge", s.grpcurl(t, "admin", "-d", req, addr, "smimeca.v1.Enrollment/CreateChallenge"))
 	var resp struct {
 		Challenge string `json:"challenge"`
@@ -64,7 +69,7 @@ func TestGRPCWithGrpcurl(t *testing.T) {
 		t.Errorf("response %+v", resp)
 	}
 	mustOK(t, "enrol with gRPC challenge", s.scepclient(filepath.Join(t.TempDir(), "d"), resp.Challenge))
-	out = mustOK(t, "ListCertificates", s.grpcurl(t, "admin", "-d", `{"device_id":"ipad-7"}`, addr, "smimeca.v1.Enrollment/ListCertificates"))
+	out = mustOK(t, "ListCertificates", s.grpcurl(t, "admin", "-d", `{"user":"frank@example.com","device_id":"ipad-7"}`, addr, "smimeca.v1.Enrollment/ListCertificates"))
 	if !strings.Contains(out, "frank@example.com") {
 		t.Errorf("list: %s", out)
 	}
@@ -87,6 +92,12 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"challenge", "create", "--user", "a@example.com"}, 2, "--device"},
 		{[]string{"cert", "revoke", "--serial", "1", "--device", "x", "--server", s.grpcAddr}, 2, "exactly one"},
 		{[]string{"cert", "list", "--user", "a@example.com", "-o", "yaml"}, 2, "table or json"},
+		{[]string{"cert", "revoke", "--device", "x", "--server", s.grpcAddr}, 2, "needs --user"},
+		{[]string{"device", "retire", "--user", "a@example.com", "--device", "x"}, 2, "--reason"},
+		{[]string{"device", "register", "--user", "a@example.com", "--device", "x", "--identity-cert", "/nonexistent"}, 2, "--identity-cert"},
+		{[]string{"challenge", "create", "--user", "a@example.com", "--device", "unregistered", "--server", s.grpcAddr,
+			"--credentials", filepath.Join(s.data, "credentials", "admin")}, 1, "smimeca device register"},
+		{[]string{"bundle", "get", "--user", "a@example.com", "--device", "x", "--out", "/tmp/x", "--break-glass"}, 2, "--reason"},
 		{[]string{"challenge", "create", "--user", "a@evil.org", "--device", "x", "--server", s.grpcAddr,
 			"--credentials", filepath.Join(s.data, "credentials", "admin")}, 1, "domain-not-allowed"},
 		{[]string{"challenge", "create", "--user", "a@example.com", "--device", "x", "--server", s.grpcAddr,

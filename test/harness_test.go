@@ -101,6 +101,9 @@ type server struct {
 	cmd      *exec.Cmd
 	extra    []string
 	env      []string
+	// mdm holds the device identity CA (mdm-ca.pem, mdm-ca.key) the server
+	// trusts, as an MDM's would be, made with openssl.
+	mdm string
 }
 
 func newServer(t testing.TB, extra ...string) *server {
@@ -115,8 +118,11 @@ func newServerEnv(t testing.TB, env []string, extra ...string) *server {
 		t: t, data: filepath.Join(t.TempDir(), "data"), log: &syncBuffer{},
 		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		extra:    extra,
+		extra:    extra, mdm: t.TempDir(),
 	}
+	mustOK(t, "device identity CA", run(t, 60*time.Second, tool(t, "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+		"-keyout", filepath.Join(s.mdm, "mdm-ca.key"), "-out", filepath.Join(s.mdm, "mdm-ca.pem"), "-subj", "/CN=Test MDM Device Identity CA", "-days", "30"))
+	s.extra = append([]string{"--device-identity-ca", filepath.Join(s.mdm, "mdm-ca.pem")}, s.extra...)
 	s.baseURL = "http://" + s.httpAddr
 	s.start()
 	t.Cleanup(s.stop)
@@ -225,8 +231,39 @@ func (s *server) cli(args ...string) result {
 	return run(s.t, 60*time.Second, smimecaBin(s.t), full...)
 }
 
+// register registers the user's device without an identity certificate
+// (it may enrol; no key is released to it). Registering again is a no-op.
+func (s *server) register(user, device string) {
+	s.t.Helper()
+	mustOK(s.t, "device register", s.cli("device", "register", "--user", user, "--device", device))
+}
+
+// identity is a device's MDM identity: key and certificate (PEM files).
+type identity struct{ key, cert string }
+
+// registerWithIdentity makes the device an identity certificate under the
+// test MDM CA with openssl (RSA 2048, keyEncipherment, clientAuth, as iOS
+// MDM enrolment issues) and registers the device with it.
+func (s *server) registerWithIdentity(user, device string) identity {
+	s.t.Helper()
+	dir := s.t.TempDir()
+	id := identity{key: filepath.Join(dir, "device.key"), cert: filepath.Join(dir, "device.pem")}
+	os.WriteFile(filepath.Join(dir, "ext"), []byte("keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"), 0o600)
+	openssl := tool(s.t, "openssl")
+	mustOK(s.t, "identity key", run(s.t, 60*time.Second, openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", id.key,
+		"-out", filepath.Join(dir, "device.csr"), "-subj", "/CN="+device))
+	mustOK(s.t, "identity certificate", run(s.t, 60*time.Second, openssl, "x509", "-req", "-in", filepath.Join(dir, "device.csr"),
+		"-CA", filepath.Join(s.mdm, "mdm-ca.pem"), "-CAkey", filepath.Join(s.mdm, "mdm-ca.key"), "-CAcreateserial", "-days", "30",
+		"-extfile", filepath.Join(dir, "ext"), "-out", id.cert))
+	mustOK(s.t, "device register --identity-cert", s.cli("device", "register", "--user", user, "--device", device, "--identity-cert", id.cert))
+	return id
+}
+
+// challenge registers the device (without an identity, when it is not
+// registered yet) and creates a challenge for it.
 func (s *server) challenge(user, device string) string {
 	s.t.Helper()
+	s.register(user, device)
 	r := s.cli("challenge", "create", "--user", user, "--device", device)
 	if r.code != 0 {
 		s.t.Fatalf("challenge create: %d %s", r.code, r.stderr)

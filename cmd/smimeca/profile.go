@@ -50,6 +50,10 @@ func profileCmd(args []string, stdout io.Writer) error {
 	if err != nil {
 		return usagef("--settings: %v", err)
 	}
+	settings, err := profile.ParseSettings(raw)
+	if err != nil {
+		return usagef("%s: %v", settingsPath, err)
+	}
 	if !plain {
 		if sign {
 			return usagef("--sign goes with --plain: the server always signs the profiles it renders")
@@ -70,12 +74,9 @@ func profileCmd(args []string, stdout io.Writer) error {
 			out, resp.GetRecipientSha256(), len(resp.GetEncryptionSha256()))
 		return nil
 	}
+	// --plain is a break-glass release: the admin credentials by default.
 	if cf.credentials == filepath.Join(defaultDataDir(), "credentials", "profile") {
 		cf.credentials = filepath.Join(defaultDataDir(), "credentials", "admin")
-	}
-	settings, err := profile.ParseSettings(raw)
-	if err != nil {
-		return usagef("%s: %v", settingsPath, err)
 	}
 	var signer *x509.Certificate
 	var signerKey crypto.Signer

@@ -16,6 +16,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"flag"
+	"encoding/pem"
 	"fmt"
 	"math/big"
 	"os"
@@ -114,10 +115,19 @@ func run(bin string, calls int) error {
 	}
 	rewrapMS := float64(time.Since(start).Microseconds()) / 1000 / rewraps
 
+	// A device identity CA and one identity the devices share: bundles
+	// are encrypted to the registered identity (PKCS#1 v1.5, AES-256-CBC).
+	identityCA := filepath.Join(work, "mdm-ca.pem")
+	os.WriteFile(identityCA, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: mustCreate(caTmpl, caTmpl, &caKey.PublicKey, caKey)}), 0o600)
+	identity := mustCreate(&x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "bench device"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageKeyEncipherment | x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
+		caTmpl, &key.PublicKey, caKey)
+
 	data := filepath.Join(work, "smimeca")
 	grpcAddr := benchutil.FreeAddr()
 	srv := exec.Command(bin, "serve", "--data", data, "--http-addr", benchutil.FreeAddr(), "--grpc-addr", grpcAddr,
-		"--vault-addr", vp.Addr, "--vault-token-file", tokFile, "--log-level", "error")
+		"--vault-addr", vp.Addr, "--vault-token-file", tokFile, "--log-level", "error", "--device-identity-ca", identityCA)
 	srv.Stderr = os.Stderr
 	if err := srv.Start(); err != nil {
 		return err
@@ -125,6 +135,23 @@ func run(bin string, calls int) error {
 	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
 	if err := benchutil.WaitTCP(grpcAddr); err != nil {
 		return err
+	}
+	admin, err := benchutil.Dial(grpcAddr, filepath.Join(data, "credentials", "admin"))
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	devices := pb.NewDevicesClient(admin)
+	for _, n := range sizes {
+		for d := -1; d < 16; d++ {
+			id := fmt.Sprintf("dev-%d", d)
+			if d < 0 {
+				id = "probe"
+			}
+			if _, err := devices.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: fmt.Sprintf("u%d@example.com", n), DeviceId: id, IdentityCertificate: identity}); err != nil {
+				return err
+			}
+		}
 	}
 	conn, err := benchutil.Dial(grpcAddr, filepath.Join(data, "credentials", "profile"))
 	if err != nil {
@@ -238,4 +265,14 @@ func countRequests(path string) map[string]int {
 		out[p]++
 	}
 	return out
+}
+
+// mustCreate signs a certificate or exits.
+func mustCreate(tmpl, parent *x509.Certificate, pub any, key *rsa.PrivateKey) []byte {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bundlebench:", err)
+		os.Exit(1)
+	}
+	return der
 }

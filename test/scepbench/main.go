@@ -53,12 +53,21 @@ func main() {
 	n := flag.Int("n", 300, "enrolments per run")
 	conc := flag.String("c", "1,16", "comma-separated client concurrencies")
 	keys := flag.Int("keys", 16, "distinct device keys (messages are unique anyway)")
+	flag.BoolVar(&static, "static", false, "run smimeca in the labs static-challenge mode: every enrolment with the shared secret for one user, so all certificates land on one device record (the worst case for a per-device inventory)")
 	flag.Parse()
 	if err := run(*bin, *peer, *n, *keys, *conc); err != nil {
 		fmt.Fprintln(os.Stderr, "scepbench:", err)
 		os.Exit(1)
 	}
 }
+
+// static selects the labs static-challenge mode (-static).
+var static bool
+
+const (
+	staticSecret = "bench-static-secret-0123456789"
+	staticUser   = "lab@example.com"
+)
 
 type target struct {
 	name    string
@@ -130,10 +139,13 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 			for i := range msgs {
 				d := devs[i%len(devs)]
 				var ch string
-				if t.name == "smimeca" {
+				switch {
+				case t.name == "smimeca" && static:
+					ch = staticSecret
+				case t.name == "smimeca":
 					ch = challenges[ci]
 					ci++
-				} else {
+				default:
 					ch = "bench-secret"
 				}
 				if msgs[i], err = d.pkcsReq(t.recipie, ch, fmt.Sprintf("bench-%d-%d-%d", c, i, time.Now().UnixNano())); err != nil {
@@ -162,8 +174,12 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 	limitAfter := cryptoLimit(2 * time.Second)
 	limit := (limitBefore + limitAfter) / 2
 
-	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), %s, go %s; n=%d enrolments per cell\n\n",
-		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOARCH, runtime.Version(), n)
+	mode := "one registered device per enrolment, each with its own one-time challenge"
+	if static {
+		mode = "smimeca in the static-challenge mode: every certificate for " + staticUser + " on one device record"
+	}
+	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), %s, go %s; n=%d enrolments per cell; %s\n\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOARCH, runtime.Version(), n, mode)
 	cryptoMS := float64(runtime.GOMAXPROCS(0)) * 1000 / limit
 	fmt.Printf("crypto limit (in-process, all cores): %.0f enrolments/s (%.2f ms of CPU each; %.0f before the load, %.0f after) = per enrolment one RSA-2048 decrypt (pkcsPKIEnvelope key), one RSA-2048 sign (CertRep), one ECDSA P-256 sign (certificate)\n\n", limit, cryptoMS, limitBefore, limitAfter)
 	fmt.Println("| server | clients | enrolments/s | p50 ms | p99 ms | failed | server CPU ms/enrolment | load-generator CPU ms/enrolment | crypto ÷ server CPU | vs scepserver | vs crypto limit |")
@@ -309,8 +325,12 @@ func newDevice() (*device, error) {
 }
 
 func (d *device) pkcsReq(recipients []*x509.Certificate, challenge, cn string) ([]byte, error) {
+	tmpl := x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}
+	if challenge == staticSecret {
+		tmpl.EmailAddresses = []string{staticUser} // with the static secret the device names its address
+	}
 	der, err := scepx509.CreateCertificateRequest(rand.Reader, &scepx509.CertificateRequest{
-		CertificateRequest: x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}},
+		CertificateRequest: tmpl,
 		ChallengePassword:  challenge,
 	}, d.key)
 	if err != nil {
@@ -360,7 +380,11 @@ func getCACerts(url string) ([]*x509.Certificate, error) {
 func startSmimeca(bin, work string, nChallenges int) (*target, []string, error) {
 	data := filepath.Join(work, "smimeca")
 	httpAddr, grpcAddr := benchutil.FreeAddr(), benchutil.FreeAddr()
-	cmd := exec.Command(bin, "serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn")
+	args := []string{"serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn"}
+	if static {
+		args = append(args, "--static-challenge", staticSecret, "--allowed-domains", "example.com")
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, nil, err
@@ -381,10 +405,17 @@ func startSmimeca(bin, work string, nChallenges int) (*target, []string, error) 
 		return nil, nil, err
 	}
 	defer conn.Close()
-	client := pb.NewEnrollmentClient(conn)
-	fmt.Fprintf(os.Stderr, "creating %d one-time challenges…\n", nChallenges)
+	if static {
+		return t, nil, nil
+	}
+	client, devices := pb.NewEnrollmentClient(conn), pb.NewDevicesClient(conn)
+	fmt.Fprintf(os.Stderr, "registering %d devices and creating a one-time challenge for each…\n", nChallenges)
 	challenges := make([]string, nChallenges)
 	for i := range challenges {
+		if _, err := devices.RegisterDevice(context.Background(), &pb.RegisterDeviceRequest{
+			User: fmt.Sprintf("user%d@example.com", i), DeviceId: fmt.Sprintf("bench-%d", i)}); err != nil {
+			return nil, nil, err
+		}
 		r, err := client.CreateChallenge(context.Background(), &pb.CreateChallengeRequest{
 			User: fmt.Sprintf("user%d@example.com", i), DeviceId: fmt.Sprintf("bench-%d", i)})
 		if err != nil {
