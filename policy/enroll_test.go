@@ -54,7 +54,7 @@ func (r *recordingAuditor) failRecord(err error) {
 }
 
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	ca    *testpki.CA
 	store *nosqlstore.Store
 	e     *policy.Enrollment
@@ -75,7 +75,7 @@ func (v *env) advance(d time.Duration) {
 	v.now = v.now.Add(d)
 }
 
-func newEnv(t *testing.T, mut func(*policy.Config)) *env {
+func newEnv(t testing.TB, mut func(*policy.Config)) *env {
 	t.Helper()
 	c := testpki.NewCA(t, ca.KeyTypeEC)
 	store, err := nosqlstore.New(c.DB.DB)
