@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/policy"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
@@ -39,22 +38,22 @@ func NewBundleService(p BundlePolicy, signer *ProfileSigner, log *slog.Logger) *
 }
 
 // wireOptions maps the PKCS#12 encoding and key transport of a request.
-func wireOptions(enc pb.Pkcs12Encoding, kt pb.KeyTransport) (pfxconnector.Encoding, pfxconnector.KeyTransport, error) {
-	var e pfxconnector.Encoding
-	var k pfxconnector.KeyTransport
+func wireOptions(enc pb.Pkcs12Encoding, kt pb.KeyTransport) (policy.PKCS12Encoding, policy.KeyTransport, error) {
+	var e policy.PKCS12Encoding
+	var k policy.KeyTransport
 	switch enc {
 	case pb.Pkcs12Encoding_PKCS12_ENCODING_LEGACY:
-		e = pfxconnector.Legacy
+		e = policy.EncodingLegacy
 	case pb.Pkcs12Encoding_PKCS12_ENCODING_MODERN:
-		e = pfxconnector.Modern
+		e = policy.EncodingModern
 	default:
 		return e, k, status.Error(codes.InvalidArgument, "unknown PKCS#12 encoding")
 	}
 	switch kt {
 	case pb.KeyTransport_KEY_TRANSPORT_RSA_PKCS1V15:
-		k = pfxconnector.PKCS1v15
+		k = policy.TransportPKCS1v15
 	case pb.KeyTransport_KEY_TRANSPORT_RSA_OAEP_SHA256:
-		k = pfxconnector.OAEPSHA256
+		k = policy.TransportOAEPSHA256
 	default:
 		return e, k, status.Error(codes.InvalidArgument, "unknown key transport")
 	}

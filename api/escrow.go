@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/smimeca/smimeca/escrow"
 	"github.com/smimeca/smimeca/policy"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
@@ -24,9 +23,9 @@ import (
 type EscrowPolicy interface {
 	ConnectorKey() *rsa.PublicKey
 	Import(ctx context.Context, req policy.ImportRequest) (policy.ImportResult, error)
-	List(ctx context.Context, user string) ([]escrow.Metadata, error)
-	Delete(ctx context.Context, user, thumbprint string) (escrow.Metadata, error)
-	Purge(ctx context.Context, user string) ([]escrow.Metadata, error)
+	List(ctx context.Context, user string) ([]policy.Escrowed, error)
+	Delete(ctx context.Context, user, thumbprint string) (policy.Escrowed, error)
+	Purge(ctx context.Context, user string) ([]policy.Escrowed, error)
 }
 
 // EscrowService implements smimeca.v1.EscrowAdmin.
@@ -117,12 +116,12 @@ func (s *EscrowService) PurgeUser(ctx context.Context, req *pb.PurgeUserRequest)
 	return out, nil
 }
 
-func (s *EscrowService) toProto(m escrow.Metadata) *pb.EscrowedCertificate {
+func (s *EscrowService) toProto(m policy.Escrowed) *pb.EscrowedCertificate {
 	return escrowedToProto(m, s.now())
 }
 
 // escrowedToProto converts escrow metadata; expired is judged at now.
-func escrowedToProto(m escrow.Metadata, now time.Time) *pb.EscrowedCertificate {
+func escrowedToProto(m policy.Escrowed, now time.Time) *pb.EscrowedCertificate {
 	return &pb.EscrowedCertificate{
 		Sha1: m.SHA1, Sha256: m.SHA256, Serial: m.Serial, Issuer: m.Issuer, Subject: m.Subject,
 		Emails: m.Emails, NotBefore: timestamppb.New(m.NotBefore), NotAfter: timestamppb.New(m.NotAfter),

@@ -11,7 +11,6 @@ import (
 	"howett.net/plist"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
-	"github.com/smimeca/smimeca/escrow"
 	"github.com/smimeca/smimeca/internal/appleschema"
 	"github.com/smimeca/smimeca/internal/testpki"
 	"github.com/smimeca/smimeca/policy"
@@ -20,10 +19,10 @@ import (
 
 // keyStore serves fixed escrow records (the Vault-backed path is tested end
 // to end); each Load returns fresh copies, as the real store does.
-type keyStore []escrow.Record
+type keyStore []policy.EscrowedKey
 
-func (k keyStore) Load(context.Context, string) ([]escrow.Record, error) {
-	out := make([]escrow.Record, len(k))
+func (k keyStore) Load(context.Context, string) ([]policy.EscrowedKey, error) {
+	out := make([]policy.EscrowedKey, len(k))
 	for i, r := range k {
 		r.KeyPKCS8 = append([]byte(nil), r.KeyPKCS8...)
 		out[i] = r
@@ -43,7 +42,7 @@ func TestRenderDeviceProfileIsSealedToTheDevice(t *testing.T) {
 	cert := is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}})
 	kder, _ := x509.MarshalPKCS8PrivateKey(key)
 	s := startServerWith(t, options{identityCAs: pool,
-		keys: keyStore{{Metadata: policy.CertificateMetadata(cert), CertDER: cert.Raw, KeyPKCS8: kder}}})
+		keys: keyStore{{Escrowed: policy.CertificateMetadata(cert), CertDER: cert.Raw, KeyPKCS8: kder}}})
 	ctx := context.Background()
 	devKey := testpki.RSAKey(t, 2048, 1)
 	ident := mdm.UserCert(t, devKey, testpki.CertOptions{EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})

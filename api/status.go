@@ -8,7 +8,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/smimeca/smimeca/escrow"
 	"github.com/smimeca/smimeca/policy"
 )
 
@@ -26,9 +25,9 @@ var kindCodes = map[policy.Kind]codes.Code{
 // reported without detail.
 func statusFor(ctx context.Context, log *slog.Logger, err error) error {
 	switch {
-	case errors.Is(err, escrow.ErrUnavailable):
+	case errors.Is(err, policy.ErrUnavailable):
 		return status.Error(codes.Unavailable, "Vault is unavailable; nothing was changed, retry later")
-	case errors.Is(err, escrow.ErrConflict):
+	case errors.Is(err, policy.ErrConflict):
 		return status.Error(codes.Aborted, "too many concurrent changes to this user's escrow; retry")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "request canceled")

@@ -6,7 +6,9 @@
 // user never lose each other, and entries are idempotent by the
 // certificate's SHA-256 thumbprint.
 //
-// It does not parse PFX files and makes no access decisions.
+// It is a backend of policy: it implements policy's escrow interfaces with
+// policy's types and errors. It does not parse PFX files and makes no
+// access decisions.
 package escrow
 
 import (
@@ -25,61 +27,17 @@ import (
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
-)
 
-// Errors returned by Store. Each says what happened, never a secret.
-var (
-	// ErrUnavailable means Vault could not be reached or is sealed; nothing
-	// was changed.
-	ErrUnavailable = errors.New("escrow: Vault is unavailable")
-	// ErrNotFound means the user or the certificate is not in escrow.
-	ErrNotFound = errors.New("escrow: not found")
-	// ErrTooLarge means the user's entry would pass Vault's entry size limit.
-	ErrTooLarge = errors.New("escrow: the user's escrow entry would exceed Vault's size limit")
-	// ErrConflict means concurrent writers kept winning the check-and-set.
-	ErrConflict = errors.New("escrow: too many concurrent changes to the user's entry; retry")
+	"github.com/smimeca/smimeca/policy"
 )
 
 // maxEntryBytes keeps a user's entry below Vault's default 1 MiB request
 // and storage-entry limit, with room for Vault's own encoding.
 const maxEntryBytes = 900 << 10
 
-// Purposes of an escrowed certificate.
-const (
-	PurposeEncryption = "smimeEncryption"
-	PurposeSigning    = "smimeSigning"
-)
-
-// Metadata describes one escrowed certificate.
-type Metadata struct {
-	SHA1       string    `json:"sha1"`
-	SHA256     string    `json:"sha256"`
-	Serial     string    `json:"serial"` // hex, upper case
-	Issuer     string    `json:"issuer"`
-	Subject    string    `json:"subject"`
-	Emails     []string  `json:"emails"`
-	NotBefore  time.Time `json:"not_before"`
-	NotAfter   time.Time `json:"not_after"`
-	Purpose    string    `json:"purpose"`
-	ImportedAt time.Time `json:"imported_at"`
-	ImportedBy string    `json:"imported_by"`
-}
-
-// Record is one certificate with its private key in the clear. Records
-// live only in memory, for the request that needs them.
-type Record struct {
-	Metadata
-	// CertDER is the certificate.
-	CertDER []byte
-	// ChainDER holds the other certificates of the imported file.
-	ChainDER [][]byte
-	// KeyPKCS8 is the private key, PKCS#8 DER.
-	KeyPKCS8 []byte
-}
-
 // stored is one certificate as it sits in Vault.
 type stored struct {
-	Metadata
+	policy.Escrowed
 	Cert  string   `json:"cert"`            // base64 DER
 	Chain []string `json:"chain,omitempty"` // base64 DER
 	Key   string   `json:"key"`             // Transit ciphertext of base64 PKCS#8
@@ -199,7 +157,7 @@ func (s *Store) write(ctx context.Context, user string, e *entry, version int) (
 		return false, err
 	}
 	if len(b) > maxEntryBytes {
-		return false, fmt.Errorf("%w (%d KiB for %d certificates; delete old ones first)", ErrTooLarge, len(b)>>10, len(e.Certificates))
+		return false, fmt.Errorf("%w (%d KiB for %d certificates; delete old ones first)", policy.ErrTooLarge, len(b)>>10, len(e.Certificates))
 	}
 	var data map[string]any
 	if err := json.Unmarshal(b, &data); err != nil {
@@ -244,7 +202,7 @@ func (s *Store) update(ctx context.Context, user string, fn func(e *entry) (bool
 			return err
 		}
 	}
-	return ErrConflict
+	return policy.ErrConflict
 }
 
 // backoff grows quadratically to 100 ms, with jitter so that writers in
@@ -274,12 +232,12 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 //
 // The key is encrypted before the entry is read, so that a fresh import
 // costs one Transit call, one KV read and one KV write.
-func (s *Store) Put(ctx context.Context, user string, rec Record) (Metadata, bool, error) {
+func (s *Store) Put(ctx context.Context, user string, rec policy.EscrowedKey) (policy.Escrowed, bool, error) {
 	ct, err := s.encrypt(ctx, rec.KeyPKCS8)
 	if err != nil {
-		return Metadata{}, false, err
+		return policy.Escrowed{}, false, err
 	}
-	st := stored{Metadata: rec.Metadata, Cert: base64.StdEncoding.EncodeToString(rec.CertDER), Key: ct}
+	st := stored{Escrowed: rec.Escrowed, Cert: base64.StdEncoding.EncodeToString(rec.CertDER), Key: ct}
 	for _, c := range rec.ChainDER {
 		st.Chain = append(st.Chain, base64.StdEncoding.EncodeToString(c))
 	}
@@ -293,12 +251,12 @@ func (s *Store) Put(ctx context.Context, user string, rec Record) (Metadata, boo
 		return true, nil
 	})
 	if err != nil {
-		return Metadata{}, false, err
+		return policy.Escrowed{}, false, err
 	}
 	if dup != nil {
-		return dup.Metadata, true, nil
+		return dup.Escrowed, true, nil
 	}
-	return rec.Metadata, false, nil
+	return rec.Escrowed, false, nil
 }
 
 func (e *entry) find(sha256 string) (stored, bool) {
@@ -312,14 +270,14 @@ func (e *entry) find(sha256 string) (stored, bool) {
 
 // List returns the metadata of the user's escrowed certificates, newest
 // notAfter first, in one Vault read.
-func (s *Store) List(ctx context.Context, user string) ([]Metadata, error) {
+func (s *Store) List(ctx context.Context, user string) ([]policy.Escrowed, error) {
 	e, _, err := s.read(ctx, user)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Metadata, 0, len(e.Certificates))
+	out := make([]policy.Escrowed, 0, len(e.Certificates))
 	for _, c := range e.Certificates {
-		out = append(out, c.Metadata)
+		out = append(out, c.Escrowed)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].NotAfter.After(out[j].NotAfter) })
 	return out, nil
@@ -328,7 +286,7 @@ func (s *Store) List(ctx context.Context, user string) ([]Metadata, error) {
 // Load returns the user's certificates with their private keys decrypted:
 // one KV read and one Transit batch decryption, whatever the number of
 // certificates. Newest notAfter first.
-func (s *Store) Load(ctx context.Context, user string) ([]Record, error) {
+func (s *Store) Load(ctx context.Context, user string) ([]policy.EscrowedKey, error) {
 	e, _, err := s.read(ctx, user)
 	if err != nil {
 		return nil, err
@@ -344,13 +302,13 @@ func (s *Store) Load(ctx context.Context, user string) ([]Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Record, len(e.Certificates))
+	out := make([]policy.EscrowedKey, len(e.Certificates))
 	for i, c := range e.Certificates {
 		der, err := base64.StdEncoding.DecodeString(c.Cert)
 		if err != nil {
 			return nil, fmt.Errorf("escrow: certificate %s of %s is corrupt", c.SHA256, user)
 		}
-		r := Record{Metadata: c.Metadata, CertDER: der, KeyPKCS8: keys[i]}
+		r := policy.EscrowedKey{Escrowed: c.Escrowed, CertDER: der, KeyPKCS8: keys[i]}
 		for _, cc := range c.Chain {
 			if d, err := base64.StdEncoding.DecodeString(cc); err == nil {
 				r.ChainDER = append(r.ChainDER, d)
@@ -363,20 +321,20 @@ func (s *Store) Load(ctx context.Context, user string) ([]Record, error) {
 }
 
 // Delete removes one certificate, named by its SHA-256 or SHA-1 thumbprint
-// (hex), and returns its metadata; ErrNotFound when it is not escrowed.
+// (hex), and returns its metadata; policy.ErrNotFound when it is not escrowed.
 // Every older version of the user's entry is then destroyed (KV v2
 // destroy): an old version still holds the deleted key's Transit
 // ciphertext, which smimeca's own token could decrypt. A Delete that failed
 // half-way is completed by running it again: the destruction runs also when
 // the certificate is gone already.
-func (s *Store) Delete(ctx context.Context, user, thumbprint string) (Metadata, error) {
+func (s *Store) Delete(ctx context.Context, user, thumbprint string) (policy.Escrowed, error) {
 	t := strings.ToLower(strings.ReplaceAll(thumbprint, ":", ""))
-	var removed *Metadata
+	var removed *policy.Escrowed
 	err := s.update(ctx, user, func(e *entry) (bool, error) {
 		removed = nil
 		for i, c := range e.Certificates {
 			if strings.EqualFold(c.SHA256, t) || strings.EqualFold(c.SHA1, t) {
-				m := c.Metadata
+				m := c.Escrowed
 				removed = &m
 				e.Certificates = append(e.Certificates[:i], e.Certificates[i+1:]...)
 				return true, nil
@@ -385,13 +343,13 @@ func (s *Store) Delete(ctx context.Context, user, thumbprint string) (Metadata, 
 		return false, nil
 	})
 	if err != nil {
-		return Metadata{}, err
+		return policy.Escrowed{}, err
 	}
 	if err := s.destroyHistory(ctx, user); err != nil {
-		return Metadata{}, err
+		return policy.Escrowed{}, err
 	}
 	if removed == nil {
-		return Metadata{}, fmt.Errorf("%w: no certificate %s escrowed for %s", ErrNotFound, thumbprint, user)
+		return policy.Escrowed{}, fmt.Errorf("%w: no certificate %s escrowed for %s", policy.ErrNotFound, thumbprint, user)
 	}
 	return *removed, nil
 }
@@ -432,7 +390,7 @@ func (s *Store) destroyHistory(ctx context.Context, user string) error {
 
 // Purge removes the user's entry with every version Vault keeps of it and
 // returns the metadata of what was escrowed.
-func (s *Store) Purge(ctx context.Context, user string) ([]Metadata, error) {
+func (s *Store) Purge(ctx context.Context, user string) ([]policy.Escrowed, error) {
 	list, err := s.List(ctx, user)
 	if err != nil {
 		return nil, err
@@ -498,19 +456,19 @@ func isCASMismatch(err error) bool {
 	return false
 }
 
-// vaultErr turns a Vault client error into ErrUnavailable when Vault could
+// vaultErr turns a Vault client error into policy.ErrUnavailable when Vault could
 // not answer (connection, 5xx, sealed, rate limited), and otherwise into an
 // error that names the operation and status without echoing request data.
 func vaultErr(op string, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%w: %s: %v", ErrUnavailable, op, err)
+		return fmt.Errorf("%w: %s: %v", policy.ErrUnavailable, op, err)
 	}
 	var re *vault.ResponseError
 	if errors.As(err, &re) {
 		if re.StatusCode >= 500 || re.StatusCode == 429 {
-			return fmt.Errorf("%w: %s: HTTP %d", ErrUnavailable, op, re.StatusCode)
+			return fmt.Errorf("%w: %s: HTTP %d", policy.ErrUnavailable, op, re.StatusCode)
 		}
 		return fmt.Errorf("escrow: vault %s: HTTP %d: %s", op, re.StatusCode, strings.Join(re.Errors, "; "))
 	}
-	return fmt.Errorf("%w: %s: %v", ErrUnavailable, op, err)
+	return fmt.Errorf("%w: %s: %v", policy.ErrUnavailable, op, err)
 }

@@ -19,19 +19,20 @@ import (
 
 	"github.com/smimeca/smimeca/escrow"
 	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/policy"
 )
 
 // record makes a record with random bytes standing in for a certificate and
 // a private key (the store does not parse them).
-func record(t testing.TB, size int) escrow.Record {
+func record(t testing.TB, size int) policy.EscrowedKey {
 	cert := make([]byte, 1200)
 	key := make([]byte, size)
 	rand.Read(cert)
 	rand.Read(key)
 	sum := sha256.Sum256(cert)
-	return escrow.Record{
-		Metadata: escrow.Metadata{SHA256: hex.EncodeToString(sum[:]), SHA1: hex.EncodeToString(sum[:20]),
-			Serial: "01", NotAfter: time.Now().Add(time.Duration(len(key)) * time.Hour), Purpose: escrow.PurposeEncryption},
+	return policy.EscrowedKey{
+		Escrowed: policy.Escrowed{SHA256: hex.EncodeToString(sum[:]), SHA1: hex.EncodeToString(sum[:20]),
+			Serial: "01", NotAfter: time.Now().Add(time.Duration(len(key)) * time.Hour), Purpose: policy.PurposeEncryption},
 		CertDER: cert, KeyPKCS8: key,
 	}
 }
@@ -78,7 +79,7 @@ func TestPutLoadListDeletePurge(t *testing.T) {
 	if _, err := s.Delete(ctx, "alice@example.com", a.SHA1); err != nil {
 		t.Fatalf("delete by SHA-1: %v", err)
 	}
-	if _, err := s.Delete(ctx, "alice@example.com", a.SHA256); !errors.Is(err, escrow.ErrNotFound) {
+	if _, err := s.Delete(ctx, "alice@example.com", a.SHA256); !errors.Is(err, policy.ErrNotFound) {
 		t.Fatalf("second delete: %v", err)
 	}
 	list, _ := s.List(ctx, "alice@example.com")
@@ -118,7 +119,7 @@ func TestConcurrentImportsLoseNothing(t *testing.T) {
 	other, _ := v.Store(t)
 	ctx := context.Background()
 	const n = 100
-	recs := make([]escrow.Record, n)
+	recs := make([]policy.EscrowedKey, n)
 	for i := range recs {
 		recs[i] = record(t, 1200+i)
 	}
@@ -196,7 +197,7 @@ func TestEntrySizeLimit(t *testing.T) {
 	for i := 0; i < 200 && err == nil; i++ {
 		_, _, err = s.Put(ctx, "dave@example.com", record(t, 20000+i))
 	}
-	if !errors.Is(err, escrow.ErrTooLarge) {
+	if !errors.Is(err, policy.ErrTooLarge) {
 		t.Fatalf("err = %v, want ErrTooLarge before Vault's 1 MiB limit", err)
 	}
 	list, lerr := s.List(ctx, "dave@example.com")
@@ -215,10 +216,10 @@ func TestVaultDownIsUnavailableAndWritesNothing(t *testing.T) {
 	}
 	v.Stop()
 	_, _, err := s.Put(ctx, "erin@example.com", record(t, 1219))
-	if !errors.Is(err, escrow.ErrUnavailable) {
+	if !errors.Is(err, policy.ErrUnavailable) {
 		t.Fatalf("put with Vault down: %v, want ErrUnavailable", err)
 	}
-	if _, err := s.List(ctx, "erin@example.com"); !errors.Is(err, escrow.ErrUnavailable) {
+	if _, err := s.List(ctx, "erin@example.com"); !errors.Is(err, policy.ErrUnavailable) {
 		t.Fatalf("list with Vault down: %v", err)
 	}
 	if err := v.Restart(ctx); err != nil {

@@ -11,6 +11,8 @@ import (
 
 	vault "github.com/hashicorp/vault/api"
 	approle "github.com/hashicorp/vault/api/auth/approle"
+
+	"github.com/smimeca/smimeca/policy"
 )
 
 // VaultConfig says how to reach and authenticate to Vault.
@@ -201,7 +203,7 @@ func Ping(ctx context.Context, client *vault.Client) error {
 		return vaultErr("health", err)
 	}
 	if h.Sealed || !h.Initialized {
-		return fmt.Errorf("%w: sealed or not initialised", ErrUnavailable)
+		return fmt.Errorf("%w: sealed or not initialised", policy.ErrUnavailable)
 	}
 	return nil
 }

@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/smimeca/smimeca/escrow"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 )
 
@@ -47,7 +46,7 @@ const (
 // KeyStore is what bundles need from the escrow; *escrow.Store implements
 // it.
 type KeyStore interface {
-	Load(ctx context.Context, user string) ([]escrow.Record, error)
+	Load(ctx context.Context, user string) ([]EscrowedKey, error)
 }
 
 // CAInfo is the CA's public side that bundles carry.
@@ -76,6 +75,30 @@ func NewBundles(enroll *Enrollment, keys KeyStore, ca CAInfo, scepURL string, au
 	return &Bundles{enroll: enroll, keys: keys, ca: ca, scepURL: scepURL, audit: audit, now: time.Now}
 }
 
+// PKCS12Encoding selects the algorithms of the re-wrapped PKCS#12 files.
+type PKCS12Encoding = pfxconnector.Encoding
+
+// PKCS#12 encodings.
+const (
+	// EncodingLegacy is 3DES + SHA-1 MAC, which iOS imports (default).
+	EncodingLegacy = pfxconnector.Legacy
+	// EncodingModern is PBES2/AES-256 + SHA-256 MAC.
+	EncodingModern = pfxconnector.Modern
+)
+
+// KeyTransport is how an envelope's content key is encrypted to the
+// device's RSA identity key.
+type KeyTransport = pfxconnector.KeyTransport
+
+// Key transports.
+const (
+	// TransportPKCS1v15 is RSA PKCS#1 v1.5, what iOS and openssl accept
+	// (default).
+	TransportPKCS1v15 = pfxconnector.PKCS1v15
+	// TransportOAEPSHA256 is RSAES-OAEP with SHA-256.
+	TransportOAEPSHA256 = pfxconnector.OAEPSHA256
+)
+
 // BundleRequest names the user, the device and the delivery. There is no
 // recipient to choose: envelopes go to the device's registered identity.
 type BundleRequest struct {
@@ -83,9 +106,9 @@ type BundleRequest struct {
 	Device   string
 	Delivery Delivery
 	// Encoding of the re-wrapped PKCS#12 files (default Legacy).
-	Encoding pfxconnector.Encoding
+	Encoding PKCS12Encoding
 	// KeyTransport of the envelopes (default PKCS#1 v1.5).
-	KeyTransport pfxconnector.KeyTransport
+	KeyTransport KeyTransport
 	// BreakGlass must be set for DeliverPKCS12, with the reason recorded.
 	BreakGlass       bool
 	BreakGlassReason string
@@ -112,7 +135,7 @@ type SigningReference struct {
 
 // EncryptionEntry is one escrowed certificate re-wrapped for this delivery.
 type EncryptionEntry struct {
-	Metadata escrow.Metadata
+	Metadata Escrowed
 	PFX      []byte
 	// Password opens PFX (DeliverPKCS12 only).
 	Password string
@@ -213,7 +236,7 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 		}
 		action = ActionKeyBreakGlass
 	}
-	var recs []escrow.Record
+	var recs []EscrowedKey
 	if b.keys != nil {
 		if recs, err = b.keys.Load(ctx, user); err != nil {
 			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device, Result: "error", Detail: err.Error()})
@@ -312,11 +335,11 @@ func deliveryName(d Delivery) string {
 // rewrap packs every record for this delivery: the current certificate
 // (newest valid encryption certificate) first, then by notAfter, newest
 // first.
-func (b *Bundles) rewrap(recs []escrow.Record, req BundleRequest, recipient *x509.Certificate, now time.Time) ([]EncryptionEntry, error) {
+func (b *Bundles) rewrap(recs []EscrowedKey, req BundleRequest, recipient *x509.Certificate, now time.Time) ([]EncryptionEntry, error) {
 	entries := make([]EncryptionEntry, len(recs))
 	current := -1
 	for i, r := range recs {
-		if r.Purpose != escrow.PurposeSigning && now.Before(r.NotAfter) && !now.Before(r.NotBefore) &&
+		if r.Purpose != PurposeSigning && now.Before(r.NotAfter) && !now.Before(r.NotBefore) &&
 			(current < 0 || r.NotAfter.After(recs[current].NotAfter)) {
 			current = i
 		}
@@ -352,7 +375,7 @@ func (b *Bundles) rewrap(recs []escrow.Record, req BundleRequest, recipient *x50
 	return entries, nil
 }
 
-func rewrapOne(r escrow.Record, req BundleRequest, recipient *x509.Certificate, now time.Time, current bool) (EncryptionEntry, error) {
+func rewrapOne(r EscrowedKey, req BundleRequest, recipient *x509.Certificate, now time.Time, current bool) (EncryptionEntry, error) {
 	cert, err := x509.ParseCertificate(r.CertDER)
 	if err != nil {
 		return EncryptionEntry{}, fmt.Errorf("policy: escrowed certificate %s is unreadable: %w", r.SHA256, err)
@@ -371,7 +394,7 @@ func rewrapOne(r escrow.Record, req BundleRequest, recipient *x509.Certificate, 
 	if err != nil {
 		return EncryptionEntry{}, err
 	}
-	e := EncryptionEntry{Metadata: r.Metadata, PFX: w.PFX, Current: current, Expired: now.After(r.NotAfter)}
+	e := EncryptionEntry{Metadata: r.Escrowed, PFX: w.PFX, Current: current, Expired: now.After(r.NotAfter)}
 	if req.Delivery == DeliverCMS {
 		if e.EnvelopedPassword, err = pfxconnector.Envelope([]byte(w.Password), recipient, req.KeyTransport); err != nil {
 			return EncryptionEntry{}, err

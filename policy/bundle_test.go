@@ -54,7 +54,7 @@ func newBundleEnv(t *testing.T) *bundleEnv {
 	key := testpki.RSAKey(t, 2048, 0)
 	cert := is.UserCert(t, key, testpki.CertOptions{Emails: []string{"a@example.com"}})
 	kder, _ := x509.MarshalPKCS8PrivateKey(key)
-	if _, _, err := ks.Put(ctx, "a@example.com", escrow.Record{Metadata: policy.CertificateMetadata(cert), CertDER: cert.Raw, KeyPKCS8: kder}); err != nil {
+	if _, _, err := ks.Put(ctx, "a@example.com", policy.EscrowedKey{Escrowed: policy.CertificateMetadata(cert), CertDER: cert.Raw, KeyPKCS8: kder}); err != nil {
 		t.Fatal(err)
 	}
 	audit := &recordingAuditor{}
@@ -174,7 +174,7 @@ func TestBundleWithoutEscrowAndWithVaultDown(t *testing.T) {
 	// Vault down: the error says unavailable and nothing is released.
 	v.vault.Stop()
 	_, err = v.bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
-	if !errors.Is(err, escrow.ErrUnavailable) {
+	if !errors.Is(err, policy.ErrUnavailable) {
 		t.Fatalf("Vault down: %v", err)
 	}
 	if last := v.audit.last(policy.ActionKeyRelease); last.Result != "error" {

@@ -131,7 +131,7 @@ func (e *Enrollment) RegisterDevice(ctx context.Context, user, id string, identi
 	if err != nil {
 		return Device{}, err
 	}
-	if id == StaticDevice {
+	if isStaticDevice(id) {
 		return Device{}, reject(ReasonBadDevice, fmt.Sprintf("the device id %q is reserved for the labs static challenge", id))
 	}
 	if len(identity) > 0 {

@@ -34,8 +34,10 @@ const (
 	DefaultChallengeTTL = 24 * time.Hour
 	MaxChallengeTTL     = 30 * 24 * time.Hour
 	DefaultMinRSABits   = 2048
-	// StaticDevice is the device id recorded for enrolments that used the
-	// static lab challenge.
+	// StaticDevice prefixes the device id recorded for enrolments that
+	// used the static lab challenge: such a device is anonymous, so each
+	// enrolment is its own unregistered device ("static-challenge/<serial>")
+	// and renews on it.
 	StaticDevice = "static-challenge"
 )
 
@@ -293,7 +295,7 @@ func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificat
 	}
 	// A renewal is a new issuance: today's rules apply, not those of the
 	// day the predecessor was issued.
-	static := prev.Device == StaticDevice
+	static := isStaticDevice(prev.Device)
 	if !static {
 		if _, err := e.activeDevice(ctx, prev.User, prev.Device); err != nil {
 			return nil, e.refused(ctx, ActionRenew, prev.User, prev.Device,
@@ -341,6 +343,11 @@ func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.Certifi
 		return nil, fmt.Errorf("policy: issue: %w", err)
 	}
 	leaf := iss.Chain[0]
+	if c.Unregistered && device == StaticDevice {
+		// Anonymous static enrolments do not queue behind one device
+		// record (and its lock and commit) but each get their own.
+		device = StaticDevice + "/" + leaf.SerialNumber.String()
+	}
 	sum := sha256.Sum256(leaf.Raw)
 	rec := Issued{
 		Serial: leaf.SerialNumber.String(), User: user, Device: device,
@@ -418,4 +425,10 @@ func checkNamesBound(csr *x509.CertificateRequest, user string) error {
 		return reject(ReasonNameNotBound, fmt.Sprintf("the CSR subject CN %q is an address other than the bound user's", cn))
 	}
 	return nil
+}
+
+// isStaticDevice reports whether id names a static-challenge enrolment's
+// device (or the one device of version 1 databases).
+func isStaticDevice(id string) bool {
+	return id == StaticDevice || strings.HasPrefix(id, StaticDevice+"/")
 }

@@ -484,6 +484,26 @@ func TestStaticChallenge(t *testing.T) {
 	if chain[0].EmailAddresses[0] != "a@example.com" {
 		t.Errorf("static enrolment names %q", chain[0].EmailAddresses)
 	}
+	// Each static enrolment is its own anonymous device, and renews on it.
+	second, err := on.e.Enroll(ctx, policy.Request{Kind: policy.Initial, Challenge: static,
+		CSR: testpki.CSR(t, key, &x509.CertificateRequest{EmailAddresses: []string{"a@example.com"}})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1, _ := on.store.IssuedBySerial(ctx, chain[0].SerialNumber.String())
+	r2, _ := on.store.IssuedBySerial(ctx, second[0].SerialNumber.String())
+	if r1.Device == r2.Device || !strings.HasPrefix(r1.Device, policy.StaticDevice+"/") {
+		t.Errorf("static devices %q and %q", r1.Device, r2.Device)
+	}
+	renewed, err := on.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, key, nil), Signer: chain[0]})
+	if err != nil {
+		t.Fatalf("renewal of a static enrolment: %v", err)
+	}
+	if r3, _ := on.store.IssuedBySerial(ctx, renewed[0].SerialNumber.String()); r3.Device != r1.Device {
+		t.Errorf("renewal moved from %q to %q", r1.Device, r3.Device)
+	}
+	_, err = on.e.RegisterDevice(ctx, "a@example.com", r1.Device, nil)
+	wantReason(t, err, policy.ReasonBadDevice)
 	_, err = on.e.Enroll(ctx, policy.Request{Kind: policy.Initial, Challenge: static,
 		CSR: testpki.CSR(t, key, &x509.CertificateRequest{EmailAddresses: []string{"a@evil.com"}})})
 	wantReason(t, err, policy.ReasonDomainNotAllowed)

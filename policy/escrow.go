@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/smimeca/smimeca/escrow"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 )
 
@@ -27,10 +26,10 @@ const (
 // EscrowStore is what escrow rules need from the Vault store;
 // *escrow.Store implements it.
 type EscrowStore interface {
-	Put(ctx context.Context, user string, rec escrow.Record) (escrow.Metadata, bool, error)
-	List(ctx context.Context, user string) ([]escrow.Metadata, error)
-	Delete(ctx context.Context, user, thumbprint string) (escrow.Metadata, error)
-	Purge(ctx context.Context, user string) ([]escrow.Metadata, error)
+	Put(ctx context.Context, user string, rec EscrowedKey) (Escrowed, bool, error)
+	List(ctx context.Context, user string) ([]Escrowed, error)
+	Delete(ctx context.Context, user, thumbprint string) (Escrowed, error)
+	Purge(ctx context.Context, user string) ([]Escrowed, error)
 }
 
 // Escrow applies the import rules and records every escrow change.
@@ -86,13 +85,13 @@ type ImportRequest struct {
 	Password          string
 	EncryptedPassword []byte
 	PasswordHash      string
-	// Purpose is escrow.PurposeEncryption (default) or escrow.PurposeSigning.
+	// Purpose is PurposeEncryption (default) or PurposeSigning.
 	Purpose string
 }
 
 // ImportResult says what an import did.
 type ImportResult struct {
-	Metadata escrow.Metadata
+	Metadata Escrowed
 	// Duplicate reports that the certificate was escrowed already; nothing
 	// changed.
 	Duplicate bool
@@ -103,7 +102,7 @@ type ImportResult struct {
 
 // Import checks a PFX against the import rules and escrows it. Every
 // refusal is a *RejectError naming the rule; Vault trouble wraps
-// escrow.ErrUnavailable, and then nothing was written.
+// ErrUnavailable, and then nothing was written.
 func (e *Escrow) Import(ctx context.Context, req ImportRequest) (ImportResult, error) {
 	user, err := NormalizeEmail(req.User)
 	if err != nil {
@@ -135,10 +134,10 @@ func (e *Escrow) importPFX(ctx context.Context, user string, req ImportRequest) 
 	purpose := req.Purpose
 	switch purpose {
 	case "":
-		purpose = escrow.PurposeEncryption
-	case escrow.PurposeEncryption, escrow.PurposeSigning:
+		purpose = PurposeEncryption
+	case PurposeEncryption, PurposeSigning:
 	default:
-		return ImportResult{}, reject(ReasonBadPurpose, fmt.Sprintf("purpose %q is not %s or %s", purpose, escrow.PurposeEncryption, escrow.PurposeSigning))
+		return ImportResult{}, reject(ReasonBadPurpose, fmt.Sprintf("purpose %q is not %s or %s", purpose, PurposeEncryption, PurposeSigning))
 	}
 	password := req.Password
 	if len(req.EncryptedPassword) > 0 {
@@ -172,13 +171,13 @@ func (e *Escrow) importPFX(ctx context.Context, user string, req ImportRequest) 
 	meta.Purpose = purpose
 	meta.ImportedAt = now.UTC()
 	meta.ImportedBy = ActorFrom(ctx).Name
-	rec := escrow.Record{Metadata: meta, CertDER: d.Cert.Raw, KeyPKCS8: keyDER}
+	rec := EscrowedKey{Escrowed: meta, CertDER: d.Cert.Raw, KeyPKCS8: keyDER}
 	for _, c := range d.Chain {
 		rec.ChainDER = append(rec.ChainDER, c.Raw)
 	}
 	stored, dup, err := e.store.Put(ctx, user, rec)
 	clear(keyDER)
-	if errors.Is(err, escrow.ErrTooLarge) {
+	if errors.Is(err, ErrTooLarge) {
 		return ImportResult{}, reject(ReasonEntryFull, err.Error())
 	}
 	if err != nil {
@@ -199,7 +198,7 @@ func (e *Escrow) checkImport(user, purpose string, d *pfxconnector.Decoded) erro
 	if len(c.ExtKeyUsage) > 0 && !hasEKU(c, x509.ExtKeyUsageEmailProtection) && !hasEKU(c, x509.ExtKeyUsageAny) {
 		return reject(ReasonCannotEncrypt, "the certificate's extended key usage does not include emailProtection")
 	}
-	if purpose == escrow.PurposeEncryption && c.KeyUsage != 0 {
+	if purpose == PurposeEncryption && c.KeyUsage != 0 {
 		switch d.Key.(type) {
 		case *rsa.PrivateKey:
 			if c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
@@ -213,7 +212,7 @@ func (e *Escrow) checkImport(user, purpose string, d *pfxconnector.Decoded) erro
 			return reject(ReasonCannotEncrypt, "only RSA and EC keys can decrypt S/MIME mail")
 		}
 	}
-	if purpose == escrow.PurposeSigning && c.KeyUsage != 0 && c.KeyUsage&(x509.KeyUsageDigitalSignature|x509.KeyUsageContentCommitment) == 0 {
+	if purpose == PurposeSigning && c.KeyUsage != 0 && c.KeyUsage&(x509.KeyUsageDigitalSignature|x509.KeyUsageContentCommitment) == 0 {
 		return reject(ReasonCannotEncrypt, "the certificate's key usage does not allow signing")
 	}
 	emails := certificateEmails(c)
@@ -249,14 +248,14 @@ func certificateEmails(c *x509.Certificate) []string {
 }
 
 // CertificateMetadata returns the escrow metadata of a certificate.
-func CertificateMetadata(c *x509.Certificate) escrow.Metadata {
+func CertificateMetadata(c *x509.Certificate) Escrowed {
 	s1 := sha1.Sum(c.Raw)
 	s256 := sha256.Sum256(c.Raw)
 	emails := certificateEmails(c)
 	for i := range emails {
 		emails[i] = strings.ToLower(emails[i])
 	}
-	return escrow.Metadata{
+	return Escrowed{
 		SHA1: hex.EncodeToString(s1[:]), SHA256: hex.EncodeToString(s256[:]),
 		Serial: strings.ToUpper(c.SerialNumber.Text(16)), Issuer: c.Issuer.String(), Subject: c.Subject.String(),
 		Emails: emails, NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(),
@@ -264,7 +263,7 @@ func CertificateMetadata(c *x509.Certificate) escrow.Metadata {
 }
 
 // List returns the user's escrowed certificates' metadata.
-func (e *Escrow) List(ctx context.Context, user string) ([]escrow.Metadata, error) {
+func (e *Escrow) List(ctx context.Context, user string) ([]Escrowed, error) {
 	u, err := NormalizeEmail(user)
 	if err != nil {
 		return nil, err
@@ -277,26 +276,26 @@ func (e *Escrow) List(ctx context.Context, user string) ([]escrow.Metadata, erro
 }
 
 // Delete removes one escrowed certificate by SHA-256 or SHA-1 thumbprint.
-func (e *Escrow) Delete(ctx context.Context, user, thumbprint string) (escrow.Metadata, error) {
+func (e *Escrow) Delete(ctx context.Context, user, thumbprint string) (Escrowed, error) {
 	u, err := NormalizeEmail(user)
 	if err != nil {
-		return escrow.Metadata{}, err
+		return Escrowed{}, err
 	}
 	t := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(thumbprint), ":", ""))
 	if _, err := hex.DecodeString(t); err != nil || (len(t) != 40 && len(t) != 64) {
-		return escrow.Metadata{}, reject(ReasonBadThumbprint, fmt.Sprintf("%q is not a SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint", thumbprint))
+		return Escrowed{}, reject(ReasonBadThumbprint, fmt.Sprintf("%q is not a SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint", thumbprint))
 	}
 	m, err := e.store.Delete(ctx, u, t)
 	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionEscrowDelete, User: u}
 	switch {
-	case errors.Is(err, escrow.ErrNotFound):
+	case errors.Is(err, ErrNotFound):
 		ev.Result, ev.Detail = "refused", "not escrowed"
 		e.audit.Audit(ctx, ev)
-		return escrow.Metadata{}, reject(ReasonNotEscrowed, fmt.Sprintf("no certificate %s is escrowed for %s", thumbprint, u))
+		return Escrowed{}, reject(ReasonNotEscrowed, fmt.Sprintf("no certificate %s is escrowed for %s", thumbprint, u))
 	case err != nil:
 		ev.Result, ev.Detail = "error", err.Error()
 		e.audit.Audit(ctx, ev)
-		return escrow.Metadata{}, fmt.Errorf("policy: escrow delete: %w", err)
+		return Escrowed{}, fmt.Errorf("policy: escrow delete: %w", err)
 	}
 	ev.Result, ev.SHA256, ev.Serials = "ok", []string{m.SHA256}, []string{m.Serial}
 	e.audit.Audit(ctx, ev)
@@ -304,7 +303,7 @@ func (e *Escrow) Delete(ctx context.Context, user, thumbprint string) (escrow.Me
 }
 
 // Purge removes every escrowed certificate of the user.
-func (e *Escrow) Purge(ctx context.Context, user string) ([]escrow.Metadata, error) {
+func (e *Escrow) Purge(ctx context.Context, user string) ([]Escrowed, error) {
 	u, err := NormalizeEmail(user)
 	if err != nil {
 		return nil, err

@@ -43,7 +43,7 @@ func newEscrowEnv(t *testing.T) *escrowEnv {
 	return &escrowEnv{e: e, store: store, is: testpki.NewIssuer(t), audit: audit, conn: conn}
 }
 
-func (v *escrowEnv) list(t *testing.T, user string) []escrow.Metadata {
+func (v *escrowEnv) list(t *testing.T, user string) []policy.Escrowed {
 	t.Helper()
 	l, err := v.e.List(context.Background(), user)
 	if err != nil {
@@ -88,7 +88,7 @@ func TestImportEncodings(t *testing.T) {
 			continue
 		}
 		n++
-		if res.Duplicate || res.Expired || res.Metadata.Purpose != escrow.PurposeEncryption {
+		if res.Duplicate || res.Expired || res.Metadata.Purpose != policy.PurposeEncryption {
 			t.Errorf("%s: %+v", name, res)
 		}
 	}

@@ -99,7 +99,7 @@ func run(bin string, calls int) error {
 			c, _ := x509.ParseCertificate(der)
 			sampleCert = c
 			kder, _ := x509.MarshalPKCS8PrivateKey(key)
-			if _, _, err := store.Put(ctx, user, escrow.Record{Metadata: policy.CertificateMetadata(c), CertDER: der, KeyPKCS8: kder}); err != nil {
+			if _, _, err := store.Put(ctx, user, policy.EscrowedKey{Escrowed: policy.CertificateMetadata(c), CertDER: der, KeyPKCS8: kder}); err != nil {
 				return err
 			}
 		}

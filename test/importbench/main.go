@@ -246,14 +246,14 @@ func decodeLimit(files []file, password string) float64 {
 }
 
 func vaultLimit(ctx context.Context, s *escrow.Store, files []file, users int, password string, conc int) (float64, error) {
-	recs := make([]escrow.Record, len(files))
+	recs := make([]policy.EscrowedKey, len(files))
 	for i, f := range files {
 		d, err := pfxconnector.Decode(f.data, password)
 		if err != nil {
 			return 0, err
 		}
 		kder, _ := x509.MarshalPKCS8PrivateKey(d.Key)
-		recs[i] = escrow.Record{Metadata: policy.CertificateMetadata(d.Cert), CertDER: d.Cert.Raw, KeyPKCS8: kder}
+		recs[i] = policy.EscrowedKey{Escrowed: policy.CertificateMetadata(d.Cert), CertDER: d.Cert.Raw, KeyPKCS8: kder}
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
