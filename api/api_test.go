@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -31,6 +32,7 @@ type server struct {
 	credDir string
 	pool    *x509.CertPool
 	ca      *testpki.CA
+	pki     *ca.APIPKI
 }
 
 // options are what a test server may be given beyond the defaults.
@@ -84,7 +86,7 @@ func startServerWith(t *testing.T, o options) *server {
 	t.Cleanup(srv.Stop)
 	pool := x509.NewCertPool()
 	pool.AddCert(pki.CA)
-	return &server{addr: ln.Addr().String(), credDir: filepath.Join(dir, "credentials"), pool: pool, ca: c}
+	return &server{addr: ln.Addr().String(), credDir: filepath.Join(dir, "credentials"), pool: pool, ca: c, pki: pki}
 }
 
 // dialWith connects with a client certificate and key.
@@ -303,4 +305,20 @@ func TestCredentialLifecycle(t *testing.T) {
 	if err != nil || len(list.GetCredentials()) != 4 {
 		t.Fatalf("list: %v %v", list, err)
 	}
+}
+
+// A certificate the API CA signed but that is not a registered credential
+// (one made before the registry, or with a stolen CA key) is refused: the
+// registry, not the CA signature alone, decides.
+func TestUnregisteredCertificateRefused(t *testing.T) {
+	s := startServer(t)
+	key, csrDER := newCSR(t)
+	csr, _ := x509.ParseCertificateRequest(csrDER)
+	crt, err := s.pki.SignClient(csr, "rogue", api.RoleURI(api.RoleAdmin), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := s.dialWith(t, tls.Certificate{Certificate: [][]byte{crt.Raw}, PrivateKey: key})
+	_, err = pb.NewCredentialsClient(conn).ListCredentials(context.Background(), &pb.ListCredentialsRequest{})
+	wantCode(t, err, codes.Unauthenticated, "not a registered credential")
 }

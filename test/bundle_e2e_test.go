@@ -256,6 +256,11 @@ func TestKeyReleaseRefusals(t *testing.T) {
 	if r := bundle("ipad-1"); r.code != 1 || !strings.Contains(r.stderr, "device-retired") {
 		t.Errorf("retired device: %+v", r)
 	}
+	// Retiring the user's device leaves the escrow alone (purge is the
+	// administrator's call).
+	if l := s.pfxList(t, "bob@example.com"); len(l.Certificates) != 1 {
+		t.Errorf("escrow after the retirement: %+v", l)
+	}
 	// Identities the MDM did not issue, or that cannot receive keys.
 	opensslIn(t, w, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ec.key", "-out", "ec.pem", "-subj", "/CN=ec", "-days", "30")
 	for name, cert := range map[string]string{"self-signed": "attacker.pem", "EC": "ec.pem"} {

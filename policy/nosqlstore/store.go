@@ -129,14 +129,9 @@ func (s *Store) PutChallenge(_ context.Context, hash []byte, c policy.Challenge)
 	mu := s.lock(key)
 	mu.Lock()
 	defer mu.Unlock()
-	prev, err := s.get(deviceChallengeTable, key)
-	if err != nil && err != policy.ErrNotFound {
+	tx, err := s.deviceTx(key)
+	if err != nil {
 		return err
-	}
-	tx := &database.Tx{}
-	tx.Get(activeTable, key) // rolls back for an unregistered or retired device
-	if prev != nil {
-		tx.Del(challengesTable, prev)
 	}
 	tx.Set(challengesTable, hash, b)
 	tx.Set(deviceChallengeTable, key, hash)
@@ -147,6 +142,22 @@ func (s *Store) PutChallenge(_ context.Context, hash []byte, c policy.Challenge)
 		return fmt.Errorf("nosqlstore: store challenge: %w", err)
 	}
 	return nil
+}
+
+// deviceTx starts a transaction on the device with the given key (whose
+// lock the caller holds): it rolls back unless the device is active, and
+// deletes the device's live challenge.
+func (s *Store) deviceTx(key []byte) (*database.Tx, error) {
+	live, err := s.get(deviceChallengeTable, key)
+	if err != nil && err != policy.ErrNotFound {
+		return nil, err
+	}
+	tx := &database.Tx{}
+	tx.Get(activeTable, key) // rolls back for an unregistered or retired device
+	if live != nil {
+		tx.Del(challengesTable, live)
+	}
+	return tx, nil
 }
 
 // Challenge implements policy.ChallengeStore: an unused challenge, or a
@@ -474,17 +485,12 @@ func (s *Store) RetireDevice(_ context.Context, d policy.Device, revocations []p
 	mu := s.lock(key)
 	mu.Lock()
 	defer mu.Unlock()
-	live, err := s.get(deviceChallengeTable, key)
-	if err != nil && err != policy.ErrNotFound {
+	tx, err := s.deviceTx(key)
+	if err != nil {
 		return err
 	}
-	tx := &database.Tx{}
-	tx.Get(activeTable, key)
 	tx.Del(activeTable, key)
-	if live != nil {
-		tx.Del(challengesTable, live)
-		tx.Del(deviceChallengeTable, key)
-	}
+	tx.Del(deviceChallengeTable, key)
 	tx.Set(devicesTable, key, b)
 	for _, r := range revocations {
 		tx.Del(renewableTable, []byte(r.Serial))
