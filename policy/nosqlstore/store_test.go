@@ -333,8 +333,10 @@ func TestWriteCostIsFlat(t *testing.T) {
 	register(t, s, "a@example.com", "d")
 	var first, last int
 	for i := 0; i < 1000; i++ {
-		// Serials of one length, so that only the history could differ.
-		if err := s.RecordIssued(ctx, issued(fmt.Sprint(100000+i), "a@example.com", "d"), policy.Commit{}); err != nil {
+		// Serials and times of one length, so that only the history could
+		// make one write larger than another.
+		rec := policy.Issued{Serial: fmt.Sprint(100000 + i), User: "a@example.com", Device: "d", IssuedAt: time.Unix(1800000000, 0).UTC()}
+		if err := s.RecordIssued(ctx, rec, policy.Commit{}); err != nil {
 			t.Fatal(err)
 		}
 		if i == 1 {
