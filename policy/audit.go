@@ -100,9 +100,15 @@ func (l LogAuditor) Audit(ctx context.Context, e Event) {
 // FileAuditor appends audit events as JSON lines to a file (mode 0600).
 // Each event is one write of one line, so lines never interleave.
 type FileAuditor struct {
-	mu  sync.Mutex
-	f   *os.File
-	log *slog.Logger
+	mu      sync.Mutex // guards writes and written
+	f       *os.File
+	log     *slog.Logger
+	written uint64 // lines written
+	// syncMu serialises syncs; synced is the number of lines the last
+	// sync covered. Concurrent Records share one sync: the first waiter
+	// syncs every line written so far, those behind it find theirs covered.
+	syncMu sync.Mutex
+	synced uint64
 }
 
 // OpenFileAuditor opens (creating) the audit file at path for appending.
@@ -117,34 +123,48 @@ func OpenFileAuditor(path string, log *slog.Logger) (*FileAuditor, error) {
 
 // Audit implements Auditor.
 func (a *FileAuditor) Audit(ctx context.Context, e Event) {
-	if err := a.write(e, false); err != nil && a.log != nil {
+	if _, err := a.write(e); err != nil && a.log != nil {
 		a.log.Error("audit file write failed", "err", err, "action", e.Action)
 	}
 }
 
 // Record implements Recorder: the event is written and synced to disk
-// before it returns nil.
+// before it returns nil. Concurrent Records share syncs.
 func (a *FileAuditor) Record(_ context.Context, e Event) error {
-	return a.write(e, true)
+	mine, err := a.write(e)
+	if err != nil {
+		return err
+	}
+	a.syncMu.Lock()
+	defer a.syncMu.Unlock()
+	if a.synced >= mine {
+		return nil
+	}
+	a.mu.Lock()
+	target := a.written
+	a.mu.Unlock()
+	if err := a.f.Sync(); err != nil {
+		return fmt.Errorf("policy: audit file sync: %w", err)
+	}
+	a.synced = target
+	return nil
 }
 
-func (a *FileAuditor) write(e Event, sync bool) error {
+// write appends e as one line and returns the number of lines written so
+// far, its own included.
+func (a *FileAuditor) write(e Event) (uint64, error) {
 	b, err := json.Marshal(e)
 	if err != nil {
-		return fmt.Errorf("policy: audit event: %w", err)
+		return 0, fmt.Errorf("policy: audit event: %w", err)
 	}
 	b = append(b, '\n')
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, err := a.f.Write(b); err != nil {
-		return fmt.Errorf("policy: audit file: %w", err)
+		return 0, fmt.Errorf("policy: audit file: %w", err)
 	}
-	if sync {
-		if err := a.f.Sync(); err != nil {
-			return fmt.Errorf("policy: audit file sync: %w", err)
-		}
-	}
-	return nil
+	a.written++
+	return a.written, nil
 }
 
 // Close closes the file.
