@@ -365,8 +365,12 @@ func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.Certifi
 		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: user, Device: device, Result: "error", Detail: "storing the certificate failed"})
 		return nil, fmt.Errorf("policy: record issued certificate %s: %w", rec.Serial, err)
 	}
-	e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: user, Device: device,
-		Serials: []string{rec.Serial}, SHA256: []string{rec.SHA256}, Result: "ok"})
+	ev := Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: user, Device: device,
+		Serials: []string{rec.Serial}, SHA256: []string{rec.SHA256}, Result: "ok"}
+	if c.Supersedes != "" {
+		ev.Detail = "supersedes and revokes " + c.Supersedes
+	}
+	e.audit.Audit(ctx, ev)
 	return iss.Chain, nil
 }
 

@@ -364,6 +364,9 @@ func TestRenewal(t *testing.T) {
 	if rec.User != "alice@example.com" || rec.Device != "dev-1" || rec.RenewedFrom != old.SerialNumber.String() {
 		t.Errorf("renewal record %+v", rec)
 	}
+	if ev := v.audit.last(policy.ActionRenew); ev.Result != "ok" || !strings.Contains(ev.Detail, old.SerialNumber.String()) {
+		t.Errorf("the renewal's audit event does not name what it superseded: %+v", ev)
+	}
 	// The predecessor is superseded: revoked, on the CRL with that reason,
 	// and a replay of the same renewal (or any renewal with it) is refused.
 	if rev, _ := v.ca.IsRevoked(old.SerialNumber.String()); !rev {
