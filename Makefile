@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/smimeca
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build deps vault unit e2e fuzz fuzz-keep bench-scep bench-import bench-bundle proto docker vet clean
+.PHONY: run test build deps vault unit e2e fuzz fuzz-keep bench-scep bench-import bench-bundle proto docker vet lint clean
 
 ## run: build and start CA + SCEP + gRPC + escrow on the embedded default (data in ./data, kept across
 ##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault.
@@ -18,8 +18,8 @@ run: build
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/smimeca
 
-## test: install what the tests need, then vet, unit tests (race), e2e tests with real clients, fuzz smoke
-test: deps vault vet unit e2e fuzz
+## test: install what the tests need, then vet, lint, unit tests (race), e2e tests with real clients, fuzz smoke
+test: deps vault vet lint unit e2e fuzz
 
 deps:
 	./scripts/deps.sh
@@ -30,6 +30,11 @@ vault:
 
 vet:
 	$(GO) vet ./...
+
+## lint: go.mod/go.sum as go mod tidy leaves them, and staticcheck (installed by deps)
+lint:
+	$(GO) mod tidy -diff
+	staticcheck ./...
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test$$)

@@ -230,6 +230,7 @@ func TestRoleMatrix(t *testing.T) {
 			return err
 		}, codes.NotFound},
 		{"profile", func(c *grpc.ClientConn) error { // no caller-chosen recipient
+			//lint:ignore SA1019 the deprecated field is what an attacker would send
 			_, err := pb.NewProfileBundlesClient(c).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d", Format: pb.DeliveryFormat_DELIVERY_FORMAT_CMS, DeviceCertificateDer: []byte{0x30, 0x03, 0x02, 0x01, 0x01}})
 			return err
 		}, codes.InvalidArgument},

@@ -64,7 +64,8 @@ func wireOptions(enc pb.Pkcs12Encoding, kt pb.KeyTransport) (policy.PKCS12Encodi
 // encrypted to the device's registered identity; plain PKCS#12 is an
 // administrator's break-glass release.
 func (s *BundleService) GetUserBundle(ctx context.Context, req *pb.GetUserBundleRequest) (*pb.GetUserBundleResponse, error) {
-	if len(req.GetDeviceCertificateDer()) > 0 { //nolint:staticcheck // refused, not used
+	//lint:ignore SA1019 the deprecated field is read only to refuse it
+	if len(req.GetDeviceCertificateDer()) > 0 {
 		return nil, status.Error(codes.InvalidArgument, "device_certificate_der is not accepted: keys are only encrypted to the identity certificate registered for the device (Devices/RegisterDevice); leave it empty")
 	}
 	br := policy.BundleRequest{User: req.GetUser(), Device: req.GetDeviceId(), Delivery: policy.DeliverCMS,

@@ -113,6 +113,10 @@ func Envelope(data []byte, recipient *x509.Certificate, kt KeyTransport) ([]byte
 	switch kt {
 	case PKCS1v15:
 		kea = pkix.AlgorithmIdentifier{Algorithm: oidRSAEncryption, Parameters: asn1.NullRawValue}
+		// PKCS#1 v1.5 is what iOS profile decryption accepts; the
+		// padding-oracle risk is the decrypting device's, and an envelope
+		// is decrypted once, by the device, never by smimeca.
+		//lint:ignore SA1019 iOS needs rsaEncryption key transport (OAEP is offered beside it)
 		encKey, err = rsa.EncryptPKCS1v15(rand.Reader, pub, key)
 	case OAEPSHA256:
 		sha := pkix.AlgorithmIdentifier{Algorithm: oidSHA256, Parameters: asn1.NullRawValue}

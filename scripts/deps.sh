@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a bare machine (Debian + Go):
 #   Debian: scep (micromdm's scepclient/scepserver), openssl, gcc (for -race)
-#   Go:     grpcurl, into ~/.cache/smimeca/bin
+#   Go:     grpcurl and staticcheck, into ~/.cache/smimeca/bin
 # apt-get update runs once, and only when something has to be installed.
 set -euo pipefail
 BIN="${HOME}/.cache/smimeca/bin"
@@ -25,4 +25,10 @@ if [ ! -x "$BIN/grpcurl" ] || [ ! -f "$BIN/.grpcurl-${GRPCURL_VERSION}" ]; then
   GOBIN="$BIN" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@${GRPCURL_VERSION}"
   touch "$BIN/.grpcurl-${GRPCURL_VERSION}"
 fi
-echo "deps: $(command -v scepclient), $(openssl version | cut -d' ' -f1-2), grpcurl ${GRPCURL_VERSION}"
+STATICCHECK_VERSION=v0.8.2 # staticcheck 2026.2.2, for Go 1.26
+if [ ! -x "$BIN/staticcheck" ] || [ ! -f "$BIN/.staticcheck-${STATICCHECK_VERSION}" ]; then
+  echo "deps: go install staticcheck@${STATICCHECK_VERSION}"
+  GOBIN="$BIN" go install "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}"
+  touch "$BIN/.staticcheck-${STATICCHECK_VERSION}"
+fi
+echo "deps: $(command -v scepclient), $(openssl version | cut -d' ' -f1-2), grpcurl ${GRPCURL_VERSION}, staticcheck ${STATICCHECK_VERSION}"

@@ -61,7 +61,7 @@ func Dir() (string, error) {
 		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
 			p := filepath.Join(filepath.Dir(d), "shared", "reference", "apple-device-management", "mdm", "profiles")
 			if _, err := os.Stat(p); err != nil {
-				return "", fmt.Errorf("Apple's schema is not at %s (shared/ must sit beside the checkout, or set SMIMECA_APPLE_SCHEMA)", p)
+				return "", fmt.Errorf("the Apple schema is not at %s (shared/ must sit beside the checkout, or set SMIMECA_APPLE_SCHEMA)", p)
 			}
 			return p, nil
 		}
