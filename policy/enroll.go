@@ -10,6 +10,7 @@ package policy
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -389,15 +390,43 @@ func (e *Enrollment) checkCSR(csr *x509.CertificateRequest) error {
 	if csr == nil {
 		return reject(ReasonBadCSR, "no certificate request")
 	}
-	if err := csr.CheckSignature(); err != nil {
-		return reject(ReasonBadCSR, "the CSR signature does not verify")
-	}
+	// The key's bounds before its signature: verifying costs what the key
+	// makes it cost.
 	pub, ok := csr.PublicKey.(*rsa.PublicKey)
 	if !ok {
 		return reject(ReasonWeakKey, fmt.Sprintf("device keys must be RSA (got %s)", csr.PublicKeyAlgorithm))
 	}
 	if bits := pub.N.BitLen(); bits < e.cfg.MinRSABits {
 		return reject(ReasonWeakKey, fmt.Sprintf("RSA key of %d bits; at least %d required", bits, e.cfg.MinRSABits))
+	}
+	if err := CheckPublicKey(pub); err != nil {
+		return reject(ReasonWeakKey, err.Error())
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return reject(ReasonBadCSR, "the CSR signature does not verify")
+	}
+	return nil
+}
+
+// MaxRSABits is the largest RSA key smimeca uses for anything a peer sends.
+const MaxRSABits = 4096
+
+// CheckPublicKey refuses public keys that are expensive to use: RSA over
+// MaxRSABits bits or with an exponent other than 65537 (verification time
+// grows with both). EC keys come only on the curves crypto/x509 parses, whose
+// cost is bounded.
+func CheckPublicKey(pub any) error {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		if b := k.N.BitLen(); b > MaxRSABits {
+			return fmt.Errorf("RSA key of %d bits (at most %d)", b, MaxRSABits)
+		}
+		if k.E != 65537 {
+			return fmt.Errorf("RSA exponent %d (only 65537)", k.E)
+		}
+	case *ecdsa.PublicKey:
+	default:
+		return fmt.Errorf("unsupported key type %T", pub)
 	}
 	return nil
 }

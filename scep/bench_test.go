@@ -2,7 +2,9 @@ package scep_test
 
 import (
 	"bytes"
+	"crypto/rsa"
 	"fmt"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"testing"
 
 	smallscep "github.com/smallstep/scep"
+
+	"github.com/smimeca/smimeca/internal/testpki"
 )
 
 // BenchmarkPKIOperation measures one full PKCSReq enrolment through the
@@ -76,4 +80,33 @@ func diskWrites(b *testing.B) int64 {
 	}
 	b.Skip("no write_bytes in /proc/self/io")
 	return 0
+}
+
+// BenchmarkHostileRequest measures what an unauthenticated peer can make
+// the server spend on one refused PKIOperation, to compare with
+// BenchmarkPKIOperation (one real enrolment).
+func BenchmarkHostileRequest(b *testing.B) {
+	f := newFixture(b)
+	huge := new(big.Int).Lsh(big.NewInt(1), 16383)
+	huge.Add(huge, big.NewInt(1234567))
+	for _, c := range []struct {
+		name string
+		body []byte
+	}{
+		{"16384-bit-signer-key", signedWith(b, &rsa.PublicKey{N: huge, E: 65537}, "tid")},
+		{"exponent-2^31-1", signedWith(b, &rsa.PublicKey{N: new(big.Int).Set(testpki.RSAKey(b, 2048, 6).N), E: 1<<31 - 1}, "tid")},
+		{"deep-BER-64KiB", bytes.Repeat([]byte{0x30, 0x80}, 32<<10)},
+		{"long-transactionID", signedWith(b, &testpki.RSAKey(b, 2048, 7).PublicKey, strings.Repeat("T", 60<<10))},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			h := f.srv.Config.Handler
+			for i := 0; i < b.N; i++ {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/scep?operation=PKIOperation", bytes.NewReader(c.body)))
+				if rec.Code != http.StatusBadRequest {
+					b.Fatalf("%d %s", rec.Code, rec.Body)
+				}
+			}
+		})
+	}
 }

@@ -35,7 +35,7 @@ const (
 )
 
 // maxMessageBytes bounds a PKIOperation body; real requests are a few KiB.
-const maxMessageBytes = 256 << 10
+const maxMessageBytes = 64 << 10
 
 // DefaultCaps are the capabilities advertised by GetCACaps: no DES, no SHA-1.
 var DefaultCaps = []string{"POSTPKIOperation", "SHA-256", "SHA-512", "AES", "SCEPStandard", "Renewal"}
@@ -207,6 +207,12 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 			code = http.StatusRequestEntityTooLarge
 		}
 		http.Error(w, "bad PKIOperation: "+err.Error(), code)
+		return
+	}
+	// Bounds first: nothing is verified or decrypted before they hold.
+	if err := checkCost(der); err != nil {
+		h.log.Info("scep: request refused before verification", "reason", err.Error())
+		http.Error(w, "bad PKIOperation: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	msg, err := parsePKIMessage(der)
