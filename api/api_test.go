@@ -39,6 +39,7 @@ type server struct {
 type options struct {
 	identityCAs *x509.CertPool
 	keys        policy.KeyStore
+	escrow      pb.EscrowAdminServer
 }
 
 func startServer(t *testing.T) *server { return startServerWith(t, options{}) }
@@ -77,7 +78,8 @@ func startServerWith(t *testing.T, o options) *server {
 		Credentials: api.NewCredentialService(creds, pki.CA, nil),
 		Bundles: api.NewBundleService(policy.NewBundles(e, o.keys, c, "http://scep.test/scep", nil),
 			&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{c.Intermediate()}}, nil),
-	})
+		Escrow: o.escrow,
+	}, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

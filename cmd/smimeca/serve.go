@@ -320,13 +320,13 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	profCert, profKey := authority.ProfileSigner()
 	services.Bundles = api.NewBundleService(policy.NewBundles(enrollment, keys, authority, cfg.publicURL+scep.Path, audit),
 		&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{authority.Intermediate()}}, logger)
-	grpcSrv := api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services)
+	grpcSrv := api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services, logger)
 
 	httpLn, err := net.Listen("tcp", cfg.httpAddr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.httpAddr, err)
 	}
-	grpcLn, err := net.Listen("tcp", cfg.grpcAddr)
+	grpcLn, err := api.Listen(cfg.grpcAddr)
 	if err != nil {
 		httpLn.Close()
 		return fmt.Errorf("listen %s: %w", cfg.grpcAddr, err)
