@@ -60,6 +60,30 @@ func (e *envFlags) duration(p *time.Duration, name, env string, def time.Duratio
 	*p = def
 }
 
+func (e *envFlags) integer(p *int, name, env string, def int, help string) {
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			e.bad = append(e.bad, fmt.Sprintf("$%s=%q is not an integer", env, v))
+		} else {
+			def = n
+		}
+	}
+	e.fs.IntVar(p, name, def, help+" ($"+env+")")
+}
+
+func (e *envFlags) float(p *float64, name, env string, def float64, help string) {
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			e.bad = append(e.bad, fmt.Sprintf("$%s=%q is not a number", env, v))
+		} else {
+			def = f
+		}
+	}
+	e.fs.Float64Var(p, name, def, help+" ($"+env+")")
+}
+
 func (e *envFlags) parse(args []string) error {
 	if err := e.fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {

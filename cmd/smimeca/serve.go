@@ -85,6 +85,9 @@ type serveConfig struct {
 	embeddedVaultAddr string
 	emailAliases      string
 	deviceIdentityCA  string
+	scepMaxInFlight   int
+	scepRatePerIP     float64
+	scepBurstPerIP    int
 	logFormat         string
 	logLevel          string
 }
@@ -116,6 +119,9 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.str(&c.embeddedVaultAddr, "embedded-vault-addr", "SMIMECA_EMBEDDED_VAULT_ADDR", "127.0.0.1:8200", "listen address of the embedded Vault (loopback)")
 	f.str(&c.vaultBin, "vault-bin", "SMIMECA_VAULT_BIN", vaultproc.DefaultBinary(), "Vault binary for --embedded-vault (scripts/vault.sh builds it)")
 	f.str(&c.deviceIdentityCA, "device-identity-ca", "SMIMECA_DEVICE_IDENTITY_CA", "", "PEM file of the CA(s) that issue devices' MDM identity certificates; needed to register a device with an identity (and so to release any key to it)")
+	f.integer(&c.scepMaxInFlight, "scep-max-inflight", "SMIMECA_SCEP_MAX_INFLIGHT", 16*runtime.GOMAXPROCS(0), "PKIOperations processed at once; more get 503 with Retry-After")
+	f.float(&c.scepRatePerIP, "scep-rate-per-ip", "SMIMECA_SCEP_RATE_PER_IP", 0, "PKIOperations per second per client IP (0: no limit); more get 429 with Retry-After")
+	f.integer(&c.scepBurstPerIP, "scep-burst-per-ip", "SMIMECA_SCEP_BURST_PER_IP", 20, "burst of --scep-rate-per-ip")
 	f.str(&c.emailAliases, "email-aliases", "SMIMECA_EMAIL_ALIASES", "", "CSV file of alias,user address pairs accepted at PFX import")
 	f.str(&c.debugAddr, "debug-addr", "SMIMECA_DEBUG_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); off by default")
 	f.str(&c.logFormat, "log-format", "SMIMECA_LOG_FORMAT", "text", "log format: text or json")
@@ -137,6 +143,9 @@ func parseServe(args []string) (*serveConfig, error) {
 	c.publicURL = strings.TrimRight(c.publicURL, "/")
 	if _, _, err := net.SplitHostPort(c.grpcAddr); err != nil {
 		return nil, usagef("--grpc-addr %q: %v", c.grpcAddr, err)
+	}
+	if c.scepMaxInFlight < 1 || c.scepRatePerIP < 0 || c.scepBurstPerIP < 1 {
+		return nil, usagef("--scep-max-inflight and --scep-burst-per-ip must be at least 1, --scep-rate-per-ip at least 0")
 	}
 	return c, nil
 }
@@ -270,9 +279,10 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	if err != nil {
 		return err
 	}
+	shed := scep.NewShedder(scepHandler, cfg.scepMaxInFlight, cfg.scepRatePerIP, cfg.scepBurstPerIP)
 	mux := http.NewServeMux()
-	mux.Handle(scep.Path, scepHandler)
-	mux.Handle(scep.LegacyPath, scepHandler)
+	mux.Handle(scep.Path, shed)
+	mux.Handle(scep.LegacyPath, shed)
 	mux.Handle("GET /crl", crlHandler(authority, logger))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
