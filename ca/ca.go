@@ -338,6 +338,17 @@ func (a *Authority) Certificate(serial string) (*x509.Certificate, error) {
 	return crt, nil
 }
 
+// Issued returns the issued certificate with the decimal serial followed by
+// the issuing intermediate, as Sign returned it; ErrNotFound for a serial
+// the CA never issued.
+func (a *Authority) Issued(serial string) ([]*x509.Certificate, error) {
+	crt, err := a.Certificate(serial)
+	if err != nil {
+		return nil, err
+	}
+	return []*x509.Certificate{crt, a.intermediate}, nil
+}
+
 // IsRevoked reports whether the certificate with the decimal serial is revoked.
 func (a *Authority) IsRevoked(serial string) (bool, error) {
 	ok, err := a.db.IsRevoked(serial)

@@ -204,6 +204,10 @@ type Request struct {
 	Challenge string
 	// Signer is the certificate that signed the SCEP message (Renewal).
 	Signer *x509.Certificate
+	// TransactionID is the SCEP transaction's identifier: a request
+	// repeated with the same one and the same key gets the certificate
+	// already issued (RFC 8894 section 3.3.1).
+	TransactionID string
 }
 
 // Enroll decides a device's request and, when it is allowed, issues the
@@ -239,6 +243,9 @@ func (e *Enrollment) enrollInitial(ctx context.Context, req Request) ([]*x509.Ce
 		return nil, fmt.Errorf("policy: read challenge: %w", err)
 	}
 	if !c.ConsumedAt.IsZero() {
+		if chain := e.repeated(ctx, c, req); chain != nil {
+			return chain, nil
+		}
 		return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, reject(ReasonChallengeUsed, "the challenge was already used"))
 	}
 	if !now.Before(c.ExpiresAt) {
@@ -254,7 +261,32 @@ func (e *Enrollment) enrollInitial(ctx context.Context, req Request) ([]*x509.Ce
 		return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, reject(ReasonChallengeUsed, "the challenge is being used by another request"))
 	}
 	defer e.inUse.Delete(key)
-	return e.issue(ctx, ActionEnroll, req.CSR, c.User, c.Device, Commit{Challenge: hash, At: now})
+	return e.issue(ctx, ActionEnroll, req.CSR, c.User, c.Device, Commit{Challenge: hash, At: now,
+		TransactionID: req.TransactionID, KeySHA256: keyHash(req.CSR)})
+}
+
+// keyHash is the SHA-256 of a CSR's SubjectPublicKeyInfo (hex).
+func keyHash(csr *x509.CertificateRequest) string {
+	s := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(s[:])
+}
+
+// repeated returns the certificate a used challenge paid for when req is
+// the same request again (same transaction, same key: a device that lost
+// the answer, RFC 8894 3.3.1), provided that certificate is still valid;
+// nil otherwise. The request is signed with the device's key, so only the
+// device that holds it gets the certificate again.
+func (e *Enrollment) repeated(ctx context.Context, c Challenge, req Request) []*x509.Certificate {
+	if c.Serial == "" || req.TransactionID == "" || c.TransactionID != req.TransactionID || c.KeySHA256 != keyHash(req.CSR) {
+		return nil
+	}
+	chain, err := e.issuer.Issued(c.Serial)
+	if err != nil || e.issuer.VerifyIssued(chain[0], e.now()) != nil {
+		return nil
+	}
+	e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionEnroll, User: c.User, Device: c.Device,
+		Serials: []string{c.Serial}, Result: "repeat", Detail: "the same request again: answered with the certificate already issued"})
+	return chain
 }
 
 func (e *Enrollment) enrollStatic(ctx context.Context, req Request) ([]*x509.Certificate, error) {

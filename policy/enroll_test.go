@@ -618,3 +618,49 @@ func TestFailedCommitLosesNothing(t *testing.T) {
 	_, err = e.Enroll(ctx, req)
 	wantReason(t, err, policy.ReasonChallengeUsed)
 }
+
+// A device that lost the answer and sends the same request again (same
+// transaction, same key) gets the same certificate; anything else that
+// reuses the challenge is refused as before.
+func TestRepeatedRequestGetsTheSameCertificate(t *testing.T) {
+	v := newEnv(t, nil)
+	ctx := context.Background()
+	key := testpki.RSAKey(t, 2048, 0)
+	secret := v.challenge("alice@example.com", "dev-1")
+	req := policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, key, nil), Challenge: secret, TransactionID: "tid-1"}
+	first, err := v.e.Enroll(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same key in a new CSR, same transaction: the same certificate.
+	again := req
+	again.CSR = testpki.CSR(t, key, nil)
+	second, err := v.e.Enroll(ctx, again)
+	if err != nil || !second[0].Equal(first[0]) || len(second) != len(first) {
+		t.Fatalf("repeat: %v", err)
+	}
+	if ev := v.audit.last(policy.ActionEnroll); ev.Result != "repeat" {
+		t.Errorf("the repeat is not audited as such: %+v", ev)
+	}
+	otherKey := req
+	otherKey.CSR = testpki.CSR(t, testpki.RSAKey(t, 2048, 1), nil)
+	_, err = v.e.Enroll(ctx, otherKey)
+	wantReason(t, err, policy.ReasonChallengeUsed)
+	otherTID := req
+	otherTID.TransactionID = "tid-2"
+	_, err = v.e.Enroll(ctx, otherTID)
+	wantReason(t, err, policy.ReasonChallengeUsed)
+	noTID := req
+	noTID.TransactionID = ""
+	_, err = v.e.Enroll(ctx, noTID)
+	wantReason(t, err, policy.ReasonChallengeUsed)
+	// Once revoked, the repeat gets nothing.
+	if _, err := v.e.RevokeCertificate(ctx, first[0].SerialNumber.String(), 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err = v.e.Enroll(ctx, req)
+	wantReason(t, err, policy.ReasonChallengeUsed)
+	if list, _ := v.e.ListCertificates(ctx, policy.Filter{User: "alice@example.com"}); len(list) != 1 {
+		t.Errorf("a repeat issued another certificate: %d", len(list))
+	}
+}

@@ -18,6 +18,12 @@ type Challenge struct {
 	CreatedBy  string    `json:"created_by,omitempty"`
 	ExpiresAt  time.Time `json:"expires_at"`
 	ConsumedAt time.Time `json:"consumed_at,omitzero"`
+	// What a used challenge paid for: the certificate's serial and the
+	// request's transaction and key, so that the same request repeated is
+	// answered with the same certificate.
+	Serial        string `json:"serial,omitempty"`
+	TransactionID string `json:"transaction_id,omitempty"`
+	KeySHA256     string `json:"key_sha256,omitempty"`
 }
 
 // ChallengeStore keeps challenges by the hash of their secret. A challenge
@@ -63,6 +69,9 @@ type Commit struct {
 	Challenge []byte
 	// At is when the challenge was used.
 	At time.Time
+	// TransactionID and KeySHA256 identify the request that used the
+	// challenge; they are kept with the used challenge and the serial.
+	TransactionID, KeySHA256 string
 	// CA is the CA's own record of the certificate.
 	CA ca.Record
 	// Supersedes, for a renewal, is the decimal serial of the certificate
@@ -168,6 +177,9 @@ type Issuer interface {
 	// VerifyIssued reports (nil) whether crt is a valid, unrevoked
 	// certificate issued by this CA.
 	VerifyIssued(crt *x509.Certificate, now time.Time) error
+	// Issued returns the certificate with the decimal serial followed by
+	// the issuing chain.
+	Issued(serial string) ([]*x509.Certificate, error)
 	// IsRevoked reports whether the decimal serial is revoked.
 	IsRevoked(serial string) (bool, error)
 	// RevocationRecord returns the CA's record of revoking the decimal

@@ -247,7 +247,7 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, logger, msg, smallscep.BadMessageCheck, "cannot decrypt or parse the pkcsPKIEnvelope: "+err.Error())
 		return
 	}
-	req := policy.Request{Kind: kind, CSR: msg.CSRReqMessage.CSR}
+	req := policy.Request{Kind: kind, CSR: msg.CSRReqMessage.CSR, TransactionID: string(msg.TransactionID)}
 	if kind == policy.Initial {
 		req.Challenge = msg.CSRReqMessage.ChallengePassword
 	} else {

@@ -229,6 +229,29 @@ func TestEnrollOverPOSTAndGET(t *testing.T) {
 	}
 }
 
+// The identical PKCSReq sent again (a device that lost the CertRep) gets
+// a SUCCESS with the same certificate, not "challenge used".
+func TestRepeatedPKCSReq(t *testing.T) {
+	f := newFixture(t)
+	d := newDevice(t, 0)
+	msg := d.message(t, f, smallscep.PKCSReq, f.challenge(t, "alice@example.com", "dev-1"))
+	var certs []*x509.Certificate
+	for i := 0; i < 2; i++ {
+		resp, body := f.post(t, msg)
+		if resp.StatusCode != 200 {
+			t.Fatalf("attempt %d: %d", i, resp.StatusCode)
+		}
+		rep := f.certRep(t, d, body)
+		if rep.PKIStatus != smallscep.SUCCESS {
+			t.Fatalf("attempt %d: %s %s", i, rep.PKIStatus, rep.FailInfo)
+		}
+		certs = append(certs, rep.CertRepMessage.Certificate)
+	}
+	if !certs[0].Equal(certs[1]) {
+		t.Error("the repeat got another certificate")
+	}
+}
+
 func TestRefusalsAreSignedFailures(t *testing.T) {
 	f := newFixture(t)
 	d := newDevice(t, 0)

@@ -72,6 +72,15 @@ func TestEnrolWithScepclient(t *testing.T) {
 		t.Error("certificate names bob")
 	}
 
+	// The device lost the answer and runs scepclient again with the same
+	// key: the same transaction, answered with the same certificate.
+	first, _ := os.ReadFile(cert)
+	os.Remove(cert)
+	mustOK(t, "scepclient repeat with the same key", s.scepclient(dev, challenge))
+	if again, _ := os.ReadFile(cert); string(again) != string(first) {
+		t.Error("the repeated request got another certificate")
+	}
+
 	// The same challenge a second time fails (fresh key dir: a new device).
 	r = s.scepclient(filepath.Join(work, "again"), challenge)
 	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "badRequest") {

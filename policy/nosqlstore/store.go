@@ -251,6 +251,7 @@ func (s *Store) RecordIssued(_ context.Context, rec policy.Issued, c policy.Comm
 			return err
 		}
 		ch.ConsumedAt = c.At.UTC()
+		ch.Serial, ch.TransactionID, ch.KeySHA256 = rec.Serial, c.TransactionID, c.KeySHA256
 		used, err := json.Marshal(ch)
 		if err != nil {
 			return err
