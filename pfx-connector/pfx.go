@@ -39,7 +39,7 @@ var (
 )
 
 // maxPFXBytes bounds an imported PFX; real ones are a few KiB.
-const maxPFXBytes = 256 << 10
+const maxPFXBytes = 256 << 10 // the gRPC message limit (api.DefaultLimits) leaves room for it
 
 // Decoded is what one PFX carried.
 type Decoded struct {
@@ -69,6 +69,9 @@ func Decode(pfx []byte, password string) (d *Decoded, err error) {
 			d, err = nil, fmt.Errorf("%w: parser failure", ErrMalformed)
 		}
 	}()
+	if err := checkCost(pfx); err != nil {
+		return nil, err
+	}
 	key, cert, chain, err := pkcs12.DecodeChain(pfx, password)
 	if err != nil {
 		return nil, classify(err)
