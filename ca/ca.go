@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -510,6 +511,12 @@ func loadOrCreateIntermediate(cfg Config, root *x509.Certificate, rootKey crypto
 		NotAfter:              time.Now().Add(intermediateLifetime),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 0, MaxPathLenZero: true,
+		// Installed on every device as a trust anchor's child: it may vouch
+		// for S/MIME only, never for a TLS server name or address.
+		ExtKeyUsage:                 []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection},
+		ExcludedDNSDomains:          []string{""},
+		ExcludedIPRanges:            []*net.IPNet{{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, {IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
+		PermittedDNSDomainsCritical: true, // marks the name constraints critical (RFC 5280 4.2.1.10)
 	}
 	crt, err = createAndStore("intermediate", certPath, keyPath, tmpl, root, key, rootKey)
 	return crt, key, err

@@ -185,6 +185,35 @@ func TestRevocationRecord(t *testing.T) {
 	}
 }
 
+// The issuing CA of a new hierarchy vouches for S/MIME only: EKU
+// emailProtection and critical name constraints that exclude every DNS name
+// and IP address; the leaves it issues verify for emailProtection.
+func TestIssuingCAIsConstrainedToSMIME(t *testing.T) {
+	c := testpki.NewCA(t, ca.KeyTypeEC)
+	inter := c.Intermediate()
+	if len(inter.ExtKeyUsage) != 1 || inter.ExtKeyUsage[0] != x509.ExtKeyUsageEmailProtection {
+		t.Errorf("issuing CA EKU %v", inter.ExtKeyUsage)
+	}
+	if len(inter.ExcludedDNSDomains) != 1 || inter.ExcludedDNSDomains[0] != "" || len(inter.ExcludedIPRanges) != 2 || !inter.PermittedDNSDomainsCritical {
+		t.Errorf("name constraints: DNS %q, IP %v, critical %v", inter.ExcludedDNSDomains, inter.ExcludedIPRanges, inter.PermittedDNSDomainsCritical)
+	}
+	chain, err := c.Issue(context.Background(), testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, inters := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(c.Root())
+	inters.AddCert(inter)
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}}); err != nil {
+		t.Errorf("leaf under the constrained CA: %v", err)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+		t.Error("a leaf of the S/MIME CA verifies for TLS servers")
+	}
+}
+
 func TestVerifyIssuedRejectsForeignCertificates(t *testing.T) {
 	a := testpki.NewCA(t, ca.KeyTypeEC)
 	b := testpki.NewCA(t, ca.KeyTypeEC)

@@ -130,6 +130,19 @@ func localURLHost(addr string) (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
+// loopbackOnly reports whether addr listens on a loopback address only.
+func loopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // defaultDataDir is ./data unless $SMIMECA_DATA says otherwise.
 func defaultDataDir() string {
 	if v := os.Getenv("SMIMECA_DATA"); v != "" {

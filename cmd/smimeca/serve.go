@@ -85,11 +85,14 @@ type serveConfig struct {
 	embeddedVaultAddr string
 	emailAliases      string
 	deviceIdentityCA  string
-	scepMaxInFlight   int
-	scepRatePerIP     float64
-	scepBurstPerIP    int
-	logFormat         string
-	logLevel          string
+	// publicURLDefaulted reports that --public-url was derived from an
+	// address other peers reach: certificates would then point at it.
+	publicURLDefaulted bool
+	scepMaxInFlight    int
+	scepRatePerIP      float64
+	scepBurstPerIP     int
+	logFormat          string
+	logLevel           string
 }
 
 func parseServe(args []string) (*serveConfig, error) {
@@ -135,6 +138,7 @@ func parseServe(args []string) (*serveConfig, error) {
 			return nil, usagef("--http-addr: %v", err)
 		}
 		c.publicURL = "http://" + hp
+		c.publicURLDefaulted = !loopbackOnly(c.httpAddr)
 	}
 	u, err := url.Parse(c.publicURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -201,6 +205,9 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	}
 	if err := scep.SetContentEncryption(cfg.scepEncryption); err != nil {
 		return usagef("%v", err)
+	}
+	if cfg.publicURLDefaulted {
+		logger.Warn("NO --public-url: the server listens beyond loopback but every certificate's CRL distribution point and every SCEP URL in bundles will say " + cfg.publicURL + ", which devices cannot reach; set --public-url to the URL devices use (certificates issued until then keep the wrong one)")
 	}
 	if cfg.staticChallenge != "" {
 		logger.Warn("a static SCEP challenge is configured: any device that knows it can enrol for any allowed address; use it in labs only")

@@ -30,6 +30,8 @@ type request struct {
 	tx   *database.Tx
 	err  error
 	done chan struct{}
+	// lead is how a leader hands the next commit to this waiter.
+	lead chan struct{}
 }
 
 var _ database.DB = (*DB)(nil)
@@ -39,43 +41,60 @@ func New(db database.DB) *DB {
 	return &DB{DB: db, maxOps: 1024}
 }
 
+// Pending returns the number of writes waiting for a commit.
+func (g *DB) Pending() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.pending)
+}
+
 // Update runs tx, possibly in one transaction with concurrent writers.
+//
+// One writer at a time leads: it commits the pending writes (its own
+// first, since it is the oldest pending), and when that commit is done it
+// hands the lead to the oldest writer still waiting and returns. So no
+// writer waits for more than the commits queued ahead of it when it
+// arrived, however busy the period.
 func (g *DB) Update(tx *database.Tx) error {
-	r := &request{tx: tx, done: make(chan struct{})}
+	r := &request{tx: tx, done: make(chan struct{}), lead: make(chan struct{}, 1)}
 	g.mu.Lock()
 	g.pending = append(g.pending, r)
 	if g.inFlight {
 		g.mu.Unlock()
-		<-r.done
-		return r.err
+		select {
+		case <-r.done:
+			return r.err
+		case <-r.lead:
+		}
+	} else {
+		g.inFlight = true
+		g.mu.Unlock()
 	}
-	g.inFlight = true
-	g.mu.Unlock()
-	g.commitLoop()
+	g.leadOnce()
 	<-r.done
 	return r.err
 }
 
-// commitLoop commits pending requests until none are left. Exactly one
-// goroutine runs it at a time: the writer that found no commit in flight.
-func (g *DB) commitLoop() {
-	for {
-		g.mu.Lock()
-		batch := g.pending
-		if len(batch) == 0 {
-			g.inFlight = false
-			g.mu.Unlock()
-			return
-		}
-		n, ops := 0, 0
-		for n < len(batch) && (n == 0 || ops+len(batch[n].tx.Operations) <= g.maxOps) {
-			ops += len(batch[n].tx.Operations)
-			n++
-		}
-		batch, g.pending = batch[:n], batch[n:]
-		g.mu.Unlock()
-		g.commit(batch)
+// leadOnce commits one batch from the front of the queue (the leader's own
+// write is its first) and passes the lead on, or ends it when nobody waits.
+func (g *DB) leadOnce() {
+	g.mu.Lock()
+	batch := g.pending
+	n, ops := 0, 0
+	for n < len(batch) && (n == 0 || ops+len(batch[n].tx.Operations) <= g.maxOps) {
+		ops += len(batch[n].tx.Operations)
+		n++
 	}
+	batch, g.pending = batch[:n], batch[n:]
+	g.mu.Unlock()
+	g.commit(batch)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.pending) == 0 {
+		g.inFlight = false
+		return
+	}
+	g.pending[0].lead <- struct{}{}
 }
 
 func (g *DB) commit(batch []*request) {

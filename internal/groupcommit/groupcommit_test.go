@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
@@ -127,5 +129,71 @@ func TestFailingRequestDoesNotFailOthers(t *testing.T) {
 	entries, _ := g.List(table)
 	if len(entries) != n-n/10 {
 		t.Errorf("%d entries landed, want %d", len(entries), n-n/10)
+	}
+}
+
+// gatedDB holds each commit until its gate opens, and says when one
+// started.
+type gatedDB struct {
+	database.DB
+	started chan int
+	gates   []chan struct{}
+	n       atomic.Int64
+}
+
+func (g *gatedDB) Update(tx *database.Tx) error {
+	i := int(g.n.Add(1)) - 1
+	g.started <- i
+	<-g.gates[i]
+	return g.DB.Update(tx)
+}
+
+// The writer that leads a commit returns when its own write is committed:
+// it does not go on committing the writes that queued up meanwhile (a
+// leader of a busy period used to wait for all of them: 3 s with a 10 ms
+// sync). The next waiter leads the next commit.
+func TestLeaderReturnsAfterItsOwnCommit(t *testing.T) {
+	raw, err := nosql.New("bbolt", filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	raw.CreateTable(table)
+	gd := &gatedDB{DB: raw, started: make(chan int, 4), gates: []chan struct{}{make(chan struct{}), make(chan struct{})}}
+	g := groupcommit.New(gd)
+	set := func(k string) chan error {
+		c := make(chan error, 1)
+		go func() { c <- g.Set(table, []byte(k), []byte("v")) }()
+		return c
+	}
+	leader := set("a")
+	if i := <-gd.started; i != 0 {
+		t.Fatalf("first commit is %d", i)
+	}
+	b, c := set("b"), set("c")
+	// Let b and c queue behind the leader's commit (they wait on it).
+	for g.Pending() < 2 {
+		runtime.Gosched()
+	}
+	close(gd.gates[0])
+	select {
+	case err := <-leader:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the leader is still committing the others' writes")
+	}
+	if i := <-gd.started; i != 1 {
+		t.Fatalf("second commit is %d", i)
+	}
+	close(gd.gates[1])
+	for _, ch := range []chan error{b, c} {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := gd.n.Load(); n != 2 {
+		t.Errorf("%d commits for a leader and two queued writes, want 2", n)
 	}
 }
