@@ -86,6 +86,9 @@ type Services struct {
 	Devices pb.DevicesServer
 	// Credentials manages API credentials.
 	Credentials pb.CredentialsServer
+	// Health is the gRPC health service; nil: one that reports SERVING
+	// for every registered service. The caller may set statuses on it.
+	Health *health.Server
 }
 
 // NewServer returns a gRPC server with mutual TLS (client certificates are
@@ -117,7 +120,10 @@ func NewServer(tlsConfig *tls.Config, auth *Authorizer, svc Services, log *slog.
 		grpc.ChainUnaryInterceptor(recoverUnary(log), auth.UnaryInterceptor),
 		grpc.ChainStreamInterceptor(recoverStream(log), auth.StreamInterceptor),
 	)
-	hs := health.NewServer()
+	hs := svc.Health
+	if hs == nil {
+		hs = health.NewServer()
+	}
 	if svc.Enrollment != nil {
 		pb.RegisterEnrollmentServer(s, svc.Enrollment)
 		hs.SetServingStatus(pb.Enrollment_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

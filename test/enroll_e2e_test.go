@@ -285,7 +285,11 @@ func TestGarbageGets4xx(t *testing.T) {
 	if strings.Contains(s.log.String(), "panic") {
 		t.Errorf("server log mentions a panic:\n%s", s.log.String())
 	}
-	resp, err := http.Get(s.baseURL + "/metrics")
+	// Metrics are on the ops listener, not on the public port.
+	if resp, err := http.Get(s.baseURL + "/metrics"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the public port serves /metrics: %v %v", resp, err)
+	}
+	resp, err := http.Get("http://" + s.opsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -96,6 +96,7 @@ type server struct {
 	data     string
 	httpAddr string
 	grpcAddr string
+	opsAddr  string
 	baseURL  string
 	log      *syncBuffer
 	cmd      *exec.Cmd
@@ -118,6 +119,7 @@ func newServerEnv(t testing.TB, env []string, extra ...string) *server {
 		t: t, data: filepath.Join(t.TempDir(), "data"), log: &syncBuffer{},
 		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		opsAddr:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		extra:    extra, mdm: t.TempDir(),
 	}
 	mustOK(t, "device identity CA", run(t, 60*time.Second, tool(t, "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
@@ -131,7 +133,7 @@ func newServerEnv(t testing.TB, env []string, extra ...string) *server {
 
 func (s *server) start() {
 	s.t.Helper()
-	args := append([]string{"serve", "--data", s.data, "--http-addr", s.httpAddr, "--grpc-addr", s.grpcAddr,
+	args := append([]string{"serve", "--data", s.data, "--http-addr", s.httpAddr, "--grpc-addr", s.grpcAddr, "--ops-addr", s.opsAddr,
 		"--allowed-domains", "example.com", "--log-format", "json"}, s.extra...)
 	s.cmd = exec.Command(smimecaBin(s.t), args...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
@@ -141,7 +143,7 @@ func (s *server) start() {
 	}
 	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(s.baseURL + "/healthz")
+		resp, err := http.Get("http://" + s.opsAddr + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {

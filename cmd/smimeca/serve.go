@@ -22,12 +22,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc/health"
 
 	"github.com/smimeca/smimeca/api"
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 	"github.com/smimeca/smimeca/scep"
 )
 
@@ -71,7 +73,8 @@ type serveConfig struct {
 	staticChallenge   string
 	scepIncludeRoot   bool
 	scepEncryption    string
-	debugAddr         string
+	opsAddr           string
+	opsPprof          bool
 	vaultAddr         string
 	vaultTokenFile    string
 	vaultRoleID       string
@@ -99,7 +102,7 @@ func parseServe(args []string) (*serveConfig, error) {
 	c := &serveConfig{}
 	f := newFlags("serve")
 	f.str(&c.dataDir, "data", "SMIMECA_DATA", "data", "data directory (CA keys, database, credentials)")
-	f.str(&c.httpAddr, "http-addr", "SMIMECA_HTTP_ADDR", ":8080", "HTTP listen address (SCEP, CRL, health, metrics)")
+	f.str(&c.httpAddr, "http-addr", "SMIMECA_HTTP_ADDR", ":8080", "public HTTP listen address (SCEP, CRL)")
 	f.str(&c.grpcAddr, "grpc-addr", "SMIMECA_GRPC_ADDR", ":9443", "gRPC (mTLS) listen address")
 	f.str(&c.publicURL, "public-url", "SMIMECA_PUBLIC_URL", "", "public base URL put into certificates and bundles (default http://<http addr>)")
 	f.str(&c.allowedDomains, "allowed-domains", "SMIMECA_ALLOWED_DOMAINS", "", "comma-separated e-mail domains that may get certificates (default: any)")
@@ -126,7 +129,8 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.float(&c.scepRatePerIP, "scep-rate-per-ip", "SMIMECA_SCEP_RATE_PER_IP", 0, "PKIOperations per second per client IP (0: no limit); more get 429 with Retry-After")
 	f.integer(&c.scepBurstPerIP, "scep-burst-per-ip", "SMIMECA_SCEP_BURST_PER_IP", 20, "burst of --scep-rate-per-ip")
 	f.str(&c.emailAliases, "email-aliases", "SMIMECA_EMAIL_ALIASES", "", "CSV file of alias,user address pairs accepted at PFX import")
-	f.str(&c.debugAddr, "debug-addr", "SMIMECA_DEBUG_ADDR", "", "serve net/http/pprof on this address (keep it on loopback); off by default")
+	f.str(&c.opsAddr, "ops-addr", "SMIMECA_OPS_ADDR", "127.0.0.1:9090", "ops listener: /healthz (each dependency), /metrics, and pprof with --ops-pprof; keep it off the public network")
+	f.boolean(&c.opsPprof, "ops-pprof", "SMIMECA_OPS_PPROF", false, "serve net/http/pprof under /debug/pprof/ on the ops listener")
 	f.str(&c.logFormat, "log-format", "SMIMECA_LOG_FORMAT", "text", "log format: text or json")
 	f.str(&c.logLevel, "log-level", "SMIMECA_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	if err := f.parse(args); err != nil {
@@ -266,13 +270,14 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		return usagef("%v", err)
 	}
 
-	escrowPolicy, escrowStore, stopVault, err := setupEscrow(ctx, cfg, logger, audit, domains, filepath.Join(cfg.dataDir, "ca"))
+	esc, err := setupEscrow(ctx, cfg, logger, audit, domains, filepath.Join(cfg.dataDir, "ca"))
 	if err != nil {
 		return err
 	}
-	defer stopVault()
+	defer esc.stop()
 
-	// HTTP: SCEP, CRL, health, metrics.
+	// Public HTTP: SCEP and CRL only. Metrics, health and pprof are on the
+	// ops listener.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := newSCEPMetrics(reg)
@@ -291,11 +296,6 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	mux.Handle(scep.Path, shed)
 	mux.Handle(scep.LegacyPath, shed)
 	mux.Handle("GET /crl", crlHandler(authority, logger))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		io.WriteString(w, "ok\n")
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	httpSrv := &http.Server{
 		Addr: cfg.httpAddr, Handler: mux,
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
@@ -330,14 +330,30 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		Credentials: api.NewCredentialService(creds, pki.CA, logger),
 	}
 	var keys policy.KeyStore
-	if escrowPolicy != nil {
-		services.Escrow = api.NewEscrowService(escrowPolicy, logger)
-		keys = escrowStore
+	if esc.policy != nil {
+		services.Escrow = api.NewEscrowService(esc.policy, logger)
+		keys = esc.store
 	}
 	profCert, profKey := authority.ProfileSigner()
 	services.Bundles = api.NewBundleService(policy.NewBundles(enrollment, keys, authority, cfg.publicURL+scep.Path, audit),
 		&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{authority.Intermediate()}}, logger)
+	services.Health = health.NewServer()
 	grpcSrv := api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services, logger)
+	monitor := &healthMonitor{grpc: services.Health, interval: 5 * time.Second, checks: []healthCheck{
+		{"database", func(context.Context) error { return store.Ping() }},
+		{"ca", func(context.Context) error { _, err := authority.CRL(); return err }},
+	}, needs: map[string][]string{
+		"": {"database", "ca"}, pb.Enrollment_ServiceDesc.ServiceName: {"database", "ca"},
+		pb.Devices_ServiceDesc.ServiceName: {"database"}, pb.Credentials_ServiceDesc.ServiceName: {"database"},
+		pb.ProfileBundles_ServiceDesc.ServiceName: {"database", "ca"},
+	}}
+	if esc.ping != nil {
+		monitor.checks = append(monitor.checks, healthCheck{"vault", esc.ping})
+		monitor.needs[pb.EscrowAdmin_ServiceDesc.ServiceName] = []string{"database", "vault"}
+		monitor.needs[pb.ProfileBundles_ServiceDesc.ServiceName] = []string{"database", "ca", "vault"}
+	}
+	monitor.check(ctx)
+	go monitor.run(ctx)
 
 	httpLn, err := net.Listen("tcp", cfg.httpAddr)
 	if err != nil {
@@ -352,14 +368,27 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	go func() { errc <- httpSrv.Serve(httpLn) }()
 	go func() { errc <- grpcSrv.Serve(grpcLn) }()
 	go purgeChallenges(ctx, store, logger)
-	if cfg.debugAddr != "" {
-		dbg := &http.Server{Addr: cfg.debugAddr, Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
+	// Ops: health of each dependency, metrics, pprof on request.
+	ops := http.NewServeMux()
+	ops.Handle("GET /healthz", monitor)
+	ops.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if cfg.opsPprof {
+		ops.Handle("/debug/pprof/", pprofMux())
+	}
+	opsSrv := &http.Server{Handler: ops, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
+	if cfg.opsAddr != "" {
+		opsLn, err := net.Listen("tcp", cfg.opsAddr)
+		if err != nil {
+			httpLn.Close()
+			grpcLn.Close()
+			return fmt.Errorf("listen %s (--ops-addr): %w", cfg.opsAddr, err)
+		}
 		go func() {
-			if err := dbg.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				logger.Warn("debug server", "err", err)
+			if err := opsSrv.Serve(opsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Warn("ops listener", "err", err)
 			}
 		}()
-		defer dbg.Close()
+		defer opsSrv.Close()
 	}
 
 	fp := authority.Fingerprint()
@@ -367,7 +396,7 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		"http", httpLn.Addr().String(), "grpc", grpcLn.Addr().String(),
 		"scep_url", cfg.publicURL+scep.Path, "crl_url", authority.CRLURL(),
 		"root_sha256", fmt.Sprintf("%X", fp[:]), "data", cfg.dataDir,
-		"admin_credentials", filepath.Join(cfg.dataDir, "credentials", string(api.RoleAdmin)))
+		"ops", cfg.opsAddr, "admin_credentials", filepath.Join(cfg.dataDir, "credentials", string(api.RoleAdmin)))
 
 	var serveErr error
 	select {

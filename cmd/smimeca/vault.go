@@ -25,7 +25,17 @@ var _ policy.EscrowStore = (*escrow.Store)(nil)
 
 // setupEscrow connects to Vault (starting the embedded one when asked) and
 // returns the escrow rules, or nil when no Vault is configured.
-func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, audit policy.Auditor, domains *policy.Domains, caDir string) (*policy.Escrow, *escrow.Store, func(), error) {
+// escrowSetup is what setupEscrow built: no escrow at all when policy is nil.
+type escrowSetup struct {
+	policy *policy.Escrow
+	store  *escrow.Store
+	// stop stops the embedded Vault, if any.
+	stop func()
+	// ping reports whether Vault answers and is unsealed.
+	ping func(context.Context) error
+}
+
+func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, audit policy.Auditor, domains *policy.Domains, caDir string) (escrowSetup, error) {
 	noop := func() {}
 	vc := escrow.VaultConfig{Address: cfg.vaultAddr, TokenFile: cfg.vaultTokenFile,
 		Token: os.Getenv("SMIMECA_VAULT_TOKEN"), RoleID: cfg.vaultRoleID, SecretIDFile: cfg.vaultSecretIDFile}
@@ -33,23 +43,23 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	stop := noop
 	switch {
 	case cfg.embeddedVault && cfg.vaultAddr != "":
-		return nil, nil, noop, usagef("--embedded-vault and --vault-addr exclude each other")
+		return escrowSetup{stop: noop}, usagef("--embedded-vault and --vault-addr exclude each other")
 	case cfg.embeddedVault:
 		logger.Warn("EMBEDDED VAULT: single-machine default. Its unseal key and root token are stored in " +
 			filepath.Join(cfg.dataDir, "vault", "init.json") + "; anyone who can read the data directory can read every escrowed key. Use an operator-run Vault (--vault-addr) in production.")
 		p, err := vaultproc.Start(ctx, cfg.vaultBin, filepath.Join(cfg.dataDir, "vault"), cfg.embeddedVaultAddr, vaultLog{logger})
 		if err != nil {
-			return nil, nil, noop, fmt.Errorf("embedded vault: %w", err)
+			return escrowSetup{stop: noop}, fmt.Errorf("embedded vault: %w", err)
 		}
 		stop = func() { p.Stop() }
 		root, err := p.Client()
 		if err != nil {
 			stop()
-			return nil, nil, noop, err
+			return escrowSetup{stop: noop}, err
 		}
 		if err := escrow.Setup(ctx, root, ecfg); err != nil {
 			stop()
-			return nil, nil, noop, err
+			return escrowSetup{stop: noop}, err
 		}
 		if err := enableAudit(ctx, p, filepath.Join(cfg.dataDir, "vault", "audit.log")); err != nil {
 			logger.Warn("vault audit device", "err", err)
@@ -61,17 +71,17 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 		}}
 	case cfg.vaultAddr == "":
 		logger.Warn("no Vault configured (--vault-addr or --embedded-vault): the escrow API is off")
-		return nil, nil, noop, nil
+		return escrowSetup{stop: noop}, nil
 	}
 	logical, client, err := escrow.ConnectLogical(ctx, vc)
 	if err != nil {
 		stop()
-		return nil, nil, noop, err
+		return escrowSetup{stop: noop}, err
 	}
 	if cfg.vaultSetup {
 		if err := escrow.Setup(ctx, client, ecfg); err != nil {
 			stop()
-			return nil, nil, noop, err
+			return escrowSetup{stop: noop}, err
 		}
 	}
 	if err := escrow.Ping(ctx, client); err != nil {
@@ -80,17 +90,20 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	conn, err := ca.LoadOrCreateConnectorKey(caDir)
 	if err != nil {
 		stop()
-		return nil, nil, noop, err
+		return escrowSetup{stop: noop}, err
 	}
 	aliases, err := readAliases(cfg.emailAliases)
 	if err != nil {
 		stop()
-		return nil, nil, noop, usagef("--email-aliases: %v", err)
+		return escrowSetup{stop: noop}, usagef("--email-aliases: %v", err)
 	}
 	store := escrow.New(logical, ecfg)
 	logger.Info("escrow in Vault", "vault", client.Address(), "kv_mount", ecfg.KVMount)
-	return policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases),
-		policy.WithEscrowAuditor(audit)), store, stop, nil
+	return escrowSetup{
+		policy: policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases), policy.WithEscrowAuditor(audit)),
+		store:  store, stop: stop,
+		ping: func(ctx context.Context) error { return escrow.Ping(ctx, client) },
+	}, nil
 }
 
 // enableAudit turns on Vault's file audit device (idempotent).

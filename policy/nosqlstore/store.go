@@ -104,6 +104,12 @@ func New(db database.DB) (*Store, error) {
 	return s, nil
 }
 
+// Ping reports whether the database answers a read.
+func (s *Store) Ping() error {
+	_, err := s.db.Get(metaTable, schemaKey)
+	return err
+}
+
 func devKey(user, device string) []byte { return []byte(user + "\x00" + device) }
 
 func splitDevKey(k []byte) (user, device string) {

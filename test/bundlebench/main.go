@@ -126,7 +126,7 @@ func run(bin string, calls int) error {
 
 	data := filepath.Join(work, "smimeca")
 	grpcAddr := benchutil.FreeAddr()
-	srv := exec.Command(bin, "serve", "--data", data, "--http-addr", benchutil.FreeAddr(), "--grpc-addr", grpcAddr,
+	srv := exec.Command(bin, "serve", "--data", data, "--http-addr", benchutil.FreeAddr(), "--grpc-addr", grpcAddr, "--ops-addr", benchutil.FreeAddr(),
 		"--vault-addr", vp.Addr, "--vault-token-file", tokFile, "--log-level", "error", "--device-identity-ca", identityCA)
 	srv.Stderr = os.Stderr
 	if err := srv.Start(); err != nil {

@@ -109,7 +109,7 @@ func run(bin string, n, users, conc int) error {
 	// smimeca, via the CLI, as an admin would.
 	data := filepath.Join(work, "smimeca")
 	httpAddr, grpcAddr := benchutil.FreeAddr(), benchutil.FreeAddr()
-	srv := exec.Command(bin, "serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr,
+	srv := exec.Command(bin, "serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--ops-addr", benchutil.FreeAddr(),
 		"--vault-addr", vp.Addr, "--vault-token-file", tokFile, "--log-level", "error")
 	srv.Stderr = os.Stderr
 	if err := srv.Start(); err != nil {

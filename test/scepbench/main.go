@@ -380,7 +380,8 @@ func getCACerts(url string) ([]*x509.Certificate, error) {
 func startSmimeca(bin, work string, nChallenges int) (*target, []string, error) {
 	data := filepath.Join(work, "smimeca")
 	httpAddr, grpcAddr := benchutil.FreeAddr(), benchutil.FreeAddr()
-	args := []string{"serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn"}
+	opsAddr := benchutil.FreeAddr()
+	args := []string{"serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--ops-addr", opsAddr, "--log-level", "warn"}
 	if static {
 		args = append(args, "--static-challenge", staticSecret, "--allowed-domains", "example.com")
 	}
@@ -390,7 +391,7 @@ func startSmimeca(bin, work string, nChallenges int) (*target, []string, error) 
 		return nil, nil, err
 	}
 	url := "http://" + httpAddr + "/scep"
-	if err := waitHTTP("http://" + httpAddr + "/healthz"); err != nil {
+	if err := waitHTTP("http://" + opsAddr + "/healthz"); err != nil {
 		return nil, nil, err
 	}
 	certs, err := getCACerts(url)
