@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -305,5 +306,30 @@ func TestEmbeddedVaultKeepsEscrowAcrossRestart(t *testing.T) {
 	}
 	if !strings.Contains(s.log.String(), "EMBEDDED VAULT") {
 		t.Error("no warning that the embedded Vault is for a single machine")
+	}
+
+	// The embedded Vault crashes (SIGKILL): the supervisor restarts and
+	// unseals it within seconds (too fast for the 5 s health poll to be
+	// sure to see it down: TestHealthFollowsVault covers degraded health),
+	// and the escrow works again with no action by anyone, on the same
+	// token.
+	token, _ := os.ReadFile(filepath.Join(s.data, "vault", "smimeca-token"))
+	conf := filepath.Join(s.data, "vault", "config.hcl")
+	if r := run(t, 10e9, "pkill", "-KILL", "-f", "server -config "+conf); r.code != 0 {
+		t.Fatalf("pkill the embedded Vault: %+v", r)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(s.log.String(), "running and unsealed again") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the embedded Vault was not restarted:\n%s", s.log.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.waitHealth(t, http.StatusOK)
+	if got := len(s.pfxList(t, "dan@example.com").Certificates); got != 1 {
+		t.Fatalf("after the Vault crash dan has %d certificates", got)
+	}
+	if again, _ := os.ReadFile(filepath.Join(s.data, "vault", "smimeca-token")); len(token) == 0 || string(again) != string(token) {
+		t.Error("smimeca's Vault token was minted again")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 	"strings"
 
 	vault "github.com/hashicorp/vault/api"
@@ -64,11 +65,16 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 		if err := enableAudit(ctx, p, filepath.Join(cfg.dataDir, "vault", "audit.log")); err != nil {
 			logger.Warn("vault audit device", "err", err)
 		}
-		// A scoped token, minted again whenever Vault refuses the current one
-		// (it is periodic and would lapse if smimeca ran unrenewed for 32 days).
-		vc = escrow.VaultConfig{Address: p.Addr, TokenSource: func(ctx context.Context) (string, error) {
-			return p.ScopedToken(ctx, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey)
-		}}
+		// One periodic token, kept under DATA/vault and renewed (by the
+		// supervisor daily, and whenever Vault refuses it), minted again
+		// only if it lapsed. The supervisor restarts and unseals Vault
+		// when it dies; escrow calls answer UNAVAILABLE meanwhile.
+		token := func(ctx context.Context) (string, error) {
+			return p.SmimecaToken(ctx, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey)
+		}
+		vc = escrow.VaultConfig{Address: p.Addr, TokenSource: token}
+		go p.Supervise(ctx, 24*time.Hour, func(ctx context.Context) error { _, err := token(ctx); return err },
+			func(msg string, args ...any) { logger.Warn(msg, args...) })
 	case cfg.vaultAddr == "":
 		logger.Warn("no Vault configured (--vault-addr or --embedded-vault): the escrow API is off")
 		return escrowSetup{stop: noop}, nil

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,9 +46,15 @@ type Proc struct {
 
 	bin, dir, listen string
 	log              io.Writer
-	cmd              *exec.Cmd
 	unsealKey        string
-	exited           chan struct{}
+
+	// mu guards the child and the flags below; start and halt run under it.
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+	// closed: Stop was called, the supervisor ends. restarting: Restart is
+	// bringing up a new child, the supervisor must not.
+	closed, restarting bool
 }
 
 type initFile struct {
@@ -65,10 +72,68 @@ func Start(ctx context.Context, bin, dir, listen string, log io.Writer) (*Proc, 
 		return nil, err
 	}
 	p := &Proc{bin: bin, dir: dir, listen: listen, log: log, Addr: "http://" + listen}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if err := p.start(ctx); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// Supervise restarts Vault (and unseals it) whenever it exits without Stop
+// or Restart having asked it to, with a backoff from 1 s to 30 s, until
+// ctx ends or Stop is called; logf reports each restart. It also renews
+// smimeca's token (SmimecaToken) every renew interval. Run it in a goroutine.
+func (p *Proc) Supervise(ctx context.Context, renew time.Duration, renewToken func(context.Context) error, logf func(msg string, args ...any)) {
+	tick := time.NewTicker(renew)
+	defer tick.Stop()
+	for {
+		p.mu.Lock()
+		ex := p.exited
+		p.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if renewToken != nil {
+				if err := renewToken(ctx); err != nil {
+					logf("vault: token renewal failed", "err", err)
+				}
+			}
+			continue
+		case <-ex:
+		}
+		p.mu.Lock()
+		closed, restarting := p.closed, p.restarting
+		p.mu.Unlock()
+		if closed {
+			return
+		}
+		if restarting {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		logf("vault: the embedded Vault exited; restarting it")
+		for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+			p.mu.Lock()
+			if p.closed {
+				p.mu.Unlock()
+				return
+			}
+			err := p.start(ctx)
+			p.mu.Unlock()
+			if err == nil {
+				logf("vault: the embedded Vault is running and unsealed again")
+				break
+			}
+			logf("vault: restart failed; retrying", "err", err, "in", backoff.String())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+		}
+	}
 }
 
 func (p *Proc) start(ctx context.Context) error {
@@ -97,47 +162,51 @@ log_level     = "warn"
 	if err := p.cmd.Start(); err != nil {
 		return fmt.Errorf("start vault: %w", err)
 	}
-	p.exited = make(chan struct{})
-	go func() { p.cmd.Wait(); close(p.exited) }()
+	cmd, exited := p.cmd, make(chan struct{})
+	p.exited = exited
+	go func() { cmd.Wait(); close(exited) }()
 	client, err := p.client("")
 	if err != nil {
 		return err
 	}
 	if err := p.waitUp(ctx); err != nil {
-		p.Stop()
+		p.halt()
 		return err
 	}
 	st, err := client.Sys().InitStatusWithContext(ctx)
 	if err != nil {
-		p.Stop()
+		p.halt()
 		return fmt.Errorf("vault init status: %w", err)
 	}
 	initPath := filepath.Join(p.dir, "init.json")
 	if !st {
 		resp, err := client.Sys().InitWithContext(ctx, &vault.InitRequest{SecretShares: 1, SecretThreshold: 1})
 		if err != nil {
-			p.Stop()
+			p.halt()
 			return fmt.Errorf("vault init: %w", err)
 		}
 		b, _ := json.Marshal(initFile{UnsealKey: resp.KeysB64[0], RootToken: resp.RootToken})
-		if err := os.WriteFile(initPath, b, 0o600); err != nil {
-			p.Stop()
+		// The only unseal share: written whole and synced, or not at all.
+		if err := writeFileAtomic(initPath, b, 0o600); err != nil {
+			p.halt()
 			return err
 		}
 	}
 	b, err := os.ReadFile(initPath)
 	if err != nil {
-		p.Stop()
+		p.halt()
 		return fmt.Errorf("vault is initialised but %s is missing: %w", initPath, err)
 	}
 	var in initFile
 	if err := json.Unmarshal(b, &in); err != nil {
-		p.Stop()
+		p.halt()
 		return fmt.Errorf("read %s: %w", initPath, err)
 	}
-	p.unsealKey, p.RootToken = in.UnsealKey, in.RootToken
+	if p.RootToken == "" { // set once, at the first start: Client reads it without the lock
+		p.unsealKey, p.RootToken = in.UnsealKey, in.RootToken
+	}
 	if _, err := client.Sys().UnsealWithContext(ctx, p.unsealKey); err != nil {
-		p.Stop()
+		p.halt()
 		return fmt.Errorf("vault unseal: %w", err)
 	}
 	for i := 0; i < 200; i++ {
@@ -147,7 +216,7 @@ log_level     = "warn"
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	p.Stop()
+	p.halt()
 	return errors.New("vault did not become active")
 }
 
@@ -185,8 +254,27 @@ func (p *Proc) waitUp(ctx context.Context) error {
 // Client returns a client with the root token.
 func (p *Proc) Client() (*vault.Client, error) { return p.client(p.RootToken) }
 
-// Stop stops Vault (SIGTERM, then SIGKILL after 10 s).
+// Stop stops Vault for good (SIGTERM, then SIGKILL after 10 s); a
+// supervisor ends.
 func (p *Proc) Stop() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	return p.halt()
+}
+
+// Kill kills the child as a crash would (SIGKILL), for fault tests: a
+// supervisor restarts it.
+func (p *Proc) Kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil && p.cmd.Process != nil {
+		p.cmd.Process.Kill()
+	}
+}
+
+// halt stops the child; the caller holds p.mu.
+func (p *Proc) halt() error {
 	if p.cmd == nil || p.cmd.Process == nil {
 		return nil
 	}
@@ -201,15 +289,100 @@ func (p *Proc) Stop() error {
 	return nil
 }
 
-// Restart starts a stopped Vault again on the same storage and unseals it.
+// Restart stops Vault if it runs and starts it again on the same storage,
+// unsealed.
 func (p *Proc) Restart(ctx context.Context) error {
-	p.Stop()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.restarting = true
+	defer func() { p.restarting = false }()
+	p.halt()
+	p.closed = false
 	return p.start(ctx)
+}
+
+// writeFileAtomic writes data to path through a synced temporary file and
+// a rename, then syncs the directory: after a crash the file is either the
+// old one or the whole new one.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// tokenFile holds the periodic token smimeca runs with.
+const tokenFile = "smimeca-token"
+
+// tokenPeriod is the period of smimeca's token: it lives as long as it is
+// renewed within that time.
+const tokenPeriod = 768 * time.Hour
+
+// SmimecaToken returns the one periodic token smimeca runs with (policy
+// "smimeca", see ScopedToken), kept in DIR/smimeca-token (0600): minted on
+// first use, renewed when less than half its period remains, and minted
+// again only when Vault no longer knows it (it lapsed, or the storage was
+// reset). So restarts and 403s do not add tokens.
+func (p *Proc) SmimecaToken(ctx context.Context, kvMount, transitMount, transitKey string) (string, error) {
+	path := filepath.Join(p.dir, tokenFile)
+	if b, err := os.ReadFile(path); err == nil {
+		tok := string(b)
+		c, err := p.client(tok)
+		if err != nil {
+			return "", err
+		}
+		sec, err := c.Auth().Token().LookupSelfWithContext(ctx)
+		if err == nil && sec != nil {
+			if ttl, err := sec.TokenTTL(); err == nil && ttl < tokenPeriod/2 {
+				if _, err := c.Auth().Token().RenewSelfWithContext(ctx, 0); err != nil {
+					return "", fmt.Errorf("vault: renew smimeca's token: %w", err)
+				}
+			}
+			return tok, nil
+		}
+		var re *vault.ResponseError
+		if !errors.As(err, &re) || re.StatusCode != 403 {
+			return "", fmt.Errorf("vault: look up smimeca's token: %w", err)
+		}
+	}
+	tok, err := p.ScopedToken(ctx, kvMount, transitMount, transitKey)
+	if err != nil {
+		return "", err
+	}
+	if err := writeFileAtomic(path, []byte(tok), 0o600); err != nil {
+		return "", err
+	}
+	return tok, nil
 }
 
 // ScopedToken creates a token that can use the escrow mounts and nothing
 // else (policy "smimeca"), for smimeca to run with instead of the root
-// token.
+// token. Each call makes a new token: smimeca itself uses SmimecaToken.
 func (p *Proc) ScopedToken(ctx context.Context, kvMount, transitMount, transitKey string) (string, error) {
 	c, err := p.Client()
 	if err != nil {
@@ -225,7 +398,7 @@ path "%[2]s/decrypt/%[3]s" { capabilities = ["update"] }
 		return "", fmt.Errorf("vault policy: %w", err)
 	}
 	sec, err := c.Auth().Token().CreateWithContext(ctx, &vault.TokenCreateRequest{
-		Policies: []string{"smimeca"}, NoParent: true, Period: "768h", DisplayName: "smimeca",
+		Policies: []string{"smimeca"}, NoParent: true, Period: tokenPeriod.String(), DisplayName: "smimeca",
 	})
 	if err != nil {
 		return "", fmt.Errorf("vault token: %w", err)

@@ -1,0 +1,117 @@
+package vaultproc_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/smimeca/smimeca/internal/vaultproc"
+)
+
+func start(t *testing.T) (*vaultproc.Proc, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	p, err := vaultproc.Start(context.Background(), vaultproc.DefaultBinary(), dir, addr, nil)
+	if err != nil {
+		t.Fatalf("start Vault: %v (scripts/vault.sh builds it)", err)
+	}
+	t.Cleanup(func() { p.Stop() })
+	return p, dir
+}
+
+// accessors counts the tokens Vault knows.
+func accessors(t *testing.T, p *vaultproc.Proc) int {
+	t.Helper()
+	c, err := p.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := c.Logical().List("auth/token/accessors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := sec.Data["keys"].([]any)
+	return len(keys)
+}
+
+// A Vault that dies (SIGKILL, as a crash) is restarted and unsealed by the
+// supervisor, with no action by anyone, its data intact; smimeca's token is
+// the same one throughout and the number of tokens stays constant.
+func TestSupervisorRestartsACrashedVault(t *testing.T) {
+	p, dir := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logMu sync.Mutex
+	var logged []string
+	go p.Supervise(ctx, time.Hour, nil, func(msg string, _ ...any) {
+		logMu.Lock()
+		logged = append(logged, msg)
+		logMu.Unlock()
+	})
+	tok, err := p.SmimecaToken(ctx, "secret", "transit", "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := p.Client()
+	if err := root.Sys().MountWithContext(ctx, "kv", &vaultMount); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Logical().Write("kv/probe", map[string]any{"v": "kept"}); err != nil {
+		t.Fatal(err)
+	}
+	before := accessors(t, p)
+
+	p.Kill()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, _ := p.Client()
+		if h, err := c.Sys().Health(); err == nil && !h.Sealed {
+			if sec, err := c.Logical().Read("kv/probe"); err == nil && sec != nil && sec.Data["v"] == "kept" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the supervisor did not bring Vault back")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	again, err := p.SmimecaToken(ctx, "secret", "transit", "k")
+	if err != nil || again != tok {
+		t.Fatalf("after the restart smimeca got another token (%v)", err)
+	}
+	if err := p.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := p.SmimecaToken(ctx, "secret", "transit", "k"); again != tok {
+		t.Fatal("after a planned restart smimeca got another token")
+	}
+	if after := accessors(t, p); after != before {
+		t.Errorf("%d tokens before, %d after crash, restart and three logins", before, after)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if len(logged) < 2 {
+		t.Errorf("the restart was not logged: %v", logged)
+	}
+	// The unseal share is a complete, private file.
+	if fi, err := os.Stat(filepath.Join(dir, "init.json")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("init.json: %v %v", fi, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "smimeca-token")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("smimeca-token: %v %v", fi, err)
+	}
+}
+
+var vaultMount = vaultapi.MountInput{Type: "kv"}
