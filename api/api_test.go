@@ -44,7 +44,17 @@ type options struct {
 
 func startServer(t *testing.T) *server { return startServerWith(t, options{}) }
 
-func startServerWith(t *testing.T, o options) *server {
+// fixture is the API's services on a real CA, store and policy, with the
+// credentials of each role.
+type fixture struct {
+	ca       *testpki.CA
+	pki      *ca.APIPKI
+	creds    *policy.Credentials
+	services api.Services
+	dir      string
+}
+
+func newFixture(t testing.TB, o options) *fixture {
 	t.Helper()
 	c := testpki.NewCA(t, ca.KeyTypeEC)
 	store, err := nosqlstore.New(c.DB.DB)
@@ -72,14 +82,20 @@ func startServerWith(t *testing.T, o options) *server {
 		}
 	}
 	profCert, profKey := c.ProfileSigner()
-	srv := api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), api.Services{
+	return &fixture{ca: c, pki: pki, creds: creds, dir: dir, services: api.Services{
 		Enrollment:  api.NewEnrollmentService(e, "http://scep.test/scep", nil),
 		Devices:     api.NewDeviceService(e, nil),
 		Credentials: api.NewCredentialService(creds, pki.CA, nil),
 		Bundles: api.NewBundleService(policy.NewBundles(e, o.keys, c, "http://scep.test/scep", nil),
 			&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{c.Intermediate()}}, nil),
 		Escrow: o.escrow,
-	}, nil)
+	}}
+}
+
+func startServerWith(t *testing.T, o options) *server {
+	t.Helper()
+	f := newFixture(t, o)
+	srv := api.NewServer(f.pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, f.creds), f.services, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -87,8 +103,8 @@ func startServerWith(t *testing.T, o options) *server {
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
 	pool := x509.NewCertPool()
-	pool.AddCert(pki.CA)
-	return &server{addr: ln.Addr().String(), credDir: filepath.Join(dir, "credentials"), pool: pool, ca: c, pki: pki}
+	pool.AddCert(f.pki.CA)
+	return &server{addr: ln.Addr().String(), credDir: filepath.Join(f.dir, "credentials"), pool: pool, ca: f.ca, pki: f.pki}
 }
 
 // dialWith connects with a client certificate and key.

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="$(go env GOCACHE)/fuzz/$(go list -m)"
 for target in "$@"; do
-  pkg="${target%/*}" name="${target#*/}"
+  pkg="${target%/*}" name="${target##*/}"
   src="$cache/$pkg/$name" dst="$pkg/testdata/fuzz/$name"
   [ -d "$src" ] || continue
   mkdir -p "$dst"

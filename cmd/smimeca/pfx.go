@@ -287,8 +287,13 @@ func readManifest(path string) ([]importJob, error) {
 		return nil, err
 	}
 	defer f.Close()
-	base := filepath.Dir(path)
-	r := csv.NewReader(f)
+	return parseManifest(f, filepath.Dir(path), func(p string) (string, error) { return readPassword(p, "") })
+}
+
+// parseManifest parses a manifest whose relative paths are relative to
+// base; readPW reads a password file (each file once).
+func parseManifest(in io.Reader, base string, readPW func(path string) (string, error)) ([]importJob, error) {
+	r := csv.NewReader(in)
 	r.FieldsPerRecord = -1
 	r.Comment = '#'
 	r.TrimLeadingSpace = true
@@ -316,7 +321,7 @@ func readManifest(path string) ([]importJob, error) {
 		pwPath := rel(base, rec[2])
 		pw, ok := pwCache[pwPath]
 		if !ok {
-			if pw, err = readPassword(pwPath, ""); err != nil {
+			if pw, err = readPW(pwPath); err != nil {
 				return nil, fmt.Errorf("line %d: %v", line, err)
 			}
 			pwCache[pwPath] = pw
