@@ -12,7 +12,9 @@ import (
 )
 
 // panicky is an escrow service whose every call panics, as a bug would.
-type panicky struct{ pb.UnimplementedEscrowAdminServer }
+type panicky struct {
+	pb.UnimplementedEscrowAdminServer
+}
 
 func (panicky) ListUserCertificates(context.Context, *pb.ListUserCertificatesRequest) (*pb.ListUserCertificatesResponse, error) {
 	panic("a bug in a handler")
