@@ -31,8 +31,9 @@ vault:
 vet:
 	$(GO) vet ./...
 
-## lint: go.mod/go.sum as go mod tidy leaves them, and staticcheck (installed by deps)
+## lint: gofmt, go.mod/go.sum as go mod tidy leaves them, and staticcheck (installed by deps)
 lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^tools/')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) mod tidy -diff
 	staticcheck ./...
 
