@@ -59,7 +59,6 @@ func checkCost(der []byte) error {
 	return nil
 }
 
-
 // checkDepth walks the BER encoding iteratively (constructed values only,
 // with an explicit stack) and refuses nesting deeper than max. It reads
 // lengths and tags only; indefinite lengths end at their end-of-contents.
