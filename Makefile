@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/smimeca
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build deps vault unit e2e fuzz fuzz-keep bench-scep bench-import bench-bundle proto docker vet lint clean
+.PHONY: run test build deps vault unit e2e chaos fuzz fuzz-keep bench-scep bench-import bench-bundle proto docker vet lint clean
 
 ## run: build and start CA + SCEP + gRPC + escrow on the embedded default (data in ./data, kept across
 ##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault.
@@ -42,6 +42,12 @@ unit:
 
 e2e:
 	$(GO) test -count=1 -timeout 20m ./test/...
+
+## chaos: the fault tests (smimeca killed under enrolment load, Vault stopped and killed) CHAOS_ROUNDS
+##        times each, every round at a new random point; `make test` runs each once (in e2e)
+CHAOS_ROUNDS ?= 10
+chaos: deps vault
+	$(GO) test -count=$(CHAOS_ROUNDS) -timeout 60m -run 'TestKillDuringEnrolment|TestHealthFollowsVault|TestEmbeddedVaultKeepsEscrowAcrossRestart' -v ./test/ | grep -E '^(--- |ok|FAIL)|killed at'
 
 ## fuzz: a short coverage-guided run of every fuzz target (the kept corpus always runs in unit).
 ##       Minimising a new input is capped at 50 runs: uncapped, minimising the first find (a few KiB

@@ -1,0 +1,208 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"math/big"
+	mrand "math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	smallscep "github.com/smallstep/scep"
+	scepx509 "github.com/smallstep/scep/x509util"
+
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+	"github.com/smimeca/smimeca/test/benchutil"
+)
+
+// scepDevice is one enrolling device: its key, self-signed certificate and
+// the PKCSReq it sends (built once, so that a resend is the same request).
+type scepDevice struct {
+	user, id string
+	key      *rsa.PrivateKey
+	cert     *x509.Certificate
+	msg      []byte
+}
+
+func newSCEPDevice(t *testing.T, key *rsa.PrivateKey, user, id, challenge string, ra *x509.Certificate) *scepDevice {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: id},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, _ := x509.ParseCertificate(der)
+	csrDER, err := scepx509.CreateCertificateRequest(rand.Reader, &scepx509.CertificateRequest{
+		CertificateRequest: x509.CertificateRequest{Subject: pkix.Name{CommonName: id}}, ChallengePassword: challenge}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := x509.ParseCertificateRequest(csrDER)
+	m, err := smallscep.NewCSRRequest(csr, &smallscep.PKIMessage{MessageType: smallscep.PKCSReq,
+		Recipients: []*x509.Certificate{ra}, SignerKey: key, SignerCert: crt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &scepDevice{user: user, id: id, key: key, cert: crt, msg: m.Raw}
+}
+
+// enrol sends the device's PKCSReq and returns the issued certificate, or
+// nil when there was no successful answer.
+func (d *scepDevice) enrol(url string, ra *x509.Certificate) *x509.Certificate {
+	resp, err := http.Post(url+"?operation=PKIOperation", "application/x-pki-message", bytes.NewReader(d.msg))
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	rep, err := smallscep.ParsePKIMessage(body, smallscep.WithCACerts([]*x509.Certificate{ra}))
+	if err != nil || rep.PKIStatus != smallscep.SUCCESS {
+		return nil
+	}
+	if err := rep.DecryptPKIEnvelope(d.cert, d.key); err != nil {
+		return nil
+	}
+	return rep.CertRepMessage.Certificate
+}
+
+// TestKillDuringEnrolment kills smimeca serve (SIGKILL) at a random point
+// while 16 clients enrol, restarts it on the same data, and checks that
+// nothing was lost or doubled: every certificate a client received is in
+// the inventory and in the CA's tables; no serial is there twice; no device
+// holds two certificates from its one challenge; and resending every
+// request that got no answer completes every enrolment (a lost answer is
+// answered again with the same certificate, an unused challenge is used).
+func TestKillDuringEnrolment(t *testing.T) {
+	s := newServer(t)
+	const n, clients = 96, 16
+	conn, err := benchutil.Dial(s.grpcAddr, filepath.Join(s.data, "credentials", "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	devs, enr := pb.NewDevicesClient(conn), pb.NewEnrollmentClient(conn)
+	ra := raCert(t, s)
+	keys := make([]*rsa.PrivateKey, 8)
+	for i := range keys {
+		keys[i], _ = rsa.GenerateKey(rand.Reader, 2048)
+	}
+	var devices []*scepDevice
+	for i := 0; i < n; i++ {
+		user, id := fmt.Sprintf("u%d@example.com", i%12), fmt.Sprintf("phone-%d", i)
+		if _, err := devs.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: user, DeviceId: id}); err != nil {
+			t.Fatal(err)
+		}
+		ch, err := enr.CreateChallenge(ctx, &pb.CreateChallengeRequest{User: user, DeviceId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		devices = append(devices, newSCEPDevice(t, keys[i%len(keys)], user, id, ch.GetChallenge(), ra))
+	}
+
+	url := s.baseURL + "/scep"
+	got := make([]*x509.Certificate, n)
+	var next, answered atomic.Int64
+	var wg sync.WaitGroup
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if got[i] = devices[i].enrol(url, ra); got[i] != nil {
+					answered.Add(1)
+				}
+			}
+		}()
+	}
+	// Kill at a random point of the load: after 5 to 80 answered
+	// enrolments.
+	target := int64(5 + mrand.IntN(76))
+	for deadline := time.Now().Add(60 * time.Second); answered.Load() < target && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+	s.cmd = nil
+	wg.Wait()
+	before := answered.Load()
+	t.Logf("killed at %d answered enrolments; %d of %d answered in all", target, before, n)
+
+	s.start()
+	// Resend every request that got no answer: exactly as a device retries.
+	for i, d := range devices {
+		if got[i] == nil {
+			if got[i] = d.enrol(url, ra); got[i] == nil {
+				t.Errorf("%s of %s: the retry after the restart got no certificate", d.id, d.user)
+			}
+		}
+	}
+	conn2, err := benchutil.Dial(s.grpcAddr, filepath.Join(s.data, "credentials", "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	enr = pb.NewEnrollmentClient(conn2)
+	seen := map[string]bool{}
+	for i, d := range devices {
+		list, err := enr.ListCertificates(ctx, &pb.ListCertificatesRequest{User: d.user, DeviceId: d.id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs := list.GetCertificates()
+		if len(certs) != 1 {
+			t.Errorf("%s of %s holds %d certificates from one challenge, want 1", d.id, d.user, len(certs))
+			continue
+		}
+		if got[i] != nil && certs[0].GetSerial() != got[i].SerialNumber.String() {
+			t.Errorf("%s received serial %s, the inventory holds %s", d.id, got[i].SerialNumber, certs[0].GetSerial())
+		}
+		if seen[certs[0].GetSerial()] {
+			t.Errorf("serial %s issued twice", certs[0].GetSerial())
+		}
+		seen[certs[0].GetSerial()] = true
+	}
+	// The CA's own tables know every certificate: revoking succeeds (an
+	// unknown serial would be "not in the CA database").
+	for i := 0; i < n; i += 7 {
+		if got[i] == nil {
+			continue
+		}
+		if _, err := enr.RevokeCertificate(ctx, &pb.RevokeCertificateRequest{Serial: got[i].SerialNumber.String()}); err != nil {
+			t.Errorf("the CA does not know %s: %v", got[i].SerialNumber, err)
+		}
+	}
+}
+
+func raCert(t *testing.T, s *server) *x509.Certificate {
+	t.Helper()
+	resp, err := http.Get(s.baseURL + "/scep?operation=GetCACert")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	certs, err := smallscep.CACerts(b)
+	if err != nil || len(certs) == 0 {
+		t.Fatalf("GetCACert: %v", err)
+	}
+	return certs[0]
+}
