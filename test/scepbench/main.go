@@ -127,7 +127,7 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 		name           string
 		conc           int
 		rate, p50, p99 float64
-		failed         int
+		failed, shed   int
 		cpuMS          float64
 		clientMS       float64
 	}
@@ -160,14 +160,14 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 				}
 			}
 			cpu0 := procCPU(t.cmd)
-			rate, p50, p99, failed, clientCPU, err := load(t, msgs, c)
-			cpuMS := float64(procCPU(t.cmd)-cpu0) / float64(time.Millisecond) / float64(n-failed)
+			rate, p50, p99, failed, shed, clientCPU, err := load(t, msgs, c)
+			cpuMS := float64(procCPU(t.cmd)-cpu0) / float64(time.Millisecond) / float64(max(1, n-failed-shed))
 			clientMS := float64(clientCPU) / float64(time.Millisecond) / float64(n)
 			if err != nil {
 				return fmt.Errorf("%s c=%d: %w", t.name, c, err)
 			}
-			rows = append(rows, row{t.name, c, rate, p50, p99, failed, cpuMS, clientMS})
-			fmt.Fprintf(os.Stderr, "%-11s c=%-3d %7.1f enrol/s  p50 %6.2f ms  p99 %6.2f ms  failed %d  server CPU %.2f ms/enrolment\n", t.name, c, rate, p50, p99, failed, cpuMS)
+			rows = append(rows, row{t.name, c, rate, p50, p99, failed, shed, cpuMS, clientMS})
+			fmt.Fprintf(os.Stderr, "%-11s c=%-3d %7.1f enrol/s  p50 %6.2f ms  p99 %6.2f ms  failed %d  shed %d  server CPU %.2f ms/enrolment\n", t.name, c, rate, p50, p99, failed, shed, cpuMS)
 		}
 	}
 
@@ -182,8 +182,8 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOARCH, runtime.Version(), n, mode)
 	cryptoMS := float64(runtime.GOMAXPROCS(0)) * 1000 / limit
 	fmt.Printf("crypto limit (in-process, all cores): %.0f enrolments/s (%.2f ms of CPU each; %.0f before the load, %.0f after) = per enrolment one RSA-2048 decrypt (pkcsPKIEnvelope key), one RSA-2048 sign (CertRep), one ECDSA P-256 sign (certificate)\n\n", limit, cryptoMS, limitBefore, limitAfter)
-	fmt.Println("| server | clients | enrolments/s | p50 ms | p99 ms | failed | server CPU ms/enrolment | load-generator CPU ms/enrolment | crypto ÷ server CPU | vs scepserver | vs crypto limit |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Println("| server | clients | enrolments/s | p50 ms | p99 ms | failed | shed (503) | server CPU ms/enrolment | load-generator CPU ms/enrolment | crypto ÷ server CPU | vs scepserver | vs crypto limit |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rows {
 		vsPeer, vsLimit := "", fmt.Sprintf("%.0f %%", 100*r.rate/limit)
 		if r.name == "smimeca" {
@@ -193,7 +193,7 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 				}
 			}
 		}
-		fmt.Printf("| %s | %d | %.1f | %.2f | %.2f | %d/%d | %.2f | %.2f | %.0f %% | %s | %s |\n", r.name, r.conc, r.rate, r.p50, r.p99, r.failed, n, r.cpuMS, r.clientMS, 100*cryptoMS/r.cpuMS, vsPeer, vsLimit)
+		fmt.Printf("| %s | %d | %.1f | %.2f | %.2f | %d/%d | %d | %.2f | %.2f | %.0f %% | %s | %s |\n", r.name, r.conc, r.rate, r.p50, r.p99, r.failed, n, r.shed, r.cpuMS, r.clientMS, 100*cryptoMS/r.cpuMS, vsPeer, vsLimit)
 	}
 	return nil
 }
@@ -202,11 +202,11 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 // enrolments/s, p50/p99 latency in ms of the successful ones, and the number
 // of failed enrolments. A failure of smimeca aborts the run; the peer's
 // failures are counted and reported.
-func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, time.Duration, error) {
+func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, int, time.Duration, error) {
 	lat := make([]time.Duration, 0, len(msgs))
 	bodies := make([][]byte, len(msgs))
 	var latMu sync.Mutex
-	var failed atomic.Int64
+	var failed, shed atomic.Int64
 	var next atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
@@ -222,6 +222,10 @@ func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, time
 				}
 				t0 := time.Now()
 				if err := post(t, msgs[i], bodies, i); err != nil {
+					if errors.Is(err, errShed) {
+						shed.Add(1)
+						continue
+					}
 					if t.name == "smimeca" {
 						firstErr.CompareAndSwap(nil, err)
 						return
@@ -239,7 +243,7 @@ func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, time
 	wg.Wait()
 	total, clientCPU := time.Since(start), selfCPU()-cpu0
 	if e := firstErr.Load(); e != nil {
-		return 0, 0, 0, 0, 0, e.(error)
+		return 0, 0, 0, 0, 0, 0, e.(error)
 	}
 	// Check every answer after the timed window, so that the load
 	// generator's signature checks do not take CPU from the server.
@@ -249,19 +253,19 @@ func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, time
 		}
 		if err := checkCertRep(t, b); err != nil {
 			if t.name == "smimeca" {
-				return 0, 0, 0, 0, 0, fmt.Errorf("response %d: %w", i, err)
+				return 0, 0, 0, 0, 0, 0, fmt.Errorf("response %d: %w", i, err)
 			}
 			failed.Add(1)
 		}
 	}
 	if len(lat) == 0 {
-		return 0, 0, 0, int(failed.Load()), clientCPU, nil
+		return 0, 0, 0, int(failed.Load()), int(shed.Load()), clientCPU, nil
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	pct := func(p float64) float64 {
 		return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
 	}
-	return float64(len(lat)) / total.Seconds(), pct(0.50), pct(0.99), int(failed.Load()), clientCPU, nil
+	return float64(len(lat)) / total.Seconds(), pct(0.50), pct(0.99), int(failed.Load()), int(shed.Load()), clientCPU, nil
 }
 
 var httpClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 60 * time.Second}
@@ -277,12 +281,19 @@ func post(t *target, msg []byte, bodies [][]byte, i int) error {
 	if err != nil {
 		return err
 	}
+	if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "" {
+		return errShed
+	}
 	if resp.StatusCode != 200 {
 		return fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, body)
 	}
 	bodies[i] = body
 	return nil
 }
+
+// errShed is a request the server did not admit (503 with Retry-After):
+// load shedding, counted apart from failures.
+var errShed = errors.New("shed")
 
 // checkCertRep verifies that body is a CertRep SUCCESS signed by t's RA.
 func checkCertRep(t *target, body []byte) error {
