@@ -91,8 +91,8 @@ type Services struct {
 	Health *health.Server
 }
 
-// NewServer returns a gRPC server with mutual TLS (client certificates are
-// verified when given; the role check rejects calls without one), the role
+// NewServer returns a gRPC server with mutual TLS (a client certificate of
+// the API CA is required to connect at all), the role
 // interceptors, the standard health service (reporting SERVING for every
 // registered service) and reflection. Every data call is authorized by
 // auth.
@@ -108,7 +108,9 @@ func NewServer(tlsConfig *tls.Config, auth *Authorizer, svc Services, log *slog.
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg := tlsConfig.Clone()
-	cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	// No certificate, no connection: an unauthenticated peer gets no
+	// HTTP/2 connection to send frames on (probes use the ops /healthz).
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	cfg.MinVersion = tls.VersionTLS12
 	l := DefaultLimits
 	s := grpc.NewServer(

@@ -297,7 +297,7 @@ func TestProfileRoleLimits(t *testing.T) {
 		}
 	}
 	r := s.grpcurl(t, "", "-d", `{"user":"a@example.com","device_id":"d"}`, addr, "smimeca.v1.ProfileBundles/GetUserBundle")
-	if r.code == 0 || !strings.Contains(r.stderr, "Unauthenticated") {
+	if r.code == 0 || strings.Contains(r.stdout, "challenge") {
 		t.Errorf("no client certificate: %+v", r)
 	}
 	if r := s.grpcurl(t, "profile", "-d", `{"user":"a@example.com","device_id":"d"}`, addr, "smimeca.v1.ProfileBundles/GetUserBundle"); r.code == 0 || !strings.Contains(r.stderr, "NotFound") {

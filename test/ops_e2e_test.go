@@ -64,7 +64,7 @@ func TestHealthFollowsVault(t *testing.T) {
 		t.Fatalf("healthy: %+v", h)
 	}
 	grpcHealth := func(service string) string {
-		r := s.grpcurl(t, "", "-d", `{"service":"`+service+`"}`, addr, "grpc.health.v1.Health/Check")
+		r := s.grpcurl(t, "profile", "-d", `{"service":"`+service+`"}`, addr, "grpc.health.v1.Health/Check")
 		return r.stdout + r.stderr
 	}
 	v.Stop()
