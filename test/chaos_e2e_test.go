@@ -12,7 +12,10 @@ import (
 	"math/big"
 	mrand "math/rand/v2"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,7 +23,9 @@ import (
 
 	smallscep "github.com/smallstep/scep"
 	scepx509 "github.com/smallstep/scep/x509util"
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
+	"github.com/smimeca/smimeca/internal/testpki"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 	"github.com/smimeca/smimeca/test/benchutil"
 )
@@ -205,4 +210,90 @@ func raCert(t *testing.T, s *server) *x509.Certificate {
 		t.Fatalf("GetCACert: %v", err)
 	}
 	return certs[0]
+}
+
+// TestKillDuringImport runs a manifest import of 48 PFX files for 8 users
+// against the embedded Vault and kills, in the middle of it, first the
+// Vault (SIGKILL: imports get UNAVAILABLE, the supervisor brings Vault
+// back), then smimeca serve itself (restarted on the same data). Each time
+// re-running the manifest completes it, and at the end every escrowed key
+// is whole: each user's break-glass bundle opens every one of their files.
+func TestKillDuringImport(t *testing.T) {
+	vaultAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s := newServer(t, "--embedded-vault", "--embedded-vault-addr", vaultAddr)
+	is := testpki.NewIssuer(t)
+	in := t.TempDir()
+	const users, perUser = 8, 6
+	var rows []string
+	for i := 0; i < users*perUser; i++ {
+		user := fmt.Sprintf("imp%d@example.com", i%users)
+		k := testpki.RSAKey(t, 2048, i%4)
+		crt := is.UserCert(t, k, testpki.CertOptions{Emails: []string{user}})
+		f, pw := writePFX(t, in, fmt.Sprintf("f%02d", i), is.PFX(t, pkcs12.LegacyDES, k, crt, "pass-"+fmt.Sprint(i)), "pass-"+fmt.Sprint(i))
+		rows = append(rows, fmt.Sprintf("%s,%s,%s", user, f, pw))
+	}
+	manifest := filepath.Join(in, "manifest.csv")
+	os.WriteFile(manifest, []byte(strings.Join(rows, "\n")+"\n"), 0o600)
+	importRun := func(concurrency string) *exec.Cmd {
+		cmd := exec.Command(smimecaBin(t), "pfx", "import", "--manifest", manifest, "--concurrency", concurrency,
+			"--server", s.grpcAddr, "--credentials", filepath.Join(s.data, "credentials", "admin"))
+		cmd.Env = cleanEnv()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	escrowed := func() int {
+		n := 0
+		for u := 0; u < users; u++ {
+			n += len(s.pfxList(t, fmt.Sprintf("imp%d@example.com", u)).Certificates)
+		}
+		return n
+	}
+	// 1. Vault killed mid-import (one file at a time, so that it is).
+	imp := importRun("1")
+	time.Sleep(time.Duration(100+mrand.IntN(200)) * time.Millisecond)
+	conf := filepath.Join(s.data, "vault", "config.hcl")
+	if r := run(t, 10e9, "pkill", "-KILL", "-f", "server -config "+conf); r.code != 0 {
+		t.Fatalf("pkill the embedded Vault: %+v", r)
+	}
+	if err := imp.Wait(); err == nil {
+		t.Log("the import completed through the Vault crash (the client's retries reached the restarted Vault)")
+	}
+	s.waitHealth(t, http.StatusOK)
+	t.Logf("after the Vault crash %d of %d files were escrowed", escrowed(), users*perUser)
+	mustOK(t, "manifest re-run after the Vault crash", s.cli("pfx", "import", "--manifest", manifest, "--concurrency", "4"))
+	if n := escrowed(); n != users*perUser {
+		t.Fatalf("after the re-run %d files are escrowed, want %d", n, users*perUser)
+	}
+
+	// 2. smimeca killed mid-import: the users' escrow purged and the
+	// manifest run again.
+	for u := 0; u < users; u++ {
+		mustOK(t, "purge", s.cli("pfx", "purge", "--user", fmt.Sprintf("imp%d@example.com", u)))
+	}
+	imp = importRun("1")
+	time.Sleep(time.Duration(100+mrand.IntN(200)) * time.Millisecond)
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+	s.cmd = nil
+	if err := imp.Wait(); err == nil {
+		t.Log("the import finished before the crash reached it")
+	}
+	s.start()
+	t.Logf("after the smimeca crash %d of %d files were escrowed", escrowed(), users*perUser)
+	mustOK(t, "manifest re-run after the smimeca crash", s.cli("pfx", "import", "--manifest", manifest, "--concurrency", "4"))
+	if n := escrowed(); n != users*perUser {
+		t.Fatalf("after the re-run %d files are escrowed, want %d", n, users*perUser)
+	}
+	// Every key is whole: the break-glass bundle of each user re-wraps all.
+	for u := 0; u < users; u++ {
+		user := fmt.Sprintf("imp%d@example.com", u)
+		s.register(user, "check")
+		b := s.bundle(t, filepath.Join(t.TempDir(), "b"), "--user", user, "--device", "check",
+			"--credentials", filepath.Join(s.data, "credentials", "admin"), "--break-glass", "--reason", "fault test")
+		if len(b.Encryption) != perUser {
+			t.Errorf("%s: %d keys in the bundle, want %d", user, len(b.Encryption), perUser)
+		}
+	}
 }
