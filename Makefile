@@ -47,7 +47,7 @@ e2e:
 ##        times each, every round at a new random point; `make test` runs each once (in e2e)
 CHAOS_ROUNDS ?= 10
 chaos: deps vault
-	$(GO) test -count=$(CHAOS_ROUNDS) -timeout 60m -run 'TestKillDuring|TestHealthFollowsVault|TestEmbeddedVaultKeepsEscrowAcrossRestart' -v ./test/ | grep -E '^(--- |ok|FAIL)|killed at'
+	$(GO) test -count=$(CHAOS_ROUNDS) -timeout 60m -run 'TestKillDuring|TestDiskFull|TestHealthFollowsVault|TestEmbeddedVaultKeepsEscrowAcrossRestart' -v ./test/ | grep -E '^(--- |ok|FAIL)|killed at'
 
 ## fuzz: a short coverage-guided run of every fuzz target (the kept corpus always runs in unit).
 ##       Minimising a new input is capped at 50 runs: uncapped, minimising the first find (a few KiB

@@ -297,3 +297,99 @@ func TestKillDuringImport(t *testing.T) {
 		}
 	}
 }
+
+// fill writes a file in dir until the disk is full, and returns it.
+func fill(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "filler")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	for { // the last bytes
+		if _, err := f.Write(buf[:512]); err != nil {
+			break
+		}
+	}
+	return p
+}
+
+// TestDiskFull runs smimeca with its data on a small file system that
+// fills up: enrolments fail with a clear error (HTTP 500, "no space" in
+// the log), nothing is half-written, and once space returns the same
+// requests succeed and the database is whole.
+func TestDiskFull(t *testing.T) {
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	os.MkdirAll(mnt, 0o700)
+	if r := run(t, 10e9, "mount", "-t", "tmpfs", "-o", "size=16M", "tmpfs", mnt); r.code != 0 {
+		t.Fatalf("mount a 16 MiB tmpfs (the test runs as root, as make test does): %s", r.stderr)
+	}
+	t.Cleanup(func() { run(t, 10e9, "umount", "-l", mnt) })
+	s := newServer(t)
+	s.stop()
+	s.data = filepath.Join(mnt, "data")
+	s.start()
+	conn, err := benchutil.Dial(s.grpcAddr, filepath.Join(s.data, "credentials", "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	devs, enr := pb.NewDevicesClient(conn), pb.NewEnrollmentClient(conn)
+	ra := raCert(t, s)
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	var devices []*scepDevice
+	for i := 0; i < 12; i++ {
+		user, id := "full@example.com", fmt.Sprintf("d%d", i)
+		if _, err := devs.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: user, DeviceId: id}); err != nil {
+			t.Fatal(err)
+		}
+		ch, err := enr.CreateChallenge(ctx, &pb.CreateChallengeRequest{User: user, DeviceId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		devices = append(devices, newSCEPDevice(t, key, user, id, ch.GetChallenge(), ra))
+	}
+	url := s.baseURL + "/scep"
+	if devices[0].enrol(url, ra) == nil {
+		t.Fatal("enrolment with space left failed")
+	}
+	filler := fill(t, mnt)
+	failed := 0
+	for _, d := range devices[1:] {
+		if d.enrol(url, ra) == nil {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Fatal("every enrolment succeeded on a full disk (the test did not fill it)")
+	}
+	if !strings.Contains(s.log.String(), "no space left on device") {
+		t.Errorf("the log does not say the disk is full")
+	}
+	os.Remove(filler)
+	for i, d := range devices {
+		if d.enrol(url, ra) == nil {
+			t.Errorf("device %d: enrolment after space returned failed", i)
+		}
+	}
+	list, err := enr.ListCertificates(ctx, &pb.ListCertificatesRequest{User: "full@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetCertificates()) != len(devices) {
+		t.Errorf("%d certificates for %d devices after the disk was full", len(list.GetCertificates()), len(devices))
+	}
+	// The database survives a restart intact.
+	s.restart()
+	if r := s.cli("cert", "list", "--user", "full@example.com"); r.code != 0 || strings.Count(r.stdout, "full@example.com") != len(devices) {
+		t.Errorf("after a restart: %+v", r)
+	}
+}
