@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/smimeca
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build deps vault unit e2e chaos fuzz fuzz-keep bench-scep bench-import bench-bundle proto docker vet lint clean
+.PHONY: run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-import bench-bundle proto docker vet lint clean
 
 ## run: build and start CA + SCEP + gRPC + escrow on the embedded default (data in ./data, kept across
 ##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault.
@@ -45,6 +45,12 @@ e2e:
 
 ## chaos: the fault tests (smimeca killed under enrolment load, Vault stopped and killed) CHAOS_ROUNDS
 ##        times each, every round at a new random point; `make test` runs each once (in e2e)
+## soak: 10 minutes of mixed load (enrol, renew, import, delete, bundle, revoke) with RSS and open files
+##       checked for flatness; `make test` runs it for 20 s (in e2e)
+SOAK ?= 10m
+soak: deps vault
+	SMIMECA_SOAK=$(SOAK) $(GO) test -count=1 -timeout 60m -run TestSoak -v ./test/ | grep -E '^(--- |ok|FAIL)|rounds'
+
 CHAOS_ROUNDS ?= 10
 chaos: deps vault
 	$(GO) test -count=$(CHAOS_ROUNDS) -timeout 60m -run 'TestKillDuring|TestDiskFull|TestHealthFollowsVault|TestEmbeddedVaultKeepsEscrowAcrossRestart' -v ./test/ | grep -E '^(--- |ok|FAIL)|killed at'

@@ -1,0 +1,171 @@
+package test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	smallscep "github.com/smallstep/scep"
+	scepx509 "github.com/smallstep/scep/x509util"
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
+	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testvault"
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+	"github.com/smimeca/smimeca/test/benchutil"
+)
+
+// procStats reads a process's resident memory (KiB) and open files.
+func procStats(t *testing.T, pid int) (rssKiB, files int) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			rssKiB, _ = strconv.Atoi(strings.Fields(l)[1])
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rssKiB, len(fds)
+}
+
+// renewal builds a RenewalReq for key, signed with the certificate it holds.
+func renewal(t *testing.T, key *rsa.PrivateKey, cur *x509.Certificate, ra *x509.Certificate) []byte {
+	t.Helper()
+	der, err := scepx509.CreateCertificateRequest(rand.Reader, &scepx509.CertificateRequest{
+		CertificateRequest: x509.CertificateRequest{Subject: pkix.Name{CommonName: "renew"}}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := x509.ParseCertificateRequest(der)
+	m, err := smallscep.NewCSRRequest(csr, &smallscep.PKIMessage{MessageType: smallscep.RenewalReq,
+		Recipients: []*x509.Certificate{ra}, SignerKey: key, SignerCert: cur})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Raw
+}
+
+// TestSoak runs a mixed load — enrol a new device, renew it, import a PFX
+// (deleting the user's oldest beyond four), fetch a break-glass bundle,
+// revoke — for $SMIMECA_SOAK (default 20 s;
+// make soak runs 10 minutes) and checks that the server's open files stay
+// flat and its resident memory does not keep growing: the last quarter's
+// peak may not exceed the second quarter's by more than a quarter (or
+// 32 MiB).
+func TestSoak(t *testing.T) {
+	d := 20 * time.Second
+	if v := os.Getenv("SMIMECA_SOAK"); v != "" {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("SMIMECA_SOAK=%q: %v", v, err)
+		}
+	}
+	v := testvault.Start(t)
+	s := escrowServer(t, v)
+	conn, err := benchutil.Dial(s.grpcAddr, filepath.Join(s.data, "credentials", "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	devs, enr, esc := pb.NewDevicesClient(conn), pb.NewEnrollmentClient(conn), pb.NewEscrowAdminClient(conn)
+	bundles := pb.NewProfileBundlesClient(conn)
+	ra := raCert(t, s)
+	url := s.baseURL + "/scep"
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	is := testpki.NewIssuer(t)
+	ukey := testpki.RSAKey(t, 2048, 0)
+
+	type sample struct{ rss, files int }
+	var samples []sample
+	start := time.Now()
+	nextSample := start
+	ops := 0
+	imported := map[string][]string{}
+	for i := 0; time.Since(start) < d; i++ {
+		user, id := fmt.Sprintf("soak%d@example.com", i%20), fmt.Sprintf("dev-%d", i)
+		if _, err := devs.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: user, DeviceId: id}); err != nil {
+			t.Fatal(err)
+		}
+		ch, err := enr.CreateChallenge(ctx, &pb.CreateChallengeRequest{User: user, DeviceId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev := newSCEPDevice(t, key, user, id, ch.GetChallenge(), ra)
+		crt := dev.enrol(url, ra)
+		if crt == nil {
+			t.Fatalf("enrolment %d failed", i)
+		}
+		renewed := (&scepDevice{key: key, cert: crt, msg: renewal(t, key, crt, ra)}).enrol(url, ra)
+		if renewed == nil {
+			t.Fatalf("renewal %d failed", i)
+		}
+		if i%2 == 0 {
+			pfx := is.PFX(t, pkcs12.LegacyDES, ukey, is.UserCert(t, ukey, testpki.CertOptions{Emails: []string{user}}), "pw")
+			res, err := esc.ImportPfx(ctx, &pb.ImportPfxRequest{User: user, Pfx: pfx, PasswordSource: &pb.ImportPfxRequest_Password{Password: "pw"}})
+			if err != nil {
+				t.Fatalf("import %d: %v", i, err)
+			}
+			// Each user keeps at most 4: the oldest is deleted (and its
+			// KV versions destroyed).
+			imported[user] = append(imported[user], res.GetCertificate().GetSha256())
+			if len(imported[user]) > 4 {
+				if _, err := esc.DeleteUserCertificate(ctx, &pb.DeleteUserCertificateRequest{User: user, Thumbprint: imported[user][0]}); err != nil {
+					t.Fatalf("delete %d: %v", i, err)
+				}
+				imported[user] = imported[user][1:]
+			}
+			if _, err := bundles.GetUserBundle(ctx, &pb.GetUserBundleRequest{User: user, DeviceId: id,
+				Format: pb.DeliveryFormat_DELIVERY_FORMAT_PKCS12, BreakGlass: true, BreakGlassReason: "soak"}); err != nil {
+				t.Fatalf("bundle %d: %v", i, err)
+			}
+		}
+		if _, err := enr.RevokeCertificate(ctx, &pb.RevokeCertificateRequest{Serial: renewed.SerialNumber.String()}); err != nil {
+			t.Fatalf("revoke %d: %v", i, err)
+		}
+		ops++
+		if time.Now().After(nextSample) {
+			rss, files := procStats(t, s.cmd.Process.Pid)
+			samples = append(samples, sample{rss, files})
+			nextSample = nextSample.Add(d / 20)
+		}
+	}
+	if len(samples) < 8 {
+		t.Fatalf("only %d samples in %s", len(samples), d)
+	}
+	q := len(samples) / 4
+	peak := func(from, to int) (rss, files int) {
+		for _, x := range samples[from:to] {
+			rss, files = max(rss, x.rss), max(files, x.files)
+		}
+		return
+	}
+	rss2, files2 := peak(q, 2*q)
+	rss4, files4 := peak(3*q, len(samples))
+	t.Logf("%s, %d rounds (each: enrol, renew, revoke; every other: import, delete, bundle): RSS %d → %d KiB, open files %d → %d",
+		d, ops, rss2, rss4, files2, files4)
+	// smimeca runs with GOGC=400, so its heap takes a while to settle:
+	// allow a quarter or 32 MiB, whichever is more. A leak of 10 KiB per
+	// round passes that within the 10 minutes of make soak.
+	if rss4 > rss2+max(rss2/4, 32<<10) {
+		t.Errorf("resident memory keeps growing: %d KiB in the second quarter, %d KiB in the last", rss2, rss4)
+	}
+	if files4 > files2+4 {
+		t.Errorf("open files keep growing: %d in the second quarter, %d in the last", files2, files4)
+	}
+}
