@@ -1,9 +1,16 @@
 package policy_test
 
 import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"net/mail"
 	"strings"
 	"testing"
+
+	scepx509 "github.com/smallstep/scep/x509util"
 
 	"github.com/smimeca/smimeca/policy"
 )
@@ -38,6 +45,40 @@ func FuzzNormalizeEmail(f *testing.F) {
 		}
 		if a, err := mail.ParseAddress(out); err != nil || a.Address != out {
 			t.Fatalf("%q → %q is not a bare addr-spec: %v", in, out, err)
+		}
+	})
+}
+
+// FuzzCSR feeds any bytes, as the decrypted pkcsPKIEnvelope of a PKCSReq,
+// to what parses it (crypto/x509's CSR parser, smallstep/scep's
+// challengePassword reader) and to the enrolment rules: no panic, and every
+// refusal is a *RejectError naming a rule (nothing is issued: the
+// challenge is unknown).
+func FuzzCSR(f *testing.F) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, tmpl := range []*scepx509.CertificateRequest{
+		{CertificateRequest: x509.CertificateRequest{Subject: pkix.Name{CommonName: "d"}}, ChallengePassword: "secret"},
+		{CertificateRequest: x509.CertificateRequest{EmailAddresses: []string{"a@example.com"}, DNSNames: []string{"x"}}},
+	} {
+		der, err := scepx509.CreateCertificateRequest(rand.Reader, tmpl, key)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(der)
+	}
+	v := newEnv(f, nil)
+	f.Fuzz(func(t *testing.T, der []byte) {
+		challenge, _ := scepx509.ParseChallengePassword(der)
+		csr, err := x509.ParseCertificateRequest(der)
+		if err != nil {
+			return
+		}
+		_, err = v.e.Enroll(context.Background(), policy.Request{Kind: policy.Initial, CSR: csr, Challenge: challenge, TransactionID: "t"})
+		if _, ok := policy.IsReject(err); !ok {
+			t.Fatalf("not a refusal: %v", err)
 		}
 	})
 }
