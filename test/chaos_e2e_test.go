@@ -26,6 +26,8 @@ import (
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
 	"github.com/smimeca/smimeca/internal/testpki"
+	"google.golang.org/grpc"
+
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 	"github.com/smimeca/smimeca/test/benchutil"
 )
@@ -62,6 +64,32 @@ func newSCEPDevice(t *testing.T, key *rsa.PrivateKey, user, id, challenge string
 	return &scepDevice{user: user, id: id, key: key, cert: crt, msg: m.Raw}
 }
 
+// adminClients dials s with the admin credentials (closed with the test).
+func (s *server) adminClients(t *testing.T) (pb.DevicesClient, pb.EnrollmentClient, *grpc.ClientConn) {
+	t.Helper()
+	conn, err := benchutil.Dial(s.grpcAddr, filepath.Join(s.data, "credentials", "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewDevicesClient(conn), pb.NewEnrollmentClient(conn), conn
+}
+
+// enrolling registers the user's device, creates its challenge and returns
+// the device with its PKCSReq built.
+func enrolling(t *testing.T, devs pb.DevicesClient, enr pb.EnrollmentClient, key *rsa.PrivateKey, user, id string, ra *x509.Certificate) *scepDevice {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := devs.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: user, DeviceId: id}); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := enr.CreateChallenge(ctx, &pb.CreateChallengeRequest{User: user, DeviceId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newSCEPDevice(t, key, user, id, ch.GetChallenge(), ra)
+}
+
 // enrol sends the device's PKCSReq and returns the issued certificate, or
 // nil when there was no successful answer.
 func (d *scepDevice) enrol(url string, ra *x509.Certificate) *x509.Certificate {
@@ -94,13 +122,8 @@ func (d *scepDevice) enrol(url string, ra *x509.Certificate) *x509.Certificate {
 func TestKillDuringEnrolment(t *testing.T) {
 	s := newServer(t)
 	const n, clients = 96, 16
-	conn, err := benchutil.Dial(s.grpcAddr, filepath.Join(s.data, "credentials", "admin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ctx := context.Background()
-	devs, enr := pb.NewDevicesClient(conn), pb.NewEnrollmentClient(conn)
+	devs, enr, _ := s.adminClients(t)
 	ra := raCert(t, s)
 	keys := make([]*rsa.PrivateKey, 8)
 	for i := range keys {
@@ -108,15 +131,7 @@ func TestKillDuringEnrolment(t *testing.T) {
 	}
 	var devices []*scepDevice
 	for i := 0; i < n; i++ {
-		user, id := fmt.Sprintf("u%d@example.com", i%12), fmt.Sprintf("phone-%d", i)
-		if _, err := devs.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: user, DeviceId: id}); err != nil {
-			t.Fatal(err)
-		}
-		ch, err := enr.CreateChallenge(ctx, &pb.CreateChallengeRequest{User: user, DeviceId: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		devices = append(devices, newSCEPDevice(t, keys[i%len(keys)], user, id, ch.GetChallenge(), ra))
+		devices = append(devices, enrolling(t, devs, enr, keys[i%len(keys)], fmt.Sprintf("u%d@example.com", i%12), fmt.Sprintf("phone-%d", i), ra))
 	}
 
 	url := s.baseURL + "/scep"
@@ -160,12 +175,7 @@ func TestKillDuringEnrolment(t *testing.T) {
 			}
 		}
 	}
-	conn2, err := benchutil.Dial(s.grpcAddr, filepath.Join(s.data, "credentials", "admin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn2.Close()
-	enr = pb.NewEnrollmentClient(conn2)
+	_, enr, _ = s.adminClients(t)
 	seen := map[string]bool{}
 	for i, d := range devices {
 		list, err := enr.ListCertificates(ctx, &pb.ListCertificatesRequest{User: d.user, DeviceId: d.id})
@@ -336,26 +346,13 @@ func TestDiskFull(t *testing.T) {
 	s.stop()
 	s.data = filepath.Join(mnt, "data")
 	s.start()
-	conn, err := benchutil.Dial(s.grpcAddr, filepath.Join(s.data, "credentials", "admin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ctx := context.Background()
-	devs, enr := pb.NewDevicesClient(conn), pb.NewEnrollmentClient(conn)
+	devs, enr, _ := s.adminClients(t)
 	ra := raCert(t, s)
 	key, _ := rsa.GenerateKey(rand.Reader, 2048)
 	var devices []*scepDevice
 	for i := 0; i < 12; i++ {
-		user, id := "full@example.com", fmt.Sprintf("d%d", i)
-		if _, err := devs.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: user, DeviceId: id}); err != nil {
-			t.Fatal(err)
-		}
-		ch, err := enr.CreateChallenge(ctx, &pb.CreateChallengeRequest{User: user, DeviceId: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		devices = append(devices, newSCEPDevice(t, key, user, id, ch.GetChallenge(), ra))
+		devices = append(devices, enrolling(t, devs, enr, key, "full@example.com", fmt.Sprintf("d%d", i), ra))
 	}
 	url := s.baseURL + "/scep"
 	if devices[0].enrol(url, ra) == nil {

@@ -8,7 +8,6 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,7 +20,6 @@ import (
 	"github.com/smimeca/smimeca/internal/testpki"
 	"github.com/smimeca/smimeca/internal/testvault"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
-	"github.com/smimeca/smimeca/test/benchutil"
 )
 
 // procStats reads a process's resident memory (KiB) and open files.
@@ -77,14 +75,9 @@ func TestSoak(t *testing.T) {
 	}
 	v := testvault.Start(t)
 	s := escrowServer(t, v)
-	conn, err := benchutil.Dial(s.grpcAddr, filepath.Join(s.data, "credentials", "admin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ctx := context.Background()
-	devs, enr, esc := pb.NewDevicesClient(conn), pb.NewEnrollmentClient(conn), pb.NewEscrowAdminClient(conn)
-	bundles := pb.NewProfileBundlesClient(conn)
+	devs, enr, conn := s.adminClients(t)
+	esc, bundles := pb.NewEscrowAdminClient(conn), pb.NewProfileBundlesClient(conn)
 	ra := raCert(t, s)
 	url := s.baseURL + "/scep"
 	key, _ := rsa.GenerateKey(rand.Reader, 2048)
@@ -99,15 +92,7 @@ func TestSoak(t *testing.T) {
 	imported := map[string][]string{}
 	for i := 0; time.Since(start) < d; i++ {
 		user, id := fmt.Sprintf("soak%d@example.com", i%20), fmt.Sprintf("dev-%d", i)
-		if _, err := devs.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: user, DeviceId: id}); err != nil {
-			t.Fatal(err)
-		}
-		ch, err := enr.CreateChallenge(ctx, &pb.CreateChallengeRequest{User: user, DeviceId: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		dev := newSCEPDevice(t, key, user, id, ch.GetChallenge(), ra)
-		crt := dev.enrol(url, ra)
+		crt := enrolling(t, devs, enr, key, user, id, ra).enrol(url, ra)
 		if crt == nil {
 			t.Fatalf("enrolment %d failed", i)
 		}
