@@ -107,11 +107,18 @@ func New(enroller Enroller, ra *x509.Certificate, raKey *rsa.PrivateKey, chain [
 	return h, nil
 }
 
-// SetContentEncryption sets the algorithm CertRep envelopes are encrypted
-// with: "aes256-cbc" (default), "aes128-cbc" or "aes256-gcm".
-// github.com/smallstep/pkcs7 keeps this in a package variable, so call it
-// once at start-up, before serving, never per request.
-func SetContentEncryption(name string) error {
+// SetPKCS7Defaults sets what github.com/smallstep/pkcs7 keeps in package
+// variables and smallstep/scep's CertRep builder uses: the content
+// encryption of CertRep envelopes, "aes256-cbc" (default), "aes128-cbc" or
+// "aes256-gcm" (never DES), and SHA-256 for CertRep signatures (pkcs7's
+// default would be SHA-1, which GetCACaps does not advertise). This package
+// is the one owner of those settings: call it once at start-up, before
+// serving, never per request. (Delivery envelopes do not depend on them:
+// pfx-connector builds them with explicit parameters.)
+func SetPKCS7Defaults(name string) error {
+	if err := pkcs7.SetDefaultDigestAlgorithm(pkcs7.OIDDigestAlgorithmSHA256); err != nil {
+		return fmt.Errorf("scep: %w", err)
+	}
 	switch strings.ToLower(name) {
 	case "", "aes256-cbc":
 		pkcs7.ContentEncryptionAlgorithm = pkcs7.EncryptionAlgorithmAES256CBC

@@ -39,7 +39,7 @@ type fixture struct {
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	if err := scep.SetContentEncryption("aes256-cbc"); err != nil {
+	if err := scep.SetPKCS7Defaults("aes256-cbc"); err != nil {
 		t.Fatal(err)
 	}
 	c := testpki.NewCA(t, ca.KeyTypeEC)
@@ -249,6 +249,26 @@ func TestRepeatedPKCSReq(t *testing.T) {
 	}
 	if !certs[0].Equal(certs[1]) {
 		t.Error("the repeat got another certificate")
+	}
+}
+
+// CertReps (successes and failures) are signed with SHA-256: GetCACaps
+// advertises no SHA-1.
+func TestCertRepIsSignedWithSHA256(t *testing.T) {
+	f := newFixture(t)
+	d := newDevice(t, 0)
+	for _, msg := range [][]byte{
+		d.message(t, f, smallscep.PKCSReq, f.challenge(t, "alice@example.com", "dev-1")),
+		d.message(t, f, smallscep.PKCSReq, "unknown challenge"),
+	} {
+		_, body := f.post(t, msg)
+		p7, err := pkcs7.Parse(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if alg := p7.Signers[0].DigestAlgorithm.Algorithm; !alg.Equal(pkcs7.OIDDigestAlgorithmSHA256) {
+			t.Errorf("CertRep digest %v, want SHA-256", alg)
+		}
 	}
 }
 

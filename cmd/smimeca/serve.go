@@ -207,7 +207,7 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	if err := scep.SetContentEncryption(cfg.scepEncryption); err != nil {
+	if err := scep.SetPKCS7Defaults(cfg.scepEncryption); err != nil {
 		return usagef("%v", err)
 	}
 	if cfg.publicURLDefaulted {
