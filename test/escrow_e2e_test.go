@@ -304,6 +304,9 @@ func TestEmbeddedVaultKeepsEscrowAcrossRestart(t *testing.T) {
 			t.Errorf("%s mode %o, want 600", name, fi.Mode().Perm())
 		}
 	}
+	if b, _ := os.ReadFile(filepath.Join(s.data, "vault", "init.json")); strings.Contains(string(b), "root_token") {
+		t.Error("init.json keeps a root token")
+	}
 	if !strings.Contains(s.log.String(), "EMBEDDED VAULT") {
 		t.Error("no warning that the embedded Vault is for a single machine")
 	}

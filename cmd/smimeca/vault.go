@@ -46,24 +46,27 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	case cfg.embeddedVault && cfg.vaultAddr != "":
 		return escrowSetup{stop: noop}, usagef("--embedded-vault and --vault-addr exclude each other")
 	case cfg.embeddedVault:
-		logger.Warn("EMBEDDED VAULT: single-machine default. Its unseal key and root token are stored in " +
+		logger.Warn("EMBEDDED VAULT: single-machine default. Its unseal key is stored in " +
 			filepath.Join(cfg.dataDir, "vault", "init.json") + "; anyone who can read the data directory can read every escrowed key. Use an operator-run Vault (--vault-addr) in production.")
 		p, err := vaultproc.Start(ctx, cfg.vaultBin, filepath.Join(cfg.dataDir, "vault"), cfg.embeddedVaultAddr, vaultLog{logger})
 		if err != nil {
 			return escrowSetup{stop: noop}, fmt.Errorf("embedded vault: %w", err)
 		}
 		stop = func() { p.Stop() }
-		root, err := p.Client()
-		if err != nil {
+		// Setting up needs root: the token of initialisation on the first
+		// start, afterwards one regenerated from the unseal key and revoked
+		// right after (WithRoot).
+		if err := p.WithRoot(ctx, func(root *vault.Client) error {
+			if err := escrow.Setup(ctx, root, ecfg); err != nil {
+				return err
+			}
+			if err := enableAudit(ctx, root, filepath.Join(cfg.dataDir, "vault", "audit.log")); err != nil {
+				logger.Warn("vault audit device", "err", err)
+			}
+			return nil
+		}); err != nil {
 			stop()
 			return escrowSetup{stop: noop}, err
-		}
-		if err := escrow.Setup(ctx, root, ecfg); err != nil {
-			stop()
-			return escrowSetup{stop: noop}, err
-		}
-		if err := enableAudit(ctx, p, filepath.Join(cfg.dataDir, "vault", "audit.log")); err != nil {
-			logger.Warn("vault audit device", "err", err)
 		}
 		// One periodic token, kept under DATA/vault and renewed (by the
 		// supervisor daily, and whenever Vault refuses it), minted again
@@ -71,6 +74,14 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 		// when it dies; escrow calls answer UNAVAILABLE meanwhile.
 		token := func(ctx context.Context) (string, error) {
 			return p.SmimecaToken(ctx, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey)
+		}
+		if _, err := token(ctx); err != nil {
+			stop()
+			return escrowSetup{stop: noop}, err
+		}
+		// No root token is kept: init.json holds the unseal key only.
+		if err := p.RevokeRoot(ctx); err != nil {
+			logger.Warn("vault: the root token could not be revoked", "err", err)
 		}
 		vc = escrow.VaultConfig{Address: p.Addr, TokenSource: token}
 		go p.Supervise(ctx, 24*time.Hour, func(ctx context.Context) error { _, err := token(ctx); return err },
@@ -113,11 +124,7 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 }
 
 // enableAudit turns on Vault's file audit device (idempotent).
-func enableAudit(ctx context.Context, p *vaultproc.Proc, path string) error {
-	c, err := p.Client()
-	if err != nil {
-		return err
-	}
+func enableAudit(ctx context.Context, c *vault.Client, path string) error {
 	audits, err := c.Sys().ListAuditWithContext(ctx)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ package vaultproc
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -41,8 +43,10 @@ func DefaultBinary() string {
 type Proc struct {
 	// Addr is the http:// address of the server.
 	Addr string
-	// RootToken is the root token from initialisation.
+	// RootToken is the root token from initialisation, until RevokeRoot.
+	// Read it with Client.
 	RootToken string
+	tokMu     sync.Mutex // guards RootToken after Start
 
 	bin, dir, listen string
 	log              io.Writer
@@ -59,7 +63,7 @@ type Proc struct {
 
 type initFile struct {
 	UnsealKey string `json:"unseal_key"`
-	RootToken string `json:"root_token"`
+	RootToken string `json:"root_token,omitempty"`
 }
 
 // Start starts Vault from bin with storage under dir, listening on listen
@@ -202,8 +206,10 @@ log_level     = "warn"
 		p.halt()
 		return fmt.Errorf("read %s: %w", initPath, err)
 	}
-	if p.RootToken == "" { // set once, at the first start: Client reads it without the lock
+	if p.unsealKey == "" { // read once, at the first start
+		p.tokMu.Lock()
 		p.unsealKey, p.RootToken = in.UnsealKey, in.RootToken
+		p.tokMu.Unlock()
 	}
 	if _, err := client.Sys().UnsealWithContext(ctx, p.unsealKey); err != nil {
 		p.halt()
@@ -251,8 +257,87 @@ func (p *Proc) waitUp(ctx context.Context) error {
 	return errors.New("vault did not start listening")
 }
 
-// Client returns a client with the root token.
-func (p *Proc) Client() (*vault.Client, error) { return p.client(p.RootToken) }
+// Client returns a client with the root token ("" after RevokeRoot: use
+// WithRoot then).
+func (p *Proc) Client() (*vault.Client, error) {
+	p.tokMu.Lock()
+	tok := p.RootToken
+	p.tokMu.Unlock()
+	return p.client(tok)
+}
+
+// WithRoot runs fn with a root client: the kept root token, or, after
+// RevokeRoot, one regenerated from the unseal key (Vault's generate-root),
+// which is revoked as soon as fn returns. So no root token outlives the
+// operation that needed it.
+func (p *Proc) WithRoot(ctx context.Context, fn func(*vault.Client) error) error {
+	c, err := p.Client()
+	if err != nil {
+		return err
+	}
+	if c.Token() != "" {
+		return fn(c)
+	}
+	tok, err := p.generateRoot(ctx)
+	if err != nil {
+		return err
+	}
+	c.SetToken(tok)
+	defer c.Auth().Token().RevokeSelfWithContext(context.Background(), "")
+	return fn(c)
+}
+
+// generateRoot makes a root token from the unseal key (one share).
+func (p *Proc) generateRoot(ctx context.Context) (string, error) {
+	c, err := p.client("")
+	if err != nil {
+		return "", err
+	}
+	c.Sys().GenerateRootCancelWithContext(ctx) // an attempt left by a crash
+	st, err := c.Sys().GenerateRootInitWithContext(ctx, "", "")
+	if err != nil {
+		return "", fmt.Errorf("vault: generate-root: %w", err)
+	}
+	otp := st.OTP
+	if st, err = c.Sys().GenerateRootUpdateWithContext(ctx, p.unsealKey, st.Nonce); err != nil {
+		return "", fmt.Errorf("vault: generate-root: %w", err)
+	}
+	if !st.Complete || otp == "" {
+		return "", errors.New("vault: generate-root did not complete with one share")
+	}
+	enc, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(st.EncodedToken, "="))
+	if err != nil || len(enc) != len(otp) {
+		return "", errors.New("vault: generate-root returned an undecodable token")
+	}
+	for i := range enc {
+		enc[i] ^= otp[i]
+	}
+	return string(enc), nil
+}
+
+// RevokeRoot revokes the root token of initialisation and drops it from
+// init.json, which keeps only the unseal key: from then on a root token
+// exists only for the moment WithRoot needs one.
+func (p *Proc) RevokeRoot(ctx context.Context) error {
+	p.tokMu.Lock()
+	defer p.tokMu.Unlock()
+	if p.RootToken == "" {
+		return nil
+	}
+	c, err := p.client(p.RootToken)
+	if err != nil {
+		return err
+	}
+	if err := c.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
+		return fmt.Errorf("vault: revoke the root token: %w", err)
+	}
+	b, _ := json.Marshal(initFile{UnsealKey: p.unsealKey})
+	if err := writeFileAtomic(filepath.Join(p.dir, "init.json"), b, 0o600); err != nil {
+		return err
+	}
+	p.RootToken = ""
+	return nil
+}
 
 // Stop stops Vault for good (SIGTERM, then SIGKILL after 10 s); a
 // supervisor ends.
@@ -383,11 +468,15 @@ func (p *Proc) SmimecaToken(ctx context.Context, kvMount, transitMount, transitK
 // ScopedToken creates a token that can use the escrow mounts and nothing
 // else (policy "smimeca"), for smimeca to run with instead of the root
 // token. Each call makes a new token: smimeca itself uses SmimecaToken.
-func (p *Proc) ScopedToken(ctx context.Context, kvMount, transitMount, transitKey string) (string, error) {
-	c, err := p.Client()
-	if err != nil {
-		return "", err
-	}
+func (p *Proc) ScopedToken(ctx context.Context, kvMount, transitMount, transitKey string) (tok string, err error) {
+	err = p.WithRoot(ctx, func(c *vault.Client) error {
+		tok, err = scopedToken(ctx, c, kvMount, transitMount, transitKey)
+		return err
+	})
+	return tok, err
+}
+
+func scopedToken(ctx context.Context, c *vault.Client, kvMount, transitMount, transitKey string) (string, error) {
 	pol := fmt.Sprintf(`path "%[1]s/data/users/*" { capabilities = ["create", "read", "update"] }
 path "%[1]s/metadata/users/*" { capabilities = ["read", "delete"] }
 path "%[1]s/destroy/users/*" { capabilities = ["update"] }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -115,3 +116,42 @@ func TestSupervisorRestartsACrashedVault(t *testing.T) {
 }
 
 var vaultMount = vaultapi.MountInput{Type: "kv"}
+
+// After RevokeRoot no root token is kept (init.json holds the unseal key
+// only) and the old one is dead; WithRoot still gets root work done with a
+// token regenerated from the unseal key, revoked when it is done; a
+// restart still unseals.
+func TestRevokeRoot(t *testing.T) {
+	p, dir := start(t)
+	ctx := context.Background()
+	old, _ := p.Client()
+	oldToken := old.Token()
+	if err := p.RevokeRoot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "init.json"))
+	if strings.Contains(string(b), "root_token") || strings.Contains(string(b), oldToken) {
+		t.Fatalf("init.json still holds a root token: %s", b)
+	}
+	if _, err := old.Auth().Token().LookupSelf(); err == nil {
+		t.Fatal("the revoked root token still works")
+	}
+	var used string
+	if err := p.WithRoot(ctx, func(c *vaultapi.Client) error {
+		used = c.Token()
+		return c.Sys().MountWithContext(ctx, "kv2", &vaultMount)
+	}); err != nil {
+		t.Fatalf("root work after the revocation: %v", err)
+	}
+	c, _ := p.Client()
+	c.SetToken(used)
+	if _, err := c.Auth().Token().LookupSelf(); err == nil {
+		t.Error("the regenerated root token outlived its use")
+	}
+	if err := p.Restart(ctx); err != nil {
+		t.Fatalf("restart without a kept root token: %v", err)
+	}
+	if tok, err := p.SmimecaToken(ctx, "secret", "transit", "k"); err != nil || tok == "" {
+		t.Fatalf("smimeca's token after the revocation: %v", err)
+	}
+}
