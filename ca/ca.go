@@ -432,9 +432,10 @@ func (a *Authority) Revoke(ctx context.Context, serial string, reasonCode int, r
 }
 
 // InvalidateCRL marks the published CRL out of date after revocations
-// committed through RevocationRecord that need not be published at once (a
-// renewal's superseded predecessor): the next CRL read regenerates it, so
-// that a burst of renewals costs one regeneration, not one each.
+// committed through RevocationRecord: the next CRL read regenerates it, so
+// every read shows them, and a burst of revocations or renewals costs one
+// regeneration instead of one each (a regeneration lists every revoked
+// certificate).
 func (a *Authority) InvalidateCRL() { a.crlStale.Store(true) }
 
 // CRL returns the current DER-encoded CRL, regenerating it when it has

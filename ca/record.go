@@ -104,7 +104,8 @@ var revokedCertsTable = []byte("revoked_x509_certs")
 // the caller commits it in the same transaction as its own change (a
 // device's retirement, a renewal that supersedes its predecessor). The write
 // is a compare-and-swap from absent: a certificate already revoked keeps its
-// first revocation. After the commit, RefreshCRL publishes it.
+// first revocation. After the commit, InvalidateCRL publishes it (from the
+// next CRL read on).
 func (a *Authority) RevocationRecord(serial string, reasonCode int, reason string, at time.Time) (Record, error) {
 	if !validReason(reasonCode) {
 		return Record{}, fmt.Errorf("ca: revocation reason code %d is not one of 0,1,3,4,5", reasonCode)

@@ -68,15 +68,6 @@ func errRetiredNow(user, device string) error {
 	return reject(ReasonDeviceRetired, fmt.Sprintf("device %q of %s is not registered and active", device, user))
 }
 
-// refreshCRL publishes committed revocations. A failure is logged through
-// the audit trail's error, never undoes the revocation: the CRL is
-// regenerated again before it expires and on the next revocation.
-func (e *Enrollment) refreshCRL(ctx context.Context) {
-	if err := e.issuer.RefreshCRL(); err != nil {
-		e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: "crl.refresh", Result: "error", Detail: err.Error()})
-	}
-}
-
 // IdentitySHA256 returns the hex SHA-256 of a device's identity certificate
 // ("" when it has none): what audit events name as the key recipient.
 func (d Device) IdentitySHA256() string {
@@ -228,7 +219,7 @@ func (e *Enrollment) RetireDevice(ctx context.Context, user, id, reason string) 
 	// Anything issued between the listing and the commit.
 	late, lateSums, err := e.revokeAll(ctx, d.User, d.ID, ca.ReasonCessationOfOperation, "device retired: "+reason)
 	serials, sums = append(serials, late...), append(sums, lateSums...)
-	e.refreshCRL(ctx)
+	e.issuer.InvalidateCRL()
 	ev := Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRetire, User: d.User, Device: id,
 		Serials: serials, SHA256: sums, Result: "ok", Detail: reason}
 	if err != nil {

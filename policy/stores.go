@@ -186,9 +186,8 @@ type Issuer interface {
 	// serial, for the caller to commit (Inventory.RevokeIssued,
 	// DeviceStore.RetireDevice, Commit.Revocation).
 	RevocationRecord(serial string, reasonCode int, reason string, at time.Time) (ca.Record, error)
-	// RefreshCRL publishes committed revocations in a new CRL.
-	RefreshCRL() error
-	// InvalidateCRL marks the CRL out of date; it is regenerated when next
-	// read.
+	// InvalidateCRL marks the CRL out of date after committed revocations:
+	// it is regenerated when next read, so every CRL read shows them and a
+	// revocation does not pay for a whole new CRL.
 	InvalidateCRL()
 }
