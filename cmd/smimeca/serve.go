@@ -364,10 +364,6 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		httpLn.Close()
 		return fmt.Errorf("listen %s: %w", cfg.grpcAddr, err)
 	}
-	errc := make(chan error, 2)
-	go func() { errc <- httpSrv.Serve(httpLn) }()
-	go func() { errc <- grpcSrv.Serve(grpcLn) }()
-	go purgeChallenges(ctx, store, logger)
 	// Ops: health of each dependency, metrics, pprof on request.
 	ops := http.NewServeMux()
 	ops.Handle("GET /healthz", monitor)
@@ -376,13 +372,19 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		ops.Handle("/debug/pprof/", pprofMux())
 	}
 	opsSrv := &http.Server{Handler: ops, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
+	var opsLn net.Listener
 	if cfg.opsAddr != "" {
-		opsLn, err := net.Listen("tcp", cfg.opsAddr)
-		if err != nil {
+		if opsLn, err = net.Listen("tcp", cfg.opsAddr); err != nil {
 			httpLn.Close()
 			grpcLn.Close()
 			return fmt.Errorf("listen %s (--ops-addr): %w", cfg.opsAddr, err)
 		}
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- httpSrv.Serve(httpLn) }()
+	go func() { errc <- grpcSrv.Serve(grpcLn) }()
+	go purgeChallenges(ctx, store, logger)
+	if opsLn != nil {
 		go func() {
 			if err := opsSrv.Serve(opsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				logger.Warn("ops listener", "err", err)
