@@ -49,11 +49,11 @@ e2e:
 ##       checked for flatness; `make test` runs it for 20 s (in e2e)
 SOAK ?= 10m
 soak: deps vault
-	SMIMECA_SOAK=$(SOAK) $(GO) test -count=1 -timeout 60m -run TestSoak -v ./test/ | grep -E '^(--- |ok|FAIL)|rounds'
+	set -o pipefail; SMIMECA_SOAK=$(SOAK) $(GO) test -count=1 -timeout 60m -run TestSoak -v ./test/ | grep -E '^(--- |ok|FAIL|panic)|rounds|_test.go'
 
 CHAOS_ROUNDS ?= 10
 chaos: deps vault
-	$(GO) test -count=$(CHAOS_ROUNDS) -timeout 60m -run 'TestKillDuring|TestDiskFull|TestHealthFollowsVault|TestEmbeddedVaultKeepsEscrowAcrossRestart' -v ./test/ | grep -E '^(--- |ok|FAIL)|killed at'
+	set -o pipefail; $(GO) test -count=$(CHAOS_ROUNDS) -timeout 60m -run 'TestKillDuring|TestDiskFull|TestHealthFollowsVault|TestEmbeddedVaultKeepsEscrowAcrossRestart' -v ./test/ | grep -E '^(--- |ok|FAIL|panic)|killed at|_test.go'
 
 ## fuzz: a short coverage-guided run of every fuzz target (the kept corpus always runs in unit).
 ##       Minimising a new input is capped at 50 runs: uncapped, minimising the first find (a few KiB
