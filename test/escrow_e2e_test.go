@@ -35,7 +35,7 @@ func writePFX(t *testing.T, dir, name string, data []byte, password string) (str
 	return p, pw
 }
 
-func escrowServer(t *testing.T, v *testvault.Vault) *server {
+func escrowServer(t *testing.T, v *testvault.Vault, extra ...string) *server {
 	t.Helper()
 	tok, err := v.ScopedToken(context.Background(), "smimeca", "transit", "smimeca-escrow")
 	if err != nil {
@@ -45,7 +45,7 @@ func escrowServer(t *testing.T, v *testvault.Vault) *server {
 	if err := os.WriteFile(tf, []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return newServer(t, "--vault-addr", v.Addr, "--vault-token-file", tf)
+	return newServer(t, append([]string{"--vault-addr", v.Addr, "--vault-token-file", tf}, extra...)...)
 }
 
 type listJSON struct {
