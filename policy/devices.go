@@ -21,12 +21,9 @@ const (
 	ActionDeviceRetire   = "device.retire"
 )
 
-// Bounds of a device identity certificate's RSA key: what iOS MDM issues
-// (2048) up to the largest key worth verifying.
-const (
-	minIdentityRSABits = 2048
-	maxIdentityRSABits = 4096
-)
+// minIdentityRSABits is the smallest device identity RSA key (what iOS MDM
+// issues); the largest and the exponent are CheckPublicKey's.
+const minIdentityRSABits = 2048
 
 // activeDevice returns the registered, active device (user, id), with the
 // user normalised and checked against the allowed domains. An unknown
@@ -94,8 +91,8 @@ func (e *Enrollment) checkIdentity(der []byte) (*x509.Certificate, error) {
 	if !ok {
 		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate's key is %s; device identities must be RSA (2048 to 4096 bits), as iOS MDM enrolment issues them", c.PublicKeyAlgorithm))
 	}
-	if bits := pub.N.BitLen(); bits < minIdentityRSABits || bits > maxIdentityRSABits || pub.E != 65537 {
-		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate's RSA key has %d bits and exponent %d; 2048 to 4096 bits with exponent 65537 are accepted", bits, pub.E))
+	if bits := pub.N.BitLen(); bits < minIdentityRSABits || CheckPublicKey(pub) != nil {
+		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate's RSA key has %d bits and exponent %d; %d to %d bits with exponent 65537 are accepted", bits, pub.E, minIdentityRSABits, MaxRSABits))
 	}
 	now := e.now()
 	if now.Before(c.NotBefore) || now.After(c.NotAfter) {

@@ -2,6 +2,8 @@ package policy_test
 
 import (
 	"context"
+	"crypto"
+	"crypto/rsa"
 	"crypto/x509"
 	"sync"
 	"testing"
@@ -249,6 +251,7 @@ func TestRegisterIdentity(t *testing.T) {
 		"EC key":       mdm.UserCert(t, ecKey, testpki.CertOptions{}).Raw,
 		"expired":      ident(testpki.CertOptions{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}),
 		"1024 bit":     mdm.UserCert(t, testpki.RSAKey(t, 1024, 0), testpki.CertOptions{}).Raw,
+		"exponent 3":   mdm.UserCert(t, exponent3{key}, testpki.CertOptions{}).Raw,
 		"no keyEncip.": ident(testpki.CertOptions{KeyUsage: x509.KeyUsageDigitalSignature}),
 		"garbage":      []byte("not a certificate"),
 	} {
@@ -278,3 +281,9 @@ func TestRegisterIdentity(t *testing.T) {
 	_, err = plain.e.RegisterDevice(ctx, "alice@example.com", "iphone-1", good)
 	wantReason(t, err, policy.ReasonBadIdentity)
 }
+
+// exponent3 presents key's modulus with public exponent 3: only the public
+// key goes into the certificate the test issuer signs.
+type exponent3 struct{ *rsa.PrivateKey }
+
+func (k exponent3) Public() crypto.PublicKey { return &rsa.PublicKey{N: k.N, E: 3} }

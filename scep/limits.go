@@ -26,7 +26,7 @@ var errCost = errors.New("scep: request refused before verification")
 
 // checkCost parses the message structure only (no crypto) and refuses
 // one that would be expensive or noisy to process: nesting deeper than
-// maxBERDepth, a certificate with an RSA key over maxRSABits or an exponent
+// maxBERDepth, a certificate with an RSA key over policy.MaxRSABits or an exponent
 // other than 65537, more than one signer, a transactionID longer than
 // maxTransactionIDBytes or not printable.
 func checkCost(der []byte) error {
