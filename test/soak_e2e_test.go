@@ -46,6 +46,24 @@ func liveHeap(t *testing.T, opsAddr string) int {
 	return 0
 }
 
+// saveHeapProfile writes the server's heap profile (after a garbage
+// collection) to path, for `go tool pprof -base` between two samples.
+func saveHeapProfile(t *testing.T, opsAddr, path string) {
+	t.Helper()
+	resp, err := http.Get("http://" + opsAddr + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // procStats reads a process's anonymous resident memory (KiB: heap,
 // stacks; not the file-backed memory map of the database, which grows with
 // the data by design), its total resident memory and its open files.
@@ -158,6 +176,9 @@ func TestSoak(t *testing.T) {
 		if time.Now().After(nextSample) {
 			anon, rss, files := procStats(t, s.cmd.Process.Pid)
 			samples = append(samples, sample{liveHeap(t, s.opsAddr), anon, rss, files})
+			if dir := os.Getenv("SMIMECA_SOAK_PROFILES"); dir != "" {
+				saveHeapProfile(t, s.opsAddr, fmt.Sprintf("%s/heap-%02d.pb.gz", dir, len(samples)))
+			}
 			nextSample = nextSample.Add(d / 20)
 		}
 	}
