@@ -17,12 +17,14 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +56,32 @@ const (
 	raKeyBits = 2048
 )
 
+// Paths under Config.BaseURL that certificates point to; the server
+// serves them on its public port.
+const (
+	CRLPath    = "/crl"
+	OCSPPath   = "/ocsp"
+	IssuerPath = "/ca/issuing.crt"
+	// RootPath and RootCRLPath serve the root certificate and the root's
+	// CRL, which the issuing CA's certificate points to.
+	RootPath    = "/ca/root.crt"
+	RootCRLPath = "/ca/root.crl"
+)
+
+// OIDMailboxStrict is the CA/Browser Forum's reserved policy for
+// mailbox-validated S/MIME certificates, strict profile (S/MIME BR 7.1.6.1),
+// which every leaf carries.
+var OIDMailboxStrict = asn1.ObjectIdentifier{2, 23, 140, 1, 5, 1, 3}
+
+// oidAnyPolicy is RFC 5280's anyPolicy (4.2.1.4).
+var oidAnyPolicy = func() x509.OID {
+	o, err := x509.OIDFromASN1OID(asn1.ObjectIdentifier{2, 5, 29, 32, 0})
+	if err != nil {
+		panic(err)
+	}
+	return o
+}()
+
 // Files under Config.Dir.
 const (
 	RootCertFile         = "root_ca.crt"
@@ -83,9 +111,15 @@ type Config struct {
 	// IssuerKeyType is KeyTypeEC (default) or KeyTypeRSA. It is only used when
 	// the intermediate is created.
 	IssuerKeyType string
-	// CRLURL is the CRL distribution point put into every leaf and into the
-	// CRL's issuing distribution point.
-	CRLURL string
+	// BaseURL is the public plain http:// base URL of this CA's server; the
+	// URLs certificates carry are under it: the CRL distribution point
+	// (CRLPath, also the CRL's issuing distribution point), the OCSP
+	// responder (OCSPPath) and the issuing CA's certificate (IssuerPath)
+	// for authorityInformationAccess.
+	BaseURL string
+	// PolicyOIDs are private certificate policies (dotted OIDs) added to
+	// every leaf beside the S/MIME BR mailbox-validated strict policy.
+	PolicyOIDs []string
 	// CRLValidity is how long a generated CRL is valid (default 24 h); the CRL
 	// is regenerated well before and on every revocation.
 	CRLValidity time.Duration
@@ -96,10 +130,17 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Dir == "":
 		return errors.New("ca: config: Dir is required")
-	case c.CRLURL == "":
-		return errors.New("ca: config: CRLURL is required")
+	case !strings.HasPrefix(c.BaseURL, "http://"):
+		// RFC 5280 4.2.1.13 and the S/MIME BR (7.1.2.3) want plain http:
+		// a CRL or OCSP fetch must not depend on validating TLS.
+		return fmt.Errorf("ca: config: BaseURL %q is not a plain http:// URL (certificates' CRL, OCSP and issuer URLs must be http)", c.BaseURL)
 	case c.IssuerKeyType != "" && c.IssuerKeyType != KeyTypeEC && c.IssuerKeyType != KeyTypeRSA:
 		return fmt.Errorf("ca: config: IssuerKeyType %q is not EC or RSA", c.IssuerKeyType)
+	}
+	for _, o := range c.PolicyOIDs {
+		if _, err := x509.ParseOID(o); err != nil || o == OIDMailboxStrict.String() {
+			return fmt.Errorf("ca: config: policy OID %q is not a dotted OID of a private policy", o)
+		}
 	}
 	return nil
 }
@@ -116,9 +157,17 @@ type Authority struct {
 	profCert     *x509.Certificate
 	profKey      crypto.Signer
 	crlURL       string
+	ocspURL      string
+	issuerURL    string
+	policies     []string // dotted OIDs of every leaf's certificatePolicies
 	roots        *x509.CertPool
 	inters       *x509.CertPool
 	closeOnce    sync.Once
+	rootCRL      *rootCRL
+	// dir, name and interKey issue the OCSP responder's certificate.
+	dir      string
+	name     string
+	interKey crypto.Signer
 	// crlStale is set by InvalidateCRL; the next CRL read regenerates.
 	crlStale atomic.Bool
 	crlMu    sync.Mutex
@@ -138,11 +187,18 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	if cfg.CRLValidity <= 0 {
 		cfg.CRLValidity = 24 * time.Hour
 	}
+	base := strings.TrimRight(cfg.BaseURL, "/")
+	policies := []string{OIDMailboxStrict.String()}
+	policies = append(policies, cfg.PolicyOIDs...)
 	root, rootKey, err := loadOrCreateRoot(cfg)
 	if err != nil {
 		return nil, err
 	}
-	inter, interKey, err := loadOrCreateIntermediate(cfg, root, rootKey)
+	rcrl, err := loadRootCRL(cfg.Dir, root, rootKey, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	inter, interKey, err := loadOrCreateIntermediate(cfg, base, root, rootKey)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +218,7 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 			Enabled:          true,
 			GenerateOnRevoke: true,
 			CacheDuration:    &provisioner.Duration{Duration: cfg.CRLValidity},
-			IDPurl:           cfg.CRLURL,
+			IDPurl:           base + CRLPath,
 		},
 		AuthorityConfig: &config.AuthConfig{DisableIssuedAtCheck: true},
 	}
@@ -186,8 +242,10 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	a := &Authority{
 		auth: auth, db: database, deferring: deferring,
 		root: root, intermediate: inter, ra: ra, raKey: raKey, profCert: profCert, profKey: profKey,
-		crlURL: cfg.CRLURL,
-		roots:  x509.NewCertPool(), inters: x509.NewCertPool(),
+		crlURL: base + CRLPath, ocspURL: base + OCSPPath, issuerURL: base + IssuerPath,
+		policies: policies, rootCRL: rcrl,
+		dir: cfg.Dir, name: cfg.Name, interKey: interKey,
+		roots: x509.NewCertPool(), inters: x509.NewCertPool(),
 	}
 	a.roots.AddCert(root)
 	a.inters.AddCert(inter)
@@ -216,6 +274,13 @@ func (a *Authority) ProfileSigner() (*x509.Certificate, crypto.Signer) { return 
 
 // CRLURL returns the CRL distribution point URL.
 func (a *Authority) CRLURL() string { return a.crlURL }
+
+// OCSPURL returns the OCSP responder URL certificates carry.
+func (a *Authority) OCSPURL() string { return a.ocspURL }
+
+// IssuerURL returns the URL of the issuing CA's certificate (DER) that
+// certificates carry as caIssuers.
+func (a *Authority) IssuerURL() string { return a.issuerURL }
 
 // Fingerprint returns the SHA-256 fingerprint of the root certificate.
 func (a *Authority) Fingerprint() [32]byte { return sha256.Sum256(a.root.Raw) }
@@ -247,6 +312,9 @@ type leafTemplate struct {
 	NotBefore             time.Time `json:"notBefore"`
 	NotAfter              time.Time `json:"notAfter"`
 	CRLDistributionPoints []string  `json:"crlDistributionPoints"`
+	OCSPServer            []string  `json:"ocspServer"`
+	IssuingCertificateURL []string  `json:"issuingCertificateURL"`
+	PolicyIdentifiers     []string  `json:"policyIdentifiers"`
 	BasicConstraints      struct {
 		IsCA bool `json:"isCA"`
 	} `json:"basicConstraints"`
@@ -303,6 +371,9 @@ func (a *Authority) Sign(ctx context.Context, csr *x509.CertificateRequest, t Te
 	lt.NotBefore = t.NotBefore.UTC().Truncate(time.Second)
 	lt.NotAfter = t.NotAfter.UTC().Truncate(time.Second)
 	lt.CRLDistributionPoints = []string{a.crlURL}
+	lt.OCSPServer = []string{a.ocspURL}
+	lt.IssuingCertificateURL = []string{a.issuerURL}
+	lt.PolicyIdentifiers = a.policies
 	rec := &Record{}
 	if a.deferring != nil {
 		// The serial is chosen here so that the database can tell this
@@ -466,6 +537,17 @@ func (a *Authority) CRL() ([]byte, error) {
 	return info.Data, nil
 }
 
+// RootCRL returns the root's DER CRL (which lists nothing: smimeca never
+// revokes its issuing CA), re-signed when half its year has passed.
+func (a *Authority) RootCRL() ([]byte, error) {
+	a.crlMu.Lock()
+	defer a.crlMu.Unlock()
+	if err := a.rootCRL.refresh(time.Now()); err != nil {
+		return nil, err
+	}
+	return a.rootCRL.der, nil
+}
+
 func isNotFound(err error) bool {
 	return database.IsErrNotFound(err) || errors.Is(err, database.ErrNotFound)
 }
@@ -491,7 +573,7 @@ func loadOrCreateRoot(cfg Config) (*x509.Certificate, crypto.Signer, error) {
 	return crt, key, err
 }
 
-func loadOrCreateIntermediate(cfg Config, root *x509.Certificate, rootKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
+func loadOrCreateIntermediate(cfg Config, base string, root *x509.Certificate, rootKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
 	certPath, keyPath := filepath.Join(cfg.Dir, IntermediateCertFile), filepath.Join(cfg.Dir, intermediateKeyFile)
 	crt, key, err := readKeyPair(certPath, keyPath)
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
@@ -518,6 +600,13 @@ func loadOrCreateIntermediate(cfg Config, root *x509.Certificate, rootKey crypto
 		ExcludedDNSDomains:          []string{""},
 		ExcludedIPRanges:            []*net.IPNet{{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, {IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
 		PermittedDNSDomainsCritical: true, // marks the name constraints critical (RFC 5280 4.2.1.10)
+		// S/MIME BR 7.1.2.2: its policies (anyPolicy: the root and the
+		// issuing CA are one operator's, affiliated; the leaves name the
+		// mailbox-validated strict policy), where its status and its
+		// issuer are published.
+		Policies:              []x509.OID{oidAnyPolicy},
+		CRLDistributionPoints: []string{base + RootCRLPath},
+		IssuingCertificateURL: []string{base + RootPath},
 	}
 	crt, err = createAndStore("intermediate", certPath, keyPath, tmpl, root, key, rootKey)
 	return crt, key, err

@@ -16,6 +16,7 @@ import (
 	"github.com/smallstep/nosql/database"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/certlint"
 	"github.com/smimeca/smimeca/internal/testpki"
 )
 
@@ -75,6 +76,8 @@ func TestIssueFollowsTemplateNotCSR(t *testing.T) {
 			if err := c.VerifyIssued(leaf, now); err != nil {
 				t.Errorf("VerifyIssued: %v", err)
 			}
+			certlint.Check(t, "leaf", leaf.Raw)
+			certlint.Check(t, "issuing CA", c.Intermediate().Raw)
 			pool := x509.NewCertPool()
 			pool.AddCert(c.Root())
 			inter := x509.NewCertPool()
@@ -127,6 +130,7 @@ func TestRevokeAndCRL(t *testing.T) {
 	if !found {
 		t.Error("revoked serial missing from CRL")
 	}
+	certlint.CheckCRL(t, "CRL", der)
 	if err := c.VerifyIssued(chain[0], time.Now()); err == nil || !strings.Contains(err.Error(), "revoked") {
 		t.Errorf("VerifyIssued of revoked cert: %v", err)
 	}
@@ -185,6 +189,65 @@ func TestRevocationRecord(t *testing.T) {
 	}
 }
 
+// Certificates follow the S/MIME BR mailbox-validated strict profile: zlint
+// (its CA/B Forum S/MIME and RFC 5280 lints) finds no error, and each
+// carries the policy and the URLs that say where its status and issuer are.
+func TestCertificatesFollowSMIMEBaselineRequirements(t *testing.T) {
+	for _, kt := range []string{ca.KeyTypeEC, ca.KeyTypeRSA} {
+		t.Run(kt, func(t *testing.T) {
+			c := testpki.NewCA(t, kt)
+			tmpl := leafTemplate(time.Now())
+			tmpl.KeyUsage = append(tmpl.KeyUsage, "contentCommitment")
+			chain, err := c.Issue(context.Background(), testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), tmpl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaf, inter := chain[0], c.Intermediate()
+			certlint.Check(t, "leaf", leaf.Raw)
+			certlint.Check(t, "issuing CA", inter.Raw)
+			certlint.Check(t, "root", c.Root().Raw)
+			if len(leaf.PolicyIdentifiers) != 1 || !leaf.PolicyIdentifiers[0].Equal(ca.OIDMailboxStrict) {
+				t.Errorf("leaf policies %v, want %v", leaf.PolicyIdentifiers, ca.OIDMailboxStrict)
+			}
+			if len(inter.PolicyIdentifiers) != 1 || inter.PolicyIdentifiers[0].String() != "2.5.29.32.0" {
+				t.Errorf("issuing CA policies %v, want anyPolicy", inter.PolicyIdentifiers)
+			}
+			for _, crt := range []*x509.Certificate{leaf, inter} {
+				if len(crt.SubjectKeyId) == 0 || len(crt.AuthorityKeyId) == 0 {
+					t.Errorf("%s: SKI %x AKI %x, want both", crt.Subject.CommonName, crt.SubjectKeyId, crt.AuthorityKeyId)
+				}
+				if crt.SerialNumber.BitLen() < 64 {
+					t.Errorf("%s: serial has %d bits, want ≥ 64", crt.Subject.CommonName, crt.SerialNumber.BitLen())
+				}
+			}
+			if got := leaf.OCSPServer; len(got) != 1 || got[0] != "http://ca.test"+ca.OCSPPath {
+				t.Errorf("leaf OCSP = %q", got)
+			}
+			if got := leaf.IssuingCertificateURL; len(got) != 1 || got[0] != "http://ca.test"+ca.IssuerPath {
+				t.Errorf("leaf caIssuers = %q", got)
+			}
+			if got := inter.CRLDistributionPoints; len(got) != 1 || got[0] != "http://ca.test"+ca.RootCRLPath {
+				t.Errorf("issuing CA's CRL DP = %q", got)
+			}
+			der, err := c.RootCRL()
+			if err != nil {
+				t.Fatal(err)
+			}
+			crl, err := x509.ParseRevocationList(der)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := crl.CheckSignatureFrom(c.Root()); err != nil {
+				t.Errorf("root CRL signature: %v", err)
+			}
+			if left := time.Until(crl.NextUpdate); left < 180*24*time.Hour || left > 366*24*time.Hour {
+				t.Errorf("root CRL next update in %s, want 6–12 months", left)
+			}
+			certlint.CheckCRL(t, "root CRL", der)
+		})
+	}
+}
+
 // The issuing CA of a new hierarchy vouches for S/MIME only: EKU
 // emailProtection and critical name constraints that exclude every DNS name
 // and IP address; the leaves it issues verify for emailProtection.
@@ -236,7 +299,7 @@ func TestOpenPersistsAndProtectsKeys(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), CRLURL: "http://x/crl"}, authDB)
+		a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), BaseURL: "http://x"}, authDB)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -295,7 +358,7 @@ func TestRejectsWorldReadableKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer authDB.Shutdown()
-	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), CRLURL: "http://x/crl"}, authDB)
+	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), BaseURL: "http://x"}, authDB)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +366,7 @@ func TestRejectsWorldReadableKey(t *testing.T) {
 	if err := os.Chmod(filepath.Join(dir, "ca", "intermediate_ca.key"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), CRLURL: "http://x/crl"}, authDB); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+	if _, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), BaseURL: "http://x"}, authDB); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("open with 0644 key: %v", err)
 	}
 }
@@ -356,4 +419,41 @@ func TestSignDefersTheRecord(t *testing.T) {
 	if _, err := c.Certificate(chain[0].SerialNumber.String()); err != nil {
 		t.Errorf("Issue did not store: %v", err)
 	}
+}
+
+// A private policy OID is added after the S/MIME BR one; a malformed OID,
+// or the reserved one named again, and a BaseURL that is not plain http are
+// refused at Open.
+func TestPolicyOIDsAndBaseURL(t *testing.T) {
+	dir := t.TempDir()
+	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer authDB.Shutdown()
+	for _, cfg := range []ca.Config{
+		{Dir: filepath.Join(dir, "bad"), BaseURL: "http://x", PolicyOIDs: []string{"1.2.x"}},
+		{Dir: filepath.Join(dir, "bad"), BaseURL: "http://x", PolicyOIDs: []string{ca.OIDMailboxStrict.String()}},
+		{Dir: filepath.Join(dir, "bad"), BaseURL: "https://x"},
+	} {
+		if _, err := ca.Open(cfg, authDB); err == nil {
+			t.Errorf("%+v accepted", cfg)
+		}
+	}
+	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), BaseURL: "http://ca.example.com/", PolicyOIDs: []string{"1.3.6.1.4.1.99999.1.2"}}, authDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	chain, err := a.Issue(context.Background(), testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := chain[0].PolicyIdentifiers; len(p) != 2 || !p[0].Equal(ca.OIDMailboxStrict) || p[1].String() != "1.3.6.1.4.1.99999.1.2" {
+		t.Errorf("policies %v", p)
+	}
+	if got := chain[0].CRLDistributionPoints; len(got) != 1 || got[0] != "http://ca.example.com/crl" {
+		t.Errorf("CRL DP %q (a trailing slash on BaseURL must not double)", got)
+	}
+	certlint.Check(t, "leaf with a private policy", chain[0].Raw)
 }

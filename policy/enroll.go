@@ -35,6 +35,9 @@ const (
 	DefaultChallengeTTL = 24 * time.Hour
 	MaxChallengeTTL     = 30 * 24 * time.Hour
 	DefaultMinRSABits   = 2048
+	// MaxValidity is the longest validity of a mailbox-validated strict
+	// certificate (S/MIME BR 6.3.2: 825 days).
+	MaxValidity = 825 * 24 * time.Hour
 	// StaticDevice prefixes the device id recorded for enrolments that
 	// used the static lab challenge: such a device is anonymous, so each
 	// enrolment is its own unregistered device ("static-challenge/<serial>")
@@ -46,7 +49,8 @@ const (
 type Config struct {
 	// Domains limits the users that may get challenges (nil: any).
 	Domains *Domains
-	// Validity of issued signing certificates (default 1 year).
+	// Validity of issued signing certificates (default 1 year, at most
+	// MaxValidity).
 	Validity time.Duration
 	// ContentCommitment adds the contentCommitment (nonRepudiation) key usage.
 	ContentCommitment bool
@@ -76,8 +80,8 @@ func (c *Config) Validate() error {
 		c.ChallengeTTL = DefaultChallengeTTL
 	}
 	switch {
-	case c.Validity < time.Hour:
-		return errors.New("policy: config: certificate validity must be at least 1h")
+	case c.Validity < time.Hour || c.Validity > MaxValidity:
+		return fmt.Errorf("policy: config: certificate validity %s must be between 1h and %s (825 days, the S/MIME BR limit)", c.Validity, MaxValidity)
 	case c.MinRSABits < 2048:
 		return errors.New("policy: config: minimum RSA key size must be at least 2048")
 	case c.ChallengeTTL < time.Minute || c.ChallengeTTL > MaxChallengeTTL:

@@ -18,6 +18,7 @@ import (
 	"github.com/smallstep/nosql/database"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/certlint"
 	"github.com/smimeca/smimeca/internal/testpki"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
@@ -199,6 +200,21 @@ func TestEnrollBuildsCertificateFromBinding(t *testing.T) {
 	}
 	if len(v.audit.events) < 2 || v.audit.events[len(v.audit.events)-1].Action != policy.ActionEnroll {
 		t.Errorf("audit events %+v", v.audit.events)
+	}
+	certlint.Check(t, "enrolled certificate", leaf.Raw)
+}
+
+// A validity beyond the S/MIME BR's 825 days is refused with the limit.
+func TestValidityCappedAt825Days(t *testing.T) {
+	for _, d := range []time.Duration{policy.MaxValidity + time.Hour, 10 * time.Minute} {
+		c := policy.Config{Validity: d}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "825 days") {
+			t.Errorf("validity %s: %v, want a refusal naming 825 days", d, err)
+		}
+	}
+	c := policy.Config{Validity: policy.MaxValidity}
+	if err := c.Validate(); err != nil {
+		t.Errorf("825 days: %v", err)
 	}
 }
 

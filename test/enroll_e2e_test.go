@@ -122,7 +122,7 @@ func TestEnrolWithScepclient(t *testing.T) {
 	if r := s.cli("cert", "revoke", "--serial", "0x"+oldSerial, "--reason", "keyCompromise"); r.code != 1 || !strings.Contains(r.stderr, "already-revoked") {
 		t.Fatalf("revoking the superseded certificate: %+v", r)
 	}
-	cdp := regexp.MustCompile(`URI:(\S+)`).FindStringSubmatch(text)[1]
+	cdp := regexp.MustCompile(`Full Name:\s+URI:(\S+)`).FindStringSubmatch(text)[1]
 	resp, err := http.Get(cdp)
 	if err != nil {
 		t.Fatal(err)

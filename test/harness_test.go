@@ -127,7 +127,10 @@ func newServerEnv(t testing.TB, env []string, extra ...string) *server {
 	s.extra = append([]string{"--device-identity-ca", filepath.Join(s.mdm, "mdm-ca.pem")}, s.extra...)
 	s.baseURL = "http://" + s.httpAddr
 	s.start()
-	t.Cleanup(s.stop)
+	t.Cleanup(func() {
+		s.stop()
+		lintIssued(t, s.data)
+	})
 	return s
 }
 

@@ -65,6 +65,9 @@ type serveConfig struct {
 	httpAddr          string
 	grpcAddr          string
 	publicURL         string
+	certBaseURL       string
+	policyOIDs        string
+	ocspValidity      time.Duration
 	allowedDomains    string
 	issuerKeyType     string
 	validity          time.Duration
@@ -105,6 +108,9 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.str(&c.httpAddr, "http-addr", "SMIMECA_HTTP_ADDR", ":8080", "public HTTP listen address (SCEP, CRL)")
 	f.str(&c.grpcAddr, "grpc-addr", "SMIMECA_GRPC_ADDR", ":9443", "gRPC (mTLS) listen address")
 	f.str(&c.publicURL, "public-url", "SMIMECA_PUBLIC_URL", "", "public base URL put into certificates and bundles (default http://<http addr>)")
+	f.str(&c.certBaseURL, "cert-base-url", "SMIMECA_CERT_BASE_URL", "", "plain http:// base URL put into certificates for the CRL, OCSP responder and CA certificates (default: --public-url, which must then be http://)")
+	f.str(&c.policyOIDs, "policy-oids", "SMIMECA_POLICY_OIDS", "", "comma-separated private certificate policy OIDs added to every certificate beside the S/MIME BR mailbox-validated strict policy 2.23.140.1.5.1.3")
+	f.duration(&c.ocspValidity, "ocsp-validity", "SMIMECA_OCSP_VALIDITY", ca.DefaultOCSPValidity, "validity of OCSP responses (8h to 240h)")
 	f.str(&c.allowedDomains, "allowed-domains", "SMIMECA_ALLOWED_DOMAINS", "", "comma-separated e-mail domains that may get certificates (default: any)")
 	f.str(&c.issuerKeyType, "issuer-key-type", "SMIMECA_ISSUER_KEY_TYPE", ca.KeyTypeEC, "issuing CA key type on first start: EC (P-256) or RSA")
 	f.duration(&c.validity, "cert-validity", "SMIMECA_CERT_VALIDITY", policy.DefaultValidity, "validity of issued signing certificates")
@@ -149,6 +155,22 @@ func parseServe(args []string) (*serveConfig, error) {
 		return nil, usagef("--public-url %q must be an absolute http(s) URL", c.publicURL)
 	}
 	c.publicURL = strings.TrimRight(c.publicURL, "/")
+	if c.certBaseURL == "" {
+		if u.Scheme != "http" {
+			return nil, usagef("--public-url %q is https: set --cert-base-url to the plain http:// URL of this server's /crl and /ocsp (RFC 5280 and the S/MIME BR want http for them)", c.publicURL)
+		}
+		c.certBaseURL = c.publicURL
+	}
+	if cu, err := url.Parse(c.certBaseURL); err != nil || cu.Scheme != "http" || cu.Host == "" {
+		return nil, usagef("--cert-base-url %q must be an absolute http:// URL", c.certBaseURL)
+	}
+	c.certBaseURL = strings.TrimRight(c.certBaseURL, "/")
+	if c.ocspValidity < ca.MinOCSPValidity || c.ocspValidity > ca.MaxOCSPValidity {
+		return nil, usagef("--ocsp-validity %s must be between %s and %s", c.ocspValidity, ca.MinOCSPValidity, ca.MaxOCSPValidity)
+	}
+	if c.validity > policy.MaxValidity {
+		return nil, usagef("--cert-validity %s is longer than the S/MIME BR's 825 days (%s)", c.validity, policy.MaxValidity)
+	}
 	if _, _, err := net.SplitHostPort(c.grpcAddr); err != nil {
 		return nil, usagef("--grpc-addr %q: %v", c.grpcAddr, err)
 	}
@@ -223,9 +245,15 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	}
 	defer database.Close()
 
+	var policyOIDs []string
+	for _, o := range strings.Split(cfg.policyOIDs, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			policyOIDs = append(policyOIDs, o)
+		}
+	}
 	authority, err := ca.Open(ca.Config{
 		Dir: filepath.Join(cfg.dataDir, "ca"), IssuerKeyType: strings.ToUpper(cfg.issuerKeyType),
-		CRLURL: cfg.publicURL + "/crl",
+		BaseURL: cfg.certBaseURL, PolicyOIDs: policyOIDs,
 	}, database.DB)
 	if err != nil {
 		return err
@@ -295,9 +323,16 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	mux := http.NewServeMux()
 	mux.Handle(scep.Path, shed)
 	mux.Handle(scep.LegacyPath, shed)
-	mux.Handle("GET /crl", crlHandler(authority, logger))
+	mux.Handle("GET "+ca.CRLPath, derHandler("application/pkix-crl", authority.CRL, logger))
+	mux.Handle("GET "+ca.RootCRLPath, derHandler("application/pkix-crl", authority.RootCRL, logger))
+	mux.Handle("GET "+ca.IssuerPath, derHandler("application/pkix-cert", func() ([]byte, error) { return authority.Intermediate().Raw, nil }, logger))
+	mux.Handle("GET "+ca.RootPath, derHandler("application/pkix-cert", func() ([]byte, error) { return authority.Root().Raw, nil }, logger))
+	responder, err := authority.NewOCSPResponder(cfg.ocspValidity)
+	if err != nil {
+		return err
+	}
 	httpSrv := &http.Server{
-		Addr: cfg.httpAddr, Handler: mux,
+		Addr: cfg.httpAddr, Handler: withOCSP(mux, responder),
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -422,16 +457,30 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	return serveErr
 }
 
-func crlHandler(a *ca.Authority, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		der, err := a.CRL()
+// derHandler serves what get returns with the content type.
+func derHandler(contentType string, get func() ([]byte, error), logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		der, err := get()
 		if err != nil {
-			logger.Error("crl", "err", err)
-			http.Error(w, "CRL unavailable", http.StatusInternalServerError)
+			logger.Error("publish", "path", r.URL.Path, "err", err)
+			http.Error(w, "unavailable, try again later", http.StatusInternalServerError)
 			return
 		}
-		w.Header().Set("Content-Type", "application/pkix-crl")
+		w.Header().Set("Content-Type", contentType)
 		w.Write(der)
+	})
+}
+
+// withOCSP sends /ocsp and /ocsp/... to the OCSP responder before the
+// mux, which would clean (and redirect) a GET request's base64 path when
+// it holds "//".
+func withOCSP(mux http.Handler, responder http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.Path; p == ca.OCSPPath || strings.HasPrefix(p, ca.OCSPPath+"/") {
+			responder.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
 	})
 }
 

@@ -34,7 +34,7 @@ func NewCA(t testing.TB, keyType string) *CA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), IssuerKeyType: keyType, CRLURL: "http://ca.test/crl"}, database.DB)
+	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), IssuerKeyType: keyType, BaseURL: "http://ca.test"}, database.DB)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,338 @@
+package ca
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/smallstep/certificates/db"
+	"go.step.sm/crypto/keyutil"
+	"golang.org/x/crypto/ocsp"
+)
+
+// Bounds of OCSPResponder's response validity (thisUpdate to nextUpdate):
+// S/MIME BR 4.9.10 wants at least 8 hours and at most 10 days.
+const (
+	MinOCSPValidity     = 8 * time.Hour
+	MaxOCSPValidity     = 10 * 24 * time.Hour
+	DefaultOCSPValidity = 24 * time.Hour
+)
+
+const (
+	// The delegated OCSP signing certificate is short-lived, as RFC 6960
+	// 4.2.2.2.1 asks of one that carries id-pkix-ocsp-nocheck, and renewed
+	// in-process a month before it expires.
+	ocspSignerLifetime    = 90 * 24 * time.Hour
+	ocspSignerRenewBefore = 30 * 24 * time.Hour
+	ocspSignerCertFile    = "ocsp_signer.crt"
+	ocspSignerKeyFile     = "ocsp_signer.key"
+	// maxOCSPRequest bounds a request's DER (a single-certificate request
+	// with a nonce is about 120 bytes).
+	maxOCSPRequest = 4 << 10
+	// ocspCacheEntries bounds the signed responses kept; beyond it one
+	// entry is dropped at random per new one.
+	ocspCacheEntries = 1 << 16
+)
+
+var (
+	oidOCSPNoCheck = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 5}
+	asn1Null       = []byte{0x05, 0x00}
+)
+
+// OCSPResponder answers OCSP requests (RFC 6960, in RFC 5019's lightweight
+// profile: one certificate per request, no nonce) for the certificates of
+// this CA's issuing intermediate: "good" or "revoked" (with time and
+// reason) for a serial this CA issued, "unknown" for any other serial, and
+// "unauthorized" for another issuer. Responses are signed by a delegated
+// OCSP signing certificate (id-kp-OCSPSigning, id-pkix-ocsp-nocheck) issued
+// by the intermediate, whose key is kept with the other CA keys, and are
+// cached per serial until half their validity has passed: a cached answer
+// costs one revocation lookup and no signature, and a revocation is seen
+// by the next request whichever path (or node) revoked it.
+//
+// It is an http.Handler for GET (/ocsp/<base64 request>) and POST
+// (application/ocsp-request).
+type OCSPResponder struct {
+	a        *Authority
+	validity time.Duration
+	now      func() time.Time
+	// issuerHashes are the intermediate's name and key hashes per hash
+	// algorithm a request may use.
+	issuerHashes map[crypto.Hash][2][]byte
+
+	mu     sync.Mutex
+	signer *x509.Certificate
+	key    crypto.Signer
+	cache  map[ocspKey]*ocspEntry
+}
+
+type ocspKey struct {
+	serial string
+	hash   crypto.Hash
+}
+
+type ocspEntry struct {
+	der        []byte
+	revoked    bool
+	thisUpdate time.Time
+	nextUpdate time.Time
+}
+
+// NewOCSPResponder returns the responder of a's intermediate whose
+// responses are valid for validity (0: DefaultOCSPValidity), creating or
+// renewing the delegated signing certificate under the CA directory.
+func (a *Authority) NewOCSPResponder(validity time.Duration) (*OCSPResponder, error) {
+	if validity == 0 {
+		validity = DefaultOCSPValidity
+	}
+	if validity < MinOCSPValidity || validity > MaxOCSPValidity {
+		return nil, fmt.Errorf("ca: OCSP response validity %s must be between %s and %s (S/MIME BR 4.9.10)", validity, MinOCSPValidity, MaxOCSPValidity)
+	}
+	r := &OCSPResponder{a: a, validity: validity, now: time.Now, cache: map[ocspKey]*ocspEntry{},
+		issuerHashes: map[crypto.Hash][2][]byte{}}
+	var spki struct {
+		Algorithm pkix.AlgorithmIdentifier
+		PublicKey asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(a.intermediate.RawSubjectPublicKeyInfo, &spki); err != nil {
+		return nil, fmt.Errorf("ca: intermediate public key: %w", err)
+	}
+	for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
+		name, key := h.New(), h.New()
+		name.Write(a.intermediate.RawSubject)
+		key.Write(spki.PublicKey.RightAlign())
+		r.issuerHashes[h] = [2][]byte{name.Sum(nil), key.Sum(nil)}
+	}
+	if err := r.loadOrRenewSigner(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Signer returns the delegated OCSP signing certificate in use.
+func (r *OCSPResponder) Signer() *x509.Certificate {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.signer
+}
+
+// loadOrRenewSigner reads the signing certificate and key, or issues new
+// ones when they are missing, not the intermediate's, or due. r.mu is held
+// or r is not shared yet.
+func (r *OCSPResponder) loadOrRenewSigner() error {
+	now := r.now()
+	if r.signer != nil && now.Before(r.signer.NotAfter.Add(-ocspSignerRenewBefore)) {
+		return nil
+	}
+	dir := r.a.dir
+	certPath, keyPath := filepath.Join(dir, ocspSignerCertFile), filepath.Join(dir, ocspSignerKeyFile)
+	crt, key, err := readKeyPair(certPath, keyPath)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err == nil && now.Before(crt.NotAfter.Add(-ocspSignerRenewBefore)) && crt.CheckSignatureFrom(r.a.intermediate) == nil {
+		r.signer, r.key = crt, key
+		return nil
+	}
+	key, err = keyutil.GenerateSigner("EC", "P-256", 0)
+	if err != nil {
+		return fmt.Errorf("ca: generate OCSP signing key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: r.a.name + " OCSP Responder", Organization: []string{r.a.name}},
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              now.Add(ocspSignerLifetime),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
+		BasicConstraintsValid: true,
+		ExtraExtensions:       []pkix.Extension{{Id: oidOCSPNoCheck, Value: asn1Null}},
+	}
+	crt, err = createAndStore("OCSP signing certificate", certPath, keyPath, tmpl, r.a.intermediate, key, r.a.interKey)
+	if err != nil {
+		return err
+	}
+	r.signer, r.key = crt, key
+	return nil
+}
+
+// Respond answers one DER OCSP request with a DER OCSP response: a
+// signed one for this CA's intermediate, an error response (malformed,
+// unauthorized, internal error) otherwise. thisUpdate and nextUpdate are
+// zero for an error response.
+func (r *OCSPResponder) Respond(reqDER []byte) (der []byte, thisUpdate, nextUpdate time.Time) {
+	if len(reqDER) > maxOCSPRequest {
+		return ocsp.MalformedRequestErrorResponse, time.Time{}, time.Time{}
+	}
+	req, err := ocsp.ParseRequest(reqDER)
+	if err != nil || req.SerialNumber == nil || req.SerialNumber.Sign() <= 0 {
+		return ocsp.MalformedRequestErrorResponse, time.Time{}, time.Time{}
+	}
+	hashes, ok := r.issuerHashes[req.HashAlgorithm]
+	if !ok || !bytes.Equal(hashes[0], req.IssuerNameHash) || !bytes.Equal(hashes[1], req.IssuerKeyHash) {
+		return ocsp.UnauthorizedErrorResponse, time.Time{}, time.Time{}
+	}
+	k := ocspKey{serial: req.SerialNumber.String(), hash: req.HashAlgorithm}
+	now := r.now()
+	r.mu.Lock()
+	e := r.cache[k]
+	r.mu.Unlock()
+	if e != nil && now.Before(e.thisUpdate.Add(r.validity/2)) {
+		if e.revoked {
+			return e.der, e.thisUpdate, e.nextUpdate
+		}
+		// A revocation since is seen at once.
+		if rev, err := r.a.revocation(k.serial); err == nil && rev == nil {
+			return e.der, e.thisUpdate, e.nextUpdate
+		}
+	}
+	e, err = r.sign(req, k.serial, now)
+	if err != nil {
+		return ocsp.InternalErrorErrorResponse, time.Time{}, time.Time{}
+	}
+	return e.der, e.thisUpdate, e.nextUpdate
+}
+
+// sign builds and signs the response for serial and caches it (not for
+// an unknown serial: those would let anyone fill the cache).
+func (r *OCSPResponder) sign(req *ocsp.Request, serial string, now time.Time) (*ocspEntry, error) {
+	tmpl := ocsp.Response{
+		SerialNumber: req.SerialNumber, IssuerHash: req.HashAlgorithm,
+		ThisUpdate: now.Add(-time.Minute).Truncate(time.Second), Status: ocsp.Good,
+	}
+	tmpl.NextUpdate = tmpl.ThisUpdate.Add(r.validity)
+	known := true
+	if _, err := r.a.db.GetCertificate(serial); err != nil {
+		if !isNotFound(err) {
+			return nil, err
+		}
+		known, tmpl.Status = false, ocsp.Unknown
+	}
+	if known {
+		rev, err := r.a.revocation(serial)
+		if err != nil {
+			return nil, err
+		}
+		if rev != nil {
+			tmpl.Status, tmpl.RevokedAt, tmpl.RevocationReason = ocsp.Revoked, rev.RevokedAt.Truncate(time.Second), rev.ReasonCode
+		}
+	}
+	r.mu.Lock()
+	if err := r.loadOrRenewSigner(); err != nil {
+		r.mu.Unlock()
+		return nil, err
+	}
+	signer, key := r.signer, r.key
+	r.mu.Unlock()
+	tmpl.Certificate = signer // embedded: relying parties verify with it
+	der, err := ocsp.CreateResponse(r.a.intermediate, signer, tmpl, key)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign OCSP response: %w", err)
+	}
+	e := &ocspEntry{der: der, revoked: tmpl.Status == ocsp.Revoked, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate}
+	if known {
+		r.mu.Lock()
+		if len(r.cache) >= ocspCacheEntries {
+			for old := range r.cache {
+				delete(r.cache, old)
+				break
+			}
+		}
+		r.cache[ocspKey{serial: serial, hash: req.HashAlgorithm}] = e
+		r.mu.Unlock()
+	}
+	return e, nil
+}
+
+// ServeHTTP answers GET /ocsp/<base64 DER request> and POST /ocsp with an
+// application/ocsp-request body; GET answers carry RFC 5019's caching
+// headers.
+func (r *OCSPResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	var body []byte
+	switch req.Method {
+	case http.MethodPost:
+		b, err := io.ReadAll(io.LimitReader(req.Body, maxOCSPRequest+1))
+		if err != nil {
+			http.Error(w, "reading the request failed", http.StatusBadRequest)
+			return
+		}
+		body = b
+	case http.MethodGet:
+		// The request is the rest of the path, base64 (RFC 6960 A.1),
+		// possibly URL-encoded; it may contain "/".
+		enc := strings.TrimPrefix(req.URL.EscapedPath(), OCSPPath)
+		enc = strings.TrimPrefix(enc, "/")
+		if len(enc) > 2*maxOCSPRequest {
+			http.Error(w, "OCSP request too long", http.StatusRequestURITooLong)
+			return
+		}
+		if u, err := url.PathUnescape(enc); err == nil {
+			enc = u
+		}
+		b, err := base64.StdEncoding.DecodeString(enc)
+		if err != nil {
+			b = nil // answered as malformed below
+		}
+		body = b
+	default:
+		w.Header().Set("Allow", "GET, POST")
+		http.Error(w, "use GET or POST", http.StatusMethodNotAllowed)
+		return
+	}
+	der, thisUpdate, nextUpdate := r.Respond(body)
+	h := w.Header()
+	h.Set("Content-Type", "application/ocsp-response")
+	h.Set("Content-Length", strconv.Itoa(len(der)))
+	if req.Method == http.MethodGet && !nextUpdate.IsZero() {
+		now := r.now()
+		maxAge := int(nextUpdate.Sub(now).Seconds())
+		if maxAge > 0 {
+			sum := sha256.Sum256(der)
+			h.Set("Cache-Control", "max-age="+strconv.Itoa(maxAge)+", public, no-transform, must-revalidate")
+			h.Set("Last-Modified", thisUpdate.UTC().Format(http.TimeFormat))
+			h.Set("Expires", nextUpdate.UTC().Format(http.TimeFormat))
+			h.Set("ETag", `"`+hex.EncodeToString(sum[:16])+`"`)
+		}
+	}
+	w.Write(der)
+}
+
+// revocation returns the CA database's revocation record of the decimal
+// serial, nil when it is not revoked.
+func (a *Authority) revocation(serial string) (*db.RevokedCertificateInfo, error) {
+	if a.deferring == nil {
+		revoked, err := a.IsRevoked(serial)
+		if err != nil || !revoked {
+			return nil, err
+		}
+		return &db.RevokedCertificateInfo{Serial: serial}, nil
+	}
+	b, err := a.deferring.DB.Get(revokedCertsTable, []byte(serial))
+	if err != nil {
+		if isNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("ca: revocation status of %s: %w", serial, err)
+	}
+	var rci db.RevokedCertificateInfo
+	if err := json.Unmarshal(b, &rci); err != nil {
+		return nil, fmt.Errorf("ca: revocation record of %s: %w", serial, err)
+	}
+	return &rci, nil
+}
