@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/smimeca
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-import bench-bundle proto docker vet lint clean
+.PHONY: run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-import bench-bundle bench-ocsp proto docker vet lint clean
 
 ## run: build and start CA + SCEP + gRPC + escrow on the embedded default (data in ./data, kept across
 ##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault.
@@ -81,6 +81,11 @@ bench-import: deps vault build
 ## bench-bundle: GetUserBundle p50/p99 and calls/s for 1, 10, 50 certificates at 1 and 16 callers
 bench-bundle: deps vault build
 	./scripts/bench-bundle.sh
+
+## bench-ocsp: OCSP requests/s and p50/p99 of smimeca vs OpenSSL's responder (same certificates, same signer)
+bench-ocsp: deps build
+	$(GO) build -o bin/ocspbench ./test/ocspbench
+	./bin/ocspbench -smimeca $(BIN) -n $${BENCH_N:-20000} -c $${BENCH_C:-1,16}
 
 ## proto: regenerate the committed gRPC code
 proto:
