@@ -59,7 +59,7 @@ chaos: deps vault
 ##       Minimising a new input is capped at 50 runs: uncapped, minimising the first find (a few KiB
 ##       of CMS, each run doing RSA under coverage instrumentation) took the whole budget.
 FUZZTIME ?= 20s
-FUZZ_TARGETS := scep/FuzzPKIOperation pfx-connector/FuzzDecode policy/FuzzNormalizeEmail policy/FuzzCSR profile/FuzzParseSettings cmd/smimeca/FuzzManifest api/FuzzRequests
+FUZZ_TARGETS := scep/FuzzPKIOperation pfx-connector/FuzzDecode policy/FuzzNormalizeEmail policy/FuzzCSR profile/FuzzParseSettings cmd/smimeca/FuzzManifest api/FuzzRequests pfx-connector/FuzzParseIntune ca/FuzzOCSPRespond
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  echo "$(GO) test ./$${t%/*}/ -run '^$$' -fuzz $${t##*/} -fuzztime $(FUZZTIME) -fuzzminimizetime 50x"; \

@@ -23,6 +23,7 @@ import (
 type EscrowPolicy interface {
 	ConnectorKey() *rsa.PublicKey
 	Import(ctx context.Context, req policy.ImportRequest) (policy.ImportResult, error)
+	ImportIntune(ctx context.Context, record []byte) (policy.ImportResult, error)
 	List(ctx context.Context, user string) ([]policy.Escrowed, error)
 	Delete(ctx context.Context, user, thumbprint string) (policy.Escrowed, error)
 	Purge(ctx context.Context, user string) ([]policy.Escrowed, error)
@@ -75,6 +76,15 @@ func (s *EscrowService) ImportPfx(ctx context.Context, req *pb.ImportPfxRequest)
 		User: req.GetUser(), PFX: req.GetPfx(), Password: req.GetPassword(),
 		EncryptedPassword: req.GetEncryptedPassword(), PasswordHash: h, Purpose: req.GetPurpose(),
 	})
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	return &pb.ImportPfxResponse{Certificate: s.toProto(res.Metadata), Duplicate: res.Duplicate, Expired: res.Expired}, nil
+}
+
+// ImportIntunePfx implements pb.EscrowAdminServer.
+func (s *EscrowService) ImportIntunePfx(ctx context.Context, req *pb.ImportIntunePfxRequest) (*pb.ImportPfxResponse, error) {
+	res, err := s.policy.ImportIntune(ctx, req.GetRecord())
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}

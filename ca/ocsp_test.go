@@ -198,3 +198,38 @@ func TestOCSPValidityBounds(t *testing.T) {
 		}
 	}
 }
+
+// FuzzOCSPRespond feeds arbitrary bytes to the OCSP responder, which
+// answers unauthenticated requests on the public port. It must never
+// panic, and every answer is either one of OCSP's unsigned error responses
+// or a response signed by the delegated responder that parses.
+func FuzzOCSPRespond(f *testing.F) {
+	c := testpki.NewCA(f, ca.KeyTypeEC)
+	r, err := c.NewOCSPResponder(0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	chain, err := c.Issue(context.Background(), testpki.CSR(f, testpki.ECKey(f), nil), leafTemplate(time.Now()))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA256, crypto.SHA512} {
+		req, err := ocsp.CreateRequest(chain[0], c.Intermediate(), &ocsp.RequestOptions{Hash: h})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(req)
+	}
+	errorResponses := [][]byte{ocsp.MalformedRequestErrorResponse, ocsp.UnauthorizedErrorResponse, ocsp.InternalErrorErrorResponse}
+	f.Fuzz(func(t *testing.T, req []byte) {
+		der, _, _ := r.Respond(req)
+		for _, e := range errorResponses {
+			if bytes.Equal(der, e) {
+				return
+			}
+		}
+		if _, err := ocsp.ParseResponse(der, c.Intermediate()); err != nil {
+			t.Fatalf("answer does not parse or verify: %v", err)
+		}
+	})
+}

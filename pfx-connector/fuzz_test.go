@@ -97,3 +97,31 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseIntune feeds arbitrary JSON to ParseIntune, which reads the
+// Intune record files admins upload and the ImportIntunePfx requests. It
+// must never panic; every refusal is ErrIntuneFormat; every record it
+// returns is complete: a user, a 40-hex-digit thumbprint, one of Intune's
+// purposes and paddings, a PFX and an encrypted password.
+func FuzzParseIntune(f *testing.F) {
+	f.Add([]byte(`{"thumbprint":"00112233445566778899aabbccddeeff00112233","intendedPurpose":"SmimeEncryption","userPrincipalName":"a@example.com","paddingScheme":"OaepSha512","encryptedPfxBlob":"MAA=","encryptedPfxPassword":"AAEC","providerName":"p","keyName":"k"}`))
+	f.Add([]byte(`[{"Thumbprint":"00112233445566778899AABBCCDDEEFF00112233","IntendedPurpose":1,"UserPrincipalName":"a@example.com","PaddingScheme":3,"EncryptedPfxBlob":[48,0],"EncryptedPfxPassword":"AAEC"}]`))
+	f.Add([]byte(`{"value":[{"thumbprint":"00112233445566778899aabbccddeeff00112233","userPrincipalName":"b@example.com","encryptedPfxBlob":"MAA=","encryptedPfxPassword":"AAEC"}]}`))
+	purposes := map[string]bool{"unassigned": true, "smimeEncryption": true, "smimeSigning": true, "vpn": true, "wifi": true}
+	paddings := map[string]bool{"none": true, "pkcs1": true, "oaepSha1": true, "oaepSha256": true, "oaepSha384": true, "oaepSha512": true}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		recs, err := pfxconnector.ParseIntune(data)
+		if err != nil {
+			if !errors.Is(err, pfxconnector.ErrIntuneFormat) {
+				t.Fatalf("refusal is not ErrIntuneFormat: %v", err)
+			}
+			return
+		}
+		for _, r := range recs {
+			if r.UserPrincipalName == "" || len(r.Thumbprint) != 40 || strings.ToLower(r.Thumbprint) != r.Thumbprint ||
+				!purposes[r.IntendedPurpose] || !paddings[r.PaddingScheme] || len(r.PFX) == 0 || len(r.EncryptedPassword) == 0 {
+				t.Fatalf("incomplete record accepted: %+v", r)
+			}
+		}
+	})
+}

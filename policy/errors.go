@@ -67,6 +67,7 @@ const (
 	ReasonBadCredential
 	ReasonCredentialExists
 	ReasonUnknownCredential
+	ReasonBadIntuneRecord
 	reasonEnd
 )
 
@@ -111,6 +112,7 @@ var reasons = [reasonEnd]struct {
 	ReasonBadCredential:        {"bad-credential-request", KindInvalid},
 	ReasonCredentialExists:     {"credential-exists", KindFailedPrecondition},
 	ReasonUnknownCredential:    {"unknown-credential", KindNotFound},
+	ReasonBadIntuneRecord:      {"bad-intune-record", KindInvalid},
 }
 
 // String returns the stable short name of the reason.

@@ -87,6 +87,47 @@ type ImportRequest struct {
 	PasswordHash      string
 	// Purpose is PurposeEncryption (default) or PurposeSigning.
 	Purpose string
+	// intune is the Intune record the request came from (ImportIntune).
+	intune *pfxconnector.IntuneRecord
+}
+
+// ImportIntune escrows one record of Intune's PFX import format (Graph's
+// userPFXCertificate, see pfxconnector.IntuneRecord) as Import escrows a
+// PFX, to the same entry: the user is its userPrincipalName, the password
+// is decrypted with the connector key and the record's padding scheme, and
+// the PFX's certificate must have the record's thumbprint. Only
+// smimeEncryption and unassigned records are escrowed (as encryption
+// certificates); smimeSigning, vpn and wifi records are refused by name.
+// record is one record's JSON; anything else is refused
+// (ReasonBadIntuneRecord) naming the field to fix.
+func (e *Escrow) ImportIntune(ctx context.Context, record []byte) (ImportResult, error) {
+	recs, err := pfxconnector.ParseIntune(record)
+	if err != nil {
+		return ImportResult{}, reject(ReasonBadIntuneRecord, err.Error())
+	}
+	if len(recs) != 1 {
+		return ImportResult{}, reject(ReasonBadIntuneRecord, fmt.Sprintf("one userPFXCertificate record per call, not %d", len(recs)))
+	}
+	rec := recs[0]
+	return e.Import(ctx, ImportRequest{User: rec.UserPrincipalName, PFX: rec.PFX, Purpose: PurposeEncryption, intune: &rec})
+}
+
+// intunePassword applies an Intune record's rules before its PFX is
+// opened: the purpose, and the password decrypted as the module encrypted it.
+func (e *Escrow) intunePassword(rec *pfxconnector.IntuneRecord) (string, error) {
+	switch rec.IntendedPurpose {
+	case "smimeEncryption", "unassigned":
+	default:
+		return "", reject(ReasonBadPurpose, fmt.Sprintf("the record's intendedPurpose is %s: only smimeEncryption and unassigned records are escrowed (signing keys are born on the device)", rec.IntendedPurpose))
+	}
+	p, err := rec.Password(e.connector)
+	if errors.Is(err, pfxconnector.ErrPKCS1Refused) {
+		return "", reject(ReasonBadIntuneRecord, err.Error())
+	}
+	if err != nil {
+		return "", reject(ReasonWrongPassword, fmt.Sprintf("encryptedPfxPassword does not decrypt with the connector key and paddingScheme %s: encrypt it to the key GetConnectorKey returns", rec.PaddingScheme))
+	}
+	return p, nil
 }
 
 // ImportResult says what an import did.
@@ -140,7 +181,13 @@ func (e *Escrow) importPFX(ctx context.Context, user string, req ImportRequest) 
 		return ImportResult{}, reject(ReasonBadPurpose, fmt.Sprintf("purpose %q is not %s or %s", purpose, PurposeEncryption, PurposeSigning))
 	}
 	password := req.Password
-	if len(req.EncryptedPassword) > 0 {
+	if req.intune != nil {
+		p, err := e.intunePassword(req.intune)
+		if err != nil {
+			return ImportResult{}, err
+		}
+		password = p
+	} else if len(req.EncryptedPassword) > 0 {
 		if req.Password != "" {
 			return ImportResult{}, reject(ReasonWrongPassword, "give the password either in plain text or encrypted, not both")
 		}
@@ -160,6 +207,11 @@ func (e *Escrow) importPFX(ctx context.Context, user string, req ImportRequest) 
 		return ImportResult{}, reject(ReasonBadPFX, err.Error())
 	}
 	now := e.now()
+	if req.intune != nil {
+		if sum := sha1.Sum(d.Cert.Raw); hex.EncodeToString(sum[:]) != req.intune.Thumbprint {
+			return ImportResult{}, reject(ReasonBadThumbprint, fmt.Sprintf("the record's thumbprint %s is not the SHA-1 of the PFX's certificate (%x)", req.intune.Thumbprint, sum))
+		}
+	}
 	if err := e.checkImport(user, purpose, d); err != nil {
 		return ImportResult{}, err
 	}

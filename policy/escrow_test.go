@@ -243,3 +243,73 @@ func isReason(err error, r policy.Reason) bool {
 	re, ok := policy.IsReject(err)
 	return ok && re.Reason == r
 }
+
+// A record in Intune's import format lands the same escrow entry as the
+// PFX import of the same file (and each is a duplicate of the other);
+// signing, VPN and Wi-Fi records, a thumbprint that is not the PFX's, a
+// password the connector key cannot decrypt and a malformed record are
+// refused with the reason, and nothing is written.
+func TestImportIntuneRecord(t *testing.T) {
+	v := newEscrowEnv(t)
+	ctx := policy.WithActor(context.Background(), policy.Actor{Role: "admin", Name: "migration"})
+	key := testpki.RSAKey(t, 2048, 0)
+	cert := v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}})
+	pfx := v.is.PFX(t, pkcs12.LegacyDES, key, cert, "Intune-pässword")
+	conn := v.e.ConnectorKey()
+	record := func(purpose, padding string, edit func(map[string]any)) []byte {
+		r := testpki.IntuneRecord(t, conn, cert, pfx, "Intune-pässword", "Alice@example.com", purpose, padding)
+		if edit != nil {
+			edit(r)
+		}
+		return testpki.IntuneJSON(t, r)
+	}
+	other := v.is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}})
+	for name, tc := range map[string]struct {
+		rec    []byte
+		reason policy.Reason
+		want   string
+	}{
+		"smimeSigning": {record("SmimeSigning", "OaepSha512", nil), policy.ReasonBadPurpose, "smimeSigning"},
+		"vpn":          {record("VPN", "OaepSha512", nil), policy.ReasonBadPurpose, "vpn"},
+		"thumbprint of another certificate": {record("SmimeEncryption", "OaepSha512", func(r map[string]any) {
+			r["thumbprint"] = policy.CertificateMetadata(other).SHA1
+		}), policy.ReasonBadThumbprint, "thumbprint"},
+		"padding named wrongly": {record("SmimeEncryption", "OaepSha256", func(r map[string]any) { r["paddingScheme"] = "OaepSha384" }), policy.ReasonWrongPassword, "oaepSha384"},
+		"two records":           {testpki.IntuneJSON(t, testpki.IntuneRecord(t, conn, cert, pfx, "x", "a@example.com", "Unassigned", "OaepSha512"), testpki.IntuneRecord(t, conn, cert, pfx, "x", "a@example.com", "Unassigned", "OaepSha512")), policy.ReasonBadIntuneRecord, "one userPFXCertificate record per call"},
+		"no user":               {record("SmimeEncryption", "OaepSha512", func(r map[string]any) { delete(r, "userPrincipalName") }), policy.ReasonBadIntuneRecord, "userPrincipalName"},
+	} {
+		_, err := v.e.ImportIntune(ctx, tc.rec)
+		if !isReason(err, tc.reason) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %s naming %q", name, err, tc.reason, tc.want)
+		}
+	}
+	if l := v.list(t, "alice@example.com"); len(l) != 0 {
+		t.Fatalf("refused records wrote %+v", l)
+	}
+
+	res, err := v.e.ImportIntune(ctx, record("SmimeEncryption", "None", nil))
+	if err != nil || res.Duplicate {
+		t.Fatalf("import: %+v %v", res, err)
+	}
+	again, err := v.e.Import(ctx, policy.ImportRequest{User: "alice@example.com", PFX: pfx, Password: "Intune-pässword"})
+	if err != nil || !again.Duplicate || again.Metadata.SHA256 != res.Metadata.SHA256 || again.Metadata.Purpose != policy.PurposeEncryption {
+		t.Fatalf("the PFX import of the same file: %+v %v, want a duplicate of %+v", again, err, res)
+	}
+	if r, err := v.e.ImportIntune(ctx, record("Unassigned", "OaepSha1", nil)); err != nil || !r.Duplicate {
+		t.Errorf("re-run with an unassigned, OAEP-SHA-1 record: %+v %v", r, err)
+	}
+	if _, err := v.e.ImportIntune(ctx, record("SmimeEncryption", "Pkcs1", nil)); !isReason(err, policy.ReasonBadIntuneRecord) {
+		t.Errorf("PKCS#1 v1.5 record: %v, want bad-intune-record", err)
+	}
+	l := v.list(t, "alice@example.com")
+	if len(l) != 1 || l[0].ImportedBy != "migration" {
+		t.Fatalf("escrow holds %+v", l)
+	}
+	var audited bool
+	for _, ev := range v.audit.events {
+		audited = audited || ev.Action == policy.ActionEscrowImport && ev.Result == "ok" && ev.Actor.Name == "migration"
+	}
+	if !audited {
+		t.Errorf("no audit event for the Intune import: %+v", v.audit.events)
+	}
+}

@@ -24,12 +24,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
 
 func pfxCmd(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usagef("usage: smimeca pfx (import|list|delete|purge) …")
+		return usagef("usage: smimeca pfx (import|list|delete|purge|connector-key) …")
 	}
 	switch args[0] {
 	case "import":
@@ -40,8 +41,10 @@ func pfxCmd(args []string, stdout, stderr io.Writer) error {
 		return pfxDelete(args[1:], stdout)
 	case "purge":
 		return pfxPurge(args[1:], stdout)
+	case "connector-key":
+		return pfxConnectorKey(args[1:], stdout)
 	default:
-		return usagef("unknown pfx command %q (import, list, delete, purge)", args[0])
+		return usagef("unknown pfx command %q (import, list, delete, purge, connector-key)", args[0])
 	}
 }
 
@@ -52,6 +55,9 @@ type importJob struct {
 	file     string
 	password string
 	purpose  string
+	// intune is one Intune userPFXCertificate record (--intune); it
+	// carries its own PFX, user and encrypted password.
+	intune []byte
 }
 
 type importOutcome struct {
@@ -65,7 +71,7 @@ type importOutcome struct {
 
 func pfxImport(args []string, stdout, stderr io.Writer) error {
 	var cf clientFlags
-	var user, pwFile, pwEnv, purpose, manifest string
+	var user, pwFile, pwEnv, purpose, manifest, intune string
 	var concurrency int
 	var plain, quiet bool
 	f := newFlags("pfx import")
@@ -75,6 +81,7 @@ func pfxImport(args []string, stdout, stderr io.Writer) error {
 	f.fs.StringVar(&pwEnv, "password-env", "", "environment variable holding the PFX password (with files)")
 	f.fs.StringVar(&purpose, "purpose", "", "smimeEncryption (default) or smimeSigning")
 	f.fs.StringVar(&manifest, "manifest", "", "CSV with columns user,file,password_file,purpose (relative paths are relative to the manifest)")
+	f.fs.StringVar(&intune, "intune", "", "JSON file of Intune userPFXCertificate records (as Intune's PFXImport PowerShell module builds them, passwords encrypted to the connector key: see pfx connector-key)")
 	f.fs.IntVar(&concurrency, "concurrency", 4, "imports in flight at once (manifest)")
 	f.fs.BoolVar(&plain, "plain-password", false, "send passwords in plain text over mTLS instead of encrypted to the connector key")
 	f.fs.BoolVar(&quiet, "quiet", false, "no progress bar")
@@ -99,6 +106,13 @@ func pfxImport(args []string, stdout, stderr io.Writer) error {
 	}
 	var jobs []importJob
 	switch {
+	case intune != "" && (manifest != "" || len(files) > 0 || user != "" || pwFile != "" || pwEnv != "" || purpose != ""):
+		return usagef("--intune excludes --manifest, --user, --password-file, --password-env, --purpose and file arguments: each record names its user, password and purpose")
+	case intune != "":
+		var err error
+		if jobs, err = readIntune(intune); err != nil {
+			return usagef("--intune %s: %v", intune, err)
+		}
 	case manifest != "" && (len(files) > 0 || user != "" || pwFile != "" || pwEnv != ""):
 		return usagef("--manifest excludes --user, --password-file, --password-env and file arguments")
 	case manifest != "":
@@ -132,7 +146,7 @@ func pfxImport(args []string, stdout, stderr io.Writer) error {
 	defer conn.Close()
 	client := pb.NewEscrowAdminClient(conn)
 	var connector *rsa.PublicKey
-	if !plain {
+	if !plain && intune == "" {
 		ctx, cancel := cf.ctx()
 		ck, err := client.GetConnectorKey(ctx, &pb.GetConnectorKeyRequest{})
 		cancel()
@@ -165,6 +179,12 @@ func pfxImport(args []string, stdout, stderr io.Writer) error {
 
 func importOne(client pb.EscrowAdminClient, cf *clientFlags, connector *rsa.PublicKey, j importJob) importOutcome {
 	out := importOutcome{job: j}
+	if j.intune != nil {
+		ctx, cancel := cf.ctx()
+		defer cancel()
+		resp, err := client.ImportIntunePfx(ctx, &pb.ImportIntunePfxRequest{Record: j.intune})
+		return out.of(resp, err)
+	}
 	data, err := os.ReadFile(j.file)
 	if err != nil {
 		out.status, out.detail = "refused", "cannot read file: "+errors.Unwrap(err).Error()
@@ -185,6 +205,11 @@ func importOne(client pb.EscrowAdminClient, cf *clientFlags, connector *rsa.Publ
 	ctx, cancel := cf.ctx()
 	defer cancel()
 	resp, err := client.ImportPfx(ctx, req)
+	return out.of(resp, err)
+}
+
+// of fills in the outcome of an import call.
+func (out importOutcome) of(resp *pb.ImportPfxResponse, err error) importOutcome {
 	if err != nil {
 		st, _ := status.FromError(err)
 		out.detail = st.Message()
@@ -223,7 +248,7 @@ func report(w io.Writer, outcomes []importOutcome) error {
 	sort.SliceStable(bad, func(i, j int) bool { return bad[i].job.line < bad[j].job.line })
 	for _, o := range bad {
 		where := o.job.file
-		if o.job.line > 0 {
+		if o.job.line > 0 && o.job.intune == nil {
 			where = fmt.Sprintf("line %d (%s)", o.job.line, o.job.file)
 		}
 		fmt.Fprintf(w, "%s %s for %s: %s\n", strings.ToUpper(o.status), where, o.job.user, o.detail)
@@ -277,6 +302,29 @@ func (p *progress) finish() {
 	if p.on {
 		fmt.Fprintln(p.w)
 	}
+}
+
+// readIntune reads a file of Intune userPFXCertificate records into one
+// job each, checked here so that a malformed file is refused before
+// anything is sent.
+func readIntune(path string) ([]importJob, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := pfxconnector.ParseIntune(data)
+	if err != nil {
+		return nil, err
+	}
+	raws, err := pfxconnector.IntuneRecords(data)
+	if err != nil {
+		return nil, err
+	}
+	jobs := make([]importJob, len(recs))
+	for i, r := range recs {
+		jobs[i] = importJob{line: i + 1, user: r.UserPrincipalName, file: fmt.Sprintf("%s record %d (%s)", filepath.Base(path), i+1, r.Thumbprint), intune: raws[i]}
+	}
+	return jobs, nil
 }
 
 // readManifest reads user,file,password_file,purpose rows. A first row
@@ -374,6 +422,27 @@ func parseConnectorKey(pemText string) (*rsa.PublicKey, error) {
 		return nil, errors.New("the connector key is not RSA")
 	}
 	return rk, nil
+}
+
+// pfxConnectorKey prints the connector's public key (PEM) that PFX
+// passwords are encrypted to — by `pfx import`, or by Intune's PFXImport
+// module once it is imported into the key storage provider it names.
+func pfxConnectorKey(args []string, stdout io.Writer) error {
+	var cf clientFlags
+	f := newFlags("pfx connector-key")
+	cf.register(f, "admin")
+	if err := f.parse(args); err != nil {
+		return helpOK(err)
+	}
+	var resp *pb.GetConnectorKeyResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewEscrowAdminClient(conn).GetConnectorKey(ctx, &pb.GetConnectorKeyRequest{})
+		return err
+	}); err != nil {
+		return err
+	}
+	_, err := io.WriteString(stdout, resp.GetPublicKeyPem())
+	return err
 }
 
 func pfxList(args []string, stdout io.Writer) error {

@@ -291,6 +291,51 @@ func (*ImportPfxRequest_Password) isImportPfxRequest_PasswordSource() {}
 
 func (*ImportPfxRequest_EncryptedPassword) isImportPfxRequest_PasswordSource() {}
 
+type ImportIntunePfxRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One userPFXCertificate record, JSON, as the module serialises it.
+	Record        []byte `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportIntunePfxRequest) Reset() {
+	*x = ImportIntunePfxRequest{}
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportIntunePfxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportIntunePfxRequest) ProtoMessage() {}
+
+func (x *ImportIntunePfxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportIntunePfxRequest.ProtoReflect.Descriptor instead.
+func (*ImportIntunePfxRequest) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ImportIntunePfxRequest) GetRecord() []byte {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
 type EscrowedCertificate struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Sha1   string                 `protobuf:"bytes,1,opt,name=sha1,proto3" json:"sha1,omitempty"`
@@ -312,7 +357,7 @@ type EscrowedCertificate struct {
 
 func (x *EscrowedCertificate) Reset() {
 	*x = EscrowedCertificate{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[3]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -324,7 +369,7 @@ func (x *EscrowedCertificate) String() string {
 func (*EscrowedCertificate) ProtoMessage() {}
 
 func (x *EscrowedCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[3]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -337,7 +382,7 @@ func (x *EscrowedCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EscrowedCertificate.ProtoReflect.Descriptor instead.
 func (*EscrowedCertificate) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{3}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EscrowedCertificate) GetSha1() string {
@@ -437,7 +482,7 @@ type ImportPfxResponse struct {
 
 func (x *ImportPfxResponse) Reset() {
 	*x = ImportPfxResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[4]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +494,7 @@ func (x *ImportPfxResponse) String() string {
 func (*ImportPfxResponse) ProtoMessage() {}
 
 func (x *ImportPfxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[4]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +507,7 @@ func (x *ImportPfxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportPfxResponse.ProtoReflect.Descriptor instead.
 func (*ImportPfxResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{4}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ImportPfxResponse) GetCertificate() *EscrowedCertificate {
@@ -495,7 +540,7 @@ type ListUserCertificatesRequest struct {
 
 func (x *ListUserCertificatesRequest) Reset() {
 	*x = ListUserCertificatesRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[5]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +552,7 @@ func (x *ListUserCertificatesRequest) String() string {
 func (*ListUserCertificatesRequest) ProtoMessage() {}
 
 func (x *ListUserCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[5]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +565,7 @@ func (x *ListUserCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUserCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListUserCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{5}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListUserCertificatesRequest) GetUser() string {
@@ -539,7 +584,7 @@ type ListUserCertificatesResponse struct {
 
 func (x *ListUserCertificatesResponse) Reset() {
 	*x = ListUserCertificatesResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[6]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +596,7 @@ func (x *ListUserCertificatesResponse) String() string {
 func (*ListUserCertificatesResponse) ProtoMessage() {}
 
 func (x *ListUserCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[6]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +609,7 @@ func (x *ListUserCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUserCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListUserCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{6}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListUserCertificatesResponse) GetCertificates() []*EscrowedCertificate {
@@ -585,7 +630,7 @@ type DeleteUserCertificateRequest struct {
 
 func (x *DeleteUserCertificateRequest) Reset() {
 	*x = DeleteUserCertificateRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[7]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +642,7 @@ func (x *DeleteUserCertificateRequest) String() string {
 func (*DeleteUserCertificateRequest) ProtoMessage() {}
 
 func (x *DeleteUserCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[7]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +655,7 @@ func (x *DeleteUserCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteUserCertificateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteUserCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{7}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteUserCertificateRequest) GetUser() string {
@@ -636,7 +681,7 @@ type DeleteUserCertificateResponse struct {
 
 func (x *DeleteUserCertificateResponse) Reset() {
 	*x = DeleteUserCertificateResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[8]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +693,7 @@ func (x *DeleteUserCertificateResponse) String() string {
 func (*DeleteUserCertificateResponse) ProtoMessage() {}
 
 func (x *DeleteUserCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[8]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +706,7 @@ func (x *DeleteUserCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteUserCertificateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteUserCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{8}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteUserCertificateResponse) GetCertificate() *EscrowedCertificate {
@@ -680,7 +725,7 @@ type PurgeUserRequest struct {
 
 func (x *PurgeUserRequest) Reset() {
 	*x = PurgeUserRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[9]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +737,7 @@ func (x *PurgeUserRequest) String() string {
 func (*PurgeUserRequest) ProtoMessage() {}
 
 func (x *PurgeUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[9]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +750,7 @@ func (x *PurgeUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeUserRequest.ProtoReflect.Descriptor instead.
 func (*PurgeUserRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{9}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PurgeUserRequest) GetUser() string {
@@ -724,7 +769,7 @@ type PurgeUserResponse struct {
 
 func (x *PurgeUserResponse) Reset() {
 	*x = PurgeUserResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +781,7 @@ func (x *PurgeUserResponse) String() string {
 func (*PurgeUserResponse) ProtoMessage() {}
 
 func (x *PurgeUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +794,7 @@ func (x *PurgeUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeUserResponse.ProtoReflect.Descriptor instead.
 func (*PurgeUserResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{10}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PurgeUserResponse) GetPurged() []*EscrowedCertificate {
@@ -778,7 +823,9 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"\x12encrypted_password\x18\x04 \x01(\fH\x00R\x11encryptedPassword\x12=\n" +
 	"\rpassword_hash\x18\x05 \x01(\x0e2\x18.smimeca.v1.PasswordHashR\fpasswordHash\x12\x18\n" +
 	"\apurpose\x18\x06 \x01(\tR\apurposeB\x11\n" +
-	"\x0fpassword_source\"\xa9\x03\n" +
+	"\x0fpassword_source\"0\n" +
+	"\x16ImportIntunePfxRequest\x12\x16\n" +
+	"\x06record\x18\x01 \x01(\fR\x06record\"\xa9\x03\n" +
 	"\x13EscrowedCertificate\x12\x12\n" +
 	"\x04sha1\x18\x01 \x01(\tR\x04sha1\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x16\n" +
@@ -819,10 +866,11 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"\x19PASSWORD_HASH_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PASSWORD_HASH_SHA256\x10\x01\x12\x18\n" +
 	"\x14PASSWORD_HASH_SHA384\x10\x02\x12\x18\n" +
-	"\x14PASSWORD_HASH_SHA512\x10\x032\xd6\x03\n" +
+	"\x14PASSWORD_HASH_SHA512\x10\x032\xac\x04\n" +
 	"\vEscrowAdmin\x12Z\n" +
 	"\x0fGetConnectorKey\x12\".smimeca.v1.GetConnectorKeyRequest\x1a#.smimeca.v1.GetConnectorKeyResponse\x12H\n" +
-	"\tImportPfx\x12\x1c.smimeca.v1.ImportPfxRequest\x1a\x1d.smimeca.v1.ImportPfxResponse\x12i\n" +
+	"\tImportPfx\x12\x1c.smimeca.v1.ImportPfxRequest\x1a\x1d.smimeca.v1.ImportPfxResponse\x12T\n" +
+	"\x0fImportIntunePfx\x12\".smimeca.v1.ImportIntunePfxRequest\x1a\x1d.smimeca.v1.ImportPfxResponse\x12i\n" +
 	"\x14ListUserCertificates\x12'.smimeca.v1.ListUserCertificatesRequest\x1a(.smimeca.v1.ListUserCertificatesResponse\x12l\n" +
 	"\x15DeleteUserCertificate\x12(.smimeca.v1.DeleteUserCertificateRequest\x1a).smimeca.v1.DeleteUserCertificateResponse\x12H\n" +
 	"\tPurgeUser\x12\x1c.smimeca.v1.PurgeUserRequest\x1a\x1d.smimeca.v1.PurgeUserResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
@@ -840,43 +888,46 @@ func file_smimeca_v1_escrow_proto_rawDescGZIP() []byte {
 }
 
 var file_smimeca_v1_escrow_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_smimeca_v1_escrow_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_smimeca_v1_escrow_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_smimeca_v1_escrow_proto_goTypes = []any{
 	(PasswordHash)(0),                     // 0: smimeca.v1.PasswordHash
 	(*GetConnectorKeyRequest)(nil),        // 1: smimeca.v1.GetConnectorKeyRequest
 	(*GetConnectorKeyResponse)(nil),       // 2: smimeca.v1.GetConnectorKeyResponse
 	(*ImportPfxRequest)(nil),              // 3: smimeca.v1.ImportPfxRequest
-	(*EscrowedCertificate)(nil),           // 4: smimeca.v1.EscrowedCertificate
-	(*ImportPfxResponse)(nil),             // 5: smimeca.v1.ImportPfxResponse
-	(*ListUserCertificatesRequest)(nil),   // 6: smimeca.v1.ListUserCertificatesRequest
-	(*ListUserCertificatesResponse)(nil),  // 7: smimeca.v1.ListUserCertificatesResponse
-	(*DeleteUserCertificateRequest)(nil),  // 8: smimeca.v1.DeleteUserCertificateRequest
-	(*DeleteUserCertificateResponse)(nil), // 9: smimeca.v1.DeleteUserCertificateResponse
-	(*PurgeUserRequest)(nil),              // 10: smimeca.v1.PurgeUserRequest
-	(*PurgeUserResponse)(nil),             // 11: smimeca.v1.PurgeUserResponse
-	(*timestamppb.Timestamp)(nil),         // 12: google.protobuf.Timestamp
+	(*ImportIntunePfxRequest)(nil),        // 4: smimeca.v1.ImportIntunePfxRequest
+	(*EscrowedCertificate)(nil),           // 5: smimeca.v1.EscrowedCertificate
+	(*ImportPfxResponse)(nil),             // 6: smimeca.v1.ImportPfxResponse
+	(*ListUserCertificatesRequest)(nil),   // 7: smimeca.v1.ListUserCertificatesRequest
+	(*ListUserCertificatesResponse)(nil),  // 8: smimeca.v1.ListUserCertificatesResponse
+	(*DeleteUserCertificateRequest)(nil),  // 9: smimeca.v1.DeleteUserCertificateRequest
+	(*DeleteUserCertificateResponse)(nil), // 10: smimeca.v1.DeleteUserCertificateResponse
+	(*PurgeUserRequest)(nil),              // 11: smimeca.v1.PurgeUserRequest
+	(*PurgeUserResponse)(nil),             // 12: smimeca.v1.PurgeUserResponse
+	(*timestamppb.Timestamp)(nil),         // 13: google.protobuf.Timestamp
 }
 var file_smimeca_v1_escrow_proto_depIdxs = []int32{
 	0,  // 0: smimeca.v1.ImportPfxRequest.password_hash:type_name -> smimeca.v1.PasswordHash
-	12, // 1: smimeca.v1.EscrowedCertificate.not_before:type_name -> google.protobuf.Timestamp
-	12, // 2: smimeca.v1.EscrowedCertificate.not_after:type_name -> google.protobuf.Timestamp
-	12, // 3: smimeca.v1.EscrowedCertificate.imported_at:type_name -> google.protobuf.Timestamp
-	4,  // 4: smimeca.v1.ImportPfxResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
-	4,  // 5: smimeca.v1.ListUserCertificatesResponse.certificates:type_name -> smimeca.v1.EscrowedCertificate
-	4,  // 6: smimeca.v1.DeleteUserCertificateResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
-	4,  // 7: smimeca.v1.PurgeUserResponse.purged:type_name -> smimeca.v1.EscrowedCertificate
+	13, // 1: smimeca.v1.EscrowedCertificate.not_before:type_name -> google.protobuf.Timestamp
+	13, // 2: smimeca.v1.EscrowedCertificate.not_after:type_name -> google.protobuf.Timestamp
+	13, // 3: smimeca.v1.EscrowedCertificate.imported_at:type_name -> google.protobuf.Timestamp
+	5,  // 4: smimeca.v1.ImportPfxResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
+	5,  // 5: smimeca.v1.ListUserCertificatesResponse.certificates:type_name -> smimeca.v1.EscrowedCertificate
+	5,  // 6: smimeca.v1.DeleteUserCertificateResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
+	5,  // 7: smimeca.v1.PurgeUserResponse.purged:type_name -> smimeca.v1.EscrowedCertificate
 	1,  // 8: smimeca.v1.EscrowAdmin.GetConnectorKey:input_type -> smimeca.v1.GetConnectorKeyRequest
 	3,  // 9: smimeca.v1.EscrowAdmin.ImportPfx:input_type -> smimeca.v1.ImportPfxRequest
-	6,  // 10: smimeca.v1.EscrowAdmin.ListUserCertificates:input_type -> smimeca.v1.ListUserCertificatesRequest
-	8,  // 11: smimeca.v1.EscrowAdmin.DeleteUserCertificate:input_type -> smimeca.v1.DeleteUserCertificateRequest
-	10, // 12: smimeca.v1.EscrowAdmin.PurgeUser:input_type -> smimeca.v1.PurgeUserRequest
-	2,  // 13: smimeca.v1.EscrowAdmin.GetConnectorKey:output_type -> smimeca.v1.GetConnectorKeyResponse
-	5,  // 14: smimeca.v1.EscrowAdmin.ImportPfx:output_type -> smimeca.v1.ImportPfxResponse
-	7,  // 15: smimeca.v1.EscrowAdmin.ListUserCertificates:output_type -> smimeca.v1.ListUserCertificatesResponse
-	9,  // 16: smimeca.v1.EscrowAdmin.DeleteUserCertificate:output_type -> smimeca.v1.DeleteUserCertificateResponse
-	11, // 17: smimeca.v1.EscrowAdmin.PurgeUser:output_type -> smimeca.v1.PurgeUserResponse
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
+	4,  // 10: smimeca.v1.EscrowAdmin.ImportIntunePfx:input_type -> smimeca.v1.ImportIntunePfxRequest
+	7,  // 11: smimeca.v1.EscrowAdmin.ListUserCertificates:input_type -> smimeca.v1.ListUserCertificatesRequest
+	9,  // 12: smimeca.v1.EscrowAdmin.DeleteUserCertificate:input_type -> smimeca.v1.DeleteUserCertificateRequest
+	11, // 13: smimeca.v1.EscrowAdmin.PurgeUser:input_type -> smimeca.v1.PurgeUserRequest
+	2,  // 14: smimeca.v1.EscrowAdmin.GetConnectorKey:output_type -> smimeca.v1.GetConnectorKeyResponse
+	6,  // 15: smimeca.v1.EscrowAdmin.ImportPfx:output_type -> smimeca.v1.ImportPfxResponse
+	6,  // 16: smimeca.v1.EscrowAdmin.ImportIntunePfx:output_type -> smimeca.v1.ImportPfxResponse
+	8,  // 17: smimeca.v1.EscrowAdmin.ListUserCertificates:output_type -> smimeca.v1.ListUserCertificatesResponse
+	10, // 18: smimeca.v1.EscrowAdmin.DeleteUserCertificate:output_type -> smimeca.v1.DeleteUserCertificateResponse
+	12, // 19: smimeca.v1.EscrowAdmin.PurgeUser:output_type -> smimeca.v1.PurgeUserResponse
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name
@@ -897,7 +948,7 @@ func file_smimeca_v1_escrow_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_smimeca_v1_escrow_proto_rawDesc), len(file_smimeca_v1_escrow_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	EscrowAdmin_GetConnectorKey_FullMethodName       = "/smimeca.v1.EscrowAdmin/GetConnectorKey"
 	EscrowAdmin_ImportPfx_FullMethodName             = "/smimeca.v1.EscrowAdmin/ImportPfx"
+	EscrowAdmin_ImportIntunePfx_FullMethodName       = "/smimeca.v1.EscrowAdmin/ImportIntunePfx"
 	EscrowAdmin_ListUserCertificates_FullMethodName  = "/smimeca.v1.EscrowAdmin/ListUserCertificates"
 	EscrowAdmin_DeleteUserCertificate_FullMethodName = "/smimeca.v1.EscrowAdmin/DeleteUserCertificate"
 	EscrowAdmin_PurgeUser_FullMethodName             = "/smimeca.v1.EscrowAdmin/PurgeUser"
@@ -39,6 +40,14 @@ type EscrowAdminClient interface {
 	// ImportPfx escrows one PFX for a user. Importing a certificate that is
 	// already escrowed changes nothing and returns duplicate = true.
 	ImportPfx(ctx context.Context, in *ImportPfxRequest, opts ...grpc.CallOption) (*ImportPfxResponse, error)
+	// ImportIntunePfx escrows one record of Intune's PFX import format —
+	// Microsoft Graph's userPFXCertificate as Intune's PFXImport PowerShell
+	// module builds it (userPrincipalName, thumbprint, intendedPurpose,
+	// paddingScheme, encryptedPfxBlob, encryptedPfxPassword, providerName,
+	// keyName), the password encrypted to the connector key — to the same
+	// entry ImportPfx would. Only smimeEncryption and unassigned records are
+	// escrowed; others are refused (INVALID_ARGUMENT, bad-purpose).
+	ImportIntunePfx(ctx context.Context, in *ImportIntunePfxRequest, opts ...grpc.CallOption) (*ImportPfxResponse, error)
 	// ListUserCertificates lists a user's escrowed certificates (no keys).
 	ListUserCertificates(ctx context.Context, in *ListUserCertificatesRequest, opts ...grpc.CallOption) (*ListUserCertificatesResponse, error)
 	// DeleteUserCertificate removes one escrowed certificate.
@@ -70,6 +79,16 @@ func (c *escrowAdminClient) ImportPfx(ctx context.Context, in *ImportPfxRequest,
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ImportPfxResponse)
 	err := c.cc.Invoke(ctx, EscrowAdmin_ImportPfx_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *escrowAdminClient) ImportIntunePfx(ctx context.Context, in *ImportIntunePfxRequest, opts ...grpc.CallOption) (*ImportPfxResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ImportPfxResponse)
+	err := c.cc.Invoke(ctx, EscrowAdmin_ImportIntunePfx_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -119,6 +138,14 @@ type EscrowAdminServer interface {
 	// ImportPfx escrows one PFX for a user. Importing a certificate that is
 	// already escrowed changes nothing and returns duplicate = true.
 	ImportPfx(context.Context, *ImportPfxRequest) (*ImportPfxResponse, error)
+	// ImportIntunePfx escrows one record of Intune's PFX import format —
+	// Microsoft Graph's userPFXCertificate as Intune's PFXImport PowerShell
+	// module builds it (userPrincipalName, thumbprint, intendedPurpose,
+	// paddingScheme, encryptedPfxBlob, encryptedPfxPassword, providerName,
+	// keyName), the password encrypted to the connector key — to the same
+	// entry ImportPfx would. Only smimeEncryption and unassigned records are
+	// escrowed; others are refused (INVALID_ARGUMENT, bad-purpose).
+	ImportIntunePfx(context.Context, *ImportIntunePfxRequest) (*ImportPfxResponse, error)
 	// ListUserCertificates lists a user's escrowed certificates (no keys).
 	ListUserCertificates(context.Context, *ListUserCertificatesRequest) (*ListUserCertificatesResponse, error)
 	// DeleteUserCertificate removes one escrowed certificate.
@@ -141,6 +168,9 @@ func (UnimplementedEscrowAdminServer) GetConnectorKey(context.Context, *GetConne
 }
 func (UnimplementedEscrowAdminServer) ImportPfx(context.Context, *ImportPfxRequest) (*ImportPfxResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ImportPfx not implemented")
+}
+func (UnimplementedEscrowAdminServer) ImportIntunePfx(context.Context, *ImportIntunePfxRequest) (*ImportPfxResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ImportIntunePfx not implemented")
 }
 func (UnimplementedEscrowAdminServer) ListUserCertificates(context.Context, *ListUserCertificatesRequest) (*ListUserCertificatesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListUserCertificates not implemented")
@@ -204,6 +234,24 @@ func _EscrowAdmin_ImportPfx_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(EscrowAdminServer).ImportPfx(ctx, req.(*ImportPfxRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EscrowAdmin_ImportIntunePfx_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ImportIntunePfxRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EscrowAdminServer).ImportIntunePfx(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EscrowAdmin_ImportIntunePfx_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EscrowAdminServer).ImportIntunePfx(ctx, req.(*ImportIntunePfxRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -276,6 +324,10 @@ var EscrowAdmin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ImportPfx",
 			Handler:    _EscrowAdmin_ImportPfx_Handler,
+		},
+		{
+			MethodName: "ImportIntunePfx",
+			Handler:    _EscrowAdmin_ImportIntunePfx_Handler,
 		},
 		{
 			MethodName: "ListUserCertificates",
