@@ -107,6 +107,7 @@ func (s *BundleService) GetUserBundle(ctx context.Context, req *pb.GetUserBundle
 			IssuedSerials: sg.IssuedSerials,
 		},
 		EncryptionCertificates: make([]*pb.EncryptionCertificate, 0, len(b.Encryption)),
+		KeyEscrowNotice:        b.EscrowNotice,
 	}
 	now := time.Now()
 	for _, e := range b.Encryption {

@@ -48,12 +48,12 @@ func (s *BundleService) RenderDeviceProfile(ctx context.Context, req *pb.RenderD
 	ui := profile.UserInfo{UPN: req.GetUpn(), PrimarySMTP: req.GetPrimarySmtp(), SAMAccountName: req.GetSamAccountName(),
 		FullDomain: req.GetDomain(), NetBIOSDomain: req.GetNetbiosDomain()}
 	var sums []string
-	var recipient string
+	var recipient, notice string
 	mc, err := s.policy.Sealed(ctx, br, func(b *policy.Bundle, encrypt func([]byte) ([]byte, error)) ([]byte, error) {
 		for _, e := range b.Encryption {
 			sums = append(sums, e.Metadata.SHA256)
 		}
-		recipient = thumb(b.Recipient)
+		recipient, notice = thumb(b.Recipient), b.EscrowNotice
 		plain, err := profile.Render(profile.Input{Bundle: ProfileBundle(b), Settings: settings, User: ui,
 			Organization: req.GetOrganization(), Encrypt: encrypt})
 		if err != nil {
@@ -64,13 +64,13 @@ func (s *BundleService) RenderDeviceProfile(ctx context.Context, req *pb.RenderD
 	if err != nil {
 		return nil, statusFor(ctx, s.log, err)
 	}
-	return &pb.RenderDeviceProfileResponse{Mobileconfig: mc, RecipientSha256: recipient, EncryptionSha256: sums}, nil
+	return &pb.RenderDeviceProfileResponse{Mobileconfig: mc, RecipientSha256: recipient, EncryptionSha256: sums, KeyEscrowNotice: notice}, nil
 }
 
 // ProfileBundle is the renderer's view of a bundle: the SCEP reference, the
 // chain and each re-wrapped certificate with its password.
 func ProfileBundle(b *policy.Bundle) profile.Bundle {
-	out := profile.Bundle{User: b.User, Device: b.Device,
+	out := profile.Bundle{User: b.User, Device: b.Device, EscrowNotice: b.EscrowNotice,
 		SCEP: profile.SCEPRef{URL: b.Signing.SCEPURL, Challenge: b.Signing.Challenge, CommonName: b.User,
 			RFC822Name: b.Signing.RFC822Name, KeySize: b.Signing.KeySize, CAFingerprint: b.Signing.CAFingerprint.SHA1}}
 	if len(b.Chain) == 2 {

@@ -97,6 +97,11 @@ func TestRenderDeviceProfileIsSealedToTheDevice(t *testing.T) {
 	if resp.GetRecipientSha256() == "" || len(resp.GetEncryptionSha256()) != 1 {
 		t.Errorf("response metadata %v", resp)
 	}
+	// The subscriber notice (S/MIME BR 4.12.1) is in the response and in
+	// the profile the user sees.
+	if resp.GetKeyEscrowNotice() != policy.KeyEscrowNotice || !bytes.Contains(sd.Content, []byte("held in escrow")) {
+		t.Errorf("escrow notice %q; in the profile: %v", resp.GetKeyEscrowNotice(), bytes.Contains(sd.Content, []byte("held in escrow")))
+	}
 	// Another key cannot open it.
 	var top map[string]any
 	plist.Unmarshal(sd.Content, &top)

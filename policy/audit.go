@@ -49,6 +49,9 @@ type Event struct {
 	Recipient string `json:"recipient_sha256,omitempty"`
 	Result    string `json:"result"`
 	Detail    string `json:"detail,omitempty"`
+	// EscrowNotice records that a key release told the subscriber that
+	// the released keys are escrowed (KeyEscrowNotice).
+	EscrowNotice bool `json:"escrow_notice_given,omitempty"`
 }
 
 // Audit actions.

@@ -28,6 +28,12 @@ const (
 	ActionKeyBreakGlass = "key.release.break-glass"
 )
 
+// KeyEscrowNotice tells the subscriber that the private keys of their
+// encryption certificates are escrowed (S/MIME BR 4.12.1): every bundle
+// and profile that carries escrowed keys carries it, and every key
+// release's audit event records that it was given.
+const KeyEscrowNotice = "The private keys of your S/MIME encryption certificates are held in escrow by your organisation's certificate authority (smimeca), so that mail encrypted to them stays readable on each of your devices. They are released only encrypted to a device registered to you, or by an administrator in an audited emergency release."
+
 // Delivery says how escrowed keys leave in a bundle.
 type Delivery int
 
@@ -158,6 +164,8 @@ type Bundle struct {
 	// Recipient is the device identity certificate the envelopes are
 	// encrypted to (DeliverCMS).
 	Recipient *x509.Certificate
+	// EscrowNotice is KeyEscrowNotice when Encryption is not empty.
+	EscrowNotice string
 }
 
 // Bundle creates a fresh one-time challenge for a registered, active
@@ -283,6 +291,9 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 	}
 	for _, e := range out.Encryption {
 		ev.SHA256 = append(ev.SHA256, e.Metadata.SHA256)
+	}
+	if len(out.Encryption) > 0 {
+		out.EscrowNotice, ev.EscrowNotice = KeyEscrowNotice, true
 	}
 	return out, ev, nil
 }

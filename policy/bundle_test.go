@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/smallstep/pkcs7"
@@ -93,6 +94,11 @@ func TestBundleEncryptsToTheRegisteredIdentity(t *testing.T) {
 	if ev.Result != "ok" || ev.Recipient == "" || len(ev.SHA256) != 1 || ev.SHA256[0] != e.Metadata.SHA256 {
 		t.Errorf("release audit %+v", ev)
 	}
+	// The subscriber is told that the keys are escrowed, and the audit
+	// records that they were.
+	if b.EscrowNotice != policy.KeyEscrowNotice || !strings.Contains(b.EscrowNotice, "escrow") || !ev.EscrowNotice {
+		t.Errorf("escrow notice %q, audited %v", b.EscrowNotice, ev.EscrowNotice)
+	}
 	d, _ := v.enroll.Device(ctx, "a@example.com", "d")
 	if ev.Recipient != d.IdentitySHA256() {
 		t.Errorf("audit names recipient %s, the registered identity is %s", ev.Recipient, d.IdentitySHA256())
@@ -168,8 +174,8 @@ func TestBundleWithoutEscrowAndWithVaultDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, err := policy.NewBundles(v.enroll, nil, v.ca, "http://x/scep", nil).Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "plain", Delivery: policy.DeliverCMS})
-	if err != nil || b.Signing.Challenge == "" || len(b.Encryption) != 0 || len(b.Chain) != 2 {
-		t.Fatalf("bundle without escrow: %+v %v", b, err)
+	if err != nil || b.Signing.Challenge == "" || len(b.Encryption) != 0 || len(b.Chain) != 2 || b.EscrowNotice != "" {
+		t.Fatalf("bundle without escrow (and so without an escrow notice): %+v %v", b, err)
 	}
 	// Vault down: the error says unavailable and nothing is released.
 	v.vault.Stop()

@@ -56,6 +56,9 @@ type Bundle struct {
 	Encryption   []Identity
 	Root         *x509.Certificate
 	Intermediate *x509.Certificate
+	// EscrowNotice, when set, tells the user that the encryption keys are
+	// escrowed; it goes into the profile's description.
+	EscrowNotice string
 }
 
 // UserInfo are the per-user directory values the settings may draw on;
@@ -216,7 +219,11 @@ func Render(in Input) ([]byte, error) {
 	if in.Organization != "" {
 		top["PayloadOrganization"] = in.Organization
 	}
-	top["PayloadDescription"] = "Exchange account " + b.User + " with S/MIME signing and encryption identities, issued by smimeca."
+	desc := "Exchange account " + b.User + " with S/MIME signing and encryption identities, issued by smimeca."
+	if b.EscrowNotice != "" {
+		desc += " " + b.EscrowNotice
+	}
+	top["PayloadDescription"] = desc
 	out, err := plist.MarshalIndent(top, plist.XMLFormat, "\t")
 	if err != nil {
 		return nil, fmt.Errorf("profile: encode plist: %w", err)

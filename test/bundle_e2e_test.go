@@ -44,6 +44,7 @@ type bundleJSON struct {
 		Expired               bool   `json:"expired"`
 		SHA256                string `json:"sha256"`
 	} `json:"encryption"`
+	KeyEscrowNotice string `json:"key_escrow_notice"`
 }
 
 func (s *server) bundle(t *testing.T, out string, extra ...string) bundleJSON {
@@ -104,6 +105,9 @@ func TestBundleEndToEnd(t *testing.T) {
 	b := s.bundle(t, bdir, "--user", "Alice@example.com", "--device", "iphone-7")
 	if len(b.Encryption) != 3 {
 		t.Fatalf("bundle has %d encryption certificates, want 3", len(b.Encryption))
+	}
+	if !strings.Contains(b.KeyEscrowNotice, "held in escrow") {
+		t.Errorf("the bundle does not tell the subscriber that the keys are escrowed: %q", b.KeyEscrowNotice)
 	}
 	if !b.Encryption[0].Current || b.Encryption[0].Expired || b.Encryption[1].Current || !b.Encryption[2].Expired {
 		t.Errorf("order/flags: want current first and the expired last: %+v", b.Encryption)

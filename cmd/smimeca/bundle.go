@@ -37,6 +37,8 @@ type bundleFile struct {
 	// RecipientSHA256 is the device identity certificate the passwords
 	// are encrypted to (CMS delivery).
 	RecipientSHA256 string `json:"recipient_sha256,omitempty"`
+	// KeyEscrowNotice tells the user that the encryption keys are escrowed.
+	KeyEscrowNotice string `json:"key_escrow_notice,omitempty"`
 }
 
 type bundleEntry struct {
@@ -137,7 +139,7 @@ func bundleCmd(args []string, stdout io.Writer) error {
 	for _, der := range resp.GetCaChainDer() {
 		caPEM = append(caPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
-	bf.CAFile, bf.RecipientSHA256 = "ca.pem", resp.GetRecipientSha256()
+	bf.CAFile, bf.RecipientSHA256, bf.KeyEscrowNotice = "ca.pem", resp.GetRecipientSha256(), resp.GetKeyEscrowNotice()
 	if err := os.WriteFile(filepath.Join(out, bf.CAFile), caPEM, 0o644); err != nil {
 		return err
 	}

@@ -310,8 +310,11 @@ type RenderDeviceProfileResponse struct {
 	RecipientSha256 string `protobuf:"bytes,2,opt,name=recipient_sha256,json=recipientSha256,proto3" json:"recipient_sha256,omitempty"`
 	// SHA-256 thumbprints of the escrowed certificates inside.
 	EncryptionSha256 []string `protobuf:"bytes,3,rep,name=encryption_sha256,json=encryptionSha256,proto3" json:"encryption_sha256,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The subscriber notice that the encryption keys are escrowed, also the
+	// profile's PayloadDescription; set when the profile carries any.
+	KeyEscrowNotice string `protobuf:"bytes,4,opt,name=key_escrow_notice,json=keyEscrowNotice,proto3" json:"key_escrow_notice,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RenderDeviceProfileResponse) Reset() {
@@ -363,6 +366,13 @@ func (x *RenderDeviceProfileResponse) GetEncryptionSha256() []string {
 		return x.EncryptionSha256
 	}
 	return nil
+}
+
+func (x *RenderDeviceProfileResponse) GetKeyEscrowNotice() string {
+	if x != nil {
+		return x.KeyEscrowNotice
+	}
+	return ""
 }
 
 type GetUserBundleRequest struct {
@@ -706,8 +716,12 @@ type GetUserBundleResponse struct {
 	// (CMS delivery with at least one certificate), and its SHA-256.
 	RecipientCertificateDer []byte `protobuf:"bytes,6,opt,name=recipient_certificate_der,json=recipientCertificateDer,proto3" json:"recipient_certificate_der,omitempty"`
 	RecipientSha256         string `protobuf:"bytes,7,opt,name=recipient_sha256,json=recipientSha256,proto3" json:"recipient_sha256,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// The subscriber notice that the encryption keys are escrowed (S/MIME
+	// BR 4.12.1), to show the user; set when encryption_certificates is not
+	// empty.
+	KeyEscrowNotice string `protobuf:"bytes,8,opt,name=key_escrow_notice,json=keyEscrowNotice,proto3" json:"key_escrow_notice,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GetUserBundleResponse) Reset() {
@@ -789,6 +803,13 @@ func (x *GetUserBundleResponse) GetRecipientSha256() string {
 	return ""
 }
 
+func (x *GetUserBundleResponse) GetKeyEscrowNotice() string {
+	if x != nil {
+		return x.KeyEscrowNotice
+	}
+	return ""
+}
+
 var File_smimeca_v1_bundle_proto protoreflect.FileDescriptor
 
 const file_smimeca_v1_bundle_proto_rawDesc = "" +
@@ -807,11 +828,12 @@ const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\forganization\x18\t \x01(\tR\forganization\x126\n" +
 	"\bencoding\x18\n" +
 	" \x01(\x0e2\x1a.smimeca.v1.Pkcs12EncodingR\bencoding\x12=\n" +
-	"\rkey_transport\x18\v \x01(\x0e2\x18.smimeca.v1.KeyTransportR\fkeyTransport\"\x99\x01\n" +
+	"\rkey_transport\x18\v \x01(\x0e2\x18.smimeca.v1.KeyTransportR\fkeyTransport\"\xc5\x01\n" +
 	"\x1bRenderDeviceProfileResponse\x12\"\n" +
 	"\fmobileconfig\x18\x01 \x01(\fR\fmobileconfig\x12)\n" +
 	"\x10recipient_sha256\x18\x02 \x01(\tR\x0frecipientSha256\x12+\n" +
-	"\x11encryption_sha256\x18\x03 \x03(\tR\x10encryptionSha256\"\xfb\x02\n" +
+	"\x11encryption_sha256\x18\x03 \x03(\tR\x10encryptionSha256\x12*\n" +
+	"\x11key_escrow_notice\x18\x04 \x01(\tR\x0fkeyEscrowNotice\"\xfb\x02\n" +
 	"\x14GetUserBundleRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x122\n" +
@@ -842,7 +864,7 @@ const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\x06pkcs12\x18\x02 \x01(\fR\x06pkcs12\x12\x1a\n" +
 	"\bpassword\x18\x03 \x01(\tR\bpassword\x12-\n" +
 	"\x12enveloped_password\x18\x04 \x01(\fR\x11envelopedPassword\x12\x18\n" +
-	"\acurrent\x18\x05 \x01(\bR\acurrent\"\xe5\x02\n" +
+	"\acurrent\x18\x05 \x01(\bR\acurrent\"\x91\x03\n" +
 	"\x15GetUserBundleResponse\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x126\n" +
@@ -851,7 +873,8 @@ const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\fca_chain_der\x18\x05 \x03(\fR\n" +
 	"caChainDer\x12:\n" +
 	"\x19recipient_certificate_der\x18\x06 \x01(\fR\x17recipientCertificateDer\x12)\n" +
-	"\x10recipient_sha256\x18\a \x01(\tR\x0frecipientSha256*f\n" +
+	"\x10recipient_sha256\x18\a \x01(\tR\x0frecipientSha256\x12*\n" +
+	"\x11key_escrow_notice\x18\b \x01(\tR\x0fkeyEscrowNotice*f\n" +
 	"\x0eDeliveryFormat\x12\x1f\n" +
 	"\x1bDELIVERY_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DELIVERY_FORMAT_PKCS12\x10\x01\x12\x17\n" +
