@@ -8,8 +8,8 @@ import (
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
-	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/internal/testpki"
+	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 )
 
 // Records as Intune's PFXImport module builds them decode to the PFX and
