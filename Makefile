@@ -11,8 +11,8 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 ##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault.
 run: build
 	@if [ -z "$$SMIMECA_VAULT_ADDR" ]; then \
-	  VB=$$(./scripts/vault.sh) && exec ./$(BIN) serve --embedded-vault --vault-bin "$$VB"; \
-	else exec ./$(BIN) serve; fi
+	  VB=$$(./scripts/vault.sh) && exec ./$(BIN) serve --embedded-vault --vault-bin "$$VB" --ldap-addr :1389; \
+	else exec ./$(BIN) serve --ldap-addr :1389; fi
 
 ## build: build the smimeca binary into bin/
 build:
@@ -59,7 +59,7 @@ chaos: deps vault
 ##       Minimising a new input is capped at 50 runs: uncapped, minimising the first find (a few KiB
 ##       of CMS, each run doing RSA under coverage instrumentation) took the whole budget.
 FUZZTIME ?= 20s
-FUZZ_TARGETS := scep/FuzzPKIOperation pfx-connector/FuzzDecode policy/FuzzNormalizeEmail policy/FuzzCSR profile/FuzzParseSettings cmd/smimeca/FuzzManifest api/FuzzRequests pfx-connector/FuzzParseIntune ca/FuzzOCSPRespond
+FUZZ_TARGETS := scep/FuzzPKIOperation pfx-connector/FuzzDecode policy/FuzzNormalizeEmail policy/FuzzCSR profile/FuzzParseSettings cmd/smimeca/FuzzManifest api/FuzzRequests pfx-connector/FuzzParseIntune ca/FuzzOCSPRespond directory/FuzzFilterAddresses
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  echo "$(GO) test ./$${t%/*}/ -run '^$$' -fuzz $${t##*/} -fuzztime $(FUZZTIME) -fuzzminimizetime 50x"; \

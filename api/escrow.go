@@ -27,6 +27,7 @@ type EscrowPolicy interface {
 	List(ctx context.Context, user string) ([]policy.Escrowed, error)
 	Delete(ctx context.Context, user, thumbprint string) (policy.Escrowed, error)
 	Purge(ctx context.Context, user string) ([]policy.Escrowed, error)
+	Revoke(ctx context.Context, user, thumbprint, reason string) (policy.Escrowed, error)
 }
 
 // EscrowService implements smimeca.v1.EscrowAdmin.
@@ -132,12 +133,25 @@ func (s *EscrowService) toProto(m policy.Escrowed) *pb.EscrowedCertificate {
 
 // escrowedToProto converts escrow metadata; expired is judged at now.
 func escrowedToProto(m policy.Escrowed, now time.Time) *pb.EscrowedCertificate {
-	return &pb.EscrowedCertificate{
+	out := &pb.EscrowedCertificate{
 		Sha1: m.SHA1, Sha256: m.SHA256, Serial: m.Serial, Issuer: m.Issuer, Subject: m.Subject,
 		Emails: m.Emails, NotBefore: timestamppb.New(m.NotBefore), NotAfter: timestamppb.New(m.NotAfter),
 		Purpose: m.Purpose, ImportedAt: timestamppb.New(m.ImportedAt), ImportedBy: m.ImportedBy,
-		Expired: now.After(m.NotAfter),
+		Expired: now.After(m.NotAfter), RevocationReason: m.RevocationReason,
 	}
+	if !m.RevokedAt.IsZero() {
+		out.RevokedAt = timestamppb.New(m.RevokedAt)
+	}
+	return out
+}
+
+// RevokeUserCertificate implements pb.EscrowAdminServer.
+func (s *EscrowService) RevokeUserCertificate(ctx context.Context, req *pb.RevokeUserCertificateRequest) (*pb.RevokeUserCertificateResponse, error) {
+	m, err := s.policy.Revoke(ctx, req.GetUser(), req.GetThumbprint(), req.GetReason())
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	return &pb.RevokeUserCertificateResponse{Certificate: s.toProto(m)}, nil
 }
 
 func (s *EscrowService) status(ctx context.Context, err error) error {

@@ -56,6 +56,7 @@ type Logical interface {
 	ReadWithContext(ctx context.Context, path string) (*vault.Secret, error)
 	WriteWithContext(ctx context.Context, path string, data map[string]any) (*vault.Secret, error)
 	DeleteWithContext(ctx context.Context, path string) (*vault.Secret, error)
+	ListWithContext(ctx context.Context, path string) (*vault.Secret, error)
 }
 
 // Config names the Vault mounts and key.
@@ -281,6 +282,79 @@ func (s *Store) List(ctx context.Context, user string) ([]policy.Escrowed, error
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].NotAfter.After(out[j].NotAfter) })
 	return out, nil
+}
+
+// Certificates returns the user's escrowed certificates without their
+// keys (no Transit call), newest notAfter first, in one Vault read.
+func (s *Store) Certificates(ctx context.Context, user string) ([]policy.PublicCertificate, error) {
+	e, _, err := s.read(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]policy.PublicCertificate, 0, len(e.Certificates))
+	for _, c := range e.Certificates {
+		der, err := base64.StdEncoding.DecodeString(c.Cert)
+		if err != nil {
+			return nil, fmt.Errorf("escrow: certificate %s of %s is corrupt", c.SHA256, user)
+		}
+		out = append(out, policy.PublicCertificate{Escrowed: c.Escrowed, CertDER: der})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].NotAfter.After(out[j].NotAfter) })
+	return out, nil
+}
+
+// Users lists the addresses that have an escrow entry (one Vault LIST).
+func (s *Store) Users(ctx context.Context) ([]string, error) {
+	sec, err := s.v.ListWithContext(ctx, s.cfg.KVMount+"/metadata/users/")
+	if err != nil {
+		return nil, vaultErr("list users", err)
+	}
+	if sec == nil || sec.Data == nil {
+		return nil, nil
+	}
+	keys, _ := sec.Data["keys"].([]any)
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if u, ok := k.(string); ok {
+			if d, err := url.PathUnescape(u); err == nil {
+				out = append(out, d)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// MarkRevoked records that the certificate named by its SHA-256 or SHA-1
+// thumbprint was revoked by its CA at at, for reason, and returns its
+// metadata; policy.ErrNotFound when it is not escrowed. A certificate
+// already marked keeps its first record (and revoked reports false).
+func (s *Store) MarkRevoked(ctx context.Context, user, thumbprint string, at time.Time, reason string) (m policy.Escrowed, revoked bool, err error) {
+	t := strings.ToLower(strings.ReplaceAll(thumbprint, ":", ""))
+	var found bool
+	err = s.update(ctx, user, func(e *entry) (bool, error) {
+		found, revoked = false, false
+		for i, c := range e.Certificates {
+			if strings.EqualFold(c.SHA256, t) || strings.EqualFold(c.SHA1, t) {
+				found = true
+				if !c.RevokedAt.IsZero() {
+					m = c.Escrowed
+					return false, nil
+				}
+				e.Certificates[i].RevokedAt, e.Certificates[i].RevocationReason = at.UTC(), reason
+				m, revoked = e.Certificates[i].Escrowed, true
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return policy.Escrowed{}, false, err
+	}
+	if !found {
+		return policy.Escrowed{}, false, fmt.Errorf("%w: no certificate %s escrowed for %s", policy.ErrNotFound, thumbprint, user)
+	}
+	return m, revoked, nil
 }
 
 // Load returns the user's certificates with their private keys decrypted:

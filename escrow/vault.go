@@ -160,6 +160,15 @@ func (r *reauth) DeleteWithContext(ctx context.Context, path string) (*vault.Sec
 	return s, err
 }
 
+// ListWithContext implements Logical.
+func (r *reauth) ListWithContext(ctx context.Context, path string) (*vault.Secret, error) {
+	s, err := r.l.ListWithContext(ctx, path)
+	if err != nil && r.retry(ctx, err) {
+		return r.l.ListWithContext(ctx, path)
+	}
+	return s, err
+}
+
 func orDefault(s, d string) string {
 	if s == "" {
 		return d

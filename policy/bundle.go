@@ -350,8 +350,7 @@ func (b *Bundles) rewrap(recs []EscrowedKey, req BundleRequest, recipient *x509.
 	entries := make([]EncryptionEntry, len(recs))
 	current := -1
 	for i, r := range recs {
-		if r.Purpose != PurposeSigning && now.Before(r.NotAfter) && !now.Before(r.NotBefore) &&
-			(current < 0 || r.NotAfter.After(recs[current].NotAfter)) {
+		if r.CanEncrypt(now) && (current < 0 || r.NotAfter.After(recs[current].NotAfter)) {
 			current = i
 		}
 	}

@@ -21,6 +21,7 @@ const (
 	ActionEscrowImport = "escrow.import"
 	ActionEscrowDelete = "escrow.delete"
 	ActionEscrowPurge  = "escrow.purge"
+	ActionEscrowRevoke = "escrow.revoke"
 )
 
 // EscrowStore is what escrow rules need from the Vault store;
@@ -30,6 +31,23 @@ type EscrowStore interface {
 	List(ctx context.Context, user string) ([]Escrowed, error)
 	Delete(ctx context.Context, user, thumbprint string) (Escrowed, error)
 	Purge(ctx context.Context, user string) ([]Escrowed, error)
+	MarkRevoked(ctx context.Context, user, thumbprint string, at time.Time, reason string) (Escrowed, bool, error)
+}
+
+// ChangeListener hears of every escrow change after it is written: the
+// user whose entry changed and the certificates that left it or were
+// marked revoked (nil for an import). A recipient directory publisher
+// follows escrow with it. It must not block.
+type ChangeListener func(user string, removed []Escrowed)
+
+// OnChange adds a listener of escrow changes. Add listeners before the
+// Escrow is used.
+func (e *Escrow) OnChange(l ChangeListener) { e.listeners = append(e.listeners, l) }
+
+func (e *Escrow) changed(user string, removed []Escrowed) {
+	for _, l := range e.listeners {
+		l(user, removed)
+	}
 }
 
 // Escrow applies the import rules and records every escrow change.
@@ -40,6 +58,7 @@ type Escrow struct {
 	aliases   map[string]string // alias address → user address
 	audit     Auditor
 	now       func() time.Time
+	listeners []ChangeListener
 }
 
 // EscrowOption configures Escrow.
@@ -165,6 +184,9 @@ func (e *Escrow) Import(ctx context.Context, req ImportRequest) (ImportResult, e
 		ev.Serials = []string{res.Metadata.Serial}
 	}
 	e.audit.Audit(ctx, ev)
+	if err == nil && !res.Duplicate {
+		e.changed(user, nil)
+	}
 	return res, err
 }
 
@@ -351,6 +373,43 @@ func (e *Escrow) Delete(ctx context.Context, user, thumbprint string) (Escrowed,
 	}
 	ev.Result, ev.SHA256, ev.Serials = "ok", []string{m.SHA256}, []string{m.Serial}
 	e.audit.Audit(ctx, ev)
+	e.changed(u, []Escrowed{m})
+	return m, nil
+}
+
+// Revoke records that an escrowed certificate was revoked by its CA (the
+// certificate is named by its SHA-1 or SHA-256 thumbprint): its key stays
+// in escrow, since old mail needs it, but it is no longer any bundle's
+// current certificate and no longer published as a recipient
+// certificate. A second revocation of it is refused (already-revoked).
+func (e *Escrow) Revoke(ctx context.Context, user, thumbprint, reason string) (Escrowed, error) {
+	u, err := NormalizeEmail(user)
+	if err != nil {
+		return Escrowed{}, err
+	}
+	t := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(thumbprint), ":", ""))
+	if _, err := hex.DecodeString(t); err != nil || (len(t) != 40 && len(t) != 64) {
+		return Escrowed{}, reject(ReasonBadThumbprint, fmt.Sprintf("%q is not a SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint", thumbprint))
+	}
+	m, revoked, err := e.store.MarkRevoked(ctx, u, t, e.now(), reason)
+	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionEscrowRevoke, User: u, Detail: reason}
+	switch {
+	case errors.Is(err, ErrNotFound):
+		ev.Result, ev.Detail = "refused", "not escrowed"
+		e.audit.Audit(ctx, ev)
+		return Escrowed{}, reject(ReasonNotEscrowed, fmt.Sprintf("no certificate %s is escrowed for %s", thumbprint, u))
+	case err != nil:
+		ev.Result, ev.Detail = "error", err.Error()
+		e.audit.Audit(ctx, ev)
+		return Escrowed{}, fmt.Errorf("policy: escrow revoke: %w", err)
+	case !revoked:
+		ev.Result, ev.Detail, ev.SHA256 = "refused", "already revoked", []string{m.SHA256}
+		e.audit.Audit(ctx, ev)
+		return m, reject(ReasonAlreadyRevoked, fmt.Sprintf("certificate %s of %s was marked revoked already, at %s", m.SHA256, u, m.RevokedAt.Format(time.RFC3339)))
+	}
+	ev.Result, ev.SHA256, ev.Serials = "ok", []string{m.SHA256}, []string{m.Serial}
+	e.audit.Audit(ctx, ev)
+	e.changed(u, []Escrowed{m})
 	return m, nil
 }
 
@@ -372,5 +431,6 @@ func (e *Escrow) Purge(ctx context.Context, user string) ([]Escrowed, error) {
 		ev.SHA256 = append(ev.SHA256, m.SHA256)
 	}
 	e.audit.Audit(ctx, ev)
+	e.changed(u, list)
 	return list, nil
 }

@@ -24,6 +24,26 @@ type Escrowed struct {
 	Purpose    string    `json:"purpose"`
 	ImportedAt time.Time `json:"imported_at"`
 	ImportedBy string    `json:"imported_by"`
+	// RevokedAt is when an administrator recorded that the certificate's
+	// CA revoked it (zero: not revoked). Its key stays in escrow for old
+	// mail; it is no longer the current one nor published as a recipient.
+	RevokedAt        time.Time `json:"revoked_at,omitzero"`
+	RevocationReason string    `json:"revocation_reason,omitempty"`
+}
+
+// CanEncrypt reports whether new mail may be encrypted to the certificate
+// at now: an encryption certificate, valid then, not marked revoked. The
+// newest such is a bundle's current certificate; all of them are the
+// user's published recipient certificates.
+func (m Escrowed) CanEncrypt(now time.Time) bool {
+	return m.Purpose != PurposeSigning && !now.Before(m.NotBefore) && now.Before(m.NotAfter) && m.RevokedAt.IsZero()
+}
+
+// PublicCertificate is an escrowed certificate without its key: what a
+// recipient directory publishes.
+type PublicCertificate struct {
+	Escrowed
+	CertDER []byte
 }
 
 // EscrowedKey is one escrowed certificate with its private key in the

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a bare machine (Debian + Go):
-#   Debian: scep (micromdm's scepclient/scepserver), openssl, gcc (for -race)
+#   Debian: scep (micromdm's scepclient/scepserver), openssl, gcc (for -race),
+#           ldap-utils (ldapsearch) and slapd (the directory the publisher writes to)
 #   Go:     grpcurl and staticcheck, into ~/.cache/smimeca/bin
 # apt-get update runs once, and only when something has to be installed.
 set -euo pipefail
@@ -11,6 +12,8 @@ need_apt=()
 command -v scepclient >/dev/null || need_apt+=(scep)
 command -v openssl    >/dev/null || need_apt+=(openssl)
 command -v gcc        >/dev/null || need_apt+=(gcc)
+command -v ldapsearch >/dev/null || need_apt+=(ldap-utils)
+[ -x /usr/sbin/slapd ]           || need_apt+=(slapd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -31,4 +34,4 @@ if [ ! -x "$BIN/staticcheck" ] || [ ! -f "$BIN/.staticcheck-${STATICCHECK_VERSIO
   GOBIN="$BIN" go install "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}"
   touch "$BIN/.staticcheck-${STATICCHECK_VERSION}"
 fi
-echo "deps: $(command -v scepclient), $(openssl version | cut -d' ' -f1-2), grpcurl ${GRPCURL_VERSION}, staticcheck ${STATICCHECK_VERSION}"
+echo "deps: $(command -v scepclient), $(openssl version | cut -d' ' -f1-2), $(command -v ldapsearch), /usr/sbin/slapd, grpcurl ${GRPCURL_VERSION}, staticcheck ${STATICCHECK_VERSION}"

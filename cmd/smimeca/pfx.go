@@ -30,7 +30,7 @@ import (
 
 func pfxCmd(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usagef("usage: smimeca pfx (import|list|delete|purge|connector-key) …")
+		return usagef("usage: smimeca pfx (import|list|delete|revoke|purge|connector-key) …")
 	}
 	switch args[0] {
 	case "import":
@@ -43,8 +43,10 @@ func pfxCmd(args []string, stdout, stderr io.Writer) error {
 		return pfxPurge(args[1:], stdout)
 	case "connector-key":
 		return pfxConnectorKey(args[1:], stdout)
+	case "revoke":
+		return pfxRevoke(args[1:], stdout)
 	default:
-		return usagef("unknown pfx command %q (import, list, delete, purge, connector-key)", args[0])
+		return usagef("unknown pfx command %q (import, list, delete, revoke, purge, connector-key)", args[0])
 	}
 }
 
@@ -475,7 +477,10 @@ func pfxList(args []string, stdout io.Writer) error {
 	fmt.Fprintln(tw, "SHA-1\tSERIAL\tNOT AFTER\tPURPOSE\tSTATUS")
 	for _, c := range resp.GetCertificates() {
 		st := "valid"
-		if c.GetExpired() {
+		switch {
+		case c.GetRevokedAt() != nil:
+			st = "revoked " + c.GetRevocationReason()
+		case c.GetExpired():
 			st = "expired"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.GetSha1(), c.GetSerial(), c.GetNotAfter().AsTime().Format(time.DateOnly), c.GetPurpose(), st)
@@ -504,6 +509,32 @@ func pfxDelete(args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "deleted %s (serial %s)\n", resp.GetCertificate().GetSha1(), resp.GetCertificate().GetSerial())
+	return nil
+}
+
+// pfxRevoke records that an escrowed certificate's CA revoked it.
+func pfxRevoke(args []string, stdout io.Writer) error {
+	var cf clientFlags
+	var user, thumb, reason string
+	f := newFlags("pfx revoke")
+	cf.register(f, "admin")
+	f.fs.StringVar(&user, "user", "", "user e-mail address (required)")
+	f.fs.StringVar(&thumb, "thumbprint", "", "SHA-1 or SHA-256 thumbprint (required)")
+	f.fs.StringVar(&reason, "reason", "", "why, as the CA's CRL says (e.g. keyCompromise)")
+	if err := f.parse(args); err != nil {
+		return helpOK(err)
+	}
+	if user == "" || thumb == "" {
+		return usagef("pfx revoke needs --user and --thumbprint")
+	}
+	var resp *pb.RevokeUserCertificateResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewEscrowAdminClient(conn).RevokeUserCertificate(ctx, &pb.RevokeUserCertificateRequest{User: user, Thumbprint: thumb, Reason: reason})
+		return err
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "revoked %s (serial %s): key kept in escrow, no longer current or published\n", resp.GetCertificate().GetSha1(), resp.GetCertificate().GetSerial())
 	return nil
 }
 

@@ -26,6 +26,7 @@ import (
 
 	"github.com/smimeca/smimeca/api"
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/directory"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
@@ -77,6 +78,8 @@ type serveConfig struct {
 	scepIncludeRoot   bool
 	scepEncryption    string
 	opsAddr           string
+	ldapAddr          string
+	ldapBaseDN        string
 	opsPprof          bool
 	vaultAddr         string
 	vaultTokenFile    string
@@ -135,6 +138,8 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.float(&c.scepRatePerIP, "scep-rate-per-ip", "SMIMECA_SCEP_RATE_PER_IP", 0, "PKIOperations per second per client IP (0: no limit); more get 429 with Retry-After")
 	f.integer(&c.scepBurstPerIP, "scep-burst-per-ip", "SMIMECA_SCEP_BURST_PER_IP", 20, "burst of --scep-rate-per-ip")
 	f.str(&c.emailAliases, "email-aliases", "SMIMECA_EMAIL_ALIASES", "", "CSV file of alias,user address pairs accepted at PFX import")
+	f.str(&c.ldapAddr, "ldap-addr", "SMIMECA_LDAP_ADDR", "", "built-in read-only LDAP endpoint of users' recipient (encryption) certificates, anonymous bind only (empty: off)")
+	f.str(&c.ldapBaseDN, "ldap-base-dn", "SMIMECA_LDAP_BASE_DN", directory.DefaultBaseDN, "base DN of the built-in LDAP endpoint's entries")
 	f.str(&c.opsAddr, "ops-addr", "SMIMECA_OPS_ADDR", "127.0.0.1:9090", "ops listener: /healthz (each dependency), /metrics, and pprof with --ops-pprof; keep it off the public network")
 	f.boolean(&c.opsPprof, "ops-pprof", "SMIMECA_OPS_PPROF", false, "serve net/http/pprof under /debug/pprof/ on the ops listener")
 	f.str(&c.logFormat, "log-format", "SMIMECA_LOG_FORMAT", "text", "log format: text or json")
@@ -415,10 +420,22 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 			return fmt.Errorf("listen %s (--ops-addr): %w", cfg.opsAddr, err)
 		}
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- httpSrv.Serve(httpLn) }()
 	go func() { errc <- grpcSrv.Serve(grpcLn) }()
 	go purgeChallenges(ctx, store, logger)
+	if cfg.ldapAddr != "" {
+		if esc.directory == nil {
+			return usagef("--ldap-addr publishes escrowed certificates: it needs the escrow (--vault-addr or --embedded-vault)")
+		}
+		ldapSrv, err := directory.NewServer(esc.directory, directory.ServerConfig{BaseDN: cfg.ldapBaseDN}, logger)
+		if err != nil {
+			return usagef("--ldap-base-dn: %v", err)
+		}
+		go func() { errc <- ldapSrv.Serve(cfg.ldapAddr) }()
+		defer ldapSrv.Stop()
+		logger.Info("recipient directory (LDAP)", "addr", cfg.ldapAddr, "base_dn", cfg.ldapBaseDN)
+	}
 	if opsLn != nil {
 		go func() {
 			if err := opsSrv.Serve(opsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {

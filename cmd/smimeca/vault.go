@@ -30,6 +30,8 @@ var _ policy.EscrowStore = (*escrow.Store)(nil)
 type escrowSetup struct {
 	policy *policy.Escrow
 	store  *escrow.Store
+	// directory answers recipient lookups from the escrow.
+	directory *policy.Directory
 	// stop stops the embedded Vault, if any.
 	stop func()
 	// ping reports whether Vault answers and is unsealed.
@@ -116,9 +118,11 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	}
 	store := escrow.New(logical, ecfg)
 	logger.Info("escrow in Vault", "vault", client.Address(), "kv_mount", ecfg.KVMount)
+	esc := policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases), policy.WithEscrowAuditor(audit))
+	dir := policy.NewDirectory(store, aliases, 0)
+	esc.OnChange(dir.Invalidate)
 	return escrowSetup{
-		policy: policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases), policy.WithEscrowAuditor(audit)),
-		store:  store, stop: stop,
+		policy: esc, store: store, directory: dir, stop: stop,
 		ping: func(ctx context.Context) error { return escrow.Ping(ctx, client) },
 	}, nil
 }

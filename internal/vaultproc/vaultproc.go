@@ -478,7 +478,7 @@ func (p *Proc) ScopedToken(ctx context.Context, kvMount, transitMount, transitKe
 
 func scopedToken(ctx context.Context, c *vault.Client, kvMount, transitMount, transitKey string) (string, error) {
 	pol := fmt.Sprintf(`path "%[1]s/data/users/*" { capabilities = ["create", "read", "update"] }
-path "%[1]s/metadata/users/*" { capabilities = ["read", "delete"] }
+path "%[1]s/metadata/users/*" { capabilities = ["read", "delete", "list"] }
 path "%[1]s/destroy/users/*" { capabilities = ["update"] }
 path "%[2]s/encrypt/%[3]s" { capabilities = ["update"] }
 path "%[2]s/decrypt/%[3]s" { capabilities = ["update"] }

@@ -341,18 +341,21 @@ type EscrowedCertificate struct {
 	Sha1   string                 `protobuf:"bytes,1,opt,name=sha1,proto3" json:"sha1,omitempty"`
 	Sha256 string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	// Serial in hex, upper case.
-	Serial        string                 `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
-	Issuer        string                 `protobuf:"bytes,4,opt,name=issuer,proto3" json:"issuer,omitempty"`
-	Subject       string                 `protobuf:"bytes,5,opt,name=subject,proto3" json:"subject,omitempty"`
-	Emails        []string               `protobuf:"bytes,6,rep,name=emails,proto3" json:"emails,omitempty"`
-	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
-	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
-	Purpose       string                 `protobuf:"bytes,9,opt,name=purpose,proto3" json:"purpose,omitempty"`
-	ImportedAt    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=imported_at,json=importedAt,proto3" json:"imported_at,omitempty"`
-	ImportedBy    string                 `protobuf:"bytes,11,opt,name=imported_by,json=importedBy,proto3" json:"imported_by,omitempty"`
-	Expired       bool                   `protobuf:"varint,12,opt,name=expired,proto3" json:"expired,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Serial     string                 `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	Issuer     string                 `protobuf:"bytes,4,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Subject    string                 `protobuf:"bytes,5,opt,name=subject,proto3" json:"subject,omitempty"`
+	Emails     []string               `protobuf:"bytes,6,rep,name=emails,proto3" json:"emails,omitempty"`
+	NotBefore  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	Purpose    string                 `protobuf:"bytes,9,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	ImportedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=imported_at,json=importedAt,proto3" json:"imported_at,omitempty"`
+	ImportedBy string                 `protobuf:"bytes,11,opt,name=imported_by,json=importedBy,proto3" json:"imported_by,omitempty"`
+	Expired    bool                   `protobuf:"varint,12,opt,name=expired,proto3" json:"expired,omitempty"`
+	// Set when the certificate was recorded as revoked by its CA.
+	RevokedAt        *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevocationReason string                 `protobuf:"bytes,14,opt,name=revocation_reason,json=revocationReason,proto3" json:"revocation_reason,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *EscrowedCertificate) Reset() {
@@ -467,6 +470,20 @@ func (x *EscrowedCertificate) GetExpired() bool {
 		return x.Expired
 	}
 	return false
+}
+
+func (x *EscrowedCertificate) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *EscrowedCertificate) GetRevocationReason() string {
+	if x != nil {
+		return x.RevocationReason
+	}
+	return ""
 }
 
 type ImportPfxResponse struct {
@@ -716,6 +733,112 @@ func (x *DeleteUserCertificateResponse) GetCertificate() *EscrowedCertificate {
 	return nil
 }
 
+type RevokeUserCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	User  string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// SHA-256 or SHA-1 thumbprint, hex (colons allowed).
+	Thumbprint string `protobuf:"bytes,2,opt,name=thumbprint,proto3" json:"thumbprint,omitempty"`
+	// Why (recorded with the certificate and in the audit), e.g. keyCompromise.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeUserCertificateRequest) Reset() {
+	*x = RevokeUserCertificateRequest{}
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUserCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUserCertificateRequest) ProtoMessage() {}
+
+func (x *RevokeUserCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUserCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RevokeUserCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RevokeUserCertificateRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RevokeUserCertificateRequest) GetThumbprint() string {
+	if x != nil {
+		return x.Thumbprint
+	}
+	return ""
+}
+
+func (x *RevokeUserCertificateRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeUserCertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   *EscrowedCertificate   `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeUserCertificateResponse) Reset() {
+	*x = RevokeUserCertificateResponse{}
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUserCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUserCertificateResponse) ProtoMessage() {}
+
+func (x *RevokeUserCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUserCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RevokeUserCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RevokeUserCertificateResponse) GetCertificate() *EscrowedCertificate {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
 type PurgeUserRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
@@ -725,7 +848,7 @@ type PurgeUserRequest struct {
 
 func (x *PurgeUserRequest) Reset() {
 	*x = PurgeUserRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +860,7 @@ func (x *PurgeUserRequest) String() string {
 func (*PurgeUserRequest) ProtoMessage() {}
 
 func (x *PurgeUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +873,7 @@ func (x *PurgeUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeUserRequest.ProtoReflect.Descriptor instead.
 func (*PurgeUserRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{10}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PurgeUserRequest) GetUser() string {
@@ -769,7 +892,7 @@ type PurgeUserResponse struct {
 
 func (x *PurgeUserResponse) Reset() {
 	*x = PurgeUserResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[11]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +904,7 @@ func (x *PurgeUserResponse) String() string {
 func (*PurgeUserResponse) ProtoMessage() {}
 
 func (x *PurgeUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[11]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +917,7 @@ func (x *PurgeUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeUserResponse.ProtoReflect.Descriptor instead.
 func (*PurgeUserResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{11}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PurgeUserResponse) GetPurged() []*EscrowedCertificate {
@@ -825,7 +948,7 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"\apurpose\x18\x06 \x01(\tR\apurposeB\x11\n" +
 	"\x0fpassword_source\"0\n" +
 	"\x16ImportIntunePfxRequest\x12\x16\n" +
-	"\x06record\x18\x01 \x01(\fR\x06record\"\xa9\x03\n" +
+	"\x06record\x18\x01 \x01(\fR\x06record\"\x91\x04\n" +
 	"\x13EscrowedCertificate\x12\x12\n" +
 	"\x04sha1\x18\x01 \x01(\tR\x04sha1\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x16\n" +
@@ -842,7 +965,10 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"importedAt\x12\x1f\n" +
 	"\vimported_by\x18\v \x01(\tR\n" +
 	"importedBy\x12\x18\n" +
-	"\aexpired\x18\f \x01(\bR\aexpired\"\x8e\x01\n" +
+	"\aexpired\x18\f \x01(\bR\aexpired\x129\n" +
+	"\n" +
+	"revoked_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12+\n" +
+	"\x11revocation_reason\x18\x0e \x01(\tR\x10revocationReason\"\x8e\x01\n" +
 	"\x11ImportPfxResponse\x12A\n" +
 	"\vcertificate\x18\x01 \x01(\v2\x1f.smimeca.v1.EscrowedCertificateR\vcertificate\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12\x18\n" +
@@ -857,6 +983,14 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"thumbprint\x18\x02 \x01(\tR\n" +
 	"thumbprint\"b\n" +
 	"\x1dDeleteUserCertificateResponse\x12A\n" +
+	"\vcertificate\x18\x01 \x01(\v2\x1f.smimeca.v1.EscrowedCertificateR\vcertificate\"j\n" +
+	"\x1cRevokeUserCertificateRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1e\n" +
+	"\n" +
+	"thumbprint\x18\x02 \x01(\tR\n" +
+	"thumbprint\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"b\n" +
+	"\x1dRevokeUserCertificateResponse\x12A\n" +
 	"\vcertificate\x18\x01 \x01(\v2\x1f.smimeca.v1.EscrowedCertificateR\vcertificate\"&\n" +
 	"\x10PurgeUserRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\"L\n" +
@@ -866,13 +1000,14 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"\x19PASSWORD_HASH_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PASSWORD_HASH_SHA256\x10\x01\x12\x18\n" +
 	"\x14PASSWORD_HASH_SHA384\x10\x02\x12\x18\n" +
-	"\x14PASSWORD_HASH_SHA512\x10\x032\xac\x04\n" +
+	"\x14PASSWORD_HASH_SHA512\x10\x032\x9a\x05\n" +
 	"\vEscrowAdmin\x12Z\n" +
 	"\x0fGetConnectorKey\x12\".smimeca.v1.GetConnectorKeyRequest\x1a#.smimeca.v1.GetConnectorKeyResponse\x12H\n" +
 	"\tImportPfx\x12\x1c.smimeca.v1.ImportPfxRequest\x1a\x1d.smimeca.v1.ImportPfxResponse\x12T\n" +
 	"\x0fImportIntunePfx\x12\".smimeca.v1.ImportIntunePfxRequest\x1a\x1d.smimeca.v1.ImportPfxResponse\x12i\n" +
 	"\x14ListUserCertificates\x12'.smimeca.v1.ListUserCertificatesRequest\x1a(.smimeca.v1.ListUserCertificatesResponse\x12l\n" +
-	"\x15DeleteUserCertificate\x12(.smimeca.v1.DeleteUserCertificateRequest\x1a).smimeca.v1.DeleteUserCertificateResponse\x12H\n" +
+	"\x15DeleteUserCertificate\x12(.smimeca.v1.DeleteUserCertificateRequest\x1a).smimeca.v1.DeleteUserCertificateResponse\x12l\n" +
+	"\x15RevokeUserCertificate\x12(.smimeca.v1.RevokeUserCertificateRequest\x1a).smimeca.v1.RevokeUserCertificateResponse\x12H\n" +
 	"\tPurgeUser\x12\x1c.smimeca.v1.PurgeUserRequest\x1a\x1d.smimeca.v1.PurgeUserResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
 
 var (
@@ -888,7 +1023,7 @@ func file_smimeca_v1_escrow_proto_rawDescGZIP() []byte {
 }
 
 var file_smimeca_v1_escrow_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_smimeca_v1_escrow_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_smimeca_v1_escrow_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_smimeca_v1_escrow_proto_goTypes = []any{
 	(PasswordHash)(0),                     // 0: smimeca.v1.PasswordHash
 	(*GetConnectorKeyRequest)(nil),        // 1: smimeca.v1.GetConnectorKeyRequest
@@ -901,36 +1036,42 @@ var file_smimeca_v1_escrow_proto_goTypes = []any{
 	(*ListUserCertificatesResponse)(nil),  // 8: smimeca.v1.ListUserCertificatesResponse
 	(*DeleteUserCertificateRequest)(nil),  // 9: smimeca.v1.DeleteUserCertificateRequest
 	(*DeleteUserCertificateResponse)(nil), // 10: smimeca.v1.DeleteUserCertificateResponse
-	(*PurgeUserRequest)(nil),              // 11: smimeca.v1.PurgeUserRequest
-	(*PurgeUserResponse)(nil),             // 12: smimeca.v1.PurgeUserResponse
-	(*timestamppb.Timestamp)(nil),         // 13: google.protobuf.Timestamp
+	(*RevokeUserCertificateRequest)(nil),  // 11: smimeca.v1.RevokeUserCertificateRequest
+	(*RevokeUserCertificateResponse)(nil), // 12: smimeca.v1.RevokeUserCertificateResponse
+	(*PurgeUserRequest)(nil),              // 13: smimeca.v1.PurgeUserRequest
+	(*PurgeUserResponse)(nil),             // 14: smimeca.v1.PurgeUserResponse
+	(*timestamppb.Timestamp)(nil),         // 15: google.protobuf.Timestamp
 }
 var file_smimeca_v1_escrow_proto_depIdxs = []int32{
 	0,  // 0: smimeca.v1.ImportPfxRequest.password_hash:type_name -> smimeca.v1.PasswordHash
-	13, // 1: smimeca.v1.EscrowedCertificate.not_before:type_name -> google.protobuf.Timestamp
-	13, // 2: smimeca.v1.EscrowedCertificate.not_after:type_name -> google.protobuf.Timestamp
-	13, // 3: smimeca.v1.EscrowedCertificate.imported_at:type_name -> google.protobuf.Timestamp
-	5,  // 4: smimeca.v1.ImportPfxResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
-	5,  // 5: smimeca.v1.ListUserCertificatesResponse.certificates:type_name -> smimeca.v1.EscrowedCertificate
-	5,  // 6: smimeca.v1.DeleteUserCertificateResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
-	5,  // 7: smimeca.v1.PurgeUserResponse.purged:type_name -> smimeca.v1.EscrowedCertificate
-	1,  // 8: smimeca.v1.EscrowAdmin.GetConnectorKey:input_type -> smimeca.v1.GetConnectorKeyRequest
-	3,  // 9: smimeca.v1.EscrowAdmin.ImportPfx:input_type -> smimeca.v1.ImportPfxRequest
-	4,  // 10: smimeca.v1.EscrowAdmin.ImportIntunePfx:input_type -> smimeca.v1.ImportIntunePfxRequest
-	7,  // 11: smimeca.v1.EscrowAdmin.ListUserCertificates:input_type -> smimeca.v1.ListUserCertificatesRequest
-	9,  // 12: smimeca.v1.EscrowAdmin.DeleteUserCertificate:input_type -> smimeca.v1.DeleteUserCertificateRequest
-	11, // 13: smimeca.v1.EscrowAdmin.PurgeUser:input_type -> smimeca.v1.PurgeUserRequest
-	2,  // 14: smimeca.v1.EscrowAdmin.GetConnectorKey:output_type -> smimeca.v1.GetConnectorKeyResponse
-	6,  // 15: smimeca.v1.EscrowAdmin.ImportPfx:output_type -> smimeca.v1.ImportPfxResponse
-	6,  // 16: smimeca.v1.EscrowAdmin.ImportIntunePfx:output_type -> smimeca.v1.ImportPfxResponse
-	8,  // 17: smimeca.v1.EscrowAdmin.ListUserCertificates:output_type -> smimeca.v1.ListUserCertificatesResponse
-	10, // 18: smimeca.v1.EscrowAdmin.DeleteUserCertificate:output_type -> smimeca.v1.DeleteUserCertificateResponse
-	12, // 19: smimeca.v1.EscrowAdmin.PurgeUser:output_type -> smimeca.v1.PurgeUserResponse
-	14, // [14:20] is the sub-list for method output_type
-	8,  // [8:14] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	15, // 1: smimeca.v1.EscrowedCertificate.not_before:type_name -> google.protobuf.Timestamp
+	15, // 2: smimeca.v1.EscrowedCertificate.not_after:type_name -> google.protobuf.Timestamp
+	15, // 3: smimeca.v1.EscrowedCertificate.imported_at:type_name -> google.protobuf.Timestamp
+	15, // 4: smimeca.v1.EscrowedCertificate.revoked_at:type_name -> google.protobuf.Timestamp
+	5,  // 5: smimeca.v1.ImportPfxResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
+	5,  // 6: smimeca.v1.ListUserCertificatesResponse.certificates:type_name -> smimeca.v1.EscrowedCertificate
+	5,  // 7: smimeca.v1.DeleteUserCertificateResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
+	5,  // 8: smimeca.v1.RevokeUserCertificateResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
+	5,  // 9: smimeca.v1.PurgeUserResponse.purged:type_name -> smimeca.v1.EscrowedCertificate
+	1,  // 10: smimeca.v1.EscrowAdmin.GetConnectorKey:input_type -> smimeca.v1.GetConnectorKeyRequest
+	3,  // 11: smimeca.v1.EscrowAdmin.ImportPfx:input_type -> smimeca.v1.ImportPfxRequest
+	4,  // 12: smimeca.v1.EscrowAdmin.ImportIntunePfx:input_type -> smimeca.v1.ImportIntunePfxRequest
+	7,  // 13: smimeca.v1.EscrowAdmin.ListUserCertificates:input_type -> smimeca.v1.ListUserCertificatesRequest
+	9,  // 14: smimeca.v1.EscrowAdmin.DeleteUserCertificate:input_type -> smimeca.v1.DeleteUserCertificateRequest
+	11, // 15: smimeca.v1.EscrowAdmin.RevokeUserCertificate:input_type -> smimeca.v1.RevokeUserCertificateRequest
+	13, // 16: smimeca.v1.EscrowAdmin.PurgeUser:input_type -> smimeca.v1.PurgeUserRequest
+	2,  // 17: smimeca.v1.EscrowAdmin.GetConnectorKey:output_type -> smimeca.v1.GetConnectorKeyResponse
+	6,  // 18: smimeca.v1.EscrowAdmin.ImportPfx:output_type -> smimeca.v1.ImportPfxResponse
+	6,  // 19: smimeca.v1.EscrowAdmin.ImportIntunePfx:output_type -> smimeca.v1.ImportPfxResponse
+	8,  // 20: smimeca.v1.EscrowAdmin.ListUserCertificates:output_type -> smimeca.v1.ListUserCertificatesResponse
+	10, // 21: smimeca.v1.EscrowAdmin.DeleteUserCertificate:output_type -> smimeca.v1.DeleteUserCertificateResponse
+	12, // 22: smimeca.v1.EscrowAdmin.RevokeUserCertificate:output_type -> smimeca.v1.RevokeUserCertificateResponse
+	14, // 23: smimeca.v1.EscrowAdmin.PurgeUser:output_type -> smimeca.v1.PurgeUserResponse
+	17, // [17:24] is the sub-list for method output_type
+	10, // [10:17] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_smimeca_v1_escrow_proto_init() }
@@ -948,7 +1089,7 @@ func file_smimeca_v1_escrow_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_smimeca_v1_escrow_proto_rawDesc), len(file_smimeca_v1_escrow_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

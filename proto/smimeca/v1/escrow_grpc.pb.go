@@ -24,6 +24,7 @@ const (
 	EscrowAdmin_ImportIntunePfx_FullMethodName       = "/smimeca.v1.EscrowAdmin/ImportIntunePfx"
 	EscrowAdmin_ListUserCertificates_FullMethodName  = "/smimeca.v1.EscrowAdmin/ListUserCertificates"
 	EscrowAdmin_DeleteUserCertificate_FullMethodName = "/smimeca.v1.EscrowAdmin/DeleteUserCertificate"
+	EscrowAdmin_RevokeUserCertificate_FullMethodName = "/smimeca.v1.EscrowAdmin/RevokeUserCertificate"
 	EscrowAdmin_PurgeUser_FullMethodName             = "/smimeca.v1.EscrowAdmin/PurgeUser"
 )
 
@@ -52,6 +53,11 @@ type EscrowAdminClient interface {
 	ListUserCertificates(ctx context.Context, in *ListUserCertificatesRequest, opts ...grpc.CallOption) (*ListUserCertificatesResponse, error)
 	// DeleteUserCertificate removes one escrowed certificate.
 	DeleteUserCertificate(ctx context.Context, in *DeleteUserCertificateRequest, opts ...grpc.CallOption) (*DeleteUserCertificateResponse, error)
+	// RevokeUserCertificate records that an escrowed certificate was revoked
+	// by its CA: its key stays escrowed (old mail needs it), but it is no
+	// longer a bundle's current certificate nor published as a recipient
+	// certificate. FAILED_PRECONDITION (already-revoked) the second time.
+	RevokeUserCertificate(ctx context.Context, in *RevokeUserCertificateRequest, opts ...grpc.CallOption) (*RevokeUserCertificateResponse, error)
 	// PurgeUser removes every escrowed certificate of a user, with Vault's
 	// version history of them.
 	PurgeUser(ctx context.Context, in *PurgeUserRequest, opts ...grpc.CallOption) (*PurgeUserResponse, error)
@@ -115,6 +121,16 @@ func (c *escrowAdminClient) DeleteUserCertificate(ctx context.Context, in *Delet
 	return out, nil
 }
 
+func (c *escrowAdminClient) RevokeUserCertificate(ctx context.Context, in *RevokeUserCertificateRequest, opts ...grpc.CallOption) (*RevokeUserCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeUserCertificateResponse)
+	err := c.cc.Invoke(ctx, EscrowAdmin_RevokeUserCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *escrowAdminClient) PurgeUser(ctx context.Context, in *PurgeUserRequest, opts ...grpc.CallOption) (*PurgeUserResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PurgeUserResponse)
@@ -150,6 +166,11 @@ type EscrowAdminServer interface {
 	ListUserCertificates(context.Context, *ListUserCertificatesRequest) (*ListUserCertificatesResponse, error)
 	// DeleteUserCertificate removes one escrowed certificate.
 	DeleteUserCertificate(context.Context, *DeleteUserCertificateRequest) (*DeleteUserCertificateResponse, error)
+	// RevokeUserCertificate records that an escrowed certificate was revoked
+	// by its CA: its key stays escrowed (old mail needs it), but it is no
+	// longer a bundle's current certificate nor published as a recipient
+	// certificate. FAILED_PRECONDITION (already-revoked) the second time.
+	RevokeUserCertificate(context.Context, *RevokeUserCertificateRequest) (*RevokeUserCertificateResponse, error)
 	// PurgeUser removes every escrowed certificate of a user, with Vault's
 	// version history of them.
 	PurgeUser(context.Context, *PurgeUserRequest) (*PurgeUserResponse, error)
@@ -177,6 +198,9 @@ func (UnimplementedEscrowAdminServer) ListUserCertificates(context.Context, *Lis
 }
 func (UnimplementedEscrowAdminServer) DeleteUserCertificate(context.Context, *DeleteUserCertificateRequest) (*DeleteUserCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteUserCertificate not implemented")
+}
+func (UnimplementedEscrowAdminServer) RevokeUserCertificate(context.Context, *RevokeUserCertificateRequest) (*RevokeUserCertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeUserCertificate not implemented")
 }
 func (UnimplementedEscrowAdminServer) PurgeUser(context.Context, *PurgeUserRequest) (*PurgeUserResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PurgeUser not implemented")
@@ -292,6 +316,24 @@ func _EscrowAdmin_DeleteUserCertificate_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EscrowAdmin_RevokeUserCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeUserCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EscrowAdminServer).RevokeUserCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EscrowAdmin_RevokeUserCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EscrowAdminServer).RevokeUserCertificate(ctx, req.(*RevokeUserCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _EscrowAdmin_PurgeUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(PurgeUserRequest)
 	if err := dec(in); err != nil {
@@ -336,6 +378,10 @@ var EscrowAdmin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteUserCertificate",
 			Handler:    _EscrowAdmin_DeleteUserCertificate_Handler,
+		},
+		{
+			MethodName: "RevokeUserCertificate",
+			Handler:    _EscrowAdmin_RevokeUserCertificate_Handler,
 		},
 		{
 			MethodName: "PurgeUser",

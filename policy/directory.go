@@ -1,0 +1,148 @@
+package policy
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+)
+
+// RecipientSource is what the recipient directory reads: each user's
+// escrowed certificates without keys. *escrow.Store implements it.
+type RecipientSource interface {
+	Certificates(ctx context.Context, user string) ([]PublicCertificate, error)
+}
+
+// Directory defaults.
+const (
+	// DefaultDirectoryTTL is how long a lookup's answer is reused. Changes
+	// made through this process invalidate it at once.
+	DefaultDirectoryTTL = time.Minute
+	// directoryCacheEntries bounds the cached answers (also for addresses
+	// that have none, so that anonymous lookups of made-up addresses cost
+	// one escrow read per address and TTL at most).
+	directoryCacheEntries = 10000
+)
+
+// Directory answers "which certificates may I encrypt mail to this
+// address with": a user's escrowed encryption certificates that are valid
+// now, not marked revoked, and name the address — public parts only. It
+// is what a recipient directory (LDAP, a publisher) serves. Answers are
+// cached per address for a TTL and dropped when the user's escrow changes
+// here (Invalidate is a ChangeListener).
+type Directory struct {
+	src     RecipientSource
+	aliases map[string]string
+	ttl     time.Duration
+	now     func() time.Time
+
+	mu    sync.Mutex
+	cache map[string]dirEntry
+}
+
+type dirEntry struct {
+	user    string
+	certs   []*x509.Certificate
+	expires time.Time
+}
+
+// NewDirectory returns the directory over src. aliases maps alias
+// addresses to users (as the escrow's); ttl 0 is DefaultDirectoryTTL.
+func NewDirectory(src RecipientSource, aliases map[string]string, ttl time.Duration) *Directory {
+	if ttl <= 0 {
+		ttl = DefaultDirectoryTTL
+	}
+	return &Directory{src: src, aliases: aliases, ttl: ttl, now: time.Now, cache: map[string]dirEntry{}}
+}
+
+// Recipients returns the certificates mail to address may be encrypted
+// to now, newest first; none for an address that is not an e-mail address
+// or has none. An error means the escrow could not be read.
+func (d *Directory) Recipients(ctx context.Context, address string) ([]*x509.Certificate, error) {
+	addr, err := NormalizeEmail(address)
+	if err != nil {
+		return nil, nil
+	}
+	now := d.now()
+	d.mu.Lock()
+	e, ok := d.cache[addr]
+	d.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return e.certs, nil
+	}
+	user := addr
+	if u, ok := d.aliases[addr]; ok {
+		user = u
+	}
+	certs, err := d.lookup(ctx, user, addr, now)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	if len(d.cache) >= directoryCacheEntries {
+		for k := range d.cache {
+			delete(d.cache, k)
+			break
+		}
+	}
+	d.cache[addr] = dirEntry{user: user, certs: certs, expires: now.Add(d.ttl)}
+	d.mu.Unlock()
+	return certs, nil
+}
+
+// Current returns every certificate of user that may be encrypted to now
+// (whatever address it names), newest first: what a publisher writes to
+// the user's directory entry. It is not cached.
+func (d *Directory) Current(ctx context.Context, user string) ([]*x509.Certificate, error) {
+	return d.lookup(ctx, user, "", d.now())
+}
+
+// lookup reads user's escrow and keeps the certificates that may be
+// encrypted to at now and, unless addr is empty, name addr.
+func (d *Directory) lookup(ctx context.Context, user, addr string, now time.Time) ([]*x509.Certificate, error) {
+	list, err := d.src.Certificates(ctx, user)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
+	for _, pc := range list {
+		if !pc.CanEncrypt(now) {
+			continue
+		}
+		c, err := x509.ParseCertificate(pc.CertDER)
+		if err != nil {
+			continue
+		}
+		if addr == "" || names(c, addr) {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// names reports whether the certificate names the address.
+func names(c *x509.Certificate, addr string) bool {
+	for _, a := range certificateEmails(c) {
+		if strings.EqualFold(a, addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// Invalidate drops the cached answers of user's addresses. It is a
+// ChangeListener.
+func (d *Directory) Invalidate(user string, _ []Escrowed) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, e := range d.cache {
+		if e.user == user {
+			delete(d.cache, k)
+		}
+	}
+}
