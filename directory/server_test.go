@@ -21,10 +21,10 @@ func TestFilterAddresses(t *testing.T) {
 	for filter, want := range map[string][]string{
 		"(mail=Alice@Example.com)": {"alice@example.com"},
 		"(&(objectClass=person)(|(mail=a@example.com)(proxyAddresses=SMTP:b@example.com)(userPrincipalName=c@example.com)))": {"a@example.com", "b@example.com", "c@example.com"},
-		"(proxyAddresses=x500:/o=Org/cn=a)": nil,
-		"(mail=*)":                          nil,
-		"(!(mail=a@example.com))":           nil,
-		"(cn=a@example.com)":                nil,
+		"(proxyAddresses=x500:/o=Org/cn=a)":           nil,
+		"(mail=*)":                                    nil,
+		"(!(mail=a@example.com))":                     nil,
+		"(cn=a@example.com)":                          nil,
 		"(|(mail=a@example.com)(mail=A@example.com))": {"a@example.com"},
 		"(|(mail=1@x)(mail=2@x)(mail=3@x)(mail=4@x)(mail=5@x)(mail=6@x)(mail=7@x)(mail=8@x)(mail=9@x))": {"1@x", "2@x", "3@x", "4@x", "5@x", "6@x", "7@x", "8@x"},
 	} {
