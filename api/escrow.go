@@ -34,8 +34,10 @@ type EscrowPolicy interface {
 type EscrowService struct {
 	pb.UnimplementedEscrowAdminServer
 	policy EscrowPolicy
-	log    *slog.Logger
-	now    func() time.Time
+	// sync reconciles the published directory (nil: none configured).
+	sync DirectorySync
+	log  *slog.Logger
+	now  func() time.Time
 }
 
 // NewEscrowService returns the EscrowAdmin service.
@@ -143,6 +145,25 @@ func escrowedToProto(m policy.Escrowed, now time.Time) *pb.EscrowedCertificate {
 		out.RevokedAt = timestamppb.New(m.RevokedAt)
 	}
 	return out
+}
+
+// DirectorySync reconciles a published recipient directory with the escrow.
+type DirectorySync func(ctx context.Context) (*pb.SyncDirectoryResponse, error)
+
+// SetDirectorySync enables SyncDirectory.
+func (s *EscrowService) SetDirectorySync(f DirectorySync) { s.sync = f }
+
+// SyncDirectory implements pb.EscrowAdminServer.
+func (s *EscrowService) SyncDirectory(ctx context.Context, _ *pb.SyncDirectoryRequest) (*pb.SyncDirectoryResponse, error) {
+	if s.sync == nil {
+		return nil, status.Error(codes.FailedPrecondition, "no directory to publish to is configured (--ldap-publish-url)")
+	}
+	res, err := s.sync(ctx)
+	if err != nil {
+		s.log.Warn("directory sync", "err", err)
+		return res, status.Error(codes.Unavailable, "the directory or the escrow could not be reached; see the server log, then run it again")
+	}
+	return res, nil
 }
 
 // RevokeUserCertificate implements pb.EscrowAdminServer.

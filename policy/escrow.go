@@ -332,7 +332,8 @@ func CertificateMetadata(c *x509.Certificate) Escrowed {
 	return Escrowed{
 		SHA1: hex.EncodeToString(s1[:]), SHA256: hex.EncodeToString(s256[:]),
 		Serial: strings.ToUpper(c.SerialNumber.Text(16)), Issuer: c.Issuer.String(), Subject: c.Subject.String(),
-		Emails: emails, NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(),
+		AuthorityKeyID: hex.EncodeToString(c.AuthorityKeyId),
+		Emails:         emails, NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(),
 	}
 }
 

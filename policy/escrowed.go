@@ -13,17 +13,21 @@ const (
 
 // Escrowed describes one escrowed certificate, without its key.
 type Escrowed struct {
-	SHA1       string    `json:"sha1"`
-	SHA256     string    `json:"sha256"`
-	Serial     string    `json:"serial"` // hex, upper case
-	Issuer     string    `json:"issuer"`
-	Subject    string    `json:"subject"`
-	Emails     []string  `json:"emails"`
-	NotBefore  time.Time `json:"not_before"`
-	NotAfter   time.Time `json:"not_after"`
-	Purpose    string    `json:"purpose"`
-	ImportedAt time.Time `json:"imported_at"`
-	ImportedBy string    `json:"imported_by"`
+	SHA1   string `json:"sha1"`
+	SHA256 string `json:"sha256"`
+	Serial string `json:"serial"` // hex, upper case
+	Issuer string `json:"issuer"`
+	// AuthorityKeyID is the certificate's authority key identifier, hex
+	// (empty when it has none, and for entries imported before it was
+	// recorded): with Issuer it names the key that issued it.
+	AuthorityKeyID string    `json:"authority_key_id,omitempty"`
+	Subject        string    `json:"subject"`
+	Emails         []string  `json:"emails"`
+	NotBefore      time.Time `json:"not_before"`
+	NotAfter       time.Time `json:"not_after"`
+	Purpose        string    `json:"purpose"`
+	ImportedAt     time.Time `json:"imported_at"`
+	ImportedBy     string    `json:"imported_by"`
 	// RevokedAt is when an administrator recorded that the certificate's
 	// CA revoked it (zero: not revoked). Its key stays in escrow for old
 	// mail; it is no longer the current one nor published as a recipient.

@@ -44,6 +44,10 @@ Usage:
   smimeca pfx list --user EMAIL [-o json]
   smimeca pfx delete --user EMAIL --thumbprint T
   smimeca pfx purge --user EMAIL
+  smimeca pfx revoke --user EMAIL --thumbprint T [--reason R]
+  smimeca pfx import --intune FILE.json
+  smimeca pfx connector-key
+  smimeca directory sync
   smimeca bundle get --user EMAIL --device ID --out DIR [--key-transport pkcs1|oaep] [--break-glass --reason R]
   smimeca profile render --user EMAIL --device ID --settings FILE.yaml --out FILE.mobileconfig [--sign]
   smimeca version
@@ -92,6 +96,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = bundleCmd(args[1:], stdout)
 	case "profile":
 		err = profileCmd(args[1:], stdout)
+	case "directory":
+		err = directoryCmd(args[1:], stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "smimeca", version)
 	case "help", "-h", "--help":

@@ -538,6 +538,33 @@ func pfxRevoke(args []string, stdout io.Writer) error {
 	return nil
 }
 
+// directoryCmd runs "directory sync": the server reconciles the LDAP
+// directory it publishes to with the escrow.
+func directoryCmd(args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "sync" {
+		return usagef("usage: smimeca directory sync")
+	}
+	var cf clientFlags
+	f := newFlags("directory sync")
+	cf.register(f, "admin")
+	if err := f.parse(args[1:]); err != nil {
+		return helpOK(err)
+	}
+	var resp *pb.SyncDirectoryResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewEscrowAdminClient(conn).SyncDirectory(ctx, &pb.SyncDirectoryRequest{})
+		return err
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "users %d: certificates added %d, removed %d; users without a directory entry %d, failed %d\n",
+		resp.GetUsers(), resp.GetAdded(), resp.GetRemoved(), resp.GetMissing(), resp.GetFailed())
+	if resp.GetFailed() > 0 {
+		return &clientError{fmt.Errorf("%d users could not be published; see the server log and run it again", resp.GetFailed())}
+	}
+	return nil
+}
+
 func pfxPurge(args []string, stdout io.Writer) error {
 	var cf clientFlags
 	var user string

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.step.sm/crypto/pemutil"
 	"google.golang.org/grpc/health"
 
 	"github.com/smimeca/smimeca/api"
@@ -80,6 +81,14 @@ type serveConfig struct {
 	opsAddr           string
 	ldapAddr          string
 	ldapBaseDN        string
+	publishURL        string
+	publishBindDN     string
+	publishPWFile     string
+	publishBaseDN     string
+	publishFilter     string
+	publishAttribute  string
+	publishIssuers    string
+	publishRetryMax   time.Duration
 	opsPprof          bool
 	vaultAddr         string
 	vaultTokenFile    string
@@ -140,6 +149,14 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.str(&c.emailAliases, "email-aliases", "SMIMECA_EMAIL_ALIASES", "", "CSV file of alias,user address pairs accepted at PFX import")
 	f.str(&c.ldapAddr, "ldap-addr", "SMIMECA_LDAP_ADDR", "", "built-in read-only LDAP endpoint of users' recipient (encryption) certificates, anonymous bind only (empty: off)")
 	f.str(&c.ldapBaseDN, "ldap-base-dn", "SMIMECA_LDAP_BASE_DN", directory.DefaultBaseDN, "base DN of the built-in LDAP endpoint's entries")
+	f.str(&c.publishURL, "ldap-publish-url", "SMIMECA_LDAP_PUBLISH_URL", "", "publish users' recipient certificates to this directory (ldap:// or ldaps://; empty: off)")
+	f.str(&c.publishBindDN, "ldap-publish-bind-dn", "SMIMECA_LDAP_PUBLISH_BIND_DN", "", "DN to bind as for publishing")
+	f.str(&c.publishPWFile, "ldap-publish-password-file", "SMIMECA_LDAP_PUBLISH_PASSWORD_FILE", "", "file holding that DN's password")
+	f.str(&c.publishBaseDN, "ldap-publish-base-dn", "SMIMECA_LDAP_PUBLISH_BASE_DN", "", "base DN under which users' entries are found")
+	f.str(&c.publishFilter, "ldap-publish-filter", "SMIMECA_LDAP_PUBLISH_FILTER", directory.DefaultPublishFilter, "filter that finds a user's entry; %s is the address")
+	f.str(&c.publishAttribute, "ldap-publish-attribute", "SMIMECA_LDAP_PUBLISH_ATTRIBUTE", directory.DefaultPublishAttribute, "attribute that holds the certificates (Active Directory: userCertificate)")
+	f.str(&c.publishIssuers, "ldap-publish-issuers", "SMIMECA_LDAP_PUBLISH_ISSUERS", "", "PEM file of CAs whose certificates in that attribute smimeca manages besides the issuers of escrowed certificates")
+	f.duration(&c.publishRetryMax, "ldap-publish-retry-max", "SMIMECA_LDAP_PUBLISH_RETRY_MAX", directory.DefaultRetryMax, "longest wait between retries when the directory is down")
 	f.str(&c.opsAddr, "ops-addr", "SMIMECA_OPS_ADDR", "127.0.0.1:9090", "ops listener: /healthz (each dependency), /metrics, and pprof with --ops-pprof; keep it off the public network")
 	f.boolean(&c.opsPprof, "ops-pprof", "SMIMECA_OPS_PPROF", false, "serve net/http/pprof under /debug/pprof/ on the ops listener")
 	f.str(&c.logFormat, "log-format", "SMIMECA_LOG_FORMAT", "text", "log format: text or json")
@@ -370,8 +387,10 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		Credentials: api.NewCredentialService(creds, pki.CA, logger),
 	}
 	var keys policy.KeyStore
+	var escrowSvc *api.EscrowService
 	if esc.policy != nil {
-		services.Escrow = api.NewEscrowService(esc.policy, logger)
+		escrowSvc = api.NewEscrowService(esc.policy, logger)
+		services.Escrow = escrowSvc
 		keys = esc.store
 	}
 	profCert, profKey := authority.ProfileSigner()
@@ -424,6 +443,26 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	go func() { errc <- httpSrv.Serve(httpLn) }()
 	go func() { errc <- grpcSrv.Serve(grpcLn) }()
 	go purgeChallenges(ctx, store, logger)
+	if cfg.publishURL != "" {
+		pub, err := newPublisher(cfg, esc, logger)
+		if err != nil {
+			return err
+		}
+		esc.policy.OnChange(pub.Notify)
+		escrowSvc.SetDirectorySync(func(ctx context.Context) (*pb.SyncDirectoryResponse, error) {
+			r, err := pub.SyncAll(ctx)
+			return &pb.SyncDirectoryResponse{Users: int32(r.Users), Added: int32(r.Added), Removed: int32(r.Removed), Missing: int32(r.Missing), Failed: int32(r.Failed)}, err
+		})
+		go pub.Run(ctx)
+		go func() {
+			// Reconcile what changed while smimeca was down.
+			if r, err := pub.SyncAll(ctx); err != nil {
+				logger.Warn("directory: start-up sync failed; changes are published as they happen, run `smimeca directory sync` later", "err", err)
+			} else {
+				logger.Info("directory: start-up sync", "users", r.Users, "added", r.Added, "removed", r.Removed, "missing", r.Missing, "failed", r.Failed)
+			}
+		}()
+	}
 	if cfg.ldapAddr != "" {
 		if esc.directory == nil {
 			return usagef("--ldap-addr publishes escrowed certificates: it needs the escrow (--vault-addr or --embedded-vault)")
@@ -472,6 +511,36 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		return nil
 	}
 	return serveErr
+}
+
+// newPublisher builds the LDAP publisher from the flags.
+func newPublisher(cfg *serveConfig, esc escrowSetup, logger *slog.Logger) (*directory.Publisher, error) {
+	if esc.store == nil {
+		return nil, usagef("--ldap-publish-url publishes escrowed certificates: it needs the escrow (--vault-addr or --embedded-vault)")
+	}
+	pc := directory.PublisherConfig{URL: cfg.publishURL, BindDN: cfg.publishBindDN, BaseDN: cfg.publishBaseDN,
+		Filter: cfg.publishFilter, Attribute: cfg.publishAttribute, RetryMax: cfg.publishRetryMax}
+	if cfg.publishPWFile != "" {
+		pw, err := readPassword(cfg.publishPWFile, "")
+		if err != nil {
+			return nil, usagef("--ldap-publish-password-file: %v", err)
+		}
+		pc.Password = pw
+	}
+	if cfg.publishIssuers != "" {
+		b, err := os.ReadFile(cfg.publishIssuers)
+		if err != nil {
+			return nil, usagef("--ldap-publish-issuers: %v", err)
+		}
+		if pc.Issuers, err = pemutil.ParseCertificateBundle(b); err != nil {
+			return nil, usagef("--ldap-publish-issuers %s: %v", cfg.publishIssuers, err)
+		}
+	}
+	pub, err := directory.NewPublisher(pc, esc.store, logger)
+	if err != nil {
+		return nil, usagef("%v (--ldap-publish-*)", err)
+	}
+	return pub, nil
 }
 
 // derHandler serves what get returns with the content type.

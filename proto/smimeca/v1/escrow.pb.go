@@ -839,6 +839,121 @@ func (x *RevokeUserCertificateResponse) GetCertificate() *EscrowedCertificate {
 	return nil
 }
 
+type SyncDirectoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncDirectoryRequest) Reset() {
+	*x = SyncDirectoryRequest{}
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncDirectoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncDirectoryRequest) ProtoMessage() {}
+
+func (x *SyncDirectoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncDirectoryRequest.ProtoReflect.Descriptor instead.
+func (*SyncDirectoryRequest) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{12}
+}
+
+type SyncDirectoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Users int32                  `protobuf:"varint,1,opt,name=users,proto3" json:"users,omitempty"`
+	// Certificate values added to and removed from users' entries.
+	Added   int32 `protobuf:"varint,2,opt,name=added,proto3" json:"added,omitempty"`
+	Removed int32 `protobuf:"varint,3,opt,name=removed,proto3" json:"removed,omitempty"`
+	// Users without an entry in the directory (nothing to publish to).
+	Missing int32 `protobuf:"varint,4,opt,name=missing,proto3" json:"missing,omitempty"`
+	// Users whose publication failed (see the server log).
+	Failed        int32 `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncDirectoryResponse) Reset() {
+	*x = SyncDirectoryResponse{}
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncDirectoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncDirectoryResponse) ProtoMessage() {}
+
+func (x *SyncDirectoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncDirectoryResponse.ProtoReflect.Descriptor instead.
+func (*SyncDirectoryResponse) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SyncDirectoryResponse) GetUsers() int32 {
+	if x != nil {
+		return x.Users
+	}
+	return 0
+}
+
+func (x *SyncDirectoryResponse) GetAdded() int32 {
+	if x != nil {
+		return x.Added
+	}
+	return 0
+}
+
+func (x *SyncDirectoryResponse) GetRemoved() int32 {
+	if x != nil {
+		return x.Removed
+	}
+	return 0
+}
+
+func (x *SyncDirectoryResponse) GetMissing() int32 {
+	if x != nil {
+		return x.Missing
+	}
+	return 0
+}
+
+func (x *SyncDirectoryResponse) GetFailed() int32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
 type PurgeUserRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
@@ -848,7 +963,7 @@ type PurgeUserRequest struct {
 
 func (x *PurgeUserRequest) Reset() {
 	*x = PurgeUserRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[12]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +975,7 @@ func (x *PurgeUserRequest) String() string {
 func (*PurgeUserRequest) ProtoMessage() {}
 
 func (x *PurgeUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[12]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +988,7 @@ func (x *PurgeUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeUserRequest.ProtoReflect.Descriptor instead.
 func (*PurgeUserRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{12}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PurgeUserRequest) GetUser() string {
@@ -892,7 +1007,7 @@ type PurgeUserResponse struct {
 
 func (x *PurgeUserResponse) Reset() {
 	*x = PurgeUserResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[13]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1019,7 @@ func (x *PurgeUserResponse) String() string {
 func (*PurgeUserResponse) ProtoMessage() {}
 
 func (x *PurgeUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[13]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1032,7 @@ func (x *PurgeUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeUserResponse.ProtoReflect.Descriptor instead.
 func (*PurgeUserResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{13}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PurgeUserResponse) GetPurged() []*EscrowedCertificate {
@@ -991,7 +1106,14 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"thumbprint\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"b\n" +
 	"\x1dRevokeUserCertificateResponse\x12A\n" +
-	"\vcertificate\x18\x01 \x01(\v2\x1f.smimeca.v1.EscrowedCertificateR\vcertificate\"&\n" +
+	"\vcertificate\x18\x01 \x01(\v2\x1f.smimeca.v1.EscrowedCertificateR\vcertificate\"\x16\n" +
+	"\x14SyncDirectoryRequest\"\x8f\x01\n" +
+	"\x15SyncDirectoryResponse\x12\x14\n" +
+	"\x05users\x18\x01 \x01(\x05R\x05users\x12\x14\n" +
+	"\x05added\x18\x02 \x01(\x05R\x05added\x12\x18\n" +
+	"\aremoved\x18\x03 \x01(\x05R\aremoved\x12\x18\n" +
+	"\amissing\x18\x04 \x01(\x05R\amissing\x12\x16\n" +
+	"\x06failed\x18\x05 \x01(\x05R\x06failed\"&\n" +
 	"\x10PurgeUserRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\"L\n" +
 	"\x11PurgeUserResponse\x127\n" +
@@ -1000,7 +1122,7 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"\x19PASSWORD_HASH_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PASSWORD_HASH_SHA256\x10\x01\x12\x18\n" +
 	"\x14PASSWORD_HASH_SHA384\x10\x02\x12\x18\n" +
-	"\x14PASSWORD_HASH_SHA512\x10\x032\x9a\x05\n" +
+	"\x14PASSWORD_HASH_SHA512\x10\x032\xf0\x05\n" +
 	"\vEscrowAdmin\x12Z\n" +
 	"\x0fGetConnectorKey\x12\".smimeca.v1.GetConnectorKeyRequest\x1a#.smimeca.v1.GetConnectorKeyResponse\x12H\n" +
 	"\tImportPfx\x12\x1c.smimeca.v1.ImportPfxRequest\x1a\x1d.smimeca.v1.ImportPfxResponse\x12T\n" +
@@ -1008,7 +1130,8 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"\x14ListUserCertificates\x12'.smimeca.v1.ListUserCertificatesRequest\x1a(.smimeca.v1.ListUserCertificatesResponse\x12l\n" +
 	"\x15DeleteUserCertificate\x12(.smimeca.v1.DeleteUserCertificateRequest\x1a).smimeca.v1.DeleteUserCertificateResponse\x12l\n" +
 	"\x15RevokeUserCertificate\x12(.smimeca.v1.RevokeUserCertificateRequest\x1a).smimeca.v1.RevokeUserCertificateResponse\x12H\n" +
-	"\tPurgeUser\x12\x1c.smimeca.v1.PurgeUserRequest\x1a\x1d.smimeca.v1.PurgeUserResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
+	"\tPurgeUser\x12\x1c.smimeca.v1.PurgeUserRequest\x1a\x1d.smimeca.v1.PurgeUserResponse\x12T\n" +
+	"\rSyncDirectory\x12 .smimeca.v1.SyncDirectoryRequest\x1a!.smimeca.v1.SyncDirectoryResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
 
 var (
 	file_smimeca_v1_escrow_proto_rawDescOnce sync.Once
@@ -1023,7 +1146,7 @@ func file_smimeca_v1_escrow_proto_rawDescGZIP() []byte {
 }
 
 var file_smimeca_v1_escrow_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_smimeca_v1_escrow_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_smimeca_v1_escrow_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_smimeca_v1_escrow_proto_goTypes = []any{
 	(PasswordHash)(0),                     // 0: smimeca.v1.PasswordHash
 	(*GetConnectorKeyRequest)(nil),        // 1: smimeca.v1.GetConnectorKeyRequest
@@ -1038,16 +1161,18 @@ var file_smimeca_v1_escrow_proto_goTypes = []any{
 	(*DeleteUserCertificateResponse)(nil), // 10: smimeca.v1.DeleteUserCertificateResponse
 	(*RevokeUserCertificateRequest)(nil),  // 11: smimeca.v1.RevokeUserCertificateRequest
 	(*RevokeUserCertificateResponse)(nil), // 12: smimeca.v1.RevokeUserCertificateResponse
-	(*PurgeUserRequest)(nil),              // 13: smimeca.v1.PurgeUserRequest
-	(*PurgeUserResponse)(nil),             // 14: smimeca.v1.PurgeUserResponse
-	(*timestamppb.Timestamp)(nil),         // 15: google.protobuf.Timestamp
+	(*SyncDirectoryRequest)(nil),          // 13: smimeca.v1.SyncDirectoryRequest
+	(*SyncDirectoryResponse)(nil),         // 14: smimeca.v1.SyncDirectoryResponse
+	(*PurgeUserRequest)(nil),              // 15: smimeca.v1.PurgeUserRequest
+	(*PurgeUserResponse)(nil),             // 16: smimeca.v1.PurgeUserResponse
+	(*timestamppb.Timestamp)(nil),         // 17: google.protobuf.Timestamp
 }
 var file_smimeca_v1_escrow_proto_depIdxs = []int32{
 	0,  // 0: smimeca.v1.ImportPfxRequest.password_hash:type_name -> smimeca.v1.PasswordHash
-	15, // 1: smimeca.v1.EscrowedCertificate.not_before:type_name -> google.protobuf.Timestamp
-	15, // 2: smimeca.v1.EscrowedCertificate.not_after:type_name -> google.protobuf.Timestamp
-	15, // 3: smimeca.v1.EscrowedCertificate.imported_at:type_name -> google.protobuf.Timestamp
-	15, // 4: smimeca.v1.EscrowedCertificate.revoked_at:type_name -> google.protobuf.Timestamp
+	17, // 1: smimeca.v1.EscrowedCertificate.not_before:type_name -> google.protobuf.Timestamp
+	17, // 2: smimeca.v1.EscrowedCertificate.not_after:type_name -> google.protobuf.Timestamp
+	17, // 3: smimeca.v1.EscrowedCertificate.imported_at:type_name -> google.protobuf.Timestamp
+	17, // 4: smimeca.v1.EscrowedCertificate.revoked_at:type_name -> google.protobuf.Timestamp
 	5,  // 5: smimeca.v1.ImportPfxResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
 	5,  // 6: smimeca.v1.ListUserCertificatesResponse.certificates:type_name -> smimeca.v1.EscrowedCertificate
 	5,  // 7: smimeca.v1.DeleteUserCertificateResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
@@ -1059,16 +1184,18 @@ var file_smimeca_v1_escrow_proto_depIdxs = []int32{
 	7,  // 13: smimeca.v1.EscrowAdmin.ListUserCertificates:input_type -> smimeca.v1.ListUserCertificatesRequest
 	9,  // 14: smimeca.v1.EscrowAdmin.DeleteUserCertificate:input_type -> smimeca.v1.DeleteUserCertificateRequest
 	11, // 15: smimeca.v1.EscrowAdmin.RevokeUserCertificate:input_type -> smimeca.v1.RevokeUserCertificateRequest
-	13, // 16: smimeca.v1.EscrowAdmin.PurgeUser:input_type -> smimeca.v1.PurgeUserRequest
-	2,  // 17: smimeca.v1.EscrowAdmin.GetConnectorKey:output_type -> smimeca.v1.GetConnectorKeyResponse
-	6,  // 18: smimeca.v1.EscrowAdmin.ImportPfx:output_type -> smimeca.v1.ImportPfxResponse
-	6,  // 19: smimeca.v1.EscrowAdmin.ImportIntunePfx:output_type -> smimeca.v1.ImportPfxResponse
-	8,  // 20: smimeca.v1.EscrowAdmin.ListUserCertificates:output_type -> smimeca.v1.ListUserCertificatesResponse
-	10, // 21: smimeca.v1.EscrowAdmin.DeleteUserCertificate:output_type -> smimeca.v1.DeleteUserCertificateResponse
-	12, // 22: smimeca.v1.EscrowAdmin.RevokeUserCertificate:output_type -> smimeca.v1.RevokeUserCertificateResponse
-	14, // 23: smimeca.v1.EscrowAdmin.PurgeUser:output_type -> smimeca.v1.PurgeUserResponse
-	17, // [17:24] is the sub-list for method output_type
-	10, // [10:17] is the sub-list for method input_type
+	15, // 16: smimeca.v1.EscrowAdmin.PurgeUser:input_type -> smimeca.v1.PurgeUserRequest
+	13, // 17: smimeca.v1.EscrowAdmin.SyncDirectory:input_type -> smimeca.v1.SyncDirectoryRequest
+	2,  // 18: smimeca.v1.EscrowAdmin.GetConnectorKey:output_type -> smimeca.v1.GetConnectorKeyResponse
+	6,  // 19: smimeca.v1.EscrowAdmin.ImportPfx:output_type -> smimeca.v1.ImportPfxResponse
+	6,  // 20: smimeca.v1.EscrowAdmin.ImportIntunePfx:output_type -> smimeca.v1.ImportPfxResponse
+	8,  // 21: smimeca.v1.EscrowAdmin.ListUserCertificates:output_type -> smimeca.v1.ListUserCertificatesResponse
+	10, // 22: smimeca.v1.EscrowAdmin.DeleteUserCertificate:output_type -> smimeca.v1.DeleteUserCertificateResponse
+	12, // 23: smimeca.v1.EscrowAdmin.RevokeUserCertificate:output_type -> smimeca.v1.RevokeUserCertificateResponse
+	16, // 24: smimeca.v1.EscrowAdmin.PurgeUser:output_type -> smimeca.v1.PurgeUserResponse
+	14, // 25: smimeca.v1.EscrowAdmin.SyncDirectory:output_type -> smimeca.v1.SyncDirectoryResponse
+	18, // [18:26] is the sub-list for method output_type
+	10, // [10:18] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -1089,7 +1216,7 @@ func file_smimeca_v1_escrow_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_smimeca_v1_escrow_proto_rawDesc), len(file_smimeca_v1_escrow_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

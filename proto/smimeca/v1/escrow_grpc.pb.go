@@ -26,6 +26,7 @@ const (
 	EscrowAdmin_DeleteUserCertificate_FullMethodName = "/smimeca.v1.EscrowAdmin/DeleteUserCertificate"
 	EscrowAdmin_RevokeUserCertificate_FullMethodName = "/smimeca.v1.EscrowAdmin/RevokeUserCertificate"
 	EscrowAdmin_PurgeUser_FullMethodName             = "/smimeca.v1.EscrowAdmin/PurgeUser"
+	EscrowAdmin_SyncDirectory_FullMethodName         = "/smimeca.v1.EscrowAdmin/SyncDirectory"
 )
 
 // EscrowAdminClient is the client API for EscrowAdmin service.
@@ -61,6 +62,10 @@ type EscrowAdminClient interface {
 	// PurgeUser removes every escrowed certificate of a user, with Vault's
 	// version history of them.
 	PurgeUser(ctx context.Context, in *PurgeUserRequest, opts ...grpc.CallOption) (*PurgeUserResponse, error)
+	// SyncDirectory reconciles the configured LDAP directory with the
+	// escrow for every user (--ldap-publish-url); FAILED_PRECONDITION when
+	// no directory is configured, UNAVAILABLE when it cannot be reached.
+	SyncDirectory(ctx context.Context, in *SyncDirectoryRequest, opts ...grpc.CallOption) (*SyncDirectoryResponse, error)
 }
 
 type escrowAdminClient struct {
@@ -141,6 +146,16 @@ func (c *escrowAdminClient) PurgeUser(ctx context.Context, in *PurgeUserRequest,
 	return out, nil
 }
 
+func (c *escrowAdminClient) SyncDirectory(ctx context.Context, in *SyncDirectoryRequest, opts ...grpc.CallOption) (*SyncDirectoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SyncDirectoryResponse)
+	err := c.cc.Invoke(ctx, EscrowAdmin_SyncDirectory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EscrowAdminServer is the server API for EscrowAdmin service.
 // All implementations must embed UnimplementedEscrowAdminServer
 // for forward compatibility.
@@ -174,6 +189,10 @@ type EscrowAdminServer interface {
 	// PurgeUser removes every escrowed certificate of a user, with Vault's
 	// version history of them.
 	PurgeUser(context.Context, *PurgeUserRequest) (*PurgeUserResponse, error)
+	// SyncDirectory reconciles the configured LDAP directory with the
+	// escrow for every user (--ldap-publish-url); FAILED_PRECONDITION when
+	// no directory is configured, UNAVAILABLE when it cannot be reached.
+	SyncDirectory(context.Context, *SyncDirectoryRequest) (*SyncDirectoryResponse, error)
 	mustEmbedUnimplementedEscrowAdminServer()
 }
 
@@ -204,6 +223,9 @@ func (UnimplementedEscrowAdminServer) RevokeUserCertificate(context.Context, *Re
 }
 func (UnimplementedEscrowAdminServer) PurgeUser(context.Context, *PurgeUserRequest) (*PurgeUserResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PurgeUser not implemented")
+}
+func (UnimplementedEscrowAdminServer) SyncDirectory(context.Context, *SyncDirectoryRequest) (*SyncDirectoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SyncDirectory not implemented")
 }
 func (UnimplementedEscrowAdminServer) mustEmbedUnimplementedEscrowAdminServer() {}
 func (UnimplementedEscrowAdminServer) testEmbeddedByValue()                     {}
@@ -352,6 +374,24 @@ func _EscrowAdmin_PurgeUser_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EscrowAdmin_SyncDirectory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SyncDirectoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EscrowAdminServer).SyncDirectory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EscrowAdmin_SyncDirectory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EscrowAdminServer).SyncDirectory(ctx, req.(*SyncDirectoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EscrowAdmin_ServiceDesc is the grpc.ServiceDesc for EscrowAdmin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -386,6 +426,10 @@ var EscrowAdmin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PurgeUser",
 			Handler:    _EscrowAdmin_PurgeUser_Handler,
+		},
+		{
+			MethodName: "SyncDirectory",
+			Handler:    _EscrowAdmin_SyncDirectory_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
