@@ -138,13 +138,6 @@ func (p *Publisher) Notify(user string, removed []policy.Escrowed) {
 	}
 }
 
-// Pending returns how many users wait for publication.
-func (p *Publisher) Pending() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.pending)
-}
-
 // Run publishes queued users until ctx ends, retrying failures with
 // exponential back-off (from 0.5 s to RetryMax).
 func (p *Publisher) Run(ctx context.Context) {

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
@@ -68,7 +67,6 @@ type Server struct {
 	log      *slog.Logger
 	srv      *gldap.Server
 	inflight chan struct{}
-	searches atomic.Int64
 }
 
 // NewServer returns the endpoint over src.
@@ -130,9 +128,6 @@ func (s *Server) Ready() bool { return s.srv.Ready() }
 // Stop stops the server.
 func (s *Server) Stop() error { return s.srv.Stop() }
 
-// Searches returns how many searches were answered.
-func (s *Server) Searches() int64 { return s.searches.Load() }
-
 func (s *Server) bind(w *gldap.ResponseWriter, r *gldap.Request) {
 	resp := r.NewBindResponse(gldap.WithResponseCode(gldap.ResultInappropriateAuthentication))
 	defer w.Write(resp)
@@ -168,7 +163,6 @@ func (s *Server) search(w *gldap.ResponseWriter, r *gldap.Request) {
 		done.SetDiagnosticMessage("too many searches at once; retry")
 		return
 	}
-	s.searches.Add(1)
 	m, err := r.GetSearchMessage()
 	if err != nil {
 		done.SetResultCode(gldap.ResultProtocolError)
