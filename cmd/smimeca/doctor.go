@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.step.sm/crypto/pemutil"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/smimeca/smimeca/ca"
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+)
+
+// finding is one doctor check's outcome.
+type finding struct {
+	name, detail, fix string
+	ok                bool
+}
+
+// doctor checks a running installation end to end — the public HTTP
+// endpoint (SCEP, CRL freshness), gRPC with the credentials, the
+// dependencies the server reports on its ops listener (Vault, database,
+// CA), the CA's key files and disk space — and says what is wrong and
+// how to fix it. Exit code 1 when anything is.
+func doctor(args []string, stdout io.Writer) error {
+	var cf clientFlags
+	var dataDir, baseURL, crlURL, opsAddr string
+	var minFree int64
+	f := newFlags("doctor")
+	cf.register(f, "admin")
+	defURL := "http://localhost:8080"
+	if a := os.Getenv("SMIMECA_HTTP_ADDR"); a != "" {
+		if hp, err := localURLHost(a); err == nil {
+			defURL = "http://" + hp
+		}
+	}
+	f.str(&dataDir, "data", "SMIMECA_DATA", "data", "data directory of the installation")
+	f.str(&baseURL, "url", "SMIMECA_PUBLIC_URL", defURL, "public base URL of the server (SCEP, CRL)")
+	f.str(&crlURL, "crl-url", "", "", "URL relying parties fetch the CRL from (default: <url>/crl)")
+	f.str(&opsAddr, "ops-addr", "SMIMECA_OPS_ADDR", "127.0.0.1:9090", "the server's ops listener (health of Vault, database, CA)")
+	f.fs.Int64Var(&minFree, "min-free-mib", 1024, "least free space on the data directory's file system, MiB")
+	if err := f.parse(args); err != nil {
+		return helpOK(err)
+	}
+	credsSet := os.Getenv("SMIMECA_CREDENTIALS") != ""
+	f.fs.Visit(func(fl *flag.Flag) { credsSet = credsSet || fl.Name == "credentials" })
+	if !credsSet {
+		cf.credentials = filepath.Join(dataDir, "credentials", "admin")
+	}
+	baseURL = strings.TrimRight(baseURL, "/")
+	if crlURL == "" {
+		crlURL = baseURL + ca.CRLPath
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	var out []finding
+	out = append(out, checkSCEP(client, baseURL))
+	out = append(out, checkCRL(client, crlURL, filepath.Join(dataDir, "ca", ca.IntermediateCertFile), time.Now()))
+	out = append(out, checkGRPC(&cf))
+	out = append(out, checkOps(client, opsAddr, dataDir)...)
+	out = append(out, checkCAFiles(filepath.Join(dataDir, "ca"), time.Now())...)
+	out = append(out, checkDisk(dataDir, minFree<<20))
+	bad := 0
+	for _, x := range out {
+		mark := "ok  "
+		if !x.ok {
+			mark, bad = "FAIL", bad+1
+		}
+		fmt.Fprintf(stdout, "%s  %-10s %s\n", mark, x.name, x.detail)
+		if !x.ok && x.fix != "" {
+			fmt.Fprintf(stdout, "      %-10s fix: %s\n", "", x.fix)
+		}
+	}
+	if bad > 0 {
+		return &clientError{fmt.Errorf("%d of %d checks failed", bad, len(out))}
+	}
+	return nil
+}
+
+func checkSCEP(c *http.Client, base string) finding {
+	u := base + "/scep?operation=GetCACaps"
+	resp, err := c.Get(u)
+	if err != nil {
+		return finding{name: "scep", detail: fmt.Sprintf("%s does not answer: %v", u, err),
+			fix: "start the server (`make run` or `smimeca serve`), or pass --url with its public URL"}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "SCEPStandard") {
+		return finding{name: "scep", detail: fmt.Sprintf("%s answers %s, not smimeca's capabilities", u, resp.Status),
+			fix: "--url must name smimeca's public URL (a proxy in front of it must pass /scep through)"}
+	}
+	return finding{name: "scep", ok: true, detail: base + "/scep answers GetCACaps"}
+}
+
+func checkCRL(c *http.Client, u, issuerPath string, now time.Time) finding {
+	resp, err := c.Get(u)
+	if err != nil {
+		return finding{name: "crl", detail: fmt.Sprintf("%s does not answer: %v", u, err),
+			fix: "relying parties cannot check revocation: make the CRL distribution point reachable (--cert-base-url)"}
+	}
+	defer resp.Body.Close()
+	der, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	crl, err := x509.ParseRevocationList(der)
+	if resp.StatusCode != http.StatusOK || err != nil {
+		return finding{name: "crl", detail: fmt.Sprintf("%s answers %s with no readable CRL", u, resp.Status),
+			fix: "the server log says why the CRL cannot be generated (the CA key, the database)"}
+	}
+	if issuer, err := pemutil.ReadCertificate(issuerPath); err == nil {
+		if err := crl.CheckSignatureFrom(issuer); err != nil {
+			return finding{name: "crl", detail: fmt.Sprintf("the CRL at %s is not signed by this installation's issuing CA", u),
+				fix: "the URL serves another CA's CRL: point --cert-base-url (and any mirror) at this server"}
+		}
+	}
+	if !now.Before(crl.NextUpdate) {
+		return finding{name: "crl", detail: fmt.Sprintf("the CRL at %s expired at %s (%s ago)", u, crl.NextUpdate.UTC().Format(time.RFC3339), now.Sub(crl.NextUpdate).Round(time.Minute)),
+			fix: "smimeca regenerates its CRL on read: if a mirror or CDN serves this URL, refresh it from the server's /crl; if the server itself does, its log says why the CA cannot sign"}
+	}
+	return finding{name: "crl", ok: true, detail: fmt.Sprintf("%s is current (%d revoked, next update %s)", u, len(crl.RevokedCertificateEntries), crl.NextUpdate.UTC().Format(time.RFC3339))}
+}
+
+func checkGRPC(cf *clientFlags) finding {
+	conn, err := cf.dial()
+	if err != nil {
+		return finding{name: "grpc", detail: err.Error(), fix: "pass --credentials with a directory holding client.crt, client.key and ca.crt"}
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		return finding{name: "grpc", detail: fmt.Sprintf("%s: %v", cf.server, status.Convert(err).Message()),
+			fix: "start the server, or pass --server with its gRPC address (--grpc-addr)"}
+	}
+	_, err = pb.NewDevicesClient(conn).ListDevices(ctx, &pb.ListDevicesRequest{User: "doctor@invalid.example"})
+	switch status.Code(err) {
+	case codes.OK, codes.InvalidArgument, codes.NotFound, codes.PermissionDenied:
+		return finding{name: "grpc", ok: true, detail: fmt.Sprintf("%s accepts the credentials in %s", cf.server, cf.credentials)}
+	case codes.Unauthenticated:
+		return finding{name: "grpc", detail: fmt.Sprintf("%s refuses the credentials in %s: %s", cf.server, cf.credentials, status.Convert(err).Message()),
+			fix: "they are revoked or from another installation: issue new ones (`smimeca credentials issue`) with the admin credentials in DATA/credentials/admin"}
+	default:
+		return finding{name: "grpc", detail: fmt.Sprintf("%s: %v", cf.server, status.Convert(err).Message()), fix: "see the server log"}
+	}
+}
+
+// depFixes says how to fix each dependency the ops listener reports.
+var depFixes = map[string]string{
+	"vault": "escrow is down (imports and bundles answer UNAVAILABLE). With the embedded Vault (make run) smimeca restarts it: see DATA/vault/vault.log; with --vault-addr, check `vault status` and unseal it, and that smimeca's token is valid",
+	"database": "the CA database cannot be read or written: check the file system of DATA/db (space, permissions) and the server log",
+	"ca": "the CA cannot sign its CRL: check the key files under DATA/ca and the server log",
+}
+
+func checkOps(c *http.Client, addr, dataDir string) []finding {
+	u := "http://" + addr + "/healthz"
+	resp, err := c.Get(u)
+	if err != nil {
+		return []finding{{name: "health", detail: fmt.Sprintf("the ops listener %s does not answer: %v", addr, err),
+			fix: "pass --ops-addr with the server's --ops-addr (loopback, so run doctor on the server's machine)"}}
+	}
+	defer resp.Body.Close()
+	var h struct {
+		Status string            `json:"status"`
+		Checks map[string]string `json:"checks"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&h); err != nil {
+		return []finding{{name: "health", detail: u + " answers no health report", fix: "--ops-addr must name smimeca's ops listener"}}
+	}
+	names := make([]string, 0, len(h.Checks))
+	for n := range h.Checks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var out []finding
+	for _, n := range names {
+		if h.Checks[n] == "ok" {
+			out = append(out, finding{name: n, ok: true, detail: "up"})
+			continue
+		}
+		fix := strings.ReplaceAll(depFixes[n], "DATA", dataDir)
+		out = append(out, finding{name: n, detail: "down: " + h.Checks[n], fix: fix})
+	}
+	if len(h.Checks) > 0 && h.Checks["vault"] == "" {
+		out = append(out, finding{name: "vault", ok: true, detail: "not configured (no escrow)"})
+	}
+	return out
+}
+
+// checkCAFiles checks the CA's key files are private and its certificates
+// not about to expire.
+func checkCAFiles(dir string, now time.Time) []finding {
+	keys, _ := filepath.Glob(filepath.Join(dir, "*.key"))
+	if len(keys) == 0 {
+		return []finding{{name: "ca-files", detail: "no CA key files under " + dir, fix: "pass --data with the server's data directory"}}
+	}
+	var out []finding
+	for _, k := range keys {
+		fi, err := os.Stat(k)
+		if err != nil {
+			continue
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			out = append(out, finding{name: "ca-files", detail: fmt.Sprintf("%s is readable by others (mode %04o)", k, fi.Mode().Perm()), fix: "chmod 600 " + k})
+		}
+	}
+	for _, name := range []string{ca.RootCertFile, ca.IntermediateCertFile, ca.RACertFile} {
+		c, err := pemutil.ReadCertificate(filepath.Join(dir, name))
+		if err != nil {
+			out = append(out, finding{name: "ca-files", detail: fmt.Sprintf("%s: %v", name, err), fix: "restore it from the backup of DATA/ca"})
+			continue
+		}
+		switch left := c.NotAfter.Sub(now); {
+		case left <= 0:
+			out = append(out, finding{name: "ca-files", detail: name + " has expired", fix: "the hierarchy must be renewed: no certificate it issues verifies"})
+		case left < 60*24*time.Hour && name != ca.RACertFile:
+			out = append(out, finding{name: "ca-files", detail: fmt.Sprintf("%s expires in %d days", name, int(left.Hours()/24)), fix: "plan the CA's renewal now"})
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, finding{name: "ca-files", ok: true, detail: fmt.Sprintf("%d key files private, CA certificates valid", len(keys))})
+	}
+	return out
+}
+
+func checkDisk(dir string, minFree int64) finding {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return finding{name: "disk", detail: fmt.Sprintf("%s: %v", dir, err), fix: "pass --data with the server's data directory"}
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if free < minFree {
+		return finding{name: "disk", detail: fmt.Sprintf("%d MiB free on the file system of %s", free>>20, dir),
+			fix: "the database, audit log and Vault need room (enrolments fail cleanly when it runs out): free space or grow the volume"}
+	}
+	return finding{name: "disk", ok: true, detail: fmt.Sprintf("%d MiB free", free>>20)}
+}
