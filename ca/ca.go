@@ -108,8 +108,9 @@ type Config struct {
 	Dir string
 	// Name is the organisation name put into the CA subjects.
 	Name string
-	// IssuerKeyType is KeyTypeEC (default) or KeyTypeRSA. It is only used when
-	// the intermediate is created.
+	// IssuerKeyType is KeyTypeRSA (default: SCEP clients that encrypt to
+	// every certificate GetCACert returns then work) or KeyTypeEC. It is
+	// only used when the intermediate is created.
 	IssuerKeyType string
 	// BaseURL is the public plain http:// base URL of this CA's server; the
 	// URLs certificates carry are under it: the CRL distribution point
@@ -580,10 +581,10 @@ func loadOrCreateIntermediate(cfg Config, base string, root *x509.Certificate, r
 		return crt, key, err
 	}
 	switch cfg.IssuerKeyType {
-	case KeyTypeRSA:
-		key, err = keyutil.GenerateSigner("RSA", "", 3072)
-	default:
+	case KeyTypeEC:
 		key, err = keyutil.GenerateSigner("EC", "P-256", 0)
+	default:
+		key, err = keyutil.GenerateSigner("RSA", "", 3072)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: generate intermediate key: %w", err)

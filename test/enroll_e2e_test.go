@@ -299,3 +299,26 @@ func TestGarbageGets4xx(t *testing.T) {
 		t.Errorf("metrics do not count malformed requests:\n%.2000s", b)
 	}
 }
+
+// The issuing CA's key type decides whether Debian's scepclient works
+// without flags: it encrypts its request to every certificate GetCACert
+// returns. With the default RSA issuing CA it enrols and renews as is
+// (TestEnrolWithScepclient runs it so); with --issuer-key-type EC it
+// cannot encrypt to the ECDSA certificate and needs -ca-fingerprint to pick
+// the RA — the trade-off the README states.
+func TestScepclientAndIssuerKeyType(t *testing.T) {
+	s := newServer(t, "--issuer-key-type", "EC")
+	s.register("alice@example.com", "d1")
+	ch := s.challenge("alice@example.com", "d1")
+	dir := filepath.Join(t.TempDir(), "dev")
+	os.MkdirAll(dir, 0o700)
+	r := run(t, 60*time.Second, tool(t, "scepclient"), "-server-url", s.baseURL+"/scep", "-private-key", filepath.Join(dir, "key.pem"), "-challenge", ch)
+	if r.code == 0 {
+		t.Fatal("scepclient enrolled against an ECDSA issuing CA without -ca-fingerprint; the README's trade-off is out of date")
+	}
+	mustOK(t, "scepclient -ca-fingerprint (EC issuing CA)", s.scepclient(dir, ch))
+	text := mustOK(t, "x509", openssl(t, "x509", "-in", filepath.Join(dir, "client.pem"), "-noout", "-text"))
+	if !strings.Contains(text, "ecdsa-with-SHA256") {
+		t.Errorf("the certificate is not signed by the ECDSA issuing CA:\n%s", text)
+	}
+}

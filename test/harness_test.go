@@ -277,7 +277,8 @@ func (s *server) challenge(user, device string) string {
 }
 
 // raFingerprint is the SHA-256 of the RA certificate, which scepclient
-// needs to pick the RSA recipient out of GetCACert (the issuing CA is ECDSA).
+// needs to pick the RSA recipient out of GetCACert when the issuing CA is
+// ECDSA (--issuer-key-type EC).
 func (s *server) raFingerprint() string {
 	s.t.Helper()
 	r := run(s.t, 30*time.Second, tool(s.t, "openssl"), "x509", "-in", filepath.Join(s.data, "ca", "scep_ra.crt"), "-noout", "-fingerprint", "-sha256")
@@ -288,14 +289,28 @@ func (s *server) raFingerprint() string {
 	return strings.ReplaceAll(fp, ":", "")
 }
 
+// ecIssuer reports whether the server was started with an ECDSA issuing CA.
+func (s *server) ecIssuer() bool {
+	for i, a := range s.extra {
+		if a == "--issuer-key-type" && i+1 < len(s.extra) && strings.EqualFold(s.extra[i+1], "EC") {
+			return true
+		}
+	}
+	return false
+}
+
 // scepclient enrols (or renews, when cert exists) in dir.
 func (s *server) scepclient(dir, challenge string, extra ...string) result {
 	s.t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		s.t.Fatal(err)
 	}
-	args := append([]string{"-server-url", s.baseURL + "/scep", "-private-key", filepath.Join(dir, "key.pem"),
-		"-ca-fingerprint", s.raFingerprint()}, extra...)
+	// As a stock client: no -ca-fingerprint with the default RSA issuing
+	// CA, since scepclient can encrypt to every certificate of GetCACert.
+	args := append([]string{"-server-url", s.baseURL + "/scep", "-private-key", filepath.Join(dir, "key.pem")}, extra...)
+	if s.ecIssuer() {
+		args = append(args, "-ca-fingerprint", s.raFingerprint())
+	}
 	if challenge != "" {
 		args = append(args, "-challenge", challenge)
 	}

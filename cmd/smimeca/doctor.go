@@ -157,9 +157,9 @@ func checkGRPC(cf *clientFlags) finding {
 
 // depFixes says how to fix each dependency the ops listener reports.
 var depFixes = map[string]string{
-	"vault": "escrow is down (imports and bundles answer UNAVAILABLE). With the embedded Vault (make run) smimeca restarts it: see DATA/vault/vault.log; with --vault-addr, check `vault status` and unseal it, and that smimeca's token is valid",
+	"vault":    "escrow is down (imports and bundles answer UNAVAILABLE). With the embedded Vault (make run) smimeca restarts it: see DATA/vault/vault.log; with --vault-addr, check `vault status` and unseal it, and that smimeca's token is valid",
 	"database": "the CA database cannot be read or written: check the file system of DATA/db (space, permissions) and the server log",
-	"ca": "the CA cannot sign its CRL: check the key files under DATA/ca and the server log",
+	"ca":       "the CA cannot sign its CRL: check the key files under DATA/ca and the server log",
 }
 
 func checkOps(c *http.Client, addr, dataDir string) []finding {

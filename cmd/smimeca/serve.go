@@ -124,7 +124,7 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.str(&c.policyOIDs, "policy-oids", "SMIMECA_POLICY_OIDS", "", "comma-separated private certificate policy OIDs added to every certificate beside the S/MIME BR mailbox-validated strict policy 2.23.140.1.5.1.3")
 	f.duration(&c.ocspValidity, "ocsp-validity", "SMIMECA_OCSP_VALIDITY", ca.DefaultOCSPValidity, "validity of OCSP responses (8h to 240h)")
 	f.str(&c.allowedDomains, "allowed-domains", "SMIMECA_ALLOWED_DOMAINS", "", "comma-separated e-mail domains that may get certificates (default: any)")
-	f.str(&c.issuerKeyType, "issuer-key-type", "SMIMECA_ISSUER_KEY_TYPE", ca.KeyTypeEC, "issuing CA key type on first start: EC (P-256) or RSA")
+	f.str(&c.issuerKeyType, "issuer-key-type", "SMIMECA_ISSUER_KEY_TYPE", ca.KeyTypeRSA, "issuing CA key type on first start: RSA (3072; every SCEP client can encrypt to GetCACert's certificates) or EC (P-256; faster, but clients that encrypt to every certificate need the RA picked out, e.g. scepclient -ca-fingerprint)")
 	f.duration(&c.validity, "cert-validity", "SMIMECA_CERT_VALIDITY", policy.DefaultValidity, "validity of issued signing certificates")
 	f.duration(&c.challengeTTL, "challenge-ttl", "SMIMECA_CHALLENGE_TTL", policy.DefaultChallengeTTL, "default lifetime of one-time challenges")
 	f.boolean(&c.contentCommitment, "content-commitment", "SMIMECA_CONTENT_COMMITMENT", false, "add the contentCommitment key usage to signing certificates")
