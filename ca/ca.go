@@ -559,7 +559,14 @@ func loadOrCreateRoot(cfg Config) (*x509.Certificate, crypto.Signer, error) {
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return crt, key, err
 	}
-	key, err = keyutil.GenerateSigner("EC", "P-384", 0)
+	// The root follows the issuing CA's key type: RSA (4096) by default,
+	// so that GetCACert, which includes it, holds only RSA certificates
+	// that every SCEP client can encrypt to; ECDSA P-384 with EC.
+	if cfg.IssuerKeyType == KeyTypeEC {
+		key, err = keyutil.GenerateSigner("EC", "P-384", 0)
+	} else {
+		key, err = keyutil.GenerateSigner("RSA", "", 4096)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: generate root key: %w", err)
 	}

@@ -17,7 +17,7 @@ import (
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/asn1"
-	"encoding/base64"
+	"encoding/base32"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -170,7 +170,10 @@ func (e *Enrollment) CreateChallenge(ctx context.Context, user, device string, t
 	if _, err := io.ReadFull(e.rand, raw); err != nil {
 		return NewChallenge{}, fmt.Errorf("policy: challenge randomness: %w", err)
 	}
-	secret := base64.RawURLEncoding.EncodeToString(raw)
+	// Base32 (A–Z, 2–7): every character is allowed in a PrintableString,
+	// which clients such as certmonger encode the CSR's challengePassword
+	// as (base64's "_" or "/" would make the CSR unparsable).
+	secret := base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(raw)
 	now := e.now().UTC()
 	c := Challenge{User: u, Device: device, CreatedAt: now, ExpiresAt: now.Add(ttl), CreatedBy: ActorFrom(ctx).Name}
 	if err := e.store.PutChallenge(ctx, hashChallenge(secret), c); errors.Is(err, ErrInactiveDevice) {

@@ -145,6 +145,11 @@ func TestCreateChallengeRules(t *testing.T) {
 	if len(c.Secret) < 40 {
 		t.Errorf("challenge %d chars, want >= 40 (256 bits)", len(c.Secret))
 	}
+	// Every character is allowed in an ASN.1 PrintableString, as
+	// certmonger encodes the challengePassword.
+	if strings.Trim(c.Secret, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") != "" {
+		t.Errorf("challenge %q holds characters outside base32", c.Secret)
+	}
 	if got := c.ExpiresAt.Sub(v.now); got < 23*time.Hour || got > 25*time.Hour {
 		t.Errorf("default ttl = %s", got)
 	}

@@ -9,6 +9,7 @@
 package scep
 
 import (
+	"bytes"
 	"context"
 	"crypto/rsa"
 	"crypto/x509"
@@ -242,6 +243,12 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 	switch msg.MessageType {
 	case smallscep.PKCSReq:
 		kind = policy.Initial
+		// A PKCSReq signed with a certificate this CA issued is a renewal,
+		// as SCEP drafts before RenewalReq had it and certmonger's rekey
+		// still sends it; the policy judges it as a RenewalReq.
+		if signer, err := messageSigner(der); err == nil && h.issuedHere(signer) {
+			kind = policy.Renewal
+		}
 	case smallscep.RenewalReq, smallscep.UpdateReq:
 		kind = policy.Renewal
 	default:
@@ -289,6 +296,17 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 	result = "issued" // the policy's audit event records who got which serial
 	logger.Debug("scep: issued", "serial", chain[0].SerialNumber.String())
 	writePKIMessage(w, rep.Raw)
+}
+
+// issuedHere reports whether c was signed by one of the CA certificates
+// this endpoint serves (not the RA).
+func (h *Handler) issuedHere(c *x509.Certificate) bool {
+	for _, ca := range h.caCerts[1:] {
+		if bytes.Equal(c.RawIssuer, ca.RawSubject) && c.CheckSignatureFrom(ca) == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // parsePKIMessage parses untrusted input. The BER parser under it has

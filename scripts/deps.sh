@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a bare machine (Debian + Go):
 #   Debian: scep (micromdm's scepclient/scepserver), openssl, gcc (for -race),
-#           ldap-utils (ldapsearch) and slapd (the directory the publisher writes to)
+#           ldap-utils (ldapsearch) and slapd (the directory the publisher writes to),
+#           certmonger and dbus (a stock SCEP client, on a private session bus)
 #   Go:     grpcurl and staticcheck, into ~/.cache/smimeca/bin
 # apt-get update runs once, and only when something has to be installed.
 set -euo pipefail
@@ -14,6 +15,8 @@ command -v openssl    >/dev/null || need_apt+=(openssl)
 command -v gcc        >/dev/null || need_apt+=(gcc)
 command -v ldapsearch >/dev/null || need_apt+=(ldap-utils)
 [ -x /usr/sbin/slapd ]           || need_apt+=(slapd)
+[ -x /usr/sbin/certmonger ]      || need_apt+=(certmonger)
+command -v dbus-daemon >/dev/null || need_apt+=(dbus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -129,7 +129,7 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.duration(&c.challengeTTL, "challenge-ttl", "SMIMECA_CHALLENGE_TTL", policy.DefaultChallengeTTL, "default lifetime of one-time challenges")
 	f.boolean(&c.contentCommitment, "content-commitment", "SMIMECA_CONTENT_COMMITMENT", false, "add the contentCommitment key usage to signing certificates")
 	f.str(&c.staticChallenge, "static-challenge", "SMIMECA_STATIC_CHALLENGE", "", "LAB ONLY: a shared challenge that lets devices name their own address")
-	f.boolean(&c.scepIncludeRoot, "scep-include-root", "SMIMECA_SCEP_INCLUDE_ROOT", false, "include the root in GetCACert")
+	f.boolean(&c.scepIncludeRoot, "scep-include-root", "SMIMECA_SCEP_INCLUDE_ROOT", true, "include the root in GetCACert (clients such as certmonger verify CertRep up to it)")
 	f.str(&c.scepEncryption, "scep-encryption", "SMIMECA_SCEP_ENCRYPTION", "aes256-cbc", "CertRep content encryption: aes256-cbc, aes128-cbc, aes256-gcm")
 	f.str(&c.vaultAddr, "vault-addr", "SMIMECA_VAULT_ADDR", "", "Vault address for the escrow (empty: no escrow, unless --embedded-vault)")
 	f.str(&c.vaultTokenFile, "vault-token-file", "SMIMECA_VAULT_TOKEN_FILE", "", "file holding the Vault token ($SMIMECA_VAULT_TOKEN also works)")
