@@ -322,6 +322,28 @@ func TestRenewalReq(t *testing.T) {
 	}
 }
 
+// A PKCSReq signed with a certificate this CA issued (and no challenge) is
+// a renewal, as certmonger's rekey sends it; signed with a certificate of
+// another CA it stays an initial request and needs a challenge.
+func TestPKCSReqSignedWithIssuedCertificateRenews(t *testing.T) {
+	f := newFixture(t)
+	d := newDevice(t, 0)
+	_, body := f.post(t, d.message(t, f, smallscep.PKCSReq, f.challenge(t, "alice@example.com", "dev-1")))
+	issued := f.certRep(t, d, body).CertRepMessage.Certificate
+	renewer := &device{key: d.key, cert: issued}
+	_, body = f.post(t, renewer.message(t, f, smallscep.PKCSReq, ""))
+	rep := f.certRep(t, renewer, body)
+	if rep.PKIStatus != smallscep.SUCCESS || rep.CertRepMessage.Certificate.SerialNumber.Cmp(issued.SerialNumber) == 0 {
+		t.Fatalf("PKCSReq signed with the issued certificate: %s %s", rep.PKIStatus, rep.FailInfo)
+	}
+	// Replayed once the certificate it was signed with is superseded: a
+	// renewal of a revoked certificate is refused.
+	_, body = f.post(t, renewer.message(t, f, smallscep.PKCSReq, ""))
+	if rep := f.certRep(t, renewer, body); rep.PKIStatus == smallscep.SUCCESS {
+		t.Error("a second renewal from the superseded certificate succeeded")
+	}
+}
+
 var (
 	oidMessageType   = asn1.ObjectIdentifier{2, 16, 840, 1, 113733, 1, 9, 2}
 	oidSenderNonce   = asn1.ObjectIdentifier{2, 16, 840, 1, 113733, 1, 9, 5}
