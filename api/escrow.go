@@ -82,7 +82,11 @@ func (s *EscrowService) ImportPfx(ctx context.Context, req *pb.ImportPfxRequest)
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
-	return &pb.ImportPfxResponse{Certificate: s.toProto(res.Metadata), Duplicate: res.Duplicate, Expired: res.Expired}, nil
+	return s.importResponse(res), nil
+}
+
+func (s *EscrowService) importResponse(res policy.ImportResult) *pb.ImportPfxResponse {
+	return &pb.ImportPfxResponse{Certificate: s.toProto(res.Metadata), Duplicate: res.Duplicate, Expired: res.Expired}
 }
 
 // ImportIntunePfx implements pb.EscrowAdminServer.
@@ -91,7 +95,7 @@ func (s *EscrowService) ImportIntunePfx(ctx context.Context, req *pb.ImportIntun
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
-	return &pb.ImportPfxResponse{Certificate: s.toProto(res.Metadata), Duplicate: res.Duplicate, Expired: res.Expired}, nil
+	return s.importResponse(res), nil
 }
 
 // ListUserCertificates implements pb.EscrowAdminServer.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -318,12 +319,12 @@ func (p *Publisher) publish(ctx context.Context, conn *ldap.Conn, user string, r
 	mod := ldap.NewModifyRequest(entry.DN, nil)
 	var add, del []string
 	for _, d := range desired {
-		if !containsBytes(existing, d) {
+		if !slices.ContainsFunc(existing, func(v []byte) bool { return bytes.Equal(v, d) }) {
 			add = append(add, string(d))
 		}
 	}
 	for _, v := range existing {
-		if containsBytes(desired, v) {
+		if slices.ContainsFunc(desired, func(d []byte) bool { return bytes.Equal(d, v) }) {
 			continue
 		}
 		c, err := x509.ParseCertificate(v)
@@ -351,15 +352,6 @@ func (p *Publisher) publish(ctx context.Context, conn *ldap.Conn, user string, r
 func baseName(attr string) string {
 	b, _, _ := strings.Cut(attr, ";")
 	return b
-}
-
-func containsBytes(list [][]byte, v []byte) bool {
-	for _, x := range list {
-		if bytes.Equal(x, v) {
-			return true
-		}
-	}
-	return false
 }
 
 // issuer names a CA key: its name (as escrow metadata records it) and,

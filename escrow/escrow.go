@@ -260,6 +260,18 @@ func (s *Store) Put(ctx context.Context, user string, rec policy.EscrowedKey) (p
 	return rec.Escrowed, false, nil
 }
 
+// index returns the position of the certificate named by its SHA-256 or
+// SHA-1 thumbprint (hex, any case, colons allowed), or -1.
+func (e *entry) index(thumbprint string) int {
+	t := strings.ReplaceAll(thumbprint, ":", "")
+	for i, c := range e.Certificates {
+		if strings.EqualFold(c.SHA256, t) || strings.EqualFold(c.SHA1, t) {
+			return i
+		}
+	}
+	return -1
+}
+
 func (e *entry) find(sha256 string) (stored, bool) {
 	for _, c := range e.Certificates {
 		if strings.EqualFold(c.SHA256, sha256) {
@@ -330,23 +342,20 @@ func (s *Store) Users(ctx context.Context) ([]string, error) {
 // metadata; policy.ErrNotFound when it is not escrowed. A certificate
 // already marked keeps its first record (and revoked reports false).
 func (s *Store) MarkRevoked(ctx context.Context, user, thumbprint string, at time.Time, reason string) (m policy.Escrowed, revoked bool, err error) {
-	t := strings.ToLower(strings.ReplaceAll(thumbprint, ":", ""))
 	var found bool
 	err = s.update(ctx, user, func(e *entry) (bool, error) {
 		found, revoked = false, false
-		for i, c := range e.Certificates {
-			if strings.EqualFold(c.SHA256, t) || strings.EqualFold(c.SHA1, t) {
-				found = true
-				if !c.RevokedAt.IsZero() {
-					m = c.Escrowed
-					return false, nil
-				}
-				e.Certificates[i].RevokedAt, e.Certificates[i].RevocationReason = at.UTC(), reason
-				m, revoked = e.Certificates[i].Escrowed, true
-				return true, nil
-			}
+		i := e.index(thumbprint)
+		if i < 0 {
+			return false, nil
 		}
-		return false, nil
+		found, m = true, e.Certificates[i].Escrowed
+		if !m.RevokedAt.IsZero() {
+			return false, nil
+		}
+		e.Certificates[i].RevokedAt, e.Certificates[i].RevocationReason = at.UTC(), reason
+		m, revoked = e.Certificates[i].Escrowed, true
+		return true, nil
 	})
 	if err != nil {
 		return policy.Escrowed{}, false, err
@@ -402,19 +411,17 @@ func (s *Store) Load(ctx context.Context, user string) ([]policy.EscrowedKey, er
 // half-way is completed by running it again: the destruction runs also when
 // the certificate is gone already.
 func (s *Store) Delete(ctx context.Context, user, thumbprint string) (policy.Escrowed, error) {
-	t := strings.ToLower(strings.ReplaceAll(thumbprint, ":", ""))
 	var removed *policy.Escrowed
 	err := s.update(ctx, user, func(e *entry) (bool, error) {
 		removed = nil
-		for i, c := range e.Certificates {
-			if strings.EqualFold(c.SHA256, t) || strings.EqualFold(c.SHA1, t) {
-				m := c.Escrowed
-				removed = &m
-				e.Certificates = append(e.Certificates[:i], e.Certificates[i+1:]...)
-				return true, nil
-			}
+		i := e.index(thumbprint)
+		if i < 0 {
+			return false, nil
 		}
-		return false, nil
+		m := e.Certificates[i].Escrowed
+		removed = &m
+		e.Certificates = append(e.Certificates[:i], e.Certificates[i+1:]...)
+		return true, nil
 	})
 	if err != nil {
 		return policy.Escrowed{}, err

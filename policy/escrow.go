@@ -356,9 +356,9 @@ func (e *Escrow) Delete(ctx context.Context, user, thumbprint string) (Escrowed,
 	if err != nil {
 		return Escrowed{}, err
 	}
-	t := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(thumbprint), ":", ""))
-	if _, err := hex.DecodeString(t); err != nil || (len(t) != 40 && len(t) != 64) {
-		return Escrowed{}, reject(ReasonBadThumbprint, fmt.Sprintf("%q is not a SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint", thumbprint))
+	t, err := parseThumbprint(thumbprint)
+	if err != nil {
+		return Escrowed{}, err
 	}
 	m, err := e.store.Delete(ctx, u, t)
 	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionEscrowDelete, User: u}
@@ -388,9 +388,9 @@ func (e *Escrow) Revoke(ctx context.Context, user, thumbprint, reason string) (E
 	if err != nil {
 		return Escrowed{}, err
 	}
-	t := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(thumbprint), ":", ""))
-	if _, err := hex.DecodeString(t); err != nil || (len(t) != 40 && len(t) != 64) {
-		return Escrowed{}, reject(ReasonBadThumbprint, fmt.Sprintf("%q is not a SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint", thumbprint))
+	t, err := parseThumbprint(thumbprint)
+	if err != nil {
+		return Escrowed{}, err
 	}
 	m, revoked, err := e.store.MarkRevoked(ctx, u, t, e.now(), reason)
 	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionEscrowRevoke, User: u, Detail: reason}
@@ -412,6 +412,16 @@ func (e *Escrow) Revoke(ctx context.Context, user, thumbprint, reason string) (E
 	e.audit.Audit(ctx, ev)
 	e.changed(u, []Escrowed{m})
 	return m, nil
+}
+
+// parseThumbprint normalises a SHA-1 or SHA-256 thumbprint (hex, colons
+// allowed) to lower-case hex, or refuses it (ReasonBadThumbprint).
+func parseThumbprint(thumbprint string) (string, error) {
+	t := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(thumbprint), ":", ""))
+	if _, err := hex.DecodeString(t); err != nil || (len(t) != 40 && len(t) != 64) {
+		return "", reject(ReasonBadThumbprint, fmt.Sprintf("%q is not a SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint", thumbprint))
+	}
+	return t, nil
 }
 
 // Purge removes every escrowed certificate of the user.
