@@ -62,6 +62,9 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 			if err := escrow.Setup(ctx, root, ecfg); err != nil {
 				return err
 			}
+			if err := vaultproc.PutPolicy(ctx, root, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey); err != nil {
+				return err
+			}
 			if err := enableAudit(ctx, root, filepath.Join(cfg.dataDir, "vault", "audit.log")); err != nil {
 				logger.Warn("vault audit device", "err", err)
 			}

@@ -477,14 +477,8 @@ func (p *Proc) ScopedToken(ctx context.Context, kvMount, transitMount, transitKe
 }
 
 func scopedToken(ctx context.Context, c *vault.Client, kvMount, transitMount, transitKey string) (string, error) {
-	pol := fmt.Sprintf(`path "%[1]s/data/users/*" { capabilities = ["create", "read", "update"] }
-path "%[1]s/metadata/users/*" { capabilities = ["read", "delete", "list"] }
-path "%[1]s/destroy/users/*" { capabilities = ["update"] }
-path "%[2]s/encrypt/%[3]s" { capabilities = ["update"] }
-path "%[2]s/decrypt/%[3]s" { capabilities = ["update"] }
-`, kvMount, transitMount, transitKey)
-	if err := c.Sys().PutPolicyWithContext(ctx, "smimeca", pol); err != nil {
-		return "", fmt.Errorf("vault policy: %w", err)
+	if err := PutPolicy(ctx, c, kvMount, transitMount, transitKey); err != nil {
+		return "", err
 	}
 	sec, err := c.Auth().Token().CreateWithContext(ctx, &vault.TokenCreateRequest{
 		Policies: []string{"smimeca"}, NoParent: true, Period: tokenPeriod.String(), DisplayName: "smimeca",
@@ -493,4 +487,21 @@ path "%[2]s/decrypt/%[3]s" { capabilities = ["update"] }
 		return "", fmt.Errorf("vault token: %w", err)
 	}
 	return sec.Auth.ClientToken, nil
+}
+
+// PutPolicy writes (or updates) the "smimeca" policy: what smimeca's token
+// may do with the escrow mounts and nothing else. Starting smimeca
+// rewrites it, so that a token minted by an older version gains what a
+// newer one needs (e.g. listing users for the directory publisher).
+func PutPolicy(ctx context.Context, c *vault.Client, kvMount, transitMount, transitKey string) error {
+	pol := fmt.Sprintf(`path "%[1]s/data/users/*" { capabilities = ["create", "read", "update"] }
+path "%[1]s/metadata/users/*" { capabilities = ["read", "delete", "list"] }
+path "%[1]s/destroy/users/*" { capabilities = ["update"] }
+path "%[2]s/encrypt/%[3]s" { capabilities = ["update"] }
+path "%[2]s/decrypt/%[3]s" { capabilities = ["update"] }
+`, kvMount, transitMount, transitKey)
+	if err := c.Sys().PutPolicyWithContext(ctx, "smimeca", pol); err != nil {
+		return fmt.Errorf("vault policy: %w", err)
+	}
+	return nil
 }
