@@ -140,20 +140,25 @@ func (c *Credentials) Issue(ctx context.Context, name, role string, ttl time.Dur
 }
 
 func checkCredentialCSR(csr *x509.CertificateRequest) error {
-	if csr == nil || csr.CheckSignature() != nil {
+	if csr == nil {
 		return reject(ReasonBadCredential, "a CSR (PKCS#10, DER) signed by the credential's key is required")
 	}
+	// The key's bounds first (CheckPublicKey: size and exponent), then
+	// the signature, so that a hostile key costs no verification.
 	switch k := csr.PublicKey.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
 			return reject(ReasonBadCredential, "EC credential keys must be P-256 or P-384")
 		}
 	case *rsa.PublicKey:
-		if b := k.N.BitLen(); b < 2048 || b > 4096 {
-			return reject(ReasonBadCredential, "RSA credential keys must have 2048 to 4096 bits")
+		if err := CheckPublicKey(k); err != nil || k.N.BitLen() < 2048 {
+			return reject(ReasonBadCredential, fmt.Sprintf("RSA credential keys must have 2048 to %d bits and exponent 65537", MaxRSABits))
 		}
 	default:
 		return reject(ReasonBadCredential, "credential keys must be EC (P-256, P-384) or RSA")
+	}
+	if csr.CheckSignature() != nil {
+		return reject(ReasonBadCredential, "a CSR (PKCS#10, DER) signed by the credential's key is required")
 	}
 	return nil
 }
