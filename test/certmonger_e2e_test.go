@@ -40,9 +40,18 @@ func startCertmonger(t *testing.T) *certmonger {
 	if err != nil || n == 0 {
 		t.Fatalf("dbus-daemon printed no address: %v", err)
 	}
-	c := &certmonger{t: t, env: append(cleanEnv(),
-		"DBUS_SESSION_BUS_ADDRESS="+strings.TrimSpace(string(line[:n])),
-		"HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"), "XDG_DATA_HOME="+filepath.Join(home, ".local"))}
+	// Its state (CAs, requests) goes under the test's directory: without
+	// these variables certmonger keeps it in the user's home, found from
+	// the password database, whatever $HOME says.
+	env := append(cleanEnv(), "DBUS_SESSION_BUS_ADDRESS="+strings.TrimSpace(string(line[:n])), "HOME="+home)
+	for v, d := range map[string]string{"CERTMONGER_CONFIG_DIR": "config", "CERTMONGER_REQUESTS_DIR": "requests",
+		"CERTMONGER_CAS_DIR": "cas", "CERTMONGER_LOCAL_CA_DIR": "local", "CERTMONGER_TMPDIR": "tmp"} {
+		if err := os.MkdirAll(filepath.Join(home, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		env = append(env, v+"="+filepath.Join(home, d))
+	}
+	c := &certmonger{t: t, env: env}
 	d := exec.Command("/usr/sbin/certmonger", "-s", "-n")
 	d.Env = c.env
 	var log bytes.Buffer
