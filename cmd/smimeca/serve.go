@@ -89,6 +89,7 @@ type serveConfig struct {
 	publishAttribute  string
 	publishIssuers    string
 	publishRetryMax   time.Duration
+	publishSyncStart  bool
 	opsPprof          bool
 	vaultAddr         string
 	vaultTokenFile    string
@@ -156,6 +157,7 @@ func parseServe(args []string) (*serveConfig, error) {
 	f.str(&c.publishFilter, "ldap-publish-filter", "SMIMECA_LDAP_PUBLISH_FILTER", directory.DefaultPublishFilter, "filter that finds a user's entry; %s is the address")
 	f.str(&c.publishAttribute, "ldap-publish-attribute", "SMIMECA_LDAP_PUBLISH_ATTRIBUTE", directory.DefaultPublishAttribute, "attribute that holds the certificates (Active Directory: userCertificate)")
 	f.str(&c.publishIssuers, "ldap-publish-issuers", "SMIMECA_LDAP_PUBLISH_ISSUERS", "", "PEM file of CAs whose certificates in that attribute smimeca manages besides the issuers of escrowed certificates")
+	f.boolean(&c.publishSyncStart, "ldap-publish-sync-on-start", "SMIMECA_LDAP_PUBLISH_SYNC_ON_START", true, "reconcile every user with the directory at start-up (one escrow read and one LDAP search per user; changes queued when smimeca stopped are otherwise lost until `smimeca directory sync`)")
 	f.duration(&c.publishRetryMax, "ldap-publish-retry-max", "SMIMECA_LDAP_PUBLISH_RETRY_MAX", directory.DefaultRetryMax, "longest wait between retries when the directory is down")
 	f.str(&c.opsAddr, "ops-addr", "SMIMECA_OPS_ADDR", "127.0.0.1:9090", "ops listener: /healthz (each dependency), /metrics, and pprof with --ops-pprof; keep it off the public network")
 	f.boolean(&c.opsPprof, "ops-pprof", "SMIMECA_OPS_PPROF", false, "serve net/http/pprof under /debug/pprof/ on the ops listener")
@@ -455,6 +457,9 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		})
 		go pub.Run(ctx)
 		go func() {
+			if !cfg.publishSyncStart {
+				return
+			}
 			// Reconcile what changed while smimeca was down.
 			if r, err := pub.SyncAll(ctx); err != nil {
 				logger.Warn("directory: start-up sync failed; changes are published as they happen, run `smimeca directory sync` later", "err", err)
