@@ -92,15 +92,8 @@ func (d *Directory) Recipients(ctx context.Context, address string) ([]*x509.Cer
 	return certs, nil
 }
 
-// Current returns every certificate of user that may be encrypted to now
-// (whatever address it names), newest first: what a publisher writes to
-// the user's directory entry. It is not cached.
-func (d *Directory) Current(ctx context.Context, user string) ([]*x509.Certificate, error) {
-	return d.lookup(ctx, user, "", d.now())
-}
-
 // lookup reads user's escrow and keeps the certificates that may be
-// encrypted to at now and, unless addr is empty, name addr.
+// encrypted to at now and name addr.
 func (d *Directory) lookup(ctx context.Context, user, addr string, now time.Time) ([]*x509.Certificate, error) {
 	list, err := d.src.Certificates(ctx, user)
 	if errors.Is(err, ErrNotFound) {
@@ -118,7 +111,7 @@ func (d *Directory) lookup(ctx context.Context, user, addr string, now time.Time
 		if err != nil {
 			continue
 		}
-		if addr == "" || names(c, addr) {
+		if names(c, addr) {
 			out = append(out, c)
 		}
 	}
