@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/smimeca
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-import bench-bundle bench-ocsp proto docker vet lint clean
+.PHONY: readme-test run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-import bench-bundle bench-ocsp proto docker vet lint clean
 
 ## run: build and start CA + SCEP + gRPC + escrow on the embedded default (data in ./data, kept across
 ##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault.
@@ -81,6 +81,10 @@ bench-import: deps vault build
 ## bench-bundle: GetUserBundle p50/p99 and calls/s for 1, 10, 50 certificates at 1 and 16 callers
 bench-bundle: deps vault build
 	./scripts/bench-bundle.sh
+
+## readme-test: run the README's marked shell blocks in order against a started server (part of make test, in e2e)
+readme-test: deps vault
+	set -o pipefail; $(GO) test -count=1 -run 'TestReadme' -v ./test/ | grep -E '^(--- |ok|FAIL|panic)|README block|_test.go'
 
 ## bench-ocsp: OCSP requests/s and p50/p99 of smimeca vs OpenSSL's responder (same certificates, same signer)
 bench-ocsp: deps build

@@ -251,7 +251,15 @@ type identity struct{ key, cert string }
 // MDM enrolment issues) and registers the device with it.
 func (s *server) registerWithIdentity(user, device string) identity {
 	s.t.Helper()
-	dir := s.t.TempDir()
+	id := s.makeIdentity(s.t.TempDir(), device)
+	mustOK(s.t, "device register --identity-cert", s.cli("device", "register", "--user", user, "--device", device, "--identity-cert", id.cert))
+	return id
+}
+
+// makeIdentity makes a device identity key and certificate in dir, issued
+// by the server's test MDM CA with openssl, as an MDM would.
+func (s *server) makeIdentity(dir, device string) identity {
+	s.t.Helper()
 	id := identity{key: filepath.Join(dir, "device.key"), cert: filepath.Join(dir, "device.pem")}
 	os.WriteFile(filepath.Join(dir, "ext"), []byte("keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"), 0o600)
 	openssl := tool(s.t, "openssl")
@@ -260,7 +268,6 @@ func (s *server) registerWithIdentity(user, device string) identity {
 	mustOK(s.t, "identity certificate", run(s.t, 60*time.Second, openssl, "x509", "-req", "-in", filepath.Join(dir, "device.csr"),
 		"-CA", filepath.Join(s.mdm, "mdm-ca.pem"), "-CAkey", filepath.Join(s.mdm, "mdm-ca.key"), "-CAcreateserial", "-days", "30",
 		"-extfile", filepath.Join(dir, "ext"), "-out", id.cert))
-	mustOK(s.t, "device register --identity-cert", s.cli("device", "register", "--user", user, "--device", device, "--identity-cert", id.cert))
 	return id
 }
 

@@ -15,6 +15,21 @@ import (
 	"github.com/smimeca/smimeca/internal/testvault"
 )
 
+// connectorKey reads the connector key with `smimeca pfx connector-key`.
+func connectorKey(t *testing.T, s *server) *rsa.PublicKey {
+	t.Helper()
+	pemOut := mustOK(t, "pfx connector-key", s.cli("pfx", "connector-key"))
+	blk, _ := pem.Decode([]byte(pemOut))
+	if blk == nil || blk.Type != "PUBLIC KEY" {
+		t.Fatalf("connector-key printed %q", pemOut)
+	}
+	pub, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub.(*rsa.PublicKey)
+}
+
 // TestIntuneImportWithCLI replays an Intune PFXImport export: the admin
 // takes the connector key (`pfx connector-key`), the records are built as
 // Intune's PowerShell module builds them with that key, and `pfx import
@@ -27,16 +42,7 @@ func TestIntuneImportWithCLI(t *testing.T) {
 	is := testpki.NewIssuer(t)
 	in := t.TempDir()
 
-	pemOut := mustOK(t, "pfx connector-key", s.cli("pfx", "connector-key"))
-	blk, _ := pem.Decode([]byte(pemOut))
-	if blk == nil || blk.Type != "PUBLIC KEY" {
-		t.Fatalf("connector-key printed %q", pemOut)
-	}
-	pub, err := x509.ParsePKIXPublicKey(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := pub.(*rsa.PublicKey)
+	conn := connectorKey(t, s)
 
 	pw := randomPassword(t)
 	k1, k2, k3 := testpki.RSAKey(t, 2048, 0), testpki.RSAKey(t, 2048, 1), testpki.RSAKey(t, 2048, 2)
