@@ -147,7 +147,7 @@ func (r *OCSPResponder) loadOrRenewSigner() error {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	if err == nil && now.Before(crt.NotAfter.Add(-ocspSignerRenewBefore)) && crt.CheckSignatureFrom(r.a.intermediate) == nil {
+	if err == nil && !now.Before(crt.NotBefore) && now.Before(crt.NotAfter.Add(-ocspSignerRenewBefore)) && crt.CheckSignatureFrom(r.a.intermediate) == nil {
 		r.signer, r.key = crt, key
 		return nil
 	}
