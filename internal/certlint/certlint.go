@@ -40,6 +40,7 @@ type Finding struct {
 	Details string
 }
 
+// String says the status, the lint and its details.
 func (f Finding) String() string {
 	return fmt.Sprintf("%s %s: %s", f.Status, f.Lint, f.Details)
 }
