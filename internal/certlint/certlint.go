@@ -87,7 +87,7 @@ func Unaccepted(fs []Finding) []Finding {
 	return out
 }
 
-// Check lints a DER certificate (or, with crl, a CRL) and fails t on every
+// Check lints a DER certificate and fails t on every
 // unaccepted finding, naming what was linted.
 func Check(t testing.TB, what string, der []byte) {
 	t.Helper()
