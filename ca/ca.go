@@ -154,7 +154,7 @@ type Authority struct {
 	root         *x509.Certificate
 	intermediate *x509.Certificate
 	ra           *x509.Certificate
-	raKey        *rsa.PrivateKey
+	raKey        RAKey
 	profCert     *x509.Certificate
 	profKey      crypto.Signer
 	crlURL       string
@@ -266,8 +266,17 @@ func (a *Authority) Root() *x509.Certificate { return a.root }
 // Intermediate returns the issuing intermediate certificate.
 func (a *Authority) Intermediate() *x509.Certificate { return a.intermediate }
 
+// RAKey is the SCEP RA's RSA private key: it decrypts requests'
+// envelopes and signs CertRep messages. Today an *rsa.PrivateKey read from
+// the CA directory; any key behind these two interfaces (a token's, through
+// PKCS#11) serves as well.
+type RAKey interface {
+	crypto.Signer
+	crypto.Decrypter
+}
+
 // RA returns the SCEP RA/decrypter certificate and its RSA key.
-func (a *Authority) RA() (*x509.Certificate, *rsa.PrivateKey) { return a.ra, a.raKey }
+func (a *Authority) RA() (*x509.Certificate, RAKey) { return a.ra, a.raKey }
 
 // ProfileSigner returns the certificate and key that sign configuration
 // profiles, issued by the intermediate on first start.

@@ -311,7 +311,7 @@ func TestOpenPersistsAndProtectsKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	ra1, raKey1 := first.RA()
-	if raKey1.N.BitLen() < 2048 {
+	if pub, ok := raKey1.Public().(*rsa.PublicKey); !ok || pub.N.BitLen() < 2048 {
 		t.Error("RA key is not RSA >= 2048")
 	}
 	if ra1.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {

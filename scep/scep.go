@@ -11,6 +11,7 @@ package scep
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/asn1"
@@ -62,7 +63,7 @@ func (nopMetrics) ObserveEnrollment(string, string, time.Duration) {}
 type Handler struct {
 	enroller Enroller
 	ra       *x509.Certificate
-	raKey    *rsa.PrivateKey
+	raKey    RAKey
 	caCerts  []*x509.Certificate
 	caBody   []byte
 	caps     string
@@ -84,12 +85,23 @@ func WithCaps(caps []string) Option {
 	return func(h *Handler) { h.caps = strings.Join(caps, "\n") + "\n" }
 }
 
+// RAKey is what the handler needs of the RA's RSA key: decrypting the
+// requests' envelopes and signing CertRep. An *rsa.PrivateKey has both; so
+// does a token's key through PKCS#11.
+type RAKey interface {
+	crypto.Signer
+	crypto.Decrypter
+}
+
 // New returns a SCEP handler. ra and raKey decrypt requests and sign
 // responses; chain is what GetCACert returns after the RA certificate (the
 // issuing intermediate, optionally the root).
-func New(enroller Enroller, ra *x509.Certificate, raKey *rsa.PrivateKey, chain []*x509.Certificate, opts ...Option) (*Handler, error) {
+func New(enroller Enroller, ra *x509.Certificate, raKey RAKey, chain []*x509.Certificate, opts ...Option) (*Handler, error) {
 	if ra == nil || raKey == nil {
 		return nil, errors.New("scep: RA certificate and key are required")
+	}
+	if _, ok := raKey.Public().(*rsa.PublicKey); !ok {
+		return nil, fmt.Errorf("scep: the RA key is %T; SCEP's envelopes need RSA", raKey.Public())
 	}
 	h := &Handler{
 		enroller: enroller, ra: ra, raKey: raKey,

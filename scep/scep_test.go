@@ -3,12 +3,16 @@ package scep_test
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/base64"
+	"errors"
 	"io"
 	"math/big"
 	"net/http"
@@ -32,7 +36,7 @@ import (
 type fixture struct {
 	srv    *httptest.Server
 	e      *policy.Enrollment
-	raKey  *rsa.PrivateKey
+	raKey  scep.RAKey
 	ra     *x509.Certificate
 	caCert *testpki.CA
 }
@@ -139,6 +143,22 @@ func (f *fixture) challenge(t testing.TB, user, device string) string {
 		t.Fatal(err)
 	}
 	return c.Secret
+}
+
+// The RA key may be any signer and decrypter (a token's, later), but it
+// must be RSA: SCEP's envelopes are encrypted to it with RSA.
+func TestNewRefusesANonRSARAKey(t *testing.T) {
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, err := scep.New(nil, &x509.Certificate{}, ecdsaDecrypter{ec}, nil)
+	if err == nil || !strings.Contains(err.Error(), "RSA") {
+		t.Errorf("an ECDSA RA key: %v", err)
+	}
+}
+
+type ecdsaDecrypter struct{ *ecdsa.PrivateKey }
+
+func (ecdsaDecrypter) Decrypt(io.Reader, []byte, crypto.DecrypterOpts) ([]byte, error) {
+	return nil, errors.New("no")
 }
 
 func TestGetCACapsAndCert(t *testing.T) {
