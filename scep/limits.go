@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/smallstep/pkcs7"
+
 	"github.com/smimeca/smimeca/policy"
 )
 
@@ -28,35 +30,36 @@ var errCost = errors.New("scep: request refused before verification")
 // one that would be expensive or noisy to process: nesting deeper than
 // maxBERDepth, a certificate with an RSA key over policy.MaxRSABits or an exponent
 // other than 65537, more than one signer, a transactionID longer than
-// maxTransactionIDBytes or not printable.
-func checkCost(der []byte) error {
+// maxTransactionIDBytes or not printable. It returns the parsed message,
+// whose signer certificate the handler reads without parsing it again.
+func checkCost(der []byte) (*pkcs7.PKCS7, error) {
 	if err := checkDepth(der, maxBERDepth); err != nil {
-		return err
+		return nil, err
 	}
 	p7, err := parsePKCS7(der)
 	if err != nil {
-		return fmt.Errorf("%w: not a PKCS#7 message", errCost)
+		return nil, fmt.Errorf("%w: not a PKCS#7 message", errCost)
 	}
 	for i, c := range p7.Certificates {
 		if err := policy.CheckPublicKey(c.PublicKey); err != nil {
-			return fmt.Errorf("%w: certificate %d: %v", errCost, i, err)
+			return nil, fmt.Errorf("%w: certificate %d: %v", errCost, i, err)
 		}
 	}
 	if len(p7.Signers) != 1 {
-		return fmt.Errorf("%w: a pkiMessage has exactly one signer, this one %d", errCost, len(p7.Signers))
+		return nil, fmt.Errorf("%w: a pkiMessage has exactly one signer, this one %d", errCost, len(p7.Signers))
 	}
 	var tid string
 	if err := p7.UnmarshalSignedAttribute(oidTransactionID, &tid); err == nil {
 		if len(tid) > maxTransactionIDBytes {
-			return fmt.Errorf("%w: transactionID of %d bytes (at most %d)", errCost, len(tid), maxTransactionIDBytes)
+			return nil, fmt.Errorf("%w: transactionID of %d bytes (at most %d)", errCost, len(tid), maxTransactionIDBytes)
 		}
 		for i := 0; i < len(tid); i++ {
 			if tid[i] < 0x20 || tid[i] > 0x7e {
-				return fmt.Errorf("%w: transactionID is not printable ASCII", errCost)
+				return nil, fmt.Errorf("%w: transactionID is not printable ASCII", errCost)
 			}
 		}
 	}
-	return nil
+	return p7, nil
 }
 
 // checkDepth walks the BER encoding iteratively (constructed values only,

@@ -230,7 +230,8 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Bounds first: nothing is verified or decrypted before they hold.
-	if err := checkCost(der); err != nil {
+	p7, err := checkCost(der)
+	if err != nil {
 		h.log.Info("scep: request refused before verification", "reason", err.Error())
 		http.Error(w, "bad PKIOperation: "+err.Error(), http.StatusBadRequest)
 		return
@@ -249,6 +250,9 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	msgType = msg.MessageType.String()
+	// The certificate that signed the message (nil when the message does
+	// not carry it), from the parse the bounds check made.
+	signer := p7.GetOnlySigner()
 	logger := h.log.With("transaction_id", string(msg.TransactionID), "type", msgType)
 
 	var kind policy.RequestKind
@@ -258,7 +262,7 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 		// A PKCSReq signed with a certificate this CA issued is a renewal,
 		// as SCEP drafts before RenewalReq had it and certmonger's rekey
 		// still sends it; the policy judges it as a RenewalReq.
-		if signer, err := messageSigner(der); err == nil && h.issuedHere(signer) {
+		if signer != nil && h.issuedHere(signer) {
 			kind = policy.Renewal
 		}
 	case smallscep.RenewalReq, smallscep.UpdateReq:
@@ -274,15 +278,14 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req := policy.Request{Kind: kind, CSR: msg.CSRReqMessage.CSR, TransactionID: string(msg.TransactionID)}
-	if kind == policy.Initial {
+	switch {
+	case kind == policy.Initial:
 		req.Challenge = msg.CSRReqMessage.ChallengePassword
-	} else {
-		signer, err := messageSigner(der)
-		if err != nil {
-			result = "refused"
-			h.fail(w, logger, msg, smallscep.BadMessageCheck, err.Error())
-			return
-		}
+	case signer == nil:
+		result = "refused"
+		h.fail(w, logger, msg, smallscep.BadMessageCheck, "the pkiMessage must have exactly one signer with its certificate")
+		return
+	default:
 		req.Signer = signer
 	}
 	ctx := policy.WithActor(r.Context(), policy.Actor{Role: "device", Name: "scep transaction " + string(msg.TransactionID)})
@@ -358,20 +361,6 @@ func (h *Handler) fail(w http.ResponseWriter, logger *slog.Logger, msg *smallsce
 func writePKIMessage(w http.ResponseWriter, der []byte) {
 	w.Header().Set("Content-Type", "application/x-pki-message")
 	w.Write(der)
-}
-
-// messageSigner returns the certificate that signed the pkiMessage (the
-// library verified the signature already).
-func messageSigner(der []byte) (*x509.Certificate, error) {
-	p7, err := parsePKCS7(der)
-	if err != nil {
-		return nil, fmt.Errorf("parse pkiMessage: %w", err)
-	}
-	c := p7.GetOnlySigner()
-	if c == nil {
-		return nil, errors.New("the pkiMessage must have exactly one signer with its certificate")
-	}
-	return c, nil
 }
 
 // parsePKCS7 is pkcs7.Parse with the same panic guard as parsePKIMessage.
