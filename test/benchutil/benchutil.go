@@ -1,6 +1,7 @@
 // Package benchutil holds what the benchmark commands under test/ share:
-// loopback ports, waiting for a server, and an mTLS gRPC connection with a
-// smimeca role's credentials.
+// loopback ports, waiting for a server, an mTLS gRPC connection with a
+// smimeca role's credentials, the -c concurrency list, spreading n calls
+// over workers, and latency percentiles.
 package benchutil
 
 import (
@@ -10,6 +11,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -53,4 +59,49 @@ func Dial(addr, dir string) (*grpc.ClientConn, error) {
 	pool.AppendCertsFromPEM(caPEM)
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: "localhost"})))
+}
+
+// Concurrencies parses a comma-separated list of client counts (-c).
+func Concurrencies(list string) ([]int, error) {
+	var out []int
+	for _, s := range strings.Split(list, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || c < 1 {
+			return nil, fmt.Errorf("bad -c %q", list)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// Parallel calls do for every i in [0, n) from workers goroutines, each
+// taking the next i, and returns when all are done. A worker stops early
+// when do returns false.
+func Parallel(n, workers int, do func(worker, i int) bool) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || !do(w, i) {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// P50P99 sorts lat and returns its median and 99th percentile in ms (0, 0
+// when it is empty).
+func P50P99(lat []time.Duration) (p50, p99 float64) {
+	if len(lat) == 0 {
+		return 0, 0
+	}
+	slices.Sort(lat)
+	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+	return pct(0.50), pct(0.99)
 }

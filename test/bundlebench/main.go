@@ -25,7 +25,6 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -199,37 +198,24 @@ func run(bin string, calls int) error {
 
 func load(client pb.ProfileBundlesClient, user string, calls, c int) (float64, float64, float64, error) {
 	lat := make([]time.Duration, calls)
-	var next atomic.Int64
 	var firstErr atomic.Value
-	var wg sync.WaitGroup
 	start := time.Now()
-	for w := 0; w < c; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= calls {
-					return
-				}
-				t0 := time.Now()
-				_, err := client.GetUserBundle(context.Background(), &pb.GetUserBundleRequest{User: user, DeviceId: fmt.Sprintf("dev-%d", w)})
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				lat[i] = time.Since(t0)
-			}
-		}(w)
-	}
-	wg.Wait()
+	benchutil.Parallel(calls, c, func(w, i int) bool {
+		t0 := time.Now()
+		_, err := client.GetUserBundle(context.Background(), &pb.GetUserBundleRequest{User: user, DeviceId: fmt.Sprintf("dev-%d", w)})
+		if err != nil {
+			firstErr.CompareAndSwap(nil, err)
+			return false
+		}
+		lat[i] = time.Since(t0)
+		return true
+	})
 	if e := firstErr.Load(); e != nil {
 		return 0, 0, 0, e.(error)
 	}
 	total := time.Since(start)
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	pct := func(p float64) float64 { return float64(lat[int(p*float64(calls-1))].Microseconds()) / 1000 }
-	return float64(calls) / total.Seconds(), pct(0.5), pct(0.99), nil
+	p50, p99 := benchutil.P50P99(lat)
+	return float64(calls) / total.Seconds(), p50, p99, nil
 }
 
 // countRequests counts audit-log requests by operation and mount path.

@@ -177,45 +177,33 @@ func generate(dir string, n, users int, password string) ([]file, error) {
 		keys[i], _ = rsa.GenerateKey(rand.Reader, 2048)
 	}
 	files := make([]file, n)
-	var wg sync.WaitGroup
-	var next atomic.Int64
 	var firstErr atomic.Value
-	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				user := fmt.Sprintf("user%04d@example.com", i%users)
-				k := keys[i%len(keys)]
-				sn, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-				tmpl := &x509.Certificate{SerialNumber: sn, Subject: pkix.Name{CommonName: user}, EmailAddresses: []string{user},
-					NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Duration(365+i%700) * 24 * time.Hour),
-					KeyUsage: x509.KeyUsageKeyEncipherment, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}}
-				der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				c, _ := x509.ParseCertificate(der)
-				pfx, err := pkcs12.Modern2023.Encode(k, c, []*x509.Certificate{ca}, password)
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				p := filepath.Join(dir, fmt.Sprintf("f%05d.p12", i))
-				if err := os.WriteFile(p, pfx, 0o600); err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				files[i] = file{user: user, path: p, data: pfx}
-			}
-		}()
-	}
-	wg.Wait()
+	benchutil.Parallel(n, runtime.GOMAXPROCS(0), func(_, i int) bool {
+		user := fmt.Sprintf("user%04d@example.com", i%users)
+		k := keys[i%len(keys)]
+		sn, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+		tmpl := &x509.Certificate{SerialNumber: sn, Subject: pkix.Name{CommonName: user}, EmailAddresses: []string{user},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Duration(365+i%700) * 24 * time.Hour),
+			KeyUsage: x509.KeyUsageKeyEncipherment, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+		if err != nil {
+			firstErr.CompareAndSwap(nil, err)
+			return false
+		}
+		c, _ := x509.ParseCertificate(der)
+		pfx, err := pkcs12.Modern2023.Encode(k, c, []*x509.Certificate{ca}, password)
+		if err != nil {
+			firstErr.CompareAndSwap(nil, err)
+			return false
+		}
+		p := filepath.Join(dir, fmt.Sprintf("f%05d.p12", i))
+		if err := os.WriteFile(p, pfx, 0o600); err != nil {
+			firstErr.CompareAndSwap(nil, err)
+			return false
+		}
+		files[i] = file{user: user, path: p, data: pfx}
+		return true
+	})
 	if e := firstErr.Load(); e != nil {
 		return nil, e.(error)
 	}
@@ -255,27 +243,15 @@ func vaultLimit(ctx context.Context, s *escrow.Store, files []file, users int, p
 		kder, _ := x509.MarshalPKCS8PrivateKey(d.Key)
 		recs[i] = policy.EscrowedKey{Escrowed: policy.CertificateMetadata(d.Cert), CertDER: d.Cert.Raw, KeyPKCS8: kder}
 	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
 	var firstErr atomic.Value
 	start := time.Now()
-	for w := 0; w < conc; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(recs) {
-					return
-				}
-				if _, _, err := s.Put(ctx, fmt.Sprintf("limit-%d@example.com", i%users), recs[i]); err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	benchutil.Parallel(len(recs), conc, func(_, i int) bool {
+		if _, _, err := s.Put(ctx, fmt.Sprintf("limit-%d@example.com", i%users), recs[i]); err != nil {
+			firstErr.CompareAndSwap(nil, err)
+			return false
+		}
+		return true
+	})
 	if e := firstErr.Load(); e != nil {
 		return 0, e.(error)
 	}

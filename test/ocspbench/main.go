@@ -24,10 +24,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -57,13 +55,9 @@ type target struct {
 }
 
 func run(bin, opensslBin, scepclient string, n, ncerts int, concList string) error {
-	var concs []int
-	for _, s := range strings.Split(concList, ",") {
-		c, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || c < 1 {
-			return fmt.Errorf("bad -c %q", concList)
-		}
-		concs = append(concs, c)
+	concs, err := benchutil.Concurrencies(concList)
+	if err != nil {
+		return err
 	}
 	work, err := os.MkdirTemp("", "ocspbench")
 	if err != nil {
@@ -232,29 +226,17 @@ func post(t target, req []byte) ([]byte, error) {
 func load(t target, reqs [][]byte, n, c int) (float64, float64, float64, int) {
 	lat := make([]time.Duration, n)
 	ok := make([]bool, n)
-	var next atomic.Int64
 	var failed atomic.Int64
-	var wg sync.WaitGroup
 	start := time.Now()
-	for w := 0; w < c; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				t0 := time.Now()
-				if _, err := post(t, reqs[i%len(reqs)]); err != nil {
-					failed.Add(1)
-					continue
-				}
-				lat[i], ok[i] = time.Since(t0), true
-			}
-		}()
-	}
-	wg.Wait()
+	benchutil.Parallel(n, c, func(_, i int) bool {
+		t0 := time.Now()
+		if _, err := post(t, reqs[i%len(reqs)]); err != nil {
+			failed.Add(1)
+		} else {
+			lat[i], ok[i] = time.Since(t0), true
+		}
+		return true
+	})
 	total := time.Since(start)
 	var good []time.Duration
 	for i, d := range lat {
@@ -265,9 +247,8 @@ func load(t target, reqs [][]byte, n, c int) (float64, float64, float64, int) {
 	if len(good) == 0 {
 		return 0, 0, 0, int(failed.Load())
 	}
-	sort.Slice(good, func(i, j int) bool { return good[i] < good[j] })
-	pct := func(p float64) float64 { return float64(good[int(p*float64(len(good)-1))].Microseconds()) / 1000 }
-	return float64(len(good)) / total.Seconds(), pct(0.5), pct(0.99), int(failed.Load())
+	p50, p99 := benchutil.P50P99(good)
+	return float64(len(good)) / total.Seconds(), p50, p99, int(failed.Load())
 }
 
 // check asks once more for every request and counts answers that do not

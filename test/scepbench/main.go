@@ -31,7 +31,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,13 +82,9 @@ type target struct {
 
 func run(bin, peerBin string, n, nkeys int, concList string) error {
 	pkcs7.ContentEncryptionAlgorithm = pkcs7.EncryptionAlgorithmAES256CBC
-	var concs []int
-	for _, s := range strings.Split(concList, ",") {
-		c, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || c < 1 {
-			return fmt.Errorf("bad -c %q", concList)
-		}
-		concs = append(concs, c)
+	concs, err := benchutil.Concurrencies(concList)
+	if err != nil {
+		return err
 	}
 	work, err := os.MkdirTemp("", "scepbench")
 	if err != nil {
@@ -211,40 +206,28 @@ func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, int,
 	bodies := make([][]byte, len(msgs))
 	var latMu sync.Mutex
 	var failed, shed atomic.Int64
-	var next atomic.Int64
 	var firstErr atomic.Value
-	var wg sync.WaitGroup
 	start, cpu0 := time.Now(), selfCPU()
-	for w := 0; w < c; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(msgs) {
-					return
-				}
-				t0 := time.Now()
-				if err := post(t, msgs[i], bodies, i); err != nil {
-					if errors.Is(err, errShed) {
-						shed.Add(1)
-						continue
-					}
-					if t.name == "smimeca" {
-						firstErr.CompareAndSwap(nil, err)
-						return
-					}
-					failed.Add(1)
-					continue
-				}
-				d := time.Since(t0)
-				latMu.Lock()
-				lat = append(lat, d)
-				latMu.Unlock()
+	benchutil.Parallel(len(msgs), c, func(_, i int) bool {
+		t0 := time.Now()
+		if err := post(t, msgs[i], bodies, i); err != nil {
+			switch {
+			case errors.Is(err, errShed):
+				shed.Add(1)
+			case t.name == "smimeca":
+				firstErr.CompareAndSwap(nil, err)
+				return false
+			default:
+				failed.Add(1)
 			}
-		}()
-	}
-	wg.Wait()
+			return true
+		}
+		d := time.Since(t0)
+		latMu.Lock()
+		lat = append(lat, d)
+		latMu.Unlock()
+		return true
+	})
 	total, clientCPU := time.Since(start), selfCPU()-cpu0
 	if e := firstErr.Load(); e != nil {
 		return 0, 0, 0, 0, 0, 0, e.(error)
@@ -265,11 +248,8 @@ func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, int,
 	if len(lat) == 0 {
 		return 0, 0, 0, int(failed.Load()), int(shed.Load()), clientCPU, nil
 	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	pct := func(p float64) float64 {
-		return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
-	}
-	return float64(len(lat)) / total.Seconds(), pct(0.50), pct(0.99), int(failed.Load()), int(shed.Load()), clientCPU, nil
+	p50, p99 := benchutil.P50P99(lat)
+	return float64(len(lat)) / total.Seconds(), p50, p99, int(failed.Load()), int(shed.Load()), clientCPU, nil
 }
 
 var httpClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 60 * time.Second}
