@@ -43,6 +43,15 @@ type stored struct {
 	Key   string   `json:"key"`             // Transit ciphertext of base64 PKCS#8
 }
 
+// certDER decodes the stored certificate of user.
+func (c stored) certDER(user string) ([]byte, error) {
+	der, err := base64.StdEncoding.DecodeString(c.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("escrow: certificate %s of %s is corrupt", c.SHA256, user)
+	}
+	return der, nil
+}
+
 // entry is a user's KV v2 document.
 type entry struct {
 	Schema       int      `json:"schema"`
@@ -305,9 +314,9 @@ func (s *Store) Certificates(ctx context.Context, user string) ([]policy.PublicC
 	}
 	out := make([]policy.PublicCertificate, 0, len(e.Certificates))
 	for _, c := range e.Certificates {
-		der, err := base64.StdEncoding.DecodeString(c.Cert)
+		der, err := c.certDER(user)
 		if err != nil {
-			return nil, fmt.Errorf("escrow: certificate %s of %s is corrupt", c.SHA256, user)
+			return nil, err
 		}
 		out = append(out, policy.PublicCertificate{Escrowed: c.Escrowed, CertDER: der})
 	}
@@ -387,9 +396,9 @@ func (s *Store) Load(ctx context.Context, user string) ([]policy.EscrowedKey, er
 	}
 	out := make([]policy.EscrowedKey, len(e.Certificates))
 	for i, c := range e.Certificates {
-		der, err := base64.StdEncoding.DecodeString(c.Cert)
+		der, err := c.certDER(user)
 		if err != nil {
-			return nil, fmt.Errorf("escrow: certificate %s of %s is corrupt", c.SHA256, user)
+			return nil, err
 		}
 		r := policy.EscrowedKey{Escrowed: c.Escrowed, CertDER: der, KeyPKCS8: keys[i]}
 		for _, cc := range c.Chain {

@@ -362,19 +362,26 @@ func (e *Escrow) Delete(ctx context.Context, user, thumbprint string) (Escrowed,
 	}
 	m, err := e.store.Delete(ctx, u, t)
 	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionEscrowDelete, User: u}
+	return e.changedOne(ctx, ev, thumbprint, m, err)
+}
+
+// changedOne audits the outcome of a change of one escrowed certificate m
+// (named by thumbprint) that the store reported with err, and tells the
+// listeners of a change that took place.
+func (e *Escrow) changedOne(ctx context.Context, ev Event, thumbprint string, m Escrowed, err error) (Escrowed, error) {
 	switch {
 	case errors.Is(err, ErrNotFound):
 		ev.Result, ev.Detail = "refused", "not escrowed"
 		e.audit.Audit(ctx, ev)
-		return Escrowed{}, reject(ReasonNotEscrowed, fmt.Sprintf("no certificate %s is escrowed for %s", thumbprint, u))
+		return Escrowed{}, reject(ReasonNotEscrowed, fmt.Sprintf("no certificate %s is escrowed for %s", thumbprint, ev.User))
 	case err != nil:
 		ev.Result, ev.Detail = "error", err.Error()
 		e.audit.Audit(ctx, ev)
-		return Escrowed{}, fmt.Errorf("policy: escrow delete: %w", err)
+		return Escrowed{}, fmt.Errorf("policy: %s: %w", strings.ReplaceAll(ev.Action, ".", " "), err) // "escrow delete", "escrow revoke"
 	}
 	ev.Result, ev.SHA256, ev.Serials = "ok", []string{m.SHA256}, []string{m.Serial}
 	e.audit.Audit(ctx, ev)
-	e.changed(u, []Escrowed{m})
+	e.changed(ev.User, []Escrowed{m})
 	return m, nil
 }
 
@@ -394,24 +401,12 @@ func (e *Escrow) Revoke(ctx context.Context, user, thumbprint, reason string) (E
 	}
 	m, revoked, err := e.store.MarkRevoked(ctx, u, t, e.now(), reason)
 	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionEscrowRevoke, User: u, Detail: reason}
-	switch {
-	case errors.Is(err, ErrNotFound):
-		ev.Result, ev.Detail = "refused", "not escrowed"
-		e.audit.Audit(ctx, ev)
-		return Escrowed{}, reject(ReasonNotEscrowed, fmt.Sprintf("no certificate %s is escrowed for %s", thumbprint, u))
-	case err != nil:
-		ev.Result, ev.Detail = "error", err.Error()
-		e.audit.Audit(ctx, ev)
-		return Escrowed{}, fmt.Errorf("policy: escrow revoke: %w", err)
-	case !revoked:
+	if err == nil && !revoked {
 		ev.Result, ev.Detail, ev.SHA256 = "refused", "already revoked", []string{m.SHA256}
 		e.audit.Audit(ctx, ev)
 		return m, reject(ReasonAlreadyRevoked, fmt.Sprintf("certificate %s of %s was marked revoked already, at %s", m.SHA256, u, m.RevokedAt.Format(time.RFC3339)))
 	}
-	ev.Result, ev.SHA256, ev.Serials = "ok", []string{m.SHA256}, []string{m.Serial}
-	e.audit.Audit(ctx, ev)
-	e.changed(u, []Escrowed{m})
-	return m, nil
+	return e.changedOne(ctx, ev, thumbprint, m, err)
 }
 
 // parseThumbprint normalises a SHA-1 or SHA-256 thumbprint (hex, colons

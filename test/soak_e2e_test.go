@@ -48,12 +48,7 @@ func liveHeap(t *testing.T, opsAddr string) int {
 
 func heapAlloc(t *testing.T, opsAddr string) int {
 	t.Helper()
-	resp, err := http.Get("http://" + opsAddr + "/debug/pprof/heap?gc=1&debug=1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b := heapProfile(t, opsAddr, "gc=1&debug=1")
 	for _, l := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(l, "# HeapAlloc = "); ok {
 			n, _ := strconv.Atoi(strings.TrimSpace(v))
@@ -68,7 +63,16 @@ func heapAlloc(t *testing.T, opsAddr string) int {
 // collection) to path, for `go tool pprof -base` between two samples.
 func saveHeapProfile(t *testing.T, opsAddr, path string) {
 	t.Helper()
-	resp, err := http.Get("http://" + opsAddr + "/debug/pprof/heap?gc=1")
+	if err := os.WriteFile(path, heapProfile(t, opsAddr, "gc=1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// heapProfile fetches the server's heap profile with the query (gc=1 runs
+// a collection first) from the ops listener.
+func heapProfile(t *testing.T, opsAddr, query string) []byte {
+	t.Helper()
+	resp, err := http.Get("http://" + opsAddr + "/debug/pprof/heap?" + query)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,9 +81,7 @@ func saveHeapProfile(t *testing.T, opsAddr, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	return b
 }
 
 // procStats reads a process's anonymous resident memory (KiB: heap,

@@ -92,24 +92,23 @@ func Unaccepted(fs []Finding) []Finding {
 func Check(t testing.TB, what string, der []byte) {
 	t.Helper()
 	fs, err := Certificate(der)
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-	report(t, what, fs)
+	report(t, what, fs, err)
 }
 
 // CheckCRL is Check for a DER CRL.
 func CheckCRL(t testing.TB, what string, der []byte) {
 	t.Helper()
 	fs, err := CRL(der)
+	report(t, what, fs, err)
+}
+
+// report fails t when what could not be parsed (err) or has unaccepted
+// findings.
+func report(t testing.TB, what string, fs []Finding, err error) {
+	t.Helper()
 	if err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}
-	report(t, what, fs)
-}
-
-func report(t testing.TB, what string, fs []Finding) {
-	t.Helper()
 	if bad := Unaccepted(fs); len(bad) > 0 {
 		var b strings.Builder
 		for _, f := range bad {
