@@ -73,7 +73,7 @@ func run(bin, opensslBin, scepclient string, n, ncerts int, concList string) err
 	if err := sm.Start(); err != nil {
 		return err
 	}
-	defer stop(sm)
+	defer benchutil.Stop(sm)
 	if err := benchutil.WaitTCP(httpAddr); err != nil {
 		return err
 	}
@@ -288,15 +288,4 @@ func opensslVersion(bin string) string {
 		return f[1]
 	}
 	return "?"
-}
-
-func stop(cmd *exec.Cmd) {
-	cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		cmd.Process.Kill()
-	}
 }

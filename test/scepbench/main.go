@@ -105,7 +105,7 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 	if err != nil {
 		return err
 	}
-	defer stop(sm.cmd)
+	defer benchutil.Stop(sm.cmd)
 	// scepserver with an RSA-2048 CA (its default is 4096, which would make it
 	// slower for a reason that has nothing to do with the server).
 	targets := []*target{sm}
@@ -114,7 +114,7 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 		if err != nil {
 			return err
 		}
-		defer stop(ps.cmd)
+		defer benchutil.Stop(ps.cmd)
 		targets = append(targets, ps)
 	}
 
@@ -446,19 +446,6 @@ func startScepserver(bin, work string) (*target, error) {
 		return nil, err
 	}
 	return &target{name: "scepserver", url: url, ra: certs, cmd: cmd, recipie: certs}, nil
-}
-
-func stop(cmd *exec.Cmd) {
-	if cmd != nil && cmd.Process != nil {
-		cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-		}
-	}
 }
 
 // procCPU returns the user+system CPU time the process has used so far.
