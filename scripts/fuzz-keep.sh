@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copies the inputs Go's fuzzer found interesting (kept in its cache, not in
 # the repository) into each target's testdata/fuzz directory, so that every
-# `go test` run replays them. Run it after a long `make fuzz FUZZTIME=5m`;
+# `go test` run replays them. Run it after a long `make fuzz FUZZTIME=2000000x`;
 # `make fuzz-keep` passes the targets (package/FuzzName) as arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
