@@ -67,7 +67,7 @@ func newFixture(t testing.TB, o options) *fixture {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	pki, err := ca.EnsureAPIPKI(dir, filepath.Join(dir, "credentials"), nil, api.Roles())
+	pki, err := ca.EnsureAPIPKI(dir, ca.FileKeys(dir), filepath.Join(dir, "credentials"), nil, api.Roles())
 	if err != nil {
 		t.Fatal(err)
 	}

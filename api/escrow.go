@@ -22,6 +22,8 @@ import (
 // implements it.
 type EscrowPolicy interface {
 	ConnectorKey() *rsa.PublicKey
+	// ConnectorHashes lists the OAEP hashes the connector key decrypts with.
+	ConnectorHashes() []string
 	Import(ctx context.Context, req policy.ImportRequest) (policy.ImportResult, error)
 	ImportIntune(ctx context.Context, record []byte) (policy.ImportResult, error)
 	List(ctx context.Context, user string) ([]policy.Escrowed, error)
@@ -58,7 +60,7 @@ func (s *EscrowService) GetConnectorKey(context.Context, *pb.GetConnectorKeyRequ
 	return &pb.GetConnectorKeyResponse{
 		PublicKeyPem: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})),
 		KeyId:        hex.EncodeToString(sum[:]),
-		OaepHashes:   []string{"SHA256", "SHA384", "SHA512"},
+		OaepHashes:   s.policy.ConnectorHashes(),
 	}, nil
 }
 
@@ -67,13 +69,14 @@ var passwordHashes = map[pb.PasswordHash]string{
 	pb.PasswordHash_PASSWORD_HASH_SHA256:      "SHA256",
 	pb.PasswordHash_PASSWORD_HASH_SHA384:      "SHA384",
 	pb.PasswordHash_PASSWORD_HASH_SHA512:      "SHA512",
+	pb.PasswordHash_PASSWORD_HASH_SHA1:        "SHA1",
 }
 
 // ImportPfx implements pb.EscrowAdminServer.
 func (s *EscrowService) ImportPfx(ctx context.Context, req *pb.ImportPfxRequest) (*pb.ImportPfxResponse, error) {
 	h, ok := passwordHashes[req.GetPasswordHash()]
 	if !ok {
-		return nil, status.Error(codes.InvalidArgument, "password_hash: use SHA256, SHA384 or SHA512")
+		return nil, status.Error(codes.InvalidArgument, "password_hash: use SHA256, SHA384, SHA512 or SHA1")
 	}
 	res, err := s.policy.Import(ctx, policy.ImportRequest{
 		User: req.GetUser(), PFX: req.GetPfx(), Password: req.GetPassword(),

@@ -84,14 +84,14 @@ func (p *APIPKI) TLSConfig() *tls.Config {
 	}
 }
 
-// EnsureAPIPKI loads or creates the API CA in caDir, issues a fresh server
-// certificate for hosts, and makes sure every role in roles (role name →
-// URI SAN) has client credentials in credDir/<role>/ (created once, renewed
-// when less than 30 days remain).
-func EnsureAPIPKI(caDir, credDir string, hosts []string, roles map[string]string) (*APIPKI, error) {
-	caCert, caKey, err := readKeyPair(filepath.Join(caDir, apiCACertFile), filepath.Join(caDir, apiCAKeyFile))
+// EnsureAPIPKI loads or creates the API CA (certificate in caDir, key in
+// keys), issues a fresh server certificate for hosts, and makes sure every
+// role in roles (role name → URI SAN) has client credentials in
+// credDir/<role>/ (created once, renewed when less than 30 days remain).
+func EnsureAPIPKI(caDir string, keys KeyStore, credDir string, hosts []string, roles map[string]string) (*APIPKI, error) {
+	caCert, caKey, err := loadPair(keys, filepath.Join(caDir, apiCACertFile), KeyAPI, false)
 	if errors.Is(err, fs.ErrNotExist) {
-		caCert, caKey, err = createAPICA(caDir)
+		caCert, caKey, err = createAPICA(caDir, keys)
 	}
 	if err != nil {
 		return nil, err
@@ -110,11 +110,7 @@ func EnsureAPIPKI(caDir, credDir string, hosts []string, roles map[string]string
 	return p, nil
 }
 
-func createAPICA(dir string) (*x509.Certificate, crypto.Signer, error) {
-	key, err := keyutil.GenerateSigner("EC", "P-256", 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: generate API CA key: %w", err)
-	}
+func createAPICA(dir string, keys KeyStore) (*x509.Certificate, crypto.Signer, error) {
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: "smimeca API CA", Organization: []string{"smimeca"}},
 		NotBefore:             time.Now().Add(-time.Minute),
@@ -122,8 +118,7 @@ func createAPICA(dir string) (*x509.Certificate, crypto.Signer, error) {
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 0, MaxPathLenZero: true,
 	}
-	crt, err := createAndStore("API CA", filepath.Join(dir, apiCACertFile), filepath.Join(dir, apiCAKeyFile), tmpl, tmpl, key, key)
-	return crt, key, err
+	return issuePair(keys, KeyAPI, KeySpec{Type: KeyTypeEC, Bits: 256}, "API CA", filepath.Join(dir, apiCACertFile), tmpl, nil, nil)
 }
 
 func ensureClient(caCert *x509.Certificate, caKey crypto.Signer, dir, role, uri string) (*x509.Certificate, error) {

@@ -12,7 +12,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
@@ -23,6 +22,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -34,7 +34,7 @@ import (
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql/database"
-	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/pemutil"
 	"go.step.sm/crypto/x509util"
 )
 
@@ -124,6 +124,9 @@ type Config struct {
 	// CRLValidity is how long a generated CRL is valid (default 24 h); the CRL
 	// is regenerated well before and on every revocation.
 	CRLValidity time.Duration
+	// Keys holds the CA's private keys (default: FileKeys(Dir)). The CA
+	// creates in it the keys it does not find there on first start.
+	Keys KeyStore
 }
 
 // Validate reports whether the configuration is usable.
@@ -165,8 +168,9 @@ type Authority struct {
 	inters       *x509.CertPool
 	closeOnce    sync.Once
 	rootCRL      *rootCRL
-	// dir, name and interKey issue the OCSP responder's certificate.
+	// dir, keys, name and interKey issue the OCSP responder's certificate.
 	dir      string
+	keys     KeyStore
 	name     string
 	interKey crypto.Signer
 	// crlStale is set by InvalidateCRL; the next CRL read regenerates.
@@ -187,6 +191,9 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	}
 	if cfg.CRLValidity <= 0 {
 		cfg.CRLValidity = 24 * time.Hour
+	}
+	if cfg.Keys == nil {
+		cfg.Keys = FileKeys(cfg.Dir)
 	}
 	base := strings.TrimRight(cfg.BaseURL, "/")
 	policies := []string{OIDMailboxStrict.String()}
@@ -245,7 +252,7 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 		root: root, intermediate: inter, ra: ra, raKey: raKey, profCert: profCert, profKey: profKey,
 		crlURL: base + CRLPath, ocspURL: base + OCSPPath, issuerURL: base + IssuerPath,
 		policies: policies, rootCRL: rcrl,
-		dir: cfg.Dir, name: cfg.Name, interKey: interKey,
+		dir: cfg.Dir, keys: cfg.Keys, name: cfg.Name, interKey: interKey,
 		roots: x509.NewCertPool(), inters: x509.NewCertPool(),
 	}
 	a.roots.AddCert(root)
@@ -267,9 +274,8 @@ func (a *Authority) Root() *x509.Certificate { return a.root }
 func (a *Authority) Intermediate() *x509.Certificate { return a.intermediate }
 
 // RAKey is the SCEP RA's RSA private key: it decrypts requests'
-// envelopes and signs CertRep messages. Today an *rsa.PrivateKey read from
-// the CA directory; any key behind these two interfaces (a token's, through
-// PKCS#11) serves as well.
+// envelopes and signs CertRep messages. An *rsa.PrivateKey read from the CA
+// directory, or a token's key through PKCS#11 (see KeyStore).
 type RAKey interface {
 	crypto.Signer
 	crypto.Decrypter
@@ -563,21 +569,17 @@ func isNotFound(err error) bool {
 }
 
 func loadOrCreateRoot(cfg Config) (*x509.Certificate, crypto.Signer, error) {
-	certPath, keyPath := filepath.Join(cfg.Dir, RootCertFile), filepath.Join(cfg.Dir, rootKeyFile)
-	crt, key, err := readKeyPair(certPath, keyPath)
+	certPath := filepath.Join(cfg.Dir, RootCertFile)
+	crt, key, err := loadPair(cfg.Keys, certPath, KeyRoot, false)
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return crt, key, err
 	}
 	// The root follows the issuing CA's key type: RSA (4096) by default,
 	// so that GetCACert, which includes it, holds only RSA certificates
 	// that every SCEP client can encrypt to; ECDSA P-384 with EC.
+	spec := KeySpec{Type: KeyTypeRSA, Bits: 4096}
 	if cfg.IssuerKeyType == KeyTypeEC {
-		key, err = keyutil.GenerateSigner("EC", "P-384", 0)
-	} else {
-		key, err = keyutil.GenerateSigner("RSA", "", 4096)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: generate root key: %w", err)
+		spec = KeySpec{Type: KeyTypeEC, Bits: 384}
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: cfg.Name + " Root CA", Organization: []string{cfg.Name}},
@@ -586,24 +588,18 @@ func loadOrCreateRoot(cfg Config) (*x509.Certificate, crypto.Signer, error) {
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 1,
 	}
-	crt, err = createAndStore("root", certPath, keyPath, tmpl, tmpl, key, key)
-	return crt, key, err
+	return issuePair(cfg.Keys, KeyRoot, spec, "root", certPath, tmpl, nil, nil)
 }
 
 func loadOrCreateIntermediate(cfg Config, base string, root *x509.Certificate, rootKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
-	certPath, keyPath := filepath.Join(cfg.Dir, IntermediateCertFile), filepath.Join(cfg.Dir, intermediateKeyFile)
-	crt, key, err := readKeyPair(certPath, keyPath)
+	certPath := filepath.Join(cfg.Dir, IntermediateCertFile)
+	crt, key, err := loadPair(cfg.Keys, certPath, KeyIssuing, false)
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return crt, key, err
 	}
-	switch cfg.IssuerKeyType {
-	case KeyTypeEC:
-		key, err = keyutil.GenerateSigner("EC", "P-256", 0)
-	default:
-		key, err = keyutil.GenerateSigner("RSA", "", 3072)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: generate intermediate key: %w", err)
+	spec := KeySpec{Type: KeyTypeRSA, Bits: 3072}
+	if cfg.IssuerKeyType == KeyTypeEC {
+		spec = KeySpec{Type: KeyTypeEC, Bits: 256}
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: cfg.Name + " S/MIME Issuing CA", Organization: []string{cfg.Name}},
@@ -625,30 +621,23 @@ func loadOrCreateIntermediate(cfg Config, base string, root *x509.Certificate, r
 		CRLDistributionPoints: []string{base + RootCRLPath},
 		IssuingCertificateURL: []string{base + RootPath},
 	}
-	crt, err = createAndStore("intermediate", certPath, keyPath, tmpl, root, key, rootKey)
-	return crt, key, err
+	return issuePair(cfg.Keys, KeyIssuing, spec, "intermediate", certPath, tmpl, root, rootKey)
 }
 
-func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, *rsa.PrivateKey, error) {
-	certPath, keyPath := filepath.Join(cfg.Dir, RACertFile), filepath.Join(cfg.Dir, raKeyFile)
-	crt, key, err := readKeyPair(certPath, keyPath)
+func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, RAKey, error) {
+	certPath := filepath.Join(cfg.Dir, RACertFile)
+	crt, key, err := loadPair(cfg.Keys, certPath, KeyRA, true)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, err
 	}
 	if err == nil {
-		rk, ok := key.(*rsa.PrivateKey)
-		if !ok {
-			return nil, nil, fmt.Errorf("ca: %s is not an RSA key; SCEP content encryption needs RSA", keyPath)
+		rk, ok := key.(RAKey)
+		if _, rsaKey := key.Public().(*rsa.PublicKey); !ok || !rsaKey {
+			return nil, nil, fmt.Errorf("ca: %s is not an RSA key; SCEP content encryption needs RSA", cfg.Keys.Location(KeyRA))
 		}
-		fresh := time.Until(crt.NotAfter) > raRenewBefore
-		chained := crt.CheckSignatureFrom(inter) == nil
-		if fresh && chained {
+		if time.Until(crt.NotAfter) > raRenewBefore && crt.CheckSignatureFrom(inter) == nil {
 			return crt, rk, nil
 		}
-	}
-	rk, err := rsa.GenerateKey(rand.Reader, raKeyBits)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: generate SCEP RA key: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		Subject:   pkix.Name{CommonName: cfg.Name + " SCEP RA", Organization: []string{cfg.Name}},
@@ -658,22 +647,25 @@ func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer)
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		BasicConstraintsValid: true,
 	}
-	crt, err = createAndStore("SCEP RA certificate", certPath, keyPath, tmpl, inter, rk, interKey)
-	return crt, rk, err
+	crt, key, err = issuePair(cfg.Keys, KeyRA, KeySpec{Type: KeyTypeRSA, Bits: raKeyBits}, "SCEP RA certificate", certPath, tmpl, inter, interKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	rk, ok := key.(RAKey)
+	if !ok {
+		return nil, nil, fmt.Errorf("ca: %s cannot decrypt; SCEP needs an RSA key that does", cfg.Keys.Location(KeyRA))
+	}
+	return crt, rk, nil
 }
 
 func loadOrCreateProfileSigner(cfg Config, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
-	certPath, keyPath := filepath.Join(cfg.Dir, ProfileSignerCertFile), filepath.Join(cfg.Dir, ProfileSignerKeyFile)
-	crt, key, err := readKeyPair(certPath, keyPath)
+	certPath := filepath.Join(cfg.Dir, ProfileSignerCertFile)
+	crt, key, err := loadPair(cfg.Keys, certPath, KeyProfile, true)
 	if err == nil && time.Until(crt.NotAfter) > raRenewBefore && crt.CheckSignatureFrom(inter) == nil {
 		return crt, key, nil
 	}
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, err
-	}
-	key, err = keyutil.GenerateSigner("EC", "P-256", 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: generate profile signing key: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: cfg.Name + " Profile Signing", Organization: []string{cfg.Name}},
@@ -682,8 +674,53 @@ func loadOrCreateProfileSigner(cfg Config, inter *x509.Certificate, interKey cry
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 	}
-	crt, err = createAndStore("profile signing certificate", certPath, keyPath, tmpl, inter, key, interKey)
-	return crt, key, err
+	return issuePair(cfg.Keys, KeyProfile, KeySpec{Type: KeyTypeEC, Bits: 256}, "profile signing certificate", certPath, tmpl, inter, interKey)
+}
+
+// loadPair reads the certificate at certPath and its key from keys. The
+// error wraps fs.ErrNotExist when the certificate is missing, and, for a
+// renewable certificate (one the CA reissues at will), when its key is.
+// A certificate whose key does not match is refused.
+func loadPair(keys KeyStore, certPath string, name KeyName, renewable bool) (*x509.Certificate, crypto.Signer, error) {
+	crt, err := pemutil.ReadCertificate(certPath)
+	if err != nil {
+		if _, statErr := os.Stat(certPath); errors.Is(statErr, fs.ErrNotExist) {
+			return nil, nil, statErr
+		}
+		return nil, nil, fmt.Errorf("ca: read %s: %w", certPath, err)
+	}
+	key, err := keys.Key(name)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && !renewable {
+			return nil, nil, fmt.Errorf("ca: %s exists but its key %s does not: restore the key, or point --kms at the store that holds it", certPath, keys.Location(name))
+		}
+		return nil, nil, err
+	}
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(crt.PublicKey) {
+		if renewable {
+			return nil, nil, fmt.Errorf("ca: key %s does not belong to %s: %w", keys.Location(name), certPath, fs.ErrNotExist)
+		}
+		return nil, nil, fmt.Errorf("ca: key %s does not belong to %s: point --kms at the store that holds its key", keys.Location(name), certPath)
+	}
+	return crt, key, nil
+}
+
+// issuePair creates the named key in keys, signs tmpl for it with parentKey
+// (x509util picks a random serial; a nil parent self-signs) and writes the
+// certificate to certPath.
+func issuePair(keys KeyStore, name KeyName, spec KeySpec, what, certPath string, tmpl, parent *x509.Certificate, parentKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
+	key, err := keys.Create(name, spec)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: %s: %w", what, err)
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	crt, err := x509util.CreateCertificate(tmpl, parent, key.Public(), parentKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: create %s: %w", what, err)
+	}
+	return crt, key, writeCertificates(certPath, crt)
 }
 
 // createAndStore signs tmpl for key with parentKey (x509util picks a random

@@ -2,7 +2,6 @@ package ca
 
 import (
 	"crypto"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
@@ -69,8 +68,8 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
-// readKeyPair reads a certificate and its private key. It reports
-// fs.ErrNotExist (wrapped) when either file is missing.
+// readKeyPair reads a certificate and its private key from files. It
+// reports fs.ErrNotExist (wrapped) when either file is missing.
 func readKeyPair(certPath, keyPath string) (*x509.Certificate, crypto.Signer, error) {
 	crt, err := pemutil.ReadCertificate(certPath)
 	if err != nil {
@@ -79,61 +78,37 @@ func readKeyPair(certPath, keyPath string) (*x509.Certificate, crypto.Signer, er
 		}
 		return nil, nil, fmt.Errorf("ca: read %s: %w", certPath, err)
 	}
-	if fi, err := os.Stat(keyPath); err != nil {
-		return nil, nil, err
-	} else if fi.Mode().Perm()&0o077 != 0 {
-		return nil, nil, fmt.Errorf("ca: %s is readable by group or others (mode %04o); run chmod 600 on it", keyPath, fi.Mode().Perm())
-	}
-	k, err := pemutil.Read(keyPath)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: read key %s: %w", keyPath, err)
-	}
-	signer, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, nil, fmt.Errorf("ca: key %s is not a signing key", keyPath)
-	}
-	return crt, signer, nil
+	key, err := readKeyFile(keyPath)
+	return crt, key, err
 }
 
 // ConnectorKeyFile is the PFX connector's key under the CA directory.
 const ConnectorKeyFile = "pfx_connector.key"
 
 // LoadOrCreateConnectorKey returns the RSA key admins encrypt PFX passwords
-// to, creating it (RSA 2048, mode 0600) on first start: the size Intune's
-// PFX connector uses, and one RSA-OAEP decryption per import.
-func LoadOrCreateConnectorKey(dir string) (*rsa.PrivateKey, error) {
-	path := filepath.Join(dir, ConnectorKeyFile)
-	if fi, err := os.Stat(path); err == nil {
-		if fi.Mode().Perm()&0o077 != 0 {
-			return nil, fmt.Errorf("ca: %s is readable by group or others (mode %04o); run chmod 600 on it", path, fi.Mode().Perm())
-		}
-		k, err := pemutil.Read(path)
-		if err != nil {
-			return nil, fmt.Errorf("ca: read connector key: %w", err)
-		}
-		rk, ok := k.(*rsa.PrivateKey)
-		if !ok {
-			return nil, fmt.Errorf("ca: %s is not an RSA key", path)
-		}
-		return rk, nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
+// to, from keys, creating it there (RSA 2048) on first start: the size
+// Intune's PFX connector uses, and one RSA-OAEP decryption per import.
+func LoadOrCreateConnectorKey(keys KeyStore) (crypto.Decrypter, error) {
+	k, err := keys.Key(KeyConnector)
+	if errors.Is(err, fs.ErrNotExist) {
+		k, err = keys.Create(KeyConnector, KeySpec{Type: KeyTypeRSA, Bits: 2048})
 	}
-	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
-		return nil, fmt.Errorf("ca: generate connector key: %w", err)
+		return nil, fmt.Errorf("ca: connector key: %w", err)
 	}
-	if err := writeKey(path, k); err != nil {
-		return nil, err
+	d, ok := k.(crypto.Decrypter)
+	if _, isRSA := k.Public().(*rsa.PublicKey); !ok || !isRSA {
+		return nil, fmt.Errorf("ca: %s is not an RSA key that decrypts", keys.Location(KeyConnector))
 	}
-	return k, nil
+	return d, nil
 }
 
-// ReadProfileSigner reads, from a CA directory, the profile-signing
-// certificate with its key (refusing a key file readable by others, like
-// every key the CA reads) and the issuing CA that chains it to the root.
-func ReadProfileSigner(dir string) (*x509.Certificate, crypto.Signer, *x509.Certificate, error) {
-	crt, key, err := readKeyPair(filepath.Join(dir, ProfileSignerCertFile), filepath.Join(dir, ProfileSignerKeyFile))
+// ReadProfileSigner reads, from a CA directory and its key store, the
+// profile-signing certificate with its key (a key file readable by others
+// is refused, like every key the CA reads) and the issuing CA that chains
+// it to the root.
+func ReadProfileSigner(dir string, keys KeyStore) (*x509.Certificate, crypto.Signer, *x509.Certificate, error) {
+	crt, key, err := loadPair(keys, filepath.Join(dir, ProfileSignerCertFile), KeyProfile, false)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("ca: profile signer in %s: %w", dir, err)
 	}

@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/smallstep/certificates/db"
-	"go.step.sm/crypto/keyutil"
 	"golang.org/x/crypto/ocsp"
 )
 
@@ -141,19 +140,14 @@ func (r *OCSPResponder) loadOrRenewSigner() error {
 	if r.signer != nil && now.Before(r.signer.NotAfter.Add(-ocspSignerRenewBefore)) {
 		return nil
 	}
-	dir := r.a.dir
-	certPath, keyPath := filepath.Join(dir, ocspSignerCertFile), filepath.Join(dir, ocspSignerKeyFile)
-	crt, key, err := readKeyPair(certPath, keyPath)
+	certPath := filepath.Join(r.a.dir, ocspSignerCertFile)
+	crt, key, err := loadPair(r.a.keys, certPath, KeyOCSP, true)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	if err == nil && !now.Before(crt.NotBefore) && now.Before(crt.NotAfter.Add(-ocspSignerRenewBefore)) && crt.CheckSignatureFrom(r.a.intermediate) == nil {
 		r.signer, r.key = crt, key
 		return nil
-	}
-	key, err = keyutil.GenerateSigner("EC", "P-256", 0)
-	if err != nil {
-		return fmt.Errorf("ca: generate OCSP signing key: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: r.a.name + " OCSP Responder", Organization: []string{r.a.name}},
@@ -164,7 +158,7 @@ func (r *OCSPResponder) loadOrRenewSigner() error {
 		BasicConstraintsValid: true,
 		ExtraExtensions:       []pkix.Extension{{Id: oidOCSPNoCheck, Value: asn1Null}},
 	}
-	crt, err = createAndStore("OCSP signing certificate", certPath, keyPath, tmpl, r.a.intermediate, key, r.a.interKey)
+	crt, key, err = issuePair(r.a.keys, KeyOCSP, KeySpec{Type: KeyTypeEC, Bits: 256}, "OCSP signing certificate", certPath, tmpl, r.a.intermediate, r.a.interKey)
 	if err != nil {
 		return err
 	}

@@ -2,11 +2,9 @@ package pfxconnector
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -202,30 +200,33 @@ func intuneBytes(raw json.RawMessage) ([]byte, error) {
 	return b, nil
 }
 
+// intuneSchemes maps the module's OAEP padding schemes to their hash
+// ("none" is what the module writes for its default, OAEP SHA-512).
+var intuneSchemes = map[string]PasswordHash{"oaepSha1": SHA1, "oaepSha256": SHA256, "oaepSha384": SHA384, "oaepSha512": SHA512, "none": SHA512}
+
+// PasswordHash returns the OAEP hash of the record's padding scheme, false
+// for a scheme that is not OAEP.
+func (r IntuneRecord) PasswordHash() (PasswordHash, bool) {
+	h, ok := intuneSchemes[r.PaddingScheme]
+	return h, ok
+}
+
 // Password decrypts the record's PFX password with the connector key and
 // the record's padding scheme. The module encrypts one byte per UTF-16
 // character of the password (its low byte), so the bytes are read back as
 // Latin-1 characters.
-func (r IntuneRecord) Password(connector *rsa.PrivateKey) (string, error) {
-	var pt []byte
-	var err error
-	switch r.PaddingScheme {
-	case "pkcs1":
+func (r IntuneRecord) Password(connector crypto.Decrypter) (string, error) {
+	if r.PaddingScheme == "pkcs1" {
 		// Refused: a PKCS#1 v1.5 decryption that says whether it
 		// succeeded is a Bleichenbacher oracle on the connector key, and
 		// Intune itself no longer accepts this scheme.
 		return "", ErrPKCS1Refused
-	case "oaepSha1":
-		pt, err = rsa.DecryptOAEP(sha1.New(), rand.Reader, connector, r.EncryptedPassword, nil)
-	case "oaepSha256":
-		pt, err = rsa.DecryptOAEP(sha256.New(), rand.Reader, connector, r.EncryptedPassword, nil)
-	case "oaepSha384":
-		pt, err = rsa.DecryptOAEP(sha512.New384(), rand.Reader, connector, r.EncryptedPassword, nil)
-	case "oaepSha512", "none":
-		pt, err = rsa.DecryptOAEP(sha512.New(), rand.Reader, connector, r.EncryptedPassword, nil)
-	default:
+	}
+	h, ok := r.PasswordHash()
+	if !ok {
 		return "", fmt.Errorf("%w: paddingScheme %q", ErrIntuneFormat, r.PaddingScheme)
 	}
+	pt, err := connector.Decrypt(rand.Reader, r.EncryptedPassword, &rsa.OAEPOptions{Hash: oaepHashes[h]})
 	if err != nil {
 		return "", ErrPasswordDecryption
 	}

@@ -10,17 +10,15 @@
 package pfxconnector
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"hash"
 	"strings"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
@@ -128,29 +126,69 @@ const (
 	SHA256 PasswordHash = "SHA256"
 	SHA384 PasswordHash = "SHA384"
 	SHA512 PasswordHash = "SHA512"
+	// SHA1 is still sound in OAEP (whose security does not rest on the
+	// hash's collision resistance); it is accepted because some tokens
+	// (SoftHSM2 2.6) decrypt RSA-OAEP with SHA-1 only, and Intune's
+	// PFXImport module offers it.
+	SHA1 PasswordHash = "SHA1"
 )
+
+// PasswordHashes lists the OAEP hashes in the order a client should prefer
+// them.
+var PasswordHashes = []PasswordHash{SHA256, SHA384, SHA512, SHA1}
+
+var oaepHashes = map[PasswordHash]crypto.Hash{SHA256: crypto.SHA256, SHA384: crypto.SHA384, SHA512: crypto.SHA512, SHA1: crypto.SHA1}
+
+// ParsePasswordHash reads a hash name (SHA256, sha-256, …; "" is SHA256).
+func ParsePasswordHash(name string) (PasswordHash, error) {
+	h := PasswordHash(strings.ToUpper(strings.ReplaceAll(name, "-", "")))
+	if h == "" {
+		return SHA256, nil
+	}
+	if _, ok := oaepHashes[h]; !ok {
+		return "", fmt.Errorf("pfx: unsupported OAEP hash %q (SHA256, SHA384, SHA512, SHA1)", name)
+	}
+	return h, nil
+}
 
 // ErrPasswordDecryption means an encrypted password could not be decrypted
 // with the connector key.
 var ErrPasswordDecryption = errors.New("pfx: the encrypted password does not decrypt with the connector key (wrong key, hash or padding)")
 
 // DecryptPassword decrypts a PFX password encrypted with RSA-OAEP to the
-// connector's public key.
-func DecryptPassword(connector *rsa.PrivateKey, ciphertext []byte, h PasswordHash) (string, error) {
-	var hf hash.Hash
-	switch PasswordHash(strings.ToUpper(strings.ReplaceAll(string(h), "-", ""))) {
-	case SHA256, "":
-		hf = sha256.New()
-	case SHA384:
-		hf = sha512.New384()
-	case SHA512:
-		hf = sha512.New()
-	default:
-		return "", fmt.Errorf("pfx: unsupported OAEP hash %q (SHA256, SHA384, SHA512)", h)
+// connector's public key; the connector key may be a token's.
+func DecryptPassword(connector crypto.Decrypter, ciphertext []byte, h PasswordHash) (string, error) {
+	h, err := ParsePasswordHash(string(h))
+	if err != nil {
+		return "", err
 	}
-	pt, err := rsa.DecryptOAEP(hf, rand.Reader, connector, ciphertext, nil)
+	pt, err := connector.Decrypt(rand.Reader, ciphertext, &rsa.OAEPOptions{Hash: oaepHashes[h]})
 	if err != nil {
 		return "", ErrPasswordDecryption
 	}
 	return string(pt), nil
+}
+
+// DecryptableHashes returns, in PasswordHashes' order, the OAEP hashes the
+// connector key decrypts with: all of them for a key in memory, fewer for a
+// token that lacks some (SoftHSM2 2.6: SHA-1 only). It decrypts one
+// encrypted random value per hash.
+func DecryptableHashes(connector crypto.Decrypter) []PasswordHash {
+	pub, ok := connector.Public().(*rsa.PublicKey)
+	if !ok {
+		return nil
+	}
+	var out []PasswordHash
+	for _, h := range PasswordHashes {
+		probe := make([]byte, 16)
+		rand.Read(probe)
+		ct, err := rsa.EncryptOAEP(oaepHashes[h].New(), rand.Reader, pub, probe, nil)
+		if err != nil {
+			continue
+		}
+		if pt, err := connector.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: oaepHashes[h]}); err == nil && bytes.Equal(pt, probe) {
+			out = append(out, h)
+		}
+	}
+	return out
 }

@@ -1,11 +1,13 @@
 package pfxconnector_test
 
 import (
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,12 +70,22 @@ func TestRewrapAndEnvelope(t *testing.T) {
 	if err := pfxconnector.CheckRecipient(expired, time.Now()); !errors.Is(err, pfxconnector.ErrBadRecipient) {
 		t.Errorf("expired recipient: %v", err)
 	}
-	// OAEP-encrypted passwords with each hash.
-	for _, h := range []pfxconnector.PasswordHash{pfxconnector.SHA256, "sha-256"} {
-		ct, _ := rsa.EncryptOAEP(sha256.New(), rand.Reader, &dev.PublicKey, []byte("pässword"), nil)
-		if p, err := pfxconnector.DecryptPassword(dev, ct, h); err != nil || p != "pässword" {
-			t.Errorf("%s: %q %v", h, p, err)
+	// OAEP-encrypted passwords with each hash, by any spelling of its name.
+	for _, c := range []struct {
+		h    pfxconnector.PasswordHash
+		hash crypto.Hash
+	}{{pfxconnector.SHA256, crypto.SHA256}, {"sha-256", crypto.SHA256}, {"", crypto.SHA256}, {"SHA384", crypto.SHA384}, {pfxconnector.SHA512, crypto.SHA512}, {"sha1", crypto.SHA1}} {
+		ct, _ := rsa.EncryptOAEP(c.hash.New(), rand.Reader, &dev.PublicKey, []byte("pässword"), nil)
+		if p, err := pfxconnector.DecryptPassword(dev, ct, c.h); err != nil || p != "pässword" {
+			t.Errorf("%s: %q %v", c.h, p, err)
 		}
+	}
+	if _, err := pfxconnector.DecryptPassword(dev, []byte("x"), "MD5"); err == nil || !strings.Contains(err.Error(), "SHA1") {
+		t.Errorf("MD5: %v", err)
+	}
+	// A key in memory decrypts with every hash, in the preferred order.
+	if got := pfxconnector.DecryptableHashes(dev); !slices.Equal(got, pfxconnector.PasswordHashes) {
+		t.Errorf("DecryptableHashes = %v", got)
 	}
 	if _, err := pfxconnector.DecryptPassword(dev, []byte("junk"), pfxconnector.SHA512); !errors.Is(err, pfxconnector.ErrPasswordDecryption) {
 		t.Errorf("junk ciphertext: %v", err)

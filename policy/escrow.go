@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/sha1"
@@ -10,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,7 +55,8 @@ func (e *Escrow) changed(user string, removed []Escrowed) {
 // Escrow applies the import rules and records every escrow change.
 type Escrow struct {
 	store     EscrowStore
-	connector *rsa.PrivateKey
+	connector crypto.Decrypter
+	hashes    []pfxconnector.PasswordHash // OAEP hashes connector decrypts with
 	domains   *Domains
 	aliases   map[string]string // alias address → user address
 	audit     Auditor
@@ -80,11 +83,12 @@ func WithEscrowAuditor(a Auditor) EscrowOption { return func(e *Escrow) { e.audi
 // WithEscrowClock sets the clock.
 func WithEscrowClock(now func() time.Time) EscrowOption { return func(e *Escrow) { e.now = now } }
 
-// NewEscrow returns the escrow rules on store. connector is the key admins
-// encrypt PFX passwords to.
-func NewEscrow(store EscrowStore, connector *rsa.PrivateKey, domains *Domains, opts ...EscrowOption) *Escrow {
-	e := &Escrow{store: store, connector: connector, domains: domains, aliases: map[string]string{},
-		audit: nopAuditor{}, now: time.Now}
+// NewEscrow returns the escrow rules on store. connector is the RSA key
+// admins encrypt PFX passwords to (in memory or a token's); NewEscrow tries
+// which OAEP hashes it decrypts with.
+func NewEscrow(store EscrowStore, connector crypto.Decrypter, domains *Domains, opts ...EscrowOption) *Escrow {
+	e := &Escrow{store: store, connector: connector, hashes: pfxconnector.DecryptableHashes(connector),
+		domains: domains, aliases: map[string]string{}, audit: nopAuditor{}, now: time.Now}
 	for _, o := range opts {
 		o(e)
 	}
@@ -92,7 +96,26 @@ func NewEscrow(store EscrowStore, connector *rsa.PrivateKey, domains *Domains, o
 }
 
 // ConnectorKey returns the public key PFX passwords may be encrypted to.
-func (e *Escrow) ConnectorKey() *rsa.PublicKey { return &e.connector.PublicKey }
+func (e *Escrow) ConnectorKey() *rsa.PublicKey { return e.connector.Public().(*rsa.PublicKey) }
+
+// ConnectorHashes returns the OAEP hashes the connector key decrypts with,
+// the preferred first.
+func (e *Escrow) ConnectorHashes() []string {
+	out := make([]string, len(e.hashes))
+	for i, h := range e.hashes {
+		out[i] = string(h)
+	}
+	return out
+}
+
+// checkHash refuses an OAEP hash the connector key cannot decrypt with,
+// saying which it can.
+func (e *Escrow) checkHash(h pfxconnector.PasswordHash) error {
+	if slices.Contains(e.hashes, h) {
+		return nil
+	}
+	return reject(ReasonWrongPassword, fmt.Sprintf("the connector key's store cannot decrypt RSA-OAEP with %s (it can with: %s); encrypt the password with one of those", h, strings.Join(e.ConnectorHashes(), ", ")))
+}
 
 // ImportRequest is one PFX to escrow for a user.
 type ImportRequest struct {
@@ -138,6 +161,11 @@ func (e *Escrow) intunePassword(rec *pfxconnector.IntuneRecord) (string, error) 
 	case "smimeEncryption", "unassigned":
 	default:
 		return "", reject(ReasonBadPurpose, fmt.Sprintf("the record's intendedPurpose is %s: only smimeEncryption and unassigned records are escrowed (signing keys are born on the device)", rec.IntendedPurpose))
+	}
+	if h, ok := rec.PasswordHash(); ok {
+		if err := e.checkHash(h); err != nil {
+			return "", err
+		}
 	}
 	p, err := rec.Password(e.connector)
 	if errors.Is(err, pfxconnector.ErrPKCS1Refused) {
@@ -213,7 +241,14 @@ func (e *Escrow) importPFX(ctx context.Context, user string, req ImportRequest) 
 		if req.Password != "" {
 			return ImportResult{}, reject(ReasonWrongPassword, "give the password either in plain text or encrypted, not both")
 		}
-		p, err := pfxconnector.DecryptPassword(e.connector, req.EncryptedPassword, pfxconnector.PasswordHash(req.PasswordHash))
+		h, err := pfxconnector.ParsePasswordHash(req.PasswordHash)
+		if err != nil {
+			return ImportResult{}, reject(ReasonWrongPassword, err.Error())
+		}
+		if err := e.checkHash(h); err != nil {
+			return ImportResult{}, err
+		}
+		p, err := pfxconnector.DecryptPassword(e.connector, req.EncryptedPassword, h)
 		if err != nil {
 			return ImportResult{}, reject(ReasonWrongPassword, err.Error())
 		}

@@ -7,17 +7,21 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
+	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/escrow"
+	"github.com/smimeca/smimeca/internal/testhsm"
 	"github.com/smimeca/smimeca/internal/testpki"
 	"github.com/smimeca/smimeca/internal/testvault"
 	"github.com/smimeca/smimeca/policy"
@@ -311,5 +315,41 @@ func TestImportIntuneRecord(t *testing.T) {
 	}
 	if !audited {
 		t.Errorf("no audit event for the Intune import: %+v", v.audit.events)
+	}
+}
+
+// With the connector key in a token that decrypts RSA-OAEP with SHA-1 only
+// (SoftHSM2 2.6), the escrow lists only that hash, refuses a password
+// encrypted with another by naming it, and imports one encrypted with it.
+func TestImportWithConnectorKeyInToken(t *testing.T) {
+	tok := testhsm.New(t)
+	t.Setenv("SOFTHSM2_CONF", tok.Conf)
+	keys, err := ca.OpenKeyStore(tok.URI, t.TempDir(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer keys.Close()
+	conn, err := ca.LoadOrCreateConnectorKey(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := testvault.Start(t)
+	store, _ := v.Store(t)
+	domains, _ := policy.NewDomains([]string{"example.com"})
+	e := policy.NewEscrow(store, conn, domains)
+	if got := e.ConnectorHashes(); !slices.Equal(got, []string{"SHA1"}) {
+		t.Fatalf("ConnectorHashes = %v, want SoftHSM2 2.6's [SHA1]", got)
+	}
+	is := testpki.NewIssuer(t)
+	key := testpki.RSAKey(t, 2048, 0)
+	pfx := is.PFX(t, pkcs12.Modern2023, key, is.UserCert(t, key, testpki.CertOptions{Emails: []string{"alice@example.com"}}), "pw")
+	ct256, _ := rsa.EncryptOAEP(sha256.New(), rand.Reader, e.ConnectorKey(), []byte("pw"), nil)
+	_, err = e.Import(context.Background(), policy.ImportRequest{User: "alice@example.com", PFX: pfx, EncryptedPassword: ct256, PasswordHash: "SHA256"})
+	if !isReason(err, policy.ReasonWrongPassword) || !strings.Contains(err.Error(), "it can with: SHA1") {
+		t.Fatalf("SHA-256 to a SHA-1-only token: %v", err)
+	}
+	ct1, _ := rsa.EncryptOAEP(sha1.New(), rand.Reader, e.ConnectorKey(), []byte("pw"), nil)
+	if _, err := e.Import(context.Background(), policy.ImportRequest{User: "alice@example.com", PFX: pfx, EncryptedPassword: ct1, PasswordHash: "SHA1"}); err != nil {
+		t.Fatalf("SHA-1: %v", err)
 	}
 }

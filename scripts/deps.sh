@@ -2,7 +2,9 @@
 # Installs what the tests need on a bare machine (Debian + Go):
 #   Debian: scep (micromdm's scepclient/scepserver), openssl, gcc (for -race),
 #           ldap-utils (ldapsearch) and slapd (the directory the publisher writes to),
-#           certmonger and dbus (a stock SCEP client, on a private session bus)
+#           certmonger and dbus (a stock SCEP client, on a private session bus),
+#           softhsm2 (the PKCS#11 token of `make run` and the tests) and opensc
+#           (pkcs11-tool, which reads the token's key attributes)
 #   Go:     grpcurl and staticcheck, into ~/.cache/smimeca/bin
 # apt-get update runs once, and only when something has to be installed.
 set -euo pipefail
@@ -17,6 +19,8 @@ command -v ldapsearch >/dev/null || need_apt+=(ldap-utils)
 [ -x /usr/sbin/slapd ]           || need_apt+=(slapd)
 [ -x /usr/sbin/certmonger ]      || need_apt+=(certmonger)
 command -v dbus-daemon >/dev/null || need_apt+=(dbus)
+command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need_apt+=(opensc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -37,4 +41,4 @@ if [ ! -x "$BIN/staticcheck" ] || [ ! -f "$BIN/.staticcheck-${STATICCHECK_VERSIO
   GOBIN="$BIN" go install "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}"
   touch "$BIN/.staticcheck-${STATICCHECK_VERSION}"
 fi
-echo "deps: $(command -v scepclient), $(openssl version | cut -d' ' -f1-2), $(command -v ldapsearch), /usr/sbin/slapd, grpcurl ${GRPCURL_VERSION}, staticcheck ${STATICCHECK_VERSION}"
+echo "deps: $(command -v scepclient), $(openssl version | cut -d' ' -f1-2), softhsm2 $(softhsm2-util --version), $(command -v ldapsearch), /usr/sbin/slapd, grpcurl ${GRPCURL_VERSION}, staticcheck ${STATICCHECK_VERSION}"

@@ -83,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = serve(args[1:], stderr)
+	case "init":
+		err = initCmd(args[1:], stdout)
 	case "challenge":
 		err = challengeCmd(args[1:], stdout)
 	case "cert":

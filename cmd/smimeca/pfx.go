@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/csv"
 	"encoding/pem"
@@ -147,7 +147,7 @@ func pfxImport(args []string, stdout, stderr io.Writer) error {
 	}
 	defer conn.Close()
 	client := pb.NewEscrowAdminClient(conn)
-	var connector *rsa.PublicKey
+	var connector *connectorKey
 	if !plain && intune == "" {
 		ctx, cancel := cf.ctx()
 		ck, err := client.GetConnectorKey(ctx, &pb.GetConnectorKeyRequest{})
@@ -155,7 +155,7 @@ func pfxImport(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return &clientError{err}
 		}
-		if connector, err = parseConnectorKey(ck.GetPublicKeyPem()); err != nil {
+		if connector, err = newConnectorKey(ck); err != nil {
 			return err
 		}
 	}
@@ -179,7 +179,7 @@ func pfxImport(args []string, stdout, stderr io.Writer) error {
 	return report(stdout, outcomes)
 }
 
-func importOne(client pb.EscrowAdminClient, cf *clientFlags, connector *rsa.PublicKey, j importJob) importOutcome {
+func importOne(client pb.EscrowAdminClient, cf *clientFlags, connector *connectorKey, j importJob) importOutcome {
 	out := importOutcome{job: j}
 	if j.intune != nil {
 		ctx, cancel := cf.ctx()
@@ -194,13 +194,13 @@ func importOne(client pb.EscrowAdminClient, cf *clientFlags, connector *rsa.Publ
 	}
 	req := &pb.ImportPfxRequest{User: j.user, Pfx: data, Purpose: j.purpose}
 	if connector != nil {
-		ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, connector, []byte(j.password), nil)
+		ct, err := rsa.EncryptOAEP(connector.hash.New(), rand.Reader, connector.key, []byte(j.password), nil)
 		if err != nil {
 			out.status, out.detail = "failed", "cannot encrypt the password to the connector key"
 			return out
 		}
 		req.PasswordSource = &pb.ImportPfxRequest_EncryptedPassword{EncryptedPassword: ct}
-		req.PasswordHash = pb.PasswordHash_PASSWORD_HASH_SHA256
+		req.PasswordHash = connector.name
 	} else {
 		req.PasswordSource = &pb.ImportPfxRequest_Password{Password: j.password}
 	}
@@ -408,6 +408,38 @@ func readPassword(file, env string) (string, error) {
 		return "", fmt.Errorf("password file: %w", errors.Unwrap(err))
 	}
 	return strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"), nil
+}
+
+// connectorKey is the server's connector key with the OAEP hash to
+// encrypt passwords with: the first the server lists that this client
+// knows (a key in a token may lack SHA-2 OAEP).
+type connectorKey struct {
+	key  *rsa.PublicKey
+	hash crypto.Hash
+	name pb.PasswordHash
+}
+
+var clientHashes = map[string]struct {
+	hash crypto.Hash
+	name pb.PasswordHash
+}{
+	"SHA256": {crypto.SHA256, pb.PasswordHash_PASSWORD_HASH_SHA256},
+	"SHA384": {crypto.SHA384, pb.PasswordHash_PASSWORD_HASH_SHA384},
+	"SHA512": {crypto.SHA512, pb.PasswordHash_PASSWORD_HASH_SHA512},
+	"SHA1":   {crypto.SHA1, pb.PasswordHash_PASSWORD_HASH_SHA1},
+}
+
+func newConnectorKey(r *pb.GetConnectorKeyResponse) (*connectorKey, error) {
+	k, err := parseConnectorKey(r.GetPublicKeyPem())
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range r.GetOaepHashes() {
+		if c, ok := clientHashes[h]; ok {
+			return &connectorKey{key: k, hash: c.hash, name: c.name}, nil
+		}
+	}
+	return nil, fmt.Errorf("the server's connector key decrypts with no OAEP hash this client knows (%s); use --plain-password", strings.Join(r.GetOaepHashes(), ", "))
 }
 
 func parseConnectorKey(pemText string) (*rsa.PublicKey, error) {

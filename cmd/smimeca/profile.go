@@ -22,7 +22,7 @@ func profileCmd(args []string, stdout io.Writer) error {
 		return usagef("usage: smimeca profile render --user EMAIL --device ID --settings FILE.yaml --out FILE.mobileconfig [--plain [--sign]]")
 	}
 	var cf clientFlags
-	var user, device, settingsPath, out, org, signerDir string
+	var user, device, settingsPath, out, org, signerDir, kms string
 	var ui profile.UserInfo
 	var sign, plain bool
 	f := newFlags("profile render")
@@ -34,7 +34,8 @@ func profileCmd(args []string, stdout io.Writer) error {
 	f.fs.StringVar(&org, "organization", "", "PayloadOrganization")
 	f.fs.BoolVar(&plain, "plain", false, "LABS, ADMIN ONLY, AUDITED AS BREAK-GLASS: fetch the keys with their passwords and render here, unencrypted (default: the server renders the profile encrypted to the device and signed)")
 	f.fs.BoolVar(&sign, "sign", false, "with --plain: sign the profile with the CA's profile-signing certificate")
-	f.fs.StringVar(&signerDir, "signer-dir", filepath.Join(defaultDataDir(), "ca"), "directory with profile_signer.crt/.key and intermediate_ca.crt")
+	f.fs.StringVar(&signerDir, "signer-dir", filepath.Join(defaultDataDir(), "ca"), "directory with profile_signer.crt and intermediate_ca.crt (and the key, with --kms softkms)")
+	f.fs.StringVar(&kms, "kms", envOr("SMIMECA_KMS", ca.KMSSoft), "where the profile-signing key is: softkms (a file in --signer-dir) or the server's pkcs11: URI ($SMIMECA_KMS; PIN also from $SMIMECA_KMS_PIN)")
 	f.fs.StringVar(&ui.UPN, "upn", "", "user principal name (default: the user address)")
 	f.fs.StringVar(&ui.PrimarySMTP, "primary-smtp", "", "primary SMTP address (default: the user address)")
 	f.fs.StringVar(&ui.SAMAccountName, "sam-account-name", "", "sAMAccountName, for usernameAADSource samAccountName")
@@ -83,8 +84,13 @@ func profileCmd(args []string, stdout io.Writer) error {
 	var chain []*x509.Certificate
 	if sign {
 		var inter *x509.Certificate
-		if signer, signerKey, inter, err = ca.ReadProfileSigner(signerDir); err != nil {
-			return fmt.Errorf("%w (pass --signer-dir DATA/ca)", err)
+		keys, err := ca.OpenKeyStore(kms, signerDir, os.Getenv(kmsPINEnv))
+		if err != nil {
+			return err
+		}
+		defer keys.Close()
+		if signer, signerKey, inter, err = ca.ReadProfileSigner(signerDir, keys); err != nil {
+			return fmt.Errorf("%w (pass --signer-dir DATA/ca and the server's --kms)", err)
 		}
 		chain = []*x509.Certificate{inter}
 	}

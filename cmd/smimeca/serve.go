@@ -64,6 +64,7 @@ func loadCertPool(path string) (*x509.CertPool, error) {
 
 type serveConfig struct {
 	dataDir           string
+	kms               string
 	httpAddr          string
 	grpcAddr          string
 	publicURL         string
@@ -114,10 +115,15 @@ type serveConfig struct {
 	logLevel           string
 }
 
-func parseServe(args []string) (*serveConfig, error) {
+func parseServe(args []string) (*serveConfig, error) { return parseServeAs("serve", args) }
+
+// parseServeAs reads serve's flags for command name (serve, or init, which
+// takes the same).
+func parseServeAs(name string, args []string) (*serveConfig, error) {
 	c := &serveConfig{}
-	f := newFlags("serve")
-	f.str(&c.dataDir, "data", "SMIMECA_DATA", "data", "data directory (CA keys, database, credentials)")
+	f := newFlags(name)
+	f.str(&c.dataDir, "data", "SMIMECA_DATA", "data", "data directory (CA certificates, key files with softkms, database, credentials)")
+	f.str(&c.kms, "kms", "SMIMECA_KMS", ca.KMSSoft, "where the CA's private keys are made and kept: softkms (0600 files under DATA/ca) or a PKCS#11 token's URI, e.g. 'pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=smimeca?pin-source=/etc/smimeca/pin' (PIN also from $"+kmsPINEnv+")")
 	f.str(&c.httpAddr, "http-addr", "SMIMECA_HTTP_ADDR", ":8080", "public HTTP listen address (SCEP, CRL)")
 	f.str(&c.grpcAddr, "grpc-addr", "SMIMECA_GRPC_ADDR", ":9443", "gRPC (mTLS) listen address")
 	f.str(&c.publicURL, "public-url", "SMIMECA_PUBLIC_URL", "", "public base URL put into certificates and bundles (default http://<http addr>)")
@@ -269,20 +275,17 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	}
 	defer database.Close()
 
-	var policyOIDs []string
-	for _, o := range strings.Split(cfg.policyOIDs, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			policyOIDs = append(policyOIDs, o)
-		}
+	keys, err := ca.OpenKeyStore(cfg.kms, filepath.Join(cfg.dataDir, "ca"), os.Getenv(kmsPINEnv))
+	if err != nil {
+		return err
 	}
-	authority, err := ca.Open(ca.Config{
-		Dir: filepath.Join(cfg.dataDir, "ca"), IssuerKeyType: strings.ToUpper(cfg.issuerKeyType),
-		BaseURL: cfg.certBaseURL, PolicyOIDs: policyOIDs,
-	}, database.DB)
+	defer keys.Close()
+	authority, err := openAuthority(cfg, keys, database.DB)
 	if err != nil {
 		return err
 	}
 	defer authority.Close()
+	logger.Info("CA keys", "kms", ca.RedactKMS(cfg.kms), "issuing_key", keys.Location(ca.KeyIssuing))
 
 	store, err := nosqlstore.New(database.DB.DB)
 	if err != nil {
@@ -322,7 +325,7 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		return usagef("%v", err)
 	}
 
-	esc, err := setupEscrow(ctx, cfg, logger, audit, domains, filepath.Join(cfg.dataDir, "ca"))
+	esc, err := setupEscrow(ctx, cfg, logger, audit, domains, keys)
 	if err != nil {
 		return err
 	}
@@ -367,7 +370,7 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	hostname, _ := os.Hostname()
 	// The two credentials of the first start (admin, profile) are kept
 	// under DATA/credentials and registered like any other credential.
-	pki, err := ca.EnsureAPIPKI(filepath.Join(cfg.dataDir, "ca"), filepath.Join(cfg.dataDir, "credentials"),
+	pki, err := ca.EnsureAPIPKI(filepath.Join(cfg.dataDir, "ca"), keys, filepath.Join(cfg.dataDir, "credentials"),
 		[]string{u.Hostname(), grpcHost, hostname},
 		map[string]string{string(api.RoleAdmin): api.RoleURI(api.RoleAdmin), string(api.RoleProfile): api.RoleURI(api.RoleProfile)})
 	if err != nil {
@@ -388,15 +391,15 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		Devices:     api.NewDeviceService(enrollment, logger),
 		Credentials: api.NewCredentialService(creds, pki.CA, logger),
 	}
-	var keys policy.KeyStore
+	var escrowed policy.KeyStore
 	var escrowSvc *api.EscrowService
 	if esc.policy != nil {
 		escrowSvc = api.NewEscrowService(esc.policy, logger)
 		services.Escrow = escrowSvc
-		keys = esc.store
+		escrowed = esc.store
 	}
 	profCert, profKey := authority.ProfileSigner()
-	services.Bundles = api.NewBundleService(policy.NewBundles(enrollment, keys, authority, cfg.publicURL+scep.Path, audit),
+	services.Bundles = api.NewBundleService(policy.NewBundles(enrollment, escrowed, authority, cfg.publicURL+scep.Path, audit),
 		&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{authority.Intermediate()}}, logger)
 	services.Health = health.NewServer()
 	grpcSrv := api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services, logger)

@@ -38,7 +38,7 @@ type escrowSetup struct {
 	ping func(context.Context) error
 }
 
-func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, audit policy.Auditor, domains *policy.Domains, caDir string) (escrowSetup, error) {
+func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, audit policy.Auditor, domains *policy.Domains, keys ca.KeyStore) (escrowSetup, error) {
 	noop := func() {}
 	vc := escrow.VaultConfig{Address: cfg.vaultAddr, TokenFile: cfg.vaultTokenFile,
 		Token: os.Getenv("SMIMECA_VAULT_TOKEN"), RoleID: cfg.vaultRoleID, SecretIDFile: cfg.vaultSecretIDFile}
@@ -109,7 +109,7 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	if err := escrow.Ping(ctx, client); err != nil {
 		logger.Warn("Vault is not available now; escrow calls will answer UNAVAILABLE until it is", "err", err)
 	}
-	conn, err := ca.LoadOrCreateConnectorKey(caDir)
+	conn, err := ca.LoadOrCreateConnectorKey(keys)
 	if err != nil {
 		stop()
 		return escrowSetup{stop: noop}, err
@@ -122,6 +122,7 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	store := escrow.New(logical, ecfg)
 	logger.Info("escrow in Vault", "vault", client.Address(), "kv_mount", ecfg.KVMount)
 	esc := policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases), policy.WithEscrowAuditor(audit))
+	logger.Info("PFX connector key", "key", keys.Location(ca.KeyConnector), "oaep_hashes", esc.ConnectorHashes())
 	dir := policy.NewDirectory(store, aliases, 0)
 	esc.OnChange(dir.Invalidate)
 	return escrowSetup{

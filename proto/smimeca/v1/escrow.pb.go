@@ -29,6 +29,9 @@ const (
 	PasswordHash_PASSWORD_HASH_SHA256      PasswordHash = 1
 	PasswordHash_PASSWORD_HASH_SHA384      PasswordHash = 2
 	PasswordHash_PASSWORD_HASH_SHA512      PasswordHash = 3
+	// For a connector key in a token that does RSA-OAEP with SHA-1 only
+	// (SoftHSM2 2.6); GetConnectorKey's oaep_hashes lists what it can.
+	PasswordHash_PASSWORD_HASH_SHA1 PasswordHash = 4
 )
 
 // Enum value maps for PasswordHash.
@@ -38,12 +41,14 @@ var (
 		1: "PASSWORD_HASH_SHA256",
 		2: "PASSWORD_HASH_SHA384",
 		3: "PASSWORD_HASH_SHA512",
+		4: "PASSWORD_HASH_SHA1",
 	}
 	PasswordHash_value = map[string]int32{
 		"PASSWORD_HASH_UNSPECIFIED": 0,
 		"PASSWORD_HASH_SHA256":      1,
 		"PASSWORD_HASH_SHA384":      2,
 		"PASSWORD_HASH_SHA512":      3,
+		"PASSWORD_HASH_SHA1":        4,
 	}
 )
 
@@ -116,7 +121,8 @@ type GetConnectorKeyResponse struct {
 	PublicKeyPem string `protobuf:"bytes,1,opt,name=public_key_pem,json=publicKeyPem,proto3" json:"public_key_pem,omitempty"`
 	// SHA-256 of the DER public key, hex; name it when encrypting.
 	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
-	// Accepted OAEP hashes.
+	// OAEP hashes the connector key decrypts with, the preferred first
+	// (SHA256, SHA384, SHA512, SHA1; a token may lack some).
 	OaepHashes    []string `protobuf:"bytes,3,rep,name=oaep_hashes,json=oaepHashes,proto3" json:"oaep_hashes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1117,12 +1123,13 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"\x10PurgeUserRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\"L\n" +
 	"\x11PurgeUserResponse\x127\n" +
-	"\x06purged\x18\x01 \x03(\v2\x1f.smimeca.v1.EscrowedCertificateR\x06purged*{\n" +
+	"\x06purged\x18\x01 \x03(\v2\x1f.smimeca.v1.EscrowedCertificateR\x06purged*\x93\x01\n" +
 	"\fPasswordHash\x12\x1d\n" +
 	"\x19PASSWORD_HASH_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PASSWORD_HASH_SHA256\x10\x01\x12\x18\n" +
 	"\x14PASSWORD_HASH_SHA384\x10\x02\x12\x18\n" +
-	"\x14PASSWORD_HASH_SHA512\x10\x032\xf0\x05\n" +
+	"\x14PASSWORD_HASH_SHA512\x10\x03\x12\x16\n" +
+	"\x12PASSWORD_HASH_SHA1\x10\x042\xf0\x05\n" +
 	"\vEscrowAdmin\x12Z\n" +
 	"\x0fGetConnectorKey\x12\".smimeca.v1.GetConnectorKeyRequest\x1a#.smimeca.v1.GetConnectorKeyResponse\x12H\n" +
 	"\tImportPfx\x12\x1c.smimeca.v1.ImportPfxRequest\x1a\x1d.smimeca.v1.ImportPfxResponse\x12T\n" +

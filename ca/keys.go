@@ -1,0 +1,246 @@
+package ca
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/kms/apiv1"
+	"go.step.sm/crypto/kms/pkcs11"
+	"go.step.sm/crypto/kms/uri"
+	"go.step.sm/crypto/pemutil"
+)
+
+// KeyName names one of the CA's private keys in a KeyStore.
+type KeyName string
+
+// The CA's private keys.
+const (
+	KeyRoot      KeyName = "root"      // signs the issuing CA and the root's CRL
+	KeyIssuing   KeyName = "issuing"   // signs leaves, CRLs and the CA's own certificates
+	KeyRA        KeyName = "ra"        // SCEP RA: decrypts requests, signs CertRep (RSA)
+	KeyProfile   KeyName = "profile"   // signs configuration profiles
+	KeyOCSP      KeyName = "ocsp"      // signs OCSP responses (delegated responder)
+	KeyConnector KeyName = "connector" // PFX connector: RSA-OAEP-decrypts import passwords
+	KeyAPI       KeyName = "api"       // the gRPC API's own CA: server and client credentials
+)
+
+// KeyNames lists every key a KeyStore holds for the CA, root first.
+var KeyNames = []KeyName{KeyRoot, KeyIssuing, KeyRA, KeyProfile, KeyOCSP, KeyConnector, KeyAPI}
+
+// KeySpec is the kind of key KeyStore.Create makes.
+type KeySpec struct {
+	Type string // KeyTypeEC or KeyTypeRSA
+	// Bits is the RSA modulus size; the curve for EC: 256 (P-256) or 384 (P-384).
+	Bits int
+}
+
+// KeyStore is where the CA's private keys are made and used: files under the
+// CA directory (FileKeys) or a PKCS#11 token (OpenKeyStore with a pkcs11:
+// URI). A key a token creates never leaves it.
+type KeyStore interface {
+	// Key returns the named key. The error wraps fs.ErrNotExist when the
+	// store has no key of that name.
+	Key(name KeyName) (crypto.Signer, error)
+	// Create makes a new key under name, replacing the store's key of that
+	// name if it has one.
+	Create(name KeyName, spec KeySpec) (crypto.Signer, error)
+	// Location says where the named key is kept, for messages: a file path
+	// or a pkcs11: URI (never a PIN).
+	Location(name KeyName) string
+	// Close releases the store (a token's sessions).
+	Close() error
+}
+
+// KMSSoft is the --kms value that keeps keys in 0600 PEM files in the CA
+// directory, as step-ca's softkms does.
+const KMSSoft = "softkms"
+
+// OpenKeyStore opens the key store kms names: "" or KMSSoft for files in dir,
+// or a pkcs11: URI (RFC 7512; module-path, token, pin-source or pin-value,
+// max-sessions) for a token, whose PIN may also come from pin (e.g.
+// $SMIMECA_KMS_PIN). Errors say which URI failed and what to check.
+func OpenKeyStore(kms, dir, pin string) (KeyStore, error) {
+	if kms == "" || kms == KMSSoft {
+		return FileKeys(dir), nil
+	}
+	if !strings.HasPrefix(kms, "pkcs11:") {
+		return nil, fmt.Errorf("ca: --kms %q is neither %s nor a pkcs11: URI", kms, KMSSoft)
+	}
+	return openPKCS11(kms, pin)
+}
+
+// FileKeys is the KeyStore of PEM files (PKCS#8, mode 0600) in a CA
+// directory; a key file readable by group or others is refused.
+type FileKeys string
+
+// keyFiles are the files of FileKeys, named as the CA has always named them.
+var keyFiles = map[KeyName]string{
+	KeyRoot: rootKeyFile, KeyIssuing: intermediateKeyFile, KeyRA: raKeyFile,
+	KeyProfile: ProfileSignerKeyFile, KeyOCSP: ocspSignerKeyFile, KeyConnector: ConnectorKeyFile, KeyAPI: apiCAKeyFile,
+}
+
+// Location returns the key's file path.
+func (d FileKeys) Location(name KeyName) string { return filepath.Join(string(d), keyFiles[name]) }
+
+// Key reads the named key file.
+func (d FileKeys) Key(name KeyName) (crypto.Signer, error) {
+	return readKeyFile(d.Location(name))
+}
+
+// Create generates a key in memory and writes it to its file (atomically,
+// mode 0600).
+func (d FileKeys) Create(name KeyName, spec KeySpec) (crypto.Signer, error) {
+	var key crypto.Signer
+	var err error
+	switch spec.Type {
+	case KeyTypeEC:
+		key, err = keyutil.GenerateSigner("EC", fmt.Sprintf("P-%d", spec.Bits), 0)
+	default:
+		key, err = keyutil.GenerateSigner("RSA", "", spec.Bits)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ca: generate %s key: %w", name, err)
+	}
+	return key, writeKey(d.Location(name), key)
+}
+
+// Close does nothing: files need no release.
+func (d FileKeys) Close() error { return nil }
+
+// readKeyFile reads a PEM private key, refusing a file others may read.
+func readKeyFile(path string) (crypto.Signer, error) {
+	if fi, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("ca: %s is readable by group or others (mode %04o); run chmod 600 on it", path, fi.Mode().Perm())
+	}
+	k, err := pemutil.Read(path)
+	if err != nil {
+		return nil, fmt.Errorf("ca: read key %s: %w", path, err)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("ca: key %s is not a signing key", path)
+	}
+	return signer, nil
+}
+
+// tokenKeys is the KeyStore of a PKCS#11 token, through step-ca's kms
+// (crypto11 underneath, which pools the token's sessions: concurrent
+// operations do not wait for one another).
+type tokenKeys struct {
+	kms *pkcs11.PKCS11
+	uri string // redacted
+}
+
+// keyIDs are the CKA_IDs of the CA's keys in a token, beside their labels
+// (CKA_LABEL smimeca-<name>): step-ca's kms wants both when it creates.
+var keyIDs = map[KeyName]string{
+	KeyRoot: "5301", KeyIssuing: "5302", KeyRA: "5303", KeyProfile: "5304", KeyOCSP: "5305", KeyConnector: "5306", KeyAPI: "5307",
+}
+
+// TokenKeyURI is the pkcs11: URI of the named key inside a token.
+func TokenKeyURI(name KeyName) string {
+	return "pkcs11:id=%" + keyIDs[name][:2] + "%" + keyIDs[name][2:] + ";object=smimeca-" + string(name)
+}
+
+func openPKCS11(raw, pin string) (KeyStore, error) {
+	u, err := uri.ParseWithScheme("pkcs11", raw)
+	if err != nil {
+		return nil, fmt.Errorf("ca: --kms is not a valid pkcs11: URI: %w", err)
+	}
+	shown := RedactKMS(raw)
+	if src := u.Get("pin-source"); src != "" {
+		// kms reads pin-source but ignores an unreadable file, which the
+		// token then reports as a wrong PIN.
+		if _, err := os.ReadFile(src); err != nil {
+			return nil, fmt.Errorf("ca: PIN file of %s: %w", shown, err)
+		}
+	}
+	if mod := u.Get("module-path"); mod != "" && strings.ContainsRune(mod, '/') {
+		if _, err := os.Stat(mod); err != nil {
+			return nil, fmt.Errorf("ca: %s: PKCS#11 module %s: %w (install the HSM vendor's module, or SoftHSM2's: apt-get install softhsm2)", shown, mod, err)
+		}
+	}
+	k, err := pkcs11.New(context.Background(), apiv1.Options{Type: apiv1.PKCS11, URI: raw, Pin: pin})
+	if err != nil {
+		msg := err.Error()
+		hint := "check module-path, the token label (token=) and that the token is initialised"
+		switch {
+		case strings.Contains(msg, "CKR_PIN_INCORRECT"), strings.Contains(msg, "CKR_PIN_LEN_RANGE"):
+			hint = "the PIN is wrong: fix the pin-source file, pin-value or $SMIMECA_KMS_PIN"
+		case strings.Contains(msg, "CKR_PIN_LOCKED"):
+			hint = "the token's user PIN is locked: the token's security officer must reset it"
+		case strings.Contains(msg, "could not find"), strings.Contains(msg, "no slot"):
+			hint = "no such token: check token= (softhsm2-util --show-slots or pkcs11-tool -L lists them)"
+		case strings.Contains(msg, "not compiled"), strings.Contains(msg, "cgo"):
+			hint = "this smimeca binary was built without cgo and cannot load PKCS#11 modules: rebuild with CGO_ENABLED=1"
+		}
+		if pin != "" {
+			msg = strings.ReplaceAll(msg, pin, "…")
+		}
+		return nil, fmt.Errorf("ca: open key store %s: %s; %s", shown, msg, hint)
+	}
+	return &tokenKeys{kms: k, uri: shown}, nil
+}
+
+// RedactKMS returns a --kms value without its PIN, for logs and messages.
+func RedactKMS(raw string) string {
+	if !strings.HasPrefix(raw, "pkcs11:") {
+		return raw
+	}
+	path, query, ok := strings.Cut(raw, "?")
+	if !ok {
+		return raw
+	}
+	attrs := strings.Split(query, "&")
+	for i, a := range attrs {
+		if strings.HasPrefix(a, "pin-value=") {
+			attrs[i] = "pin-value=REDACTED"
+		}
+	}
+	return path + "?" + strings.Join(attrs, "&")
+}
+
+func (t *tokenKeys) Location(name KeyName) string {
+	return strings.TrimSuffix(strings.SplitN(t.uri, "?", 2)[0], ";") + ";" + strings.TrimPrefix(TokenKeyURI(name), "pkcs11:")
+}
+
+func (t *tokenKeys) Key(name KeyName) (crypto.Signer, error) {
+	s, err := t.kms.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: TokenKeyURI(name)})
+	if err != nil {
+		if errors.Is(err, apiv1.NotFoundError{}) || strings.Contains(err.Error(), "not found") {
+			return nil, fmt.Errorf("ca: %s: %w", t.Location(name), fs.ErrNotExist)
+		}
+		return nil, fmt.Errorf("ca: key %s: %w", t.Location(name), err)
+	}
+	return s, nil
+}
+
+func (t *tokenKeys) Create(name KeyName, spec KeySpec) (crypto.Signer, error) {
+	if err := t.kms.DeleteKey(TokenKeyURI(name)); err != nil {
+		return nil, fmt.Errorf("ca: replace key %s: %w", t.Location(name), err)
+	}
+	req := &apiv1.CreateKeyRequest{Name: TokenKeyURI(name), Bits: spec.Bits}
+	switch {
+	case spec.Type == KeyTypeEC && spec.Bits == 384:
+		req.SignatureAlgorithm = apiv1.ECDSAWithSHA384
+	case spec.Type == KeyTypeEC:
+		req.SignatureAlgorithm = apiv1.ECDSAWithSHA256
+	default:
+		req.SignatureAlgorithm = apiv1.SHA256WithRSA
+	}
+	if _, err := t.kms.CreateKey(req); err != nil {
+		return nil, fmt.Errorf("ca: create key %s in the token: %w", t.Location(name), err)
+	}
+	return t.Key(name)
+}
+
+func (t *tokenKeys) Close() error { return t.kms.Close() }

@@ -1,0 +1,203 @@
+package ca_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smallstep/certificates/db"
+
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/testhsm"
+	"github.com/smimeca/smimeca/internal/testpki"
+	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
+)
+
+// backends opens, per subtest, the key store under test: 0600 files
+// (softkms) and a SoftHSM2 token made by scripts/softhsm.sh.
+var backends = []struct {
+	name string
+	open func(t *testing.T, caDir string) ca.KeyStore
+}{
+	{"softkms", func(t *testing.T, caDir string) ca.KeyStore { return ca.FileKeys(caDir) }},
+	{"softhsm", func(t *testing.T, caDir string) ca.KeyStore {
+		tok := tokenFor(t)
+		k, err := ca.OpenKeyStore(tok.URI, caDir, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}},
+}
+
+// tokens are the SoftHSM2 tokens of this test binary by test name, so that
+// a reopen within a test finds the same token.
+var tokens = map[string]*testhsm.Token{}
+
+func tokenFor(t *testing.T) *testhsm.Token {
+	if tok, ok := tokens[t.Name()]; ok {
+		return tok
+	}
+	tok := testhsm.New(t)
+	t.Setenv("SOFTHSM2_CONF", tok.Conf)
+	tokens[t.Name()] = tok
+	return tok
+}
+
+// Every key the CA uses works through either store, the CA comes back the
+// same after a restart, and with a token no private key is in a file.
+func TestKeyStoreBackends(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			dir := t.TempDir()
+			caDir := filepath.Join(dir, "ca")
+			open := func() (*ca.Authority, ca.KeyStore, db.AuthDB) {
+				authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
+				if err != nil {
+					t.Fatal(err)
+				}
+				keys := b.open(t, caDir)
+				a, err := ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return a, keys, authDB
+			}
+			a, keys, authDB := open()
+			chain, err := a.Issue(context.Background(), testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := chain[0].CheckSignatureFrom(a.Intermediate()); err != nil {
+				t.Errorf("leaf signed through the %s store does not verify: %v", b.name, err)
+			}
+			// The RA decrypts (PKCS#1 v1.5, as SCEP envelopes) and signs.
+			ra, raKey := a.RA()
+			secret := []byte("0123456789abcdef0123456789abcdef")
+			//lint:ignore SA1019 SCEP's pkcsPKIEnvelope uses rsaEncryption: what the RA must decrypt
+			ct, _ := rsa.EncryptPKCS1v15(rand.Reader, ra.PublicKey.(*rsa.PublicKey), secret)
+			//lint:ignore SA1019 as smallstep/pkcs7 asks the RA key for it
+			opts := &rsa.PKCS1v15DecryptOptions{}
+			if pt, err := raKey.Decrypt(rand.Reader, ct, opts); err != nil || string(pt) != string(secret) {
+				t.Errorf("RA decrypt: %q, %v", pt, err)
+			}
+			digest := sha256.Sum256([]byte("certrep"))
+			sig, err := raKey.Sign(rand.Reader, digest[:], crypto.SHA256)
+			if err != nil || rsa.VerifyPKCS1v15(ra.PublicKey.(*rsa.PublicKey), crypto.SHA256, digest[:], sig) != nil {
+				t.Errorf("RA sign: %v", err)
+			}
+			if _, err := a.NewOCSPResponder(ca.DefaultOCSPValidity); err != nil {
+				t.Errorf("OCSP responder: %v", err)
+			}
+			if _, err := a.CRL(); err != nil {
+				t.Errorf("CRL: %v", err)
+			}
+			conn, err := ca.LoadOrCreateConnectorKey(keys)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hashes := pfxconnector.DecryptableHashes(conn)
+			if b.name == "softkms" && len(hashes) != len(pfxconnector.PasswordHashes) || !slices.Contains(hashes, pfxconnector.SHA1) {
+				t.Errorf("connector key decrypts OAEP with %v", hashes)
+			}
+			a.Close()
+			keys.Close()
+			authDB.Shutdown()
+
+			second, keys2, db2 := open()
+			defer db2.Shutdown()
+			defer keys2.Close()
+			defer second.Close()
+			ra2, _ := second.RA()
+			if !second.Root().Equal(a.Root()) || !second.Intermediate().Equal(a.Intermediate()) || !ra2.Equal(ra) {
+				t.Error("CA certificates changed across a restart")
+			}
+			conn2, err := ca.LoadOrCreateConnectorKey(keys2)
+			if err != nil || !conn2.Public().(*rsa.PublicKey).Equal(conn.Public()) {
+				t.Errorf("connector key changed across a restart: %v", err)
+			}
+			files, _ := filepath.Glob(filepath.Join(caDir, "*.key"))
+			if want := b.name == "softkms"; (len(files) > 0) != want {
+				t.Errorf("%s: key files in the CA directory: %v", b.name, files)
+			}
+		})
+	}
+}
+
+// A CA whose certificates are on disk but whose keys are not in the store
+// named is refused, naming the key that is missing — never re-created.
+func TestMissingKeyIsRefusedNotRecreated(t *testing.T) {
+	dir := t.TempDir()
+	caDir := filepath.Join(dir, "ca")
+	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer authDB.Shutdown()
+	a, err := ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x"}, authDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := a.Root()
+	a.Close()
+	tok := tokenFor(t)
+	keys, err := ca.OpenKeyStore(tok.URI, caDir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer keys.Close()
+	_, err = ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
+	if err == nil || !strings.Contains(err.Error(), "object=smimeca-root") || !strings.Contains(err.Error(), "does not") {
+		t.Fatalf("open with the keys elsewhere: %v", err)
+	}
+	if _, err := keys.Key(ca.KeyRoot); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a root key was made in the token: %v", err)
+	}
+	crt, _ := os.ReadFile(filepath.Join(caDir, ca.RootCertFile))
+	if !strings.Contains(string(crt), "CERTIFICATE") || root == nil {
+		t.Error("root certificate touched")
+	}
+}
+
+// Start-up errors say which URI failed and what to fix, never the PIN.
+func TestKeyStoreErrors(t *testing.T) {
+	tok := tokenFor(t)
+	pin := tok.PIN(t)
+	base := strings.SplitN(tok.URI, "?", 2)[0]
+	cases := []struct{ name, uri, pin, want string }{
+		{"wrong PIN", base + "?pin-value=00000000", "", "PIN is wrong"},
+		{"wrong PIN from the environment", base, "11111111", "PIN is wrong"},
+		{"missing module", "pkcs11:module-path=/nonexistent/libvendor.so;token=smimeca?pin-value=" + pin, "", "/nonexistent/libvendor.so"},
+		{"missing token", strings.Replace(base, "token=smimeca", "token=nosuch", 1) + "?pin-value=" + pin, "", "no such token: check token="},
+		{"missing PIN file", base + "?pin-source=/nonexistent/pin", "", "/nonexistent/pin"},
+		{"not a URI", "vault:transit", "", "neither softkms nor a pkcs11: URI"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			k, err := ca.OpenKeyStore(c.uri, t.TempDir(), c.pin)
+			if err == nil {
+				k.Close()
+				t.Fatal("opened")
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), pin) || (c.pin != "" && strings.Contains(err.Error(), c.pin)) || strings.Contains(err.Error(), "00000000") {
+				t.Errorf("error %q shows a PIN", err)
+			}
+		})
+	}
+	if got := ca.RedactKMS("pkcs11:token=a?pin-value=secret"); strings.Contains(got, "secret") {
+		t.Errorf("RedactKMS: %s", got)
+	}
+}
