@@ -8,11 +8,16 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 .PHONY: readme-test run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-import bench-bundle bench-ocsp proto docker vet lint clean
 
 ## run: build and start CA + SCEP + gRPC + escrow on the embedded default (data in ./data, kept across
-##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault.
+##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault;
+##      without $$SMIMECA_KMS the CA keys are made and kept in a SoftHSM2 token under data/softhsm.
 run: build
-	@if [ -z "$$SMIMECA_VAULT_ADDR" ]; then \
-	  VB=$$(./scripts/vault.sh) && exec ./$(BIN) serve --embedded-vault --vault-bin "$$VB" --ldap-addr :1389; \
-	else exec ./$(BIN) serve --ldap-addr :1389; fi
+	@DATA="$${SMIMECA_DATA:-data}"; mkdir -p "$$DATA"; \
+	if [ -z "$$SMIMECA_KMS" ]; then \
+	  export SMIMECA_KMS="$$(./scripts/softhsm.sh "$$DATA/softhsm")" SOFTHSM2_CONF="$$(cd "$$DATA" && pwd)/softhsm/softhsm2.conf"; \
+	fi; \
+	if [ -z "$$SMIMECA_VAULT_ADDR" ]; then \
+	  VB=$$(./scripts/vault.sh) && exec ./$(BIN) serve --data "$$DATA" --embedded-vault --vault-bin "$$VB" --ldap-addr :1389; \
+	else exec ./$(BIN) serve --data "$$DATA" --ldap-addr :1389; fi
 
 ## build: build the smimeca binary into bin/
 build:
@@ -40,8 +45,10 @@ lint:
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test$$)
 
+## e2e: the end-to-end suite twice, the CA keys in files (softkms), then in a SoftHSM2 token per server
 e2e:
 	$(GO) test -count=1 -timeout 20m ./test/...
+	SMIMECA_TEST_KMS=softhsm $(GO) test -count=1 -timeout 20m ./test/...
 
 ## chaos: the fault tests (smimeca killed under enrolment load, Vault stopped and killed) CHAOS_ROUNDS
 ##        times each, every round at a new random point; `make test` runs each once (in e2e)

@@ -6,18 +6,30 @@
 #   DIR/pin            the user PIN smimeca logs in with (0600; or pass $SMIMECA_KMS_PIN)
 #   DIR/so-pin         the security officer's PIN, to reset the user PIN (0600)
 # `make run` and the tests use it; a hardware HSM needs none of this, only its
-# vendor's module in the URI. Needs softhsm2 (scripts/deps.sh installs it).
+# vendor's module in the URI. Installs softhsm2 (Debian) when it is missing.
 set -euo pipefail
 DIR="${1:-data/softhsm}"
 LABEL="${SMIMECA_TOKEN_LABEL:-smimeca}"
-MODULE=""
-for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
+find_module() {
+  MODULE=""
+  for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
          /usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so /usr/local/lib/softhsm/libsofthsm2.so; do
-  if [ -f "$m" ]; then MODULE="$m"; break; fi
-done
+    if [ -f "$m" ]; then MODULE="$m"; break; fi
+  done
+}
+find_module
 if [ -z "$MODULE" ] || ! command -v softhsm2-util >/dev/null; then
-  echo "softhsm.sh: SoftHSM2 is not installed (apt-get install softhsm2, or scripts/deps.sh)" >&2
-  exit 1
+  if command -v apt-get >/dev/null; then
+    echo "softhsm.sh: apt-get install softhsm2" >&2
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq softhsm2 >/dev/null
+    find_module
+  fi
+  if [ -z "$MODULE" ]; then
+    echo "softhsm.sh: SoftHSM2 is not installed and could not be (apt-get install softhsm2)" >&2
+    exit 1
+  fi
 fi
 umask 077
 mkdir -p "$DIR/tokens"

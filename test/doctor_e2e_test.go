@@ -1,7 +1,6 @@
 package test
 
 import (
-	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"math/big"
@@ -14,6 +13,7 @@ import (
 
 	"go.step.sm/crypto/pemutil"
 
+	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/internal/testvault"
 )
 
@@ -30,7 +30,7 @@ func TestDoctor(t *testing.T) {
 	if r.code != 0 || strings.Contains(r.stdout, "FAIL") {
 		t.Fatalf("healthy installation: %+v", r)
 	}
-	for _, want := range []string{"scep", "crl", "grpc", "vault", "database", "ca-files", "disk"} {
+	for _, want := range []string{"scep", "crl", "grpc", "vault", "database", "ca-keys", "disk"} {
 		if !strings.Contains(r.stdout, "ok    "+want) {
 			t.Errorf("no passing %s check:\n%s", want, r.stdout)
 		}
@@ -38,17 +38,20 @@ func TestDoctor(t *testing.T) {
 
 	// A mirror serving a CRL of this CA that has expired.
 	inter, _ := pemutil.ReadCertificate(filepath.Join(s.data, "ca", "intermediate_ca.crt"))
-	key, err := pemutil.Read(filepath.Join(s.data, "ca", "intermediate_ca.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	stale, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(1),
-		ThisUpdate: time.Now().Add(-48 * time.Hour), NextUpdate: time.Now().Add(-24 * time.Hour)}, inter, key.(crypto.Signer))
+		ThisUpdate: time.Now().Add(-48 * time.Hour), NextUpdate: time.Now().Add(-24 * time.Hour)}, inter, s.caKey(t, ca.KeyIssuing))
 	if err != nil {
 		t.Fatal(err)
 	}
 	mirror := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(stale) }))
 	defer mirror.Close()
+
+	// The CA's keys are checked where the server keeps them: a store that
+	// does not open is named with its fix.
+	r = doctor("--kms", "pkcs11:module-path=/nonexistent/libhsm.so;token=smimeca?pin-value=1234")
+	if r.code != 1 || !strings.Contains(r.stdout, "FAIL  ca-keys") || !strings.Contains(r.stdout, "/nonexistent/libhsm.so") || strings.Contains(r.stdout, "1234") {
+		t.Errorf("doctor with a key store that does not open: %+v", r)
+	}
 
 	v.Stop()
 	deadline := time.Now().Add(20 * time.Second)

@@ -7,6 +7,7 @@ package test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"fmt"
 	"net"
 	"net/http"
@@ -17,6 +18,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/testhsm"
 )
 
 var (
@@ -105,7 +109,16 @@ type server struct {
 	// mdm holds the device identity CA (mdm-ca.pem, mdm-ca.key) the server
 	// trusts, as an MDM's would be, made with openssl.
 	mdm string
+	// token is the server's SoftHSM2 token when kmsBackend is "softhsm".
+	token *testhsm.Token
 }
+
+// kmsBackend is where every server the tests start keeps its CA keys:
+// files (softkms, the default) or, with $SMIMECA_TEST_KMS=softhsm, a
+// SoftHSM2 token of its own made by scripts/softhsm.sh. `make e2e` runs the
+// suite with files, then its enrolment, renewal, CRL, OCSP, import, bundle
+// and profile tests again with a token.
+var kmsBackend = os.Getenv("SMIMECA_TEST_KMS")
 
 func newServer(t testing.TB, extra ...string) *server {
 	t.Helper()
@@ -125,6 +138,15 @@ func newServerEnv(t testing.TB, env []string, extra ...string) *server {
 	mustOK(t, "device identity CA", run(t, 60*time.Second, tool(t, "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
 		"-keyout", filepath.Join(s.mdm, "mdm-ca.key"), "-out", filepath.Join(s.mdm, "mdm-ca.pem"), "-subj", "/CN=Test MDM Device Identity CA", "-days", "30"))
 	s.extra = append([]string{"--device-identity-ca", filepath.Join(s.mdm, "mdm-ca.pem")}, s.extra...)
+	switch kmsBackend {
+	case "", "softkms":
+	case "softhsm":
+		s.token = testhsm.New(t)
+		s.env = append(s.env, s.token.Env)
+		s.extra = append([]string{"--kms", s.token.URI}, s.extra...)
+	default:
+		t.Fatalf("SMIMECA_TEST_KMS=%q: use softkms or softhsm", kmsBackend)
+	}
 	s.baseURL = "http://" + s.httpAddr
 	s.start()
 	t.Cleanup(func() {
@@ -229,11 +251,43 @@ func runCmd(t testing.TB, cmd *exec.Cmd) result {
 	return result{stdout: out.String(), stderr: errb.String(), code: code}
 }
 
-// cli runs a smimeca client subcommand against s with the admin credentials.
+// cli runs a smimeca client subcommand against s with the admin credentials
+// (and, with a token, the server's --kms in $SMIMECA_KMS, as an admin on the
+// server's machine would have it).
 func (s *server) cli(args ...string) result {
 	s.t.Helper()
 	full := append(args, "--server", s.grpcAddr, "--credentials", filepath.Join(s.data, "credentials", "admin"))
-	return run(s.t, 60*time.Second, smimecaBin(s.t), full...)
+	return runEnv(s.t, s.cliEnv(), smimecaBin(s.t), full...)
+}
+
+// caKey opens s's key store in this process (its token, with a token:
+// SOFTHSM2_CONF is set for the test) and returns the named CA key.
+func (s *server) caKey(t *testing.T, name ca.KeyName) crypto.Signer {
+	t.Helper()
+	kms := ca.KMSSoft
+	if s.token != nil {
+		kms = s.token.URI
+		t.Setenv("SOFTHSM2_CONF", s.token.Conf)
+	}
+	keys, err := ca.OpenKeyStore(kms, filepath.Join(s.data, "ca"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { keys.Close() })
+	k, err := keys.Key(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// cliEnv is the environment of a smimeca command run beside s: with a
+// token, its SOFTHSM2_CONF and the server's --kms in $SMIMECA_KMS.
+func (s *server) cliEnv() []string {
+	if s.token == nil {
+		return nil
+	}
+	return []string{s.token.Env, "SMIMECA_KMS=" + s.token.URI}
 }
 
 // register registers the user's device without an identity certificate

@@ -69,7 +69,7 @@ easServices: email,calendars,contacts
 	render := func(out, creds string, extra ...string) result {
 		args := append([]string{"profile", "render", "--user", "erin@example.com", "--device", "iphone-9", "--settings", settings,
 			"--out", out, "--server", s.grpcAddr, "--credentials", filepath.Join(s.data, "credentials", creds)}, extra...)
-		return run(t, 60e9, smimecaBin(t), args...)
+		return runEnv(t, s.cliEnv(), smimecaBin(t), args...)
 	}
 	mustOK(t, "profile render", render(filepath.Join(w, "erin.mobileconfig"), "profile"))
 	if fi, _ := os.Stat(filepath.Join(w, "erin.mobileconfig")); fi.Mode().Perm() != 0o600 {

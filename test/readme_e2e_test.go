@@ -148,12 +148,13 @@ func readmeSetup(t *testing.T) (dir string, env []string, subst *strings.Replace
 	kc := testpki.RSAKey(t, 2048, 5)
 	cc := is.UserCert(t, kc, testpki.CertOptions{Emails: []string{"alice@example.com"}})
 	must(os.WriteFile(filepath.Join(dir, "intune-export.json"), testpki.IntuneJSON(t,
-		testpki.IntuneRecord(t, connectorKey(t, s), cc, is.PFX(t, pkcs12.Modern2023, kc, cc, pw), pw, "alice@example.com", "SmimeEncryption", "OaepSha512")), 0o600))
+		testpki.IntuneRecord(t, connectorKey(t, s), cc, is.PFX(t, pkcs12.Modern2023, kc, cc, pw), pw, "alice@example.com", "SmimeEncryption", intuneScheme(connectorHashes(t, s), "OaepSha512"))), 0o600))
 	must(os.WriteFile(filepath.Join(dir, "mail.yaml"), []byte("hostName: mail.example.com\n"), 0o600))
 
 	grpcurlDir := filepath.Dir(tool(t, "grpcurl"))
 	env = append(cleanEnv(), "SMIMECA_SERVER="+s.grpcAddr, "SMIMECA_HTTP_ADDR="+s.httpAddr, "SMIMECA_OPS_ADDR="+s.opsAddr,
 		"PATH="+grpcurlDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	env = append(env, s.cliEnv()...)
 	subst = strings.NewReplacer("localhost:8080", s.httpAddr, "localhost:9443", s.grpcAddr, "localhost:1389", ldapAddr)
 	return dir, env, subst
 }

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -33,11 +36,11 @@ type finding struct {
 // doctor checks a running installation end to end — the public HTTP
 // endpoint (SCEP, CRL freshness), gRPC with the credentials, the
 // dependencies the server reports on its ops listener (Vault, database,
-// CA), the CA's key files and disk space — and says what is wrong and
+// CA), the CA's keys (files or token) and disk space — and says what is wrong and
 // how to fix it. Exit code 1 when anything is.
 func doctor(args []string, stdout io.Writer) error {
 	var cf clientFlags
-	var dataDir, baseURL, crlURL, opsAddr string
+	var dataDir, baseURL, crlURL, opsAddr, kms string
 	var minFree int64
 	f := newFlags("doctor")
 	cf.register(f, "admin")
@@ -50,6 +53,7 @@ func doctor(args []string, stdout io.Writer) error {
 	f.str(&dataDir, "data", "SMIMECA_DATA", "data", "data directory of the installation")
 	f.str(&baseURL, "url", "SMIMECA_PUBLIC_URL", defURL, "public base URL of the server (SCEP, CRL)")
 	f.str(&crlURL, "crl-url", "", "", "URL relying parties fetch the CRL from (default: <url>/crl)")
+	f.str(&kms, "kms", "SMIMECA_KMS", ca.KMSSoft, "the server's --kms: where the CA keys are (PIN also from $"+kmsPINEnv+")")
 	f.str(&opsAddr, "ops-addr", "SMIMECA_OPS_ADDR", "127.0.0.1:9090", "the server's ops listener (health of Vault, database, CA)")
 	f.fs.Int64Var(&minFree, "min-free-mib", 1024, "least free space on the data directory's file system, MiB")
 	if err := f.parse(args); err != nil {
@@ -70,7 +74,7 @@ func doctor(args []string, stdout io.Writer) error {
 	out = append(out, checkCRL(client, crlURL, filepath.Join(dataDir, "ca", ca.IntermediateCertFile), time.Now()))
 	out = append(out, checkGRPC(&cf))
 	out = append(out, checkOps(client, opsAddr, dataDir)...)
-	out = append(out, checkCAFiles(filepath.Join(dataDir, "ca"), time.Now())...)
+	out = append(out, checkCAKeys(filepath.Join(dataDir, "ca"), kms, time.Now())...)
 	out = append(out, checkDisk(dataDir, minFree<<20))
 	bad := 0
 	for _, x := range out {
@@ -199,36 +203,49 @@ func checkOps(c *http.Client, addr, dataDir string) []finding {
 
 // checkCAFiles checks the CA's key files are private and its certificates
 // not about to expire.
-func checkCAFiles(dir string, now time.Time) []finding {
-	keys, _ := filepath.Glob(filepath.Join(dir, "*.key"))
-	if len(keys) == 0 {
-		return []finding{{name: "ca-files", detail: "no CA key files under " + dir, fix: "pass --data with the server's data directory"}}
+// caPairs are the CA certificates doctor checks, each with its key.
+var caPairs = []struct {
+	file string
+	key  ca.KeyName
+}{{ca.RootCertFile, ca.KeyRoot}, {ca.IntermediateCertFile, ca.KeyIssuing}, {ca.RACertFile, ca.KeyRA}}
+
+// checkCAKeys opens the CA's key store as the server does (files, or the
+// token with its PIN) and checks that the root, issuing and RA keys are
+// there, match their certificates, and that those are valid.
+func checkCAKeys(dir, kms string, now time.Time) []finding {
+	keys, err := ca.OpenKeyStore(kms, dir, os.Getenv(kmsPINEnv))
+	if err != nil {
+		return []finding{{name: "ca-keys", detail: err.Error(), fix: "pass --kms (or $SMIMECA_KMS, $" + kmsPINEnv + ") as the server has them"}}
 	}
+	defer keys.Close()
 	var out []finding
-	for _, k := range keys {
-		fi, err := os.Stat(k)
+	for _, p := range caPairs {
+		c, err := pemutil.ReadCertificate(filepath.Join(dir, p.file))
 		if err != nil {
+			out = append(out, finding{name: "ca-keys", detail: fmt.Sprintf("%s: %v", p.file, err), fix: "pass --data with the server's data directory, or restore DATA/ca from its backup"})
 			continue
 		}
-		if fi.Mode().Perm()&0o077 != 0 {
-			out = append(out, finding{name: "ca-files", detail: fmt.Sprintf("%s is readable by others (mode %04o)", k, fi.Mode().Perm()), fix: "chmod 600 " + k})
-		}
-	}
-	for _, name := range []string{ca.RootCertFile, ca.IntermediateCertFile, ca.RACertFile} {
-		c, err := pemutil.ReadCertificate(filepath.Join(dir, name))
-		if err != nil {
-			out = append(out, finding{name: "ca-files", detail: fmt.Sprintf("%s: %v", name, err), fix: "restore it from the backup of DATA/ca"})
+		k, err := keys.Key(p.key)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			out = append(out, finding{name: "ca-keys", detail: fmt.Sprintf("no key %s for %s", keys.Location(p.key), p.file), fix: "pass --kms as the server has it, or restore the key"})
 			continue
+		case err != nil:
+			out = append(out, finding{name: "ca-keys", detail: err.Error(), fix: "see the message"})
+			continue
+		}
+		if pub, ok := k.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(c.PublicKey) {
+			out = append(out, finding{name: "ca-keys", detail: fmt.Sprintf("%s does not belong to %s", keys.Location(p.key), p.file), fix: "pass --kms as the server has it"})
 		}
 		switch left := c.NotAfter.Sub(now); {
 		case left <= 0:
-			out = append(out, finding{name: "ca-files", detail: name + " has expired", fix: "the hierarchy must be renewed: no certificate it issues verifies"})
-		case left < 60*24*time.Hour && name != ca.RACertFile:
-			out = append(out, finding{name: "ca-files", detail: fmt.Sprintf("%s expires in %d days", name, int(left.Hours()/24)), fix: "plan the CA's renewal now"})
+			out = append(out, finding{name: "ca-keys", detail: p.file + " has expired", fix: "the hierarchy must be renewed: no certificate it issues verifies"})
+		case left < 60*24*time.Hour && p.file != ca.RACertFile:
+			out = append(out, finding{name: "ca-keys", detail: fmt.Sprintf("%s expires in %d days", p.file, int(left.Hours()/24)), fix: "plan the CA's renewal now"})
 		}
 	}
 	if len(out) == 0 {
-		out = append(out, finding{name: "ca-files", ok: true, detail: fmt.Sprintf("%d key files private, CA certificates valid", len(keys))})
+		out = append(out, finding{name: "ca-keys", ok: true, detail: fmt.Sprintf("root, issuing and RA keys in %s match their valid certificates", ca.RedactKMS(kms))})
 	}
 	return out
 }
