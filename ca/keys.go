@@ -138,6 +138,8 @@ func readKeyFile(path string) (crypto.Signer, error) {
 type tokenKeys struct {
 	kms *pkcs11.PKCS11
 	uri string // redacted
+	// module, token and pin open the raw session Import needs.
+	module, token, pin string
 }
 
 // keyIDs are the CKA_IDs of the CA's keys in a token, beside their labels
@@ -188,7 +190,10 @@ func openPKCS11(raw, pin string) (KeyStore, error) {
 		}
 		return nil, fmt.Errorf("ca: open key store %s: %s; %s", shown, msg, hint)
 	}
-	return &tokenKeys{kms: k, uri: shown}, nil
+	if pin == "" {
+		pin = u.Pin()
+	}
+	return &tokenKeys{kms: k, uri: shown, module: u.Get("module-path"), token: u.Get("token"), pin: pin}, nil
 }
 
 // RedactKMS returns a --kms value without its PIN, for logs and messages.

@@ -201,3 +201,68 @@ func TestKeyStoreErrors(t *testing.T) {
 		t.Errorf("RedactKMS: %s", got)
 	}
 }
+
+// A CA made with key files moves into a token: every key is imported and
+// works from there (the CA opens on the token alone and its certificates
+// stay the same), the files go only when asked, and a second run finds the
+// keys already there.
+func TestMigrateFilesToToken(t *testing.T) {
+	dir := t.TempDir()
+	caDir := filepath.Join(dir, "ca")
+	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer authDB.Shutdown()
+	a, err := ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x"}, authDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.LoadOrCreateConnectorKey(ca.FileKeys(caDir)); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	tok := tokenFor(t)
+	keys, err := ca.OpenKeyStore(tok.URI, caDir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer keys.Close()
+	if _, err := ca.Migrate(caDir, ca.FileKeys(caDir), false); err == nil {
+		t.Error("migrated into files")
+	}
+	moved, err := ca.Migrate(caDir, keys, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(moved) != 5 { // root, issuing, RA, profile, connector
+		t.Fatalf("moved %+v", moved)
+	}
+	for _, m := range moved {
+		if m.Already || m.Removed {
+			t.Errorf("%+v", m)
+		}
+		if _, err := os.Stat(m.File); err != nil {
+			t.Errorf("%s removed without --remove-files", m.File)
+		}
+	}
+	again, err := ca.Migrate(caDir, keys, true)
+	if err != nil || len(again) != 5 || !again[0].Already || !again[0].Removed {
+		t.Fatalf("second run: %+v, %v", again, err)
+	}
+	if files, _ := filepath.Glob(filepath.Join(caDir, "*.key")); len(files) != 0 {
+		t.Errorf("key files left: %v", files)
+	}
+	b, err := ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
+	if err != nil {
+		t.Fatalf("the CA does not open on the token alone: %v", err)
+	}
+	defer b.Close()
+	if !b.Root().Equal(a.Root()) || !b.Intermediate().Equal(a.Intermediate()) {
+		t.Error("the hierarchy changed")
+	}
+	chain, err := b.Issue(context.Background(), testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+	if err != nil || chain[0].CheckSignatureFrom(a.Intermediate()) != nil {
+		t.Fatalf("issue with the imported issuing key: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -91,4 +92,58 @@ func assertNoKeyFiles(t *testing.T, data string) {
 		}
 		return nil
 	})
+}
+
+// TestKeysMigrate moves a file-keyed CA into a token with `smimeca keys
+// migrate`: pkcs11-tool reads each imported key as sensitive and not
+// extractable (its access is "sensitive" alone: no "extractable", and, as for
+// any key made outside the token, not "always sensitive", "never
+// extractable" or "local"), the files stay until
+// --remove-files, and the server then runs on the token with the same
+// hierarchy: Debian's scepclient enrols and openssl verifies the chain.
+func TestKeysMigrate(t *testing.T) {
+	tok := testhsm.New(t)
+	data := filepath.Join(t.TempDir(), "data")
+	mustOK(t, "init with key files", run(t, 60*time.Second, smimecaBin(t), "init", "--data", data, "--kms", "softkms", "--public-url", "http://127.0.0.1:1"))
+	root, _ := os.ReadFile(filepath.Join(data, "ca", "root_ca.crt"))
+	env := []string{tok.Env}
+	migrate := func(extra ...string) string {
+		return mustOK(t, "keys migrate", runEnv(t, env, smimecaBin(t), append([]string{"keys", "migrate", "--data", data, "--kms", tok.URI}, extra...)...))
+	}
+	out := migrate()
+	if !strings.Contains(out, "moved 6 keys") || !strings.Contains(out, "root      imported into pkcs11:") || !strings.Contains(out, "file kept") {
+		t.Fatalf("keys migrate:\n%s", out)
+	}
+	if files, _ := filepath.Glob(filepath.Join(data, "ca", "*.key")); len(files) != 6 {
+		t.Errorf("key files after a migration without --remove-files: %v", files)
+	}
+	objs := mustOK(t, "pkcs11-tool --list-objects", runEnv(t, env, tool(t, "pkcs11-tool"), "--module", tok.Module(), "--token-label", "smimeca",
+		"--login", "--pin", tok.PIN(t), "--list-objects", "--type", "privkey"))
+	access := regexp.MustCompile(`Access: +([^\n]+)`).FindAllStringSubmatch(objs, -1)
+	if len(access) != 6 {
+		t.Fatalf("the token holds %d private keys, want 6:\n%s", len(access), objs)
+	}
+	for _, a := range access {
+		if a[1] != "sensitive" {
+			t.Errorf("imported key access %q", a[1])
+		}
+	}
+	if out := migrate("--remove-files"); !strings.Contains(out, "already in") || !strings.Contains(out, "file removed") {
+		t.Errorf("second run:\n%s", out)
+	}
+	assertNoKeyFiles(t, data)
+
+	s := &server{t: t, data: data, log: &syncBuffer{}, env: env, token: tok,
+		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), opsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		extra: []string{"--kms", tok.URI}}
+	s.baseURL = "http://" + s.httpAddr
+	s.start()
+	defer s.stop()
+	if now, _ := os.ReadFile(filepath.Join(data, "ca", "root_ca.crt")); string(now) != string(root) {
+		t.Error("the root changed")
+	}
+	w := t.TempDir()
+	mustOK(t, "scepclient", s.scepclient(w, s.challenge("mig@example.com", "laptop")))
+	mustOK(t, "verify -purpose smimesign", openssl(t, "verify", "-purpose", "smimesign", "-CAfile", filepath.Join(data, "ca", "root_ca.crt"),
+		"-untrusted", filepath.Join(data, "ca", "intermediate_ca.crt"), filepath.Join(w, "client.pem")))
 }

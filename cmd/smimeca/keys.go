@@ -78,6 +78,75 @@ func initCmd(args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "CA in %s, keys in %s:\n", filepath.Join(cfg.dataDir, "ca"), ca.RedactKMS(cfg.kms))
+	if err := listKeys(stdout, keys); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "root fingerprint (SHA-256): %X\n", authority.Fingerprint())
+	return nil
+}
+
+// keysCmd: where the CA keys are (list) and moving key files into a token
+// (migrate).
+func keysCmd(args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return usagef("usage: smimeca keys (list|migrate) …")
+	}
+	var dataDir, kms string
+	var remove bool
+	f := newFlags("keys " + args[0])
+	f.str(&dataDir, "data", "SMIMECA_DATA", "data", "the server's data directory")
+	switch args[0] {
+	case "list":
+		f.str(&kms, "kms", "SMIMECA_KMS", ca.KMSSoft, "the server's --kms (PIN also from $"+kmsPINEnv+")")
+	case "migrate":
+		f.str(&kms, "kms", "SMIMECA_KMS", "", "the token to move the key files of DATA/ca into: a pkcs11: URI (PIN also from $"+kmsPINEnv+")")
+		f.fs.BoolVar(&remove, "remove-files", false, "delete each key file once its key works from the token (default: keep them; move them off the machine yourself)")
+	default:
+		return usagef("unknown keys command %q (list, migrate)", args[0])
+	}
+	if err := f.parse(args[1:]); err != nil {
+		return helpOK(err)
+	}
+	caDir := filepath.Join(dataDir, "ca")
+	if args[0] == "migrate" && !strings.HasPrefix(kms, "pkcs11:") {
+		return usagef("--kms must name the token to migrate into (pkcs11:…)")
+	}
+	keys, err := ca.OpenKeyStore(kms, caDir, os.Getenv(kmsPINEnv))
+	if err != nil {
+		return err
+	}
+	defer keys.Close()
+	if args[0] == "list" {
+		return listKeys(stdout, keys)
+	}
+	moved, err := ca.Migrate(caDir, keys, remove)
+	for _, m := range moved {
+		what := "imported into"
+		if m.Already {
+			what = "already in"
+		}
+		file := "file kept"
+		if m.Removed {
+			file = "file removed"
+		}
+		fmt.Fprintf(stdout, "%-9s %s %s (%s: %s)\n", m.Name, what, m.Location, file, m.File)
+	}
+	if err != nil {
+		return err
+	}
+	if len(moved) == 0 {
+		return fmt.Errorf("no key files under %s", caDir)
+	}
+	fmt.Fprintf(stdout, "moved %d keys; start the server with --kms '%s'", len(moved), ca.RedactKMS(kms))
+	if !remove {
+		fmt.Fprint(stdout, "; the key files are still in place: remove them (--remove-files) once the server runs on the token")
+	}
+	fmt.Fprintln(stdout)
+	return nil
+}
+
+// listKeys prints each CA key's state and place.
+func listKeys(w io.Writer, keys ca.KeyStore) error {
 	for _, n := range ca.KeyNames {
 		state := "present"
 		if _, err := keys.Key(n); errors.Is(err, fs.ErrNotExist) {
@@ -85,8 +154,7 @@ func initCmd(args []string, stdout io.Writer) error {
 		} else if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "  %-9s %-24s %s\n", n, state, keys.Location(n))
+		fmt.Fprintf(w, "  %-9s %-24s %s\n", n, state, keys.Location(n))
 	}
-	fmt.Fprintf(stdout, "root fingerprint (SHA-256): %X\n", authority.Fingerprint())
 	return nil
 }

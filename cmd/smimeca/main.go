@@ -29,6 +29,9 @@ const usage = `smimeca — S/MIME certificate authority and key escrow for MDM
 
 Usage:
   smimeca serve [flags]                       run CA, SCEP endpoint, escrow and gRPC API
+  smimeca init [serve's flags]                make the CA (keys in --kms: files or a PKCS#11 token) and exit
+  smimeca keys list [--kms URI]               where each CA key is
+  smimeca keys migrate --kms pkcs11:… [--remove-files]   move the CA's key files into a token
   smimeca device register --user EMAIL --device ID [--identity-cert FILE]
   smimeca device list --user EMAIL [-o json]
   smimeca device show --user EMAIL --device ID [-o json]
@@ -85,6 +88,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(args[1:], stderr)
 	case "init":
 		err = initCmd(args[1:], stdout)
+	case "keys":
+		err = keysCmd(args[1:], stdout)
 	case "challenge":
 		err = challengeCmd(args[1:], stdout)
 	case "cert":
