@@ -126,7 +126,8 @@ var curveOIDs = map[elliptic.Curve]asn1.ObjectIdentifier{
 
 // Import creates the key's private and public objects in the token, with
 // the id and label the CA looks it up by; the private object is sensitive
-// and not extractable (it is not "local": it was made outside).
+// and not extractable (the token keeps CKA_LOCAL and CKA_NEVER_EXTRACTABLE
+// false: the key was made outside).
 func (t *tokenKeys) Import(name KeyName, key crypto.Signer) error {
 	id, err := hex.DecodeString(keyIDs[name])
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/big"
 	"net"
 	"net/http"
@@ -31,6 +32,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +45,7 @@ import (
 	smallscep "github.com/smallstep/scep"
 	scepx509 "github.com/smallstep/scep/x509util"
 
+	"github.com/smimeca/smimeca/ca"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 	"github.com/smimeca/smimeca/test/benchutil"
 )
@@ -53,6 +57,8 @@ func main() {
 	conc := flag.String("c", "1,16", "comma-separated client concurrencies")
 	keys := flag.Int("keys", 16, "distinct device keys (messages are unique anyway)")
 	flag.StringVar(&issuerKeyType, "issuer-key-type", "EC", "smimeca's issuing CA key type: EC (P-256, the fast configuration) or RSA (3072, the default since stock clients need it)")
+	flag.StringVar(&backendList, "kms", "softkms,softhsm", "smimeca's key stores to measure, each with its own server: softkms (key files) and/or softhsm (a SoftHSM2 token made by scripts/softhsm.sh, through PKCS#11)")
+	flag.IntVar(&runs, "runs", 1, "rounds of every cell; ratios are reported as the median and the spread over the rounds")
 	flag.BoolVar(&static, "static", false, "run smimeca in the labs static-challenge mode: every enrolment with the shared secret for one user, so all certificates land on one device record (the worst case for a per-device inventory)")
 	flag.Parse()
 	if err := run(*bin, *peer, *n, *keys, *conc); err != nil {
@@ -63,6 +69,12 @@ func main() {
 
 // static selects the labs static-challenge mode (-static).
 var static bool
+
+// backendList (-kms) and runs (-runs): which key stores, how many rounds.
+var (
+	backendList string
+	runs        int
+)
 
 // issuerKeyType is smimeca's --issuer-key-type (-issuer-key-type).
 var issuerKeyType string
@@ -78,7 +90,16 @@ type target struct {
 	ra      []*x509.Certificate
 	cmd     *exec.Cmd
 	recipie []*x509.Certificate
+	// backend is smimeca's key store ("" for scepserver); challenges are
+	// its one-time challenges, next the first unused.
+	backend    string
+	challenges []string
+	next       int
+	// serials counts every issued serial, to find one issued twice.
+	serials map[string]int
 }
+
+func (t *target) smimeca() bool { return t.backend != "" }
 
 func run(bin, peerBin string, n, nkeys int, concList string) error {
 	pkcs7.ContentEncryptionAlgorithm = pkcs7.EncryptionAlgorithmAES256CBC
@@ -86,6 +107,7 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 	if err != nil {
 		return err
 	}
+	backends := strings.Split(backendList, ",")
 	work, err := os.MkdirTemp("", "scepbench")
 	if err != nil {
 		return err
@@ -100,15 +122,17 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 		}
 	}
 
-	// smimeca
-	sm, challenges, err := startSmimeca(bin, work, n*len(concs)+20)
-	if err != nil {
-		return err
+	var targets []*target
+	for _, b := range backends {
+		sm, err := startSmimeca(bin, filepath.Join(work, b), n*len(concs)*runs+20, b)
+		if err != nil {
+			return fmt.Errorf("smimeca with %s: %w", b, err)
+		}
+		defer benchutil.Stop(sm.cmd)
+		targets = append(targets, sm)
 	}
-	defer benchutil.Stop(sm.cmd)
 	// scepserver with an RSA-2048 CA (its default is 4096, which would make it
 	// slower for a reason that has nothing to do with the server).
-	targets := []*target{sm}
 	if peerBin != "" {
 		ps, err := startScepserver(peerBin, work)
 		if err != nil {
@@ -118,90 +142,150 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 		targets = append(targets, ps)
 	}
 
-	// The limit is measured before and after the load and averaged: on a
-	// shared machine one 2-second window can be off by 15 %.
-	limitBefore := cryptoLimit(2 * time.Second)
-
-	type row struct {
-		name           string
-		conc           int
-		rate, p50, p99 float64
-		failed, shed   int
-		cpuMS          float64
-		clientMS       float64
+	// Each backend's limit is measured before and after the load and
+	// averaged: on a shared machine one 2-second window can be off by 15 %.
+	limits := map[string]float64{}
+	for _, b := range backends {
+		l, err := cryptoLimit(b, filepath.Join(work, "limit-"+b), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		limits[b] = l
 	}
-	var rows []row
-	ci := 0
-	for _, c := range concs {
-		for _, t := range targets {
-			msgs := make([][]byte, n)
-			for i := range msgs {
-				d := devs[i%len(devs)]
-				var ch string
-				switch {
-				case t.name == "smimeca" && static:
-					ch = staticSecret
-				case t.name == "smimeca":
-					ch = challenges[ci]
-					ci++
-				default:
-					ch = "bench-secret"
+
+	type cell struct {
+		rates, p50s, p99s, cpuMS, clientMS, vsPeer, vsLimit []float64
+		failed, shed                                        int
+	}
+	cells := map[string]*cell{}
+	key := func(name string, c int) string { return fmt.Sprintf("%s/%d", name, c) }
+	for r := 0; r < runs; r++ {
+		for _, c := range concs {
+			rates := map[string]float64{}
+			for _, t := range targets {
+				msgs, owners := make([][]byte, n), make([]*device, n)
+				for i := range msgs {
+					owners[i] = devs[i%len(devs)]
+					ch := "bench-secret"
+					switch {
+					case t.smimeca() && static:
+						ch = staticSecret
+					case t.smimeca():
+						ch = t.challenges[t.next]
+						t.next++
+					}
+					if msgs[i], err = owners[i].pkcsReq(t.recipie, ch, fmt.Sprintf("bench-%d-%d-%d", c, i, time.Now().UnixNano())); err != nil {
+						return err
+					}
 				}
-				if msgs[i], err = d.pkcsReq(t.recipie, ch, fmt.Sprintf("bench-%d-%d-%d", c, i, time.Now().UnixNano())); err != nil {
-					return err
+				// warm-up
+				for i := 0; i < 5 && !t.smimeca(); i++ {
+					m, _ := devs[0].pkcsReq(t.recipie, "bench-secret", fmt.Sprintf("warm-%d-%d", c, i))
+					if err := enrol(t, devs[0], m); err != nil {
+						return fmt.Errorf("%s warm-up: %w", t.name, err)
+					}
+				}
+				cpu0 := procCPU(t.cmd)
+				rate, p50, p99, failed, shed, clientCPU, err := load(t, msgs, owners, c)
+				if err != nil {
+					return fmt.Errorf("%s c=%d: %w", t.name, c, err)
+				}
+				cl := cells[key(t.name, c)]
+				if cl == nil {
+					cl = &cell{}
+					cells[key(t.name, c)] = cl
+				}
+				cl.rates, cl.p50s, cl.p99s = append(cl.rates, rate), append(cl.p50s, p50), append(cl.p99s, p99)
+				cl.cpuMS = append(cl.cpuMS, float64(procCPU(t.cmd)-cpu0)/float64(time.Millisecond)/float64(max(1, n-failed-shed)))
+				cl.clientMS = append(cl.clientMS, float64(clientCPU)/float64(time.Millisecond)/float64(n))
+				cl.failed, cl.shed = cl.failed+failed, cl.shed+shed
+				if t.smimeca() {
+					cl.vsLimit = append(cl.vsLimit, rate/limits[t.backend])
+				}
+				rates[t.name] = rate
+				fmt.Fprintf(os.Stderr, "round %d  %-16s c=%-3d %7.1f enrol/s  p50 %6.2f ms  p99 %6.2f ms  failed %d  shed %d\n", r+1, t.name, c, rate, p50, p99, failed, shed)
+			}
+			for _, t := range targets {
+				if peer, ok := rates["scepserver"]; ok && t.smimeca() && peer > 0 {
+					cl := cells[key(t.name, c)]
+					cl.vsPeer = append(cl.vsPeer, rates[t.name]/peer)
 				}
 			}
-			// warm-up
-			for i := 0; i < 5 && t.name == "scepserver"; i++ {
-				m, _ := devs[0].pkcsReq(t.recipie, "bench-secret", fmt.Sprintf("warm-%d-%d", c, i))
-				if err := enrol(t, m); err != nil {
-					return fmt.Errorf("%s warm-up: %w", t.name, err)
-				}
-			}
-			cpu0 := procCPU(t.cmd)
-			rate, p50, p99, failed, shed, clientCPU, err := load(t, msgs, c)
-			cpuMS := float64(procCPU(t.cmd)-cpu0) / float64(time.Millisecond) / float64(max(1, n-failed-shed))
-			clientMS := float64(clientCPU) / float64(time.Millisecond) / float64(n)
-			if err != nil {
-				return fmt.Errorf("%s c=%d: %w", t.name, c, err)
-			}
-			rows = append(rows, row{t.name, c, rate, p50, p99, failed, shed, cpuMS, clientMS})
-			fmt.Fprintf(os.Stderr, "%-11s c=%-3d %7.1f enrol/s  p50 %6.2f ms  p99 %6.2f ms  failed %d  shed %d  server CPU %.2f ms/enrolment\n", t.name, c, rate, p50, p99, failed, shed, cpuMS)
 		}
 	}
-
-	limitAfter := cryptoLimit(2 * time.Second)
-	limit := (limitBefore + limitAfter) / 2
+	for _, b := range backends {
+		after, err := cryptoLimit(b, filepath.Join(work, "limit-"+b), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "crypto limit %s: %.0f before, %.0f after\n", b, limits[b], after)
+		limits[b] = (limits[b] + after) / 2
+	}
 
 	mode := "one registered device per enrolment, each with its own one-time challenge"
 	if static {
 		mode = "smimeca in the static-challenge mode: every certificate for " + staticUser + " on one device record"
 	}
-	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), %s, go %s; n=%d enrolments per cell; %s\n\n",
-		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOARCH, runtime.Version(), n, mode)
-	cryptoMS := float64(runtime.GOMAXPROCS(0)) * 1000 / limit
-	fmt.Printf("crypto limit (in-process, all cores): %.0f enrolments/s (%.2f ms of CPU each; %.0f before the load, %.0f after) = per enrolment one RSA-2048 decrypt (pkcsPKIEnvelope key), one RSA-2048 sign (CertRep), one %s sign (certificate)\n\n", limit, cryptoMS, limitBefore, limitAfter, map[string]string{"EC": "ECDSA P-256", "RSA": "RSA-3072"}[issuerKeyType])
-	fmt.Println("| server | clients | enrolments/s | p50 ms | p99 ms | failed | shed (503) | server CPU ms/enrolment | load-generator CPU ms/enrolment | crypto ÷ server CPU | vs scepserver | vs crypto limit |")
+	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), %s, go %s; n=%d enrolments per cell, %d round(s); %s\n\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOARCH, runtime.Version(), n, runs, mode)
+	issuer := map[string]string{"EC": "ECDSA P-256", "RSA": "RSA-3072"}[issuerKeyType]
+	for _, b := range backends {
+		fmt.Printf("crypto limit, %s (in-process, all cores, through the same key store): %.0f enrolments/s (%.2f ms of CPU each) = per enrolment one RSA-2048 decrypt (pkcsPKIEnvelope key), one RSA-2048 sign (CertRep), one %s sign (certificate)\n",
+			b, limits[b], float64(runtime.GOMAXPROCS(0))*1000/limits[b], issuer)
+	}
+	fmt.Println()
+	fmt.Println("| server | clients | enrolments/s (median) | p50 ms | p99 ms | failed | shed (503) | serials issued twice | server CPU ms/enrolment | load-generator CPU ms/enrolment | vs scepserver: median (min–max) | vs own crypto limit: median (min–max) |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-	for _, r := range rows {
-		vsPeer, vsLimit := "", fmt.Sprintf("%.0f %%", 100*r.rate/limit)
-		if r.name == "smimeca" {
-			for _, p := range rows {
-				if p.name == "scepserver" && p.conc == r.conc {
-					vsPeer = fmt.Sprintf("%.2f×", r.rate/p.rate)
+	for _, c := range concs {
+		for _, t := range targets {
+			cl := cells[key(t.name, c)]
+			twice := "–"
+			if t.smimeca() {
+				d := 0
+				for _, k := range t.serials {
+					if k > 1 {
+						d++
+					}
 				}
+				twice = strconv.Itoa(d)
 			}
+			fmt.Printf("| %s | %d | %.1f | %.2f | %.2f | %d/%d | %d | %s | %.2f | %.2f | %s | %s |\n", t.name, c, median(cl.rates), median(cl.p50s), median(cl.p99s),
+				cl.failed, n*runs, cl.shed, twice, median(cl.cpuMS), median(cl.clientMS), spread(cl.vsPeer, "×", 1), spread(cl.vsLimit, " %", 100))
 		}
-		fmt.Printf("| %s | %d | %.1f | %.2f | %.2f | %d/%d | %d | %.2f | %.2f | %.0f %% | %s | %s |\n", r.name, r.conc, r.rate, r.p50, r.p99, r.failed, n, r.shed, r.cpuMS, r.clientMS, 100*cryptoMS/r.cpuMS, vsPeer, vsLimit)
 	}
 	return nil
+}
+
+// median of xs (0 for none).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// spread formats xs·scale as "median (min–max)" with unit.
+func spread(xs []float64, unit string, scale float64) string {
+	if len(xs) == 0 {
+		return ""
+	}
+	lo, hi := slices.Min(xs), slices.Max(xs)
+	if len(xs) == 1 {
+		return fmt.Sprintf("%.2f%s", xs[0]*scale, unit)
+	}
+	return fmt.Sprintf("%.2f%s (%.2f–%.2f)", median(xs)*scale, unit, lo*scale, hi*scale)
 }
 
 // load sends msgs with c concurrent clients and returns successful
 // enrolments/s, p50/p99 latency in ms of the successful ones, and the number
 // of failed enrolments. A failure of smimeca aborts the run; the peer's
 // failures are counted and reported.
-func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, int, time.Duration, error) {
+func load(t *target, msgs [][]byte, owners []*device, c int) (float64, float64, float64, int, int, time.Duration, error) {
 	lat := make([]time.Duration, 0, len(msgs))
 	bodies := make([][]byte, len(msgs))
 	var latMu sync.Mutex
@@ -214,7 +298,7 @@ func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, int,
 			switch {
 			case errors.Is(err, errShed):
 				shed.Add(1)
-			case t.name == "smimeca":
+			case t.smimeca():
 				firstErr.CompareAndSwap(nil, err)
 				return false
 			default:
@@ -238,8 +322,8 @@ func load(t *target, msgs [][]byte, c int) (float64, float64, float64, int, int,
 		if b == nil {
 			continue
 		}
-		if err := checkCertRep(t, b); err != nil {
-			if t.name == "smimeca" {
+		if err := checkCertRep(t, owners[i], b); err != nil {
+			if t.smimeca() {
 				return 0, 0, 0, 0, 0, 0, fmt.Errorf("response %d: %w", i, err)
 			}
 			failed.Add(1)
@@ -279,8 +363,10 @@ func post(t *target, msg []byte, bodies [][]byte, i int) error {
 // load shedding, counted apart from failures.
 var errShed = errors.New("shed")
 
-// checkCertRep verifies that body is a CertRep SUCCESS signed by t's RA.
-func checkCertRep(t *target, body []byte) error {
+// checkCertRep verifies that body is a CertRep SUCCESS signed by t's RA
+// and, for smimeca, opens it with the device's key and counts the issued
+// certificate's serial.
+func checkCertRep(t *target, d *device, body []byte) error {
 	rep, err := smallscep.ParsePKIMessage(body, smallscep.WithCACerts(t.ra))
 	if err != nil {
 		return fmt.Errorf("parse CertRep: %w", err)
@@ -288,15 +374,22 @@ func checkCertRep(t *target, body []byte) error {
 	if rep.PKIStatus != smallscep.SUCCESS {
 		return fmt.Errorf("CertRep %s failInfo %s", rep.PKIStatus, rep.FailInfo)
 	}
+	if !t.smimeca() {
+		return nil
+	}
+	if err := rep.DecryptPKIEnvelope(d.cert, d.key); err != nil {
+		return fmt.Errorf("open CertRep: %w", err)
+	}
+	t.serials[rep.CertRepMessage.Certificate.SerialNumber.String()]++
 	return nil
 }
 
-func enrol(t *target, msg []byte) error {
+func enrol(t *target, d *device, msg []byte) error {
 	bodies := make([][]byte, 1)
 	if err := post(t, msg, bodies, 0); err != nil {
 		return err
 	}
-	return checkCertRep(t, bodies[0])
+	return checkCertRep(t, d, bodies[0])
 }
 
 type device struct {
@@ -372,7 +465,7 @@ func getCACerts(url string) ([]*x509.Certificate, error) {
 	return smallscep.CACerts(b)
 }
 
-func startSmimeca(bin, work string, nChallenges int) (*target, []string, error) {
+func startSmimeca(bin, work string, nChallenges int, backend string) (*target, error) {
 	data := filepath.Join(work, "smimeca")
 	httpAddr, grpcAddr := benchutil.FreeAddr(), benchutil.FreeAddr()
 	opsAddr := benchutil.FreeAddr()
@@ -385,27 +478,40 @@ func startSmimeca(bin, work string, nChallenges int) (*target, []string, error) 
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
+	switch backend {
+	case "softkms":
+		cmd.Args = append(cmd.Args, "--kms", "softkms")
+	case "softhsm":
+		tok, err := newToken(filepath.Join(work, "softhsm"))
+		if err != nil {
+			return nil, err
+		}
+		cmd.Args = append(cmd.Args, "--kms", tok.uri)
+		cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+tok.conf)
+	default:
+		return nil, fmt.Errorf("-kms %q: use softkms or softhsm", backend)
+	}
 	if err := cmd.Start(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	url := "http://" + httpAddr + "/scep"
 	if err := waitHTTP("http://" + opsAddr + "/healthz"); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	certs, err := getCACerts(url)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	// certs[0] is the RA; encrypt to it alone (the issuing CA is ECDSA).
-	t := &target{name: "smimeca", url: url, ra: certs[:1], cmd: cmd, recipie: certs[:1]}
+	t := &target{name: "smimeca/" + backend, backend: backend, url: url, ra: certs[:1], cmd: cmd, recipie: certs[:1], serials: map[string]int{}}
 
 	conn, err := benchutil.Dial(grpcAddr, filepath.Join(data, "credentials", "admin"))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer conn.Close()
 	if static {
-		return t, nil, nil
+		return t, nil
 	}
 	client, devices := pb.NewEnrollmentClient(conn), pb.NewDevicesClient(conn)
 	fmt.Fprintf(os.Stderr, "registering %d devices and creating a one-time challenge for each…\n", nChallenges)
@@ -413,16 +519,17 @@ func startSmimeca(bin, work string, nChallenges int) (*target, []string, error) 
 	for i := range challenges {
 		if _, err := devices.RegisterDevice(context.Background(), &pb.RegisterDeviceRequest{
 			User: fmt.Sprintf("user%d@example.com", i), DeviceId: fmt.Sprintf("bench-%d", i)}); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		r, err := client.CreateChallenge(context.Background(), &pb.CreateChallengeRequest{
 			User: fmt.Sprintf("user%d@example.com", i), DeviceId: fmt.Sprintf("bench-%d", i)})
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		challenges[i] = r.GetChallenge()
 	}
-	return t, challenges, nil
+	t.challenges = challenges
+	return t, nil
 }
 
 func startScepserver(bin, work string) (*target, error) {
@@ -471,22 +578,81 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// cryptoLimit measures, on all cores, how many times per second this machine
-// can do the private-key work one smimeca enrolment needs.
-func cryptoLimit(d time.Duration) float64 {
-	ra, _ := rsa.GenerateKey(rand.Reader, 2048)
-	var issuer crypto.Signer
-	if issuerKeyType == "RSA" {
-		issuer, _ = rsa.GenerateKey(rand.Reader, 3072)
-	} else {
-		issuer, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+// token is a SoftHSM2 token made by scripts/softhsm.sh.
+type token struct{ uri, conf string }
+
+// newToken makes (once) a token under dir; run from the repository root,
+// as make bench-scep does.
+func newToken(dir string) (*token, error) {
+	out, err := exec.Command("scripts/softhsm.sh", dir).Output()
+	if err != nil {
+		return nil, fmt.Errorf("scripts/softhsm.sh: %w", err)
 	}
+	return &token{uri: strings.TrimSpace(string(out)), conf: filepath.Join(dir, "softhsm2.conf")}, nil
+}
+
+// limitKeys returns the RA (RSA-2048) and issuing keys the limit is
+// measured with: in memory for softkms, in a token of their own in dir
+// through smimeca's own key store (ca.OpenKeyStore, PKCS#11) for softhsm.
+func limitKeys(backend, dir string) (ra crypto.Decrypter, issuer crypto.Signer, closer func(), err error) {
+	if backend == "softkms" {
+		rk, _ := rsa.GenerateKey(rand.Reader, 2048)
+		if issuerKeyType == "RSA" {
+			issuer, _ = rsa.GenerateKey(rand.Reader, 3072)
+		} else {
+			issuer, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		}
+		return rk, issuer, func() {}, nil
+	}
+	tok, err := newToken(dir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	os.Setenv("SOFTHSM2_CONF", tok.conf)
+	keys, err := ca.OpenKeyStore(tok.uri, dir, "")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	get := func(name ca.KeyName, spec ca.KeySpec) (crypto.Signer, error) {
+		k, err := keys.Key(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			k, err = keys.Create(name, spec)
+		}
+		return k, err
+	}
+	raKey, err := get(ca.KeyRA, ca.KeySpec{Type: ca.KeyTypeRSA, Bits: 2048})
+	if err == nil {
+		spec := ca.KeySpec{Type: ca.KeyTypeEC, Bits: 256}
+		if issuerKeyType == "RSA" {
+			spec = ca.KeySpec{Type: ca.KeyTypeRSA, Bits: 3072}
+		}
+		issuer, err = get(ca.KeyIssuing, spec)
+	}
+	if err != nil {
+		keys.Close()
+		return nil, nil, nil, err
+	}
+	return raKey.(crypto.Decrypter), issuer, func() { keys.Close() }, nil
+}
+
+// cryptoLimit measures, on all cores, how many times per second this machine
+// can do the private-key work one smimeca enrolment needs, through the key
+// store backend names.
+func cryptoLimit(backend, dir string, d time.Duration) (float64, error) {
+	ra, issuer, closeKeys, err := limitKeys(backend, dir)
+	if err != nil {
+		return 0, err
+	}
+	defer closeKeys()
 	cek := make([]byte, 32)
 	rand.Read(cek)
 	//lint:ignore SA1019 SCEP's pkcsPKIEnvelope uses rsaEncryption; this measures what the server must do
-	wrapped, _ := rsa.EncryptPKCS1v15(rand.Reader, &ra.PublicKey, cek)
+	wrapped, _ := rsa.EncryptPKCS1v15(rand.Reader, ra.Public().(*rsa.PublicKey), cek)
+	//lint:ignore SA1019 as smallstep/pkcs7 asks the RA key for it
+	opts := &rsa.PKCS1v15DecryptOptions{}
 	digest := sha256.Sum256([]byte("certificate"))
 	var count atomic.Int64
+	var failed atomic.Value
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
 	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
@@ -494,15 +660,17 @@ func cryptoLimit(d time.Duration) float64 {
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(deadline) {
-				//lint:ignore SA1019 the RA's decryption of a SCEP pkcsPKIEnvelope, as the server does it
-				if _, err := rsa.DecryptPKCS1v15(nil, ra, wrapped); err != nil {
-					panic(err)
+				if _, err := ra.Decrypt(rand.Reader, wrapped, opts); err != nil {
+					failed.CompareAndSwap(nil, err)
+					return
 				}
-				if _, err := rsa.SignPKCS1v15(nil, ra, crypto.SHA256, digest[:]); err != nil {
-					panic(err)
+				if _, err := ra.(crypto.Signer).Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+					failed.CompareAndSwap(nil, err)
+					return
 				}
 				if _, err := issuer.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
-					panic(err)
+					failed.CompareAndSwap(nil, err)
+					return
 				}
 				count.Add(1)
 			}
@@ -510,5 +678,8 @@ func cryptoLimit(d time.Duration) float64 {
 	}
 	start := time.Now()
 	wg.Wait()
-	return float64(count.Load()) / time.Since(start).Seconds()
+	if e := failed.Load(); e != nil {
+		return 0, fmt.Errorf("crypto limit through %s: %w", backend, e.(error))
+	}
+	return float64(count.Load()) / time.Since(start).Seconds(), nil
 }
