@@ -80,7 +80,8 @@ fuzz:
 fuzz-keep:
 	./scripts/fuzz-keep.sh $(FUZZ_TARGETS)
 
-## bench-scep: enrolments/s and p50/p99 of smimeca vs Debian's scepserver, and the RSA limit
+## bench-scep: enrolments/s and p50/p99 of smimeca (keys in files, and in SoftHSM2) vs Debian's scepserver,
+##             and each key store's crypto limit, over BENCH_RUNS=5 rounds
 bench-scep: deps build
 	./scripts/bench-scep.sh
 

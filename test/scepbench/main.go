@@ -58,6 +58,7 @@ func main() {
 	keys := flag.Int("keys", 16, "distinct device keys (messages are unique anyway)")
 	flag.StringVar(&issuerKeyType, "issuer-key-type", "EC", "smimeca's issuing CA key type: EC (P-256, the fast configuration) or RSA (3072, the default since stock clients need it)")
 	flag.StringVar(&backendList, "kms", "softkms,softhsm", "smimeca's key stores to measure, each with its own server: softkms (key files) and/or softhsm (a SoftHSM2 token made by scripts/softhsm.sh, through PKCS#11)")
+	flag.StringVar(&pprofDir, "pprof", "", "write a CPU profile of each smimeca server during its last cell into this directory (smimeca-<kms>.pprof; the servers run with --ops-pprof)")
 	flag.IntVar(&runs, "runs", 1, "rounds of every cell; ratios are reported as the median and the spread over the rounds")
 	flag.BoolVar(&static, "static", false, "run smimeca in the labs static-challenge mode: every enrolment with the shared secret for one user, so all certificates land on one device record (the worst case for a per-device inventory)")
 	flag.Parse()
@@ -70,10 +71,12 @@ func main() {
 // static selects the labs static-challenge mode (-static).
 var static bool
 
-// backendList (-kms) and runs (-runs): which key stores, how many rounds.
+// backendList (-kms), runs (-runs) and pprofDir (-pprof): which key
+// stores, how many rounds, where CPU profiles go.
 var (
 	backendList string
 	runs        int
+	pprofDir    string
 )
 
 // issuerKeyType is smimeca's --issuer-key-type (-issuer-key-type).
@@ -97,6 +100,8 @@ type target struct {
 	next       int
 	// serials counts every issued serial, to find one issued twice.
 	serials map[string]int
+	// ops is smimeca's ops listener (pprof with -pprof).
+	ops string
 }
 
 func (t *target) smimeca() bool { return t.backend != "" }
@@ -186,7 +191,17 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 					}
 				}
 				cpu0 := procCPU(t.cmd)
+				var profiled chan error
+				if pprofDir != "" && t.smimeca() && r == runs-1 && c == concs[len(concs)-1] {
+					profiled = make(chan error, 1)
+					go func() { profiled <- profile(t) }()
+				}
 				rate, p50, p99, failed, shed, clientCPU, err := load(t, msgs, owners, c)
+				if profiled != nil {
+					if perr := <-profiled; perr != nil {
+						return perr
+					}
+				}
 				if err != nil {
 					return fmt.Errorf("%s c=%d: %w", t.name, c, err)
 				}
@@ -254,6 +269,22 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 		}
 	}
 	return nil
+}
+
+// profile fetches a 2-second CPU profile of t while it is under load into
+// pprofDir (the cell must last longer: raise -n).
+func profile(t *target) error {
+	time.Sleep(300 * time.Millisecond)
+	resp, err := http.Get("http://" + t.ops + "/debug/pprof/profile?seconds=2")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(pprofDir, "smimeca-"+t.backend+".pprof"), b, 0o644)
 }
 
 // median of xs (0 for none).
@@ -473,6 +504,9 @@ func startSmimeca(bin, work string, nChallenges int, backend string) (*target, e
 	// configuration for fleets whose clients pick the RA out of GetCACert
 	// (iOS, macOS); the crypto limit below measures the same key type.
 	args := []string{"serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--ops-addr", opsAddr, "--log-level", "warn", "--issuer-key-type", issuerKeyType}
+	if pprofDir != "" {
+		args = append(args, "--ops-pprof")
+	}
 	if static {
 		args = append(args, "--static-challenge", staticSecret, "--allowed-domains", "example.com")
 	}
@@ -503,7 +537,7 @@ func startSmimeca(bin, work string, nChallenges int, backend string) (*target, e
 		return nil, err
 	}
 	// certs[0] is the RA; encrypt to it alone (the issuing CA is ECDSA).
-	t := &target{name: "smimeca/" + backend, backend: backend, url: url, ra: certs[:1], cmd: cmd, recipie: certs[:1], serials: map[string]int{}}
+	t := &target{name: "smimeca/" + backend, backend: backend, url: url, ra: certs[:1], cmd: cmd, recipie: certs[:1], serials: map[string]int{}, ops: opsAddr}
 
 	conn, err := benchutil.Dial(grpcAddr, filepath.Join(data, "credentials", "admin"))
 	if err != nil {
