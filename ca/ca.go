@@ -677,6 +677,10 @@ func loadOrCreateProfileSigner(cfg Config, inter *x509.Certificate, interKey cry
 	return issuePair(cfg.Keys, KeyProfile, KeySpec{Type: KeyTypeEC, Bits: 256}, "profile signing certificate", certPath, tmpl, inter, interKey)
 }
 
+// renewable are the keys whose certificates the CA reissues with a new key
+// at will.
+var renewable = map[KeyName]bool{KeyRA: true, KeyProfile: true, KeyOCSP: true}
+
 // loadPair reads the certificate at certPath and its key from keys. The
 // error wraps fs.ErrNotExist when the certificate is missing, and, for a
 // renewable certificate (one the CA reissues at will), when its key is.
@@ -707,8 +711,15 @@ func loadPair(keys KeyStore, certPath string, name KeyName, renewable bool) (*x5
 
 // issuePair creates the named key in keys, signs tmpl for it with parentKey
 // (x509util picks a random serial; a nil parent self-signs) and writes the
-// certificate to certPath.
+// certificate to certPath. Only a renewed certificate's key (the RA's, the
+// profile and OCSP signers') replaces a key of that name; the root's, the
+// issuing CA's and the API CA's never do (KeyStore.Create refuses).
 func issuePair(keys KeyStore, name KeyName, spec KeySpec, what, certPath string, tmpl, parent *x509.Certificate, parentKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
+	if renewable[name] {
+		if err := keys.Delete(name); err != nil {
+			return nil, nil, err
+		}
+	}
 	key, err := keys.Create(name, spec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: %s: %w", what, err)

@@ -48,9 +48,11 @@ type KeyStore interface {
 	// Key returns the named key. The error wraps fs.ErrNotExist when the
 	// store has no key of that name.
 	Key(name KeyName) (crypto.Signer, error)
-	// Create makes a new key under name, replacing the store's key of that
-	// name if it has one.
+	// Create makes a new key under name. It never replaces one: the error
+	// wraps fs.ErrExist when the store holds a key of that name.
 	Create(name KeyName, spec KeySpec) (crypto.Signer, error)
+	// Delete removes the named key, if there is one.
+	Delete(name KeyName) error
 	// Location says where the named key is kept, for messages: a file path
 	// or a pkcs11: URI (never a PIN).
 	Location(name KeyName) string
@@ -97,6 +99,9 @@ func (d FileKeys) Key(name KeyName) (crypto.Signer, error) {
 // Create generates a key in memory and writes it to its file (atomically,
 // mode 0600).
 func (d FileKeys) Create(name KeyName, spec KeySpec) (crypto.Signer, error) {
+	if _, err := os.Stat(d.Location(name)); err == nil {
+		return nil, existsError(d.Location(name))
+	}
 	var key crypto.Signer
 	var err error
 	switch spec.Type {
@@ -111,8 +116,23 @@ func (d FileKeys) Create(name KeyName, spec KeySpec) (crypto.Signer, error) {
 	return key, writeKey(d.Location(name), key)
 }
 
+// Delete removes the key's file.
+func (d FileKeys) Delete(name KeyName) error {
+	if err := os.Remove(d.Location(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 // Close does nothing: files need no release.
 func (d FileKeys) Close() error { return nil }
+
+// existsError refuses to make a key where one is: a store holding a CA's
+// key without its certificate is restored or replaced by an operator, never
+// overwritten at start-up.
+func existsError(where string) error {
+	return fmt.Errorf("ca: %s already holds a key but its certificate is missing: restore the certificate from the backup of DATA/ca, or remove the key if it is truly unused: %w", where, fs.ErrExist)
+}
 
 // readKeyFile reads a PEM private key, refusing a file others may read.
 func readKeyFile(path string) (crypto.Signer, error) {
@@ -230,8 +250,10 @@ func (t *tokenKeys) Key(name KeyName) (crypto.Signer, error) {
 }
 
 func (t *tokenKeys) Create(name KeyName, spec KeySpec) (crypto.Signer, error) {
-	if err := t.kms.DeleteKey(TokenKeyURI(name)); err != nil {
-		return nil, fmt.Errorf("ca: replace key %s: %w", t.Location(name), err)
+	if _, err := t.Key(name); err == nil {
+		return nil, existsError(t.Location(name))
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
 	}
 	req := &apiv1.CreateKeyRequest{Name: TokenKeyURI(name), Bits: spec.Bits}
 	switch {
@@ -246,6 +268,13 @@ func (t *tokenKeys) Create(name KeyName, spec KeySpec) (crypto.Signer, error) {
 		return nil, fmt.Errorf("ca: create key %s in the token: %w", t.Location(name), err)
 	}
 	return t.Key(name)
+}
+
+func (t *tokenKeys) Delete(name KeyName) error {
+	if err := t.kms.DeleteKey(TokenKeyURI(name)); err != nil {
+		return fmt.Errorf("ca: delete key %s: %w", t.Location(name), err)
+	}
+	return nil
 }
 
 func (t *tokenKeys) Close() error { return t.kms.Close() }

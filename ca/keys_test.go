@@ -266,3 +266,39 @@ func TestMigrateFilesToToken(t *testing.T) {
 		t.Fatalf("issue with the imported issuing key: %v", err)
 	}
 }
+
+// A store that holds a CA key whose certificate is missing (a new data
+// directory pointed at a production token, a lost certificate file) is
+// never overwritten: start-up stops, and the key is still there.
+func TestExistingKeyIsNeverReplaced(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			dir := t.TempDir()
+			caDir := filepath.Join(dir, "ca")
+			authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer authDB.Shutdown()
+			keys := b.open(t, caDir)
+			defer keys.Close()
+			a, err := ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rootPub := a.Root().PublicKey
+			a.Close()
+			if err := os.Remove(filepath.Join(caDir, ca.RootCertFile)); err != nil {
+				t.Fatal(err)
+			}
+			_, err = ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
+			if !errors.Is(err, fs.ErrExist) || !strings.Contains(err.Error(), "restore the certificate") {
+				t.Fatalf("open without the root certificate: %v", err)
+			}
+			k, err := keys.Key(ca.KeyRoot)
+			if err != nil || !k.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(rootPub) {
+				t.Errorf("the root key was replaced: %v", err)
+			}
+		})
+	}
+}
