@@ -302,3 +302,49 @@ func TestExistingKeyIsNeverReplaced(t *testing.T) {
 		})
 	}
 }
+
+// An RA certificate that no longer chains to the issuing CA is reissued
+// with a new key in the same store, replacing the old key there (the
+// renewal path, in files and in a token).
+func TestRAKeyRenewedInStore(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			dir := t.TempDir()
+			caDir := filepath.Join(dir, "ca")
+			authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer authDB.Shutdown()
+			keys := b.open(t, caDir)
+			defer keys.Close()
+			open := func() *ca.Authority {
+				a, err := ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return a
+			}
+			a := open()
+			ra1, _ := a.RA()
+			a.Close()
+			// A stale RA certificate: the root's, which the issuing CA did not sign.
+			root, _ := os.ReadFile(filepath.Join(caDir, ca.RootCertFile))
+			if err := os.WriteFile(filepath.Join(caDir, ca.RACertFile), root, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			b2 := open()
+			defer b2.Close()
+			ra2, raKey2 := b2.RA()
+			if ra2.Equal(ra1) || ra2.CheckSignatureFrom(b2.Intermediate()) != nil || !raKey2.Public().(*rsa.PublicKey).Equal(ra2.PublicKey) {
+				t.Fatal("RA not reissued with its new key")
+			}
+			if raKey2.Public().(*rsa.PublicKey).Equal(ra1.PublicKey) {
+				t.Error("the RA kept its old key")
+			}
+			if k, err := keys.Key(ca.KeyRA); err != nil || !k.Public().(*rsa.PublicKey).Equal(ra2.PublicKey) {
+				t.Errorf("the store holds another RA key: %v", err)
+			}
+		})
+	}
+}
