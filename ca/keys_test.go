@@ -137,24 +137,15 @@ func TestKeyStoreBackends(t *testing.T) {
 // A CA whose certificates are on disk but whose keys are not in the store
 // named is refused, naming the key that is missing — never re-created.
 func TestMissingKeyIsRefusedNotRecreated(t *testing.T) {
-	dir := t.TempDir()
-	caDir := filepath.Join(dir, "ca")
-	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer authDB.Shutdown()
-	a, err := ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x"}, authDB)
+	s := newStoreCA(t, backends[0].open)
+	caDir, authDB := s.dir, s.db
+	a, err := s.open()
 	if err != nil {
 		t.Fatal(err)
 	}
 	root := a.Root()
 	a.Close()
-	tok := tokenFor(t)
-	keys, err := ca.OpenKeyStore(tok.URI, caDir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := backends[1].open(t, caDir) // a token
 	defer keys.Close()
 	_, err = ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
 	if err == nil || !strings.Contains(err.Error(), "object=smimeca-root") || !strings.Contains(err.Error(), "does not") {
@@ -207,14 +198,9 @@ func TestKeyStoreErrors(t *testing.T) {
 // stay the same), the files go only when asked, and a second run finds the
 // keys already there.
 func TestMigrateFilesToToken(t *testing.T) {
-	dir := t.TempDir()
-	caDir := filepath.Join(dir, "ca")
-	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer authDB.Shutdown()
-	a, err := ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x"}, authDB)
+	s := newStoreCA(t, backends[0].open)
+	caDir, authDB := s.dir, s.db
+	a, err := s.open()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,11 +208,7 @@ func TestMigrateFilesToToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Close()
-	tok := tokenFor(t)
-	keys, err := ca.OpenKeyStore(tok.URI, caDir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := backends[1].open(t, caDir) // a token
 	defer keys.Close()
 	if _, err := ca.Migrate(caDir, ca.FileKeys(caDir), false); err == nil {
 		t.Error("migrated into files")
@@ -267,35 +249,52 @@ func TestMigrateFilesToToken(t *testing.T) {
 	}
 }
 
+// storeCA is a CA directory, its database and a key store of backend b, for
+// one test; open opens the CA on them.
+type storeCA struct {
+	dir  string
+	keys ca.KeyStore
+	db   db.AuthDB
+}
+
+func newStoreCA(t *testing.T, b func(t *testing.T, caDir string) ca.KeyStore) *storeCA {
+	t.Helper()
+	dir := t.TempDir()
+	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { authDB.Shutdown() })
+	keys := b(t, filepath.Join(dir, "ca"))
+	t.Cleanup(func() { keys.Close() })
+	return &storeCA{dir: filepath.Join(dir, "ca"), keys: keys, db: authDB}
+}
+
+func (s *storeCA) open() (*ca.Authority, error) {
+	return ca.Open(ca.Config{Dir: s.dir, BaseURL: "http://x", Keys: s.keys}, s.db)
+}
+
 // A store that holds a CA key whose certificate is missing (a new data
 // directory pointed at a production token, a lost certificate file) is
 // never overwritten: start-up stops, and the key is still there.
 func TestExistingKeyIsNeverReplaced(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
-			dir := t.TempDir()
-			caDir := filepath.Join(dir, "ca")
-			authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer authDB.Shutdown()
-			keys := b.open(t, caDir)
-			defer keys.Close()
-			a, err := ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
+			s := newStoreCA(t, b.open)
+			a, err := s.open()
 			if err != nil {
 				t.Fatal(err)
 			}
 			rootPub := a.Root().PublicKey
 			a.Close()
-			if err := os.Remove(filepath.Join(caDir, ca.RootCertFile)); err != nil {
+			if err := os.Remove(filepath.Join(s.dir, ca.RootCertFile)); err != nil {
 				t.Fatal(err)
 			}
-			_, err = ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
+			_, err = s.open()
 			if !errors.Is(err, fs.ErrExist) || !strings.Contains(err.Error(), "restore the certificate") {
 				t.Fatalf("open without the root certificate: %v", err)
 			}
-			k, err := keys.Key(ca.KeyRoot)
+			k, err := s.keys.Key(ca.KeyRoot)
 			if err != nil || !k.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(rootPub) {
 				t.Errorf("the root key was replaced: %v", err)
 			}
@@ -309,17 +308,9 @@ func TestExistingKeyIsNeverReplaced(t *testing.T) {
 func TestRAKeyRenewedInStore(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
-			dir := t.TempDir()
-			caDir := filepath.Join(dir, "ca")
-			authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer authDB.Shutdown()
-			keys := b.open(t, caDir)
-			defer keys.Close()
+			s := newStoreCA(t, b.open)
 			open := func() *ca.Authority {
-				a, err := ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
+				a, err := s.open()
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -329,8 +320,8 @@ func TestRAKeyRenewedInStore(t *testing.T) {
 			ra1, _ := a.RA()
 			a.Close()
 			// A stale RA certificate: the root's, which the issuing CA did not sign.
-			root, _ := os.ReadFile(filepath.Join(caDir, ca.RootCertFile))
-			if err := os.WriteFile(filepath.Join(caDir, ca.RACertFile), root, 0o644); err != nil {
+			root, _ := os.ReadFile(filepath.Join(s.dir, ca.RootCertFile))
+			if err := os.WriteFile(filepath.Join(s.dir, ca.RACertFile), root, 0o644); err != nil {
 				t.Fatal(err)
 			}
 			b2 := open()
@@ -342,7 +333,7 @@ func TestRAKeyRenewedInStore(t *testing.T) {
 			if raKey2.Public().(*rsa.PublicKey).Equal(ra1.PublicKey) {
 				t.Error("the RA kept its old key")
 			}
-			if k, err := keys.Key(ca.KeyRA); err != nil || !k.Public().(*rsa.PublicKey).Equal(ra2.PublicKey) {
+			if k, err := s.keys.Key(ca.KeyRA); err != nil || !k.Public().(*rsa.PublicKey).Equal(ra2.PublicKey) {
 				t.Errorf("the store holds another RA key: %v", err)
 			}
 		})

@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/smallstep/certificates/db"
-
 	"github.com/smimeca/smimeca/ca"
 )
 
@@ -26,19 +24,52 @@ func envOr(env, def string) string {
 	return def
 }
 
-// openAuthority opens the CA on database with its keys in keys, creating on
-// first start what is missing.
-func openAuthority(cfg *serveConfig, keys ca.KeyStore, database db.AuthDB) (*ca.Authority, error) {
+// caStack is the CA as serve and init open it: the database, the key
+// store and the authority on them.
+type caStack struct {
+	database  *ca.Database
+	keys      ca.KeyStore
+	authority *ca.Authority
+}
+
+// openCA opens the database and the --kms key store under cfg.dataDir and
+// the CA on them, creating on first start what is missing.
+func openCA(cfg *serveConfig) (*caStack, error) {
+	st := &caStack{}
+	var err error
+	if st.database, err = ca.OpenDatabase(filepath.Join(cfg.dataDir, "db", "smimeca.db")); err != nil {
+		return nil, err
+	}
+	if st.keys, err = ca.OpenKeyStore(cfg.kms, filepath.Join(cfg.dataDir, "ca"), os.Getenv(kmsPINEnv)); err != nil {
+		st.Close()
+		return nil, err
+	}
 	var policyOIDs []string
 	for _, o := range strings.Split(cfg.policyOIDs, ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			policyOIDs = append(policyOIDs, o)
 		}
 	}
-	return ca.Open(ca.Config{
+	st.authority, err = ca.Open(ca.Config{
 		Dir: filepath.Join(cfg.dataDir, "ca"), IssuerKeyType: strings.ToUpper(cfg.issuerKeyType),
-		BaseURL: cfg.certBaseURL, PolicyOIDs: policyOIDs, Keys: keys,
-	}, database)
+		BaseURL: cfg.certBaseURL, PolicyOIDs: policyOIDs, Keys: st.keys,
+	}, st.database.DB)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// Close closes what openCA opened, the authority first.
+func (st *caStack) Close() {
+	if st.authority != nil {
+		st.authority.Close()
+	}
+	if st.keys != nil {
+		st.keys.Close()
+	}
+	st.database.Close()
 }
 
 // initCmd creates the CA — its keys in the --kms store, certificates and
@@ -56,21 +87,12 @@ func initCmd(args []string, stdout io.Writer) error {
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	database, err := ca.OpenDatabase(filepath.Join(cfg.dataDir, "db", "smimeca.db"))
+	st, err := openCA(cfg)
 	if err != nil {
 		return err
 	}
-	defer database.Close()
-	keys, err := ca.OpenKeyStore(cfg.kms, filepath.Join(cfg.dataDir, "ca"), os.Getenv(kmsPINEnv))
-	if err != nil {
-		return err
-	}
-	defer keys.Close()
-	authority, err := openAuthority(cfg, keys, database.DB)
-	if err != nil {
-		return err
-	}
-	defer authority.Close()
+	defer st.Close()
+	keys, authority := st.keys, st.authority
 	if _, err := ca.LoadOrCreateConnectorKey(keys); err != nil {
 		return err
 	}

@@ -269,22 +269,12 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		logger.Warn("a static SCEP challenge is configured: any device that knows it can enrol for any allowed address; use it in labs only")
 	}
 
-	database, err := ca.OpenDatabase(filepath.Join(cfg.dataDir, "db", "smimeca.db"))
+	st, err := openCA(cfg)
 	if err != nil {
 		return err
 	}
-	defer database.Close()
-
-	keys, err := ca.OpenKeyStore(cfg.kms, filepath.Join(cfg.dataDir, "ca"), os.Getenv(kmsPINEnv))
-	if err != nil {
-		return err
-	}
-	defer keys.Close()
-	authority, err := openAuthority(cfg, keys, database.DB)
-	if err != nil {
-		return err
-	}
-	defer authority.Close()
+	defer st.Close()
+	database, keys, authority := st.database, st.keys, st.authority
 	logger.Info("CA keys", "kms", ca.RedactKMS(cfg.kms), "issuing_key", keys.Location(ca.KeyIssuing))
 
 	store, err := nosqlstore.New(database.DB.DB)
