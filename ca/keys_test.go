@@ -188,6 +188,18 @@ func TestKeyStoreErrors(t *testing.T) {
 			}
 		})
 	}
+	// SoftHSM2 without its configuration looks for tokens elsewhere.
+	t.Run("SOFTHSM2_CONF unset", func(t *testing.T) {
+		t.Setenv("SOFTHSM2_CONF", "")
+		k, err := ca.OpenKeyStore(tok.URI, t.TempDir(), "")
+		if err == nil {
+			k.Close()
+			t.Fatal("opened")
+		}
+		if !strings.Contains(err.Error(), "$SOFTHSM2_CONF is not set") {
+			t.Errorf("error %q does not name SOFTHSM2_CONF", err)
+		}
+	})
 	if got := ca.RedactKMS("pkcs11:token=a?pin-value=secret"); strings.Contains(got, "secret") {
 		t.Errorf("RedactKMS: %s", got)
 	}
