@@ -200,9 +200,8 @@ func openPKCS11(raw, pin string) (KeyStore, error) {
 			hint = "the PIN is wrong: fix the pin-source file, pin-value or $SMIMECA_KMS_PIN"
 		case strings.Contains(msg, "CKR_PIN_LOCKED"):
 			hint = "the token's user PIN is locked: the token's security officer must reset it"
-		case (strings.Contains(msg, "could not find") || strings.Contains(msg, "no slot")) &&
-			strings.Contains(u.Get("module-path"), "softhsm") && os.Getenv("SOFTHSM2_CONF") == "":
-			hint = "no such token, and $SOFTHSM2_CONF is not set: SoftHSM2 then reads /etc/softhsm/softhsm2.conf's tokens; export SOFTHSM2_CONF=<dir>/softhsm2.conf (make run's: data/softhsm/softhsm2.conf)"
+		case strings.Contains(u.Get("module-path"), "softhsm") && os.Getenv("SOFTHSM2_CONF") == "":
+			hint = "$SOFTHSM2_CONF is not set, so SoftHSM2 reads /etc/softhsm/softhsm2.conf and its token directory; export SOFTHSM2_CONF=<dir>/softhsm2.conf (make run's: data/softhsm/softhsm2.conf)"
 		case strings.Contains(msg, "could not find"), strings.Contains(msg, "no slot"):
 			hint = "no such token: check token= (softhsm2-util --show-slots or pkcs11-tool -L lists them)"
 		case strings.Contains(msg, "not compiled"), strings.Contains(msg, "cgo"):
