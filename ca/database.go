@@ -1,16 +1,22 @@
 package ca
 
 import (
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/smallstep/certificates/db"
+	"github.com/smallstep/nosql/database"
 
 	"github.com/smimeca/smimeca/internal/groupcommit"
 )
 
-// Database is the CA's bbolt database with step-ca's tables. Its DB field
+// Database is the CA's database with step-ca's tables: an embedded bbolt
+// file, or PostgreSQL shared by several nodes (OpenPostgres). Its DB field
 // is what Open and the policy stores use; writes to it are group-committed
 // (see internal/groupcommit), so concurrent enrolments share bbolt commits.
 type Database struct {
@@ -38,3 +44,84 @@ func OpenDatabase(path string) (*Database, error) {
 
 // Close closes the database.
 func (d *Database) Close() error { return d.raw.Shutdown() }
+
+// OpenPostgres opens the CA's database in PostgreSQL (dsn: postgres://…;
+// the database is created when missing), through step-ca's own driver
+// (smallstep/nosql). Every transaction runs SERIALIZABLE — the DSN's
+// default_transaction_isolation is set so — so that the read that guards a
+// write (a challenge still unused, a certificate still renewable) holds
+// across nodes as bbolt's single writer makes it hold in one process: of two
+// nodes consuming one challenge, one commits and the other's transaction
+// fails with a serialization failure; such failures are retried, and the
+// retry sees the challenge gone.
+func OpenPostgres(dsn string) (*Database, error) {
+	u, err := url.Parse(dsn)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return nil, errors.New("ca: --db is not a postgres:// URL (postgres://user@host:5432/smimeca)")
+	}
+	q := u.Query()
+	q.Set("default_transaction_isolation", "serializable")
+	u.RawQuery = q.Encode()
+	raw, err := db.New(&db.Config{Type: "postgresql", DataSource: u.String()})
+	if err != nil {
+		return nil, fmt.Errorf("ca: open database %s: %w", redactDSN(dsn), err)
+	}
+	step, ok := raw.(*db.DB)
+	if !ok {
+		raw.Shutdown()
+		return nil, fmt.Errorf("ca: unexpected database type %T", raw)
+	}
+	return &Database{DB: &db.DB{DB: serialRetry{step.DB}}, raw: raw}, nil
+}
+
+// redactDSN drops a DSN's password, for messages.
+func redactDSN(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "(unparsable DSN)"
+	}
+	return u.Redacted()
+}
+
+// serialRetry re-runs a transaction that PostgreSQL aborted with a
+// serialization failure (SQLSTATE 40001), as SERIALIZABLE requires of its
+// clients. Each attempt runs every operation again from the start.
+type serialRetry struct {
+	database.DB
+}
+
+const serialAttempts = 8
+
+func isSerializationFailure(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "SQLSTATE 40001") || strings.Contains(err.Error(), "SQLSTATE 40P01"))
+}
+
+func retrySerial(f func() error) error {
+	var err error
+	for attempt := 0; attempt < serialAttempts; attempt++ {
+		if err = f(); !isSerializationFailure(err) {
+			return err
+		}
+		time.Sleep(time.Duration(1+attempt*attempt) * time.Millisecond)
+	}
+	return err
+}
+
+// Update runs tx, again after a serialization failure.
+func (s serialRetry) Update(tx *database.Tx) error {
+	return retrySerial(func() error {
+		for _, op := range tx.Operations {
+			op.Result, op.Swapped = nil, false
+		}
+		return s.DB.Update(tx)
+	})
+}
+
+// CmpAndSwap is the database's, again after a serialization failure.
+func (s serialRetry) CmpAndSwap(bucket, key, oldValue, newValue []byte) (out []byte, swapped bool, err error) {
+	err = retrySerial(func() error {
+		out, swapped, err = s.DB.CmpAndSwap(bucket, key, oldValue, newValue)
+		return err
+	})
+	return out, swapped, err
+}

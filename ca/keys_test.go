@@ -351,3 +351,16 @@ func TestRAKeyRenewedInStore(t *testing.T) {
 		})
 	}
 }
+
+// --db must be a postgres:// URL, and an error never shows its password.
+func TestOpenPostgresRefusesOtherURLs(t *testing.T) {
+	for _, dsn := range []string{"mysql://u:s3cret@h/db", "s3cret", "postgres://u:s3cret@127.0.0.1:1/db?connect_timeout=1"} {
+		_, err := ca.OpenPostgres(dsn)
+		if err == nil {
+			t.Fatalf("%s: opened", dsn)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("the error shows the password: %v", err)
+		}
+	}
+}

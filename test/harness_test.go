@@ -111,6 +111,8 @@ type server struct {
 	mdm string
 	// token is the server's SoftHSM2 token when kmsBackend is "softhsm".
 	token *testhsm.Token
+	// db is its --db (PostgreSQL), "" for the embedded bbolt file.
+	db string
 }
 
 // kmsBackend is where every server the tests start keeps its CA keys:
@@ -151,7 +153,7 @@ func newServerEnv(t testing.TB, env []string, extra ...string) *server {
 	s.start()
 	t.Cleanup(func() {
 		s.stop()
-		lintIssued(t, s.data)
+		lintIssued(t, s.data, s.db)
 	})
 	return s
 }

@@ -16,13 +16,18 @@ import (
 // each one its CA issued (the CA database's certificate table) and the
 // CA's own certificates (root, issuing CA, SCEP RA, profile and OCSP
 // signers), and on its last CRL and the root's CRL. Every end-to-end test's server passes through it.
-func lintIssued(t testing.TB, dataDir string) {
+func lintIssued(t testing.TB, dataDir, dsn string) {
 	t.Helper()
 	dbPath := filepath.Join(dataDir, "db", "smimeca.db")
-	if _, err := os.Stat(dbPath); err != nil {
+	var database *ca.Database
+	var err error
+	if dsn != "" {
+		database, err = ca.OpenPostgres(dsn)
+	} else if _, statErr := os.Stat(dbPath); statErr != nil {
 		return // the server never started
+	} else {
+		database, err = ca.OpenDatabase(dbPath)
 	}
-	database, err := ca.OpenDatabase(dbPath)
 	if err != nil {
 		t.Errorf("lint: %v", err)
 		return

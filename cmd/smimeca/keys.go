@@ -37,7 +37,12 @@ type caStack struct {
 func openCA(cfg *serveConfig) (*caStack, error) {
 	st := &caStack{}
 	var err error
-	if st.database, err = ca.OpenDatabase(filepath.Join(cfg.dataDir, "db", "smimeca.db")); err != nil {
+	if cfg.db != "" {
+		st.database, err = ca.OpenPostgres(cfg.db)
+	} else {
+		st.database, err = ca.OpenDatabase(filepath.Join(cfg.dataDir, "db", "smimeca.db"))
+	}
+	if err != nil {
 		return nil, err
 	}
 	if st.keys, err = ca.OpenKeyStore(cfg.kms, filepath.Join(cfg.dataDir, "ca"), os.Getenv(kmsPINEnv)); err != nil {

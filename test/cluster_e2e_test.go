@@ -1,0 +1,135 @@
+package test
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/smimeca/smimeca/internal/testpki"
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+)
+
+// newPostgres starts a throw-away PostgreSQL cluster with
+// scripts/postgres.sh (Debian's package, as the unprivileged postgres user
+// when run as root) and returns its DSN; it stops with the test.
+func newPostgres(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "smimeca-pg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, _ := filepath.Abs("../scripts/postgres.sh")
+	dsn := strings.TrimSpace(mustOK(t, "scripts/postgres.sh", run(t, 120*time.Second, script, dir, strconv.Itoa(freePort(t)))))
+	t.Cleanup(func() {
+		exec.Command(script, dir, "stop").Run()
+		os.RemoveAll(dir)
+	})
+	return dsn
+}
+
+// newNodes starts n smimeca nodes on one PostgreSQL database and one CA: the
+// first makes the CA; the others start on a copy of its CA directory and
+// first-start credentials (as nodes sharing their keys through files
+// mounted read-only, or the same token, would).
+func newNodes(t *testing.T, n int, dsn string) []*server {
+	t.Helper()
+	first := newServer(t, "--db", dsn)
+	first.db = dsn
+	nodes := []*server{first}
+	for i := 1; i < n; i++ {
+		s := &server{t: t, data: filepath.Join(t.TempDir(), "data"), log: &syncBuffer{}, env: first.env, token: first.token, mdm: first.mdm, db: dsn,
+			httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), opsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			extra: first.extra}
+		s.baseURL = "http://" + s.httpAddr
+		for _, d := range []string{"ca", "credentials"} {
+			if r := run(t, 30*time.Second, "cp", "-a", filepath.Join(first.data, d), filepath.Join(s.data, d)); r.code != 0 {
+				if err := os.MkdirAll(s.data, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				mustOK(t, "copy "+d, run(t, 30*time.Second, "cp", "-a", filepath.Join(first.data, d), filepath.Join(s.data, d)))
+			}
+		}
+		s.start()
+		t.Cleanup(s.stop)
+		nodes = append(nodes, s)
+	}
+	return nodes
+}
+
+// TestChallengeRaceAcrossNodes: three nodes on one PostgreSQL database.
+// The same one-time challenge, in PKCSReqs from three devices sent to the
+// three nodes at the same instant, gives exactly one certificate, 30 times
+// over; what one node issued, every node lists; Debian's scepclient enrols
+// on the second node with a challenge the first made, and that challenge is
+// then refused on every node.
+func TestChallengeRaceAcrossNodes(t *testing.T) {
+	nodes := newNodes(t, 3, newPostgres(t))
+	devs, enr, _ := nodes[0].adminClients(t)
+	ra := raCert(t, nodes[0])
+	keys := []*rsa.PrivateKey{testpki.RSAKey(t, 2048, 0), testpki.RSAKey(t, 2048, 1), testpki.RSAKey(t, 2048, 2)}
+	for round := 0; round < 30; round++ {
+		user := fmt.Sprintf("race%d@example.com", round)
+		if _, err := devs.RegisterDevice(context.Background(), &pb.RegisterDeviceRequest{User: user, DeviceId: "phone"}); err != nil {
+			t.Fatal(err)
+		}
+		ch, err := enr.CreateChallenge(context.Background(), &pb.CreateChallengeRequest{User: user, DeviceId: "phone"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		senders := make([]*scepDevice, len(nodes))
+		for i := range senders {
+			senders[i] = newSCEPDevice(t, keys[i], user, "phone", ch.GetChallenge(), ra)
+		}
+		got := make([]*x509.Certificate, len(nodes))
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i, s := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				got[i] = senders[i].enrol(s.baseURL+"/scep", ra)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		won := 0
+		for _, c := range got {
+			if c != nil {
+				won++
+			}
+		}
+		if won != 1 {
+			t.Fatalf("round %d: %d certificates from one challenge, want 1", round, won)
+		}
+		for i, s := range nodes {
+			list := mustOK(t, "cert list", s.cli("cert", "list", "--user", user, "-o", "json"))
+			if n := strings.Count(list, `"serial"`); n != 1 {
+				t.Errorf("round %d: node %d lists %d certificates for %s:\n%s", round, i, n, user, list)
+			}
+		}
+	}
+	// A loser's answer is the refusal of a used challenge, not a database
+	// error: its serialization failure was retried and saw the challenge gone.
+	for i, s := range nodes {
+		if strings.Contains(s.log.String(), "SQLSTATE") {
+			t.Errorf("node %d logged a database error:\n%s", i, s.log.String())
+		}
+	}
+	challenge := nodes[0].challenge("late@example.com", "phone")
+	mustOK(t, "scepclient on node 2", nodes[1].scepclient(filepath.Join(t.TempDir(), "a"), challenge))
+	for i, s := range nodes {
+		if r := s.scepclient(filepath.Join(t.TempDir(), "b"), challenge); r.code == 0 {
+			t.Errorf("node %d accepted a used challenge", i)
+		}
+	}
+}
