@@ -26,7 +26,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/smallstep/certificates/authority"
@@ -173,8 +172,6 @@ type Authority struct {
 	keys     KeyStore
 	name     string
 	interKey crypto.Signer
-	// crlStale is set by InvalidateCRL; the next CRL read regenerates.
-	crlStale atomic.Bool
 	crlMu    sync.Mutex
 }
 
@@ -236,6 +233,9 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	if d, ok := database.(*db.DB); ok {
 		deferring = &deferringDB{DB: d}
 		database = deferring
+		if err := d.DB.CreateTable(crlStateTable); err != nil {
+			return nil, fmt.Errorf("ca: create %s: %w", crlStateTable, err)
+		}
 	}
 	auth, err := authority.NewEmbedded(
 		authority.WithConfig(conf),
@@ -506,6 +506,15 @@ func (a *Authority) Revoke(ctx context.Context, serial string, reasonCode int, r
 	} else if revoked {
 		return fmt.Errorf("%w: serial %s", ErrAlreadyRevoked, serial)
 	}
+	// The pending token first: should this process die between step-ca's
+	// revocation and the CRL it then generates, the next CRL read of any
+	// node publishes the revocation.
+	if a.deferring != nil {
+		op := crlPendingOp()
+		if err := a.deferring.DB.DB.Set(op.Bucket, op.Key, op.Value); err != nil {
+			return fmt.Errorf("ca: revoke %s: %w", serial, err)
+		}
+	}
 	ctx = provisioner.NewContextWithMethod(ctx, provisioner.RevokeMethod)
 	if err := a.auth.Revoke(ctx, &authority.RevokeOptions{
 		Serial: serial, ReasonCode: reasonCode, Reason: reason, MTLS: true, Crt: crt,
@@ -518,26 +527,11 @@ func (a *Authority) Revoke(ctx context.Context, serial string, reasonCode int, r
 	return nil
 }
 
-// InvalidateCRL marks the published CRL out of date after revocations
-// committed through RevocationRecord: the next CRL read regenerates it, so
-// every read shows them, and a burst of revocations or renewals costs one
-// regeneration instead of one each (a regeneration lists every revoked
-// certificate).
-func (a *Authority) InvalidateCRL() { a.crlStale.Store(true) }
-
 // CRL returns the current DER-encoded CRL, regenerating it when it has
 // expired or was invalidated.
 func (a *Authority) CRL() ([]byte, error) {
-	if a.crlStale.Load() {
-		a.crlMu.Lock()
-		if a.crlStale.Swap(false) {
-			if err := a.RefreshCRL(); err != nil {
-				a.crlStale.Store(true)
-				a.crlMu.Unlock()
-				return nil, err
-			}
-		}
-		a.crlMu.Unlock()
+	if err := a.publishRevocations(); err != nil {
+		return nil, err
 	}
 	info, err := a.auth.GetCertificateRevocationList()
 	if err == nil && time.Now().Before(info.ExpiresAt) {
@@ -551,6 +545,50 @@ func (a *Authority) CRL() ([]byte, error) {
 		return nil, fmt.Errorf("ca: read CRL: %w", err)
 	}
 	return info.Data, nil
+}
+
+// publishRevocations regenerates the CRL when revocations were committed
+// since it was last generated, through this node or any node sharing the
+// database: their transactions wrote the pending token (crlPendingOp), so a
+// burst of revocations or renewals costs one regeneration instead of one
+// each (a regeneration lists every revoked certificate). The token is
+// cleared only if no newer revocation replaced it meanwhile.
+func (a *Authority) publishRevocations() error {
+	token, err := a.crlPending()
+	if err != nil {
+		return err
+	}
+	if token == nil {
+		return nil
+	}
+	a.crlMu.Lock()
+	defer a.crlMu.Unlock()
+	if token, err = a.crlPending(); err != nil || token == nil {
+		return err // nil: published while this call waited
+	}
+	if err := a.RefreshCRL(); err != nil {
+		return err
+	}
+	if _, _, err := a.deferring.DB.DB.CmpAndSwap(crlStateTable, crlPendingKey, token, []byte{}); err != nil {
+		return fmt.Errorf("ca: clear the CRL's pending revocations: %w", err)
+	}
+	return nil
+}
+
+// crlPending returns the pending-revocations token, nil when there is none
+// (or the database is not step-ca's).
+func (a *Authority) crlPending() ([]byte, error) {
+	if a.deferring == nil {
+		return nil, nil
+	}
+	token, err := a.deferring.DB.DB.Get(crlStateTable, crlPendingKey)
+	if err != nil && !isNotFound(err) {
+		return nil, fmt.Errorf("ca: read the CRL's pending revocations: %w", err)
+	}
+	if len(token) == 0 {
+		return nil, nil
+	}
+	return token, nil
 }
 
 // RootCRL returns the root's DER CRL (which lists nothing: smimeca never

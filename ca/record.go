@@ -3,6 +3,7 @@ package ca
 import (
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math/big"
@@ -62,6 +63,39 @@ func (d *deferringDB) StoreCertificateChain(p provisioner.Interface, chain ...*x
 	return d.DB.StoreCertificateChain(p, chain...)
 }
 
+// crlTable and crlKey are where step-ca keeps the current CRL
+// (db.CertificateRevocationListInfo as JSON).
+var (
+	crlTable = []byte("x509_crl")
+	crlKey   = []byte("crl")
+)
+
+// StoreCRL stores a newly generated CRL only if it is newer than the stored
+// one, with a compare-and-swap: nodes sharing the database may generate
+// at the same time (each from the number it read), and the number of the
+// CRL served must only ever grow. A CRL that lost the race is dropped,
+// never served: the winner's is at least as new.
+func (d *deferringDB) StoreCRL(info *db.CertificateRevocationListInfo) error {
+	b, err := json.Marshal(info)
+	if err != nil {
+		return err
+	}
+	cur, err := d.DB.DB.Get(crlTable, crlKey)
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("ca: read stored CRL: %w", err)
+	}
+	if cur != nil {
+		var have db.CertificateRevocationListInfo
+		if json.Unmarshal(cur, &have) == nil && have.Number >= info.Number {
+			return nil
+		}
+	}
+	if _, _, err := d.DB.DB.CmpAndSwap(crlTable, crlKey, cur, b); err != nil {
+		return fmt.Errorf("ca: store CRL: %w", err)
+	}
+	return nil
+}
+
 // recorder is a database.DB whose Update keeps the operations instead of
 // running them. step-ca's StoreCertificateChain writes through one Update;
 // every other method is the nil embedded interface's and panics, so that a
@@ -104,8 +138,8 @@ var revokedCertsTable = []byte("revoked_x509_certs")
 // the caller commits it in the same transaction as its own change (a
 // device's retirement, a renewal that supersedes its predecessor). The write
 // is a compare-and-swap from absent: a certificate already revoked keeps its
-// first revocation. After the commit, InvalidateCRL publishes it (from the
-// next CRL read on).
+// first revocation. The record also marks the CRL stale: once committed, the
+// next CRL read of any node publishes it.
 func (a *Authority) RevocationRecord(serial string, reasonCode int, reason string, at time.Time) (Record, error) {
 	if !validReason(reasonCode) {
 		return Record{}, fmt.Errorf("ca: revocation reason code %d is not one of 0,1,3,4,5", reasonCode)
@@ -123,7 +157,24 @@ func (a *Authority) RevocationRecord(serial string, reasonCode int, reason strin
 	}
 	return Record{ops: []*database.TxEntry{{
 		Bucket: revokedCertsTable, Key: []byte(serial), CmpValue: nil, Value: b, Cmd: database.CmpAndSwap,
-	}}}, nil
+	}, crlPendingOp()}}, nil
+}
+
+// crlStateTable holds crlPendingKey: a random token written in every
+// transaction that revokes, and cleared by the CRL regeneration that
+// follows if no other revocation wrote a new one meanwhile. Every node
+// sharing the database reads it before serving the CRL, so a revocation
+// committed through any node is in the CRL every node serves next, and a
+// crash between the commit and the regeneration loses nothing.
+var (
+	crlStateTable = []byte("smimeca_crl_state")
+	crlPendingKey = []byte("pending")
+)
+
+func crlPendingOp() *database.TxEntry {
+	token := make([]byte, 16)
+	rand.Read(token)
+	return &database.TxEntry{Bucket: crlStateTable, Key: crlPendingKey, Value: []byte(hex.EncodeToString(token)), Cmd: database.Set}
 }
 
 // RefreshCRL regenerates the CRL, after revocations committed through

@@ -216,7 +216,6 @@ func (e *Enrollment) RetireDevice(ctx context.Context, user, id, reason string) 
 	// Anything issued between the listing and the commit.
 	late, lateSums, err := e.revokeAll(ctx, d.User, d.ID, ca.ReasonCessationOfOperation, "device retired: "+reason)
 	serials, sums = append(serials, late...), append(sums, lateSums...)
-	e.issuer.InvalidateCRL()
 	ev := Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRetire, User: d.User, Device: id,
 		Serials: serials, SHA256: sums, Result: "ok", Detail: reason}
 	if err != nil {

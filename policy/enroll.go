@@ -353,12 +353,9 @@ func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificat
 	}
 	chain, err := e.issue(ctx, ActionRenew, req.CSR, prev.User, prev.Device,
 		Commit{Supersedes: prev.Serial, Revocation: rev, Unregistered: static})
-	if err == nil {
-		// A superseded certificate is not a compromised one: the CRL
-		// shows it from its next read on, and renewals do not each pay
-		// for a new CRL.
-		e.issuer.InvalidateCRL()
-	}
+	// A superseded certificate is not a compromised one: the CRL shows it
+	// from its next read on (the revocation's record marks the CRL stale),
+	// and renewals do not each pay for a new CRL.
 	return chain, err
 }
 

@@ -84,7 +84,6 @@ func (e *Enrollment) RevokeCertificate(ctx context.Context, serial string, reaso
 			User: rec.User, Device: rec.Device, Serials: []string{sn}, Result: "refused", Detail: err.Error()})
 		return Issued{}, err
 	}
-	e.issuer.InvalidateCRL()
 	e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionRevoke,
 		User: rec.User, Device: rec.Device, Serials: []string{sn}, SHA256: []string{rec.SHA256}, Result: "ok", Detail: reason})
 	return rec, nil
@@ -105,9 +104,6 @@ func (e *Enrollment) RevokeDevice(ctx context.Context, user, device string, reas
 		return nil, err
 	}
 	revoked, sums, err := e.revokeAll(ctx, u, device, reasonCode, reason)
-	if len(revoked) > 0 {
-		e.issuer.InvalidateCRL()
-	}
 	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionRevokeDevice,
 		User: u, Device: device, Serials: revoked, SHA256: sums, Result: "ok", Detail: reason}
 	if err != nil {

@@ -186,8 +186,4 @@ type Issuer interface {
 	// serial, for the caller to commit (Inventory.RevokeIssued,
 	// DeviceStore.RetireDevice, Commit.Revocation).
 	RevocationRecord(serial string, reasonCode int, reason string, at time.Time) (ca.Record, error)
-	// InvalidateCRL marks the CRL out of date after committed revocations:
-	// it is regenerated when next read, so every CRL read shows them and a
-	// revocation does not pay for a whole new CRL.
-	InvalidateCRL()
 }

@@ -1,10 +1,13 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rsa"
 	"crypto/x509"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -131,5 +134,94 @@ func TestChallengeRaceAcrossNodes(t *testing.T) {
 		if r := s.scepclient(filepath.Join(t.TempDir(), "b"), challenge); r.code == 0 {
 			t.Errorf("node %d accepted a used challenge", i)
 		}
+	}
+}
+
+// crlOf fetches s's CRL and parses it.
+func crlOf(t *testing.T, s *server) *x509.RevocationList {
+	t.Helper()
+	resp, err := http.Get(s.baseURL + "/crl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	der, _ := io.ReadAll(resp.Body)
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatalf("CRL of %s: %v", s.baseURL, err)
+	}
+	return crl
+}
+
+// TestCRLAcrossNodes: a revocation made through any node — `cert revoke`
+// (step-ca's revocation) or a device's retirement (smimeca's own, in the
+// retirement's transaction) — is in the CRL every node serves next; after
+// revocations on all nodes at once, every node serves the same CRL, and no
+// CRL number is ever served with two contents (nodes may generate at the
+// same time; only a newer CRL replaces the stored one).
+func TestCRLAcrossNodes(t *testing.T) {
+	nodes := newNodes(t, 3, newPostgres(t))
+	enrol := func(s *server, user string) string {
+		dir := filepath.Join(t.TempDir(), "dev")
+		mustOK(t, "scepclient", s.scepclient(dir, s.challenge(user, "phone")))
+		return serialOf(t, filepath.Join(dir, "client.pem"))
+	}
+	numbers := map[string][]byte{} // CRL number → its signed list
+	inCRL := func(s *server, serials ...string) bool {
+		crl := crlOf(t, s)
+		if prev, ok := numbers[crl.Number.String()]; ok && !bytes.Equal(prev, crl.RawTBSRevocationList) {
+			t.Fatalf("CRL number %s served with two contents", crl.Number)
+		}
+		numbers[crl.Number.String()] = crl.RawTBSRevocationList
+		listed := map[string]bool{}
+		for _, e := range crl.RevokedCertificateEntries {
+			listed[strings.ToUpper(e.SerialNumber.Text(16))] = true
+		}
+		for _, sn := range serials {
+			if !listed[strings.TrimLeft(strings.ToUpper(sn), "0")] {
+				return false
+			}
+		}
+		return true
+	}
+	a := enrol(nodes[0], "crl-a@example.com")
+	b := enrol(nodes[1], "crl-b@example.com")
+	crlOf(t, nodes[2]) // every node has served a CRL before the revocations
+	mustOK(t, "cert revoke on node 2", nodes[1].cli("cert", "revoke", "--serial", "0x"+a, "--reason", "keyCompromise"))
+	for i, s := range nodes {
+		if !inCRL(s, a) {
+			t.Errorf("node %d's CRL lacks %s, revoked through node 2", i, a)
+		}
+	}
+	mustOK(t, "device retire on node 3", nodes[2].cli("device", "retire", "--user", "crl-b@example.com", "--device", "phone", "--reason", "lost"))
+	for i, s := range nodes {
+		if !inCRL(s, a, b) {
+			t.Errorf("node %d's CRL lacks %s, revoked by a retirement on node 3", i, b)
+		}
+	}
+	// Revocations on every node at once, then every node's CRL.
+	var serials []string
+	for i := range 6 {
+		serials = append(serials, enrol(nodes[i%3], fmt.Sprintf("crl-%d@example.com", i)))
+	}
+	var wg sync.WaitGroup
+	for i, sn := range serials {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nodes[i%3].cli("cert", "revoke", "--serial", "0x"+sn)
+		}()
+	}
+	wg.Wait()
+	var last string
+	for i, s := range nodes {
+		if !inCRL(s, append(serials, a, b)...) {
+			t.Errorf("node %d's CRL lacks a revocation of the concurrent burst", i)
+		}
+		n := crlOf(t, s).Number.String()
+		if last != "" && n != last {
+			t.Errorf("node %d serves CRL number %s, node %d %s", i, n, i-1, last)
+		}
+		last = n
 	}
 }
