@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -17,7 +19,9 @@ import (
 
 // VaultConfig says how to reach and authenticate to Vault.
 type VaultConfig struct {
-	// Address of Vault, e.g. http://127.0.0.1:8200.
+	// Address of Vault, e.g. http://127.0.0.1:8200; for a cluster, every
+	// node's, comma-separated: the client talks to one and moves to the
+	// next when it does not answer (any node forwards to the active one).
 	Address string
 	// Token authenticates directly (takes precedence over TokenFile).
 	Token string
@@ -43,8 +47,12 @@ func Connect(ctx context.Context, c VaultConfig) (*vault.Client, error) {
 
 // connect returns the client and the function that (re)authenticates it.
 func connect(ctx context.Context, c VaultConfig) (*vault.Client, func(context.Context) error, error) {
+	addrs := strings.Split(c.Address, ",")
+	for i := range addrs {
+		addrs[i] = strings.TrimSpace(addrs[i])
+	}
 	cfg := vault.DefaultConfig()
-	cfg.Address = c.Address
+	cfg.Address = addrs[0]
 	cfg.Timeout = c.Timeout
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
@@ -56,6 +64,9 @@ func connect(ctx context.Context, c VaultConfig) (*vault.Client, func(context.Co
 		return nil, nil, fmt.Errorf("escrow: vault client: %w", err)
 	}
 	client.SetToken("")
+	if len(addrs) > 1 {
+		clusters.Store(client, &endpoints{addrs: addrs})
+	}
 	var login func(context.Context) error
 	switch {
 	case c.TokenSource != nil:
@@ -110,13 +121,102 @@ func ConnectLogical(ctx context.Context, c VaultConfig) (Logical, *vault.Client,
 	if err != nil {
 		return nil, nil, err
 	}
-	return &reauth{l: client.Logical(), login: login}, client, nil
+	return &reauth{l: client.Logical(), client: client, login: login}, client, nil
+}
+
+// clusters holds, for a client connected to several Vault nodes, their
+// addresses (connect stores them; failover and Ping read them).
+var clusters sync.Map // *vault.Client → *endpoints
+
+// endpoints are the API addresses of a Vault cluster's nodes.
+type endpoints struct {
+	addrs []string
+	mu    sync.Mutex
+}
+
+// failover moves client to the node after failed, unless another caller
+// has moved it already.
+func failover(client *vault.Client, failed string) {
+	v, ok := clusters.Load(client)
+	if !ok {
+		return
+	}
+	e := v.(*endpoints)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if client.Address() != failed {
+		return
+	}
+	for i, a := range e.addrs {
+		if a == failed {
+			client.SetAddress(e.addrs[(i+1)%len(e.addrs)])
+			return
+		}
+	}
+}
+
+// unanswered reports an error after which the request was not carried
+// out, so that it may be sent again (to another node): the node refused
+// the connection, is sealed (503), or knows no active node while the
+// cluster elects one (500); with idempotent, also a connection cut after
+// sending (a read).
+func unanswered(err error, idempotent bool) bool {
+	var re *vault.ResponseError
+	if errors.As(err, &re) {
+		return re.StatusCode == 500 || re.StatusCode == 502 || re.StatusCode == 503
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) {
+		return true
+	}
+	return idempotent && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF))
+}
+
+// failoverWindow bounds how long a request waits for the cluster to answer
+// again (a leader election takes a few seconds).
+const failoverWindow = 15 * time.Second
+
+// do runs one request: again after logging in when the token was refused,
+// and — with several nodes configured — while the cluster does not answer
+// (a node down, an election), again on the next node with a growing pause,
+// for up to failoverWindow. With one address an unanswered request fails at
+// once, as the escrow's callers expect of a Vault that is down.
+func (r *reauth) do(ctx context.Context, idempotent bool, f func() (*vault.Secret, error)) (*vault.Secret, error) {
+	deadline := time.Now()
+	if _, ok := clusters.Load(r.client); ok {
+		deadline = deadline.Add(failoverWindow)
+	}
+	pause := 50 * time.Millisecond
+	loggedIn := false
+	for {
+		addr := r.client.Address()
+		s, err := f()
+		switch {
+		case err == nil:
+			return s, nil
+		case isForbidden(err) && !loggedIn:
+			loggedIn = true
+			if !r.retry(ctx, err) {
+				return s, err
+			}
+			continue
+		case !unanswered(err, idempotent) || time.Now().Add(pause).After(deadline):
+			return s, err
+		}
+		failover(r.client, addr)
+		select {
+		case <-ctx.Done():
+			return s, err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, time.Second)
+	}
 }
 
 type reauth struct {
-	l     *vault.Logical
-	login func(context.Context) error
-	mu    sync.Mutex
+	l      *vault.Logical
+	client *vault.Client
+	login  func(context.Context) error
+	mu     sync.Mutex
 }
 
 func isForbidden(err error) bool {
@@ -135,38 +235,22 @@ func (r *reauth) retry(ctx context.Context, err error) bool {
 
 // ReadWithContext implements Logical.
 func (r *reauth) ReadWithContext(ctx context.Context, path string) (*vault.Secret, error) {
-	s, err := r.l.ReadWithContext(ctx, path)
-	if err != nil && r.retry(ctx, err) {
-		return r.l.ReadWithContext(ctx, path)
-	}
-	return s, err
+	return r.do(ctx, true, func() (*vault.Secret, error) { return r.l.ReadWithContext(ctx, path) })
 }
 
 // WriteWithContext implements Logical.
 func (r *reauth) WriteWithContext(ctx context.Context, path string, data map[string]any) (*vault.Secret, error) {
-	s, err := r.l.WriteWithContext(ctx, path, data)
-	if err != nil && r.retry(ctx, err) {
-		return r.l.WriteWithContext(ctx, path, data)
-	}
-	return s, err
+	return r.do(ctx, false, func() (*vault.Secret, error) { return r.l.WriteWithContext(ctx, path, data) })
 }
 
 // DeleteWithContext implements Logical.
 func (r *reauth) DeleteWithContext(ctx context.Context, path string) (*vault.Secret, error) {
-	s, err := r.l.DeleteWithContext(ctx, path)
-	if err != nil && r.retry(ctx, err) {
-		return r.l.DeleteWithContext(ctx, path)
-	}
-	return s, err
+	return r.do(ctx, false, func() (*vault.Secret, error) { return r.l.DeleteWithContext(ctx, path) })
 }
 
 // ListWithContext implements Logical.
 func (r *reauth) ListWithContext(ctx context.Context, path string) (*vault.Secret, error) {
-	s, err := r.l.ListWithContext(ctx, path)
-	if err != nil && r.retry(ctx, err) {
-		return r.l.ListWithContext(ctx, path)
-	}
-	return s, err
+	return r.do(ctx, true, func() (*vault.Secret, error) { return r.l.ListWithContext(ctx, path) })
 }
 
 func orDefault(s, d string) string {
@@ -207,7 +291,12 @@ func Setup(ctx context.Context, client *vault.Client, cfg Config) error {
 
 // Ping reports whether Vault answers and is unsealed.
 func Ping(ctx context.Context, client *vault.Client) error {
+	addr := client.Address()
 	h, err := client.Sys().HealthWithContext(ctx)
+	if err != nil || h.Sealed {
+		// A node down or sealed: the next check asks the next node.
+		failover(client, addr)
+	}
 	if err != nil {
 		return vaultErr("health", err)
 	}

@@ -140,7 +140,7 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f.str(&c.staticChallenge, "static-challenge", "SMIMECA_STATIC_CHALLENGE", "", "LAB ONLY: a shared challenge that lets devices name their own address")
 	f.boolean(&c.scepIncludeRoot, "scep-include-root", "SMIMECA_SCEP_INCLUDE_ROOT", true, "include the root in GetCACert (clients such as certmonger verify CertRep up to it)")
 	f.str(&c.scepEncryption, "scep-encryption", "SMIMECA_SCEP_ENCRYPTION", "aes256-cbc", "CertRep content encryption: aes256-cbc, aes128-cbc, aes256-gcm")
-	f.str(&c.vaultAddr, "vault-addr", "SMIMECA_VAULT_ADDR", "", "Vault address for the escrow (empty: no escrow, unless --embedded-vault)")
+	f.str(&c.vaultAddr, "vault-addr", "SMIMECA_VAULT_ADDR", "", "Vault address for the escrow (empty: no escrow, unless --embedded-vault); for a cluster every node's, comma-separated: requests move to the next node when one does not answer")
 	f.str(&c.vaultTokenFile, "vault-token-file", "SMIMECA_VAULT_TOKEN_FILE", "", "file holding the Vault token ($SMIMECA_VAULT_TOKEN also works)")
 	f.str(&c.vaultRoleID, "vault-role-id", "SMIMECA_VAULT_ROLE_ID", "", "AppRole role id (with --vault-secret-id-file)")
 	f.str(&c.vaultSecretIDFile, "vault-secret-id-file", "SMIMECA_VAULT_SECRET_ID_FILE", "", "file holding the AppRole secret id")
