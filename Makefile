@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/smimeca
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: readme-test run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-import bench-bundle bench-ocsp proto docker vet lint clean
+.PHONY: cluster readme-test run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-import bench-bundle bench-ocsp proto docker vet lint clean
 
 ## run: build and start CA + SCEP + gRPC + escrow on the embedded default (data in ./data, kept across
 ##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault;
@@ -79,6 +79,12 @@ fuzz:
 ## fuzz-keep: copy what the fuzzer found (Go's fuzz cache) into the kept corpus under testdata/fuzz
 fuzz-keep:
 	./scripts/fuzz-keep.sh $(FUZZ_TARGETS)
+
+## cluster: PostgreSQL, a 3-node Vault Raft cluster and 3 smimeca nodes on loopback behind a round-robin
+##          front (HTTP 127.0.0.1:18080, gRPC 127.0.0.1:19443); prints how to point clients at it
+cluster: deps vault build
+	$(GO) build -o bin/cluster ./test/cluster
+	./bin/cluster -smimeca $(BIN)
 
 ## bench-scep: enrolments/s and p50/p99 of smimeca (keys in files, and in SoftHSM2) vs Debian's scepserver,
 ##             and each key store's crypto limit, over BENCH_RUNS=5 rounds

@@ -225,3 +225,60 @@ func TestCRLAcrossNodes(t *testing.T) {
 		last = n
 	}
 }
+
+// TestClusterTool runs `make cluster`'s tool (test/cluster): PostgreSQL, a
+// 3-node Vault Raft cluster and three smimeca nodes behind its round-robin
+// front; through the front, Debian's scepclient enrols three devices (one
+// per node in turn) and the CLI escrows a PFX; an interrupt stops it all.
+func TestClusterTool(t *testing.T) {
+	tool := filepath.Join(t.TempDir(), "cluster")
+	mustOK(t, "build test/cluster", run(t, 120*time.Second, "go", "build", "-o", tool, "./cluster"))
+	httpFront, grpcFront := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("smimeca-cluster-test-%d", time.Now().UnixNano()))
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cmd := exec.Command(tool, "-smimeca", smimecaBin(t), "-http", httpFront, "-grpc", grpcFront, "-dir", dir, "-for", "5m")
+	cmd.Dir = ".."
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+		}
+	})
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(out.String(), "smimeca cluster ready") {
+		if time.Now().After(deadline) || strings.Contains(out.String(), "cluster:") {
+			t.Fatalf("the cluster did not come up:\n%s", out.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	front := &server{t: t, data: filepath.Join(dir, "node1"), grpcAddr: grpcFront, baseURL: "http://" + httpFront}
+	for i := range 3 {
+		ch := front.challenge(fmt.Sprintf("front%d@example.com", i), "phone")
+		mustOK(t, "scepclient through the front", front.scepclient(filepath.Join(t.TempDir(), "dev"), ch))
+	}
+	is := testpki.NewIssuer(t)
+	key := testpki.RSAKey(t, 2048, 0)
+	pw := randomPassword(t)
+	file, pwFile := writePFX(t, t.TempDir(), "front", is.PFX(t, nil, key, is.UserCert(t, key, testpki.CertOptions{Emails: []string{"front0@example.com"}}), pw), pw)
+	if r := front.cli("pfx", "import", "--user", "front0@example.com", "--password-file", pwFile, file); r.code != 0 || !strings.Contains(r.stdout, "imported 1") {
+		t.Fatalf("import through the front: %+v", r)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("the cluster tool exited with %v:\n%s", err, out.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Error("the cluster tool did not stop on an interrupt")
+	}
+}
