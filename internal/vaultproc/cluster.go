@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -174,12 +173,7 @@ func freeLoopback() (string, error) {
 // Start starts node i's server (again, after Kill), without unsealing it.
 func (c *Cluster) Start(i int) error {
 	nd := c.Nodes[i]
-	nd.cmd = exec.Command(c.bin, "server", "-config", nd.conf)
-	if c.log != nil {
-		nd.cmd.Stdout, nd.cmd.Stderr = c.log, c.log
-	}
-	nd.cmd.Env = append(os.Environ(), "VAULT_DISABLE_USER_LOCKOUT=true")
-	nd.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	nd.cmd = serverCommand(c.bin, nd.conf, c.log)
 	if err := nd.cmd.Start(); err != nil {
 		return fmt.Errorf("start vault %s: %w", nd.id, err)
 	}

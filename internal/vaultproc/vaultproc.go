@@ -140,6 +140,20 @@ func (p *Proc) Supervise(ctx context.Context, renew time.Duration, renewToken fu
 	}
 }
 
+// serverCommand is `vault server` with the configuration at conf, its
+// output to log (may be nil).
+func serverCommand(bin, conf string, log io.Writer) *exec.Cmd {
+	cmd := exec.Command(bin, "server", "-config", conf)
+	if log != nil {
+		cmd.Stdout, cmd.Stderr = log, log
+	}
+	cmd.Env = append(os.Environ(), "VAULT_DISABLE_USER_LOCKOUT=true")
+	// Vault stops with the process group of its parent only if asked to;
+	// Pdeathsig makes it exit when its parent dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	return cmd
+}
+
 func (p *Proc) start(ctx context.Context) error {
 	conf := fmt.Sprintf(`storage "file" { path = %q }
 listener "tcp" {
@@ -155,14 +169,7 @@ log_level     = "warn"
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return err
 	}
-	p.cmd = exec.Command(p.bin, "server", "-config", confPath)
-	if p.log != nil {
-		p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	}
-	p.cmd.Env = append(os.Environ(), "VAULT_DISABLE_USER_LOCKOUT=true")
-	// Vault stops with the process group of its parent only if asked to;
-	// Pdeathsig makes it exit when smimeca dies.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	p.cmd = serverCommand(p.bin, confPath, p.log)
 	if err := p.cmd.Start(); err != nil {
 		return fmt.Errorf("start vault: %w", err)
 	}
