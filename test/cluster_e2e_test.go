@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,13 +41,14 @@ func newPostgres(t *testing.T) string {
 	return dsn
 }
 
-// newNodes starts n smimeca nodes on one PostgreSQL database and one CA: the
+// newNodes starts n smimeca nodes (with extra flags) on one PostgreSQL
+// database and one CA: the
 // first makes the CA; the others start on a copy of its CA directory and
 // first-start credentials (as nodes sharing their keys through files
 // mounted read-only, or the same token, would).
-func newNodes(t *testing.T, n int, dsn string) []*server {
+func newNodes(t *testing.T, n int, dsn string, extra ...string) []*server {
 	t.Helper()
-	first := newServer(t, "--db", dsn)
+	first := newServer(t, append([]string{"--db", dsn}, extra...)...)
 	first.db = dsn
 	nodes := []*server{first}
 	for i := 1; i < n; i++ {
@@ -280,5 +283,125 @@ func TestClusterTool(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Error("the cluster tool did not stop on an interrupt")
+	}
+}
+
+// TestClusterFaults: three smimeca nodes on PostgreSQL and a 3-node Vault
+// Raft cluster. Under 16 clients enrolling through all three nodes, one
+// node is killed (SIGKILL): clients whose request got no answer send it
+// again to the next node, and every enrolment completes — every
+// certificate a client received is in the inventory, once per device, no
+// serial twice. Then the Vault leader is killed in the middle of a
+// manifest import through a node: re-running the manifest completes it,
+// every file escrowed once.
+func TestClusterFaults(t *testing.T) {
+	ctx := context.Background()
+	vc, tokenFile := startVaultCluster(t)
+	nodes := newNodes(t, 3, newPostgres(t), "--vault-addr", vc.Addrs(), "--vault-token-file", tokenFile)
+	devs, enr, _ := nodes[0].adminClients(t)
+	ra := raCert(t, nodes[0])
+	const n, clients = 96, 16
+	keys := make([]*rsa.PrivateKey, 8)
+	for i := range keys {
+		keys[i] = testpki.RSAKey(t, 2048, i)
+	}
+	var devices []*scepDevice
+	for i := range n {
+		devices = append(devices, enrolling(t, devs, enr, keys[i%len(keys)], fmt.Sprintf("f%d@example.com", i%12), fmt.Sprintf("phone-%d", i), ra))
+	}
+	// A client sends its request to a node and, without an answer, to the
+	// next one, as a device retries behind a load balancer.
+	got := make([]*x509.Certificate, n)
+	enrolAny := func(i int) *x509.Certificate {
+		for try := range 6 {
+			if c := devices[i].enrol(nodes[(i+try)%len(nodes)].baseURL+"/scep", ra); c != nil {
+				return c
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return nil
+	}
+	var next, answered atomic.Int64
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if got[i] = enrolAny(i); got[i] != nil {
+					answered.Add(1)
+				}
+			}
+		}()
+	}
+	target := int64(5 + mrand.IntN(40))
+	for deadline := time.Now().Add(60 * time.Second); answered.Load() < target && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	killed := nodes[1]
+	killed.cmd.Process.Kill()
+	killed.cmd.Wait()
+	killed.cmd = nil
+	wg.Wait()
+	t.Logf("node 2 killed after %d answered enrolments", target)
+	seen := map[string]bool{}
+	for i, d := range devices {
+		if got[i] == nil {
+			t.Errorf("%s of %s: no node answered", d.id, d.user)
+			continue
+		}
+		list, err := enr.ListCertificates(ctx, &pb.ListCertificatesRequest{User: d.user, DeviceId: d.id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs := list.GetCertificates()
+		if len(certs) != 1 || certs[0].GetSerial() != got[i].SerialNumber.String() {
+			t.Errorf("%s of %s received %s; the inventory holds %d certificates", d.id, d.user, got[i].SerialNumber, len(certs))
+			continue
+		}
+		if seen[certs[0].GetSerial()] {
+			t.Errorf("serial %s issued twice", certs[0].GetSerial())
+		}
+		seen[certs[0].GetSerial()] = true
+	}
+
+	// The Vault leader killed in the middle of a manifest import.
+	is := testpki.NewIssuer(t)
+	in := t.TempDir()
+	const users, perUser = 4, 6
+	var rows []string
+	for i := range users * perUser {
+		user := fmt.Sprintf("vimp%d@example.com", i%users)
+		k := testpki.RSAKey(t, 2048, i%4)
+		crt := is.UserCert(t, k, testpki.CertOptions{Emails: []string{user}})
+		f, pw := writePFX(t, in, fmt.Sprintf("v%02d", i), is.PFX(t, nil, k, crt, fmt.Sprint("pass-", i)), fmt.Sprint("pass-", i))
+		rows = append(rows, fmt.Sprintf("%s,%s,%s", user, f, pw))
+	}
+	manifest := filepath.Join(in, "manifest.csv")
+	os.WriteFile(manifest, []byte(strings.Join(rows, "\n")+"\n"), 0o600)
+	imp := exec.Command(smimecaBin(t), "pfx", "import", "--manifest", manifest, "--concurrency", "1",
+		"--server", nodes[0].grpcAddr, "--credentials", filepath.Join(nodes[0].data, "credentials", "admin"))
+	imp.Env = cleanEnv()
+	if err := imp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Duration(100+mrand.IntN(300)) * time.Millisecond)
+	killVaultLeader(t, vc)
+	if err := imp.Wait(); err == nil {
+		t.Log("the import completed through the leader's death (its requests waited for the election)")
+	} else {
+		t.Logf("the import stopped at the leader's death: %v", err)
+	}
+	mustOK(t, "manifest re-run after the Vault leader's death", nodes[2].cli("pfx", "import", "--manifest", manifest, "--concurrency", "4"))
+	escrowed := 0
+	for u := range users {
+		escrowed += len(nodes[0].pfxList(t, fmt.Sprintf("vimp%d@example.com", u)).Certificates)
+	}
+	if escrowed != users*perUser {
+		t.Fatalf("%d files escrowed, want %d", escrowed, users*perUser)
 	}
 }
