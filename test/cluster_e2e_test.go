@@ -231,15 +231,22 @@ func TestCRLAcrossNodes(t *testing.T) {
 
 // TestClusterTool runs `make cluster`'s tool (test/cluster): PostgreSQL, a
 // 3-node Vault Raft cluster and three smimeca nodes behind its round-robin
-// front; through the front, Debian's scepclient enrols three devices (one
-// per node in turn) and the CLI escrows a PFX; an interrupt stops it all.
+// front. Through the front, Debian's scepclient enrols three devices (one
+// per node in turn), the CLI escrows a PFX and `smimeca bundle get` fetches
+// it for a device with an MDM identity; with one node killed (SIGKILL) the
+// front keeps working: enrolments and bundles through it still succeed. An
+// interrupt stops it all.
 func TestClusterTool(t *testing.T) {
-	tool := filepath.Join(t.TempDir(), "cluster")
-	mustOK(t, "build test/cluster", run(t, 120*time.Second, "go", "build", "-o", tool, "./cluster"))
+	clusterBin := filepath.Join(t.TempDir(), "cluster")
+	mustOK(t, "build test/cluster", run(t, 120*time.Second, "go", "build", "-o", clusterBin, "./cluster"))
 	httpFront, grpcFront := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	dir := filepath.Join(os.TempDir(), fmt.Sprintf("smimeca-cluster-test-%d", time.Now().UnixNano()))
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	cmd := exec.Command(tool, "-smimeca", smimecaBin(t), "-http", httpFront, "-grpc", grpcFront, "-dir", dir, "-for", "5m")
+	mdm := t.TempDir()
+	mustOK(t, "device identity CA", run(t, 60*time.Second, tool(t, "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+		"-keyout", filepath.Join(mdm, "mdm-ca.key"), "-out", filepath.Join(mdm, "mdm-ca.pem"), "-subj", "/CN=Test MDM Device Identity CA", "-days", "30"))
+	cmd := exec.Command(clusterBin, "-smimeca", smimecaBin(t), "-http", httpFront, "-grpc", grpcFront, "-dir", dir, "-for", "5m",
+		"-device-identity-ca", filepath.Join(mdm, "mdm-ca.pem"))
 	cmd.Dir = ".."
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -263,7 +270,7 @@ func TestClusterTool(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	front := &server{t: t, data: filepath.Join(dir, "node1"), grpcAddr: grpcFront, baseURL: "http://" + httpFront}
+	front := &server{t: t, data: filepath.Join(dir, "node1"), grpcAddr: grpcFront, baseURL: "http://" + httpFront, mdm: mdm}
 	for i := range 3 {
 		ch := front.challenge(fmt.Sprintf("front%d@example.com", i), "phone")
 		mustOK(t, "scepclient through the front", front.scepclient(filepath.Join(t.TempDir(), "dev"), ch))
@@ -275,6 +282,23 @@ func TestClusterTool(t *testing.T) {
 	if r := front.cli("pfx", "import", "--user", "front0@example.com", "--password-file", pwFile, file); r.code != 0 || !strings.Contains(r.stdout, "imported 1") {
 		t.Fatalf("import through the front: %+v", r)
 	}
+	front.registerWithIdentity("front0@example.com", "tablet")
+	bundleThroughFront := func(what string) {
+		t.Helper()
+		if b := front.bundle(t, filepath.Join(t.TempDir(), "bundle"), "--user", "front0@example.com", "--device", "tablet"); len(b.Encryption) != 1 {
+			t.Errorf("%s: the bundle holds %d encryption certificates, want 1", what, len(b.Encryption))
+		}
+	}
+	bundleThroughFront("bundle get through the front")
+	// One node killed: the front passes to the others.
+	if r := run(t, 10*time.Second, "pkill", "-KILL", "-f", "serve --data "+filepath.Join(dir, "node2")+" "); r.code != 0 {
+		t.Fatalf("kill node 2: %+v", r)
+	}
+	for i := range 3 {
+		ch := front.challenge(fmt.Sprintf("after-kill%d@example.com", i), "phone")
+		mustOK(t, "scepclient through the front, one node down", front.scepclient(filepath.Join(t.TempDir(), "dev"), ch))
+	}
+	bundleThroughFront("bundle get with one node down")
 	cmd.Process.Signal(os.Interrupt)
 	select {
 	case err := <-done:

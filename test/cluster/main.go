@@ -44,6 +44,7 @@ func main() {
 	grpcFront := flag.String("grpc", "127.0.0.1:19443", "the front's gRPC address")
 	dir := flag.String("dir", "", "working directory (default: a new one under /tmp)")
 	runFor := flag.Duration("for", 0, "stop after this long (0: until interrupted)")
+	identityCA := flag.String("device-identity-ca", "", "the nodes' --device-identity-ca (PEM of the MDM's device identity CA), for bundles")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -52,13 +53,13 @@ func main() {
 		ctx, cancel = context.WithTimeout(ctx, *runFor)
 		defer cancel()
 	}
-	if err := run(ctx, *bin, *nodes, *httpFront, *grpcFront, *dir); err != nil {
+	if err := run(ctx, *bin, *nodes, *httpFront, *grpcFront, *dir, *identityCA); err != nil {
 		fmt.Fprintln(os.Stderr, "cluster:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, bin string, n int, httpFront, grpcFront, dir string) error {
+func run(ctx context.Context, bin string, n int, httpFront, grpcFront, dir, identityCA string) error {
 	if dir == "" {
 		d, err := os.MkdirTemp("", "smimeca-cluster")
 		if err != nil {
@@ -105,6 +106,9 @@ func run(ctx context.Context, bin string, n int, httpFront, grpcFront, dir strin
 
 	public := "http://" + httpFront
 	common := []string{"--db", dsn, "--public-url", public, "--vault-addr", vc.Addrs(), "--vault-token-file", tokenFile, "--log-format", "json"}
+	if identityCA != "" {
+		common = append(common, "--device-identity-ca", identityCA)
+	}
 	first := filepath.Join(dir, "node1")
 	if out, err := exec.Command(bin, append([]string{"init", "--data", first}, common...)...).CombinedOutput(); err != nil {
 		return fmt.Errorf("smimeca init: %v: %s", err, out)
