@@ -173,7 +173,7 @@ func unanswered(err error, idempotent bool) bool {
 
 // failoverWindow bounds how long a request waits for the cluster to answer
 // again (a leader election takes a few seconds).
-const failoverWindow = 15 * time.Second
+const failoverWindow = 20 * time.Second
 
 // do runs one request: again after logging in when the token was refused,
 // and — with several nodes configured — while the cluster does not answer
