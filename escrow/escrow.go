@@ -269,6 +269,45 @@ func (s *Store) Put(ctx context.Context, user string, rec policy.EscrowedKey) (p
 	return rec.Escrowed, false, nil
 }
 
+// PutMany escrows several certificates of one user at once — a user's
+// history from one export — with one Transit batch encrypt, one KV read
+// and one KV write: all of them land or none does. Certificates already
+// escrowed (by SHA-256 thumbprint, also repeats within recs) change nothing;
+// it returns how many were added.
+func (s *Store) PutMany(ctx context.Context, user string, recs []policy.EscrowedKey) (int, error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	keys := make([][]byte, len(recs))
+	for i, r := range recs {
+		keys[i] = r.KeyPKCS8
+	}
+	cts, err := s.encryptBatch(ctx, keys)
+	if err != nil {
+		return 0, err
+	}
+	added := 0
+	err = s.update(ctx, user, func(e *entry) (bool, error) {
+		added = 0
+		for i, rec := range recs {
+			if _, ok := e.find(rec.SHA256); ok {
+				continue
+			}
+			st := stored{Escrowed: rec.Escrowed, Cert: base64.StdEncoding.EncodeToString(rec.CertDER), Key: cts[i]}
+			for _, c := range rec.ChainDER {
+				st.Chain = append(st.Chain, base64.StdEncoding.EncodeToString(c))
+			}
+			e.Certificates = append(e.Certificates, st)
+			added++
+		}
+		return added > 0, nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return added, nil
+}
+
 // index returns the position of the certificate named by its SHA-256 or
 // SHA-1 thumbprint (hex, any case, colons allowed), or -1.
 func (e *entry) index(thumbprint string) int {
@@ -503,6 +542,32 @@ func (s *Store) encrypt(ctx context.Context, plaintext []byte) (string, error) {
 		return "", errors.New("escrow: transit encrypt returned no ciphertext")
 	}
 	return ct, nil
+}
+
+// encryptBatch encrypts several plaintexts with one Transit request.
+func (s *Store) encryptBatch(ctx context.Context, plaintexts [][]byte) ([]string, error) {
+	batch := make([]map[string]any, len(plaintexts))
+	for i, p := range plaintexts {
+		batch[i] = map[string]any{"plaintext": base64.StdEncoding.EncodeToString(p)}
+	}
+	sec, err := s.v.WriteWithContext(ctx, s.cfg.TransitMount+"/encrypt/"+s.cfg.TransitKey, map[string]any{"batch_input": batch})
+	if err != nil {
+		return nil, vaultErr("transit encrypt", err)
+	}
+	results, _ := sec.Data["batch_results"].([]any)
+	if len(results) != len(plaintexts) {
+		return nil, fmt.Errorf("escrow: transit encrypt returned %d results for %d keys", len(results), len(plaintexts))
+	}
+	out := make([]string, len(plaintexts))
+	for i, r := range results {
+		m, _ := r.(map[string]any)
+		ct, _ := m["ciphertext"].(string)
+		if !strings.HasPrefix(ct, "vault:") {
+			return nil, fmt.Errorf("escrow: transit could not encrypt key %d", i)
+		}
+		out[i] = ct
+	}
+	return out, nil
 }
 
 func (s *Store) decrypt(ctx context.Context, cts []string) ([][]byte, error) {

@@ -315,3 +315,38 @@ func TestAppRoleTokenExpiryReLogin(t *testing.T) {
 		t.Fatalf("after the token expired: %v %v", list, err)
 	}
 }
+
+func TestPutManyIsOneAtomicWrite(t *testing.T) {
+	v := testvault.Start(t)
+	s, _ := v.Store(t)
+	ctx := context.Background()
+	a, b, c := record(t, 1218), record(t, 1219), record(t, 1220)
+	n, err := s.PutMany(ctx, "carol@example.com", []policy.EscrowedKey{a, b, a})
+	if err != nil || n != 2 {
+		t.Fatalf("PutMany(a, b, a) = %d, %v; want 2 added", n, err)
+	}
+	if n, err := s.PutMany(ctx, "carol@example.com", []policy.EscrowedKey{b, c}); err != nil || n != 1 {
+		t.Fatalf("PutMany(b, c) = %d, %v; want 1 added (b is escrowed)", n, err)
+	}
+	recs, err := s.Load(ctx, "carol@example.com")
+	if err != nil || len(recs) != 3 {
+		t.Fatalf("Load = %d records, %v; want 3", len(recs), err)
+	}
+	for _, r := range recs {
+		want := map[string][]byte{a.SHA256: a.KeyPKCS8, b.SHA256: b.KeyPKCS8, c.SHA256: c.KeyPKCS8}[r.SHA256]
+		if !bytes.Equal(r.KeyPKCS8, want) {
+			t.Errorf("key of %s differs after the round trip", r.SHA256[:8])
+		}
+	}
+	// A batch that would not fit in one entry is refused whole.
+	var big []policy.EscrowedKey
+	for range 400 {
+		big = append(big, record(t, 1300))
+	}
+	if n, err := s.PutMany(ctx, "carol@example.com", big); !errors.Is(err, policy.ErrTooLarge) || n != 0 {
+		t.Fatalf("PutMany(400 large) = %d, %v; want ErrTooLarge", n, err)
+	}
+	if list, _ := s.List(ctx, "carol@example.com"); len(list) != 3 {
+		t.Fatalf("after the refused batch %d certificates are escrowed, want 3", len(list))
+	}
+}
