@@ -19,13 +19,11 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -43,7 +41,6 @@ import (
 
 	"github.com/smallstep/pkcs7"
 	smallscep "github.com/smallstep/scep"
-	scepx509 "github.com/smallstep/scep/x509util"
 
 	"github.com/smimeca/smimeca/ca"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
@@ -120,9 +117,9 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 	defer os.RemoveAll(work)
 
 	fmt.Fprintf(os.Stderr, "generating %d device keys…\n", nkeys)
-	devs := make([]*device, nkeys)
+	devs := make([]*benchutil.Device, nkeys)
 	for i := range devs {
-		if devs[i], err = newDevice(); err != nil {
+		if devs[i], err = benchutil.NewDevice(); err != nil {
 			return err
 		}
 	}
@@ -180,7 +177,7 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 		for _, c := range concs {
 			rates := map[string]float64{}
 			for _, t := range targets {
-				msgs, owners := make([][]byte, n), make([]*device, n)
+				msgs, owners := make([][]byte, n), make([]*benchutil.Device, n)
 				for i := range msgs {
 					owners[i] = devs[i%len(devs)]
 					ch := "bench-secret"
@@ -191,13 +188,17 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 						ch = t.challenges[t.next]
 						t.next++
 					}
-					if msgs[i], err = owners[i].pkcsReq(t.recipie, ch, fmt.Sprintf("bench-%d-%d-%d", c, i, time.Now().UnixNano())); err != nil {
+					var emails []string
+					if ch == staticSecret {
+						emails = []string{staticUser} // with the static secret the device names its address
+					}
+					if msgs[i], err = owners[i].PKCSReq(t.recipie, ch, fmt.Sprintf("bench-%d-%d-%d", c, i, time.Now().UnixNano()), emails...); err != nil {
 						return err
 					}
 				}
 				// warm-up
 				for i := 0; i < 5 && !t.smimeca(); i++ {
-					m, _ := devs[0].pkcsReq(t.recipie, "bench-secret", fmt.Sprintf("warm-%d-%d", c, i))
+					m, _ := devs[0].PKCSReq(t.recipie, "bench-secret", fmt.Sprintf("warm-%d-%d", c, i))
 					if err := enrol(t, devs[0], m); err != nil {
 						return fmt.Errorf("%s warm-up: %w", t.name, err)
 					}
@@ -328,7 +329,7 @@ func spread(xs []float64, unit string, scale float64) string {
 // enrolments/s, p50/p99 latency in ms of the successful ones, and the number
 // of failed enrolments. A failure of smimeca aborts the run; the peer's
 // failures are counted and reported.
-func load(t *target, msgs [][]byte, owners []*device, c int) (float64, float64, float64, int, int, time.Duration, error) {
+func load(t *target, msgs [][]byte, owners []*benchutil.Device, c int) (float64, float64, float64, int, int, time.Duration, error) {
 	lat := make([]time.Duration, 0, len(msgs))
 	bodies := make([][]byte, len(msgs))
 	var latMu sync.Mutex
@@ -409,7 +410,7 @@ var errShed = errors.New("shed")
 // checkCertRep verifies that body is a CertRep SUCCESS signed by t's RA
 // and, for smimeca, opens it with the device's key and counts the issued
 // certificate's serial.
-func checkCertRep(t *target, d *device, body []byte) error {
+func checkCertRep(t *target, d *benchutil.Device, body []byte) error {
 	rep, err := smallscep.ParsePKIMessage(body, smallscep.WithCACerts(t.ra))
 	if err != nil {
 		return fmt.Errorf("parse CertRep: %w", err)
@@ -420,92 +421,19 @@ func checkCertRep(t *target, d *device, body []byte) error {
 	if !t.smimeca() {
 		return nil
 	}
-	if err := rep.DecryptPKIEnvelope(d.cert, d.key); err != nil {
+	if err := rep.DecryptPKIEnvelope(d.Cert, d.Key); err != nil {
 		return fmt.Errorf("open CertRep: %w", err)
 	}
 	t.serials[rep.CertRepMessage.Certificate.SerialNumber.String()]++
 	return nil
 }
 
-func enrol(t *target, d *device, msg []byte) error {
+func enrol(t *target, d *benchutil.Device, msg []byte) error {
 	bodies := make([][]byte, 1)
 	if err := post(t, msg, bodies, 0); err != nil {
 		return err
 	}
 	return checkCertRep(t, d, bodies[0])
-}
-
-type device struct {
-	key  *rsa.PrivateKey
-	cert *x509.Certificate
-}
-
-func newDevice() (*device, error) {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench device"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	c, err := x509.ParseCertificate(der)
-	return &device{key: key, cert: c}, err
-}
-
-func (d *device) pkcsReq(recipients []*x509.Certificate, challenge, cn string) ([]byte, error) {
-	tmpl := x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}
-	if challenge == staticSecret {
-		tmpl.EmailAddresses = []string{staticUser} // with the static secret the device names its address
-	}
-	der, err := scepx509.CreateCertificateRequest(rand.Reader, &scepx509.CertificateRequest{
-		CertificateRequest: tmpl,
-		ChallengePassword:  challenge,
-	}, d.key)
-	if err != nil {
-		return nil, err
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		return nil, err
-	}
-	m, err := smallscep.NewCSRRequest(csr, &smallscep.PKIMessage{
-		MessageType: smallscep.PKCSReq, Recipients: recipients, SignerKey: d.key, SignerCert: d.cert,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return m.Raw, nil
-}
-
-func waitHTTP(url string) error {
-	for i := 0; i < 300; i++ {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return errors.New("server did not start: " + url)
-}
-
-func getCACerts(url string) ([]*x509.Certificate, error) {
-	resp, err := http.Get(url + "?operation=GetCACert")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.Header.Get("Content-Type") == "application/x-x509-ca-cert" {
-		return x509.ParseCertificates(b)
-	}
-	return smallscep.CACerts(b)
 }
 
 func startSmimeca(bin, work string, nChallenges int, backend string) (*target, error) {
@@ -541,10 +469,10 @@ func startSmimeca(bin, work string, nChallenges int, backend string) (*target, e
 		return nil, err
 	}
 	url := "http://" + httpAddr + "/scep"
-	if err := waitHTTP("http://" + opsAddr + "/healthz"); err != nil {
+	if err := benchutil.WaitHTTP("http://" + opsAddr + "/healthz"); err != nil {
 		return nil, err
 	}
-	certs, err := getCACerts(url)
+	certs, err := benchutil.GetCACerts(url)
 	if err != nil {
 		return nil, err
 	}
@@ -590,10 +518,10 @@ func startScepserver(bin, depot string) (*target, error) {
 		return nil, err
 	}
 	url := "http://127.0.0.1:" + port + "/scep"
-	if err := waitHTTP(url + "?operation=GetCACaps"); err != nil {
+	if err := benchutil.WaitHTTP(url + "?operation=GetCACaps"); err != nil {
 		return nil, err
 	}
-	certs, err := getCACerts(url)
+	certs, err := benchutil.GetCACerts(url)
 	if err != nil {
 		return nil, err
 	}
