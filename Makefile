@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/smimeca
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: cluster readme-test run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-import bench-bundle bench-ocsp proto docker vet lint clean
+.PHONY: cluster readme-test run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-scale bench-import bench-bundle bench-ocsp proto docker vet lint clean
 
 ## run: build and start CA + SCEP + gRPC + escrow on the embedded default (data in ./data, kept across
 ##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault;
@@ -90,6 +90,11 @@ cluster: deps vault build
 ##             and each key store's crypto limit, over BENCH_RUNS=5 rounds
 bench-scep: deps build
 	./scripts/bench-scep.sh
+
+## bench-scale: enrolments/s and GetUserBundle p50/p99, fresh vs a million certificates (250k devices, 250k users x 4
+##              escrowed), bbolt and PostgreSQL, 3 nodes vs 1 (SCALE_CERTS, SCALE_DEVICES, SCALE_USERS to resize)
+bench-scale: deps vault build
+	./scripts/bench-scale.sh
 
 ## bench-import: PFX/s of importing 10 000 PFX into the real Vault, with the decode and Vault-write limits
 bench-import: deps vault build

@@ -3,6 +3,7 @@ package ca
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -86,11 +87,20 @@ func redactDSN(dsn string) string {
 // serialRetry re-runs a transaction that PostgreSQL aborted with a
 // serialization failure (SQLSTATE 40001), as SERIALIZABLE requires of its
 // clients. Each attempt runs every operation again from the start.
+//
+// PostgreSQL's serializable isolation tracks reads by index page, so
+// concurrent transactions on neighbouring keys (devices registered one
+// after another) abort each other now and then even when they touch
+// different rows; retries back off exponentially with random jitter, so
+// that transactions aborted together do not collide again in lockstep.
 type serialRetry struct {
 	database.DB
 }
 
-const serialAttempts = 8
+const serialAttempts = 30
+
+// serialBackoffCap bounds one wait between attempts.
+const serialBackoffCap = 100 * time.Millisecond
 
 func isSerializationFailure(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "SQLSTATE 40001") || strings.Contains(err.Error(), "SQLSTATE 40P01"))
@@ -102,7 +112,7 @@ func retrySerial(f func() error) error {
 		if err = f(); !isSerializationFailure(err) {
 			return err
 		}
-		time.Sleep(time.Duration(1+attempt*attempt) * time.Millisecond)
+		time.Sleep(time.Millisecond + rand.N(min(time.Millisecond<<attempt, serialBackoffCap)))
 	}
 	return err
 }
@@ -124,4 +134,33 @@ func (s serialRetry) CmpAndSwap(bucket, key, oldValue, newValue []byte) (out []b
 		return err
 	})
 	return out, swapped, err
+}
+
+// Get is the database's, again after a serialization failure: under
+// SERIALIZABLE even a lone read can be chosen as a conflict's victim.
+func (s serialRetry) Get(bucket, key []byte) (out []byte, err error) {
+	err = retrySerial(func() error {
+		out, err = s.DB.Get(bucket, key)
+		return err
+	})
+	return out, err
+}
+
+// List is the database's, again after a serialization failure.
+func (s serialRetry) List(bucket []byte) (out []*database.Entry, err error) {
+	err = retrySerial(func() error {
+		out, err = s.DB.List(bucket)
+		return err
+	})
+	return out, err
+}
+
+// Set is the database's, again after a serialization failure.
+func (s serialRetry) Set(bucket, key, value []byte) error {
+	return retrySerial(func() error { return s.DB.Set(bucket, key, value) })
+}
+
+// Del is the database's, again after a serialization failure.
+func (s serialRetry) Del(bucket, key []byte) error {
+	return retrySerial(func() error { return s.DB.Del(bucket, key) })
 }
