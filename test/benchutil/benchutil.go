@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,6 +95,57 @@ func Parallel(n, workers int, do func(worker, i int) bool) {
 		}()
 	}
 	wg.Wait()
+}
+
+// ParallelErr is Parallel for calls that can fail: the workers stop at the
+// first error, which it returns.
+func ParallelErr(n, workers int, do func(worker, i int) error) error {
+	var firstErr atomic.Value
+	Parallel(n, workers, func(w, i int) bool {
+		if err := do(w, i); err != nil {
+			firstErr.CompareAndSwap(nil, err)
+			return false
+		}
+		return true
+	})
+	if e := firstErr.Load(); e != nil {
+		return e.(error)
+	}
+	return nil
+}
+
+// Timed makes n calls with workers concurrent callers and returns calls/s
+// and the latencies' median and 99th percentile in ms; it stops at the
+// first error, which it returns.
+func Timed(n, workers int, call func(worker, i int) error) (rate, p50, p99 float64, err error) {
+	lat := make([]time.Duration, n)
+	start := time.Now()
+	if err := ParallelErr(n, workers, func(w, i int) error {
+		t0 := time.Now()
+		if err := call(w, i); err != nil {
+			return err
+		}
+		lat[i] = time.Since(t0)
+		return nil
+	}); err != nil {
+		return 0, 0, 0, err
+	}
+	total := time.Since(start)
+	p50, p99 = P50P99(lat)
+	return float64(n) / total.Seconds(), p50, p99, nil
+}
+
+// WaitHealthy waits up to timeout until a GET of u answers 200.
+func WaitHealthy(u string, timeout time.Duration) error {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get(u); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%s not healthy after %s", u, timeout)
 }
 
 // P50P99 sorts lat and returns its median and 99th percentile in ms (0, 0

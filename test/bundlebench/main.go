@@ -25,7 +25,6 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -197,25 +196,10 @@ func run(bin string, calls int) error {
 }
 
 func load(client pb.ProfileBundlesClient, user string, calls, c int) (float64, float64, float64, error) {
-	lat := make([]time.Duration, calls)
-	var firstErr atomic.Value
-	start := time.Now()
-	benchutil.Parallel(calls, c, func(w, i int) bool {
-		t0 := time.Now()
+	return benchutil.Timed(calls, c, func(w, _ int) error {
 		_, err := client.GetUserBundle(context.Background(), &pb.GetUserBundleRequest{User: user, DeviceId: fmt.Sprintf("dev-%d", w)})
-		if err != nil {
-			firstErr.CompareAndSwap(nil, err)
-			return false
-		}
-		lat[i] = time.Since(t0)
-		return true
+		return err
 	})
-	if e := firstErr.Load(); e != nil {
-		return 0, 0, 0, e.(error)
-	}
-	total := time.Since(start)
-	p50, p99 := benchutil.P50P99(lat)
-	return float64(calls) / total.Seconds(), p50, p99, nil
 }
 
 // countRequests counts audit-log requests by operation and mount path.

@@ -14,7 +14,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -135,7 +134,7 @@ func run(ctx context.Context, bin string, n int, httpFront, grpcFront, dir, iden
 			return err
 		}
 		defer benchutil.Stop(cmd)
-		if err := waitHealthy("http://" + o + "/healthz"); err != nil {
+		if err := benchutil.WaitHealthy("http://"+o+"/healthz", time.Minute); err != nil {
 			return fmt.Errorf("node %d: %w (log: %s)", i, err, logf.Name())
 		}
 		if i == 1 {
@@ -185,19 +184,6 @@ func freePort() int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func waitHealthy(u string) error {
-	for range 600 {
-		if resp, err := http.Get(u); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return errors.New("not healthy after 60 s")
 }
 
 // roundRobin proxies each HTTP request to the next node, and to the one

@@ -122,6 +122,78 @@ type cell struct {
 	// the cell (pg_stat_database): rollbacks are mostly serialization
 	// failures, each retried.
 	pgCommits, pgRollbacks int64
+	// enrolCPU and bundleCPU are the CPU ms one enrolment and one bundle
+	// cost each component (medians over the rounds).
+	enrolCPU, bundleCPU cpuSnap
+}
+
+// components whose CPU time is measured, as the model in BENCHMARKS.md
+// needs them.
+var components = []string{"smimeca", "postgres", "vault"}
+
+// cpuSnap is CPU time in ms by component.
+type cpuSnap map[string]float64
+
+// snapCPU reads the CPU time (user + system) so far of the nodes and of
+// every postgres and vault process on the machine.
+func snapCPU(nodes []*node) cpuSnap {
+	out := cpuSnap{}
+	ours := map[int]bool{}
+	for _, nd := range nodes {
+		ours[nd.cmd.Process.Pid] = true
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		name := strings.TrimSpace(string(comm))
+		if ours[pid] {
+			name = "smimeca"
+		} else if name != "postgres" && name != "vault" {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the parenthesised command: utime and stime are
+		// the 12th and 13th, in clock ticks (100 per second).
+		rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
+		f := strings.Fields(rest)
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		out[name] += (u + st) * 10
+	}
+	return out
+}
+
+// per returns the CPU ms per operation between before and s, for ops
+// operations. A process that exited in between makes its component's
+// figure an underestimate; none does during a cell.
+func (s cpuSnap) per(before cpuSnap, ops int) cpuSnap {
+	out := cpuSnap{}
+	for _, k := range components {
+		out[k] = max(0, s[k]-before[k]) / float64(ops)
+	}
+	return out
+}
+
+func medianCPU(xs []cpuSnap) cpuSnap {
+	out := cpuSnap{}
+	for _, k := range components {
+		var v []float64
+		for _, x := range xs {
+			v = append(v, x[k])
+		}
+		out[k] = median(v)
+	}
+	return out
 }
 
 // bench holds what every cell shares.
@@ -351,22 +423,18 @@ func (m *escrowMaker) history(user string, n int) []policy.EscrowedKey {
 // loadEscrow escrows cfg.users × cfg.escrowed certificates and returns the
 // certificates escrowed per second.
 func loadEscrow(ctx context.Context, store *escrow.Store, esc *escrowMaker, cfg config) (float64, error) {
-	var firstErr atomic.Value
 	var done atomic.Int64
 	start := time.Now()
 	stopProgress := progress("escrowed users", cfg.users, &done)
-	benchutil.Parallel(cfg.users, cfg.loaders, func(_, i int) bool {
+	err := benchutil.ParallelErr(cfg.users, cfg.loaders, func(_, i int) error {
 		user := fmt.Sprintf("user%d@example.com", i)
-		if _, err := store.PutMany(ctx, user, esc.history(user, cfg.escrowed)); err != nil {
-			firstErr.CompareAndSwap(nil, err)
-			return false
-		}
+		_, err := store.PutMany(ctx, user, esc.history(user, cfg.escrowed))
 		done.Add(1)
-		return true
+		return err
 	})
 	stopProgress()
-	if e := firstErr.Load(); e != nil {
-		return 0, e.(error)
+	if err != nil {
+		return 0, err
 	}
 	return float64(cfg.users*cfg.escrowed) / time.Since(start).Seconds(), nil
 }
@@ -435,39 +503,36 @@ func (b *bench) loadCA(ctx context.Context, s, dir string) (float64, error) {
 	}
 	cfg := b.cfg
 	perDevice := (cfg.certs + cfg.devices - 1) / cfg.devices
-	var firstErr atomic.Value
 	var done atomic.Int64
 	start := time.Now()
 	stopProgress := progress("certificates", cfg.certs, &done)
-	benchutil.Parallel(cfg.devices, cfg.loaders, func(_, i int) bool {
+	err = benchutil.ParallelErr(cfg.devices, cfg.loaders, func(_, i int) error {
 		user, id := fmt.Sprintf("user%d@example.com", i%cfg.users), fmt.Sprintf("device-%d", i)
 		now := time.Now()
 		if err := store.PutDevice(ctx, policy.Device{User: user, ID: id, State: policy.DeviceActive, Identity: b.identity,
 			CreatedAt: now, CreatedBy: "scalebench"}); err != nil {
-			firstErr.CompareAndSwap(nil, err)
-			return false
+			return err
 		}
 		for k := 0; k < perDevice && i*perDevice+k < cfg.certs; k++ {
 			nb := now.AddDate(0, 0, 90*(k-perDevice))
 			iss, err := auth.Sign(ctx, csrs[(i+k)%len(csrs)], ca.Template{CommonName: user, Emails: []string{user},
 				KeyUsage: []string{"digitalSignature"}, ExtKeyUsage: []string{"emailProtection"}, NotBefore: nb, NotAfter: nb.AddDate(1, 0, 0)})
-			if err == nil {
-				leaf := iss.Chain[0]
-				err = store.RecordIssued(ctx, policy.Issued{Serial: leaf.SerialNumber.String(), User: user, Device: id,
-					NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IssuedAt: nb, SHA256: policy.CertificateMetadata(leaf).SHA256},
-					policy.Commit{CA: iss.Record, At: nb})
-			}
 			if err != nil {
-				firstErr.CompareAndSwap(nil, err)
-				return false
+				return err
+			}
+			leaf := iss.Chain[0]
+			if err := store.RecordIssued(ctx, policy.Issued{Serial: leaf.SerialNumber.String(), User: user, Device: id,
+				NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IssuedAt: nb, SHA256: policy.CertificateMetadata(leaf).SHA256},
+				policy.Commit{CA: iss.Record, At: nb}); err != nil {
+				return err
 			}
 			done.Add(1)
 		}
-		return true
+		return nil
 	})
 	stopProgress()
-	if e := firstErr.Load(); e != nil {
-		return 0, e.(error)
+	if err != nil {
+		return 0, err
 	}
 	return float64(done.Load()) / time.Since(start).Seconds(), nil
 }
@@ -509,25 +574,12 @@ func (b *bench) startNodes(s, dir string, n int) ([]*node, error) {
 			return nil, err
 		}
 		nodes = append(nodes, &node{cmd: cmd, scepURL: "http://" + h + "/scep", grpc: g, data: data})
-		if err := waitHealthy("http://" + o + "/healthz"); err != nil {
+		if err := benchutil.WaitHealthy("http://"+o+"/healthz", 2*time.Minute); err != nil {
 			stopAll()
 			return nil, fmt.Errorf("node %d: %w", i, err)
 		}
 	}
 	return nodes, nil
-}
-
-func waitHealthy(u string) error {
-	for range 1200 {
-		if resp, err := http.Get(u); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return errors.New("not healthy after 120 s")
 }
 
 // measure starts n nodes of store s and measures enrolments and bundles
@@ -584,6 +636,7 @@ func (b *bench) measure(s, state, dir string, n int) (*cell, error) {
 	commits0, rollbacks0 := b.pgTx(s)
 	stopSampling := sampleAnon(nodes, &c.anonMiB)
 	var rates, p50s, p99s, brates, bp50s, bp99s []float64
+	var enrolCPU, bundleCPU []cpuSnap
 	for r := range cfg.rounds {
 		msgs := make([][]byte, cfg.n)
 		for i := range msgs {
@@ -600,14 +653,18 @@ func (b *bench) measure(s, state, dir string, n int) (*cell, error) {
 				return nil, err
 			}
 		}
+		cpu0 := snapCPU(nodes)
 		rate, p50, p99, failed, shed, err := enrolLoad(nodes, ra, msgs, cfg.clients)
+		enrolCPU = append(enrolCPU, snapCPU(nodes).per(cpu0, cfg.n))
 		if err != nil {
 			return nil, fmt.Errorf("round %d: %w", r, err)
 		}
 		rates, p50s, p99s = append(rates, rate), append(p50s, p50), append(p99s, p99)
 		c.failed += failed
 		c.shed += shed
+		cpu0 = snapCPU(nodes)
 		brate, bp50, bp99, err := bundleLoad(profConns, state, n, cfg.calls, cfg.clients)
+		bundleCPU = append(bundleCPU, snapCPU(nodes).per(cpu0, cfg.calls))
 		if err != nil {
 			return nil, fmt.Errorf("round %d bundles: %w", r, err)
 		}
@@ -615,6 +672,7 @@ func (b *bench) measure(s, state, dir string, n int) (*cell, error) {
 	}
 	c.enrolRate, c.enrolP50, c.enrolP99 = median(rates), median(p50s), median(p99s)
 	c.bundleRate, c.bundleP50, c.bundleP99 = median(brates), median(bp50s), median(bp99s)
+	c.enrolCPU, c.bundleCPU = medianCPU(enrolCPU), medianCPU(bundleCPU)
 	stopSampling()
 	for _, nd := range nodes {
 		if kb := procStatusKiB(nd.cmd.Process.Pid, "VmHWM"); float64(kb)/1024 > c.rssMiB {
@@ -689,29 +747,14 @@ func enrolLoad(nodes []*node, ra []*x509.Certificate, msgs [][]byte, c int) (rat
 // bundleLoad makes calls GetUserBundle calls with c callers, each for its
 // own device of a measured user, spread over the nodes.
 func bundleLoad(clients []pb.ProfileBundlesClient, state string, nodes, calls, c int) (rate, p50, p99 float64, err error) {
-	lat := make([]time.Duration, calls)
-	var firstErr atomic.Value
-	start := time.Now()
-	benchutil.Parallel(calls, c, func(w, i int) bool {
-		t0 := time.Now()
+	return benchutil.Timed(calls, c, func(w, i int) error {
 		resp, err := clients[i%len(clients)].GetUserBundle(context.Background(), &pb.GetUserBundleRequest{
 			User: benchUser(w % benchUsers), DeviceId: fmt.Sprintf("bundle-%s-%d-%d", state, nodes, w)})
 		if err == nil && len(resp.GetEncryptionCertificates()) == 0 {
 			err = errors.New("a bundle without encryption certificates")
 		}
-		if err != nil {
-			firstErr.CompareAndSwap(nil, err)
-			return false
-		}
-		lat[i] = time.Since(t0)
-		return true
+		return err
 	})
-	if e := firstErr.Load(); e != nil {
-		return 0, 0, 0, e.(error)
-	}
-	total := time.Since(start)
-	p50, p99 = benchutil.P50P99(lat)
-	return float64(calls) / total.Seconds(), p50, p99, nil
 }
 
 // sampleAnon records the largest anonymous RSS of any node in *peak (MiB)
@@ -842,6 +885,15 @@ func report(cfg config, cells []*cell, loadRates map[string]float64, escrowRate 
 		}
 		fmt.Printf("| %s | %s | %d | %.0f | %.1f | %.1f | %d / %d | %s | %.0f | %.1f | %.1f | %s | %.0f (%.0f) | %.1f | %s |\n",
 			c.store, c.state, c.nodes, c.enrolRate, c.enrolP50, c.enrolP99, c.failed, c.shed, ve, c.bundleRate, c.bundleP50, c.bundleP99, vb, c.rssMiB, c.anonMiB, float64(c.dbBytes)/(1<<20), tx)
+	}
+	fmt.Println()
+	fmt.Println("CPU per operation (ms, medians; all processes of a component, on the same 2 cores):")
+	fmt.Println()
+	fmt.Println("| store | state | nodes | enrolment: smimeca | PostgreSQL | Vault | bundle: smimeca | PostgreSQL | Vault |")
+	fmt.Println("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+	for _, c := range cells {
+		fmt.Printf("| %s | %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", c.store, c.state, c.nodes,
+			c.enrolCPU["smimeca"], c.enrolCPU["postgres"], c.enrolCPU["vault"], c.bundleCPU["smimeca"], c.bundleCPU["postgres"], c.bundleCPU["vault"])
 	}
 	fmt.Println()
 	for _, s := range cfg.stores {
