@@ -11,19 +11,59 @@ import (
 	"github.com/smimeca/smimeca/policy"
 )
 
-// migrate brings a version 1 database (one JSON list of certificates per
-// device id, device ids global) to this layout in one transaction: each
-// list becomes a chain of rows per (user, device); every device that was
-// issued a certificate is registered as active, without an identity
-// certificate (it keeps enrolling and renewing, and gets no escrowed key
-// until its identity is registered); the old tables are dropped.
+// migrate brings an older database to this layout, one version step per
+// transaction (an interrupted migration resumes at its step).
 func (s *Store) migrate() error {
 	v, err := s.db.Get(metaTable, schemaKey)
-	if err == nil && string(v) == schemaVersion {
-		return nil
-	} else if err != nil && !database.IsErrNotFound(err) {
+	if err != nil && !database.IsErrNotFound(err) {
 		return fmt.Errorf("nosqlstore: read schema version: %w", err)
 	}
+	switch string(v) {
+	case schemaVersion:
+		return nil
+	case "2":
+	default:
+		if err := s.migrateV1(); err != nil {
+			return err
+		}
+	}
+	return s.migrateV2()
+}
+
+// migrateV2 lists every user's devices (version 2 kept no such list).
+func (s *Store) migrateV2() error {
+	entries, err := s.db.List(devicesTable)
+	if err != nil && !database.IsErrNotFound(err) {
+		return fmt.Errorf("nosqlstore: read the device registry: %w", err)
+	}
+	byUser := map[string][]string{}
+	for _, e := range entries {
+		user, id := splitDevKey(e.Key)
+		byUser[user] = append(byUser[user], id)
+	}
+	tx := &database.Tx{}
+	for user, ids := range byUser {
+		sort.Strings(ids)
+		b, err := json.Marshal(ids)
+		if err != nil {
+			return err
+		}
+		tx.Set(userDevicesTable, []byte(user), b)
+	}
+	tx.Set(metaTable, schemaKey, []byte("3"))
+	if err := s.db.Update(tx); err != nil {
+		return fmt.Errorf("nosqlstore: migrate to schema 3: %w", err)
+	}
+	return nil
+}
+
+// migrateV1 brings a version 1 database (one JSON list of certificates per
+// device id, device ids global) to version 2 in one transaction: each list
+// becomes a chain of rows per (user, device); every device that was issued
+// a certificate is registered as active, without an identity certificate
+// (it keeps enrolling and renewing, and gets no escrowed key until its
+// identity is registered); the old tables are dropped.
+func (s *Store) migrateV1() error {
 	entries, err := s.db.List(v1ByDeviceTable)
 	hadV1 := err == nil
 	if err != nil && !database.IsErrNotFound(err) {
@@ -72,9 +112,9 @@ func (s *Store) migrate() error {
 			tx.DeleteTable(v1SerialTable)
 		}
 	}
-	tx.Set(metaTable, schemaKey, []byte(schemaVersion))
+	tx.Set(metaTable, schemaKey, []byte("2"))
 	if err := s.db.Update(tx); err != nil {
-		return fmt.Errorf("nosqlstore: migrate to schema %s: %w", schemaVersion, err)
+		return fmt.Errorf("nosqlstore: migrate to schema 2: %w", err)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -35,6 +36,11 @@ import (
 // while it has a row in renewableTable: the renewal that supersedes it, a
 // revocation and a retirement delete that row in their transactions.
 //
+// Each user's device ids are listed, sorted, in userDevicesTable (written
+// with a compare-and-swap in the transaction that registers a device), so
+// that listing one user's devices or certificates reads that user's rows,
+// not the whole registry.
+//
 // A challenge lives in challengesTable until it is used; the transaction
 // that records the certificate it paid for moves it to usedTable. A device's
 // live challenge is named in deviceChallengeTable, so that a new one
@@ -43,6 +49,7 @@ var (
 	challengesTable      = []byte("smimeca_challenges")
 	usedTable            = []byte("smimeca_challenges_used")
 	devicesTable         = []byte("smimeca_devices")
+	userDevicesTable     = []byte("smimeca_user_devices")
 	activeTable          = []byte("smimeca_devices_active")
 	deviceChallengeTable = []byte("smimeca_device_challenge")
 	headsTable           = []byte("smimeca_device_heads")
@@ -56,10 +63,15 @@ var (
 	v1SerialTable   = []byte("smimeca_issued_serials")
 
 	schemaKey = []byte("schema")
+	// staticKey in metaTable marks a database that has recorded an
+	// enrolment with the labs-only static challenge: such a device is not
+	// in its user's list, so listing a user's certificates then also
+	// scans the heads for the user's static devices.
+	staticKey = []byte("static_enrolments")
 	marker    = []byte{1}
 )
 
-const schemaVersion = "2"
+const schemaVersion = "3"
 
 // maxCASRetries bounds retries of a device's head when enrolments of the
 // same device in different processes race.
@@ -91,7 +103,7 @@ type row struct {
 // New returns a Store on db, creating its tables and migrating an older
 // layout.
 func New(db database.DB) (*Store, error) {
-	for _, t := range [][]byte{challengesTable, usedTable, devicesTable, activeTable, deviceChallengeTable,
+	for _, t := range [][]byte{challengesTable, usedTable, devicesTable, userDevicesTable, activeTable, deviceChallengeTable,
 		headsTable, certsTable, renewableTable, metaTable} {
 		if err := db.CreateTable(t); err != nil {
 			return nil, fmt.Errorf("nosqlstore: create table %s: %w", t, err)
@@ -248,6 +260,8 @@ func (s *Store) RecordIssued(_ context.Context, rec policy.Issued, c policy.Comm
 	var guards []*database.TxEntry
 	if !c.Unregistered {
 		guards = append(guards, &database.TxEntry{Bucket: activeTable, Key: key, Cmd: database.Get})
+	} else {
+		guards = append(guards, &database.TxEntry{Bucket: metaTable, Key: staticKey, Value: marker, Cmd: database.Set})
 	}
 	if c.Challenge != nil {
 		ch, err := s.getChallenge(challengesTable, c.Challenge)
@@ -366,24 +380,36 @@ func (s *Store) deviceCerts(key []byte) ([]policy.Issued, error) {
 }
 
 // ListIssued implements policy.Inventory. With a device it follows that
-// device's chain; by user alone it follows each of the user's devices; with
-// neither, every device (an administrator's query).
+// device's chain; by user alone it follows each of the user's devices (from
+// the user's list); with neither, every device (an administrator's query).
 func (s *Store) ListIssued(_ context.Context, f policy.Filter) ([]policy.Issued, error) {
 	if f.Device != "" && f.User == "" {
 		return nil, errors.New("nosqlstore: a device filter needs its user")
 	}
 	var keys [][]byte
-	if f.Device != "" {
+	switch {
+	case f.Device != "":
 		keys = [][]byte{devKey(f.User, f.Device)}
-	} else {
+	case f.User != "":
+		_, ids, err := s.userDevices(f.User)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range ids {
+			keys = append(keys, devKey(f.User, id))
+		}
+		static, err := s.staticDevices(f.User)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, static...)
+	default:
 		entries, err := s.db.List(headsTable)
 		if err != nil && !database.IsErrNotFound(err) {
 			return nil, fmt.Errorf("nosqlstore: list devices: %w", err)
 		}
 		for _, e := range entries {
-			if u, _ := splitDevKey(e.Key); f.User == "" || u == f.User {
-				keys = append(keys, e.Key)
-			}
+			keys = append(keys, e.Key)
 		}
 	}
 	var out []policy.Issued
@@ -403,6 +429,28 @@ func (s *Store) ListIssued(_ context.Context, f policy.Filter) ([]policy.Issued,
 	return out, nil
 }
 
+// staticDevices returns the keys of user's devices enrolled with the labs
+// mode's static challenge (not in the user's list); it scans the heads only
+// in a database that has recorded such an enrolment.
+func (s *Store) staticDevices(user string) ([][]byte, error) {
+	if _, err := s.get(metaTable, staticKey); err == policy.ErrNotFound {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	entries, err := s.db.List(headsTable)
+	if err != nil && !database.IsErrNotFound(err) {
+		return nil, fmt.Errorf("nosqlstore: list devices: %w", err)
+	}
+	var keys [][]byte
+	for _, e := range entries {
+		if u, d := splitDevKey(e.Key); u == user && strings.HasPrefix(d, policy.StaticDevice) {
+			keys = append(keys, e.Key)
+		}
+	}
+	return keys, nil
+}
+
 // RevokeIssued implements policy.Inventory.
 func (s *Store) RevokeIssued(_ context.Context, serial string, revocation ca.Record) error {
 	tx := &database.Tx{}
@@ -414,7 +462,10 @@ func (s *Store) RevokeIssued(_ context.Context, serial string, revocation ca.Rec
 	return nil
 }
 
-// PutDevice implements policy.DeviceStore.
+// PutDevice implements policy.DeviceStore. A device new to its user is
+// added to the user's list in the same transaction (compare-and-swap: a
+// registration of another of the user's devices, in another process, makes
+// it read the list again).
 func (s *Store) PutDevice(_ context.Context, d policy.Device) error {
 	b, err := json.Marshal(d)
 	if err != nil {
@@ -424,17 +475,51 @@ func (s *Store) PutDevice(_ context.Context, d policy.Device) error {
 	mu := s.lock(key)
 	mu.Lock()
 	defer mu.Unlock()
-	tx := &database.Tx{}
-	tx.Set(devicesTable, key, b)
-	if d.State == policy.DeviceActive {
-		tx.Set(activeTable, key, marker)
-	} else {
-		tx.Del(activeTable, key)
+	for attempt := 0; attempt < maxCASRetries; attempt++ {
+		tx := &database.Tx{}
+		tx.Set(devicesTable, key, b)
+		if d.State == policy.DeviceActive {
+			tx.Set(activeTable, key, marker)
+		} else {
+			tx.Del(activeTable, key)
+		}
+		old, ids, err := s.userDevices(d.User)
+		if err != nil {
+			return err
+		}
+		var cas *database.TxEntry
+		if i, found := slices.BinarySearch(ids, d.ID); !found {
+			next, err := json.Marshal(slices.Insert(ids, i, d.ID))
+			if err != nil {
+				return err
+			}
+			cas = &database.TxEntry{Bucket: userDevicesTable, Key: []byte(d.User), CmpValue: old, Value: next, Cmd: database.CmpAndSwap}
+			tx.Operations = append(tx.Operations, cas)
+		}
+		if err := s.db.Update(tx); err != nil {
+			return fmt.Errorf("nosqlstore: register device %s: %w", d.ID, err)
+		}
+		if cas == nil || cas.Swapped {
+			return nil
+		}
 	}
-	if err := s.db.Update(tx); err != nil {
-		return fmt.Errorf("nosqlstore: register device %s: %w", d.ID, err)
+	return fmt.Errorf("nosqlstore: register device %s: too many concurrent registrations for its user", d.ID)
+}
+
+// userDevices returns the stored list of user's device ids (nil when
+// absent) and the ids, sorted.
+func (s *Store) userDevices(user string) ([]byte, []string, error) {
+	b, err := s.get(userDevicesTable, []byte(user))
+	if err == policy.ErrNotFound {
+		return nil, nil, nil
+	} else if err != nil {
+		return nil, nil, err
 	}
-	return nil
+	var ids []string
+	if err := json.Unmarshal(b, &ids); err != nil {
+		return nil, nil, fmt.Errorf("nosqlstore: decode the device list of %s: %w", user, err)
+	}
+	return b, ids, nil
 }
 
 // Device implements policy.DeviceStore.
@@ -450,20 +535,33 @@ func (s *Store) Device(_ context.Context, user, id string) (policy.Device, error
 	return d, nil
 }
 
-// ListDevices implements policy.DeviceStore. It reads the whole registry
+// ListDevices implements policy.DeviceStore. For one user it reads the
+// user's list and their devices; for every user ("") the whole registry
 // (an administrator's query).
-func (s *Store) ListDevices(_ context.Context, user string) ([]policy.Device, error) {
+func (s *Store) ListDevices(ctx context.Context, user string) ([]policy.Device, error) {
+	if user != "" {
+		_, ids, err := s.userDevices(user)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]policy.Device, 0, len(ids))
+		for _, id := range ids {
+			d, err := s.Device(ctx, user, id)
+			if err != nil {
+				return nil, fmt.Errorf("nosqlstore: device %s of %s is listed but not stored: %w", id, user, err)
+			}
+			out = append(out, d)
+		}
+		return out, nil
+	}
 	entries, err := s.db.List(devicesTable)
 	if database.IsErrNotFound(err) {
 		return nil, nil
 	} else if err != nil {
 		return nil, fmt.Errorf("nosqlstore: list devices: %w", err)
 	}
-	var out []policy.Device
+	out := make([]policy.Device, 0, len(entries))
 	for _, e := range entries {
-		if u, _ := splitDevKey(e.Key); user != "" && u != user {
-			continue
-		}
 		var d policy.Device
 		if err := json.Unmarshal(e.Value, &d); err != nil {
 			return nil, fmt.Errorf("nosqlstore: decode device %q: %w", e.Key, err)

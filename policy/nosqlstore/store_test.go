@@ -396,3 +396,151 @@ func TestMigrateFromVersion1(t *testing.T) {
 		t.Errorf("after a second open: %d records", len(again))
 	}
 }
+
+// listingDB counts full-table reads by table.
+type listingDB struct {
+	database.DB
+	mu    sync.Mutex
+	lists map[string]int
+}
+
+func (l *listingDB) List(table []byte) ([]*database.Entry, error) {
+	l.mu.Lock()
+	l.lists[string(table)]++
+	l.mu.Unlock()
+	return l.DB.List(table)
+}
+
+func (l *listingDB) scans() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, v := range l.lists {
+		n += v
+	}
+	return n
+}
+
+// One user's devices and certificates are read from that user's rows, not
+// found by scanning the registry: with 250 000 devices, listing a user's
+// two must not read the other 249 998.
+func TestListingOneUserScansNoTable(t *testing.T) {
+	ldb := &listingDB{DB: openDB(t), lists: map[string]int{}}
+	s, err := nosqlstore.New(ldb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	register(t, s, "alice@example.com", "iphone")
+	register(t, s, "alice@example.com", "ipad")
+	register(t, s, "bob@example.com", "iphone")
+	register(t, s, "alice@example.com", "iphone") // again: listed once
+	for i, r := range []policy.Issued{issued("1", "alice@example.com", "iphone"), issued("2", "alice@example.com", "iphone"), issued("3", "bob@example.com", "iphone")} {
+		if err := s.RecordIssued(ctx, r, policy.Commit{}); err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+	}
+	before := ldb.scans()
+	devs, err := s.ListDevices(ctx, "alice@example.com")
+	if err != nil || len(devs) != 2 || devs[0].ID != "ipad" || devs[1].ID != "iphone" || devs[0].User != "alice@example.com" {
+		t.Fatalf("alice's devices: %+v, %v", devs, err)
+	}
+	certs, err := s.ListIssued(ctx, policy.Filter{User: "alice@example.com"})
+	if err != nil || len(certs) != 2 {
+		t.Fatalf("alice's certificates: %+v, %v; want 1 and 2", certs, err)
+	}
+	for _, c := range certs {
+		if c.User != "alice@example.com" {
+			t.Errorf("bob's certificate %s listed for alice", c.Serial)
+		}
+	}
+	if none, err := s.ListDevices(ctx, "carol@example.com"); err != nil || len(none) != 0 {
+		t.Errorf("a user without devices: %+v, %v", none, err)
+	}
+	if n := ldb.scans() - before; n != 0 {
+		t.Errorf("listing one user's devices and certificates scanned %d tables: %v", n, ldb.lists)
+	}
+	// Every user's: the administrator's query reads the registry.
+	if all, err := s.ListDevices(ctx, ""); err != nil || len(all) != 3 {
+		t.Errorf("all devices: %d, %v", len(all), err)
+	}
+	// The labs mode's unregistered devices (one per enrolment) are part
+	// of the user's inventory; once the database holds one, listing a
+	// user's certificates scans the heads.
+	for _, sn := range []string{"4", "5"} {
+		if err := s.RecordIssued(ctx, issued(sn, "alice@example.com", policy.StaticDevice+"/"+sn), policy.Commit{Unregistered: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if certs, err := s.ListIssued(ctx, policy.Filter{User: "alice@example.com"}); err != nil || len(certs) != 4 {
+		t.Errorf("alice's certificates with static enrolments: %d, %v; want 4", len(certs), err)
+	}
+	if certs, err := s.ListIssued(ctx, policy.Filter{User: "bob@example.com"}); err != nil || len(certs) != 1 {
+		t.Errorf("bob's certificates: %d, %v; want 1", len(certs), err)
+	}
+}
+
+// Devices of one user registered at once by two processes (two stores on
+// one database: their in-process locks do not see each other) all land in
+// the user's list.
+func TestConcurrentRegistrationsOfOneUser(t *testing.T) {
+	db := openDB(t)
+	var stores []*nosqlstore.Store
+	for range 2 {
+		s, err := nosqlstore.New(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores = append(stores, s)
+	}
+	const n = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- stores[i%2].PutDevice(context.Background(), policy.Device{User: "a@example.com", ID: fmt.Sprintf("d%02d", i), State: policy.DeviceActive})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	devs, err := stores[0].ListDevices(context.Background(), "a@example.com")
+	if err != nil || len(devs) != n {
+		t.Fatalf("%d devices listed (%v), want %d", len(devs), err, n)
+	}
+}
+
+// A version 2 database (no per-user lists) gets them when opened.
+func TestMigrateFromVersion2(t *testing.T) {
+	db := openDB(t)
+	s, err := nosqlstore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(t, s, "alice@example.com", "iphone")
+	register(t, s, "alice@example.com", "ipad")
+	register(t, s, "bob@example.com", "iphone")
+	// Back to version 2: the lists gone, the version number 2.
+	if err := db.DeleteTable([]byte("smimeca_user_devices")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Set([]byte("smimeca_meta"), []byte("schema"), []byte("2")); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = nosqlstore.New(db); err != nil {
+		t.Fatal(err)
+	}
+	devs, err := s.ListDevices(context.Background(), "alice@example.com")
+	if err != nil || len(devs) != 2 {
+		t.Fatalf("alice's devices after the migration: %+v, %v", devs, err)
+	}
+	if v, _ := db.Get([]byte("smimeca_meta"), []byte("schema")); string(v) != "3" {
+		t.Errorf("schema %q after the migration, want 3", v)
+	}
+}
