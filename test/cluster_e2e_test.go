@@ -311,20 +311,20 @@ func TestClusterTool(t *testing.T) {
 }
 
 // TestClusterFaults: three smimeca nodes on PostgreSQL and a 3-node Vault
-// Raft cluster. Under 16 clients enrolling through all three nodes, one
-// node is killed (SIGKILL): clients whose request got no answer send it
-// again to the next node, and every enrolment completes — every
+// Raft cluster. While 16 clients enrol through all three nodes and a
+// manifest import runs through the first, the second node is killed
+// (SIGKILL) and then the Vault leader: clients whose request got no answer
+// send it again to the next node, and every enrolment completes — every
 // certificate a client received is in the inventory, once per device, no
-// serial twice. Then the Vault leader is killed in the middle of a
-// manifest import through a node: re-running the manifest completes it,
-// every file escrowed once.
+// serial twice; re-running the manifest completes the import, every file
+// escrowed once.
 func TestClusterFaults(t *testing.T) {
 	ctx := context.Background()
 	vc, tokenFile := startVaultCluster(t)
 	nodes := newNodes(t, 3, newPostgres(t), "--vault-addr", vc.Addrs(), "--vault-token-file", tokenFile)
 	devs, enr, _ := nodes[0].adminClients(t)
 	ra := raCert(t, nodes[0])
-	const n, clients = 96, 16
+	const n, clients = 160, 16
 	keys := make([]*rsa.PrivateKey, 8)
 	for i := range keys {
 		keys[i] = testpki.RSAKey(t, 2048, i)
@@ -333,6 +333,24 @@ func TestClusterFaults(t *testing.T) {
 	for i := range n {
 		devices = append(devices, enrolling(t, devs, enr, keys[i%len(keys)], fmt.Sprintf("f%d@example.com", i%12), fmt.Sprintf("phone-%d", i), ra))
 	}
+	// A manifest import through node 1 (never killed), one file at a time.
+	is := testpki.NewIssuer(t)
+	in := t.TempDir()
+	const users, perUser = 4, 10
+	var rows []string
+	for i := range users * perUser {
+		user := fmt.Sprintf("vimp%d@example.com", i%users)
+		k := testpki.RSAKey(t, 2048, i%4)
+		crt := is.UserCert(t, k, testpki.CertOptions{Emails: []string{user}})
+		f, pw := writePFX(t, in, fmt.Sprintf("v%02d", i), is.PFX(t, nil, k, crt, fmt.Sprint("pass-", i)), fmt.Sprint("pass-", i))
+		rows = append(rows, fmt.Sprintf("%s,%s,%s", user, f, pw))
+	}
+	manifest := filepath.Join(in, "manifest.csv")
+	os.WriteFile(manifest, []byte(strings.Join(rows, "\n")+"\n"), 0o600)
+	imp := exec.Command(smimecaBin(t), "pfx", "import", "--manifest", manifest, "--concurrency", "1",
+		"--server", nodes[0].grpcAddr, "--credentials", filepath.Join(nodes[0].data, "credentials", "admin"))
+	imp.Env = cleanEnv()
+
 	// A client sends its request to a node and, without an answer, to the
 	// next one, as a device retries behind a load balancer.
 	got := make([]*x509.Certificate, n)
@@ -347,6 +365,11 @@ func TestClusterFaults(t *testing.T) {
 	}
 	var next, answered atomic.Int64
 	var wg sync.WaitGroup
+	if err := imp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	importDone := make(chan error, 1)
+	go func() { importDone <- imp.Wait() }()
 	for range clients {
 		wg.Add(1)
 		go func() {
@@ -362,6 +385,7 @@ func TestClusterFaults(t *testing.T) {
 			}
 		}()
 	}
+	// Under both loads: one smimeca node killed, then the Vault leader.
 	target := int64(5 + mrand.IntN(40))
 	for deadline := time.Now().Add(60 * time.Second); answered.Load() < target && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
@@ -370,8 +394,23 @@ func TestClusterFaults(t *testing.T) {
 	killed.cmd.Process.Kill()
 	killed.cmd.Wait()
 	killed.cmd = nil
+	time.Sleep(time.Duration(100+mrand.IntN(300)) * time.Millisecond)
+	enrolling, importing := answered.Load() < n, true
+	select {
+	case err := <-importDone:
+		importDone <- err
+		importing = false
+	default:
+	}
+	killVaultLeader(t, vc)
+	t.Logf("node 2 killed after %d answered enrolments, then the Vault leader (enrolments still running: %v, import still running: %v)", target, enrolling, importing)
 	wg.Wait()
-	t.Logf("node 2 killed after %d answered enrolments", target)
+	if err := <-importDone; err == nil {
+		t.Log("the import completed through the leader's death (its requests waited for the election)")
+	} else {
+		t.Logf("the import stopped at the leader's death: %v", err)
+	}
+
 	seen := map[string]bool{}
 	for i, d := range devices {
 		if got[i] == nil {
@@ -391,34 +430,6 @@ func TestClusterFaults(t *testing.T) {
 			t.Errorf("serial %s issued twice", certs[0].GetSerial())
 		}
 		seen[certs[0].GetSerial()] = true
-	}
-
-	// The Vault leader killed in the middle of a manifest import.
-	is := testpki.NewIssuer(t)
-	in := t.TempDir()
-	const users, perUser = 4, 6
-	var rows []string
-	for i := range users * perUser {
-		user := fmt.Sprintf("vimp%d@example.com", i%users)
-		k := testpki.RSAKey(t, 2048, i%4)
-		crt := is.UserCert(t, k, testpki.CertOptions{Emails: []string{user}})
-		f, pw := writePFX(t, in, fmt.Sprintf("v%02d", i), is.PFX(t, nil, k, crt, fmt.Sprint("pass-", i)), fmt.Sprint("pass-", i))
-		rows = append(rows, fmt.Sprintf("%s,%s,%s", user, f, pw))
-	}
-	manifest := filepath.Join(in, "manifest.csv")
-	os.WriteFile(manifest, []byte(strings.Join(rows, "\n")+"\n"), 0o600)
-	imp := exec.Command(smimecaBin(t), "pfx", "import", "--manifest", manifest, "--concurrency", "1",
-		"--server", nodes[0].grpcAddr, "--credentials", filepath.Join(nodes[0].data, "credentials", "admin"))
-	imp.Env = cleanEnv()
-	if err := imp.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Duration(100+mrand.IntN(300)) * time.Millisecond)
-	killVaultLeader(t, vc)
-	if err := imp.Wait(); err == nil {
-		t.Log("the import completed through the leader's death (its requests waited for the election)")
-	} else {
-		t.Logf("the import stopped at the leader's death: %v", err)
 	}
 	mustOK(t, "manifest re-run after the Vault leader's death", nodes[2].cli("pfx", "import", "--manifest", manifest, "--concurrency", "4"))
 	escrowed := 0
