@@ -5,6 +5,7 @@
 # root the cluster runs as the unprivileged "postgres" user (DIR must be
 # reachable by it, e.g. under /tmp). For tests and `make cluster`: a
 # production database is the operator's, with its own users and TLS.
+# PG_OPTS adds server settings ("-c shared_buffers=2GB …"), for benchmarks.
 set -euo pipefail
 DIR="$1"
 PORT="${2:-55432}"
@@ -29,5 +30,5 @@ if [ ! -f "$DIR/data/PG_VERSION" ]; then
   "${AS[@]}" "$BIN/initdb" -D "$DIR/data" -U smimeca --auth=trust -E UTF8 --no-instructions >/dev/null
 fi
 "${AS[@]}" "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/log" -w \
-  -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c max_connections=200" start >/dev/null
+  -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c max_connections=200 ${PG_OPTS:-}" start >/dev/null
 echo "postgres://smimeca@127.0.0.1:${PORT}/smimeca?sslmode=disable"

@@ -67,6 +67,10 @@ import (
 // certificates, so that loaded and enrolled certificates are the same size.
 const publicURL = "http://smimeca.scale.test"
 
+// freshAgain is the state of a store's twin that stayed fresh, measured
+// right after the full store; full cells are compared with it.
+const freshAgain = "fresh, again"
+
 // benchUsers are the users whose bundles are measured; each has
 // -escrowed certificates, fresh or full.
 const benchUsers = 16
@@ -77,7 +81,7 @@ type config struct {
 	certs, devices, users, escrowed  int
 	n, rounds, calls, clients, nodes int
 	loaders                          int
-	work                             string
+	work, pgOpts                     string
 }
 
 func main() {
@@ -95,6 +99,8 @@ func main() {
 	flag.IntVar(&cfg.clients, "c", 16, "concurrent clients")
 	flag.IntVar(&cfg.nodes, "nodes", 3, "smimeca nodes for the multi-node cell on the full PostgreSQL store (≤ 1: none)")
 	flag.IntVar(&cfg.loaders, "loaders", 16, "concurrent writers of the loader")
+	flag.StringVar(&cfg.pgOpts, "pg-opts", "-c shared_buffers=2GB -c max_wal_size=16GB -c checkpoint_timeout=30min",
+		"PostgreSQL settings: a cache that holds the indexes of a million certificates, and checkpoints far enough apart that a cell is not measured across one (each page's first change after a checkpoint writes the whole page to the WAL)")
 	flag.StringVar(&cfg.work, "dir", "", "working directory (default: a new one under /tmp, removed at the end)")
 	flag.Parse()
 	cfg.stores = strings.Split(stores, ",")
@@ -125,6 +131,9 @@ type cell struct {
 	// enrolCPU and bundleCPU are the CPU ms one enrolment and one bundle
 	// cost each component (medians over the rounds).
 	enrolCPU, bundleCPU cpuSnap
+	// walKiB and fpi are the WAL PostgreSQL writes per enrolment: KiB and
+	// full-page images.
+	walKiB, fpi float64
 }
 
 // components whose CPU time is measured, as the model in BENCHMARKS.md
@@ -134,8 +143,11 @@ var components = []string{"smimeca", "postgres", "vault"}
 // cpuSnap is CPU time in ms by component.
 type cpuSnap map[string]float64
 
-// snapCPU reads the CPU time (user + system) so far of the nodes and of
-// every postgres and vault process on the machine.
+// snapCPU reads the CPU time (user + system) so far of the nodes, of every
+// vault process, of this process, and of the whole machine. PostgreSQL's
+// share is the machine's minus the others': its backends come and go with
+// the connections (database/sql keeps two idle), so their own counters
+// leave with them.
 func snapCPU(nodes []*node) cpuSnap {
 	out := cpuSnap{}
 	ours := map[int]bool{}
@@ -149,28 +161,46 @@ func snapCPU(nodes []*node) cpuSnap {
 			continue
 		}
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		name := strings.TrimSpace(string(comm))
-		if ours[pid] {
-			name = "smimeca"
-		} else if name != "postgres" && name != "vault" {
-			continue
+		switch name := strings.TrimSpace(string(comm)); {
+		case ours[pid]:
+			out["smimeca"] += procCPU(pid)
+		case name == "vault":
+			out["vault"] += procCPU(pid)
+		case pid == os.Getpid():
+			out["self"] += procCPU(pid)
 		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		// Fields after the parenthesised command: utime and stime are
-		// the 12th and 13th, in clock ticks (100 per second).
-		rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
-		f := strings.Fields(rest)
-		if len(f) < 13 {
-			continue
-		}
-		u, _ := strconv.ParseFloat(f[11], 64)
-		st, _ := strconv.ParseFloat(f[12], 64)
-		out[name] += (u + st) * 10
 	}
+	// The machine: the first line of /proc/stat, in ticks, all but idle
+	// and iowait.
+	if b, err := os.ReadFile("/proc/stat"); err == nil {
+		f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+		for i, v := range f[1:] {
+			if i == 3 || i == 4 {
+				continue
+			}
+			t, _ := strconv.ParseFloat(v, 64)
+			out["machine"] += t * 10
+		}
+	}
+	out["postgres"] = out["machine"] - out["smimeca"] - out["vault"] - out["self"]
 	return out
+}
+
+// procCPU is a process's CPU time (user + system) in ms.
+func procCPU(pid int) float64 {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command: utime and stime are the
+	// 12th and 13th, in clock ticks (100 per second).
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (u + st) * 10
 }
 
 // per returns the CPU ms per operation between before and s, for ops
@@ -276,26 +306,35 @@ func run(cfg config) error {
 		}
 	}
 
+	// Each store has a twin that stays fresh, measured right after the
+	// full store: the ratio compares two cells minutes apart, not an hour
+	// (this shared machine's speed drifts more than the effect measured).
 	var cells []*cell
 	dirs := map[string]string{}
+	twin := func(s string) string { return s + "/fresh" }
 	for _, s := range cfg.stores {
-		dirs[s] = filepath.Join(work, s)
+		dirs[s], dirs[twin(s)] = filepath.Join(work, s), filepath.Join(work, s+"-fresh")
 		if s == "postgres" {
 			pgDir := filepath.Join(work, "pgdata")
-			out, err := exec.Command("scripts/postgres.sh", pgDir, strconv.Itoa(freePort())).Output()
+			cmd := exec.Command("scripts/postgres.sh", pgDir, strconv.Itoa(freePort()))
+			cmd.Env = append(os.Environ(), "PG_OPTS="+cfg.pgOpts)
+			out, err := cmd.Output()
 			if err != nil {
 				return fmt.Errorf("scripts/postgres.sh: %w", err)
 			}
 			defer exec.Command("scripts/postgres.sh", pgDir, "stop").Run()
 			b.pg[s] = strings.TrimSpace(string(out))
+			b.pg[twin(s)] = strings.Replace(b.pg[s], "/smimeca?", "/smimeca_fresh?", 1)
 		} else if s != "bbolt" {
 			return fmt.Errorf("-stores: %q is neither bbolt nor postgres", s)
 		}
-		args := append([]string{"init", "--data", filepath.Join(dirs[s], "node1")}, b.storeArgs(s)...)
-		if out, err := exec.Command(cfg.bin, args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("smimeca init: %v: %s", err, out)
+		for _, k := range []string{s, twin(s)} {
+			args := append([]string{"init", "--data", filepath.Join(dirs[k], "node1")}, b.storeArgs(k)...)
+			if out, err := exec.Command(cfg.bin, args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("smimeca init: %v: %s", err, out)
+			}
 		}
-		c, err := b.measure(s, "fresh", dirs[s], 1)
+		c, err := b.measure(s, s, "fresh", dirs[s], 1)
 		if err != nil {
 			return fmt.Errorf("%s fresh: %w", s, err)
 		}
@@ -313,13 +352,22 @@ func run(cfg config) error {
 		if loadRates[s], err = b.loadCA(ctx, s, filepath.Join(dirs[s], "node1")); err != nil {
 			return fmt.Errorf("%s load: %w", s, err)
 		}
-		c, err := b.measure(s, "full", dirs[s], 1)
+		for _, k := range []string{s, twin(s)} {
+			if err := b.settle(k); err != nil {
+				return fmt.Errorf("%s: %w", k, err)
+			}
+		}
+		c, err := b.measure(s, s, "full", dirs[s], 1)
 		if err != nil {
 			return fmt.Errorf("%s full: %w", s, err)
 		}
-		cells = append(cells, c)
+		again, err := b.measure(twin(s), s, freshAgain, dirs[twin(s)], 1)
+		if err != nil {
+			return fmt.Errorf("%s fresh again: %w", s, err)
+		}
+		cells = append(cells, c, again)
 		if s == "postgres" && cfg.nodes > 1 {
-			c, err := b.measure(s, "full", dirs[s], cfg.nodes)
+			c, err := b.measure(s, s, "full", dirs[s], cfg.nodes)
 			if err != nil {
 				return fmt.Errorf("%s full, %d nodes: %w", s, cfg.nodes, err)
 			}
@@ -337,7 +385,7 @@ func logf(format string, args ...any) {
 
 func benchUser(i int) string { return fmt.Sprintf("bench-%d@example.com", i) }
 
-// storeArgs are serve's and init's flags for store s.
+// storeArgs are serve's and init's flags for store key s.
 func (b *bench) storeArgs(s string) []string {
 	args := []string{"--issuer-key-type", "EC", "--public-url", publicURL,
 		"--vault-addr", b.vaultAddr, "--vault-token-file", b.tokenFile, "--device-identity-ca", b.identityCA}
@@ -582,11 +630,13 @@ func (b *bench) startNodes(s, dir string, n int) ([]*node, error) {
 	return nodes, nil
 }
 
-// measure starts n nodes of store s and measures enrolments and bundles
-// over cfg.rounds rounds.
-func (b *bench) measure(s, state, dir string, n int) (*cell, error) {
+// measure starts n nodes of store key s (the store named store, in the
+// given state) and measures enrolments and bundles over cfg.rounds rounds.
+func (b *bench) measure(s, store, state, dir string, n int) (*cell, error) {
 	cfg := b.cfg
-	logf("%s %s, %d node(s): measuring…", s, state, n)
+	logf("%s %s, %d node(s): measuring…", store, state, n)
+	b.next++
+	tag := b.next
 	nodes, err := b.startNodes(s, dir, n)
 	if err != nil {
 		return nil, err
@@ -618,7 +668,7 @@ func (b *bench) measure(s, state, dir string, n int) (*cell, error) {
 	// measured user.
 	for w := range cfg.clients {
 		if _, err := devices.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: benchUser(w % benchUsers),
-			DeviceId: fmt.Sprintf("bundle-%s-%d-%d", state, n, w), IdentityCertificate: b.identity}); err != nil {
+			DeviceId: fmt.Sprintf("bundle-%d-%d", tag, w), IdentityCertificate: b.identity}); err != nil {
 			return nil, fmt.Errorf("register a bundle device: %w", err)
 		}
 	}
@@ -632,11 +682,12 @@ func (b *bench) measure(s, state, dir string, n int) (*cell, error) {
 		profConns[i] = pb.NewProfileBundlesClient(conn)
 	}
 
-	c := &cell{store: s, state: state, nodes: n}
+	c := &cell{store: store, state: state, nodes: n}
 	commits0, rollbacks0 := b.pgTx(s)
 	stopSampling := sampleAnon(nodes, &c.anonMiB)
 	var rates, p50s, p99s, brates, bp50s, bp99s []float64
 	var enrolCPU, bundleCPU []cpuSnap
+	var wals, fpis []float64
 	for r := range cfg.rounds {
 		msgs := make([][]byte, cfg.n)
 		for i := range msgs {
@@ -654,8 +705,11 @@ func (b *bench) measure(s, state, dir string, n int) (*cell, error) {
 			}
 		}
 		cpu0 := snapCPU(nodes)
+		wal0, fpi0 := b.pgWAL(s)
 		rate, p50, p99, failed, shed, err := enrolLoad(nodes, ra, msgs, cfg.clients)
 		enrolCPU = append(enrolCPU, snapCPU(nodes).per(cpu0, cfg.n))
+		wal1, fpi1 := b.pgWAL(s)
+		wals, fpis = append(wals, float64(wal1-wal0)/1024/float64(cfg.n)), append(fpis, float64(fpi1-fpi0)/float64(cfg.n))
 		if err != nil {
 			return nil, fmt.Errorf("round %d: %w", r, err)
 		}
@@ -663,7 +717,7 @@ func (b *bench) measure(s, state, dir string, n int) (*cell, error) {
 		c.failed += failed
 		c.shed += shed
 		cpu0 = snapCPU(nodes)
-		brate, bp50, bp99, err := bundleLoad(profConns, state, n, cfg.calls, cfg.clients)
+		brate, bp50, bp99, err := bundleLoad(profConns, tag, cfg.calls, cfg.clients)
 		bundleCPU = append(bundleCPU, snapCPU(nodes).per(cpu0, cfg.calls))
 		if err != nil {
 			return nil, fmt.Errorf("round %d bundles: %w", r, err)
@@ -673,6 +727,7 @@ func (b *bench) measure(s, state, dir string, n int) (*cell, error) {
 	c.enrolRate, c.enrolP50, c.enrolP99 = median(rates), median(p50s), median(p99s)
 	c.bundleRate, c.bundleP50, c.bundleP99 = median(brates), median(bp50s), median(bp99s)
 	c.enrolCPU, c.bundleCPU = medianCPU(enrolCPU), medianCPU(bundleCPU)
+	c.walKiB, c.fpi = median(wals), median(fpis)
 	stopSampling()
 	for _, nd := range nodes {
 		if kb := procStatusKiB(nd.cmd.Process.Pid, "VmHWM"); float64(kb)/1024 > c.rssMiB {
@@ -746,10 +801,10 @@ func enrolLoad(nodes []*node, ra []*x509.Certificate, msgs [][]byte, c int) (rat
 
 // bundleLoad makes calls GetUserBundle calls with c callers, each for its
 // own device of a measured user, spread over the nodes.
-func bundleLoad(clients []pb.ProfileBundlesClient, state string, nodes, calls, c int) (rate, p50, p99 float64, err error) {
+func bundleLoad(clients []pb.ProfileBundlesClient, tag, calls, c int) (rate, p50, p99 float64, err error) {
 	return benchutil.Timed(calls, c, func(w, i int) error {
 		resp, err := clients[i%len(clients)].GetUserBundle(context.Background(), &pb.GetUserBundleRequest{
-			User: benchUser(w % benchUsers), DeviceId: fmt.Sprintf("bundle-%s-%d-%d", state, nodes, w)})
+			User: benchUser(w % benchUsers), DeviceId: fmt.Sprintf("bundle-%d-%d", tag, w)})
 		if err == nil && len(resp.GetEncryptionCertificates()) == 0 {
 			err = errors.New("a bundle without encryption certificates")
 		}
@@ -818,6 +873,28 @@ func (b *bench) dbSize(s, dir string) (int64, error) {
 	return n, err
 }
 
+// settle does for PostgreSQL what an operator does after a bulk load:
+// VACUUM (ANALYZE) — otherwise autovacuum works through the fresh tables
+// while a cell is measured — and a CHECKPOINT. bbolt needs nothing.
+func (b *bench) settle(s string) error {
+	dsn := b.pg[s]
+	if dsn == "" {
+		return nil
+	}
+	logf("%s: VACUUM (ANALYZE) and CHECKPOINT after the load…", s)
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	for _, q := range []string{"VACUUM (ANALYZE)", "CHECKPOINT"} {
+		if _, err := db.Exec(q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	return nil
+}
+
 // pgTx returns PostgreSQL's committed and rolled-back transactions so far
 // in store s's database (0, 0 for bbolt).
 func (b *bench) pgTx(s string) (commits, rollbacks int64) {
@@ -833,6 +910,23 @@ func (b *bench) pgTx(s string) (commits, rollbacks int64) {
 	db.QueryRow("SELECT pg_stat_force_next_flush()").Scan(new(any))
 	db.QueryRow("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()").Scan(&commits, &rollbacks)
 	return commits, rollbacks
+}
+
+// pgWAL returns the WAL PostgreSQL has written so far: bytes and full-page
+// images (0, 0 for bbolt).
+func (b *bench) pgWAL(s string) (bytes, fpi int64) {
+	dsn := b.pg[s]
+	if dsn == "" {
+		return 0, 0
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return 0, 0
+	}
+	defer db.Close()
+	var walBytes float64
+	db.QueryRow("SELECT wal_bytes::float8, wal_fpi FROM pg_stat_wal").Scan(&walBytes, &fpi)
+	return int64(walBytes), fpi
 }
 
 func dirSize(dir string) (int64, error) {
@@ -865,17 +959,18 @@ func report(cfg config, cells []*cell, loadRates map[string]float64, escrowRate 
 	fmt.Printf("machine: %d CPUs, go %s; smimeca, Vault (Raft, one node) and PostgreSQL on the same machine\n", runtime.NumCPU(), runtime.Version())
 	fmt.Printf("full = %d certificates over %d devices in the CA database, %d users × %d escrowed certificates in Vault; %d rounds of %d enrolments and %d GetUserBundle calls (%d certificates each) at %d clients per cell, medians\n\n",
 		cfg.certs, cfg.devices, cfg.users, cfg.escrowed, cfg.rounds, cfg.n, cfg.calls, cfg.escrowed, cfg.clients)
+	fmt.Printf("fresh: measured first, Vault holding only the measured users; %s: a twin store that stayed fresh, measured right after the full one with the full Vault — full vs fresh compares with it\n\n", freshAgain)
 	fmt.Println("| store | state | nodes | enrolments/s | p50 ms | p99 ms | failed / shed | full vs fresh | bundles/s | bundle p50 ms | bundle p99 ms | full vs fresh | peak RSS MiB (anonymous) | database MiB | PostgreSQL commits / rollbacks |")
 	fmt.Println("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	fresh := map[string]*cell{}
 	for _, c := range cells {
-		if c.state == "fresh" {
+		if c.state == freshAgain {
 			fresh[c.store] = c
 		}
 	}
 	for _, c := range cells {
 		ve, vb := "", ""
-		if f := fresh[c.store]; f != nil && c != f {
+		if f := fresh[c.store]; f != nil && c.state == "full" {
 			ve = fmt.Sprintf("%.0f %%", 100*c.enrolRate/f.enrolRate)
 			vb = fmt.Sprintf("%.0f %%", 100*c.bundleRate/f.bundleRate)
 		}
@@ -887,22 +982,23 @@ func report(cfg config, cells []*cell, loadRates map[string]float64, escrowRate 
 			c.store, c.state, c.nodes, c.enrolRate, c.enrolP50, c.enrolP99, c.failed, c.shed, ve, c.bundleRate, c.bundleP50, c.bundleP99, vb, c.rssMiB, c.anonMiB, float64(c.dbBytes)/(1<<20), tx)
 	}
 	fmt.Println()
-	fmt.Println("CPU per operation (ms, medians; all processes of a component, on the same 2 cores):")
+	fmt.Println("CPU per operation (ms, medians; PostgreSQL: the machine's busy time minus smimeca's, Vault's and the load generator's, so it includes the kernel's work for all of them):")
 	fmt.Println()
-	fmt.Println("| store | state | nodes | enrolment: smimeca | PostgreSQL | Vault | bundle: smimeca | PostgreSQL | Vault |")
-	fmt.Println("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Println("| store | state | nodes | enrolment: smimeca | PostgreSQL | Vault | bundle: smimeca | PostgreSQL | Vault | PostgreSQL WAL per enrolment: KiB | full-page images |")
+	fmt.Println("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, c := range cells {
-		fmt.Printf("| %s | %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", c.store, c.state, c.nodes,
-			c.enrolCPU["smimeca"], c.enrolCPU["postgres"], c.enrolCPU["vault"], c.bundleCPU["smimeca"], c.bundleCPU["postgres"], c.bundleCPU["vault"])
+		fmt.Printf("| %s | %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %.1f |\n", c.store, c.state, c.nodes,
+			c.enrolCPU["smimeca"], c.enrolCPU["postgres"], c.enrolCPU["vault"], c.bundleCPU["smimeca"], c.bundleCPU["postgres"], c.bundleCPU["vault"], c.walKiB, c.fpi)
 	}
 	fmt.Println()
 	for _, s := range cfg.stores {
 		var f, full *cell
 		for _, c := range cells {
 			if c.store == s && c.nodes == 1 {
-				if c.state == "fresh" {
+				switch c.state {
+				case "fresh":
 					f = c
-				} else {
+				case "full":
 					full = c
 				}
 			}
