@@ -3,8 +3,11 @@
 // first on fresh stores, then after filling them with a fleet's worth of
 // history — by default 1 000 000 issued certificates over 250 000 devices in
 // the CA database and 250 000 users × 4 escrowed certificates in Vault —
-// for the embedded bbolt database and for PostgreSQL, in one run. On the
-// full PostgreSQL store it also measures several nodes against one.
+// for the embedded bbolt database and for PostgreSQL, in one run. A full
+// store is compared with a twin that stayed fresh, measured right after it.
+// On the full PostgreSQL store it also measures several nodes against one,
+// and it reports the CPU each component spends per operation, for the
+// sizing model in BENCHMARKS.md.
 //
 // The stores are filled through smimeca's own store code, not through its
 // network API (which would take hours for a million RSA enrolments): for
@@ -855,77 +858,67 @@ func procStatusKiB(pid int, field string) int64 {
 // dbSize is the size of store s's database: the bbolt file, or
 // PostgreSQL's pg_database_size.
 func (b *bench) dbSize(s, dir string) (int64, error) {
-	dsn := b.pg[s]
-	if dsn == "" {
+	if b.pg[s] == "" {
 		fi, err := os.Stat(filepath.Join(dir, "node1", "db", "smimeca.db"))
 		if err != nil {
 			return 0, err
 		}
 		return fi.Size(), nil
 	}
+	var n int64
+	err := b.withPG(s, func(db *sql.DB) error {
+		return db.QueryRow("SELECT pg_database_size(current_database())").Scan(&n)
+	})
+	return n, err
+}
+
+// withPG runs fn on a connection to store s's PostgreSQL database; for
+// bbolt (no DSN) it does nothing.
+func (b *bench) withPG(s string, fn func(*sql.DB) error) error {
+	dsn := b.pg[s]
+	if dsn == "" {
+		return nil
+	}
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer db.Close()
-	var n int64
-	err = db.QueryRow("SELECT pg_database_size(current_database())").Scan(&n)
-	return n, err
+	return fn(db)
 }
 
 // settle does for PostgreSQL what an operator does after a bulk load:
 // VACUUM (ANALYZE) — otherwise autovacuum works through the fresh tables
 // while a cell is measured — and a CHECKPOINT. bbolt needs nothing.
 func (b *bench) settle(s string) error {
-	dsn := b.pg[s]
-	if dsn == "" {
-		return nil
-	}
-	logf("%s: VACUUM (ANALYZE) and CHECKPOINT after the load…", s)
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	for _, q := range []string{"VACUUM (ANALYZE)", "CHECKPOINT"} {
-		if _, err := db.Exec(q); err != nil {
-			return fmt.Errorf("%s: %w", q, err)
+	return b.withPG(s, func(db *sql.DB) error {
+		logf("%s: VACUUM (ANALYZE) and CHECKPOINT after the load…", s)
+		for _, q := range []string{"VACUUM (ANALYZE)", "CHECKPOINT"} {
+			if _, err := db.Exec(q); err != nil {
+				return fmt.Errorf("%s: %w", q, err)
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // pgTx returns PostgreSQL's committed and rolled-back transactions so far
 // in store s's database (0, 0 for bbolt).
 func (b *bench) pgTx(s string) (commits, rollbacks int64) {
-	dsn := b.pg[s]
-	if dsn == "" {
-		return 0, 0
-	}
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		return 0, 0
-	}
-	defer db.Close()
-	db.QueryRow("SELECT pg_stat_force_next_flush()").Scan(new(any))
-	db.QueryRow("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()").Scan(&commits, &rollbacks)
+	b.withPG(s, func(db *sql.DB) error {
+		db.QueryRow("SELECT pg_stat_force_next_flush()").Scan(new(any))
+		return db.QueryRow("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()").Scan(&commits, &rollbacks)
+	})
 	return commits, rollbacks
 }
 
 // pgWAL returns the WAL PostgreSQL has written so far: bytes and full-page
 // images (0, 0 for bbolt).
 func (b *bench) pgWAL(s string) (bytes, fpi int64) {
-	dsn := b.pg[s]
-	if dsn == "" {
-		return 0, 0
-	}
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		return 0, 0
-	}
-	defer db.Close()
 	var walBytes float64
-	db.QueryRow("SELECT wal_bytes::float8, wal_fpi FROM pg_stat_wal").Scan(&walBytes, &fpi)
+	b.withPG(s, func(db *sql.DB) error {
+		return db.QueryRow("SELECT wal_bytes::float8, wal_fpi FROM pg_stat_wal").Scan(&walBytes, &fpi)
+	})
 	return int64(walBytes), fpi
 }
 
