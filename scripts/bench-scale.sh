@@ -4,7 +4,8 @@
 # SCALE_DEVICES devices and SCALE_USERS users × 4 escrowed certificates, for
 # bbolt and PostgreSQL, and 3 nodes vs 1 on the full PostgreSQL store; prints
 # a markdown table. The default (a million certificates) takes about an hour
-# on a 2-core machine and ~15 GB of disk under $TMPDIR.
+# on a 2-core machine and up to ~25 GB of disk under $TMPDIR (the stores
+# take ~10 GB; PostgreSQL may keep up to 16 GB of WAL with -pg-opts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SMIMECA_VAULT_BIN="$(./scripts/vault.sh)"
