@@ -544,23 +544,40 @@ func (s *Store) encrypt(ctx context.Context, plaintext []byte) (string, error) {
 	return ct, nil
 }
 
-// encryptBatch encrypts several plaintexts with one Transit request.
-func (s *Store) encryptBatch(ctx context.Context, plaintexts [][]byte) ([]string, error) {
-	batch := make([]map[string]any, len(plaintexts))
-	for i, p := range plaintexts {
-		batch[i] = map[string]any{"plaintext": base64.StdEncoding.EncodeToString(p)}
+// transitBatch sends one Transit batch request (op "encrypt" or "decrypt",
+// items of field → value) and returns its results, one per item.
+func (s *Store) transitBatch(ctx context.Context, op, field string, items []string) ([]map[string]any, error) {
+	batch := make([]map[string]any, len(items))
+	for i, v := range items {
+		batch[i] = map[string]any{field: v}
 	}
-	sec, err := s.v.WriteWithContext(ctx, s.cfg.TransitMount+"/encrypt/"+s.cfg.TransitKey, map[string]any{"batch_input": batch})
+	sec, err := s.v.WriteWithContext(ctx, s.cfg.TransitMount+"/"+op+"/"+s.cfg.TransitKey, map[string]any{"batch_input": batch})
 	if err != nil {
-		return nil, vaultErr("transit encrypt", err)
+		return nil, vaultErr("transit "+op, err)
 	}
 	results, _ := sec.Data["batch_results"].([]any)
-	if len(results) != len(plaintexts) {
-		return nil, fmt.Errorf("escrow: transit encrypt returned %d results for %d keys", len(results), len(plaintexts))
+	if len(results) != len(items) {
+		return nil, fmt.Errorf("escrow: transit %s returned %d results for %d keys", op, len(results), len(items))
 	}
-	out := make([]string, len(plaintexts))
+	out := make([]map[string]any, len(results))
 	for i, r := range results {
-		m, _ := r.(map[string]any)
+		out[i], _ = r.(map[string]any)
+	}
+	return out, nil
+}
+
+// encryptBatch encrypts several plaintexts with one Transit request.
+func (s *Store) encryptBatch(ctx context.Context, plaintexts [][]byte) ([]string, error) {
+	items := make([]string, len(plaintexts))
+	for i, p := range plaintexts {
+		items[i] = base64.StdEncoding.EncodeToString(p)
+	}
+	results, err := s.transitBatch(ctx, "encrypt", "plaintext", items)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(results))
+	for i, m := range results {
 		ct, _ := m["ciphertext"].(string)
 		if !strings.HasPrefix(ct, "vault:") {
 			return nil, fmt.Errorf("escrow: transit could not encrypt key %d", i)
@@ -571,21 +588,12 @@ func (s *Store) encryptBatch(ctx context.Context, plaintexts [][]byte) ([]string
 }
 
 func (s *Store) decrypt(ctx context.Context, cts []string) ([][]byte, error) {
-	batch := make([]map[string]any, len(cts))
-	for i, ct := range cts {
-		batch[i] = map[string]any{"ciphertext": ct}
-	}
-	sec, err := s.v.WriteWithContext(ctx, s.cfg.TransitMount+"/decrypt/"+s.cfg.TransitKey, map[string]any{"batch_input": batch})
+	results, err := s.transitBatch(ctx, "decrypt", "ciphertext", cts)
 	if err != nil {
-		return nil, vaultErr("transit decrypt", err)
+		return nil, err
 	}
-	results, _ := sec.Data["batch_results"].([]any)
-	if len(results) != len(cts) {
-		return nil, fmt.Errorf("escrow: transit decrypt returned %d results for %d keys", len(results), len(cts))
-	}
-	out := make([][]byte, len(cts))
-	for i, r := range results {
-		m, _ := r.(map[string]any)
+	out := make([][]byte, len(results))
+	for i, m := range results {
 		if e, _ := m["error"].(string); e != "" {
 			return nil, fmt.Errorf("escrow: transit could not decrypt key %d", i)
 		}
