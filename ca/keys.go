@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -218,22 +219,34 @@ func openPKCS11(raw, pin string) (KeyStore, error) {
 	return &tokenKeys{kms: k, uri: shown, module: u.Get("module-path"), token: u.Get("token"), pin: pin}, nil
 }
 
-// RedactKMS returns a --kms value without its PIN, for logs and messages.
+// RedactKMS returns a --kms value without its PIN, for logs and messages:
+// a pin-value attribute is replaced wherever the URI carries it, in its path
+// (";"-separated) or its query ("&"-separated), whatever its case or
+// percent-encoding.
 func RedactKMS(raw string) string {
-	if !strings.HasPrefix(raw, "pkcs11:") {
+	if !strings.HasPrefix(strings.ToLower(raw), "pkcs11:") {
 		return raw
 	}
-	path, query, ok := strings.Cut(raw, "?")
-	if !ok {
-		return raw
+	path, query, hasQuery := strings.Cut(raw, "?")
+	out := redactAttrs(path, ";")
+	if hasQuery {
+		out += "?" + redactAttrs(query, "&")
 	}
-	attrs := strings.Split(query, "&")
+	return out
+}
+
+func redactAttrs(s, sep string) string {
+	attrs := strings.Split(s, sep)
 	for i, a := range attrs {
-		if strings.HasPrefix(a, "pin-value=") {
-			attrs[i] = "pin-value=REDACTED"
+		name, _, _ := strings.Cut(a, "=")
+		if n, err := url.PathUnescape(name); err == nil {
+			name = n
+		}
+		if strings.EqualFold(strings.TrimPrefix(strings.ToLower(name), "pkcs11:"), "pin-value") {
+			attrs[i] = name[:len(name)-len("pin-value")] + "pin-value=REDACTED"
 		}
 	}
-	return path + "?" + strings.Join(attrs, "&")
+	return strings.Join(attrs, sep)
 }
 
 func (t *tokenKeys) Location(name KeyName) string {

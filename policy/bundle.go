@@ -181,6 +181,9 @@ func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error
 	default:
 		return nil, reject(ReasonBadFormat, "delivery format must be CMS or (break-glass) PKCS12")
 	}
+	if err := CheckText("the break-glass reason", req.BreakGlassReason); err != nil {
+		return nil, err
+	}
 	out, ev, err := b.assemble(ctx, req)
 	if err != nil {
 		return nil, err

@@ -193,6 +193,9 @@ func (e *Enrollment) ListDevices(ctx context.Context, user string) ([]Device, er
 // revoked right after, so none ends valid. The user's escrow is untouched.
 // It returns the serials it revoked.
 func (e *Enrollment) RetireDevice(ctx context.Context, user, id, reason string) ([]string, error) {
+	if err := CheckText("the reason", reason); err != nil {
+		return nil, err
+	}
 	d, err := e.activeDevice(ctx, user, id)
 	if err != nil {
 		return nil, err

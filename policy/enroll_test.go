@@ -685,3 +685,36 @@ func TestRepeatedRequestGetsTheSameCertificate(t *testing.T) {
 		t.Errorf("a repeat issued another certificate: %d", len(list))
 	}
 }
+
+// A challenge handed out before a revocation enrols nothing after it,
+// whatever the reason, and whether or not the device had a certificate.
+func TestRevocationEndsTheLiveChallenge(t *testing.T) {
+	for _, reason := range []int{ca.ReasonUnspecified, ca.ReasonKeyCompromise, ca.ReasonAffiliationChanged, ca.ReasonCessationOfOperation} {
+		v := newEnv(t, nil)
+		ctx := context.Background()
+		v.enrol("ceo@example.com", "iphone", 0)
+		live := v.challenge("ceo@example.com", "iphone")
+		if _, err := v.e.RevokeDevice(ctx, "ceo@example.com", "iphone", reason, "stolen"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 1), nil), Challenge: live})
+		wantReason(t, err, policy.ReasonChallengeUnknown)
+
+		// Nothing left to revoke: the challenge dies all the same.
+		live = v.challenge("ceo@example.com", "iphone")
+		if got, err := v.e.RevokeDevice(ctx, "ceo@example.com", "iphone", reason, "again"); err != nil || len(got) != 0 {
+			t.Fatalf("second revocation: %v %v", got, err)
+		}
+		_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 1), nil), Challenge: live})
+		wantReason(t, err, policy.ReasonChallengeUnknown)
+
+		// Revoking one certificate by serial ends the device's challenge too.
+		crt := v.enrol("ceo@example.com", "iphone", 2)
+		live = v.challenge("ceo@example.com", "iphone")
+		if _, err := v.e.RevokeCertificate(ctx, crt.SerialNumber.String(), reason, ""); err != nil {
+			t.Fatal(err)
+		}
+		_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 3), nil), Challenge: live})
+		wantReason(t, err, policy.ReasonChallengeUnknown)
+	}
+}

@@ -68,6 +68,10 @@ const (
 	ReasonCredentialExists
 	ReasonUnknownCredential
 	ReasonBadIntuneRecord
+	ReasonBadText
+	ReasonIdentityInUse
+	ReasonIdentityChange
+	ReasonIdentityOnHold
 	reasonEnd
 )
 
@@ -113,6 +117,10 @@ var reasons = [reasonEnd]struct {
 	ReasonCredentialExists:     {"credential-exists", KindFailedPrecondition},
 	ReasonUnknownCredential:    {"unknown-credential", KindNotFound},
 	ReasonBadIntuneRecord:      {"bad-intune-record", KindInvalid},
+	ReasonBadText:              {"bad-text", KindInvalid},
+	ReasonIdentityInUse:        {"identity-in-use", KindFailedPrecondition},
+	ReasonIdentityChange:       {"identity-change-needs-rekey", KindFailedPrecondition},
+	ReasonIdentityOnHold:       {"identity-on-hold", KindFailedPrecondition},
 }
 
 // String returns the stable short name of the reason.

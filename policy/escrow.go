@@ -426,6 +426,9 @@ func (e *Escrow) changedOne(ctx context.Context, ev Event, thumbprint string, m 
 // current certificate and no longer published as a recipient
 // certificate. A second revocation of it is refused (already-revoked).
 func (e *Escrow) Revoke(ctx context.Context, user, thumbprint, reason string) (Escrowed, error) {
+	if err := CheckText("the reason", reason); err != nil {
+		return Escrowed{}, err
+	}
 	u, err := NormalizeEmail(user)
 	if err != nil {
 		return Escrowed{}, err

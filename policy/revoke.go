@@ -73,6 +73,9 @@ func (e *Enrollment) RevokeCertificate(ctx context.Context, serial string, reaso
 	if err != nil {
 		return Issued{}, err
 	}
+	if err := CheckText("the reason", reason); err != nil {
+		return Issued{}, err
+	}
 	rec, err := e.store.IssuedBySerial(ctx, sn)
 	if errors.Is(err, ErrNotFound) {
 		return Issued{}, reject(ReasonUnknownCertificate, "no certificate with serial "+sn+" was issued to a device")
@@ -90,10 +93,14 @@ func (e *Enrollment) RevokeCertificate(ctx context.Context, serial string, reaso
 }
 
 // RevokeDevice revokes every unrevoked certificate issued to the user's
-// device and returns the serials it revoked. The device stays registered
-// and may enrol again with a new challenge; RetireDevice ends it.
+// device and deletes its live challenge (in the revocation's transaction),
+// and returns the serials it revoked. The device stays registered and may
+// enrol again with a new challenge; RetireDevice ends it.
 func (e *Enrollment) RevokeDevice(ctx context.Context, user, device string, reasonCode int, reason string) ([]string, error) {
 	if err := checkReasonCode(reasonCode); err != nil {
+		return nil, err
+	}
+	if err := CheckText("the reason", reason); err != nil {
 		return nil, err
 	}
 	u, err := e.checkDeviceName(user, device)
@@ -104,6 +111,11 @@ func (e *Enrollment) RevokeDevice(ctx context.Context, user, device string, reas
 		return nil, err
 	}
 	revoked, sums, err := e.revokeAll(ctx, u, device, reasonCode, reason)
+	if err == nil && len(revoked) == 0 {
+		// Nothing to revoke, so no revocation deleted the live challenge:
+		// a revoked device enrols again only with a new one.
+		err = e.store.DeleteChallenge(ctx, u, device)
+	}
 	ev := Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionRevokeDevice,
 		User: u, Device: device, Serials: revoked, SHA256: sums, Result: "ok", Detail: reason}
 	if err != nil {

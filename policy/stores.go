@@ -38,6 +38,8 @@ type ChallengeStore interface {
 	// Challenge returns the challenge stored under hash (with ConsumedAt set
 	// once it was used), or ErrNotFound.
 	Challenge(ctx context.Context, hash []byte) (Challenge, error)
+	// DeleteChallenge deletes the device's live challenge, if it has one.
+	DeleteChallenge(ctx context.Context, user, device string) error
 }
 
 // Issued is the inventory record of a certificate issued to a device.
@@ -104,8 +106,9 @@ type Inventory interface {
 	// filter needs its User: device ids are unique per user only.
 	ListIssued(ctx context.Context, f Filter) ([]Issued, error)
 	// RevokeIssued commits the CA's record of revoking serial (see
-	// ca.Authority.RevocationRecord) and ends the certificate's right to
-	// be renewed, in one transaction.
+	// ca.Authority.RevocationRecord), ends the certificate's right to be
+	// renewed and deletes its device's live challenge, in one transaction:
+	// a challenge handed out before a revocation enrols nothing after it.
 	RevokeIssued(ctx context.Context, serial string, revocation ca.Record) error
 }
 

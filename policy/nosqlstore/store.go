@@ -162,6 +162,27 @@ func (s *Store) PutChallenge(_ context.Context, hash []byte, c policy.Challenge)
 	return nil
 }
 
+// DeleteChallenge implements policy.ChallengeStore.
+func (s *Store) DeleteChallenge(_ context.Context, user, device string) error {
+	key := devKey(user, device)
+	mu := s.lock(key)
+	mu.Lock()
+	defer mu.Unlock()
+	live, err := s.get(deviceChallengeTable, key)
+	if err == policy.ErrNotFound {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	tx := &database.Tx{}
+	tx.Del(challengesTable, live)
+	tx.Del(deviceChallengeTable, key)
+	if err := s.db.Update(tx); err != nil {
+		return fmt.Errorf("nosqlstore: delete the challenge of %s: %w", device, err)
+	}
+	return nil
+}
+
 // deviceTx starts a transaction on the device with the given key (whose
 // lock the caller holds): it rolls back unless the device is active, and
 // deletes the device's live challenge.
@@ -451,9 +472,28 @@ func (s *Store) staticDevices(user string) ([][]byte, error) {
 	return keys, nil
 }
 
-// RevokeIssued implements policy.Inventory.
+// RevokeIssued implements policy.Inventory: the revocation, the end of the
+// certificate's right to renew and the deletion of its device's live
+// challenge commit in one transaction.
 func (s *Store) RevokeIssued(_ context.Context, serial string, revocation ca.Record) error {
 	tx := &database.Tx{}
+	r, err := s.readRow(serial)
+	if err != nil && err != policy.ErrNotFound {
+		return fmt.Errorf("nosqlstore: revoke %s: %w", serial, err)
+	} else if err == nil {
+		key := devKey(r.User, r.Device)
+		mu := s.lock(key)
+		mu.Lock()
+		defer mu.Unlock()
+		live, err := s.get(deviceChallengeTable, key)
+		if err != nil && err != policy.ErrNotFound {
+			return fmt.Errorf("nosqlstore: revoke %s: %w", serial, err)
+		}
+		if live != nil {
+			tx.Del(challengesTable, live)
+			tx.Del(deviceChallengeTable, key)
+		}
+	}
 	tx.Del(renewableTable, []byte(serial))
 	tx.Operations = append(tx.Operations, revocation.Ops()...)
 	if err := s.db.Update(tx); err != nil {
