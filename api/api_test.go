@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/smimeca/smimeca/api"
@@ -243,10 +244,10 @@ func TestRoleMatrix(t *testing.T) {
 			_, err := pb.NewCredentialsClient(c).ListCredentials(ctx, &pb.ListCredentialsRequest{})
 			return err
 		}, codes.PermissionDenied},
-		{"profile", func(c *grpc.ClientConn) error {
+		{"profile", func(c *grpc.ClientConn) error { // no identity: no challenge it could be sealed to
 			_, err := pb.NewProfileBundlesClient(c).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d"})
 			return err
-		}, codes.OK},
+		}, codes.FailedPrecondition},
 		{"profile", func(c *grpc.ClientConn) error { // an unregistered device gets nothing
 			_, err := pb.NewProfileBundlesClient(c).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "ceo@example.com", DeviceId: "attacker"})
 			return err
@@ -318,12 +319,57 @@ func TestCredentialLifecycle(t *testing.T) {
 	}
 	_, err = mdm.GetDevice(ctx, &pb.GetDeviceRequest{User: "a@example.com", DeviceId: "d"})
 	wantCode(t, err, codes.Unauthenticated, "revoked")
+	// A revoked credential gets no new connection: the TLS handshake
+	// refuses it, so nothing it sends is decoded, reflection included.
+	_, err = pb.NewDevicesClient(s.dialWith(t, pair)).GetDevice(ctx, &pb.GetDeviceRequest{User: "a@example.com", DeviceId: "d"})
+	wantCode(t, err, codes.Unavailable, "")
 	// The bootstrap credentials are credentials like any other.
+	profile := s.dial(t, "profile")
+	if _, err := reflectionClient(profile).ServerReflectionInfo(ctx); err != nil {
+		t.Fatalf("reflection with a valid credential: %v", err)
+	}
 	if _, err := admin.RevokeCredential(ctx, &pb.RevokeCredentialRequest{Name: "profile"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = pb.NewProfileBundlesClient(s.dial(t, "profile")).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d"})
+	_, err = pb.NewProfileBundlesClient(profile).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d"})
 	wantCode(t, err, codes.Unauthenticated, "revoked")
+	_, err = pb.NewProfileBundlesClient(s.dial(t, "profile")).GetUserBundle(ctx, &pb.GetUserBundleRequest{User: "a@example.com", DeviceId: "d"})
+	wantCode(t, err, codes.Unavailable, "")
+	if _, err := healthpb.NewHealthClient(s.dial(t, "profile")).Check(ctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
+		t.Errorf("health for a revoked credential: %v", err)
+	}
+	stream, err := reflectionClient(s.dial(t, "profile")).ServerReflectionInfo(ctx)
+	if err == nil {
+		err = stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+	}
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("reflection for a revoked credential: %v", err)
+	}
+	// By serial: one credential, named by the serial credentials list shows.
+	_, err = admin.RevokeCredential(ctx, &pb.RevokeCredentialRequest{})
+	wantCode(t, err, codes.InvalidArgument, "name")
+	byName, err := admin.ListCredentials(ctx, &pb.ListCredentialsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range byName.GetCredentials() {
+		if c.GetName() == "admin" {
+			continue
+		}
+		_, err := admin.RevokeCredential(ctx, &pb.RevokeCredentialRequest{Serial: c.GetSerial()})
+		if c.GetRevokedAt() != nil {
+			wantCode(t, err, codes.FailedPrecondition, "revoked")
+			continue
+		}
+		if err != nil {
+			t.Fatalf("revoke %s by serial: %v", c.GetName(), err)
+		}
+		_, err = pb.NewDevicesClient(s.dial(t, c.GetRole())).ListDevices(ctx, &pb.ListDevicesRequest{User: "a@example.com"})
+		wantCode(t, err, codes.Unavailable, "")
+	}
 	list, err := admin.ListCredentials(ctx, &pb.ListCredentialsRequest{})
 	if err != nil || len(list.GetCredentials()) != 4 {
 		t.Fatalf("list: %v %v", list, err)
@@ -343,5 +389,9 @@ func TestUnregisteredCertificateRefused(t *testing.T) {
 	}
 	conn := s.dialWith(t, tls.Certificate{Certificate: [][]byte{crt.Raw}, PrivateKey: key})
 	_, err = pb.NewCredentialsClient(conn).ListCredentials(context.Background(), &pb.ListCredentialsRequest{})
-	wantCode(t, err, codes.Unauthenticated, "not a registered credential")
+	wantCode(t, err, codes.Unavailable, "")
+}
+
+func reflectionClient(conn *grpc.ClientConn) reflectionpb.ServerReflectionClient {
+	return reflectionpb.NewServerReflectionClient(conn)
 }

@@ -7,9 +7,12 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -49,10 +52,11 @@ const RoleURIPrefix = "urn:smimeca:role:"
 // RoleURI returns the URI SAN value for role.
 func RoleURI(r Role) string { return RoleURIPrefix + string(r) }
 
-// publicMethod reports whether fullMethod may be called without a client
-// certificate: the standard health and reflection services, which reveal
-// no data.
-func publicMethod(fullMethod string) bool {
+// anyRoleMethod reports whether fullMethod may be called by a valid
+// credential of any role: the standard health and reflection services,
+// which reveal no data. (Probes without a credential use the ops
+// listener's /healthz.)
+func anyRoleMethod(fullMethod string) bool {
 	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") ||
 		strings.HasPrefix(fullMethod, "/grpc.reflection.v1.ServerReflection/") ||
 		strings.HasPrefix(fullMethod, "/grpc.reflection.v1alpha.ServerReflection/")
@@ -67,8 +71,10 @@ var DefaultAccess = Access{
 	"/smimeca.v1.Enrollment/":  {RoleAdmin},
 	"/smimeca.v1.EscrowAdmin/": {RoleAdmin},
 	"/smimeca.v1.Credentials/": {RoleAdmin},
-	// The MDM's enrolment hook registers and retires devices.
-	"/smimeca.v1.Devices/": {RoleRegistrar, RoleAdmin},
+	// The MDM's enrolment hook registers, rekeys and retires devices; only
+	// an administrator ends a rekey's hold.
+	"/smimeca.v1.Devices/":                      {RoleRegistrar, RoleAdmin},
+	"/smimeca.v1.Devices/ConfirmDeviceIdentity": {RoleAdmin},
 	// The profile service fetches bundles; admins may too.
 	"/smimeca.v1.ProfileBundles/": {RoleProfile, RoleAdmin},
 }
@@ -134,11 +140,25 @@ func roleOf(c *x509.Certificate) (Role, bool) {
 	return "", false
 }
 
+// VerifyConnection refuses, in the TLS handshake, a client certificate that
+// is not a registered, unrevoked credential: a revoked credential gets no
+// connection, so no message of it is ever decoded. It is the
+// tls.Config.VerifyConnection of the API listener.
+func (a *Authorizer) VerifyConnection(cs tls.ConnectionState) error {
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return errors.New("api: a client certificate issued by smimeca's API CA is required")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	crt := cs.VerifiedChains[0][0]
+	if _, err := a.creds.Check(ctx, crt); err != nil {
+		return fmt.Errorf("api: client credential (serial %s) refused: %w", policy.Serial(crt), err)
+	}
+	return nil
+}
+
 // authorize checks the caller and returns ctx carrying the policy.Actor.
 func (a *Authorizer) authorize(ctx context.Context, method string) (context.Context, error) {
-	if publicMethod(method) {
-		return ctx, nil
-	}
 	crt := callerCert(ctx)
 	if crt == nil {
 		return nil, status.Error(codes.Unauthenticated, "a client certificate issued by smimeca's API CA is required (see DATA/credentials/, or smimeca credentials issue)")
@@ -158,7 +178,7 @@ func (a *Authorizer) authorize(ctx context.Context, method string) (context.Cont
 	case cred.Role != string(role):
 		return nil, status.Error(codes.Unauthenticated, "the client certificate's role differs from its registered credential's")
 	}
-	if !a.access.allowed(method, role) {
+	if !anyRoleMethod(method) && !a.access.allowed(method, role) {
 		return nil, status.Errorf(codes.PermissionDenied, "role %q may not call %s", role, method)
 	}
 	return policy.WithActor(ctx, policy.Actor{Role: cred.Role, Name: cred.Name, Credential: cred.Serial}), nil

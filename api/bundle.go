@@ -100,7 +100,7 @@ func (s *BundleService) GetUserBundle(ctx context.Context, req *pb.GetUserBundle
 	out := &pb.GetUserBundleResponse{
 		User: b.User, DeviceId: b.Device,
 		Signing: &pb.SigningReference{
-			ScepUrl: sg.SCEPURL, Challenge: sg.Challenge, ChallengeExpiresAt: timestamppb.New(sg.ExpiresAt),
+			ScepUrl: sg.SCEPURL, Challenge: sg.Challenge, EnvelopedChallenge: sg.EnvelopedChallenge, ChallengeExpiresAt: timestamppb.New(sg.ExpiresAt),
 			Subject: sg.Subject, Rfc822Name: sg.RFC822Name, KeySize: int32(sg.KeySize), KeyType: "RSA",
 			AppleKeyUsage:       1,
 			CaFingerprintSha256: sg.CAFingerprint.SHA256, CaFingerprintSha1: sg.CAFingerprint.SHA1, CaFingerprintMd5: sg.CAFingerprint.MD5,

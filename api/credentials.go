@@ -18,7 +18,8 @@ import (
 // *policy.Credentials implements it.
 type CredentialPolicy interface {
 	Issue(ctx context.Context, name, role string, ttl time.Duration, csr *x509.CertificateRequest) (policy.Credential, *x509.Certificate, error)
-	Revoke(ctx context.Context, name string) (policy.Credential, error)
+	Revoke(ctx context.Context, name string) ([]policy.Credential, error)
+	RevokeSerial(ctx context.Context, serial string) (policy.Credential, error)
 	List(ctx context.Context) ([]policy.Credential, error)
 }
 
@@ -72,12 +73,28 @@ func (s *CredentialService) ListCredentials(ctx context.Context, _ *pb.ListCrede
 }
 
 // RevokeCredential implements pb.CredentialsServer.
-func (s *CredentialService) RevokeCredential(ctx context.Context, req *pb.RevokeCredentialRequest) (*pb.Credential, error) {
-	c, err := s.policy.Revoke(ctx, req.GetName())
+func (s *CredentialService) RevokeCredential(ctx context.Context, req *pb.RevokeCredentialRequest) (*pb.RevokeCredentialResponse, error) {
+	var revoked []policy.Credential
+	var err error
+	switch {
+	case (req.GetName() == "") == (req.GetSerial() == ""):
+		return nil, status.Error(codes.InvalidArgument, "give either name (every live serial of it) or serial (that one credential)")
+	case req.GetSerial() != "":
+		var c policy.Credential
+		if c, err = s.policy.RevokeSerial(ctx, req.GetSerial()); err == nil {
+			revoked = []policy.Credential{c}
+		}
+	default:
+		revoked, err = s.policy.Revoke(ctx, req.GetName())
+	}
 	if err != nil {
 		return nil, statusFor(ctx, s.log, err)
 	}
-	return credentialToProto(c), nil
+	out := &pb.RevokeCredentialResponse{}
+	for _, c := range revoked {
+		out.Revoked = append(out.Revoked, credentialToProto(c))
+	}
+	return out, nil
 }
 
 func credentialToProto(c policy.Credential) *pb.Credential {

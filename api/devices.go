@@ -24,6 +24,8 @@ type DevicePolicy interface {
 	Device(ctx context.Context, user, id string) (policy.Device, error)
 	ListDevices(ctx context.Context, user string) ([]policy.Device, error)
 	RetireDevice(ctx context.Context, user, id, reason string) ([]string, error)
+	RekeyDevice(ctx context.Context, user, id string, identity []byte) (policy.Device, error)
+	ConfirmIdentity(ctx context.Context, user, id string) (policy.Device, error)
 }
 
 // DeviceService implements smimeca.v1.Devices.
@@ -45,9 +47,9 @@ func NewDeviceService(p DevicePolicy, log *slog.Logger) *DeviceService {
 // is 1–2 KiB).
 const maxIdentityBytes = 16 << 10
 
-// RegisterDevice implements pb.DevicesServer.
-func (s *DeviceService) RegisterDevice(ctx context.Context, req *pb.RegisterDeviceRequest) (*pb.RegisterDeviceResponse, error) {
-	der := req.GetIdentityCertificate()
+// identityDER bounds an identity certificate of a request and returns its
+// DER (PEM accepted).
+func identityDER(der []byte) ([]byte, error) {
 	if len(der) > maxIdentityBytes {
 		return nil, status.Errorf(codes.InvalidArgument, "identity_certificate is larger than %d KiB; send one certificate, DER or PEM", maxIdentityBytes>>10)
 	}
@@ -57,11 +59,45 @@ func (s *DeviceService) RegisterDevice(ctx context.Context, req *pb.RegisterDevi
 		}
 		der = b.Bytes
 	}
+	return der, nil
+}
+
+// RegisterDevice implements pb.DevicesServer.
+func (s *DeviceService) RegisterDevice(ctx context.Context, req *pb.RegisterDeviceRequest) (*pb.RegisterDeviceResponse, error) {
+	der, err := identityDER(req.GetIdentityCertificate())
+	if err != nil {
+		return nil, err
+	}
 	d, err := s.policy.RegisterDevice(ctx, req.GetUser(), req.GetDeviceId(), der)
 	if err != nil {
 		return nil, statusFor(ctx, s.log, err)
 	}
 	return &pb.RegisterDeviceResponse{Device: deviceToProto(d)}, nil
+}
+
+// RekeyDevice implements pb.DevicesServer.
+func (s *DeviceService) RekeyDevice(ctx context.Context, req *pb.RekeyDeviceRequest) (*pb.RegisterDeviceResponse, error) {
+	der, err := identityDER(req.GetIdentityCertificate())
+	if err != nil {
+		return nil, err
+	}
+	if len(der) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "identity_certificate is required: the device's new MDM identity certificate")
+	}
+	d, err := s.policy.RekeyDevice(ctx, req.GetUser(), req.GetDeviceId(), der)
+	if err != nil {
+		return nil, statusFor(ctx, s.log, err)
+	}
+	return &pb.RegisterDeviceResponse{Device: deviceToProto(d)}, nil
+}
+
+// ConfirmDeviceIdentity implements pb.DevicesServer.
+func (s *DeviceService) ConfirmDeviceIdentity(ctx context.Context, req *pb.GetDeviceRequest) (*pb.Device, error) {
+	d, err := s.policy.ConfirmIdentity(ctx, req.GetUser(), req.GetDeviceId())
+	if err != nil {
+		return nil, statusFor(ctx, s.log, err)
+	}
+	return deviceToProto(d), nil
 }
 
 // GetDevice implements pb.DevicesServer.
@@ -113,6 +149,9 @@ func deviceToProto(d policy.Device) *pb.Device {
 	}
 	if !d.RetiredAt.IsZero() {
 		out.RetiredAt = timestamppb.New(d.RetiredAt)
+	}
+	if !d.HeldUntil.IsZero() {
+		out.HeldUntil = timestamppb.New(d.HeldUntil)
 	}
 	if len(d.Identity) > 0 {
 		sum := sha256.Sum256(d.Identity)

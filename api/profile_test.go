@@ -45,7 +45,7 @@ func TestRenderDeviceProfileIsSealedToTheDevice(t *testing.T) {
 		keys: keyStore{{Escrowed: policy.CertificateMetadata(cert), CertDER: cert.Raw, KeyPKCS8: kder}}})
 	ctx := context.Background()
 	devKey := testpki.RSAKey(t, 2048, 1)
-	ident := mdm.UserCert(t, devKey, testpki.CertOptions{EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	ident := mdm.UserCert(t, devKey, testpki.CertOptions{EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CommonName: "iphone-1"})
 	if _, err := pb.NewDevicesClient(s.dial(t, "registrar")).RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: "alice@example.com", DeviceId: "iphone-1", IdentityCertificate: ident.Raw}); err != nil {
 		t.Fatal(err)
 	}

@@ -112,6 +112,8 @@ func NewServer(tlsConfig *tls.Config, auth *Authorizer, svc Services, log *slog.
 	// HTTP/2 connection to send frames on (probes use the ops /healthz).
 	cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	cfg.MinVersion = tls.VersionTLS12
+	// A revoked or unregistered credential gets no connection at all.
+	cfg.VerifyConnection = auth.VerifyConnection
 	l := DefaultLimits
 	s := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(cfg)),

@@ -121,11 +121,20 @@ type BundleRequest struct {
 }
 
 // SigningReference is what the device needs to enrol its own signing
-// certificate over SCEP.
+// certificate over SCEP. Its one-time challenge is a signing credential in
+// the user's name, so it reaches the device only: in a bundle it is
+// EnvelopedChallenge (CMS EnvelopedData to the device's registered
+// identity); in the clear only inside a sealed profile or an
+// administrator's break-glass release.
 type SigningReference struct {
-	SCEPURL   string
+	SCEPURL string
+	// Challenge is the one-time challenge in the clear: empty in a CMS
+	// bundle.
 	Challenge string
-	ExpiresAt time.Time
+	// EnvelopedChallenge is the challenge as CMS EnvelopedData to the
+	// device's registered identity certificate (DeliverCMS only).
+	EnvelopedChallenge []byte
+	ExpiresAt          time.Time
 	// Subject is the subject the certificate will carry ("CN=<user>").
 	Subject       string
 	RFC822Name    string
@@ -170,9 +179,11 @@ type Bundle struct {
 
 // Bundle creates a fresh one-time challenge for a registered, active
 // device, re-wraps every escrowed certificate of the user for this delivery
-// and records the release. With DeliverCMS each password is encrypted to
-// the identity certificate registered for the device, never to one the
-// caller names; DeliverPKCS12 is a break-glass release. Keys are decrypted
+// and records the release. With DeliverCMS the device must have a
+// registered identity (ReasonNoIdentity otherwise), and the challenge and
+// each password are encrypted to it, never to one the caller names, so the
+// caller can neither enrol in the user's name nor open a key;
+// DeliverPKCS12 is a break-glass release. Keys are decrypted
 // for this call only and dropped after it. If the release cannot be
 // audited, nothing is released.
 func (b *Bundles) Bundle(ctx context.Context, req BundleRequest) (*Bundle, error) {
@@ -259,8 +270,10 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 			clear(recs[i].KeyPKCS8)
 		}
 	}()
+	// A CMS bundle always needs the identity: the challenge is enveloped
+	// to it even when the user has nothing in escrow.
 	var recipient *x509.Certificate
-	if (req.Delivery == DeliverCMS && len(recs) > 0) || req.Delivery == deliverSealed {
+	if req.Delivery == DeliverCMS || req.Delivery == deliverSealed {
 		if recipient, err = b.identity(dev, now); err != nil {
 			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device, Result: "refused", Detail: err.Error()})
 			return nil, Event{}, err
@@ -273,7 +286,7 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 	// It comes after every refusal above, so a refused bundle leaves no
 	// challenge behind.
 	sigDone := make(chan error, 1)
-	go func() { sigDone <- b.signingReference(ctx, &out.Signing, user, req.Device, now) }()
+	go func() { sigDone <- b.signingReference(ctx, &out.Signing, req, recipient, user, now) }()
 	var rewrapErr error
 	out.Encryption, rewrapErr = b.rewrap(recs, req, recipient, now)
 	if err := <-sigDone; err != nil {
@@ -284,13 +297,13 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 	}
 
 	ev := Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device,
-		Result: "ok", Detail: "delivery " + deliveryName(req.Delivery)}
+		Result: "ok", Detail: "delivery " + deliveryName(req.Delivery) + "; SCEP challenge enveloped to the identity"}
 	if recipient != nil {
 		s := sha256.Sum256(recipient.Raw)
 		ev.Recipient = hex.EncodeToString(s[:])
 	}
 	if req.Delivery == DeliverPKCS12 {
-		ev.Detail = "plain PKCS#12 and passwords to the caller; reason: " + req.BreakGlassReason
+		ev.Detail = "plain PKCS#12, passwords and SCEP challenge to the caller; reason: " + req.BreakGlassReason
 	}
 	for _, e := range out.Encryption {
 		ev.SHA256 = append(ev.SHA256, e.Metadata.SHA256)
@@ -314,16 +327,29 @@ func (b *Bundles) identity(d Device, now time.Time) (*x509.Certificate, error) {
 	if err := pfxconnector.CheckRecipient(c, now); err != nil {
 		return nil, reject(ReasonNoIdentity, fmt.Sprintf("the registered identity certificate of device %q cannot receive keys (%v); register its current identity", d.ID, err))
 	}
+	if err := b.enroll.releasable(d, c, now); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
-func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, user, device string, now time.Time) error {
+// signingReference creates the device's challenge and fills s; for a CMS
+// bundle the challenge leaves only enveloped to recipient.
+func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, req BundleRequest, recipient *x509.Certificate, user string, now time.Time) error {
+	device := req.Device
 	ch, err := b.enroll.CreateChallenge(ctx, user, device, 0)
 	if err != nil {
 		return err
 	}
 	inter := b.ca.Intermediate()
-	s.SCEPURL, s.Challenge, s.ExpiresAt = b.scepURL, ch.Secret, ch.ExpiresAt
+	s.SCEPURL, s.ExpiresAt = b.scepURL, ch.ExpiresAt
+	if req.Delivery == DeliverCMS {
+		if s.EnvelopedChallenge, err = pfxconnector.Envelope([]byte(ch.Secret), recipient, req.KeyTransport); err != nil {
+			return fmt.Errorf("policy: envelope the challenge: %w", err)
+		}
+	} else {
+		s.Challenge = ch.Secret
+	}
 	s.Subject, s.RFC822Name, s.KeySize, s.KeyUsage = "CN="+user, user, 2048, x509.KeyUsageDigitalSignature
 	s256, s1, m5 := sha256.Sum256(inter.Raw), sha1.Sum(inter.Raw), md5.Sum(inter.Raw)
 	s.CAFingerprint.SHA256, s.CAFingerprint.SHA1, s.CAFingerprint.MD5 = s256[:], s1[:], m5[:]

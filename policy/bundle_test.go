@@ -23,6 +23,8 @@ import (
 // whose identity key is devKey.
 type bundleEnv struct {
 	enroll  *policy.Enrollment
+	store   *nosqlstore.Store
+	pool    *x509.CertPool
 	ca      *testpki.CA
 	keys    *escrow.Store
 	vault   *testvault.Vault
@@ -45,7 +47,7 @@ func newBundleEnv(t *testing.T) *bundleEnv {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	devCert := mdm.UserCert(t, testpki.RSAKey(t, 2048, 3), testpki.CertOptions{EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	devCert := mdm.UserCert(t, testpki.RSAKey(t, 2048, 3), testpki.CertOptions{EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CommonName: "d"})
 	if _, err := enroll.RegisterDevice(ctx, "a@example.com", "d", devCert.Raw); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +61,7 @@ func newBundleEnv(t *testing.T) *bundleEnv {
 		t.Fatal(err)
 	}
 	audit := &recordingAuditor{}
-	return &bundleEnv{enroll: enroll, ca: c, keys: ks, vault: v, mdm: mdm, escrow: cert, devCert: devCert, audit: audit,
+	return &bundleEnv{enroll: enroll, store: store, pool: pool, ca: c, keys: ks, vault: v, mdm: mdm, escrow: cert, devCert: devCert, audit: audit,
 		bundles: policy.NewBundles(enroll, ks, c, "http://x/scep", audit)}
 }
 
@@ -104,7 +106,7 @@ func TestBundleEncryptsToTheRegisteredIdentity(t *testing.T) {
 		t.Errorf("audit names recipient %s, the registered identity is %s", ev.Recipient, d.IdentitySHA256())
 	}
 	b2, _ := v.bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
-	if string(b2.Encryption[0].EnvelopedPassword) == string(e.EnvelopedPassword) || b2.Signing.Challenge == b.Signing.Challenge {
+	if string(b2.Encryption[0].EnvelopedPassword) == string(e.EnvelopedPassword) || string(b2.Signing.EnvelopedChallenge) == string(b.Signing.EnvelopedChallenge) {
 		t.Error("two deliveries share an envelope or a challenge")
 	}
 }
@@ -168,13 +170,9 @@ func TestBundleFailsClosedWithoutAudit(t *testing.T) {
 func TestBundleWithoutEscrowAndWithVaultDown(t *testing.T) {
 	v := newBundleEnv(t)
 	ctx := context.Background()
-	// No escrow configured: a signing reference and an empty list, even for
-	// a device without an identity.
-	if _, err := v.enroll.RegisterDevice(ctx, "a@example.com", "plain", nil); err != nil {
-		t.Fatal(err)
-	}
-	b, err := policy.NewBundles(v.enroll, nil, v.ca, "http://x/scep", nil).Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "plain", Delivery: policy.DeliverCMS})
-	if err != nil || b.Signing.Challenge == "" || len(b.Encryption) != 0 || len(b.Chain) != 2 || b.EscrowNotice != "" {
+	// No escrow configured: a signing reference and an empty list.
+	b, err := policy.NewBundles(v.enroll, nil, v.ca, "http://x/scep", nil).Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
+	if err != nil || len(b.Signing.EnvelopedChallenge) == 0 || len(b.Encryption) != 0 || len(b.Chain) != 2 || b.EscrowNotice != "" {
 		t.Fatalf("bundle without escrow (and so without an escrow notice): %+v %v", b, err)
 	}
 	// Vault down: the error says unavailable and nothing is released.

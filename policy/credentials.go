@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -39,6 +40,9 @@ func (c Credential) Revoked() bool { return !c.RevokedAt.IsZero() }
 type CredentialStore interface {
 	// PutCredential stores c and makes it the name's current credential.
 	PutCredential(ctx context.Context, c Credential) error
+	// PutCredentialSerial stores c under its serial only (a revocation of
+	// a credential that may not be its name's current one).
+	PutCredentialSerial(ctx context.Context, c Credential) error
 	// CredentialBySerial returns the credential with the serial, or
 	// ErrNotFound.
 	CredentialBySerial(ctx context.Context, serial string) (Credential, error)
@@ -68,6 +72,11 @@ const (
 
 var credentialName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
+// CredentialCheckTTL is how long a credential found valid is trusted
+// without reading the registry again: a revocation on another node takes
+// effect within it (on this node at once).
+const CredentialCheckTTL = 5 * time.Second
+
 // Credentials issues, revokes and checks API credentials.
 type Credentials struct {
 	store  CredentialStore
@@ -75,6 +84,15 @@ type Credentials struct {
 	roles  map[string]string // role → URI SAN that carries it
 	audit  Auditor
 	now    func() time.Time
+	// checked caches valid credentials by serial (checkedCredential) for
+	// CredentialCheckTTL, so that a TLS handshake and the calls on its
+	// connection read the registry once.
+	checked sync.Map
+}
+
+type checkedCredential struct {
+	cred Credential
+	at   time.Time
 }
 
 // Audit actions of credentials.
@@ -83,13 +101,25 @@ const (
 	ActionCredentialRevoke = "credential.revoke"
 )
 
+// CredentialOption configures Credentials.
+type CredentialOption func(*Credentials)
+
+// WithCredentialClock sets the clock (default time.Now).
+func WithCredentialClock(now func() time.Time) CredentialOption {
+	return func(c *Credentials) { c.now = now }
+}
+
 // NewCredentials returns the credential rules. roles maps each role name to
 // the URI its certificates carry.
-func NewCredentials(store CredentialStore, signer ClientSigner, roles map[string]string, audit Auditor) *Credentials {
+func NewCredentials(store CredentialStore, signer ClientSigner, roles map[string]string, audit Auditor, opts ...CredentialOption) *Credentials {
 	if audit == nil {
 		audit = nopAuditor{}
 	}
-	return &Credentials{store: store, signer: signer, roles: roles, audit: audit, now: time.Now}
+	c := &Credentials{store: store, signer: signer, roles: roles, audit: audit, now: time.Now}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Serial returns the credential serial form of a certificate's serial.
@@ -173,8 +203,14 @@ func (c *Credentials) Bootstrap(ctx context.Context, name, role string, crt *x50
 	} else if !errors.Is(err, ErrNotFound) {
 		return err
 	}
+	system := WithActor(ctx, Actor{Role: "system", Name: "smimeca serve"})
 	if cur, err := c.store.CredentialByName(ctx, name); err == nil && cur.Revoked() {
 		return nil
+	}
+	// The renewed file replaces its predecessor: every live serial of the
+	// name is revoked before the new one is registered.
+	if _, err := c.revokeLive(system, name, "renewed by smimeca serve"); err != nil && !errors.Is(err, errNoneLive) {
+		return fmt.Errorf("policy: revoke the predecessor of bootstrap credential %s: %w", name, err)
 	}
 	cred := credentialOf(name, role, crt, "smimeca serve (bootstrap)", c.now())
 	if err := c.store.PutCredential(ctx, cred); err != nil {
@@ -185,23 +221,76 @@ func (c *Credentials) Bootstrap(ctx context.Context, name, role string, crt *x50
 	return nil
 }
 
-// Revoke revokes the name's current credential.
-func (c *Credentials) Revoke(ctx context.Context, name string) (Credential, error) {
-	cur, err := c.store.CredentialByName(ctx, name)
+var errNoneLive = errors.New("policy: no live credential")
+
+// Revoke revokes every live (unrevoked, unexpired) credential of the name:
+// the current one and any predecessor still valid. It returns them.
+func (c *Credentials) Revoke(ctx context.Context, name string) ([]Credential, error) {
+	revoked, err := c.revokeLive(ctx, name, "")
+	if errors.Is(err, errNoneLive) {
+		cur, err := c.store.CredentialByName(ctx, name)
+		if errors.Is(err, ErrNotFound) {
+			return nil, reject(ReasonUnknownCredential, fmt.Sprintf("no credential is named %q (smimeca credentials list)", name))
+		} else if err != nil {
+			return nil, err
+		}
+		return nil, reject(ReasonAlreadyRevoked, fmt.Sprintf("credential %q has no live serial (revoked at %s)", name, cur.RevokedAt.Format(time.RFC3339)))
+	}
+	return revoked, err
+}
+
+// revokeLive revokes every live credential of the name, or returns
+// errNoneLive.
+func (c *Credentials) revokeLive(ctx context.Context, name, why string) ([]Credential, error) {
+	all, err := c.store.ListCredentials(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := c.now()
+	var out []Credential
+	for _, cred := range all {
+		if cred.Name != name || cred.Revoked() || !now.Before(cred.ExpiresAt) {
+			continue
+		}
+		r, err := c.revoke(ctx, cred, why)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, r)
+	}
+	if len(out) == 0 {
+		return nil, errNoneLive
+	}
+	return out, nil
+}
+
+// RevokeSerial revokes the credential with the serial (hex, as listed).
+func (c *Credentials) RevokeSerial(ctx context.Context, serial string) (Credential, error) {
+	s := strings.ToLower(strings.TrimPrefix(strings.ReplaceAll(strings.TrimSpace(serial), ":", ""), "0x"))
+	cur, err := c.store.CredentialBySerial(ctx, strings.TrimLeft(s, "0"))
 	if errors.Is(err, ErrNotFound) {
-		return Credential{}, reject(ReasonUnknownCredential, fmt.Sprintf("no credential is named %q (smimeca credentials list)", name))
+		return Credential{}, reject(ReasonUnknownCredential, fmt.Sprintf("no credential has serial %q (smimeca credentials list)", serial))
 	} else if err != nil {
 		return Credential{}, err
 	}
 	if cur.Revoked() {
-		return Credential{}, reject(ReasonAlreadyRevoked, fmt.Sprintf("credential %q was revoked at %s", name, cur.RevokedAt.Format(time.RFC3339)))
+		return Credential{}, reject(ReasonAlreadyRevoked, fmt.Sprintf("credential %s (%s) was revoked at %s", cur.Serial, cur.Name, cur.RevokedAt.Format(time.RFC3339)))
 	}
+	return c.revoke(ctx, cur, "")
+}
+
+func (c *Credentials) revoke(ctx context.Context, cur Credential, why string) (Credential, error) {
 	cur.RevokedAt, cur.RevokedBy = c.now().UTC(), ActorFrom(ctx).Name
-	if err := c.store.PutCredential(ctx, cur); err != nil {
+	if err := c.store.PutCredentialSerial(ctx, cur); err != nil {
 		return Credential{}, fmt.Errorf("policy: revoke credential: %w", err)
 	}
+	c.checked.Delete(cur.Serial)
+	detail := "credential " + cur.Name
+	if why != "" {
+		detail += ": " + why
+	}
 	c.audit.Audit(ctx, Event{Time: cur.RevokedAt, Actor: ActorFrom(ctx), Action: ActionCredentialRevoke, Serials: []string{cur.Serial},
-		SHA256: []string{cur.SHA256}, Result: "ok", Detail: "credential " + name})
+		SHA256: []string{cur.SHA256}, Result: "ok", Detail: detail})
 	return cur, nil
 }
 
@@ -211,15 +300,32 @@ func (c *Credentials) List(ctx context.Context) ([]Credential, error) {
 }
 
 // Check returns the registered credential of a client certificate, or
-// ErrUnknownCredential / ErrRevokedCredential.
+// ErrUnknownCredential / ErrRevokedCredential. A credential found valid is
+// trusted for CredentialCheckTTL without reading the registry again.
 func (c *Credentials) Check(ctx context.Context, crt *x509.Certificate) (Credential, error) {
-	cred, err := c.store.CredentialBySerial(ctx, Serial(crt))
+	serial := Serial(crt)
+	sum := sha256.Sum256(crt.Raw)
+	if v, ok := c.checked.Load(serial); ok {
+		cc := v.(checkedCredential)
+		if c.now().Sub(cc.at) < CredentialCheckTTL && cc.cred.SHA256 == hex.EncodeToString(sum[:]) {
+			return cc.cred, nil
+		}
+		c.checked.Delete(serial)
+	}
+	cred, err := c.checkStored(ctx, crt, serial, sum)
+	if err == nil {
+		c.checked.Store(serial, checkedCredential{cred: cred, at: c.now()})
+	}
+	return cred, err
+}
+
+func (c *Credentials) checkStored(ctx context.Context, crt *x509.Certificate, serial string, sum [32]byte) (Credential, error) {
+	cred, err := c.store.CredentialBySerial(ctx, serial)
 	if errors.Is(err, ErrNotFound) {
 		return Credential{}, ErrUnknownCredential
 	} else if err != nil {
 		return Credential{}, fmt.Errorf("policy: read credential: %w", err)
 	}
-	sum := sha256.Sum256(crt.Raw)
 	if cred.SHA256 != hex.EncodeToString(sum[:]) {
 		return Credential{}, ErrUnknownCredential
 	}

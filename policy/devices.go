@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/smimeca/smimeca/ca"
 )
@@ -15,8 +16,8 @@ import (
 // Audit actions of the device registry.
 const (
 	ActionDeviceRegister = "device.register"
-	// ActionDeviceIdentity is a re-registration that replaced an active
-	// device's identity certificate (an MDM re-enrolment).
+	// ActionDeviceIdentity is a re-registration that added an identity
+	// certificate to an active device that had none.
 	ActionDeviceIdentity = "device.identity.replace"
 	ActionDeviceRetire   = "device.retire"
 )
@@ -59,6 +60,14 @@ func (e *Enrollment) checkDeviceName(user, id string) (string, error) {
 	return u, nil
 }
 
+func identityFieldNames(fs []IdentityField) string {
+	var s []string
+	for _, f := range fs {
+		s = append(s, string(f))
+	}
+	return strings.Join(s, " or ")
+}
+
 // errRetiredNow is the refusal of a write whose transaction found the
 // device retired (or never registered) at commit time.
 func errRetiredNow(user, device string) error {
@@ -77,9 +86,9 @@ func (d Device) IdentitySHA256() string {
 
 // checkIdentity parses and checks a device identity certificate: RSA of
 // 2048 to 4096 bits with exponent 65537 (what iOS MDM enrolment issues, and
-// what CMS key transport needs), valid now and issued by one of the
-// configured device identity CAs.
-func (e *Enrollment) checkIdentity(der []byte) (*x509.Certificate, error) {
+// what CMS key transport needs), valid now, issued by one of the
+// configured device identity CAs, and naming the device (Config.IdentityFields).
+func (e *Enrollment) checkIdentity(der []byte, device string) (*x509.Certificate, error) {
 	if e.cfg.DeviceIdentityCAs == nil {
 		return nil, reject(ReasonBadIdentity, "no device identity CA is configured; start the server with --device-identity-ca FILE.pem (the MDM's device identity CA) before registering identities")
 	}
@@ -101,18 +110,24 @@ func (e *Enrollment) checkIdentity(der []byte) (*x509.Certificate, error) {
 	if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
 		return nil, reject(ReasonBadIdentity, "the identity certificate's key usage lacks keyEncipherment, so nothing can be encrypted to it")
 	}
-	if _, err := c.Verify(x509.VerifyOptions{Roots: e.cfg.DeviceIdentityCAs, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if err := e.verifyIdentityChain(c, now); err != nil {
 		return nil, reject(ReasonBadIdentity, "the identity certificate does not chain to a configured device identity CA (--device-identity-ca)")
+	}
+	if !namesDevice(c, device, e.cfg.IdentityFields) {
+		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate (subject %q) does not name device %q in %s; an identity must name the device it is registered to (--identity-device-fields)",
+			c.Subject.String(), device, identityFieldNames(e.cfg.IdentityFields)))
 	}
 	return c, nil
 }
 
 // RegisterDevice registers user's device id as active, with identity (DER;
-// nil for none) as the certificate escrowed keys will be encrypted to. A
-// device that is active already keeps its history: a new identity replaces
-// the old one (an MDM re-enrolment, audited as such), the same one changes
-// nothing. A retired device starts a new lifecycle. It returns the device
+// nil for none) as the certificate escrowed keys will be encrypted to. The
+// identity must name the device and belong to no other active device
+// (ReasonIdentityInUse names the holder). A device that is active already
+// keeps its history: the same identity changes nothing, an identity added
+// to a device that had none is audited as such, and replacing an identity
+// is refused (ReasonIdentityChange): that is RekeyDevice, which holds key
+// releases. A retired device starts a new lifecycle. It returns the device
 // as stored.
 func (e *Enrollment) RegisterDevice(ctx context.Context, user, id string, identity []byte) (Device, error) {
 	u, err := e.checkDeviceName(user, id)
@@ -122,13 +137,16 @@ func (e *Enrollment) RegisterDevice(ctx context.Context, user, id string, identi
 	if isStaticDevice(id) {
 		return Device{}, reject(ReasonBadDevice, fmt.Sprintf("the device id %q is reserved for the labs static challenge", id))
 	}
+	refused := func(err error) (Device, error) {
+		e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionDeviceRegister, User: u, Device: id, Result: "refused", Detail: err.Error()})
+		return Device{}, err
+	}
+	var idCert *x509.Certificate
 	if len(identity) > 0 {
-		c, err := e.checkIdentity(identity)
-		if err != nil {
-			e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionDeviceRegister, User: u, Device: id, Result: "refused", Detail: err.Error()})
-			return Device{}, err
+		if idCert, err = e.checkIdentity(identity, id); err != nil {
+			return refused(err)
 		}
-		identity = c.Raw
+		identity = idCert.Raw
 	}
 	now := e.now().UTC()
 	by := ActorFrom(ctx).Name
@@ -140,16 +158,21 @@ func (e *Enrollment) RegisterDevice(ctx context.Context, user, id string, identi
 	d := Device{User: u, ID: id, State: DeviceActive, Identity: identity, CreatedAt: now, CreatedBy: by}
 	switch {
 	case err == nil && old.State == DeviceActive:
-		if string(old.Identity) == string(identity) {
+		if string(old.Identity) == string(identity) || len(identity) == 0 {
 			return old, nil
 		}
-		d.CreatedAt, d.CreatedBy, d.UpdatedAt, d.UpdatedBy = old.CreatedAt, old.CreatedBy, now, by
-		action, detail = ActionDeviceIdentity, "identity replaced; previous identity sha256 "+old.IdentitySHA256()
-		if len(old.Identity) == 0 {
-			detail = "identity added"
+		if len(old.Identity) > 0 {
+			return refused(reject(ReasonIdentityChange, fmt.Sprintf("device %q of %s is active with identity sha256 %s; replacing it is a rekey (smimeca device rekey), which holds key releases until an administrator confirms", id, u, old.IdentitySHA256())))
 		}
+		d.CreatedAt, d.CreatedBy, d.UpdatedAt, d.UpdatedBy = old.CreatedAt, old.CreatedBy, now, by
+		action, detail = ActionDeviceIdentity, "identity added"
 	case err == nil:
 		detail = "registered again after retirement at " + old.RetiredAt.Format("2006-01-02T15:04:05Z")
+	}
+	if idCert != nil {
+		if err := e.claimIdentity(ctx, idCert, u, id); err != nil {
+			return refused(err)
+		}
 	}
 	if err := e.store.PutDevice(ctx, d); err != nil {
 		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: u, Device: id, Result: "error", Detail: "storing the device failed"})

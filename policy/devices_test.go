@@ -234,6 +234,9 @@ func TestRegisterIdentity(t *testing.T) {
 	key := testpki.RSAKey(t, 2048, 0)
 	ident := func(o testpki.CertOptions) []byte {
 		o.EKU = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		if o.CommonName == "" {
+			o.CommonName = "iphone-1"
+		}
 		return mdm.UserCert(t, key, o).Raw
 	}
 	good := ident(testpki.CertOptions{})
@@ -246,14 +249,16 @@ func TestRegisterIdentity(t *testing.T) {
 	}
 	other := testpki.NewIssuer(t)
 	ecKey := testpki.ECKey(t)
+	named := testpki.CertOptions{CommonName: "iphone-2"}
 	for name, der := range map[string][]byte{
-		"foreign CA":   other.UserCert(t, key, testpki.CertOptions{}).Raw,
-		"EC key":       mdm.UserCert(t, ecKey, testpki.CertOptions{}).Raw,
-		"expired":      ident(testpki.CertOptions{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}),
-		"1024 bit":     mdm.UserCert(t, testpki.RSAKey(t, 1024, 0), testpki.CertOptions{}).Raw,
-		"exponent 3":   mdm.UserCert(t, exponent3{key}, testpki.CertOptions{}).Raw,
-		"no keyEncip.": ident(testpki.CertOptions{KeyUsage: x509.KeyUsageDigitalSignature}),
-		"garbage":      []byte("not a certificate"),
+		"foreign CA":       other.UserCert(t, key, named).Raw,
+		"EC key":           mdm.UserCert(t, ecKey, named).Raw,
+		"expired":          ident(testpki.CertOptions{CommonName: "iphone-2", NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}),
+		"1024 bit":         mdm.UserCert(t, testpki.RSAKey(t, 1024, 0), named).Raw,
+		"exponent 3":       mdm.UserCert(t, exponent3{key}, named).Raw,
+		"no keyEncip.":     ident(testpki.CertOptions{CommonName: "iphone-2", KeyUsage: x509.KeyUsageDigitalSignature}),
+		"another device's": ident(testpki.CertOptions{CommonName: "iphone-3"}),
+		"garbage":          []byte("not a certificate"),
 	} {
 		_, err := v.e.RegisterDevice(ctx, "alice@example.com", "iphone-2", der)
 		if re, ok := policy.IsReject(err); !ok || re.Reason != policy.ReasonBadIdentity {
@@ -263,18 +268,21 @@ func TestRegisterIdentity(t *testing.T) {
 	if _, err := v.e.Device(ctx, "alice@example.com", "iphone-2"); err == nil {
 		t.Error("a refused registration stored the device")
 	}
-	// MDM re-enrolment: a new identity replaces the old, history kept.
+	// MDM re-enrolment: a new identity replaces the old by a rekey,
+	// history kept; registering it over the old one is refused.
 	cert := v.enrol("alice@example.com", "iphone-1", 1)
-	renewedIdent := mdm.UserCert(t, testpki.RSAKey(t, 2048, 2), testpki.CertOptions{}).Raw
-	d2, err := v.e.RegisterDevice(ctx, "alice@example.com", "iphone-1", renewedIdent)
+	renewedIdent := mdm.UserCert(t, testpki.RSAKey(t, 2048, 2), testpki.CertOptions{CommonName: "iphone-1"}).Raw
+	_, err = v.e.RegisterDevice(ctx, "alice@example.com", "iphone-1", renewedIdent)
+	wantReason(t, err, policy.ReasonIdentityChange)
+	d2, err := v.e.RekeyDevice(ctx, "alice@example.com", "iphone-1", renewedIdent)
 	if err != nil || string(d2.Identity) != string(renewedIdent) || !d2.CreatedAt.Equal(d.CreatedAt) {
-		t.Fatalf("re-register: %+v %v", d2, err)
+		t.Fatalf("rekey: %+v %v", d2, err)
 	}
-	if ev := v.audit.events[len(v.audit.events)-1]; ev.Action != policy.ActionDeviceIdentity {
-		t.Errorf("identity replacement audited as %q", ev.Action)
+	if ev := v.audit.events[len(v.audit.events)-1]; ev.Action != policy.ActionDeviceRekey || len(ev.SHA256) != 2 || ev.SHA256[0] != d.IdentitySHA256() {
+		t.Errorf("identity replacement audited as %+v", ev)
 	}
 	if rev, _ := v.ca.IsRevoked(cert.SerialNumber.String()); rev {
-		t.Error("re-registration revoked the device's certificate")
+		t.Error("rekey revoked the device's certificate")
 	}
 	// Without a configured identity CA, no identity can be registered.
 	plain := newEnv(t, nil)

@@ -66,6 +66,13 @@ type Config struct {
 	// certificates (the MDM's device identity CA). Without them no device
 	// can be registered with an identity, so no key can be released.
 	DeviceIdentityCAs *x509.CertPool
+	// IdentityFields are where a device identity certificate must name the
+	// device id (default DefaultIdentityFields: subject CN or a SAN).
+	IdentityFields []IdentityField
+	// RekeyHold is how long key releases to a device wait after its
+	// identity was replaced, unless an administrator confirms it (default
+	// DefaultRekeyHold; at most 30 days).
+	RekeyHold time.Duration
 }
 
 // Validate fills defaults and checks the values.
@@ -79,6 +86,12 @@ func (c *Config) Validate() error {
 	if c.ChallengeTTL == 0 {
 		c.ChallengeTTL = DefaultChallengeTTL
 	}
+	if len(c.IdentityFields) == 0 {
+		c.IdentityFields = DefaultIdentityFields
+	}
+	if c.RekeyHold == 0 {
+		c.RekeyHold = DefaultRekeyHold
+	}
 	switch {
 	case c.Validity < time.Hour || c.Validity > MaxValidity:
 		return fmt.Errorf("policy: config: certificate validity %s must be between 1h and %s (825 days, the S/MIME BR limit)", c.Validity, MaxValidity)
@@ -86,6 +99,8 @@ func (c *Config) Validate() error {
 		return errors.New("policy: config: minimum RSA key size must be at least 2048")
 	case c.ChallengeTTL < time.Minute || c.ChallengeTTL > MaxChallengeTTL:
 		return fmt.Errorf("policy: config: challenge TTL must be between 1m and %s", MaxChallengeTTL)
+	case c.RekeyHold < 0 || c.RekeyHold > MaxChallengeTTL:
+		return fmt.Errorf("policy: config: the rekey hold %s must be between 0 and %s", c.RekeyHold, MaxChallengeTTL)
 	case c.StaticChallenge != "" && len(c.StaticChallenge) < 16:
 		return errors.New("policy: config: the static challenge must be at least 16 characters")
 	}

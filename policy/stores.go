@@ -139,6 +139,9 @@ type Device struct {
 	RetiredBy string    `json:"retired_by,omitempty"`
 	// RetireReason is the administrator's reason for retiring it.
 	RetireReason string `json:"retire_reason,omitempty"`
+	// HeldUntil, after a rekey, is when key releases to the device resume
+	// unless an administrator confirms its new identity first.
+	HeldUntil time.Time `json:"held_until,omitzero"`
 }
 
 // Revocation is one certificate a retirement revokes: its decimal serial and
@@ -169,6 +172,7 @@ type Store interface {
 	ChallengeStore
 	Inventory
 	DeviceStore
+	IdentityIndex
 }
 
 // Issuer signs leaf certificates; *ca.Authority implements it.

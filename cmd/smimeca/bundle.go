@@ -19,8 +19,10 @@ type bundleFile struct {
 	User    string `json:"user"`
 	Device  string `json:"device"`
 	Signing struct {
-		SCEPURL             string   `json:"scep_url"`
-		Challenge           string   `json:"challenge"`
+		SCEPURL   string `json:"scep_url"`
+		Challenge string `json:"challenge,omitempty"`
+		// ChallengeFile is the challenge enveloped to the device (CMS).
+		ChallengeFile       string   `json:"challenge_file,omitempty"`
 		ChallengeExpiresAt  string   `json:"challenge_expires_at"`
 		Subject             string   `json:"subject"`
 		RFC822Name          string   `json:"rfc822_name"`
@@ -118,6 +120,12 @@ func bundleCmd(args []string, stdout io.Writer) error {
 	bf.Signing.CAFingerprintSHA1 = hex.EncodeToString(s.GetCaFingerprintSha1())
 	bf.Signing.CAFingerprintMD5 = hex.EncodeToString(s.GetCaFingerprintMd5())
 	bf.Signing.IssuedSerials = s.GetIssuedSerials()
+	if len(s.GetEnvelopedChallenge()) > 0 {
+		bf.Signing.ChallengeFile = "challenge.cms"
+		if err := os.WriteFile(filepath.Join(out, bf.Signing.ChallengeFile), s.GetEnvelopedChallenge(), 0o600); err != nil {
+			return err
+		}
+	}
 	bf.Encryption = []bundleEntry{}
 	for _, e := range resp.GetEncryptionCertificates() {
 		m := e.GetMetadata()

@@ -23,11 +23,15 @@ import (
 
 func deviceCmd(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return usagef("usage: smimeca device (register|list|show|retire) …")
+		return usagef("usage: smimeca device (register|rekey|confirm|list|show|retire) …")
 	}
 	switch args[0] {
 	case "register":
 		return deviceRegister(args[1:], stdout)
+	case "rekey":
+		return deviceRekey(args[1:], stdout)
+	case "confirm":
+		return deviceConfirm(args[1:], stdout)
 	case "list":
 		return deviceList(args[1:], stdout)
 	case "show":
@@ -35,7 +39,7 @@ func deviceCmd(args []string, stdout io.Writer) error {
 	case "retire":
 		return deviceRetire(args[1:], stdout)
 	default:
-		return usagef("unknown device command %q (register, list, show, retire)", args[0])
+		return usagef("unknown device command %q (register, rekey, confirm, list, show, retire)", args[0])
 	}
 }
 
@@ -78,6 +82,63 @@ func deviceRegister(args []string, stdout io.Writer) error {
 		return printJSON(stdout, resp.GetDevice())
 	}
 	return printDevice(stdout, resp.GetDevice())
+}
+
+// deviceRekey replaces an active device's identity; key releases to it are
+// held until an administrator confirms (device confirm) or the server's
+// --rekey-hold passes.
+func deviceRekey(args []string, stdout io.Writer) error {
+	var cf clientFlags
+	var user, device, identity, output string
+	f := newFlags("device rekey")
+	cf.register(f, "admin")
+	deviceFlags(f, &user, &device)
+	f.fs.StringVar(&identity, "identity-cert", "", "the device's new MDM identity certificate (PEM or DER); required")
+	f.fs.StringVar(&output, "o", "text", "output: text or json")
+	if err := f.parse(args); err != nil {
+		return helpOK(err)
+	}
+	if user == "" || device == "" || identity == "" {
+		return usagef("device rekey needs --user, --device and --identity-cert")
+	}
+	b, err := os.ReadFile(identity)
+	if err != nil {
+		return usagef("--identity-cert: %v", err)
+	}
+	var resp *pb.RegisterDeviceResponse
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewDevicesClient(conn).RekeyDevice(ctx, &pb.RekeyDeviceRequest{User: user, DeviceId: device, IdentityCertificate: b})
+		return err
+	}); err != nil {
+		return err
+	}
+	if output == "json" {
+		return printJSON(stdout, resp.GetDevice())
+	}
+	return printDevice(stdout, resp.GetDevice())
+}
+
+// deviceConfirm ends a rekey's hold (admin).
+func deviceConfirm(args []string, stdout io.Writer) error {
+	var cf clientFlags
+	var user, device string
+	f := newFlags("device confirm")
+	cf.register(f, "admin")
+	deviceFlags(f, &user, &device)
+	if err := f.parse(args); err != nil {
+		return helpOK(err)
+	}
+	if user == "" || device == "" {
+		return usagef("device confirm needs --user and --device")
+	}
+	var d *pb.Device
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		d, err = pb.NewDevicesClient(conn).ConfirmDeviceIdentity(ctx, &pb.GetDeviceRequest{User: user, DeviceId: device})
+		return err
+	}); err != nil {
+		return err
+	}
+	return printDevice(stdout, d)
 }
 
 func deviceList(args []string, stdout io.Writer) error {
@@ -183,7 +244,10 @@ func printDevice(w io.Writer, d *pb.Device) error {
 	}
 	fmt.Fprintf(tw, "created\t%s by %s\n", d.GetCreatedAt().AsTime().Format(time.RFC3339), d.GetCreatedBy())
 	if d.GetUpdatedBy() != "" {
-		fmt.Fprintf(tw, "identity replaced\t%s by %s\n", d.GetUpdatedAt().AsTime().Format(time.RFC3339), d.GetUpdatedBy())
+		fmt.Fprintf(tw, "identity changed\t%s by %s\n", d.GetUpdatedAt().AsTime().Format(time.RFC3339), d.GetUpdatedBy())
+	}
+	if h := d.GetHeldUntil(); h != nil && time.Now().Before(h.AsTime()) {
+		fmt.Fprintf(tw, "key releases held\tuntil %s (rekeyed; an administrator may confirm: smimeca device confirm)\n", h.AsTime().Format(time.RFC3339))
 	}
 	if d.GetRetiredBy() != "" {
 		fmt.Fprintf(tw, "retired\t%s by %s: %s\n", d.GetRetiredAt().AsTime().Format(time.RFC3339), d.GetRetiredBy(), d.GetRetireReason())
@@ -310,23 +374,26 @@ func credentialsList(args []string, stdout io.Writer) error {
 
 func credentialsRevoke(args []string, stdout io.Writer) error {
 	var cf clientFlags
-	var name string
+	var name, serial string
 	f := newFlags("credentials revoke")
 	cf.register(f, "admin")
-	f.fs.StringVar(&name, "name", "", "the credential's name (required)")
+	f.fs.StringVar(&name, "name", "", "revoke every live serial of this credential name")
+	f.fs.StringVar(&serial, "serial", "", "revoke the one credential with this serial (hex, as credentials list shows it)")
 	if err := f.parse(args); err != nil {
 		return helpOK(err)
 	}
-	if strings.TrimSpace(name) == "" {
-		return usagef("credentials revoke needs --name")
+	if (strings.TrimSpace(name) == "") == (strings.TrimSpace(serial) == "") {
+		return usagef("credentials revoke needs --name or --serial (one of them)")
 	}
-	var c *pb.Credential
+	var resp *pb.RevokeCredentialResponse
 	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
-		c, err = pb.NewCredentialsClient(conn).RevokeCredential(ctx, &pb.RevokeCredentialRequest{Name: name})
+		resp, err = pb.NewCredentialsClient(conn).RevokeCredential(ctx, &pb.RevokeCredentialRequest{Name: name, Serial: serial})
 		return err
 	}); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "revoked credential %s (role %s, serial %s); it is refused from its next call\n", c.GetName(), c.GetRole(), c.GetSerial())
+	for _, c := range resp.GetRevoked() {
+		fmt.Fprintf(stdout, "revoked credential %s (role %s, serial %s); it is refused from its next connection\n", c.GetName(), c.GetRole(), c.GetSerial())
+	}
 	return nil
 }

@@ -106,6 +106,8 @@ type serveConfig struct {
 	embeddedVaultAddr string
 	emailAliases      string
 	deviceIdentityCA  string
+	identityFields    string
+	rekeyHold         time.Duration
 	// publicURLDefaulted reports that --public-url was derived from an
 	// address other peers reach: certificates would then point at it.
 	publicURLDefaulted bool
@@ -152,6 +154,8 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f.str(&c.embeddedVaultAddr, "embedded-vault-addr", "SMIMECA_EMBEDDED_VAULT_ADDR", "127.0.0.1:8200", "listen address of the embedded Vault (loopback)")
 	f.str(&c.vaultBin, "vault-bin", "SMIMECA_VAULT_BIN", vaultproc.DefaultBinary(), "Vault binary for --embedded-vault (scripts/vault.sh builds it)")
 	f.str(&c.deviceIdentityCA, "device-identity-ca", "SMIMECA_DEVICE_IDENTITY_CA", "", "PEM file of the CA(s) that issue devices' MDM identity certificates; needed to register a device with an identity (and so to release any key to it)")
+	f.str(&c.identityFields, "identity-device-fields", "SMIMECA_IDENTITY_DEVICE_FIELDS", "cn,san", "where a device identity certificate must name its device id: cn (subject CN), san (a DNS name, URI or e-mail SAN), both (cn,san), or none (no check)")
+	f.duration(&c.rekeyHold, "rekey-hold", "SMIMECA_REKEY_HOLD", policy.DefaultRekeyHold, "after a device rekey, how long key releases to it wait unless an administrator confirms (smimeca device confirm)")
 	f.integer(&c.scepMaxInFlight, "scep-max-inflight", "SMIMECA_SCEP_MAX_INFLIGHT", 16*runtime.GOMAXPROCS(0), "PKIOperations processed at once; more get 503 with Retry-After")
 	f.float(&c.scepRatePerIP, "scep-rate-per-ip", "SMIMECA_SCEP_RATE_PER_IP", 0, "PKIOperations per second per client IP (0: no limit); more get 429 with Retry-After")
 	f.integer(&c.scepBurstPerIP, "scep-burst-per-ip", "SMIMECA_SCEP_BURST_PER_IP", 20, "burst of --scep-rate-per-ip")
@@ -300,6 +304,13 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	if err != nil {
 		return usagef("--device-identity-ca: %v", err)
 	}
+	identityFields, err := policy.ParseIdentityFields(cfg.identityFields)
+	if err != nil {
+		return usagef("--identity-device-fields: %v", err)
+	}
+	if len(identityFields) == 1 && identityFields[0] == policy.IdentityAny {
+		logger.Warn("--identity-device-fields none: any identity certificate of the MDM CA may be registered to any device id")
+	}
 	if identityCAs == nil {
 		logger.Warn("no --device-identity-ca set: devices can be registered without an identity only, so no escrowed key can be released")
 	}
@@ -312,6 +323,7 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	enrollment, err := policy.NewEnrollment(authority, store, policy.Config{
 		Domains: domains, Validity: cfg.validity, ContentCommitment: cfg.contentCommitment,
 		ChallengeTTL: cfg.challengeTTL, StaticChallenge: cfg.staticChallenge, DeviceIdentityCAs: identityCAs,
+		IdentityFields: identityFields, RekeyHold: cfg.rekeyHold,
 	}, policy.WithAuditor(audit))
 	if err != nil {
 		return usagef("%v", err)

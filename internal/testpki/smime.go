@@ -51,6 +51,8 @@ type CertOptions struct {
 	KeyUsage  x509.KeyUsage // default keyEncipherment (RSA) / keyAgreement (EC)
 	EKU       []x509.ExtKeyUsage
 	IsCA      bool
+	// CommonName is the subject CN (default: the first address, or "user").
+	CommonName string
 }
 
 // UserCert issues a certificate for key.
@@ -75,6 +77,9 @@ func (is *Issuer) UserCert(t testing.TB, key crypto.Signer, o CertOptions) *x509
 	cn := "user"
 	if len(o.Emails) > 0 {
 		cn = o.Emails[0]
+	}
+	if o.CommonName != "" {
+		cn = o.CommonName
 	}
 	tmpl := &x509.Certificate{SerialNumber: sn, Subject: pkix.Name{CommonName: cn}, EmailAddresses: o.Emails,
 		NotBefore: o.NotBefore, NotAfter: o.NotAfter, KeyUsage: o.KeyUsage, ExtKeyUsage: o.EKU,

@@ -46,6 +46,18 @@ func (s *CredentialStore) PutCredential(_ context.Context, c policy.Credential) 
 	return nil
 }
 
+// PutCredentialSerial implements policy.CredentialStore.
+func (s *CredentialStore) PutCredentialSerial(_ context.Context, c policy.Credential) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	if err := s.db.Set(credentialsTable, []byte(c.Serial), b); err != nil {
+		return fmt.Errorf("nosqlstore: store credential %s: %w", c.Name, err)
+	}
+	return nil
+}
+
 // CredentialBySerial implements policy.CredentialStore.
 func (s *CredentialStore) CredentialBySerial(_ context.Context, serial string) (policy.Credential, error) {
 	b, err := s.db.Get(credentialsTable, []byte(serial))

@@ -1,6 +1,7 @@
 package nosqlstore
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -21,13 +22,59 @@ func (s *Store) migrate() error {
 	switch string(v) {
 	case schemaVersion:
 		return nil
+	case "3":
+		return s.migrateV3()
 	case "2":
 	default:
 		if err := s.migrateV1(); err != nil {
 			return err
 		}
 	}
-	return s.migrateV2()
+	if err := s.migrateV2(); err != nil {
+		return err
+	}
+	return s.migrateV3()
+}
+
+// migrateV3 indexes the identity of every active device (version 3 kept no
+// index), so that an identity registered before stays its device's alone.
+// Where two active devices share an identity, the index names the first;
+// the other keeps it until it is rekeyed or retired.
+func (s *Store) migrateV3() error {
+	entries, err := s.db.List(devicesTable)
+	if err != nil && !database.IsErrNotFound(err) {
+		return fmt.Errorf("nosqlstore: read the device registry: %w", err)
+	}
+	tx := &database.Tx{}
+	seen := map[string]bool{}
+	for _, e := range entries {
+		var d policy.Device
+		if err := json.Unmarshal(e.Value, &d); err != nil {
+			return fmt.Errorf("nosqlstore: decode device %q: %w", e.Key, err)
+		}
+		if d.State != policy.DeviceActive || len(d.Identity) == 0 {
+			continue
+		}
+		c, err := x509.ParseCertificate(d.Identity)
+		if err != nil {
+			continue
+		}
+		claim, err := json.Marshal(policy.IdentityClaim{User: d.User, Device: d.ID, At: d.CreatedAt})
+		if err != nil {
+			return err
+		}
+		for _, k := range policy.IdentityKeys(c) {
+			if !seen[k] {
+				seen[k] = true
+				tx.Set(identitiesTable, []byte(k), claim)
+			}
+		}
+	}
+	tx.Set(metaTable, schemaKey, []byte(schemaVersion))
+	if err := s.db.Update(tx); err != nil {
+		return fmt.Errorf("nosqlstore: migrate to schema %s: %w", schemaVersion, err)
+	}
+	return nil
 }
 
 // migrateV2 lists every user's devices (version 2 kept no such list).

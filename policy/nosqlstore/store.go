@@ -56,6 +56,9 @@ var (
 	certsTable           = []byte("smimeca_certs")
 	renewableTable       = []byte("smimeca_renewable")
 	metaTable            = []byte("smimeca_meta")
+	// identitiesTable maps identity keys (policy.IdentityKeys) to the
+	// device that claimed them (policy.IdentityClaim).
+	identitiesTable = []byte("smimeca_identities")
 
 	// Version 1 kept one JSON list per device id (global, not per user)
 	// and a serial → device map; New migrates them.
@@ -71,7 +74,7 @@ var (
 	marker    = []byte{1}
 )
 
-const schemaVersion = "3"
+const schemaVersion = "4"
 
 // maxCASRetries bounds retries of a device's head when enrolments of the
 // same device in different processes race.
@@ -104,7 +107,7 @@ type row struct {
 // layout.
 func New(db database.DB) (*Store, error) {
 	for _, t := range [][]byte{challengesTable, usedTable, devicesTable, userDevicesTable, activeTable, deviceChallengeTable,
-		headsTable, certsTable, renewableTable, metaTable} {
+		headsTable, certsTable, renewableTable, metaTable, identitiesTable} {
 		if err := db.CreateTable(t); err != nil {
 			return nil, fmt.Errorf("nosqlstore: create table %s: %w", t, err)
 		}
@@ -160,6 +163,48 @@ func (s *Store) PutChallenge(_ context.Context, hash []byte, c policy.Challenge)
 		return fmt.Errorf("nosqlstore: store challenge: %w", err)
 	}
 	return nil
+}
+
+// IdentityClaim implements policy.IdentityIndex.
+func (s *Store) IdentityClaim(_ context.Context, key string) (policy.IdentityClaim, error) {
+	b, err := s.get(identitiesTable, []byte(key))
+	if err != nil {
+		return policy.IdentityClaim{}, err
+	}
+	var c policy.IdentityClaim
+	if err := json.Unmarshal(b, &c); err != nil {
+		return policy.IdentityClaim{}, fmt.Errorf("nosqlstore: decode identity claim: %w", err)
+	}
+	return c, nil
+}
+
+// SwapIdentityClaim implements policy.IdentityIndex with a compare-and-swap
+// of the stored bytes, so that two nodes claiming one identity at once
+// cannot both succeed.
+func (s *Store) SwapIdentityClaim(_ context.Context, key string, old *policy.IdentityClaim, next policy.IdentityClaim) (bool, error) {
+	var cmp []byte
+	if old != nil {
+		b, err := s.get(identitiesTable, []byte(key))
+		if err == policy.ErrNotFound {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		var cur policy.IdentityClaim
+		if err := json.Unmarshal(b, &cur); err != nil || cur != *old {
+			return false, nil
+		}
+		cmp = b
+	}
+	v, err := json.Marshal(next)
+	if err != nil {
+		return false, err
+	}
+	cas := &database.TxEntry{Bucket: identitiesTable, Key: []byte(key), CmpValue: cmp, Value: v, Cmd: database.CmpAndSwap}
+	if err := s.db.Update(&database.Tx{Operations: []*database.TxEntry{cas}}); err != nil {
+		return false, fmt.Errorf("nosqlstore: claim identity: %w", err)
+	}
+	return cas.Swapped, nil
 }
 
 // DeleteChallenge implements policy.ChallengeStore.

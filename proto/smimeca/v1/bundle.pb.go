@@ -486,7 +486,10 @@ func (x *GetUserBundleRequest) GetKeyTransport() KeyTransport {
 type SigningReference struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	ScepUrl string                 `protobuf:"bytes,1,opt,name=scep_url,json=scepUrl,proto3" json:"scep_url,omitempty"`
-	// One-time challenge bound to this user and device.
+	// One-time challenge bound to this user and device, in the clear: set
+	// only in an administrator's break-glass release (DELIVERY_FORMAT_PKCS12).
+	// It is a signing credential in the user's name, so a CMS bundle carries
+	// it only as enveloped_challenge.
 	Challenge          string                 `protobuf:"bytes,2,opt,name=challenge,proto3" json:"challenge,omitempty"`
 	ChallengeExpiresAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=challenge_expires_at,json=challengeExpiresAt,proto3" json:"challenge_expires_at,omitempty"`
 	// Subject the certificate will carry, e.g. "CN=alice@example.com".
@@ -503,8 +506,12 @@ type SigningReference struct {
 	CaFingerprintMd5    []byte `protobuf:"bytes,11,opt,name=ca_fingerprint_md5,json=caFingerprintMd5,proto3" json:"ca_fingerprint_md5,omitempty"`
 	// Decimal serials of this device's still valid, unrevoked certificates.
 	IssuedSerials []string `protobuf:"bytes,12,rep,name=issued_serials,json=issuedSerials,proto3" json:"issued_serials,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The challenge as CMS EnvelopedData (DER) to the device's registered
+	// identity certificate (recipient_certificate_der): only the device can
+	// open it. Set in CMS bundles.
+	EnvelopedChallenge []byte `protobuf:"bytes,13,opt,name=enveloped_challenge,json=envelopedChallenge,proto3" json:"enveloped_challenge,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *SigningReference) Reset() {
@@ -617,6 +624,13 @@ func (x *SigningReference) GetCaFingerprintMd5() []byte {
 func (x *SigningReference) GetIssuedSerials() []string {
 	if x != nil {
 		return x.IssuedSerials
+	}
+	return nil
+}
+
+func (x *SigningReference) GetEnvelopedChallenge() []byte {
+	if x != nil {
+		return x.EnvelopedChallenge
 	}
 	return nil
 }
@@ -843,7 +857,7 @@ const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\vbreak_glass\x18\x06 \x01(\bR\n" +
 	"breakGlass\x12,\n" +
 	"\x12break_glass_reason\x18\a \x01(\tR\x10breakGlassReason\x12=\n" +
-	"\rkey_transport\x18\b \x01(\x0e2\x18.smimeca.v1.KeyTransportR\fkeyTransport\"\xeb\x03\n" +
+	"\rkey_transport\x18\b \x01(\x0e2\x18.smimeca.v1.KeyTransportR\fkeyTransport\"\x9c\x04\n" +
 	"\x10SigningReference\x12\x19\n" +
 	"\bscep_url\x18\x01 \x01(\tR\ascepUrl\x12\x1c\n" +
 	"\tchallenge\x18\x02 \x01(\tR\tchallenge\x12L\n" +
@@ -858,7 +872,8 @@ const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\x13ca_fingerprint_sha1\x18\n" +
 	" \x01(\fR\x11caFingerprintSha1\x12,\n" +
 	"\x12ca_fingerprint_md5\x18\v \x01(\fR\x10caFingerprintMd5\x12%\n" +
-	"\x0eissued_serials\x18\f \x03(\tR\rissuedSerials\"\xd1\x01\n" +
+	"\x0eissued_serials\x18\f \x03(\tR\rissuedSerials\x12/\n" +
+	"\x13enveloped_challenge\x18\r \x01(\fR\x12envelopedChallenge\"\xd1\x01\n" +
 	"\x15EncryptionCertificate\x12;\n" +
 	"\bmetadata\x18\x01 \x01(\v2\x1f.smimeca.v1.EscrowedCertificateR\bmetadata\x12\x16\n" +
 	"\x06pkcs12\x18\x02 \x01(\fR\x06pkcs12\x12\x1a\n" +

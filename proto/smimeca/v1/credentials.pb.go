@@ -345,8 +345,12 @@ func (x *ListCredentialsResponse) GetCredentials() []*Credential {
 }
 
 type RevokeCredentialRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Revoke every live serial of this name…
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// …or the one credential with this serial (hex, as listed). One of the
+	// two.
+	Serial        string `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -388,6 +392,58 @@ func (x *RevokeCredentialRequest) GetName() string {
 	return ""
 }
 
+func (x *RevokeCredentialRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+type RevokeCredentialResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The credentials this call revoked.
+	Revoked       []*Credential `protobuf:"bytes,1,rep,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCredentialResponse) Reset() {
+	*x = RevokeCredentialResponse{}
+	mi := &file_smimeca_v1_credentials_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCredentialResponse) ProtoMessage() {}
+
+func (x *RevokeCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_credentials_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCredentialResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_credentials_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RevokeCredentialResponse) GetRevoked() []*Credential {
+	if x != nil {
+		return x.Revoked
+	}
+	return nil
+}
+
 var File_smimeca_v1_credentials_proto protoreflect.FileDescriptor
 
 const file_smimeca_v1_credentials_proto_rawDesc = "" +
@@ -422,13 +478,16 @@ const file_smimeca_v1_credentials_proto_rawDesc = "" +
 	"\x06ca_der\x18\x03 \x01(\fR\x05caDer\"\x18\n" +
 	"\x16ListCredentialsRequest\"S\n" +
 	"\x17ListCredentialsResponse\x128\n" +
-	"\vcredentials\x18\x01 \x03(\v2\x16.smimeca.v1.CredentialR\vcredentials\"-\n" +
+	"\vcredentials\x18\x01 \x03(\v2\x16.smimeca.v1.CredentialR\vcredentials\"E\n" +
 	"\x17RevokeCredentialRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name2\x96\x02\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06serial\x18\x02 \x01(\tR\x06serial\"L\n" +
+	"\x18RevokeCredentialResponse\x120\n" +
+	"\arevoked\x18\x01 \x03(\v2\x16.smimeca.v1.CredentialR\arevoked2\xa4\x02\n" +
 	"\vCredentials\x12Z\n" +
 	"\x0fIssueCredential\x12\".smimeca.v1.IssueCredentialRequest\x1a#.smimeca.v1.IssueCredentialResponse\x12Z\n" +
-	"\x0fListCredentials\x12\".smimeca.v1.ListCredentialsRequest\x1a#.smimeca.v1.ListCredentialsResponse\x12O\n" +
-	"\x10RevokeCredential\x12#.smimeca.v1.RevokeCredentialRequest\x1a\x16.smimeca.v1.CredentialB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
+	"\x0fListCredentials\x12\".smimeca.v1.ListCredentialsRequest\x1a#.smimeca.v1.ListCredentialsResponse\x12]\n" +
+	"\x10RevokeCredential\x12#.smimeca.v1.RevokeCredentialRequest\x1a$.smimeca.v1.RevokeCredentialResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
 
 var (
 	file_smimeca_v1_credentials_proto_rawDescOnce sync.Once
@@ -442,33 +501,35 @@ func file_smimeca_v1_credentials_proto_rawDescGZIP() []byte {
 	return file_smimeca_v1_credentials_proto_rawDescData
 }
 
-var file_smimeca_v1_credentials_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_smimeca_v1_credentials_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_smimeca_v1_credentials_proto_goTypes = []any{
-	(*Credential)(nil),              // 0: smimeca.v1.Credential
-	(*IssueCredentialRequest)(nil),  // 1: smimeca.v1.IssueCredentialRequest
-	(*IssueCredentialResponse)(nil), // 2: smimeca.v1.IssueCredentialResponse
-	(*ListCredentialsRequest)(nil),  // 3: smimeca.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil), // 4: smimeca.v1.ListCredentialsResponse
-	(*RevokeCredentialRequest)(nil), // 5: smimeca.v1.RevokeCredentialRequest
-	(*timestamppb.Timestamp)(nil),   // 6: google.protobuf.Timestamp
+	(*Credential)(nil),               // 0: smimeca.v1.Credential
+	(*IssueCredentialRequest)(nil),   // 1: smimeca.v1.IssueCredentialRequest
+	(*IssueCredentialResponse)(nil),  // 2: smimeca.v1.IssueCredentialResponse
+	(*ListCredentialsRequest)(nil),   // 3: smimeca.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),  // 4: smimeca.v1.ListCredentialsResponse
+	(*RevokeCredentialRequest)(nil),  // 5: smimeca.v1.RevokeCredentialRequest
+	(*RevokeCredentialResponse)(nil), // 6: smimeca.v1.RevokeCredentialResponse
+	(*timestamppb.Timestamp)(nil),    // 7: google.protobuf.Timestamp
 }
 var file_smimeca_v1_credentials_proto_depIdxs = []int32{
-	6, // 0: smimeca.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	6, // 1: smimeca.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
-	6, // 2: smimeca.v1.Credential.revoked_at:type_name -> google.protobuf.Timestamp
+	7, // 0: smimeca.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	7, // 1: smimeca.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	7, // 2: smimeca.v1.Credential.revoked_at:type_name -> google.protobuf.Timestamp
 	0, // 3: smimeca.v1.IssueCredentialResponse.credential:type_name -> smimeca.v1.Credential
 	0, // 4: smimeca.v1.ListCredentialsResponse.credentials:type_name -> smimeca.v1.Credential
-	1, // 5: smimeca.v1.Credentials.IssueCredential:input_type -> smimeca.v1.IssueCredentialRequest
-	3, // 6: smimeca.v1.Credentials.ListCredentials:input_type -> smimeca.v1.ListCredentialsRequest
-	5, // 7: smimeca.v1.Credentials.RevokeCredential:input_type -> smimeca.v1.RevokeCredentialRequest
-	2, // 8: smimeca.v1.Credentials.IssueCredential:output_type -> smimeca.v1.IssueCredentialResponse
-	4, // 9: smimeca.v1.Credentials.ListCredentials:output_type -> smimeca.v1.ListCredentialsResponse
-	0, // 10: smimeca.v1.Credentials.RevokeCredential:output_type -> smimeca.v1.Credential
-	8, // [8:11] is the sub-list for method output_type
-	5, // [5:8] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	0, // 5: smimeca.v1.RevokeCredentialResponse.revoked:type_name -> smimeca.v1.Credential
+	1, // 6: smimeca.v1.Credentials.IssueCredential:input_type -> smimeca.v1.IssueCredentialRequest
+	3, // 7: smimeca.v1.Credentials.ListCredentials:input_type -> smimeca.v1.ListCredentialsRequest
+	5, // 8: smimeca.v1.Credentials.RevokeCredential:input_type -> smimeca.v1.RevokeCredentialRequest
+	2, // 9: smimeca.v1.Credentials.IssueCredential:output_type -> smimeca.v1.IssueCredentialResponse
+	4, // 10: smimeca.v1.Credentials.ListCredentials:output_type -> smimeca.v1.ListCredentialsResponse
+	6, // 11: smimeca.v1.Credentials.RevokeCredential:output_type -> smimeca.v1.RevokeCredentialResponse
+	9, // [9:12] is the sub-list for method output_type
+	6, // [6:9] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_smimeca_v1_credentials_proto_init() }
@@ -482,7 +543,7 @@ func file_smimeca_v1_credentials_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_smimeca_v1_credentials_proto_rawDesc), len(file_smimeca_v1_credentials_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,8 +37,10 @@ type CredentialsClient interface {
 	IssueCredential(ctx context.Context, in *IssueCredentialRequest, opts ...grpc.CallOption) (*IssueCredentialResponse, error)
 	// ListCredentials returns every credential, revoked ones included.
 	ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
-	// RevokeCredential revokes the named credential.
-	RevokeCredential(ctx context.Context, in *RevokeCredentialRequest, opts ...grpc.CallOption) (*Credential, error)
+	// RevokeCredential revokes every live serial of the named credential, or
+	// the one credential with the serial. A revoked serial is refused in the
+	// TLS handshake from then on (on other nodes within seconds).
+	RevokeCredential(ctx context.Context, in *RevokeCredentialRequest, opts ...grpc.CallOption) (*RevokeCredentialResponse, error)
 }
 
 type credentialsClient struct {
@@ -69,9 +71,9 @@ func (c *credentialsClient) ListCredentials(ctx context.Context, in *ListCredent
 	return out, nil
 }
 
-func (c *credentialsClient) RevokeCredential(ctx context.Context, in *RevokeCredentialRequest, opts ...grpc.CallOption) (*Credential, error) {
+func (c *credentialsClient) RevokeCredential(ctx context.Context, in *RevokeCredentialRequest, opts ...grpc.CallOption) (*RevokeCredentialResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(Credential)
+	out := new(RevokeCredentialResponse)
 	err := c.cc.Invoke(ctx, Credentials_RevokeCredential_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -92,8 +94,10 @@ type CredentialsServer interface {
 	IssueCredential(context.Context, *IssueCredentialRequest) (*IssueCredentialResponse, error)
 	// ListCredentials returns every credential, revoked ones included.
 	ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error)
-	// RevokeCredential revokes the named credential.
-	RevokeCredential(context.Context, *RevokeCredentialRequest) (*Credential, error)
+	// RevokeCredential revokes every live serial of the named credential, or
+	// the one credential with the serial. A revoked serial is refused in the
+	// TLS handshake from then on (on other nodes within seconds).
+	RevokeCredential(context.Context, *RevokeCredentialRequest) (*RevokeCredentialResponse, error)
 	mustEmbedUnimplementedCredentialsServer()
 }
 
@@ -110,7 +114,7 @@ func (UnimplementedCredentialsServer) IssueCredential(context.Context, *IssueCre
 func (UnimplementedCredentialsServer) ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListCredentials not implemented")
 }
-func (UnimplementedCredentialsServer) RevokeCredential(context.Context, *RevokeCredentialRequest) (*Credential, error) {
+func (UnimplementedCredentialsServer) RevokeCredential(context.Context, *RevokeCredentialRequest) (*RevokeCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeCredential not implemented")
 }
 func (UnimplementedCredentialsServer) mustEmbedUnimplementedCredentialsServer() {}

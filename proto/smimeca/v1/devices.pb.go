@@ -34,12 +34,15 @@ type Device struct {
 	IdentityNotAfter       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=identity_not_after,json=identityNotAfter,proto3" json:"identity_not_after,omitempty"`
 	CreatedAt              *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// The credential that registered it.
-	CreatedBy     string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	UpdatedBy     string                 `protobuf:"bytes,10,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
-	RetiredAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=retired_at,json=retiredAt,proto3" json:"retired_at,omitempty"`
-	RetiredBy     string                 `protobuf:"bytes,12,opt,name=retired_by,json=retiredBy,proto3" json:"retired_by,omitempty"`
-	RetireReason  string                 `protobuf:"bytes,13,opt,name=retire_reason,json=retireReason,proto3" json:"retire_reason,omitempty"`
+	CreatedBy    string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	UpdatedAt    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	UpdatedBy    string                 `protobuf:"bytes,10,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
+	RetiredAt    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=retired_at,json=retiredAt,proto3" json:"retired_at,omitempty"`
+	RetiredBy    string                 `protobuf:"bytes,12,opt,name=retired_by,json=retiredBy,proto3" json:"retired_by,omitempty"`
+	RetireReason string                 `protobuf:"bytes,13,opt,name=retire_reason,json=retireReason,proto3" json:"retire_reason,omitempty"`
+	// After a rekey: key releases to the device are held until then unless an
+	// administrator confirms its identity.
+	HeldUntil     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=held_until,json=heldUntil,proto3" json:"held_until,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -165,6 +168,13 @@ func (x *Device) GetRetireReason() string {
 	return ""
 }
 
+func (x *Device) GetHeldUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HeldUntil
+	}
+	return nil
+}
+
 type RegisterDeviceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	User  string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
@@ -228,6 +238,67 @@ func (x *RegisterDeviceRequest) GetIdentityCertificate() []byte {
 	return nil
 }
 
+type RekeyDeviceRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	User     string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	DeviceId string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// The device's new identity certificate, DER or PEM; required.
+	IdentityCertificate []byte `protobuf:"bytes,3,opt,name=identity_certificate,json=identityCertificate,proto3" json:"identity_certificate,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *RekeyDeviceRequest) Reset() {
+	*x = RekeyDeviceRequest{}
+	mi := &file_smimeca_v1_devices_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RekeyDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RekeyDeviceRequest) ProtoMessage() {}
+
+func (x *RekeyDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_devices_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RekeyDeviceRequest.ProtoReflect.Descriptor instead.
+func (*RekeyDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RekeyDeviceRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RekeyDeviceRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RekeyDeviceRequest) GetIdentityCertificate() []byte {
+	if x != nil {
+		return x.IdentityCertificate
+	}
+	return nil
+}
+
 type RegisterDeviceResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Device        *Device                `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
@@ -237,7 +308,7 @@ type RegisterDeviceResponse struct {
 
 func (x *RegisterDeviceResponse) Reset() {
 	*x = RegisterDeviceResponse{}
-	mi := &file_smimeca_v1_devices_proto_msgTypes[2]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -249,7 +320,7 @@ func (x *RegisterDeviceResponse) String() string {
 func (*RegisterDeviceResponse) ProtoMessage() {}
 
 func (x *RegisterDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_devices_proto_msgTypes[2]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -262,7 +333,7 @@ func (x *RegisterDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RegisterDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{2}
+	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RegisterDeviceResponse) GetDevice() *Device {
@@ -282,7 +353,7 @@ type GetDeviceRequest struct {
 
 func (x *GetDeviceRequest) Reset() {
 	*x = GetDeviceRequest{}
-	mi := &file_smimeca_v1_devices_proto_msgTypes[3]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -294,7 +365,7 @@ func (x *GetDeviceRequest) String() string {
 func (*GetDeviceRequest) ProtoMessage() {}
 
 func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_devices_proto_msgTypes[3]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -307,7 +378,7 @@ func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceRequest.ProtoReflect.Descriptor instead.
 func (*GetDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{3}
+	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetDeviceRequest) GetUser() string {
@@ -333,7 +404,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_smimeca_v1_devices_proto_msgTypes[4]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -345,7 +416,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_devices_proto_msgTypes[4]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -358,7 +429,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{4}
+	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListDevicesRequest) GetUser() string {
@@ -377,7 +448,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_smimeca_v1_devices_proto_msgTypes[5]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -389,7 +460,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_devices_proto_msgTypes[5]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -402,7 +473,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{5}
+	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*Device {
@@ -424,7 +495,7 @@ type RetireDeviceRequest struct {
 
 func (x *RetireDeviceRequest) Reset() {
 	*x = RetireDeviceRequest{}
-	mi := &file_smimeca_v1_devices_proto_msgTypes[6]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +507,7 @@ func (x *RetireDeviceRequest) String() string {
 func (*RetireDeviceRequest) ProtoMessage() {}
 
 func (x *RetireDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_devices_proto_msgTypes[6]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +520,7 @@ func (x *RetireDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RetireDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{6}
+	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RetireDeviceRequest) GetUser() string {
@@ -484,7 +555,7 @@ type RetireDeviceResponse struct {
 
 func (x *RetireDeviceResponse) Reset() {
 	*x = RetireDeviceResponse{}
-	mi := &file_smimeca_v1_devices_proto_msgTypes[7]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +567,7 @@ func (x *RetireDeviceResponse) String() string {
 func (*RetireDeviceResponse) ProtoMessage() {}
 
 func (x *RetireDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_devices_proto_msgTypes[7]
+	mi := &file_smimeca_v1_devices_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +580,7 @@ func (x *RetireDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RetireDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{7}
+	return file_smimeca_v1_devices_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RetireDeviceResponse) GetDevice() *Device {
@@ -531,7 +602,7 @@ var File_smimeca_v1_devices_proto protoreflect.FileDescriptor
 const file_smimeca_v1_devices_proto_rawDesc = "" +
 	"\n" +
 	"\x18smimeca/v1/devices.proto\x12\n" +
-	"smimeca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x04\n" +
+	"smimeca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x04\n" +
 	"\x06Device\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x14\n" +
@@ -552,8 +623,14 @@ const file_smimeca_v1_devices_proto_rawDesc = "" +
 	"retired_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12\x1d\n" +
 	"\n" +
 	"retired_by\x18\f \x01(\tR\tretiredBy\x12#\n" +
-	"\rretire_reason\x18\r \x01(\tR\fretireReason\"{\n" +
+	"\rretire_reason\x18\r \x01(\tR\fretireReason\x129\n" +
+	"\n" +
+	"held_until\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\theldUntil\"{\n" +
 	"\x15RegisterDeviceRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x121\n" +
+	"\x14identity_certificate\x18\x03 \x01(\fR\x13identityCertificate\"x\n" +
+	"\x12RekeyDeviceRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x121\n" +
 	"\x14identity_certificate\x18\x03 \x01(\fR\x13identityCertificate\"D\n" +
@@ -572,9 +649,11 @@ const file_smimeca_v1_devices_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"k\n" +
 	"\x14RetireDeviceResponse\x12*\n" +
 	"\x06device\x18\x01 \x01(\v2\x12.smimeca.v1.DeviceR\x06device\x12'\n" +
-	"\x0frevoked_serials\x18\x02 \x03(\tR\x0erevokedSerials2\xc4\x02\n" +
+	"\x0frevoked_serials\x18\x02 \x03(\tR\x0erevokedSerials2\xe2\x03\n" +
 	"\aDevices\x12W\n" +
-	"\x0eRegisterDevice\x12!.smimeca.v1.RegisterDeviceRequest\x1a\".smimeca.v1.RegisterDeviceResponse\x12=\n" +
+	"\x0eRegisterDevice\x12!.smimeca.v1.RegisterDeviceRequest\x1a\".smimeca.v1.RegisterDeviceResponse\x12Q\n" +
+	"\vRekeyDevice\x12\x1e.smimeca.v1.RekeyDeviceRequest\x1a\".smimeca.v1.RegisterDeviceResponse\x12I\n" +
+	"\x15ConfirmDeviceIdentity\x12\x1c.smimeca.v1.GetDeviceRequest\x1a\x12.smimeca.v1.Device\x12=\n" +
 	"\tGetDevice\x12\x1c.smimeca.v1.GetDeviceRequest\x1a\x12.smimeca.v1.Device\x12N\n" +
 	"\vListDevices\x12\x1e.smimeca.v1.ListDevicesRequest\x1a\x1f.smimeca.v1.ListDevicesResponse\x12Q\n" +
 	"\fRetireDevice\x12\x1f.smimeca.v1.RetireDeviceRequest\x1a .smimeca.v1.RetireDeviceResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
@@ -591,39 +670,45 @@ func file_smimeca_v1_devices_proto_rawDescGZIP() []byte {
 	return file_smimeca_v1_devices_proto_rawDescData
 }
 
-var file_smimeca_v1_devices_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_smimeca_v1_devices_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_smimeca_v1_devices_proto_goTypes = []any{
 	(*Device)(nil),                 // 0: smimeca.v1.Device
 	(*RegisterDeviceRequest)(nil),  // 1: smimeca.v1.RegisterDeviceRequest
-	(*RegisterDeviceResponse)(nil), // 2: smimeca.v1.RegisterDeviceResponse
-	(*GetDeviceRequest)(nil),       // 3: smimeca.v1.GetDeviceRequest
-	(*ListDevicesRequest)(nil),     // 4: smimeca.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),    // 5: smimeca.v1.ListDevicesResponse
-	(*RetireDeviceRequest)(nil),    // 6: smimeca.v1.RetireDeviceRequest
-	(*RetireDeviceResponse)(nil),   // 7: smimeca.v1.RetireDeviceResponse
-	(*timestamppb.Timestamp)(nil),  // 8: google.protobuf.Timestamp
+	(*RekeyDeviceRequest)(nil),     // 2: smimeca.v1.RekeyDeviceRequest
+	(*RegisterDeviceResponse)(nil), // 3: smimeca.v1.RegisterDeviceResponse
+	(*GetDeviceRequest)(nil),       // 4: smimeca.v1.GetDeviceRequest
+	(*ListDevicesRequest)(nil),     // 5: smimeca.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),    // 6: smimeca.v1.ListDevicesResponse
+	(*RetireDeviceRequest)(nil),    // 7: smimeca.v1.RetireDeviceRequest
+	(*RetireDeviceResponse)(nil),   // 8: smimeca.v1.RetireDeviceResponse
+	(*timestamppb.Timestamp)(nil),  // 9: google.protobuf.Timestamp
 }
 var file_smimeca_v1_devices_proto_depIdxs = []int32{
-	8,  // 0: smimeca.v1.Device.identity_not_after:type_name -> google.protobuf.Timestamp
-	8,  // 1: smimeca.v1.Device.created_at:type_name -> google.protobuf.Timestamp
-	8,  // 2: smimeca.v1.Device.updated_at:type_name -> google.protobuf.Timestamp
-	8,  // 3: smimeca.v1.Device.retired_at:type_name -> google.protobuf.Timestamp
-	0,  // 4: smimeca.v1.RegisterDeviceResponse.device:type_name -> smimeca.v1.Device
-	0,  // 5: smimeca.v1.ListDevicesResponse.devices:type_name -> smimeca.v1.Device
-	0,  // 6: smimeca.v1.RetireDeviceResponse.device:type_name -> smimeca.v1.Device
-	1,  // 7: smimeca.v1.Devices.RegisterDevice:input_type -> smimeca.v1.RegisterDeviceRequest
-	3,  // 8: smimeca.v1.Devices.GetDevice:input_type -> smimeca.v1.GetDeviceRequest
-	4,  // 9: smimeca.v1.Devices.ListDevices:input_type -> smimeca.v1.ListDevicesRequest
-	6,  // 10: smimeca.v1.Devices.RetireDevice:input_type -> smimeca.v1.RetireDeviceRequest
-	2,  // 11: smimeca.v1.Devices.RegisterDevice:output_type -> smimeca.v1.RegisterDeviceResponse
-	0,  // 12: smimeca.v1.Devices.GetDevice:output_type -> smimeca.v1.Device
-	5,  // 13: smimeca.v1.Devices.ListDevices:output_type -> smimeca.v1.ListDevicesResponse
-	7,  // 14: smimeca.v1.Devices.RetireDevice:output_type -> smimeca.v1.RetireDeviceResponse
-	11, // [11:15] is the sub-list for method output_type
-	7,  // [7:11] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	9,  // 0: smimeca.v1.Device.identity_not_after:type_name -> google.protobuf.Timestamp
+	9,  // 1: smimeca.v1.Device.created_at:type_name -> google.protobuf.Timestamp
+	9,  // 2: smimeca.v1.Device.updated_at:type_name -> google.protobuf.Timestamp
+	9,  // 3: smimeca.v1.Device.retired_at:type_name -> google.protobuf.Timestamp
+	9,  // 4: smimeca.v1.Device.held_until:type_name -> google.protobuf.Timestamp
+	0,  // 5: smimeca.v1.RegisterDeviceResponse.device:type_name -> smimeca.v1.Device
+	0,  // 6: smimeca.v1.ListDevicesResponse.devices:type_name -> smimeca.v1.Device
+	0,  // 7: smimeca.v1.RetireDeviceResponse.device:type_name -> smimeca.v1.Device
+	1,  // 8: smimeca.v1.Devices.RegisterDevice:input_type -> smimeca.v1.RegisterDeviceRequest
+	2,  // 9: smimeca.v1.Devices.RekeyDevice:input_type -> smimeca.v1.RekeyDeviceRequest
+	4,  // 10: smimeca.v1.Devices.ConfirmDeviceIdentity:input_type -> smimeca.v1.GetDeviceRequest
+	4,  // 11: smimeca.v1.Devices.GetDevice:input_type -> smimeca.v1.GetDeviceRequest
+	5,  // 12: smimeca.v1.Devices.ListDevices:input_type -> smimeca.v1.ListDevicesRequest
+	7,  // 13: smimeca.v1.Devices.RetireDevice:input_type -> smimeca.v1.RetireDeviceRequest
+	3,  // 14: smimeca.v1.Devices.RegisterDevice:output_type -> smimeca.v1.RegisterDeviceResponse
+	3,  // 15: smimeca.v1.Devices.RekeyDevice:output_type -> smimeca.v1.RegisterDeviceResponse
+	0,  // 16: smimeca.v1.Devices.ConfirmDeviceIdentity:output_type -> smimeca.v1.Device
+	0,  // 17: smimeca.v1.Devices.GetDevice:output_type -> smimeca.v1.Device
+	6,  // 18: smimeca.v1.Devices.ListDevices:output_type -> smimeca.v1.ListDevicesResponse
+	8,  // 19: smimeca.v1.Devices.RetireDevice:output_type -> smimeca.v1.RetireDeviceResponse
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_smimeca_v1_devices_proto_init() }
@@ -637,7 +722,7 @@ func file_smimeca_v1_devices_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_smimeca_v1_devices_proto_rawDesc), len(file_smimeca_v1_devices_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Devices_RegisterDevice_FullMethodName = "/smimeca.v1.Devices/RegisterDevice"
-	Devices_GetDevice_FullMethodName      = "/smimeca.v1.Devices/GetDevice"
-	Devices_ListDevices_FullMethodName    = "/smimeca.v1.Devices/ListDevices"
-	Devices_RetireDevice_FullMethodName   = "/smimeca.v1.Devices/RetireDevice"
+	Devices_RegisterDevice_FullMethodName        = "/smimeca.v1.Devices/RegisterDevice"
+	Devices_RekeyDevice_FullMethodName           = "/smimeca.v1.Devices/RekeyDevice"
+	Devices_ConfirmDeviceIdentity_FullMethodName = "/smimeca.v1.Devices/ConfirmDeviceIdentity"
+	Devices_GetDevice_FullMethodName             = "/smimeca.v1.Devices/GetDevice"
+	Devices_ListDevices_FullMethodName           = "/smimeca.v1.Devices/ListDevices"
+	Devices_RetireDevice_FullMethodName          = "/smimeca.v1.Devices/RetireDevice"
 )
 
 // DevicesClient is the client API for Devices service.
@@ -36,11 +38,20 @@ const (
 type DevicesClient interface {
 	// RegisterDevice registers (user, device_id) as active. With an identity
 	// certificate (the MDM identity the device holds: RSA 2048–4096, issued
-	// by the configured device identity CA, valid now) escrowed keys can be
-	// released to it. Registering an active device again with a new identity
-	// replaces it (an MDM re-enrolment, audited); a retired device starts a
-	// new lifecycle.
+	// by the configured device identity CA, valid now, naming the device id
+	// in its subject CN or a SAN, and held by no other active device)
+	// escrowed keys can be released to it. Registering an active device
+	// again with the same identity changes nothing, with a first identity
+	// adds it, with another one is refused (FAILED_PRECONDITION): that is
+	// RekeyDevice. A retired device starts a new lifecycle.
 	RegisterDevice(ctx context.Context, in *RegisterDeviceRequest, opts ...grpc.CallOption) (*RegisterDeviceResponse, error)
+	// RekeyDevice replaces an active device's identity certificate (an MDM
+	// re-enrolment), audited with the old and new SHA-256. Key releases to
+	// the device are then held until an administrator confirms
+	// (ConfirmDeviceIdentity) or the cooling-off (--rekey-hold, 24 h) passes.
+	RekeyDevice(ctx context.Context, in *RekeyDeviceRequest, opts ...grpc.CallOption) (*RegisterDeviceResponse, error)
+	// ConfirmDeviceIdentity (admin only) ends a rekey's hold.
+	ConfirmDeviceIdentity(ctx context.Context, in *GetDeviceRequest, opts ...grpc.CallOption) (*Device, error)
 	// GetDevice returns one device.
 	GetDevice(ctx context.Context, in *GetDeviceRequest, opts ...grpc.CallOption) (*Device, error)
 	// ListDevices returns a user's devices.
@@ -64,6 +75,26 @@ func (c *devicesClient) RegisterDevice(ctx context.Context, in *RegisterDeviceRe
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RegisterDeviceResponse)
 	err := c.cc.Invoke(ctx, Devices_RegisterDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *devicesClient) RekeyDevice(ctx context.Context, in *RekeyDeviceRequest, opts ...grpc.CallOption) (*RegisterDeviceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterDeviceResponse)
+	err := c.cc.Invoke(ctx, Devices_RekeyDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *devicesClient) ConfirmDeviceIdentity(ctx context.Context, in *GetDeviceRequest, opts ...grpc.CallOption) (*Device, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Device)
+	err := c.cc.Invoke(ctx, Devices_ConfirmDeviceIdentity_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -111,11 +142,20 @@ func (c *devicesClient) RetireDevice(ctx context.Context, in *RetireDeviceReques
 type DevicesServer interface {
 	// RegisterDevice registers (user, device_id) as active. With an identity
 	// certificate (the MDM identity the device holds: RSA 2048–4096, issued
-	// by the configured device identity CA, valid now) escrowed keys can be
-	// released to it. Registering an active device again with a new identity
-	// replaces it (an MDM re-enrolment, audited); a retired device starts a
-	// new lifecycle.
+	// by the configured device identity CA, valid now, naming the device id
+	// in its subject CN or a SAN, and held by no other active device)
+	// escrowed keys can be released to it. Registering an active device
+	// again with the same identity changes nothing, with a first identity
+	// adds it, with another one is refused (FAILED_PRECONDITION): that is
+	// RekeyDevice. A retired device starts a new lifecycle.
 	RegisterDevice(context.Context, *RegisterDeviceRequest) (*RegisterDeviceResponse, error)
+	// RekeyDevice replaces an active device's identity certificate (an MDM
+	// re-enrolment), audited with the old and new SHA-256. Key releases to
+	// the device are then held until an administrator confirms
+	// (ConfirmDeviceIdentity) or the cooling-off (--rekey-hold, 24 h) passes.
+	RekeyDevice(context.Context, *RekeyDeviceRequest) (*RegisterDeviceResponse, error)
+	// ConfirmDeviceIdentity (admin only) ends a rekey's hold.
+	ConfirmDeviceIdentity(context.Context, *GetDeviceRequest) (*Device, error)
 	// GetDevice returns one device.
 	GetDevice(context.Context, *GetDeviceRequest) (*Device, error)
 	// ListDevices returns a user's devices.
@@ -137,6 +177,12 @@ type UnimplementedDevicesServer struct{}
 
 func (UnimplementedDevicesServer) RegisterDevice(context.Context, *RegisterDeviceRequest) (*RegisterDeviceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterDevice not implemented")
+}
+func (UnimplementedDevicesServer) RekeyDevice(context.Context, *RekeyDeviceRequest) (*RegisterDeviceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RekeyDevice not implemented")
+}
+func (UnimplementedDevicesServer) ConfirmDeviceIdentity(context.Context, *GetDeviceRequest) (*Device, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConfirmDeviceIdentity not implemented")
 }
 func (UnimplementedDevicesServer) GetDevice(context.Context, *GetDeviceRequest) (*Device, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetDevice not implemented")
@@ -182,6 +228,42 @@ func _Devices_RegisterDevice_Handler(srv interface{}, ctx context.Context, dec f
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(DevicesServer).RegisterDevice(ctx, req.(*RegisterDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Devices_RekeyDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RekeyDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DevicesServer).RekeyDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Devices_RekeyDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DevicesServer).RekeyDevice(ctx, req.(*RekeyDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Devices_ConfirmDeviceIdentity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DevicesServer).ConfirmDeviceIdentity(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Devices_ConfirmDeviceIdentity_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DevicesServer).ConfirmDeviceIdentity(ctx, req.(*GetDeviceRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -250,6 +332,14 @@ var Devices_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RegisterDevice",
 			Handler:    _Devices_RegisterDevice_Handler,
+		},
+		{
+			MethodName: "RekeyDevice",
+			Handler:    _Devices_RekeyDevice_Handler,
+		},
+		{
+			MethodName: "ConfirmDeviceIdentity",
+			Handler:    _Devices_ConfirmDeviceIdentity_Handler,
 		},
 		{
 			MethodName: "GetDevice",
