@@ -78,7 +78,7 @@ func NewBundles(enroll *Enrollment, keys KeyStore, ca CAInfo, scepURL string, au
 	if audit == nil {
 		audit = nopAuditor{}
 	}
-	return &Bundles{enroll: enroll, keys: keys, ca: ca, scepURL: scepURL, audit: audit, now: time.Now}
+	return &Bundles{enroll: enroll, keys: keys, ca: ca, scepURL: scepURL, audit: audit, now: enroll.now}
 }
 
 // PKCS12Encoding selects the algorithms of the re-wrapped PKCS#12 files.

@@ -42,7 +42,8 @@ func newBundleEnv(t *testing.T) *bundleEnv {
 	mdm := testpki.NewIssuer(t)
 	pool := x509.NewCertPool()
 	pool.AddCert(mdm.Cert)
-	enroll, err := policy.NewEnrollment(c, store, policy.Config{DeviceIdentityCAs: pool})
+	audit := &recordingAuditor{}
+	enroll, err := policy.NewEnrollment(c, store, policy.Config{DeviceIdentityCAs: pool}, policy.WithAuditor(audit))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,6 @@ func newBundleEnv(t *testing.T) *bundleEnv {
 	if _, _, err := ks.Put(ctx, "a@example.com", policy.EscrowedKey{Escrowed: policy.CertificateMetadata(cert), CertDER: cert.Raw, KeyPKCS8: kder}); err != nil {
 		t.Fatal(err)
 	}
-	audit := &recordingAuditor{}
 	return &bundleEnv{enroll: enroll, store: store, pool: pool, ca: c, keys: ks, vault: v, mdm: mdm, escrow: cert, devCert: devCert, audit: audit,
 		bundles: policy.NewBundles(enroll, ks, c, "http://x/scep", audit)}
 }

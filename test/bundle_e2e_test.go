@@ -29,6 +29,7 @@ type bundleJSON struct {
 	Signing struct {
 		SCEPURL             string   `json:"scep_url"`
 		Challenge           string   `json:"challenge"`
+		ChallengeFile       string   `json:"challenge_file"`
 		Subject             string   `json:"subject"`
 		RFC822Name          string   `json:"rfc822_name"`
 		KeySize             int      `json:"key_size"`
@@ -147,10 +148,20 @@ func TestBundleEndToEnd(t *testing.T) {
 		}
 	}
 
-	// The device enrols over SCEP with the bundle's challenge; exactly once.
+	// The profile service holds no challenge it could redeem: only the
+	// device's key opens the envelope; then the device enrols over SCEP
+	// with it, exactly once.
+	if b.Signing.Challenge != "" || b.Signing.ChallengeFile == "" {
+		t.Fatalf("the profile credential's bundle carries the challenge in the clear (%q) or not enveloped (%q)", b.Signing.Challenge, b.Signing.ChallengeFile)
+	}
+	other := s.makeIdentity(t.TempDir(), "iphone-7")
+	if r := runCmd(t, execCommand(t.Context(), tool(t, "openssl"), "cms", "-decrypt", "-inform", "DER", "-in", filepath.Join(bdir, b.Signing.ChallengeFile), "-inkey", other.key, "-recip", other.cert)); r.code == 0 {
+		t.Fatal("another identity of the same MDM CA opens the challenge")
+	}
+	challenge := strings.TrimSpace(opensslIn(t, bdir, "cms", "-decrypt", "-inform", "DER", "-in", b.Signing.ChallengeFile, "-inkey", id.key, "-recip", id.cert))
 	dev := filepath.Join(w, "device")
-	mustOK(t, "scepclient with the bundle's challenge", s.scepclient(dev, b.Signing.Challenge))
-	if r := s.scepclient(filepath.Join(w, "other-device"), b.Signing.Challenge); r.code == 0 {
+	mustOK(t, "scepclient with the bundle's challenge, opened by the device", s.scepclient(dev, challenge))
+	if r := s.scepclient(filepath.Join(w, "other-device"), challenge); r.code == 0 {
 		t.Fatal("a bundle's challenge worked twice")
 	}
 	opensslIn(t, dev, "cms", "-sign", "-in", filepath.Join(w, "msg.txt"), "-signer", "client.pem", "-inkey", "key.pem", "-out", "signed.p7m")
@@ -163,12 +174,17 @@ func TestBundleEndToEnd(t *testing.T) {
 		t.Errorf("issued serials %v, want the one enrolled", b2.Signing.IssuedSerials)
 	}
 
-	// A user with nothing escrowed still gets a signing reference, even for
-	// a device without an identity.
-	s.register("nobody@example.com", "d")
+	// A user with nothing escrowed still gets a signing reference, enveloped
+	// to the device; a device without an identity gets none.
+	s.registerWithIdentity("nobody@example.com", "d")
 	empty := s.bundle(t, filepath.Join(w, "empty"), "--user", "nobody@example.com", "--device", "d")
-	if empty.Signing.Challenge == "" || empty.Encryption == nil || len(empty.Encryption) != 0 {
+	if empty.Signing.ChallengeFile == "" || empty.Encryption == nil || len(empty.Encryption) != 0 {
 		t.Errorf("empty bundle %+v", empty)
+	}
+	s.register("nobody@example.com", "no-identity")
+	if r := run(t, 60e9, smimecaBin(t), "bundle", "get", "--out", filepath.Join(w, "none"), "--server", s.grpcAddr,
+		"--credentials", filepath.Join(s.data, "credentials", "profile"), "--user", "nobody@example.com", "--device", "no-identity"); r.code == 0 || !strings.Contains(r.stderr, "no-identity-certificate") {
+		t.Errorf("a bundle for a device without an identity: %d %s", r.code, r.stderr)
 	}
 
 	// The audit trail names who, user, device, thumbprints and format, and
@@ -199,7 +215,7 @@ func TestBundleEndToEnd(t *testing.T) {
 	if !strings.Contains(string(audit), `"action":"key.release.break-glass"`) || !strings.Contains(string(audit), "ticket 42") {
 		t.Errorf("audit log lacks the break-glass release:\n%s", audit)
 	}
-	for _, secret := range []string{pw, b.Signing.Challenge, bg.Encryption[0].Password} {
+	for _, secret := range []string{pw, challenge, bg.Encryption[0].Password} {
 		if strings.Contains(string(audit), secret) || strings.Contains(s.log.String(), secret) {
 			t.Errorf("audit or server log holds a secret")
 		}
@@ -307,9 +323,9 @@ func TestProfileRoleLimits(t *testing.T) {
 	if r := s.grpcurl(t, "profile", "-d", `{"user":"a@example.com","device_id":"d"}`, addr, "smimeca.v1.ProfileBundles/GetUserBundle"); r.code == 0 || !strings.Contains(r.stderr, "NotFound") {
 		t.Errorf("bundle for an unregistered device: %+v", r)
 	}
-	s.register("a@example.com", "d")
+	s.registerWithIdentity("a@example.com", "d")
 	out := mustOK(t, "admin may fetch bundles", s.grpcurl(t, "admin", "-d", `{"user":"a@example.com","device_id":"d"}`, addr, "smimeca.v1.ProfileBundles/GetUserBundle"))
-	if !strings.Contains(out, "challenge") {
+	if !strings.Contains(out, "envelopedChallenge") {
 		t.Errorf("bundle: %s", out)
 	}
 	r = s.grpcurl(t, "profile", "-d", `{"user":"a@evil.org","device_id":"d"}`, addr, "smimeca.v1.ProfileBundles/GetUserBundle")

@@ -12,6 +12,7 @@ import (
 	"github.com/smallstep/nosql/database"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/testpki"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 )
@@ -540,7 +541,66 @@ func TestMigrateFromVersion2(t *testing.T) {
 	if err != nil || len(devs) != 2 {
 		t.Fatalf("alice's devices after the migration: %+v, %v", devs, err)
 	}
-	if v, _ := db.Get([]byte("smimeca_meta"), []byte("schema")); string(v) != "3" {
-		t.Errorf("schema %q after the migration, want 3", v)
+	if v, _ := db.Get([]byte("smimeca_meta"), []byte("schema")); string(v) != "4" {
+		t.Errorf("schema %q after the migration, want 4", v)
+	}
+}
+
+// A version 3 database kept no identity index: opening it indexes every
+// active device's identity, so that it stays that device's alone.
+func TestMigrateFromVersion3IndexesIdentities(t *testing.T) {
+	db := openDB(t)
+	s, err := nosqlstore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is := testpki.NewIssuer(t)
+	ident := is.UserCert(t, testpki.RSAKey(t, 2048, 0), testpki.CertOptions{CommonName: "iphone"})
+	retired := is.UserCert(t, testpki.RSAKey(t, 2048, 1), testpki.CertOptions{CommonName: "old"})
+	ctx := context.Background()
+	if err := s.PutDevice(ctx, policy.Device{User: "alice@example.com", ID: "iphone", State: policy.DeviceActive, Identity: ident.Raw}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutDevice(ctx, policy.Device{User: "alice@example.com", ID: "old", State: policy.DeviceRetired, Identity: retired.Raw}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Set([]byte("smimeca_meta"), []byte("schema"), []byte("3")); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = nosqlstore.New(db); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range policy.IdentityKeys(ident) {
+		if c, err := s.IdentityClaim(ctx, k); err != nil || c.User != "alice@example.com" || c.Device != "iphone" {
+			t.Errorf("claim %s after the migration: %+v %v", k, c, err)
+		}
+	}
+	for _, k := range policy.IdentityKeys(retired) {
+		if _, err := s.IdentityClaim(ctx, k); err != policy.ErrNotFound {
+			t.Errorf("a retired device's identity was indexed: %v", err)
+		}
+	}
+}
+
+// Claims are compare-and-swap: of two claims from the same state one wins.
+func TestIdentityClaimSwap(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	a := policy.IdentityClaim{User: "a@example.com", Device: "d", At: time.Now().UTC().Truncate(time.Second)}
+	b := policy.IdentityClaim{User: "b@example.com", Device: "d", At: a.At}
+	if ok, err := s.SwapIdentityClaim(ctx, "cert:1", nil, a); err != nil || !ok {
+		t.Fatalf("first claim: %v %v", ok, err)
+	}
+	if ok, _ := s.SwapIdentityClaim(ctx, "cert:1", nil, b); ok {
+		t.Fatal("a claim over an existing one as if there were none")
+	}
+	if ok, _ := s.SwapIdentityClaim(ctx, "cert:1", &b, b); ok {
+		t.Fatal("a claim over a stale view")
+	}
+	if ok, err := s.SwapIdentityClaim(ctx, "cert:1", &a, b); err != nil || !ok {
+		t.Fatalf("a claim over the current one: %v %v", ok, err)
+	}
+	if c, _ := s.IdentityClaim(ctx, "cert:1"); c != b {
+		t.Errorf("stored claim %+v", c)
 	}
 }
