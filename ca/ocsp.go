@@ -42,12 +42,18 @@ const (
 	ocspSignerRenewBefore = 30 * 24 * time.Hour
 	ocspSignerCertFile    = "ocsp_signer.crt"
 	ocspSignerKeyFile     = "ocsp_signer.key"
-	// maxOCSPRequest bounds a request's DER (a single-certificate request
+	// MaxOCSPRequestBytes bounds a request's DER (a single-certificate request
 	// with a nonce is about 120 bytes).
-	maxOCSPRequest = 4 << 10
+	MaxOCSPRequestBytes = 4 << 10
 	// ocspCacheEntries bounds the signed responses kept; beyond it one
 	// entry is dropped at random per new one.
 	ocspCacheEntries = 1 << 16
+	// ocspUnknownEntries bounds, within ocspCacheEntries, the answers kept
+	// for serials this CA never issued: a relying party polling a foreign
+	// serial costs one signature per half validity, and whoever sends
+	// random serials (bounded per address by the public listener's
+	// limiter) can evict only these.
+	ocspUnknownEntries = 1 << 12
 )
 
 var (
@@ -76,10 +82,11 @@ type OCSPResponder struct {
 	// algorithm a request may use.
 	issuerHashes map[crypto.Hash][2][]byte
 
-	mu     sync.Mutex
-	signer *x509.Certificate
-	key    crypto.Signer
-	cache  map[ocspKey]*ocspEntry
+	mu      sync.Mutex
+	signer  *x509.Certificate
+	key     crypto.Signer
+	cache   map[ocspKey]*ocspEntry
+	unknown map[ocspKey]*ocspEntry
 }
 
 type ocspKey struct {
@@ -104,7 +111,7 @@ func (a *Authority) NewOCSPResponder(validity time.Duration) (*OCSPResponder, er
 	if validity < MinOCSPValidity || validity > MaxOCSPValidity {
 		return nil, fmt.Errorf("ca: OCSP response validity %s must be between %s and %s (S/MIME BR 4.9.10)", validity, MinOCSPValidity, MaxOCSPValidity)
 	}
-	r := &OCSPResponder{a: a, validity: validity, now: time.Now, cache: map[ocspKey]*ocspEntry{},
+	r := &OCSPResponder{a: a, validity: validity, now: time.Now, cache: map[ocspKey]*ocspEntry{}, unknown: map[ocspKey]*ocspEntry{},
 		issuerHashes: map[crypto.Hash][2][]byte{}}
 	var spki struct {
 		Algorithm pkix.AlgorithmIdentifier
@@ -171,7 +178,7 @@ func (r *OCSPResponder) loadOrRenewSigner() error {
 // unauthorized, internal error) otherwise. thisUpdate and nextUpdate are
 // zero for an error response.
 func (r *OCSPResponder) Respond(reqDER []byte) (der []byte, thisUpdate, nextUpdate time.Time) {
-	if len(reqDER) > maxOCSPRequest {
+	if len(reqDER) > MaxOCSPRequestBytes {
 		return ocsp.MalformedRequestErrorResponse, time.Time{}, time.Time{}
 	}
 	req, err := ocsp.ParseRequest(reqDER)
@@ -185,8 +192,14 @@ func (r *OCSPResponder) Respond(reqDER []byte) (der []byte, thisUpdate, nextUpda
 	k := ocspKey{serial: req.SerialNumber.String(), hash: req.HashAlgorithm}
 	now := r.now()
 	r.mu.Lock()
-	e := r.cache[k]
+	e, u := r.cache[k], r.unknown[k]
 	r.mu.Unlock()
+	if u != nil && now.Before(u.thisUpdate.Add(r.validity/2)) {
+		// Still unknown (a serial issued since is answered afresh).
+		if _, err := r.a.db.GetCertificate(k.serial); isNotFound(err) {
+			return u.der, u.thisUpdate, u.nextUpdate
+		}
+	}
 	if e != nil && now.Before(e.thisUpdate.Add(r.validity/2)) {
 		if e.revoked {
 			return e.der, e.thisUpdate, e.nextUpdate
@@ -203,8 +216,8 @@ func (r *OCSPResponder) Respond(reqDER []byte) (der []byte, thisUpdate, nextUpda
 	return e.der, e.thisUpdate, e.nextUpdate
 }
 
-// sign builds and signs the response for serial and caches it (not for
-// an unknown serial: those would let anyone fill the cache).
+// sign builds and signs the response for serial and caches it (an unknown
+// serial's in the smaller table of its own).
 func (r *OCSPResponder) sign(req *ocsp.Request, serial string, now time.Time) (*ocspEntry, error) {
 	tmpl := ocsp.Response{
 		SerialNumber: req.SerialNumber, IssuerHash: req.HashAlgorithm,
@@ -240,17 +253,19 @@ func (r *OCSPResponder) sign(req *ocsp.Request, serial string, now time.Time) (*
 		return nil, fmt.Errorf("ca: sign OCSP response: %w", err)
 	}
 	e := &ocspEntry{der: der, revoked: tmpl.Status == ocsp.Revoked, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate}
-	if known {
-		r.mu.Lock()
-		if len(r.cache) >= ocspCacheEntries {
-			for old := range r.cache {
-				delete(r.cache, old)
-				break
-			}
-		}
-		r.cache[ocspKey{serial: serial, hash: req.HashAlgorithm}] = e
-		r.mu.Unlock()
+	table, bound := r.cache, ocspCacheEntries
+	if !known {
+		table, bound = r.unknown, ocspUnknownEntries
 	}
+	r.mu.Lock()
+	if len(table) >= bound {
+		for old := range table {
+			delete(table, old)
+			break
+		}
+	}
+	table[ocspKey{serial: serial, hash: req.HashAlgorithm}] = e
+	r.mu.Unlock()
 	return e, nil
 }
 
@@ -261,7 +276,7 @@ func (r *OCSPResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	var body []byte
 	switch req.Method {
 	case http.MethodPost:
-		b, err := io.ReadAll(io.LimitReader(req.Body, maxOCSPRequest+1))
+		b, err := io.ReadAll(io.LimitReader(req.Body, MaxOCSPRequestBytes+1))
 		if err != nil {
 			http.Error(w, "reading the request failed", http.StatusBadRequest)
 			return
@@ -272,7 +287,7 @@ func (r *OCSPResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		// possibly URL-encoded; it may contain "/".
 		enc := strings.TrimPrefix(req.URL.EscapedPath(), OCSPPath)
 		enc = strings.TrimPrefix(enc, "/")
-		if len(enc) > 2*maxOCSPRequest {
+		if len(enc) > 2*MaxOCSPRequestBytes {
 			http.Error(w, "OCSP request too long", http.StatusRequestURITooLong)
 			return
 		}

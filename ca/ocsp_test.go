@@ -125,6 +125,11 @@ func TestOCSPResponder(t *testing.T) {
 	if resp := parseOCSP(t, mustRespond(r, ocspRequest(t, &fake, inter, crypto.SHA1)), &fake, inter); resp.Status != ocsp.Unknown {
 		t.Errorf("never-issued serial: status %d, want unknown", resp.Status)
 	}
+	// Asked again, the unknown serial costs no new signature: the same
+	// signed answer (ECDSA signatures differ each time they are made).
+	if a, b := mustRespond(r, ocspRequest(t, &fake, inter, crypto.SHA1)), mustRespond(r, ocspRequest(t, &fake, inter, crypto.SHA1)); !bytes.Equal(a, b) {
+		t.Error("an unknown serial's answer was signed afresh for a repeated request")
+	}
 
 	// Another issuer's certificate, garbage, and an oversized request.
 	foreign := testpki.NewCA(t, ca.KeyTypeEC)

@@ -37,10 +37,29 @@ type Directory struct {
 	aliases map[string]string
 	ttl     time.Duration
 	now     func() time.Time
+	domains *Domains
 
 	mu    sync.Mutex
 	cache map[string]dirEntry
+	// escrowed, once loaded (LoadIndex), holds every user with an escrow
+	// entry: an address whose user is not in it is answered "none"
+	// without reading the escrow. Escrow changes here add to it
+	// (Invalidate); LoadIndex again picks up other nodes' imports.
+	escrowed map[string]bool
 }
+
+// UserLister lists the users that have an escrow entry; *escrow.Store
+// implements it.
+type UserLister interface {
+	Users(ctx context.Context) ([]string, error)
+}
+
+// DirectoryOption configures a Directory.
+type DirectoryOption func(*Directory)
+
+// WithDirectoryDomains answers "none" for any address outside domains
+// without reading the escrow.
+func WithDirectoryDomains(d *Domains) DirectoryOption { return func(dir *Directory) { dir.domains = d } }
 
 type dirEntry struct {
 	user    string
@@ -50,11 +69,38 @@ type dirEntry struct {
 
 // NewDirectory returns the directory over src. aliases maps alias
 // addresses to users (as the escrow's); ttl 0 is DefaultDirectoryTTL.
-func NewDirectory(src RecipientSource, aliases map[string]string, ttl time.Duration) *Directory {
+func NewDirectory(src RecipientSource, aliases map[string]string, ttl time.Duration, opts ...DirectoryOption) *Directory {
 	if ttl <= 0 {
 		ttl = DefaultDirectoryTTL
 	}
-	return &Directory{src: src, aliases: aliases, ttl: ttl, now: time.Now, cache: map[string]dirEntry{}}
+	d := &Directory{src: src, aliases: aliases, ttl: ttl, now: time.Now, cache: map[string]dirEntry{}}
+	for _, o := range opts {
+		o(d)
+	}
+	return d
+}
+
+// LoadIndex (re)loads the set of users that have an escrow entry from l:
+// from then on a lookup of anyone else is answered without reading the
+// escrow. Call it at start and periodically where several nodes import.
+func (d *Directory) LoadIndex(ctx context.Context, l UserLister) (int, error) {
+	users, err := l.Users(ctx)
+	if err != nil {
+		return 0, err
+	}
+	idx := make(map[string]bool, len(users))
+	for _, u := range users {
+		idx[strings.ToLower(u)] = true
+	}
+	d.mu.Lock()
+	// Users added here since the listing began stay in (so do purged ones
+	// until a restart: a user wrongly in the index costs one escrow read).
+	for u := range d.escrowed {
+		idx[u] = true
+	}
+	d.escrowed = idx
+	d.mu.Unlock()
+	return len(idx), nil
 }
 
 // Recipients returns the certificates mail to address may be encrypted
@@ -63,6 +109,9 @@ func NewDirectory(src RecipientSource, aliases map[string]string, ttl time.Durat
 func (d *Directory) Recipients(ctx context.Context, address string) ([]*x509.Certificate, error) {
 	addr, err := NormalizeEmail(address)
 	if err != nil {
+		return nil, nil
+	}
+	if d.domains != nil && d.domains.Check(addr) != nil {
 		return nil, nil
 	}
 	now := d.now()
@@ -75,6 +124,12 @@ func (d *Directory) Recipients(ctx context.Context, address string) ([]*x509.Cer
 	user := addr
 	if u, ok := d.aliases[addr]; ok {
 		user = u
+	}
+	d.mu.Lock()
+	unknown := d.escrowed != nil && !d.escrowed[user]
+	d.mu.Unlock()
+	if unknown {
+		return nil, nil
 	}
 	certs, err := d.lookup(ctx, user, addr, now)
 	if err != nil {
@@ -133,6 +188,9 @@ func names(c *x509.Certificate, addr string) bool {
 func (d *Directory) Invalidate(user string, _ []Escrowed) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.escrowed != nil {
+		d.escrowed[user] = true
+	}
 	for k, e := range d.cache {
 		if e.user == user {
 			delete(d.cache, k)

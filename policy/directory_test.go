@@ -3,6 +3,7 @@ package policy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -78,5 +79,57 @@ func TestDirectoryRecipients(t *testing.T) {
 	src.err = errors.New("sealed")
 	if _, err := d.Recipients(ctx, "bob@example.com"); err == nil {
 		t.Error("an escrow error was swallowed")
+	}
+}
+
+type lister []string
+
+func (l lister) Users(context.Context) ([]string, error) { return l, nil }
+
+// Anonymous searches of made-up addresses, or of addresses outside the
+// allowed domains, never reach the escrow once the index is loaded; a user
+// escrowed here after the load is found.
+func TestDirectoryIndexSparesTheEscrow(t *testing.T) {
+	is := testpki.NewIssuer(t)
+	c := is.UserCert(t, testpki.RSAKey(t, 2048, 0), testpki.CertOptions{Emails: []string{"alice@example.com"}})
+	pc := policy.PublicCertificate{Escrowed: policy.CertificateMetadata(c), CertDER: c.Raw}
+	src := &countingSource{certs: map[string][]policy.PublicCertificate{"alice@example.com": {pc}}}
+	domains, _ := policy.NewDomains([]string{"example.com"})
+	d := policy.NewDirectory(src, nil, time.Hour, policy.WithDirectoryDomains(domains))
+	ctx := context.Background()
+	if _, err := d.LoadIndex(ctx, lister{"alice@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 400; i++ {
+		for _, a := range []string{fmt.Sprintf("made-up-%d@example.com", i), fmt.Sprintf("x%d@evil.org", i)} {
+			if got, err := d.Recipients(ctx, a); err != nil || len(got) != 0 {
+				t.Fatalf("%s: %v %v", a, got, err)
+			}
+		}
+	}
+	if src.reads != 0 {
+		t.Fatalf("%d escrow reads for 800 made-up addresses", src.reads)
+	}
+	if got, _ := d.Recipients(ctx, "alice@example.com"); len(got) != 1 || src.reads != 1 {
+		t.Fatalf("alice: %d certificates, %d reads", len(got), src.reads)
+	}
+	// bob is escrowed on this node after the load: the change event adds him.
+	src.certs["bob@example.com"] = src.certs["alice@example.com"]
+	if got, _ := d.Recipients(ctx, "bob@example.com"); len(got) != 0 || src.reads != 1 {
+		t.Fatal("bob looked up before he was known")
+	}
+	d.Invalidate("bob@example.com", nil)
+	if _, err := d.Recipients(ctx, "bob@example.com"); err != nil || src.reads != 2 {
+		t.Fatalf("bob after his import was not read: %v, %d reads", err, src.reads)
+	}
+	// A reload keeps him even if the listing (another node's view) lags.
+	if _, err := d.LoadIndex(ctx, lister{"alice@example.com", "carol@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	d.Invalidate("bob@example.com", nil) // drop the cached answer only
+	d.Recipients(ctx, "bob@example.com")
+	d.Recipients(ctx, "carol@example.com")
+	if src.reads != 4 {
+		t.Errorf("after the reload: %d reads, want bob's and carol's", src.reads)
 	}
 }

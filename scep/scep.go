@@ -36,8 +36,8 @@ const (
 	LegacyPath = "/scep/pkiclient.exe"
 )
 
-// maxMessageBytes bounds a PKIOperation body; real requests are a few KiB.
-const maxMessageBytes = 64 << 10
+// MaxMessageBytes bounds a PKIOperation body; real requests are a few KiB.
+const MaxMessageBytes = 64 << 10
 
 // DefaultCaps are the capabilities advertised by GetCACaps: no DES, no SHA-1.
 var DefaultCaps = []string{"POSTPKIOperation", "SHA-256", "SHA-512", "AES", "SCEPStandard", "Renewal"}
@@ -185,11 +185,11 @@ func (h *Handler) getCACert(w http.ResponseWriter, _ *http.Request) {
 // macOS sends it unescaped, so a '+' arrives as ' '.
 func readMessage(r *http.Request) ([]byte, error) {
 	if r.Method == http.MethodPost {
-		b, err := io.ReadAll(io.LimitReader(r.Body, maxMessageBytes+1))
+		b, err := io.ReadAll(io.LimitReader(r.Body, MaxMessageBytes+1))
 		if err != nil {
 			return nil, fmt.Errorf("read body: %w", err)
 		}
-		if len(b) > maxMessageBytes {
+		if len(b) > MaxMessageBytes {
 			return nil, errTooLarge
 		}
 		return b, nil
@@ -198,7 +198,7 @@ func readMessage(r *http.Request) ([]byte, error) {
 	if m == "" {
 		return nil, errors.New("missing message parameter")
 	}
-	if len(m) > maxMessageBytes*4/3+4 {
+	if len(m) > MaxMessageBytes*4/3+4 {
 		return nil, errTooLarge
 	}
 	m = strings.ReplaceAll(m, " ", "+")

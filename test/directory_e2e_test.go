@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	vault "github.com/hashicorp/vault/api"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
 	"github.com/smimeca/smimeca/internal/testpki"
@@ -133,5 +134,39 @@ func TestRecipientDirectoryWithLdapsearch(t *testing.T) {
 	r := s.ldapsearch(t, ldapAddr, "-D", "cn=admin,o=smimeca", "-w", "secret", "(mail=alice@example.com)")
 	if r.code != 48 || !strings.Contains(r.stderr, "anonymous") {
 		t.Errorf("a named bind: %+v", r)
+	}
+
+	// Made-up addresses cost Vault nothing: 400 anonymous searches of 8
+	// addresses each (in and outside the allowed domains) read no escrow
+	// entry, as Vault's own audit log counts.
+	auditLog := filepath.Join(t.TempDir(), "vault-audit.log")
+	if err := v.Root.Sys().EnableAuditWithOptions("file", &vault.EnableAuditOptions{Type: "file", Options: map[string]string{"file_path": auditLog}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 400; i++ {
+		var f strings.Builder
+		f.WriteString("(|")
+		for j := 0; j < 8; j++ {
+			domain := "example.com"
+			if j%2 == 1 {
+				domain = "evil.org"
+			}
+			fmt.Fprintf(&f, "(mail=random-%d-%d@%s)", i, j, domain)
+		}
+		f.WriteString(")")
+		if out := mustOK(t, "ldapsearch of made-up addresses", s.ldapsearch(t, ldapAddr, f.String())); strings.TrimSpace(out) != "" {
+			t.Fatalf("made-up addresses answered %q", out)
+		}
+	}
+	s.pfxList(t, "alice@example.com") // one escrow read the audit device must show
+	b, err := os.ReadFile(auditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "random-"); n != 0 {
+		t.Errorf("Vault's audit log shows %d requests for made-up addresses, want 0", n)
+	}
+	if !strings.Contains(string(b), "smimeca/data/users/alice@example.com") {
+		t.Error("the audit device did not record an escrow read, so the count above proves nothing")
 	}
 }

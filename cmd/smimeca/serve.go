@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
@@ -28,6 +29,7 @@ import (
 	"github.com/smimeca/smimeca/api"
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/directory"
+	"github.com/smimeca/smimeca/internal/httplimit"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
@@ -114,6 +116,10 @@ type serveConfig struct {
 	scepMaxInFlight    int
 	scepRatePerIP      float64
 	scepBurstPerIP     int
+	scepMaxPerIP       int
+	bodyTimeout        time.Duration
+	trustedProxies     string
+	trustedPrefixes    []netip.Prefix
 	logFormat          string
 	logLevel           string
 }
@@ -157,8 +163,11 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f.str(&c.identityFields, "identity-device-fields", "SMIMECA_IDENTITY_DEVICE_FIELDS", "cn,san", "where a device identity certificate must name its device id: cn (subject CN), san (a DNS name, URI or e-mail SAN), both (cn,san), or none (no check)")
 	f.duration(&c.rekeyHold, "rekey-hold", "SMIMECA_REKEY_HOLD", policy.DefaultRekeyHold, "after a device rekey, how long key releases to it wait unless an administrator confirms (smimeca device confirm)")
 	f.integer(&c.scepMaxInFlight, "scep-max-inflight", "SMIMECA_SCEP_MAX_INFLIGHT", 16*runtime.GOMAXPROCS(0), "PKIOperations processed at once; more get 503 with Retry-After")
-	f.float(&c.scepRatePerIP, "scep-rate-per-ip", "SMIMECA_SCEP_RATE_PER_IP", 0, "PKIOperations per second per client IP (0: no limit); more get 429 with Retry-After")
-	f.integer(&c.scepBurstPerIP, "scep-burst-per-ip", "SMIMECA_SCEP_BURST_PER_IP", 20, "burst of --scep-rate-per-ip")
+	f.float(&c.scepRatePerIP, "scep-rate-per-ip", "SMIMECA_SCEP_RATE_PER_IP", httplimit.DefaultRatePerIP, "PKIOperations per second per client IP (0: no limit); more get 429 with Retry-After (OCSP: 5 times it)")
+	f.integer(&c.scepBurstPerIP, "scep-burst-per-ip", "SMIMECA_SCEP_BURST_PER_IP", httplimit.DefaultBurstPerIP, "burst of --scep-rate-per-ip")
+	f.integer(&c.scepMaxPerIP, "scep-max-per-ip", "SMIMECA_SCEP_MAX_PER_IP", httplimit.DefaultMaxPerIP, "PKIOperations (and OCSP requests) of one client IP in progress at once, body reading included (0: no limit); more get 429")
+	f.duration(&c.bodyTimeout, "body-timeout", "SMIMECA_BODY_TIMEOUT", httplimit.DefaultBodyTimeout, "how long a PKIOperation or OCSP request body may take to arrive (it is read before a slot is taken); slower gets 408")
+	f.str(&c.trustedProxies, "trusted-proxies", "SMIMECA_TRUSTED_PROXIES", "", "load balancers (addresses or CIDRs, comma-separated) whose X-Forwarded-For names the client for the per-IP limits; from any other peer the header is ignored")
 	f.str(&c.emailAliases, "email-aliases", "SMIMECA_EMAIL_ALIASES", "", "CSV file of alias,user address pairs accepted at PFX import")
 	f.str(&c.ldapAddr, "ldap-addr", "SMIMECA_LDAP_ADDR", "", "built-in read-only LDAP endpoint of users' recipient (encryption) certificates, anonymous bind only (empty: off)")
 	f.str(&c.ldapBaseDN, "ldap-base-dn", "SMIMECA_LDAP_BASE_DN", directory.DefaultBaseDN, "base DN of the built-in LDAP endpoint's entries")
@@ -210,8 +219,11 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	if _, _, err := net.SplitHostPort(c.grpcAddr); err != nil {
 		return nil, usagef("--grpc-addr %q: %v", c.grpcAddr, err)
 	}
-	if c.scepMaxInFlight < 1 || c.scepRatePerIP < 0 || c.scepBurstPerIP < 1 {
-		return nil, usagef("--scep-max-inflight and --scep-burst-per-ip must be at least 1, --scep-rate-per-ip at least 0")
+	if c.scepMaxInFlight < 1 || c.scepRatePerIP < 0 || c.scepBurstPerIP < 1 || c.scepMaxPerIP < 0 || c.bodyTimeout < 100*time.Millisecond {
+		return nil, usagef("--scep-max-inflight and --scep-burst-per-ip must be at least 1, --scep-rate-per-ip and --scep-max-per-ip at least 0, --body-timeout at least 100ms")
+	}
+	if c.trustedPrefixes, err = httplimit.ParsePrefixes(c.trustedProxies); err != nil {
+		return nil, usagef("--trusted-proxies: %v", err)
 	}
 	return c, nil
 }
@@ -350,7 +362,13 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	if err != nil {
 		return err
 	}
-	shed := scep.NewShedder(scepHandler, cfg.scepMaxInFlight, cfg.scepRatePerIP, cfg.scepBurstPerIP)
+	// PKIOperations and OCSP requests are bounded before any work: body
+	// read first (size, deadline), then a slot; per-IP concurrency and rate.
+	limits := httplimit.Limits{MaxInFlight: cfg.scepMaxInFlight, RatePerIP: cfg.scepRatePerIP, BurstPerIP: cfg.scepBurstPerIP,
+		MaxPerIP: cfg.scepMaxPerIP, MaxBodyBytes: scep.MaxMessageBytes, BodyTimeout: cfg.bodyTimeout, TrustedProxies: cfg.trustedPrefixes}
+	shed := httplimit.New(scepHandler, func(r *http.Request) bool { return r.URL.Query().Get("operation") == "PKIOperation" }, limits)
+	ocspLimits := limits
+	ocspLimits.RatePerIP, ocspLimits.BurstPerIP, ocspLimits.MaxBodyBytes = 5*limits.RatePerIP, 5*limits.BurstPerIP, ca.MaxOCSPRequestBytes
 	mux := http.NewServeMux()
 	mux.Handle(scep.Path, shed)
 	mux.Handle(scep.LegacyPath, shed)
@@ -363,7 +381,7 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		return err
 	}
 	httpSrv := &http.Server{
-		Addr: cfg.httpAddr, Handler: withOCSP(mux, responder),
+		Addr: cfg.httpAddr, Handler: withOCSP(mux, httplimit.New(responder, nil, ocspLimits)),
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -483,6 +501,7 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 		if err != nil {
 			return usagef("--ldap-base-dn: %v", err)
 		}
+		go keepDirectoryIndex(ctx, esc.directory, esc.store, logger)
 		go func() { errc <- ldapSrv.Serve(cfg.ldapAddr) }()
 		defer ldapSrv.Stop()
 		logger.Info("recipient directory (LDAP)", "addr", cfg.ldapAddr, "base_dn", cfg.ldapBaseDN)
@@ -596,6 +615,33 @@ func purgeChallenges(ctx context.Context, store *nosqlstore.Store, logger *slog.
 			} else if n > 0 {
 				logger.Info("purged old challenges", "count", n)
 			}
+		}
+	}
+}
+
+// directoryIndexRefresh is how often the directory's index of escrowed
+// users is reloaded, to pick up imports made on other nodes (this node's
+// own changes enter it at once).
+const directoryIndexRefresh = 5 * time.Minute
+
+// keepDirectoryIndex loads the directory's index of users with escrow (so
+// that an anonymous search of anyone else costs no Vault read), retrying
+// while Vault is down, and reloads it every directoryIndexRefresh.
+func keepDirectoryIndex(ctx context.Context, dir *policy.Directory, users policy.UserLister, logger *slog.Logger) {
+	wait := time.Second
+	for {
+		n, err := dir.LoadIndex(ctx, users)
+		if err != nil {
+			logger.Warn("recipient directory: the index of escrowed users could not be loaded; lookups read the escrow meanwhile", "err", err)
+			wait = min(2*wait, time.Minute)
+		} else {
+			logger.Debug("recipient directory: index loaded", "users", n)
+			wait = directoryIndexRefresh
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
 		}
 	}
 }

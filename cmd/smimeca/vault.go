@@ -123,7 +123,7 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	logger.Info("escrow in Vault", "vault", client.Address(), "kv_mount", ecfg.KVMount)
 	esc := policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases), policy.WithEscrowAuditor(audit))
 	logger.Info("PFX connector key", "key", keys.Location(ca.KeyConnector), "oaep_hashes", esc.ConnectorHashes())
-	dir := policy.NewDirectory(store, aliases, 0)
+	dir := policy.NewDirectory(store, aliases, 0, policy.WithDirectoryDomains(domains))
 	esc.OnChange(dir.Invalidate)
 	return escrowSetup{
 		policy: esc, store: store, directory: dir, stop: stop,

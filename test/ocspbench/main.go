@@ -67,8 +67,9 @@ func run(bin, opensslBin, scepclient string, n, ncerts int, concList string) err
 
 	data := filepath.Join(work, "smimeca")
 	httpAddr, grpcAddr := benchutil.FreeAddr(), benchutil.FreeAddr()
+	// Every client of the benchmark is on one address: no per-IP limit.
 	sm := exec.Command(bin, "serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr,
-		"--ops-addr", benchutil.FreeAddr(), "--log-level", "error")
+		"--ops-addr", benchutil.FreeAddr(), "--log-level", "error", "--scep-rate-per-ip", "0", "--scep-max-per-ip", "0")
 	sm.Stderr = os.Stderr
 	if err := sm.Start(); err != nil {
 		return err

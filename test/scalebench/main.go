@@ -617,7 +617,9 @@ func (b *bench) startNodes(s, dir string, n int) ([]*node, error) {
 			}
 		}
 		h, g, o := benchutil.FreeAddr(), benchutil.FreeAddr(), benchutil.FreeAddr()
-		args := append([]string{"serve", "--data", data, "--http-addr", h, "--grpc-addr", g, "--ops-addr", o, "--log-level", "error"}, b.storeArgs(s)...)
+		// Every client of the benchmark is on one address: no per-IP limit.
+		args := append([]string{"serve", "--data", data, "--http-addr", h, "--grpc-addr", g, "--ops-addr", o, "--log-level", "error",
+			"--scep-rate-per-ip", "0", "--scep-max-per-ip", "0"}, b.storeArgs(s)...)
 		cmd := exec.Command(b.cfg.bin, args...)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {

@@ -443,7 +443,9 @@ func startSmimeca(bin, work string, nChallenges int, backend string) (*target, e
 	// -issuer-key-type EC by default (not the RSA-3072 default): the
 	// configuration for fleets whose clients pick the RA out of GetCACert
 	// (iOS, macOS); the crypto limit below measures the same key type.
-	args := []string{"serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--ops-addr", opsAddr, "--log-level", "warn", "--issuer-key-type", issuerKeyType}
+	// Every client of the benchmark is on one address: no per-IP limit.
+	args := []string{"serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--ops-addr", opsAddr, "--log-level", "warn", "--issuer-key-type", issuerKeyType,
+		"--scep-rate-per-ip", "0", "--scep-max-per-ip", "0"}
 	if pprofDir != "" {
 		args = append(args, "--ops-pprof")
 	}
