@@ -59,7 +59,9 @@ type DirectoryOption func(*Directory)
 
 // WithDirectoryDomains answers "none" for any address outside domains
 // without reading the escrow.
-func WithDirectoryDomains(d *Domains) DirectoryOption { return func(dir *Directory) { dir.domains = d } }
+func WithDirectoryDomains(d *Domains) DirectoryOption {
+	return func(dir *Directory) { dir.domains = d }
+}
 
 type dirEntry struct {
 	user    string
