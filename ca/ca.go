@@ -195,11 +195,10 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	base := strings.TrimRight(cfg.BaseURL, "/")
 	policies := []string{OIDMailboxStrict.String()}
 	policies = append(policies, cfg.PolicyOIDs...)
-	root, rootKey, err := loadOrCreateRoot(cfg)
-	if err != nil {
-		return nil, err
-	}
-	rcrl, err := loadRootCRL(cfg.Dir, root, rootKey, time.Now())
+	// The root key is offline: it is used only to create the hierarchy
+	// (the first start, or init) and never loaded once the issuing CA
+	// exists; the root's CRL is signed then and by `smimeca root crl`.
+	root, rootKey, err := rootForOpen(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -207,6 +206,11 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
+	rcrl, err := loadRootCRL(cfg.Dir, root, rootKey, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	rootKey = nil
 	ra, raKey, err := loadOrCreateRA(cfg, inter, interKey)
 	if err != nil {
 		return nil, err
@@ -592,14 +596,49 @@ func (a *Authority) crlPending() ([]byte, error) {
 }
 
 // RootCRL returns the root's DER CRL (which lists nothing: smimeca never
-// revokes its issuing CA), re-signed when half its year has passed.
+// revokes its issuing CA), as last signed with the offline root key (at
+// the hierarchy's creation or by `smimeca root crl`; a newer file is picked
+// up without a restart).
 func (a *Authority) RootCRL() ([]byte, error) {
 	a.crlMu.Lock()
 	defer a.crlMu.Unlock()
-	if err := a.rootCRL.refresh(time.Now()); err != nil {
+	if err := a.rootCRL.reload(); err != nil {
 		return nil, err
 	}
 	return a.rootCRL.der, nil
+}
+
+// RootCRLNextUpdate returns when the served root CRL expires: before then a
+// root ceremony must sign the next (`smimeca root crl`).
+func (a *Authority) RootCRLNextUpdate() time.Time {
+	a.crlMu.Lock()
+	defer a.crlMu.Unlock()
+	a.rootCRL.reload()
+	return a.rootCRL.next
+}
+
+// rootForOpen returns the root certificate, and its key only when the
+// issuing CA does not exist yet (nil otherwise): a new root is created with
+// its key on the first start.
+func rootForOpen(cfg Config) (*x509.Certificate, crypto.Signer, error) {
+	certPath := filepath.Join(cfg.Dir, RootCertFile)
+	if _, err := os.Stat(certPath); errors.Is(err, fs.ErrNotExist) {
+		return loadOrCreateRoot(cfg)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Dir, IntermediateCertFile)); errors.Is(err, fs.ErrNotExist) {
+		return loadOrCreateRoot(cfg)
+	}
+	crt, err := pemutil.ReadCertificate(certPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: read %s: %w", certPath, err)
+	}
+	return crt, nil, nil
+}
+
+// LoadRoot returns the root certificate and its key from keys: for root
+// ceremonies only (RootCRL signing, re-issuing the issuing CA).
+func LoadRoot(dir string, keys KeyStore) (*x509.Certificate, crypto.Signer, error) {
+	return loadPair(keys, filepath.Join(dir, RootCertFile), KeyRoot, false)
 }
 
 func isNotFound(err error) bool {
@@ -625,6 +664,12 @@ func loadOrCreateRoot(cfg Config) (*x509.Certificate, crypto.Signer, error) {
 		NotAfter:              time.Now().Add(rootLifetime),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 1,
+		// The root is the trust anchor every managed device installs:
+		// constrained like the issuing CA, it can vouch for no TLS server
+		// name or address, whatever is ever signed below it.
+		ExcludedDNSDomains:          []string{""},
+		ExcludedIPRanges:            []*net.IPNet{{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, {IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
+		PermittedDNSDomainsCritical: true,
 	}
 	return issuePair(cfg.Keys, KeyRoot, spec, "root", certPath, tmpl, nil, nil)
 }

@@ -1,11 +1,13 @@
 package ca_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"io/fs"
 	"os"
@@ -148,7 +150,7 @@ func TestMissingKeyIsRefusedNotRecreated(t *testing.T) {
 	keys := backends[1].open(t, caDir) // a token
 	defer keys.Close()
 	_, err = ca.Open(ca.Config{Dir: caDir, BaseURL: "http://x", Keys: keys}, authDB)
-	if err == nil || !strings.Contains(err.Error(), "object=smimeca-root") || !strings.Contains(err.Error(), "does not") {
+	if err == nil || !strings.Contains(err.Error(), "object=smimeca-issuing") || !strings.Contains(err.Error(), "does not") {
 		t.Fatalf("open with the keys elsewhere: %v", err)
 	}
 	if _, err := keys.Key(ca.KeyRoot); !errors.Is(err, fs.ErrNotExist) {
@@ -157,6 +159,82 @@ func TestMissingKeyIsRefusedNotRecreated(t *testing.T) {
 	crt, _ := os.ReadFile(filepath.Join(caDir, ca.RootCertFile))
 	if !strings.Contains(string(crt), "CERTIFICATE") || root == nil {
 		t.Error("root certificate touched")
+	}
+}
+
+// The root key is offline: once the hierarchy exists the CA opens, issues
+// and serves the root CRL with no root key in the store (files or token);
+// only a ceremony (LoadRoot + SignRootCRL) needs it, and a CRL it signs is
+// served without a restart. Without the issuing CA, the root key is needed.
+func TestRootKeyOffline(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			s := newStoreCA(t, b.open)
+			a, err := s.open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			root := a.Root()
+			crl1, _ := a.RootCRL()
+			a.Close()
+			// A ceremony elsewhere (the offline root) signs the next CRL,
+			// then the key leaves the serving store.
+			rootKey, err := s.keys.Key(ca.KeyRoot)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ceremony := t.TempDir()
+			time.Sleep(1100 * time.Millisecond) // a new CRL number (seconds)
+			if err := ca.SignRootCRL(ceremony, root, rootKey, 180*24*time.Hour, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			if err := ca.SignRootCRL(ceremony, root, rootKey, 400*24*time.Hour, time.Now()); err == nil {
+				t.Error("a root CRL valid over 366 days was signed")
+			}
+			if err := s.keys.Delete(ca.KeyRoot); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.keys.Key(ca.KeyRoot); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("the root key is still in the store: %v", err)
+			}
+			a, err = s.open()
+			if err != nil {
+				t.Fatalf("open without the root key: %v", err)
+			}
+			defer a.Close()
+			chain, err := a.Sign(context.Background(), testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+			if err != nil || chain.Chain[0] == nil {
+				t.Fatalf("issue without the root key: %v", err)
+			}
+			if got, err := a.RootCRL(); err != nil || !bytes.Equal(got, crl1) {
+				t.Fatalf("root CRL without the root key: %v", err)
+			}
+			// The ceremony's CRL, copied in, is served by the running CA.
+			next, err := os.ReadFile(filepath.Join(ceremony, "root_ca.crl"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(s.dir, "root_ca.crl.new"), next, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(filepath.Join(s.dir, "root_ca.crl.new"), filepath.Join(s.dir, "root_ca.crl")); err != nil {
+				t.Fatal(err)
+			}
+			crl2, err := a.RootCRL()
+			if err != nil || bytes.Equal(crl2, crl1) {
+				t.Fatalf("the ceremony's CRL is not served: %v", err)
+			}
+			parsed, _ := x509.ParseRevocationList(crl2)
+			if parsed.CheckSignatureFrom(root) != nil || parsed.NextUpdate.Before(time.Now().Add(179*24*time.Hour)) {
+				t.Errorf("ceremony CRL: next update %s", parsed.NextUpdate)
+			}
+			// No issuing CA: creating it needs the root key, which is not there.
+			a.Close()
+			os.Remove(filepath.Join(s.dir, ca.IntermediateCertFile))
+			if _, err := s.open(); err == nil || !strings.Contains(err.Error(), "root") {
+				t.Errorf("an issuing CA made without the root key: %v", err)
+			}
+		})
 	}
 }
 

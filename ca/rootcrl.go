@@ -13,59 +13,88 @@ import (
 	"time"
 )
 
-// The root's CRL (an ARL: it can only list the issuing CA) is signed for
-// rootCRLValidity and re-signed when less than rootCRLRenewBefore of it is
-// left, on start-up and on the read that finds it so. smimeca never revokes
-// its own issuing CA, so the list is empty; it exists because the issuing
-// CA's certificate must point at a CRL for its status (S/MIME BR 7.1.2.2,
-// RFC 5280 4.2.1.13) and relying parties that check the whole chain fetch it.
+// The root's CRL (an ARL: it can only list the issuing CA) is signed with
+// the offline root key: when the hierarchy is created and at each root
+// ceremony (SignRootCRL, `smimeca root crl`), for a validity of months. The
+// serving process only reads it (again when the file changes). smimeca
+// never revokes its own issuing CA, so the list is empty; it exists because
+// the issuing CA's certificate must point at a CRL for its status (S/MIME
+// BR 7.1.2.2, RFC 5280 4.2.1.13) and relying parties that check the whole
+// chain fetch it.
 const (
-	rootCRLFile        = "root_ca.crl"
-	rootCRLValidity    = 365 * 24 * time.Hour
-	rootCRLRenewBefore = 180 * 24 * time.Hour
+	rootCRLFile = "root_ca.crl"
+	// DefaultRootCRLValidity is how long a root CRL signed at a ceremony
+	// is valid.
+	DefaultRootCRLValidity = 365 * 24 * time.Hour
+	// MaxRootCRLValidity bounds it (S/MIME BR 4.9.7: at most 12 months
+	// for a CRL of subordinate CA certificates).
+	MaxRootCRLValidity = 366 * 24 * time.Hour
 )
 
-// rootCRL is the root's signed CRL and the key to re-sign it.
+// rootCRL is the root's signed CRL as the serving process reads it.
 type rootCRL struct {
-	path string
-	root *x509.Certificate
-	key  crypto.Signer
-	der  []byte
-	next time.Time
+	path    string
+	root    *x509.Certificate
+	der     []byte
+	next    time.Time
+	modTime time.Time
 }
 
-// loadRootCRL reads the root's CRL from dir, or signs a new one when it is
-// missing, not the root's, or due.
+// loadRootCRL reads the root's CRL from dir. With key (the hierarchy is
+// being created, or a ceremony runs) it signs one when it is missing or not
+// the root's; without, a missing CRL is an error that says how to sign it.
 func loadRootCRL(dir string, root *x509.Certificate, key crypto.Signer, now time.Time) (*rootCRL, error) {
-	r := &rootCRL{path: filepath.Join(dir, rootCRLFile), root: root, key: key}
-	der, err := os.ReadFile(r.path)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("ca: read %s: %w", r.path, err)
+	r := &rootCRL{path: filepath.Join(dir, rootCRLFile), root: root}
+	if err := r.reload(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
 	}
-	if err == nil {
-		if crl, perr := x509.ParseRevocationList(der); perr == nil && crl.CheckSignatureFrom(root) == nil {
-			r.der, r.next = der, crl.NextUpdate
+	if r.der == nil && key != nil {
+		if err := SignRootCRL(dir, root, key, DefaultRootCRLValidity, now); err != nil {
+			return nil, err
+		}
+		if err := r.reload(); err != nil {
+			return nil, err
 		}
 	}
-	return r, r.refresh(now)
+	if r.der == nil {
+		return nil, fmt.Errorf("ca: no valid root CRL in %s: sign one with the root key (smimeca root crl)", r.path)
+	}
+	return r, nil
 }
 
-// refresh re-signs the CRL when it is missing or due. Its CRL number is
-// the signing time in seconds, which only grows.
-func (r *rootCRL) refresh(now time.Time) error {
-	if r.der != nil && now.Before(r.next.Add(-rootCRLRenewBefore)) {
+// reload reads the CRL file again when it changed.
+func (r *rootCRL) reload() error {
+	st, err := os.Stat(r.path)
+	if err != nil {
+		return err
+	}
+	if r.der != nil && st.ModTime().Equal(r.modTime) {
 		return nil
 	}
-	number := big.NewInt(now.Unix())
+	der, err := os.ReadFile(r.path)
+	if err != nil {
+		return fmt.Errorf("ca: read %s: %w", r.path, err)
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil || crl.CheckSignatureFrom(r.root) != nil {
+		return fmt.Errorf("ca: %s is not a CRL signed by the root; sign a new one (smimeca root crl)", r.path)
+	}
+	r.der, r.next, r.modTime = der, crl.NextUpdate, st.ModTime()
+	return nil
+}
+
+// SignRootCRL signs the root's (empty) CRL with the root key for validity
+// and writes it into dir, where serving nodes read it. Its CRL number is
+// the signing time in seconds, which only grows.
+func SignRootCRL(dir string, root *x509.Certificate, key crypto.Signer, validity time.Duration, now time.Time) error {
+	if validity <= 0 || validity > MaxRootCRLValidity {
+		return fmt.Errorf("ca: root CRL validity %s must be between 0 and %s", validity, MaxRootCRLValidity)
+	}
 	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
-		Number: number, ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(rootCRLValidity),
-	}, r.root, r.key)
+		Number: big.NewInt(now.Unix()), ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(validity),
+	}, root, key)
 	if err != nil {
 		return fmt.Errorf("ca: sign the root CRL: %w", err)
 	}
-	if err := writeFileAtomic(r.path, der, 0o644); err != nil {
-		return err
-	}
-	r.der, r.next = der, now.Add(rootCRLValidity)
-	return nil
+	return writeFileAtomic(filepath.Join(dir, rootCRLFile), der, 0o644)
 }

@@ -1,7 +1,10 @@
 package test
 
 import (
+	"crypto/x509"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -73,7 +76,7 @@ func TestKeysInToken(t *testing.T) {
 	}
 	// The same CA with files is refused: its keys are in the token.
 	r := run(t, 30*time.Second, smimecaBin(t), "serve", "--data", data, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0")
-	if r.code != 1 || !strings.Contains(r.stderr, "root_ca.crt exists but its key") {
+	if r.code != 1 || !strings.Contains(r.stderr, "intermediate_ca.crt exists but its key") {
 		t.Errorf("serve with softkms on a token's CA: exit %d\n%s", r.code, r.stderr)
 	}
 	assertNoKeyFiles(t, data)
@@ -146,4 +149,34 @@ func TestKeysMigrate(t *testing.T) {
 	mustOK(t, "scepclient", s.scepclient(w, s.challenge("mig@example.com", "laptop")))
 	mustOK(t, "verify -purpose smimesign", openssl(t, "verify", "-purpose", "smimesign", "-CAfile", filepath.Join(data, "ca", "root_ca.crt"),
 		"-untrusted", filepath.Join(data, "ca", "intermediate_ca.crt"), filepath.Join(w, "client.pem")))
+}
+
+// TestServeWithRootKeyOffline: the root key leaves the store (a file
+// removed, or the token object deleted with pkcs11-tool); the server
+// starts, enrols and serves the root CRL without it; `smimeca root crl`,
+// the ceremony, says it needs the key.
+func TestServeWithRootKeyOffline(t *testing.T) {
+	s := newServer(t)
+	s.stop()
+	if s.token != nil {
+		mustOK(t, "pkcs11-tool --delete-object", runEnv(t, []string{s.token.Env}, tool(t, "pkcs11-tool"), "--module", s.token.Module(), "--token-label", "smimeca",
+			"--login", "--pin", s.token.PIN(t), "--delete-object", "--type", "privkey", "--label", "smimeca-root"))
+	} else if err := os.Remove(filepath.Join(s.data, "ca", "root_ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	s.start()
+	mustOK(t, "enrol with the root key offline", s.scepclient(filepath.Join(t.TempDir(), "d"), s.challenge("alice@example.com", "phone")))
+	resp, err := http.Get(s.baseURL + "/ca/root.crl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if crl, err := x509.ParseRevocationList(der); resp.StatusCode != http.StatusOK || err != nil || time.Until(crl.NextUpdate) < 300*24*time.Hour {
+		t.Errorf("root CRL: HTTP %d, %v", resp.StatusCode, err)
+	}
+	r := runEnv(t, s.cliEnv(), smimecaBin(t), "root", "crl", "--data", s.data)
+	if r.code == 0 || !strings.Contains(r.stderr, "root_ca.crt exists but its key") {
+		t.Errorf("a root ceremony without the root key: %+v", r)
+	}
 }

@@ -32,6 +32,7 @@ Usage:
   smimeca init [serve's flags]                make the CA (keys in --kms: files or a PKCS#11 token) and exit
   smimeca keys list [--kms URI]               where each CA key is
   smimeca keys migrate --kms pkcs11:… [--remove-files]   move the CA's key files into a token
+  smimeca root crl [--kms URI] [--validity 365d]   root ceremony: sign the root CRL with the offline root key
   smimeca device register --user EMAIL --device ID [--identity-cert FILE]
   smimeca device list --user EMAIL [-o json]
   smimeca device show --user EMAIL --device ID [-o json]
@@ -90,6 +91,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = initCmd(args[1:], stdout)
 	case "keys":
 		err = keysCmd(args[1:], stdout)
+	case "root":
+		err = rootCmd(args[1:], stdout)
 	case "challenge":
 		err = challengeCmd(args[1:], stdout)
 	case "cert":

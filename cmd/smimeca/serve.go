@@ -294,6 +294,9 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	defer st.Close()
 	database, keys, authority := st.database, st.keys, st.authority
 	logger.Info("CA keys", "kms", ca.RedactKMS(cfg.kms), "issuing_key", keys.Location(ca.KeyIssuing))
+	if next := authority.RootCRLNextUpdate(); time.Until(next) < rootCRLWarnBefore {
+		logger.Warn("the root CRL expires soon: sign the next with the offline root key (smimeca root crl) and copy it to every node's DATA/ca", "next_update", next.UTC().Format(time.RFC3339))
+	}
 
 	store, err := nosqlstore.New(database.DB.DB)
 	if err != nil {
@@ -645,3 +648,7 @@ func keepDirectoryIndex(ctx context.Context, dir *policy.Directory, users policy
 		}
 	}
 }
+
+// rootCRLWarnBefore is how long before the root CRL's nextUpdate serve
+// warns that a root ceremony is due.
+const rootCRLWarnBefore = 60 * 24 * time.Hour
