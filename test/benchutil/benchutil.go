@@ -5,9 +5,14 @@
 package benchutil
 
 import (
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -172,4 +177,23 @@ func Stop(cmd *exec.Cmd) {
 	case <-time.After(10 * time.Second):
 		cmd.Process.Kill()
 	}
+}
+
+// DeviceIdentity issues, under the MDM identity CA ca (with caKey), the
+// identity certificate of one device: its own RSA-2048 key (an identity
+// belongs to one device, by certificate and by key) and CN = the device id
+// (the identity must name the device).
+func DeviceIdentity(ca *x509.Certificate, caKey crypto.Signer, device string) ([]byte, error) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	sn, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	if err != nil {
+		return nil, err
+	}
+	return x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: sn, Subject: pkix.Name{CommonName: device},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageKeyEncipherment | x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
+		ca, &key.PublicKey, caKey)
 }

@@ -113,14 +113,11 @@ func run(bin string, calls int) error {
 	}
 	rewrapMS := float64(time.Since(start).Microseconds()) / 1000 / rewraps
 
-	// A device identity CA and one identity the devices share: bundles
-	// are encrypted to the registered identity (PKCS#1 v1.5, AES-256-CBC).
+	// A device identity CA that issues each device its own identity:
+	// bundles are encrypted to the registered identity (PKCS#1 v1.5,
+	// AES-256-CBC).
 	identityCA := filepath.Join(work, "mdm-ca.pem")
 	os.WriteFile(identityCA, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: mustCreate(caTmpl, caTmpl, &caKey.PublicKey, caKey)}), 0o600)
-	identity := mustCreate(&x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "bench device"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageKeyEncipherment | x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
-		caTmpl, &key.PublicKey, caKey)
 
 	data := filepath.Join(work, "smimeca")
 	grpcAddr := benchutil.FreeAddr()
@@ -145,6 +142,10 @@ func run(bin string, calls int) error {
 			id := fmt.Sprintf("dev-%d", d)
 			if d < 0 {
 				id = "probe"
+			}
+			identity, err := benchutil.DeviceIdentity(caTmpl, caKey, id)
+			if err != nil {
+				return err
 			}
 			if _, err := devices.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: fmt.Sprintf("u%d@example.com", n), DeviceId: id, IdentityCertificate: identity}); err != nil {
 				return err

@@ -29,6 +29,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -236,10 +237,13 @@ type bench struct {
 	vaultAddr  string
 	tokenFile  string
 	identityCA string // PEM file
-	identity   []byte // DER: every device's MDM identity certificate
-	devKeys    []*benchutil.Device
-	pg         map[string]string // store → DSN
-	next       int               // unique names across cells
+	identity   []byte // DER: the loaded devices' MDM identity certificate
+	// mdmCA and mdmKey issue each measured bundle device its own identity.
+	mdmCA   *x509.Certificate
+	mdmKey  crypto.Signer
+	devKeys []*benchutil.Device
+	pg      map[string]string // store → DSN
+	next    int               // unique names across cells
 }
 
 func run(cfg config) error {
@@ -398,8 +402,10 @@ func (b *bench) storeArgs(s string) []string {
 	return args
 }
 
-// makeIdentity creates the MDM's device identity CA and the one identity
-// certificate every device is registered with.
+// makeIdentity creates the MDM's device identity CA and the identity
+// certificate the loaded devices are stored with (written to the store
+// directly, as data to scan; the measured bundle devices register their own
+// through the API).
 func (b *bench) makeIdentity(work string) error {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -415,6 +421,10 @@ func (b *bench) makeIdentity(work string) error {
 	if err := os.WriteFile(b.identityCA, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
 		return err
 	}
+	if b.mdmCA, err = x509.ParseCertificate(caDER); err != nil {
+		return err
+	}
+	b.mdmKey = key
 	b.identity, err = x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "scale device"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
 		KeyUsage: x509.KeyUsageKeyEncipherment | x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
@@ -672,8 +682,13 @@ func (b *bench) measure(s, store, state, dir string, n int) (*cell, error) {
 	// Bundle callers: each of the clients has its own device of a
 	// measured user.
 	for w := range cfg.clients {
+		id := fmt.Sprintf("bundle-%d-%d", tag, w)
+		ident, err := benchutil.DeviceIdentity(b.mdmCA, b.mdmKey, id)
+		if err != nil {
+			return nil, err
+		}
 		if _, err := devices.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: benchUser(w % benchUsers),
-			DeviceId: fmt.Sprintf("bundle-%d-%d", tag, w), IdentityCertificate: b.identity}); err != nil {
+			DeviceId: id, IdentityCertificate: ident}); err != nil {
 			return nil, fmt.Errorf("register a bundle device: %w", err)
 		}
 	}
@@ -698,7 +713,7 @@ func (b *bench) measure(s, store, state, dir string, n int) (*cell, error) {
 		for i := range msgs {
 			b.next++
 			user, id := fmt.Sprintf("enrol-%d@example.com", b.next), fmt.Sprintf("enrol-%d", b.next)
-			if _, err := devices.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: user, DeviceId: id, IdentityCertificate: b.identity}); err != nil {
+			if _, err := devices.RegisterDevice(ctx, &pb.RegisterDeviceRequest{User: user, DeviceId: id}); err != nil {
 				return nil, err
 			}
 			ch, err := enrol.CreateChallenge(ctx, &pb.CreateChallengeRequest{User: user, DeviceId: id})
