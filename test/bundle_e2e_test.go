@@ -230,14 +230,7 @@ func TestKeyReleaseRefusals(t *testing.T) {
 	s := escrowServer(t, v)
 	w := t.TempDir()
 	addr := "localhost" + s.grpcAddr[strings.LastIndex(s.grpcAddr, ":"):]
-	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=CA", "-days", "30")
-	os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:bob@example.com\nkeyUsage=keyEncipherment\n"), 0o600)
-	opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "u.key", "-out", "u.csr", "-subj", "/CN=bob")
-	opensslIn(t, w, "x509", "-req", "-in", "u.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "30", "-extfile", "ext", "-out", "u.pem")
-	pw := randomPassword(t)
-	os.WriteFile(filepath.Join(w, "pw"), []byte(pw), 0o600)
-	opensslIn(t, w, "pkcs12", "-export", "-inkey", "u.key", "-in", "u.pem", "-out", "u.p12", "-passout", "file:pw")
-	mustOK(t, "import", s.cli("pfx", "import", "--user", "bob@example.com", "--password-file", filepath.Join(w, "pw"), filepath.Join(w, "u.p12")))
+	pw := s.escrowOpenSSLPFX(t, w, "bob@example.com")
 	s.registerWithIdentity("bob@example.com", "ipad-1")
 
 	// The attacker's own certificate as recipient: refused, whatever role.
@@ -332,4 +325,20 @@ func TestProfileRoleLimits(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "InvalidArgument") {
 		t.Errorf("outside domains: %+v", r)
 	}
+}
+
+// escrowOpenSSLPFX makes, with openssl in w, an encryption certificate of
+// user under a CA of its own and its PKCS#12 export (u.p12, password in
+// pw), imports it with the CLI and returns the password.
+func (s *server) escrowOpenSSLPFX(t *testing.T, w, user string) string {
+	t.Helper()
+	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=CA", "-days", "30")
+	os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:"+user+"\nkeyUsage=keyEncipherment\n"), 0o600)
+	opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "u.key", "-out", "u.csr", "-subj", "/CN="+strings.Split(user, "@")[0])
+	opensslIn(t, w, "x509", "-req", "-in", "u.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "30", "-extfile", "ext", "-out", "u.pem")
+	pw := randomPassword(t)
+	os.WriteFile(filepath.Join(w, "pw"), []byte(pw), 0o600)
+	opensslIn(t, w, "pkcs12", "-export", "-inkey", "u.key", "-in", "u.pem", "-out", "u.p12", "-passout", "file:pw")
+	mustOK(t, "import", s.cli("pfx", "import", "--user", user, "--password-file", filepath.Join(w, "pw"), filepath.Join(w, "u.p12")))
+	return pw
 }

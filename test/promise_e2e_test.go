@@ -19,14 +19,7 @@ func TestNobodyButTheDevice(t *testing.T) {
 	s := escrowServer(t, v)
 	w := t.TempDir()
 	addr := "localhost" + s.grpcAddr[strings.LastIndex(s.grpcAddr, ":"):]
-	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=CA", "-days", "30")
-	os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:ceo@example.com\nkeyUsage=keyEncipherment\n"), 0o600)
-	opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "u.key", "-out", "u.csr", "-subj", "/CN=ceo")
-	opensslIn(t, w, "x509", "-req", "-in", "u.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "30", "-extfile", "ext", "-out", "u.pem")
-	pw := randomPassword(t)
-	os.WriteFile(filepath.Join(w, "pw"), []byte(pw), 0o600)
-	opensslIn(t, w, "pkcs12", "-export", "-inkey", "u.key", "-in", "u.pem", "-out", "u.p12", "-passout", "file:pw")
-	mustOK(t, "import", s.cli("pfx", "import", "--user", "ceo@example.com", "--password-file", filepath.Join(w, "pw"), filepath.Join(w, "u.p12")))
+	s.escrowOpenSSLPFX(t, w, "ceo@example.com")
 	ceo := s.registerWithIdentity("ceo@example.com", "ceo-iphone")
 
 	t.Run("the profile role signs as nobody", func(t *testing.T) {

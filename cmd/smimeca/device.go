@@ -71,9 +71,17 @@ func deviceRegister(args []string, stdout io.Writer) error {
 		}
 		req.IdentityCertificate = b
 	}
+	return cf.callDevice(stdout, output, func(ctx context.Context, c pb.DevicesClient) (*pb.RegisterDeviceResponse, error) {
+		return c.RegisterDevice(ctx, req)
+	})
+}
+
+// callDevice calls a Devices method that answers with the device and
+// prints it as output says.
+func (cf *clientFlags) callDevice(stdout io.Writer, output string, call func(context.Context, pb.DevicesClient) (*pb.RegisterDeviceResponse, error)) error {
 	var resp *pb.RegisterDeviceResponse
 	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
-		resp, err = pb.NewDevicesClient(conn).RegisterDevice(ctx, req)
+		resp, err = call(ctx, pb.NewDevicesClient(conn))
 		return err
 	}); err != nil {
 		return err
@@ -105,17 +113,9 @@ func deviceRekey(args []string, stdout io.Writer) error {
 	if err != nil {
 		return usagef("--identity-cert: %v", err)
 	}
-	var resp *pb.RegisterDeviceResponse
-	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
-		resp, err = pb.NewDevicesClient(conn).RekeyDevice(ctx, &pb.RekeyDeviceRequest{User: user, DeviceId: device, IdentityCertificate: b})
-		return err
-	}); err != nil {
-		return err
-	}
-	if output == "json" {
-		return printJSON(stdout, resp.GetDevice())
-	}
-	return printDevice(stdout, resp.GetDevice())
+	return cf.callDevice(stdout, output, func(ctx context.Context, c pb.DevicesClient) (*pb.RegisterDeviceResponse, error) {
+		return c.RekeyDevice(ctx, &pb.RekeyDeviceRequest{User: user, DeviceId: device, IdentityCertificate: b})
+	})
 }
 
 // deviceConfirm ends a rekey's hold (admin).
