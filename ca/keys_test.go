@@ -457,3 +457,47 @@ func TestOpenPostgresRefusesOtherURLs(t *testing.T) {
 		}
 	}
 }
+
+// The ceremony that renews the issuing CA keeps its key and profile, gives
+// it a new serial and validity under the same root, and the CA opens and
+// issues on it (the root key offline again).
+func TestReissueIntermediate(t *testing.T) {
+	s := newStoreCA(t, backends[0].open)
+	a, err := s.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, root := a.Intermediate(), a.Root()
+	a.Close()
+	crt, err := ca.ReissueIntermediate(s.dir, s.keys, 5*365*24*time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if crt.SerialNumber.Cmp(old.SerialNumber) == 0 || !bytes.Equal(crt.RawSubjectPublicKeyInfo, old.RawSubjectPublicKeyInfo) ||
+		!bytes.Equal(crt.RawSubject, old.RawSubject) || crt.CheckSignatureFrom(root) != nil {
+		t.Fatal("the re-issued issuing CA is not the same CA under the same root")
+	}
+	if len(crt.ExcludedDNSDomains) != 1 || len(crt.ExcludedIPRanges) != 2 || !slices.Equal(crt.CRLDistributionPoints, old.CRLDistributionPoints) ||
+		len(crt.ExtKeyUsage) != 1 || crt.ExtKeyUsage[0] != x509.ExtKeyUsageEmailProtection || !crt.MaxPathLenZero {
+		t.Errorf("profile not kept: %+v", crt)
+	}
+	if err := os.Remove(filepath.Join(s.dir, "root_ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	a, err = s.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if !a.Intermediate().Equal(crt) {
+		t.Fatal("the CA opened on the old issuing CA certificate")
+	}
+	iss, err := a.Sign(context.Background(), testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+	if err != nil || iss.Chain[0].CheckSignatureFrom(crt) != nil {
+		t.Fatalf("issue under the re-issued CA: %v", err)
+	}
+	// Without the root key there is no ceremony.
+	if _, err := ca.ReissueIntermediate(s.dir, s.keys, time.Hour, time.Now()); err == nil {
+		t.Error("re-issued without the root key")
+	}
+}

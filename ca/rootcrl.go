@@ -11,6 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"go.step.sm/crypto/pemutil"
+	"go.step.sm/crypto/x509util"
 )
 
 // The root's CRL (an ARL: it can only list the issuing CA) is signed with
@@ -97,4 +100,50 @@ func SignRootCRL(dir string, root *x509.Certificate, key crypto.Signer, validity
 		return fmt.Errorf("ca: sign the root CRL: %w", err)
 	}
 	return writeFileAtomic(filepath.Join(dir, rootCRLFile), der, 0o644)
+}
+
+// ReissueIntermediate is the root ceremony that renews the issuing CA's
+// certificate: the same key, subject and profile (key usage, EKU, name
+// constraints, policies, CRL and issuer URLs) under a new serial, valid from
+// now for lifetime (at most to the root's end), signed with the root key
+// from keys. It writes the new certificate into dir; serving nodes use it
+// from their next start. The issuing key is not touched.
+func ReissueIntermediate(dir string, keys KeyStore, lifetime time.Duration, now time.Time) (*x509.Certificate, error) {
+	root, rootKey, err := LoadRoot(dir, keys)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, IntermediateCertFile)
+	old, err := pemutil.ReadCertificate(path)
+	if err != nil {
+		return nil, fmt.Errorf("ca: read %s: %w", path, err)
+	}
+	if old.CheckSignatureFrom(root) != nil {
+		return nil, fmt.Errorf("ca: %s was not issued by this root", path)
+	}
+	notAfter := now.Add(lifetime)
+	if notAfter.After(root.NotAfter) {
+		notAfter = root.NotAfter
+	}
+	if lifetime <= 0 || !notAfter.After(now) {
+		return nil, fmt.Errorf("ca: the issuing CA's new lifetime %s must be positive and end before the root (%s)", lifetime, root.NotAfter.Format(time.DateOnly))
+	}
+	tmpl := &x509.Certificate{
+		Subject: old.Subject, NotBefore: now.Add(-time.Minute), NotAfter: notAfter,
+		KeyUsage: old.KeyUsage, ExtKeyUsage: old.ExtKeyUsage, UnknownExtKeyUsage: old.UnknownExtKeyUsage,
+		BasicConstraintsValid: true, IsCA: true, MaxPathLen: old.MaxPathLen, MaxPathLenZero: old.MaxPathLenZero,
+		SubjectKeyId:                old.SubjectKeyId,
+		PermittedDNSDomainsCritical: old.PermittedDNSDomainsCritical,
+		PermittedDNSDomains:         old.PermittedDNSDomains, ExcludedDNSDomains: old.ExcludedDNSDomains,
+		PermittedIPRanges: old.PermittedIPRanges, ExcludedIPRanges: old.ExcludedIPRanges,
+		PermittedEmailAddresses: old.PermittedEmailAddresses, ExcludedEmailAddresses: old.ExcludedEmailAddresses,
+		PermittedURIDomains: old.PermittedURIDomains, ExcludedURIDomains: old.ExcludedURIDomains,
+		Policies: old.Policies, CRLDistributionPoints: old.CRLDistributionPoints,
+		IssuingCertificateURL: old.IssuingCertificateURL, OCSPServer: old.OCSPServer,
+	}
+	crt, err := x509util.CreateCertificate(tmpl, root, old.PublicKey, rootKey)
+	if err != nil {
+		return nil, fmt.Errorf("ca: re-issue the issuing CA: %w", err)
+	}
+	return crt, writeCertificates(path, crt)
 }

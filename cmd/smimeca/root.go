@@ -13,19 +13,27 @@ import (
 // rootCmd runs the root ceremonies: the only commands that load the
 // offline root key (serve never does).
 func rootCmd(args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] != "crl" {
-		return usagef("usage: smimeca root crl [--data DIR] [--kms URI] [--validity 365d]")
+	const use = "usage: smimeca root (crl [--validity 365d] | reissue-issuing [--lifetime 3650d]) [--data DIR] [--kms URI]"
+	if len(args) == 0 || (args[0] != "crl" && args[0] != "reissue-issuing") {
+		return usagef(use)
 	}
 	var dataDir, kms string
-	validity := ca.DefaultRootCRLValidity
-	f := newFlags("root crl")
-	f.str(&dataDir, "data", "SMIMECA_DATA", "data", "the CA's data directory (its ca/ holds the root certificate; the CRL is written there)")
+	validity, lifetime := ca.DefaultRootCRLValidity, 10*365*24*time.Hour
+	f := newFlags("root " + args[0])
+	f.str(&dataDir, "data", "SMIMECA_DATA", "data", "the CA's data directory (its ca/ holds the root certificate; what the ceremony signs is written there)")
 	f.str(&kms, "kms", "SMIMECA_KMS", ca.KMSSoft, "where the root key is: softkms (DATA/ca/root_ca.key, or a copy brought back for the ceremony) or a pkcs11: URI (PIN also from $"+kmsPINEnv+")")
-	f.fs.Func("validity", "how long the root CRL is valid (default 365d, at most 366d)", func(s string) error {
-		d, err := parseDuration(s)
-		validity = d
-		return err
-	})
+	duration := func(p *time.Duration) func(string) error {
+		return func(s string) error {
+			d, err := parseDuration(s)
+			*p = d
+			return err
+		}
+	}
+	if args[0] == "crl" {
+		f.fs.Func("validity", "how long the root CRL is valid (default 365d, at most 366d)", duration(&validity))
+	} else {
+		f.fs.Func("lifetime", "how long the re-issued issuing CA certificate is valid (default 3650d; never past the root)", duration(&lifetime))
+	}
 	if err := f.parse(args[1:]); err != nil {
 		return helpOK(err)
 	}
@@ -38,6 +46,15 @@ func rootCmd(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer keys.Close()
+	if args[0] == "reissue-issuing" {
+		crt, err := ca.ReissueIntermediate(dir, keys, lifetime, time.Now())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "re-issued %s (same key), serial %X, valid until %s, in %s; copy it to every node's DATA/ca and restart them\n",
+			crt.Subject.CommonName, crt.SerialNumber, crt.NotAfter.UTC().Format(time.RFC3339), dir)
+		return nil
+	}
 	root, key, err := ca.LoadRoot(dir, keys)
 	if err != nil {
 		return err
