@@ -110,8 +110,10 @@ func (e *Enrollment) checkIdentity(der []byte, device string) (*x509.Certificate
 	if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
 		return nil, reject(ReasonBadIdentity, "the identity certificate's key usage lacks keyEncipherment, so nothing can be encrypted to it")
 	}
-	if err := e.verifyIdentityChain(c, now); err != nil {
-		return nil, reject(ReasonBadIdentity, "the identity certificate does not chain to a configured device identity CA (--device-identity-ca)")
+	if err := e.verifyIdentityChain(c, now); errors.Is(err, errIdentityRevoked) {
+		return nil, reject(ReasonBadIdentity, "the identity certificate was revoked by the MDM CA (--device-identity-crl)")
+	} else if err != nil {
+		return nil, reject(ReasonBadIdentity, "the identity certificate does not chain to a configured device identity CA (--device-identity-ca), or its revocation cannot be checked")
 	}
 	if !namesDevice(c, device, e.cfg.IdentityFields) {
 		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate (subject %q) does not name device %q in %s; an identity must name the device it is registered to (--identity-device-fields)",

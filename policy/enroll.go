@@ -73,6 +73,19 @@ type Config struct {
 	// identity was replaced, unless an administrator confirms it (default
 	// DefaultRekeyHold; at most 30 days).
 	RekeyHold time.Duration
+	// IdentityRevocations, when set, says whether the MDM revoked a device
+	// identity (its CA's CRL): a revoked identity is neither registered
+	// nor released to.
+	IdentityRevocations IdentityRevocations
+}
+
+// IdentityRevocations says whether a device identity certificate was
+// revoked by the CA that issued it.
+type IdentityRevocations interface {
+	// Revoked reports whether c is revoked; an error means the answer is
+	// unknown (a CRL that cannot be read or has expired), and the caller
+	// refuses.
+	Revoked(c *x509.Certificate) (bool, error)
 }
 
 // Validate fills defaults and checks the values.

@@ -248,15 +248,30 @@ func (e *Enrollment) releasable(d Device, c *x509.Certificate, now time.Time) er
 			d.ID, d.User, d.HeldUntil.UTC().Format(time.RFC3339), d.User, d.ID))
 	}
 	if err := e.verifyIdentityChain(c, now); err != nil {
-		return reject(ReasonNoIdentity, fmt.Sprintf("the registered identity of device %q no longer chains to a configured device identity CA (--device-identity-ca); register its current identity", d.ID))
+		return reject(ReasonNoIdentity, fmt.Sprintf("the registered identity of device %q cannot receive keys now (%v): it must chain to a configured device identity CA (--device-identity-ca) and not be revoked by the MDM; rekey the device with its current identity", d.ID, err))
 	}
 	return nil
 }
 
+// verifyIdentityChain checks that c chains to a configured device identity
+// CA now and, where the MDM's CRL is configured, is not revoked.
 func (e *Enrollment) verifyIdentityChain(c *x509.Certificate, now time.Time) error {
 	if e.cfg.DeviceIdentityCAs == nil {
 		return errors.New("no device identity CA configured")
 	}
-	_, err := c.Verify(x509.VerifyOptions{Roots: e.cfg.DeviceIdentityCAs, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
-	return err
+	if _, err := c.Verify(x509.VerifyOptions{Roots: e.cfg.DeviceIdentityCAs, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return err
+	}
+	if e.cfg.IdentityRevocations != nil {
+		revoked, err := e.cfg.IdentityRevocations.Revoked(c)
+		if err != nil {
+			return fmt.Errorf("the MDM CA's revocation list cannot be checked: %w", err)
+		}
+		if revoked {
+			return errIdentityRevoked
+		}
+	}
+	return nil
 }
+
+var errIdentityRevoked = errors.New("revoked by the MDM CA")

@@ -3,6 +3,7 @@ package policy_test
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -180,4 +181,37 @@ func TestBundleChallengeOnlyForTheDevice(t *testing.T) {
 	if err != nil || bg.Signing.Challenge == "" || len(bg.Signing.EnvelopedChallenge) != 0 {
 		t.Fatalf("break-glass: %v", err)
 	}
+}
+
+type revokedSerials map[string]bool
+
+func (r revokedSerials) Revoked(c *x509.Certificate) (bool, error) {
+	if r == nil {
+		return false, errors.New("the CRL expired")
+	}
+	return r[c.SerialNumber.String()], nil
+}
+
+// Where the MDM CA's CRL is configured, a revoked identity is neither
+// registered nor released to, and an unreadable CRL releases nothing.
+func TestRevokedIdentityGetsNothing(t *testing.T) {
+	v := newBundleEnv(t)
+	ctx := context.Background()
+	revoked := revokedSerials{}
+	e, _ := policy.NewEnrollment(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, IdentityRevocations: revoked})
+	bundles := policy.NewBundles(e, v.keys, v.ca, "http://x/scep", nil)
+	if _, err := bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS}); err != nil {
+		t.Fatal(err)
+	}
+	revoked[v.devCert.SerialNumber.String()] = true
+	_, err := bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
+	wantReason(t, err, policy.ReasonNoIdentity)
+	other := v.identityFor(t, "e", 6)
+	revoked[other.SerialNumber.String()] = true
+	_, err = e.RegisterDevice(ctx, "a@example.com", "e", other.Raw)
+	wantReason(t, err, policy.ReasonBadIdentity)
+	var unknown revokedSerials
+	e2, _ := policy.NewEnrollment(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, IdentityRevocations: unknown})
+	_, err = policy.NewBundles(e2, v.keys, v.ca, "http://x/scep", nil).Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
+	wantReason(t, err, policy.ReasonNoIdentity)
 }

@@ -109,6 +109,7 @@ type serveConfig struct {
 	emailAliases      string
 	deviceIdentityCA  string
 	identityFields    string
+	identityCRL       string
 	rekeyHold         time.Duration
 	// publicURLDefaulted reports that --public-url was derived from an
 	// address other peers reach: certificates would then point at it.
@@ -160,6 +161,7 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f.str(&c.embeddedVaultAddr, "embedded-vault-addr", "SMIMECA_EMBEDDED_VAULT_ADDR", "127.0.0.1:8200", "listen address of the embedded Vault (loopback)")
 	f.str(&c.vaultBin, "vault-bin", "SMIMECA_VAULT_BIN", vaultproc.DefaultBinary(), "Vault binary for --embedded-vault (scripts/vault.sh builds it)")
 	f.str(&c.deviceIdentityCA, "device-identity-ca", "SMIMECA_DEVICE_IDENTITY_CA", "", "PEM file of the CA(s) that issue devices' MDM identity certificates; needed to register a device with an identity (and so to release any key to it)")
+	f.str(&c.identityCRL, "device-identity-crl", "SMIMECA_DEVICE_IDENTITY_CRL", "", "CRL file(s) of the MDM's device identity CA (PEM or DER, comma-separated; re-read when changed): a revoked identity is neither registered nor released to, and an expired CRL releases nothing")
 	f.str(&c.identityFields, "identity-device-fields", "SMIMECA_IDENTITY_DEVICE_FIELDS", "cn,san", "where a device identity certificate must name its device id: cn (subject CN), san (a DNS name, URI or e-mail SAN), both (cn,san), or none (no check)")
 	f.duration(&c.rekeyHold, "rekey-hold", "SMIMECA_REKEY_HOLD", policy.DefaultRekeyHold, "after a device rekey, how long key releases to it wait unless an administrator confirms (smimeca device confirm)")
 	f.integer(&c.scepMaxInFlight, "scep-max-inflight", "SMIMECA_SCEP_MAX_INFLIGHT", 16*runtime.GOMAXPROCS(0), "PKIOperations processed at once; more get 503 with Retry-After")
@@ -319,6 +321,14 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	if err != nil {
 		return usagef("--device-identity-ca: %v", err)
 	}
+	var identityCRL policy.IdentityRevocations
+	if cfg.identityCRL != "" {
+		crls, err := newIdentityCRLs(cfg.identityCRL, cfg.deviceIdentityCA)
+		if err != nil {
+			return usagef("--device-identity-crl: %v", err)
+		}
+		identityCRL = crls
+	}
 	identityFields, err := policy.ParseIdentityFields(cfg.identityFields)
 	if err != nil {
 		return usagef("--identity-device-fields: %v", err)
@@ -338,7 +348,7 @@ func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error
 	enrollment, err := policy.NewEnrollment(authority, store, policy.Config{
 		Domains: domains, Validity: cfg.validity, ContentCommitment: cfg.contentCommitment,
 		ChallengeTTL: cfg.challengeTTL, StaticChallenge: cfg.staticChallenge, DeviceIdentityCAs: identityCAs,
-		IdentityFields: identityFields, RekeyHold: cfg.rekeyHold,
+		IdentityFields: identityFields, RekeyHold: cfg.rekeyHold, IdentityRevocations: identityCRL,
 	}, policy.WithAuditor(audit))
 	if err != nil {
 		return usagef("%v", err)
