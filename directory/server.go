@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
@@ -19,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/jimlambrt/gldap"
 	"github.com/smallstep/pkcs7"
+	"golang.org/x/time/rate"
 )
 
 // Source answers recipient lookups; *policy.Directory implements it.
@@ -42,6 +44,10 @@ const (
 	maxLDAPMessage = 256 << 10
 	// searchTimeout bounds one search, whatever the client's time limit.
 	searchTimeout = 5 * time.Second
+	// DefaultSearchRate bounds the searches of one connection per second
+	// (bursts of twice that); more get "busy". gldap does not expose a
+	// peer's address, so the bound is per connection, not per address.
+	DefaultSearchRate = 10
 )
 
 // ServerConfig configures the built-in LDAP endpoint.
@@ -52,6 +58,8 @@ type ServerConfig struct {
 	MaxInFlight int
 	// ConnLifetime of one connection (DefaultConnLifetime).
 	ConnLifetime time.Duration
+	// SearchRate is searches per second per connection (DefaultSearchRate).
+	SearchRate float64
 }
 
 // Server is the built-in read-only LDAP endpoint: anonymous simple bind
@@ -67,6 +75,8 @@ type Server struct {
 	log      *slog.Logger
 	srv      *gldap.Server
 	inflight chan struct{}
+	// perConn holds each open connection's search rate limiter by its id.
+	perConn sync.Map
 }
 
 // NewServer returns the endpoint over src.
@@ -80,13 +90,17 @@ func NewServer(src Source, cfg ServerConfig, log *slog.Logger) (*Server, error) 
 	if cfg.ConnLifetime <= 0 {
 		cfg.ConnLifetime = DefaultConnLifetime
 	}
+	if cfg.SearchRate <= 0 {
+		cfg.SearchRate = DefaultSearchRate
+	}
 	if _, err := ldap.ParseDN(cfg.BaseDN); err != nil {
 		return nil, fmt.Errorf("directory: base DN %q: %w", cfg.BaseDN, err)
 	}
 	ber.MaxPacketLengthBytes = maxLDAPMessage
 	s := &Server{src: src, cfg: cfg, log: log, inflight: make(chan struct{}, cfg.MaxInFlight)}
 	srv, err := gldap.NewServer(gldap.WithLogger(hclog.NewNullLogger()),
-		gldap.WithReadTimeout(cfg.ConnLifetime), gldap.WithWriteTimeout(cfg.ConnLifetime))
+		gldap.WithReadTimeout(cfg.ConnLifetime), gldap.WithWriteTimeout(cfg.ConnLifetime),
+		gldap.WithOnClose(func(id int) { s.perConn.Delete(id) }))
 	if err != nil {
 		return nil, err
 	}
@@ -161,6 +175,12 @@ func (s *Server) search(w *gldap.ResponseWriter, r *gldap.Request) {
 	default:
 		done.SetResultCode(gldap.ResultBusy)
 		done.SetDiagnosticMessage("too many searches at once; retry")
+		return
+	}
+	lim, _ := s.perConn.LoadOrStore(r.ConnectionID(), rate.NewLimiter(rate.Limit(s.cfg.SearchRate), 2*int(s.cfg.SearchRate)))
+	if !lim.(*rate.Limiter).Allow() {
+		done.SetResultCode(gldap.ResultBusy)
+		done.SetDiagnosticMessage("too many searches on this connection; slow down")
 		return
 	}
 	m, err := r.GetSearchMessage()

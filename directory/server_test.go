@@ -145,4 +145,30 @@ func TestServerLimits(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Errorf("first search: %v", err)
 	}
+
+	// One connection past its search rate gets busy; a new connection is
+	// served.
+	rated := startServer(t, src, ServerConfig{SearchRate: 2})
+	c5, _ := ldap.DialURL("ldap://" + rated)
+	defer c5.Close()
+	var ok, refused int
+	for i := 0; i < 10; i++ {
+		_, err := c5.Search(ldap.NewSearchRequest(DefaultBaseDN, ldap.ScopeWholeSubtree, 0, 0, 0, false, "(mail=u0@example.com)", nil, nil))
+		switch {
+		case err == nil:
+			ok++
+		case ldap.IsErrorWithCode(err, ldap.LDAPResultBusy):
+			refused++
+		default:
+			t.Fatalf("search %d: %v", i, err)
+		}
+	}
+	if ok < 4 || ok > 5 || refused != 10-ok {
+		t.Errorf("10 quick searches at 2/s (burst 4): %d served, %d busy", ok, refused)
+	}
+	c6, _ := ldap.DialURL("ldap://" + rated)
+	defer c6.Close()
+	if _, err := c6.Search(ldap.NewSearchRequest(DefaultBaseDN, ldap.ScopeWholeSubtree, 0, 0, 0, false, "(mail=u0@example.com)", nil, nil)); err != nil {
+		t.Errorf("a new connection: %v", err)
+	}
 }
