@@ -14,17 +14,10 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.step.sm/crypto/pemutil"
-	"google.golang.org/grpc/health"
 
 	"github.com/smimeca/smimeca/api"
 	"github.com/smimeca/smimeca/ca"
@@ -33,7 +26,6 @@ import (
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
-	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 	"github.com/smimeca/smimeca/scep"
 )
 
@@ -121,8 +113,10 @@ type serveConfig struct {
 	bodyTimeout        time.Duration
 	trustedProxies     string
 	trustedPrefixes    []netip.Prefix
-	logFormat          string
-	logLevel           string
+	// resolved is what validate read and parsed from the flags above.
+	resolved  resolved
+	logFormat string
+	logLevel  string
 }
 
 func parseServe(args []string) (*serveConfig, error) { return parseServeAs("serve", args) }
@@ -189,45 +183,56 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	if err := f.parse(args); err != nil {
 		return nil, err
 	}
+	if err := c.checkFlags(); err != nil {
+		return nil, err
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkFlags checks the flags' values and derives the public URLs.
+func (c *serveConfig) checkFlags() error {
 	if c.publicURL == "" {
 		hp, err := localURLHost(c.httpAddr)
 		if err != nil {
-			return nil, usagef("--http-addr: %v", err)
+			return usagef("--http-addr: %v", err)
 		}
 		c.publicURL = "http://" + hp
 		c.publicURLDefaulted = !loopbackOnly(c.httpAddr)
 	}
 	u, err := url.Parse(c.publicURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, usagef("--public-url %q must be an absolute http(s) URL", c.publicURL)
+		return usagef("--public-url %q must be an absolute http(s) URL", c.publicURL)
 	}
 	c.publicURL = strings.TrimRight(c.publicURL, "/")
 	if c.certBaseURL == "" {
 		if u.Scheme != "http" {
-			return nil, usagef("--public-url %q is https: set --cert-base-url to the plain http:// URL of this server's /crl and /ocsp (RFC 5280 and the S/MIME BR want http for them)", c.publicURL)
+			return usagef("--public-url %q is https: set --cert-base-url to the plain http:// URL of this server's /crl and /ocsp (RFC 5280 and the S/MIME BR want http for them)", c.publicURL)
 		}
 		c.certBaseURL = c.publicURL
 	}
 	if cu, err := url.Parse(c.certBaseURL); err != nil || cu.Scheme != "http" || cu.Host == "" {
-		return nil, usagef("--cert-base-url %q must be an absolute http:// URL", c.certBaseURL)
+		return usagef("--cert-base-url %q must be an absolute http:// URL", c.certBaseURL)
 	}
 	c.certBaseURL = strings.TrimRight(c.certBaseURL, "/")
 	if c.ocspValidity < ca.MinOCSPValidity || c.ocspValidity > ca.MaxOCSPValidity {
-		return nil, usagef("--ocsp-validity %s must be between %s and %s", c.ocspValidity, ca.MinOCSPValidity, ca.MaxOCSPValidity)
+		return usagef("--ocsp-validity %s must be between %s and %s", c.ocspValidity, ca.MinOCSPValidity, ca.MaxOCSPValidity)
 	}
 	if c.validity > policy.MaxValidity {
-		return nil, usagef("--cert-validity %s is longer than the S/MIME BR's 825 days (%s)", c.validity, policy.MaxValidity)
+		return usagef("--cert-validity %s is longer than the S/MIME BR's 825 days (%s)", c.validity, policy.MaxValidity)
 	}
 	if _, _, err := net.SplitHostPort(c.grpcAddr); err != nil {
-		return nil, usagef("--grpc-addr %q: %v", c.grpcAddr, err)
+		return usagef("--grpc-addr %q: %v", c.grpcAddr, err)
 	}
 	if c.scepMaxInFlight < 1 || c.scepRatePerIP < 0 || c.scepBurstPerIP < 1 || c.scepMaxPerIP < 0 || c.bodyTimeout < 100*time.Millisecond {
-		return nil, usagef("--scep-max-inflight and --scep-burst-per-ip must be at least 1, --scep-rate-per-ip and --scep-max-per-ip at least 0, --body-timeout at least 100ms")
+		return usagef("--scep-max-inflight and --scep-burst-per-ip must be at least 1, --scep-rate-per-ip and --scep-max-per-ip at least 0, --body-timeout at least 100ms")
 	}
 	if c.trustedPrefixes, err = httplimit.ParsePrefixes(c.trustedProxies); err != nil {
-		return nil, usagef("--trusted-proxies: %v", err)
+		return usagef("--trusted-proxies: %v", err)
 	}
-	return c, nil
+	return nil
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
@@ -274,317 +279,15 @@ func serve(args []string, stderr io.Writer) error {
 	return runServer(ctx, cfg, logger)
 }
 
-// runServer wires everything and serves until ctx is done.
+// runServer builds the server from the validated cfg and serves until ctx
+// is done.
 func runServer(ctx context.Context, cfg *serveConfig, logger *slog.Logger) error {
-	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	if err := scep.SetPKCS7Defaults(cfg.scepEncryption); err != nil {
-		return usagef("%v", err)
-	}
-	if cfg.publicURLDefaulted {
-		logger.Warn("NO --public-url: the server listens beyond loopback but every certificate's CRL distribution point and every SCEP URL in bundles will say " + cfg.publicURL + ", which devices cannot reach; set --public-url to the URL devices use (certificates issued until then keep the wrong one)")
-	}
-	if cfg.staticChallenge != "" {
-		logger.Warn("a static SCEP challenge is configured: any device that knows it can enrol for any allowed address; use it in labs only")
-	}
-
-	st, err := openCA(cfg)
+	a, err := newApp(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	database, keys, authority := st.database, st.keys, st.authority
-	logger.Info("CA keys", "kms", ca.RedactKMS(cfg.kms), "issuing_key", keys.Location(ca.KeyIssuing))
-	if next := authority.RootCRLNextUpdate(); time.Until(next) < rootCRLWarnBefore {
-		logger.Warn("the root CRL expires soon: sign the next with the offline root key (smimeca root crl) and copy it to every node's DATA/ca", "next_update", next.UTC().Format(time.RFC3339))
-	}
-
-	store, err := nosqlstore.New(database.DB.DB)
-	if err != nil {
-		return err
-	}
-	var domainList []string
-	for _, d := range strings.Split(cfg.allowedDomains, ",") {
-		if d = strings.TrimSpace(d); d != "" {
-			domainList = append(domainList, d)
-		}
-	}
-	domains, err := policy.NewDomains(domainList)
-	if err != nil {
-		return usagef("--allowed-domains: %v", err)
-	}
-	if len(domainList) == 0 {
-		logger.Warn("no --allowed-domains set: challenges can be created for any e-mail domain")
-	}
-	identityCAs, err := loadCertPool(cfg.deviceIdentityCA)
-	if err != nil {
-		return usagef("--device-identity-ca: %v", err)
-	}
-	var identityCRL policy.IdentityRevocations
-	if cfg.identityCRL != "" {
-		crls, err := newIdentityCRLs(cfg.identityCRL, cfg.deviceIdentityCA)
-		if err != nil {
-			return usagef("--device-identity-crl: %v", err)
-		}
-		identityCRL = crls
-	}
-	identityFields, err := policy.ParseIdentityFields(cfg.identityFields)
-	if err != nil {
-		return usagef("--identity-device-fields: %v", err)
-	}
-	if len(identityFields) == 1 && identityFields[0] == policy.IdentityAny {
-		logger.Warn("--identity-device-fields none: any identity certificate of the MDM CA may be registered to any device id")
-	}
-	if identityCAs == nil {
-		logger.Warn("no --device-identity-ca set: devices can be registered without an identity only, so no escrowed key can be released")
-	}
-	auditFile, err := policy.OpenFileAuditor(filepath.Join(cfg.dataDir, "audit.log"), logger)
-	if err != nil {
-		return err
-	}
-	defer auditFile.Close()
-	audit := policy.Auditors{policy.LogAuditor{Logger: logger}, auditFile}
-	enrollment, err := policy.NewEnrollment(authority, store, policy.Config{
-		Domains: domains, Validity: cfg.validity, ContentCommitment: cfg.contentCommitment,
-		ChallengeTTL: cfg.challengeTTL, StaticChallenge: cfg.staticChallenge, DeviceIdentityCAs: identityCAs,
-		IdentityFields: identityFields, RekeyHold: cfg.rekeyHold, IdentityRevocations: identityCRL,
-	}, policy.WithAuditor(audit))
-	if err != nil {
-		return usagef("%v", err)
-	}
-
-	esc, err := setupEscrow(ctx, cfg, logger, audit, domains, keys)
-	if err != nil {
-		return err
-	}
-	defer esc.stop()
-
-	// Public HTTP: SCEP and CRL only. Metrics, health and pprof are on the
-	// ops listener.
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := newSCEPMetrics(reg)
-	ra, raKey := authority.RA()
-	chain := []*x509.Certificate{authority.Intermediate()}
-	if cfg.scepIncludeRoot {
-		chain = append(chain, authority.Root())
-	}
-	scepHandler, err := scep.New(enrollment, ra, raKey, chain,
-		scep.WithLogger(logger), scep.WithMetrics(metrics))
-	if err != nil {
-		return err
-	}
-	// PKIOperations and OCSP requests are bounded before any work: body
-	// read first (size, deadline), then a slot; per-IP concurrency and rate.
-	limits := httplimit.Limits{MaxInFlight: cfg.scepMaxInFlight, RatePerIP: cfg.scepRatePerIP, BurstPerIP: cfg.scepBurstPerIP,
-		MaxPerIP: cfg.scepMaxPerIP, MaxBodyBytes: scep.MaxMessageBytes, BodyTimeout: cfg.bodyTimeout, TrustedProxies: cfg.trustedPrefixes}
-	shed := httplimit.New(scepHandler, func(r *http.Request) bool { return r.URL.Query().Get("operation") == "PKIOperation" }, limits)
-	ocspLimits := limits
-	ocspLimits.RatePerIP, ocspLimits.BurstPerIP, ocspLimits.MaxBodyBytes = 5*limits.RatePerIP, 5*limits.BurstPerIP, ca.MaxOCSPRequestBytes
-	mux := http.NewServeMux()
-	mux.Handle(scep.Path, shed)
-	mux.Handle(scep.LegacyPath, shed)
-	mux.Handle("GET "+ca.CRLPath, derHandler("application/pkix-crl", authority.CRL, logger))
-	mux.Handle("GET "+ca.RootCRLPath, derHandler("application/pkix-crl", authority.RootCRL, logger))
-	mux.Handle("GET "+ca.IssuerPath, derHandler("application/pkix-cert", func() ([]byte, error) { return authority.Intermediate().Raw, nil }, logger))
-	mux.Handle("GET "+ca.RootPath, derHandler("application/pkix-cert", func() ([]byte, error) { return authority.Root().Raw, nil }, logger))
-	responder, err := authority.NewOCSPResponder(cfg.ocspValidity)
-	if err != nil {
-		return err
-	}
-	httpSrv := &http.Server{
-		Addr: cfg.httpAddr, Handler: withOCSP(mux, httplimit.New(responder, nil, ocspLimits)),
-		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
-		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
-
-	// gRPC with mTLS.
-	u, _ := url.Parse(cfg.publicURL)
-	grpcHost, _, _ := net.SplitHostPort(cfg.grpcAddr)
-	hostname, _ := os.Hostname()
-	// The two credentials of the first start (admin, profile) are kept
-	// under DATA/credentials and registered like any other credential.
-	pki, err := ca.EnsureAPIPKI(filepath.Join(cfg.dataDir, "ca"), keys, filepath.Join(cfg.dataDir, "credentials"),
-		[]string{u.Hostname(), grpcHost, hostname},
-		map[string]string{string(api.RoleAdmin): api.RoleURI(api.RoleAdmin), string(api.RoleProfile): api.RoleURI(api.RoleProfile)})
-	if err != nil {
-		return err
-	}
-	credStore, err := nosqlstore.NewCredentialStore(database.DB.DB)
-	if err != nil {
-		return err
-	}
-	creds := policy.NewCredentials(credStore, pki, api.Roles(), audit)
-	for role, crt := range pki.Clients {
-		if err := creds.Bootstrap(ctx, role, role, crt); err != nil {
-			return err
-		}
-	}
-	services := api.Services{
-		Enrollment:  api.NewEnrollmentService(enrollment, cfg.publicURL+scep.Path, logger),
-		Devices:     api.NewDeviceService(enrollment, logger),
-		Credentials: api.NewCredentialService(creds, pki.CA, logger),
-	}
-	var escrowed policy.KeyStore
-	var escrowSvc *api.EscrowService
-	if esc.policy != nil {
-		escrowSvc = api.NewEscrowService(esc.policy, logger)
-		services.Escrow = escrowSvc
-		escrowed = esc.store
-	}
-	profCert, profKey := authority.ProfileSigner()
-	services.Bundles = api.NewBundleService(policy.NewBundles(enrollment, escrowed, authority, cfg.publicURL+scep.Path, audit),
-		&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{authority.Intermediate()}}, logger)
-	services.Health = health.NewServer()
-	grpcSrv := api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services, logger)
-	monitor := &healthMonitor{grpc: services.Health, interval: 5 * time.Second, checks: []healthCheck{
-		{"database", func(context.Context) error { return store.Ping() }},
-		{"ca", func(context.Context) error { _, err := authority.CRL(); return err }},
-	}, needs: map[string][]string{
-		"": {"database", "ca"}, pb.Enrollment_ServiceDesc.ServiceName: {"database", "ca"},
-		pb.Devices_ServiceDesc.ServiceName: {"database"}, pb.Credentials_ServiceDesc.ServiceName: {"database"},
-		pb.ProfileBundles_ServiceDesc.ServiceName: {"database", "ca"},
-	}}
-	if esc.ping != nil {
-		monitor.checks = append(monitor.checks, healthCheck{"vault", esc.ping})
-		monitor.needs[pb.EscrowAdmin_ServiceDesc.ServiceName] = []string{"database", "vault"}
-		monitor.needs[pb.ProfileBundles_ServiceDesc.ServiceName] = []string{"database", "ca", "vault"}
-	}
-	monitor.check(ctx)
-	go monitor.run(ctx)
-
-	httpLn, err := net.Listen("tcp", cfg.httpAddr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.httpAddr, err)
-	}
-	grpcLn, err := api.Listen(cfg.grpcAddr)
-	if err != nil {
-		httpLn.Close()
-		return fmt.Errorf("listen %s: %w", cfg.grpcAddr, err)
-	}
-	// Ops: health of each dependency, metrics, pprof on request.
-	ops := http.NewServeMux()
-	ops.Handle("GET /healthz", monitor)
-	ops.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	if cfg.opsPprof {
-		ops.Handle("/debug/pprof/", pprofMux())
-	}
-	opsSrv := &http.Server{Handler: ops, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
-	var opsLn net.Listener
-	if cfg.opsAddr != "" {
-		if opsLn, err = net.Listen("tcp", cfg.opsAddr); err != nil {
-			httpLn.Close()
-			grpcLn.Close()
-			return fmt.Errorf("listen %s (--ops-addr): %w", cfg.opsAddr, err)
-		}
-	}
-	errc := make(chan error, 3)
-	go func() { errc <- httpSrv.Serve(httpLn) }()
-	go func() { errc <- grpcSrv.Serve(grpcLn) }()
-	go purgeChallenges(ctx, store, logger)
-	if cfg.publishURL != "" {
-		pub, err := newPublisher(cfg, esc, logger)
-		if err != nil {
-			return err
-		}
-		esc.policy.OnChange(pub.Notify)
-		escrowSvc.SetDirectorySync(func(ctx context.Context) (*pb.SyncDirectoryResponse, error) {
-			r, err := pub.SyncAll(ctx)
-			return &pb.SyncDirectoryResponse{Users: int32(r.Users), Added: int32(r.Added), Removed: int32(r.Removed), Missing: int32(r.Missing), Failed: int32(r.Failed)}, err
-		})
-		go pub.Run(ctx)
-		go func() {
-			if !cfg.publishSyncStart {
-				return
-			}
-			// Reconcile what changed while smimeca was down.
-			if r, err := pub.SyncAll(ctx); err != nil {
-				logger.Warn("directory: start-up sync failed; changes are published as they happen, run `smimeca directory sync` later", "err", err)
-			} else {
-				logger.Info("directory: start-up sync", "users", r.Users, "added", r.Added, "removed", r.Removed, "missing", r.Missing, "failed", r.Failed)
-			}
-		}()
-	}
-	if cfg.ldapAddr != "" {
-		if esc.directory == nil {
-			return usagef("--ldap-addr publishes escrowed certificates: it needs the escrow (--vault-addr or --embedded-vault)")
-		}
-		ldapSrv, err := directory.NewServer(esc.directory, directory.ServerConfig{BaseDN: cfg.ldapBaseDN}, logger)
-		if err != nil {
-			return usagef("--ldap-base-dn: %v", err)
-		}
-		go keepDirectoryIndex(ctx, esc.directory, esc.store, logger)
-		go func() { errc <- ldapSrv.Serve(cfg.ldapAddr) }()
-		defer ldapSrv.Stop()
-		logger.Info("recipient directory (LDAP)", "addr", cfg.ldapAddr, "base_dn", cfg.ldapBaseDN)
-	}
-	if opsLn != nil {
-		go func() {
-			if err := opsSrv.Serve(opsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				logger.Warn("ops listener", "err", err)
-			}
-		}()
-		defer opsSrv.Close()
-	}
-
-	fp := authority.Fingerprint()
-	logger.Info("smimeca serving",
-		"http", httpLn.Addr().String(), "grpc", grpcLn.Addr().String(),
-		"scep_url", cfg.publicURL+scep.Path, "crl_url", authority.CRLURL(),
-		"root_sha256", fmt.Sprintf("%X", fp[:]), "data", cfg.dataDir,
-		"ops", cfg.opsAddr, "admin_credentials", filepath.Join(cfg.dataDir, "credentials", string(api.RoleAdmin)))
-
-	var serveErr error
-	select {
-	case <-ctx.Done():
-	case serveErr = <-errc:
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	httpSrv.Shutdown(shutdownCtx)
-	stopped := make(chan struct{})
-	go func() { grpcSrv.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-shutdownCtx.Done():
-		grpcSrv.Stop()
-	}
-	logger.Info("smimeca stopped")
-	if errors.Is(serveErr, http.ErrServerClosed) {
-		return nil
-	}
-	return serveErr
-}
-
-// newPublisher builds the LDAP publisher from the flags.
-func newPublisher(cfg *serveConfig, esc escrowSetup, logger *slog.Logger) (*directory.Publisher, error) {
-	if esc.store == nil {
-		return nil, usagef("--ldap-publish-url publishes escrowed certificates: it needs the escrow (--vault-addr or --embedded-vault)")
-	}
-	pc := directory.PublisherConfig{URL: cfg.publishURL, BindDN: cfg.publishBindDN, BaseDN: cfg.publishBaseDN,
-		Filter: cfg.publishFilter, Attribute: cfg.publishAttribute, RetryMax: cfg.publishRetryMax}
-	if cfg.publishPWFile != "" {
-		pw, err := readPassword(cfg.publishPWFile, "")
-		if err != nil {
-			return nil, usagef("--ldap-publish-password-file: %v", err)
-		}
-		pc.Password = pw
-	}
-	if cfg.publishIssuers != "" {
-		b, err := os.ReadFile(cfg.publishIssuers)
-		if err != nil {
-			return nil, usagef("--ldap-publish-issuers: %v", err)
-		}
-		if pc.Issuers, err = pemutil.ParseCertificateBundle(b); err != nil {
-			return nil, usagef("--ldap-publish-issuers %s: %v", cfg.publishIssuers, err)
-		}
-	}
-	pub, err := directory.NewPublisher(pc, esc.store, logger)
-	if err != nil {
-		return nil, usagef("%v (--ldap-publish-*)", err)
-	}
-	return pub, nil
+	defer a.close()
+	return a.run(ctx)
 }
 
 // derHandler serves what get returns with the content type.

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/smimeca/smimeca/scep"
 )
 
 // The public URL derived from a listen address that other machines reach
@@ -54,5 +59,42 @@ func TestServeRefusesNonSBRSettings(t *testing.T) {
 	c, err := parseServe([]string{"--http-addr", "127.0.0.1:8080", "--public-url", "https://ca.example.com", "--cert-base-url", "http://ca.example.com/"})
 	if err != nil || c.certBaseURL != "http://ca.example.com" {
 		t.Errorf("https public URL with an http cert base: %v %+v", err, c)
+	}
+}
+
+// Every flag is checked before anything touches the data directory, a
+// token or the network: a bad one exits 2 naming the flag, and the data
+// directory is not even created.
+func TestServeValidatesBeforeBuilding(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--allowed-domains", "exa mple.com"}, "--allowed-domains"},
+		{[]string{"--device-identity-ca", filepath.Join(dir, "missing.pem")}, "--device-identity-ca"},
+		{[]string{"--identity-device-fields", "serial"}, "--identity-device-fields"},
+		{[]string{"--device-identity-crl", filepath.Join(dir, "missing.crl")}, "--device-identity-crl"},
+		{[]string{"--email-aliases", filepath.Join(dir, "missing.csv")}, "--email-aliases"},
+		{[]string{"--ldap-addr", ":1389"}, "--ldap-addr"},
+		{[]string{"--ldap-publish-url", "ldap://x"}, "--ldap-publish-url"},
+		{[]string{"--vault-addr", "http://127.0.0.1:1", "--embedded-vault"}, "--embedded-vault"},
+		{[]string{"--vault-addr", "http://127.0.0.1:1", "--ldap-addr", ":1389", "--ldap-base-dn", "not a dn"}, "--ldap-base-dn"},
+		{[]string{"--vault-addr", "http://127.0.0.1:1", "--ldap-publish-url", "ldap://x", "--ldap-publish-password-file", filepath.Join(dir, "missing")}, "--ldap-publish-password-file"},
+		{[]string{"--scep-encryption", "des"}, "--scep-encryption"},
+		{[]string{"--trusted-proxies", "10.0.0.0/33"}, "--trusted-proxies"},
+	} {
+		data := filepath.Join(dir, "data")
+		var stderr strings.Builder
+		code := run(append([]string{"serve", "--data", data, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--ops-addr", ""}, tc.args...), io.Discard, &stderr)
+		if code != exitUsage || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%v: exit %d, %q; want %d naming %s", tc.args, code, stderr.String(), exitUsage, tc.want)
+		}
+		if _, err := os.Stat(data); err == nil {
+			t.Fatalf("%v: the data directory was created before the flags were checked", tc.args)
+		}
+	}
+	if err := scep.SetPKCS7Defaults("aes256-cbc"); err != nil {
+		t.Fatal(err)
 	}
 }

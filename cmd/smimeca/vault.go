@@ -45,8 +45,6 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	ecfg := escrow.Config{KVMount: cfg.vaultKVMount, TransitMount: cfg.vaultTransit, TransitKey: cfg.vaultTransitKey}
 	stop := noop
 	switch {
-	case cfg.embeddedVault && cfg.vaultAddr != "":
-		return escrowSetup{stop: noop}, usagef("--embedded-vault and --vault-addr exclude each other")
 	case cfg.embeddedVault:
 		logger.Warn("EMBEDDED VAULT: single-machine default. Its unseal key is stored in " +
 			filepath.Join(cfg.dataDir, "vault", "init.json") + "; anyone who can read the data directory can read every escrowed key. Use an operator-run Vault (--vault-addr) in production.")
@@ -114,11 +112,7 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 		stop()
 		return escrowSetup{stop: noop}, err
 	}
-	aliases, err := readAliases(cfg.emailAliases)
-	if err != nil {
-		stop()
-		return escrowSetup{stop: noop}, usagef("--email-aliases: %v", err)
-	}
+	aliases := cfg.resolved.aliases
 	store := escrow.New(logical, ecfg)
 	logger.Info("escrow in Vault", "vault", client.Address(), "kv_mount", ecfg.KVMount)
 	esc := policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases), policy.WithEscrowAuditor(audit))

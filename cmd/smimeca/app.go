@@ -1,0 +1,386 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+
+	"github.com/smimeca/smimeca/api"
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/directory"
+	"github.com/smimeca/smimeca/internal/httplimit"
+	"github.com/smimeca/smimeca/policy"
+	"github.com/smimeca/smimeca/policy/nosqlstore"
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+	"github.com/smimeca/smimeca/scep"
+)
+
+// app is the server, built from a validated configuration by newApp and
+// served by run: the CA on its database and key store, the rules, the
+// escrow, and the HTTP, gRPC, ops and LDAP listeners' servers.
+type app struct {
+	cfg     *serveConfig
+	log     *slog.Logger
+	closers []func()
+
+	st         *caStack
+	store      *nosqlstore.Store
+	audit      policy.Auditors
+	enrollment *policy.Enrollment
+	esc        escrowSetup
+	reg        *prometheus.Registry
+	httpSrv    *http.Server
+	grpcSrv    *grpc.Server
+	monitor    *healthMonitor
+	escrowSvc  *api.EscrowService
+	ldapSrv    *directory.Server
+	publisher  *directory.Publisher
+}
+
+// newApp builds the server; on error what was built is closed.
+func newApp(ctx context.Context, cfg *serveConfig, logger *slog.Logger) (a *app, err error) {
+	a = &app{cfg: cfg, log: logger}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	for _, build := range []func(context.Context) error{a.buildCA, a.buildPolicy, a.buildEscrow, a.buildHTTP, a.buildGRPC, a.buildDirectory} {
+		if err := build(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// close releases what was built, last first.
+func (a *app) close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i]()
+	}
+	a.closers = nil
+}
+
+func (a *app) buildCA(context.Context) error {
+	cfg, logger := a.cfg, a.log
+	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if cfg.publicURLDefaulted {
+		logger.Warn("NO --public-url: the server listens beyond loopback but every certificate's CRL distribution point and every SCEP URL in bundles will say " + cfg.publicURL + ", which devices cannot reach; set --public-url to the URL devices use (certificates issued until then keep the wrong one)")
+	}
+	if cfg.staticChallenge != "" {
+		logger.Warn("a static SCEP challenge is configured: any device that knows it can enrol for any allowed address; use it in labs only")
+	}
+	st, err := openCA(cfg)
+	if err != nil {
+		return err
+	}
+	a.st = st
+	a.closers = append(a.closers, st.Close)
+	logger.Info("CA keys", "kms", ca.RedactKMS(cfg.kms), "issuing_key", st.keys.Location(ca.KeyIssuing))
+	if next := st.authority.RootCRLNextUpdate(); time.Until(next) < rootCRLWarnBefore {
+		logger.Warn("the root CRL expires soon: sign the next with the offline root key (smimeca root crl) and copy it to every node's DATA/ca", "next_update", next.UTC().Format(time.RFC3339))
+	}
+	a.store, err = nosqlstore.New(st.database.DB.DB)
+	return err
+}
+
+func (a *app) buildPolicy(context.Context) error {
+	cfg, logger, r := a.cfg, a.log, a.cfg.resolved
+	if r.anyDomain {
+		logger.Warn("no --allowed-domains set: challenges can be created for any e-mail domain")
+	}
+	if len(r.identityFields) == 1 && r.identityFields[0] == policy.IdentityAny {
+		logger.Warn("--identity-device-fields none: any identity certificate of the MDM CA may be registered to any device id")
+	}
+	if r.identityCAs == nil {
+		logger.Warn("no --device-identity-ca set: devices can be registered without an identity only, so no escrowed key can be released")
+	}
+	auditFile, err := policy.OpenFileAuditor(filepath.Join(cfg.dataDir, "audit.log"), logger)
+	if err != nil {
+		return err
+	}
+	a.closers = append(a.closers, func() { auditFile.Close() })
+	a.audit = policy.Auditors{policy.LogAuditor{Logger: logger}, auditFile}
+	a.enrollment, err = policy.NewEnrollment(a.st.authority, a.store, policy.Config{
+		Domains: r.domains, Validity: cfg.validity, ContentCommitment: cfg.contentCommitment,
+		ChallengeTTL: cfg.challengeTTL, StaticChallenge: cfg.staticChallenge, DeviceIdentityCAs: r.identityCAs,
+		IdentityFields: r.identityFields, RekeyHold: cfg.rekeyHold, IdentityRevocations: r.identityCRLs,
+	}, policy.WithAuditor(a.audit))
+	if err != nil {
+		return usagef("%v", err)
+	}
+	return nil
+}
+
+func (a *app) buildEscrow(ctx context.Context) error {
+	esc, err := setupEscrow(ctx, a.cfg, a.log, a.audit, a.cfg.resolved.domains, a.st.keys)
+	if err != nil {
+		return err
+	}
+	a.esc = esc
+	a.closers = append(a.closers, esc.stop)
+	return nil
+}
+
+// buildHTTP builds the public listener's server: SCEP, CRLs, CA
+// certificates and OCSP. Metrics, health and pprof are on the ops listener.
+func (a *app) buildHTTP(context.Context) error {
+	cfg, logger, authority := a.cfg, a.log, a.st.authority
+	a.reg = prometheus.NewRegistry()
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ra, raKey := authority.RA()
+	chain := []*x509.Certificate{authority.Intermediate()}
+	if cfg.scepIncludeRoot {
+		chain = append(chain, authority.Root())
+	}
+	scepHandler, err := scep.New(a.enrollment, ra, raKey, chain, scep.WithLogger(logger), scep.WithMetrics(newSCEPMetrics(a.reg)))
+	if err != nil {
+		return err
+	}
+	// PKIOperations and OCSP requests are bounded before any work: body
+	// read first (size, deadline), then a slot; per-IP concurrency and rate.
+	limits := httplimit.Limits{MaxInFlight: cfg.scepMaxInFlight, RatePerIP: cfg.scepRatePerIP, BurstPerIP: cfg.scepBurstPerIP,
+		MaxPerIP: cfg.scepMaxPerIP, MaxBodyBytes: scep.MaxMessageBytes, BodyTimeout: cfg.bodyTimeout, TrustedProxies: cfg.trustedPrefixes}
+	shed := httplimit.New(scepHandler, func(r *http.Request) bool { return r.URL.Query().Get("operation") == "PKIOperation" }, limits)
+	ocspLimits := limits
+	ocspLimits.RatePerIP, ocspLimits.BurstPerIP, ocspLimits.MaxBodyBytes = 5*limits.RatePerIP, 5*limits.BurstPerIP, ca.MaxOCSPRequestBytes
+	mux := http.NewServeMux()
+	mux.Handle(scep.Path, shed)
+	mux.Handle(scep.LegacyPath, shed)
+	mux.Handle("GET "+ca.CRLPath, derHandler("application/pkix-crl", authority.CRL, logger))
+	mux.Handle("GET "+ca.RootCRLPath, derHandler("application/pkix-crl", authority.RootCRL, logger))
+	mux.Handle("GET "+ca.IssuerPath, derHandler("application/pkix-cert", func() ([]byte, error) { return authority.Intermediate().Raw, nil }, logger))
+	mux.Handle("GET "+ca.RootPath, derHandler("application/pkix-cert", func() ([]byte, error) { return authority.Root().Raw, nil }, logger))
+	responder, err := authority.NewOCSPResponder(cfg.ocspValidity)
+	if err != nil {
+		return err
+	}
+	a.httpSrv = &http.Server{
+		Addr: cfg.httpAddr, Handler: withOCSP(mux, httplimit.New(responder, nil, ocspLimits)),
+		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	return nil
+}
+
+// buildGRPC builds the API (mutual TLS with smimeca's API PKI, the
+// credential registry, the services) and the health monitor.
+func (a *app) buildGRPC(ctx context.Context) error {
+	cfg, logger, authority := a.cfg, a.log, a.st.authority
+	u, _ := url.Parse(cfg.publicURL)
+	grpcHost, _, _ := net.SplitHostPort(cfg.grpcAddr)
+	hostname, _ := os.Hostname()
+	// The two credentials of the first start (admin, profile) are kept
+	// under DATA/credentials and registered like any other credential.
+	pki, err := ca.EnsureAPIPKI(filepath.Join(cfg.dataDir, "ca"), a.st.keys, filepath.Join(cfg.dataDir, "credentials"),
+		[]string{u.Hostname(), grpcHost, hostname},
+		map[string]string{string(api.RoleAdmin): api.RoleURI(api.RoleAdmin), string(api.RoleProfile): api.RoleURI(api.RoleProfile)})
+	if err != nil {
+		return err
+	}
+	credStore, err := nosqlstore.NewCredentialStore(a.st.database.DB.DB)
+	if err != nil {
+		return err
+	}
+	creds := policy.NewCredentials(credStore, pki, api.Roles(), a.audit)
+	for role, crt := range pki.Clients {
+		if err := creds.Bootstrap(ctx, role, role, crt); err != nil {
+			return err
+		}
+	}
+	scepURL := cfg.publicURL + scep.Path
+	services := api.Services{
+		Enrollment:  api.NewEnrollmentService(a.enrollment, scepURL, logger),
+		Devices:     api.NewDeviceService(a.enrollment, logger),
+		Credentials: api.NewCredentialService(creds, pki.CA, logger),
+		Health:      health.NewServer(),
+	}
+	var escrowed policy.KeyStore
+	if a.esc.policy != nil {
+		a.escrowSvc = api.NewEscrowService(a.esc.policy, logger)
+		services.Escrow = a.escrowSvc
+		escrowed = a.esc.store
+	}
+	profCert, profKey := authority.ProfileSigner()
+	services.Bundles = api.NewBundleService(policy.NewBundles(a.enrollment, escrowed, authority, scepURL, a.audit),
+		&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{authority.Intermediate()}}, logger)
+	a.grpcSrv = api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services, logger)
+	a.monitor = a.healthMonitor(services.Health)
+	return nil
+}
+
+// healthMonitor checks each dependency and sets the services' health.
+func (a *app) healthMonitor(hs *health.Server) *healthMonitor {
+	m := &healthMonitor{grpc: hs, interval: 5 * time.Second, checks: []healthCheck{
+		{"database", func(context.Context) error { return a.store.Ping() }},
+		{"ca", func(context.Context) error { _, err := a.st.authority.CRL(); return err }},
+	}, needs: map[string][]string{
+		"": {"database", "ca"}, pb.Enrollment_ServiceDesc.ServiceName: {"database", "ca"},
+		pb.Devices_ServiceDesc.ServiceName: {"database"}, pb.Credentials_ServiceDesc.ServiceName: {"database"},
+		pb.ProfileBundles_ServiceDesc.ServiceName: {"database", "ca"},
+	}}
+	if a.esc.ping != nil {
+		m.checks = append(m.checks, healthCheck{"vault", a.esc.ping})
+		m.needs[pb.EscrowAdmin_ServiceDesc.ServiceName] = []string{"database", "vault"}
+		m.needs[pb.ProfileBundles_ServiceDesc.ServiceName] = []string{"database", "ca", "vault"}
+	}
+	return m
+}
+
+// buildDirectory builds the publisher to an existing directory and the
+// built-in LDAP endpoint, each when configured.
+func (a *app) buildDirectory(context.Context) error {
+	cfg := a.cfg
+	if pc := cfg.resolved.publisher; pc != nil {
+		pub, err := directory.NewPublisher(*pc, a.esc.store, a.log)
+		if err != nil {
+			return usagef("%v (--ldap-publish-*)", err)
+		}
+		a.publisher = pub
+		a.esc.policy.OnChange(pub.Notify)
+		a.escrowSvc.SetDirectorySync(func(ctx context.Context) (*pb.SyncDirectoryResponse, error) {
+			r, err := pub.SyncAll(ctx)
+			return &pb.SyncDirectoryResponse{Users: int32(r.Users), Added: int32(r.Added), Removed: int32(r.Removed), Missing: int32(r.Missing), Failed: int32(r.Failed)}, err
+		})
+	}
+	if cfg.ldapAddr != "" {
+		srv, err := directory.NewServer(a.esc.directory, directory.ServerConfig{BaseDN: cfg.ldapBaseDN}, a.log)
+		if err != nil {
+			return usagef("--ldap-base-dn: %v", err)
+		}
+		a.ldapSrv = srv
+	}
+	return nil
+}
+
+// run listens, serves until ctx is done or a listener fails, and shuts
+// down gracefully.
+func (a *app) run(ctx context.Context) error {
+	cfg, logger := a.cfg, a.log
+	a.monitor.check(ctx)
+	go a.monitor.run(ctx)
+	httpLn, err := net.Listen("tcp", cfg.httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.httpAddr, err)
+	}
+	grpcLn, err := api.Listen(cfg.grpcAddr)
+	if err != nil {
+		httpLn.Close()
+		return fmt.Errorf("listen %s: %w", cfg.grpcAddr, err)
+	}
+	opsSrv, opsLn, err := a.ops()
+	if err != nil {
+		httpLn.Close()
+		grpcLn.Close()
+		return err
+	}
+	errc := make(chan error, 3)
+	go func() { errc <- a.httpSrv.Serve(httpLn) }()
+	go func() { errc <- a.grpcSrv.Serve(grpcLn) }()
+	go purgeChallenges(ctx, a.store, logger)
+	a.startDirectory(ctx, errc)
+	if opsLn != nil {
+		go func() {
+			if err := opsSrv.Serve(opsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Warn("ops listener", "err", err)
+			}
+		}()
+		defer opsSrv.Close()
+	}
+	authority := a.st.authority
+	fp := authority.Fingerprint()
+	logger.Info("smimeca serving",
+		"http", httpLn.Addr().String(), "grpc", grpcLn.Addr().String(),
+		"scep_url", cfg.publicURL+scep.Path, "crl_url", authority.CRLURL(),
+		"root_sha256", fmt.Sprintf("%X", fp[:]), "data", cfg.dataDir,
+		"ops", cfg.opsAddr, "admin_credentials", filepath.Join(cfg.dataDir, "credentials", string(api.RoleAdmin)))
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	a.shutdown()
+	logger.Info("smimeca stopped")
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		return nil
+	}
+	return serveErr
+}
+
+// ops returns the ops listener's server (health of each dependency,
+// metrics, pprof on request) and its listener (nil when --ops-addr is
+// empty).
+func (a *app) ops() (*http.Server, net.Listener, error) {
+	ops := http.NewServeMux()
+	ops.Handle("GET /healthz", a.monitor)
+	ops.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	if a.cfg.opsPprof {
+		ops.Handle("/debug/pprof/", pprofMux())
+	}
+	srv := &http.Server{Handler: ops, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
+	if a.cfg.opsAddr == "" {
+		return srv, nil, nil
+	}
+	ln, err := net.Listen("tcp", a.cfg.opsAddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen %s (--ops-addr): %w", a.cfg.opsAddr, err)
+	}
+	return srv, ln, nil
+}
+
+// startDirectory starts the publisher (with its start-up reconciliation)
+// and the LDAP endpoint with its index of escrowed users.
+func (a *app) startDirectory(ctx context.Context, errc chan<- error) {
+	logger := a.log
+	if pub := a.publisher; pub != nil {
+		go pub.Run(ctx)
+		if a.cfg.publishSyncStart {
+			go func() {
+				// Reconcile what changed while smimeca was down.
+				if r, err := pub.SyncAll(ctx); err != nil {
+					logger.Warn("directory: start-up sync failed; changes are published as they happen, run `smimeca directory sync` later", "err", err)
+				} else {
+					logger.Info("directory: start-up sync", "users", r.Users, "added", r.Added, "removed", r.Removed, "missing", r.Missing, "failed", r.Failed)
+				}
+			}()
+		}
+	}
+	if a.ldapSrv != nil {
+		go keepDirectoryIndex(ctx, a.esc.directory, a.esc.store, logger)
+		go func() { errc <- a.ldapSrv.Serve(a.cfg.ldapAddr) }()
+		a.closers = append(a.closers, func() { a.ldapSrv.Stop() })
+		logger.Info("recipient directory (LDAP)", "addr", a.cfg.ldapAddr, "base_dn", a.cfg.ldapBaseDN)
+	}
+}
+
+// shutdown stops the HTTP and gRPC servers, letting calls in progress end
+// for up to 10 s.
+func (a *app) shutdown() {
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a.httpSrv.Shutdown(shutdownCtx)
+	stopped := make(chan struct{})
+	go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-shutdownCtx.Done():
+		a.grpcSrv.Stop()
+	}
+}
