@@ -123,6 +123,16 @@ var reasons = [reasonEnd]struct {
 	ReasonIdentityOnHold:       {"identity-on-hold", KindFailedPrecondition},
 }
 
+// Reasons returns every reason, in order: for tables at the edges that
+// must cover them all.
+func Reasons() []Reason {
+	out := make([]Reason, 0, reasonEnd-1)
+	for r := Reason(1); r < reasonEnd; r++ {
+		out = append(out, r)
+	}
+	return out
+}
+
 // String returns the stable short name of the reason.
 func (r Reason) String() string {
 	if r > 0 && r < reasonEnd {
