@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/smimeca
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: cluster readme-test run test build deps vault unit e2e chaos soak fuzz fuzz-keep bench-scep bench-scale bench-import bench-bundle bench-ocsp proto docker vet lint clean
+.PHONY: cluster readme-test run test build deps vault unit e2e chaos soak fuzz fuzz-smoke fuzz-keep bench-scep bench-scale bench-import bench-bundle bench-ocsp proto docker vet lint clean
 
 ## run: build and start CA + SCEP + gRPC + escrow on the embedded default (data in ./data, kept across
 ##      restarts). Without $$SMIMECA_VAULT_ADDR it runs its own single-machine Vault under data/vault;
@@ -23,8 +23,9 @@ run: build
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/smimeca
 
-## test: install what the tests need, then vet, lint, unit tests (race), e2e tests with real clients, fuzz smoke
-test: deps vault vet lint unit e2e fuzz
+## test: install what the tests need, then vet, lint, unit tests (race, kept fuzz corpora replayed), e2e tests
+##       with real clients, a fuzz smoke (5 000 runs per target; `make fuzz` is the long campaign)
+test: deps vault vet lint unit e2e fuzz-smoke
 
 deps:
 	./scripts/deps.sh
@@ -80,6 +81,10 @@ fuzz:
 	  echo "$(GO) test ./$${t%/*}/ -run '^$$' -fuzz $${t##*/} -fuzztime $(FUZZTIME) -fuzzminimizetime 50x"; \
 	  $(GO) test ./$${t%/*}/ -run '^$$' -fuzz $${t##*/} -fuzztime $(FUZZTIME) -fuzzminimizetime 50x; \
 	done
+
+## fuzz-smoke: every fuzz target for 5 000 runs (make test); the corpora under testdata/fuzz run in unit
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=5000x
 
 ## fuzz-keep: copy what the fuzzer found (Go's fuzz cache) into the kept corpus under testdata/fuzz
 fuzz-keep:
