@@ -1,6 +1,7 @@
 package test
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -11,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/policy"
 )
 
 func openssl(t *testing.T, args ...string) result {
@@ -220,15 +224,18 @@ func TestChallengeRaceIssuesOnce(t *testing.T) {
 	}
 }
 
+// TestExpiredChallengeRefused: a challenge past its expiry enrols nothing.
+// The smallest TTL is a minute; instead of waiting it out, the test moves
+// the stored expiry into the past while the server is stopped (the
+// server's own clock decides, as it would a minute later).
 func TestExpiredChallengeRefused(t *testing.T) {
 	s := newServer(t)
-	// The smallest TTL is a minute; wait it out rather than fake the clock
-	// of a real process. t.Parallel lets the wait overlap other tests.
-	t.Parallel()
 	s.register("dave@example.com", "slow")
 	r := s.cli("challenge", "create", "--user", "dave@example.com", "--device", "slow", "--ttl", "1m")
 	short := strings.TrimSpace(mustOK(t, "challenge create --ttl 1m", r))
-	time.Sleep(61 * time.Second)
+	s.stop()
+	expireChallenge(t, filepath.Join(s.data, "db", "smimeca.db"), short)
+	s.start()
 	r = s.scepclient(filepath.Join(t.TempDir(), "d"), short)
 	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "badRequest") {
 		t.Fatalf("expired challenge accepted: %+v", r)
@@ -320,5 +327,33 @@ func TestScepclientAndIssuerKeyType(t *testing.T) {
 	text := mustOK(t, "x509", openssl(t, "x509", "-in", filepath.Join(dir, "client.pem"), "-noout", "-text"))
 	if !strings.Contains(text, "ecdsa-with-SHA256") {
 		t.Errorf("the certificate is not signed by the ECDSA issuing CA:\n%s", text)
+	}
+}
+
+// expireChallenge sets the stored expiry of the challenge secret to a
+// second ago, in the bbolt database of a stopped server.
+func expireChallenge(t *testing.T, path, secret string) {
+	t.Helper()
+	db, err := ca.OpenDatabase(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	hash := sha256.Sum256([]byte(secret))
+	table := []byte("smimeca_challenges")
+	b, err := db.DB.DB.Get(table, hash[:])
+	if err != nil {
+		t.Fatalf("the challenge is not stored: %v", err)
+	}
+	var c policy.Challenge
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	c.ExpiresAt = time.Now().Add(-time.Second)
+	if b, err = json.Marshal(c); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.DB.DB.Set(table, hash[:], b); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -109,7 +109,7 @@ func TestNobodyButTheDevice(t *testing.T) {
 // grpcurlWith calls grpcurl with the credential in dir.
 func (s *server) grpcurlWith(t *testing.T, dir string, args ...string) result {
 	t.Helper()
-	full := append([]string{"-cacert", filepath.Join(dir, "ca.crt"), "-cert", filepath.Join(dir, "client.crt"), "-key", filepath.Join(dir, "client.key")}, args...)
+	full := append([]string{"-connect-timeout", grpcurlConnectTimeout, "-cacert", filepath.Join(dir, "ca.crt"), "-cert", filepath.Join(dir, "client.crt"), "-key", filepath.Join(dir, "client.key")}, args...)
 	return run(t, 60*time.Second, tool(t, "grpcurl"), full...)
 }
 
