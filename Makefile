@@ -39,7 +39,7 @@ vet:
 
 ## lint: gofmt, go.mod/go.sum as go mod tidy leaves them, and staticcheck (installed by deps)
 lint:
-	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^tools/')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^tools/vault/')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) mod tidy -diff
 	staticcheck ./...
 
@@ -93,7 +93,7 @@ fuzz-keep:
 ## cluster: PostgreSQL, a 3-node Vault Raft cluster and 3 smimeca nodes on loopback behind a round-robin
 ##          front (HTTP 127.0.0.1:18080, gRPC 127.0.0.1:19443); prints how to point clients at it
 cluster: deps vault build
-	$(GO) build -o bin/cluster ./test/cluster
+	$(GO) build -o bin/cluster ./tools/cluster
 	./bin/cluster -smimeca $(BIN)
 
 ## bench-scep: enrolments/s and p50/p99 of smimeca (keys in files, and in SoftHSM2) vs Debian's scepserver,
@@ -120,7 +120,7 @@ readme-test: deps vault
 
 ## bench-ocsp: OCSP requests/s and p50/p99 of smimeca vs OpenSSL's responder (same certificates, same signer)
 bench-ocsp: deps build
-	$(GO) build -o bin/ocspbench ./test/ocspbench
+	$(GO) build -o bin/ocspbench ./tools/ocspbench
 	./bin/ocspbench -smimeca $(BIN) -n $${BENCH_N:-20000} -c $${BENCH_C:-1,16}
 
 ## proto: regenerate the committed gRPC code

@@ -22,7 +22,7 @@ import (
 
 	"github.com/smimeca/smimeca/api"
 	"github.com/smimeca/smimeca/ca"
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"

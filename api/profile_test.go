@@ -11,8 +11,8 @@ import (
 	"howett.net/plist"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
-	"github.com/smimeca/smimeca/internal/appleschema"
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/appleschema"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 	"github.com/smimeca/smimeca/policy"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )

@@ -16,8 +16,8 @@ import (
 	"github.com/smallstep/nosql/database"
 
 	"github.com/smimeca/smimeca/ca"
-	"github.com/smimeca/smimeca/internal/certlint"
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/certlint"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 )
 
 var oidStepProvisioner = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 37476, 9000, 64, 1}

@@ -20,8 +20,8 @@ import (
 	"github.com/smallstep/certificates/db"
 
 	"github.com/smimeca/smimeca/ca"
-	"github.com/smimeca/smimeca/internal/testhsm"
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testhsm"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 )
 

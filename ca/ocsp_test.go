@@ -19,8 +19,8 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/smimeca/smimeca/ca"
-	"github.com/smimeca/smimeca/internal/certlint"
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/certlint"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 )
 
 func ocspRequest(t *testing.T, leaf, issuer *x509.Certificate, h crypto.Hash) []byte {

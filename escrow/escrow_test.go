@@ -18,7 +18,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/smimeca/smimeca/escrow"
-	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 	"github.com/smimeca/smimeca/policy"
 )
 

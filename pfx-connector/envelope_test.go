@@ -13,7 +13,7 @@ import (
 
 	"github.com/smallstep/pkcs7"
 
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 )
 

@@ -12,8 +12,8 @@ import (
 
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/escrow"
-	"github.com/smimeca/smimeca/internal/testpki"
-	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 )

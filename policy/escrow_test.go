@@ -21,9 +21,9 @@ import (
 
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/escrow"
-	"github.com/smimeca/smimeca/internal/testhsm"
-	"github.com/smimeca/smimeca/internal/testpki"
-	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/internal/testing/testhsm"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 	"github.com/smimeca/smimeca/policy"
 )
 

@@ -16,8 +16,8 @@ import (
 	"howett.net/plist"
 
 	"github.com/smimeca/smimeca/ca"
-	"github.com/smimeca/smimeca/internal/appleschema"
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/appleschema"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/profile"
 )

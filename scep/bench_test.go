@@ -14,7 +14,7 @@ import (
 
 	smallscep "github.com/smallstep/scep"
 
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 )
 
 // BenchmarkPKIOperation measures one full PKCSReq enrolment through the

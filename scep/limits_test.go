@@ -16,7 +16,7 @@ import (
 	"github.com/smallstep/pkcs7"
 	smallscep "github.com/smallstep/scep"
 
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 )
 
 // signedWith builds a PKCS#7 SignedData signed by key under a certificate

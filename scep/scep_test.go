@@ -27,7 +27,7 @@ import (
 	scepx509 "github.com/smallstep/scep/x509util"
 
 	"github.com/smimeca/smimeca/ca"
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 	"github.com/smimeca/smimeca/scep"

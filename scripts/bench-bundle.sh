@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SMIMECA_VAULT_BIN="$(./scripts/vault.sh)"
-go build -o bin/bundlebench ./test/bundlebench
+go build -o bin/bundlebench ./tools/bundlebench
 ./bin/bundlebench -smimeca bin/smimeca -calls "${BENCH_CALLS:-200}"

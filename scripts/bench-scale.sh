@@ -9,6 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SMIMECA_VAULT_BIN="$(./scripts/vault.sh)"
-go build -o bin/scalebench ./test/scalebench
+go build -o bin/scalebench ./tools/scalebench
 ./bin/scalebench -smimeca bin/smimeca -certs "${SCALE_CERTS:-1000000}" -devices "${SCALE_DEVICES:-250000}" \
   -users "${SCALE_USERS:-250000}" -rounds "${BENCH_RUNS:-3}" "$@"

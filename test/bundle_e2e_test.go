@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 )
 
 // sh runs openssl in dir and fails the test on error.

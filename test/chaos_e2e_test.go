@@ -25,11 +25,11 @@ import (
 	scepx509 "github.com/smallstep/scep/x509util"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 	"google.golang.org/grpc"
 
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
-	"github.com/smimeca/smimeca/test/benchutil"
+	"github.com/smimeca/smimeca/tools/benchutil"
 )
 
 // scepDevice is one enrolling device: its key, self-signed certificate and

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
 
@@ -229,7 +229,7 @@ func TestCRLAcrossNodes(t *testing.T) {
 	}
 }
 
-// TestClusterTool runs `make cluster`'s tool (test/cluster): PostgreSQL, a
+// TestClusterTool runs `make cluster`'s tool (tools/cluster): PostgreSQL, a
 // 3-node Vault Raft cluster and three smimeca nodes behind its round-robin
 // front. Through the front, Debian's scepclient enrols three devices (one
 // per node in turn), the CLI escrows a PFX and `smimeca bundle get` fetches
@@ -238,7 +238,7 @@ func TestCRLAcrossNodes(t *testing.T) {
 // interrupt stops it all.
 func TestClusterTool(t *testing.T) {
 	clusterBin := filepath.Join(t.TempDir(), "cluster")
-	mustOK(t, "build test/cluster", run(t, 120*time.Second, "go", "build", "-o", clusterBin, "./cluster"))
+	mustOK(t, "build tools/cluster", run(t, 120*time.Second, "go", "build", "-o", clusterBin, "../tools/cluster"))
 	httpFront, grpcFront := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	dir := filepath.Join(os.TempDir(), fmt.Sprintf("smimeca-cluster-test-%d", time.Now().UnixNano()))
 	t.Cleanup(func() { os.RemoveAll(dir) })

@@ -13,8 +13,8 @@ import (
 	vault "github.com/hashicorp/vault/api"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
-	"github.com/smimeca/smimeca/internal/testpki"
-	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 	"github.com/smimeca/smimeca/policy"
 )
 

@@ -14,7 +14,7 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/smimeca/smimeca/ca"
-	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 )
 
 // TestDoctor: `smimeca doctor` passes on a healthy installation, then

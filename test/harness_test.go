@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/smimeca/smimeca/ca"
-	"github.com/smimeca/smimeca/internal/testhsm"
+	"github.com/smimeca/smimeca/internal/testing/testhsm"
 )
 
 var (

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smimeca/smimeca/internal/testhsm"
+	"github.com/smimeca/smimeca/internal/testing/testhsm"
 )
 
 // TestKeysInToken: `smimeca init --kms pkcs11:…` makes every CA key inside

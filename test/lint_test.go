@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/smimeca/smimeca/ca"
-	"github.com/smimeca/smimeca/internal/certlint"
+	"github.com/smimeca/smimeca/internal/testing/certlint"
 )
 
 // lintIssued runs zlint (certlint: the CA/B Forum S/MIME BR and RFC 5280

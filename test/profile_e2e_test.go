@@ -9,8 +9,8 @@ import (
 
 	"howett.net/plist"
 
-	"github.com/smimeca/smimeca/internal/appleschema"
-	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/internal/testing/appleschema"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 )
 
 // TestProfileRenderCLI is the device-encrypted profile end to end with real

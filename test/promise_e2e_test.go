@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 )
 
 // TestNobodyButTheDevice reproduces, against a running server, the ways to

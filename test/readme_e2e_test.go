@@ -15,8 +15,8 @@ import (
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
-	"github.com/smimeca/smimeca/internal/testpki"
-	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 )
 
 // readmeBlock is one runnable shell block of the README and the output it

@@ -19,8 +19,8 @@ import (
 	scepx509 "github.com/smallstep/scep/x509util"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
-	"github.com/smimeca/smimeca/internal/testpki"
-	"github.com/smimeca/smimeca/internal/testvault"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
 

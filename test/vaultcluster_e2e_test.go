@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/smimeca/smimeca/escrow"
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 )
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smimeca/smimeca/internal/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
 )
 
 func writeCRL(t *testing.T, path string, is *testpki.Issuer, next time.Time, serials ...*big.Int) {

@@ -34,7 +34,7 @@ import (
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/policy"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
-	"github.com/smimeca/smimeca/test/benchutil"
+	"github.com/smimeca/smimeca/tools/benchutil"
 )
 
 func main() {

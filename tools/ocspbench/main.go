@@ -32,7 +32,7 @@ import (
 
 	"golang.org/x/crypto/ocsp"
 
-	"github.com/smimeca/smimeca/test/benchutil"
+	"github.com/smimeca/smimeca/tools/benchutil"
 )
 
 func main() {

@@ -44,7 +44,7 @@ import (
 
 	"github.com/smimeca/smimeca/ca"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
-	"github.com/smimeca/smimeca/test/benchutil"
+	"github.com/smimeca/smimeca/tools/benchutil"
 )
 
 func main() {

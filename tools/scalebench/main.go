@@ -64,7 +64,7 @@ import (
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
-	"github.com/smimeca/smimeca/test/benchutil"
+	"github.com/smimeca/smimeca/tools/benchutil"
 )
 
 // publicURL is the base URL every server and the loader put into

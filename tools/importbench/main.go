@@ -36,7 +36,7 @@ import (
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/policy"
-	"github.com/smimeca/smimeca/test/benchutil"
+	"github.com/smimeca/smimeca/tools/benchutil"
 )
 
 func main() {

@@ -33,7 +33,7 @@ import (
 
 	"github.com/smimeca/smimeca/escrow"
 	"github.com/smimeca/smimeca/internal/vaultproc"
-	"github.com/smimeca/smimeca/test/benchutil"
+	"github.com/smimeca/smimeca/tools/benchutil"
 )
 
 func main() {
