@@ -1,9 +1,9 @@
-// Package directory publishes users' recipient certificates — the public
-// part of their current escrowed encryption certificates — where mail
-// clients look them up: a built-in, read-only, anonymous LDAP endpoint
-// (Server, on gldap) and a Publisher that keeps an existing directory's
-// entries (OpenLDAP, Active Directory) up to date with go-ldap. It reads
-// policy's Directory and decides nothing itself.
+// Package directory answers mail clients' lookups of users' recipient
+// certificates — the public part of their current escrowed encryption
+// certificates — on a built-in, read-only, anonymous LDAP endpoint (Server,
+// on gldap): an inbound edge that reads policy's Directory and decides
+// nothing itself. Publishing to an existing directory is package
+// directory/publish.
 package directory
 
 import (

@@ -22,6 +22,7 @@ import (
 	"github.com/smimeca/smimeca/api"
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/directory"
+	"github.com/smimeca/smimeca/directory/publish"
 	"github.com/smimeca/smimeca/internal/httplimit"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
@@ -48,7 +49,7 @@ type app struct {
 	monitor    *healthMonitor
 	escrowSvc  *api.EscrowService
 	ldapSrv    *directory.Server
-	publisher  *directory.Publisher
+	publisher  *publish.Publisher
 }
 
 // newApp builds the server; on error what was built is closed.
@@ -248,7 +249,7 @@ func (a *app) healthMonitor(hs *health.Server) *healthMonitor {
 func (a *app) buildDirectory(context.Context) error {
 	cfg := a.cfg
 	if pc := cfg.resolved.publisher; pc != nil {
-		pub, err := directory.NewPublisher(*pc, a.esc.store, a.log)
+		pub, err := publish.New(*pc, a.esc.store, a.log)
 		if err != nil {
 			return usagef("%v (--ldap-publish-*)", err)
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/smimeca/smimeca/api"
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/directory"
+	"github.com/smimeca/smimeca/directory/publish"
 	"github.com/smimeca/smimeca/internal/httplimit"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	"github.com/smimeca/smimeca/policy"
@@ -171,11 +172,11 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f.str(&c.publishBindDN, "ldap-publish-bind-dn", "SMIMECA_LDAP_PUBLISH_BIND_DN", "", "DN to bind as for publishing")
 	f.str(&c.publishPWFile, "ldap-publish-password-file", "SMIMECA_LDAP_PUBLISH_PASSWORD_FILE", "", "file holding that DN's password")
 	f.str(&c.publishBaseDN, "ldap-publish-base-dn", "SMIMECA_LDAP_PUBLISH_BASE_DN", "", "base DN under which users' entries are found")
-	f.str(&c.publishFilter, "ldap-publish-filter", "SMIMECA_LDAP_PUBLISH_FILTER", directory.DefaultPublishFilter, "filter that finds a user's entry; %s is the address")
-	f.str(&c.publishAttribute, "ldap-publish-attribute", "SMIMECA_LDAP_PUBLISH_ATTRIBUTE", directory.DefaultPublishAttribute, "attribute that holds the certificates (Active Directory: userCertificate)")
+	f.str(&c.publishFilter, "ldap-publish-filter", "SMIMECA_LDAP_PUBLISH_FILTER", publish.DefaultFilter, "filter that finds a user's entry; %s is the address")
+	f.str(&c.publishAttribute, "ldap-publish-attribute", "SMIMECA_LDAP_PUBLISH_ATTRIBUTE", publish.DefaultAttribute, "attribute that holds the certificates (Active Directory: userCertificate)")
 	f.str(&c.publishIssuers, "ldap-publish-issuers", "SMIMECA_LDAP_PUBLISH_ISSUERS", "", "PEM file of CAs whose certificates in that attribute smimeca manages besides the issuers of escrowed certificates")
 	f.boolean(&c.publishSyncStart, "ldap-publish-sync-on-start", "SMIMECA_LDAP_PUBLISH_SYNC_ON_START", true, "reconcile every user with the directory at start-up (one escrow read and one LDAP search per user; changes queued when smimeca stopped are otherwise lost until `smimeca directory sync`)")
-	f.duration(&c.publishRetryMax, "ldap-publish-retry-max", "SMIMECA_LDAP_PUBLISH_RETRY_MAX", directory.DefaultRetryMax, "longest wait between retries when the directory is down")
+	f.duration(&c.publishRetryMax, "ldap-publish-retry-max", "SMIMECA_LDAP_PUBLISH_RETRY_MAX", publish.DefaultRetryMax, "longest wait between retries when the directory is down")
 	f.str(&c.opsAddr, "ops-addr", "SMIMECA_OPS_ADDR", "127.0.0.1:9090", "ops listener: /healthz (each dependency), /metrics, and pprof with --ops-pprof; keep it off the public network")
 	f.boolean(&c.opsPprof, "ops-pprof", "SMIMECA_OPS_PPROF", false, "serve net/http/pprof under /debug/pprof/ on the ops listener")
 	f.str(&c.logFormat, "log-format", "SMIMECA_LOG_FORMAT", "text", "log format: text or json")

@@ -81,6 +81,7 @@ func TestServeValidatesBeforeBuilding(t *testing.T) {
 		{[]string{"--vault-addr", "http://127.0.0.1:1", "--embedded-vault"}, "--embedded-vault"},
 		{[]string{"--vault-addr", "http://127.0.0.1:1", "--ldap-addr", ":1389", "--ldap-base-dn", "not a dn"}, "--ldap-base-dn"},
 		{[]string{"--vault-addr", "http://127.0.0.1:1", "--ldap-publish-url", "ldap://x", "--ldap-publish-password-file", filepath.Join(dir, "missing")}, "--ldap-publish-password-file"},
+		{[]string{"--vault-addr", "http://127.0.0.1:1", "--ldap-publish-url", "http://x", "--ldap-publish-base-dn", "dc=example"}, "--ldap-publish"},
 		{[]string{"--scep-encryption", "des"}, "--scep-encryption"},
 		{[]string{"--trusted-proxies", "10.0.0.0/33"}, "--trusted-proxies"},
 	} {

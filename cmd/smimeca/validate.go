@@ -8,7 +8,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 	"go.step.sm/crypto/pemutil"
 
-	"github.com/smimeca/smimeca/directory"
+	"github.com/smimeca/smimeca/directory/publish"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/scep"
 )
@@ -23,7 +23,7 @@ type resolved struct {
 	identityCRLs   policy.IdentityRevocations
 	identityFields []policy.IdentityField
 	aliases        map[string]string
-	publisher      *directory.PublisherConfig // nil: no publishing
+	publisher      *publish.Config // nil: no publishing
 }
 
 // validate checks every flag of serve (and init) whose check needs more
@@ -83,8 +83,8 @@ func (c *serveConfig) validate() error {
 }
 
 // publisherConfig reads the --ldap-publish-* flags and the files they name.
-func (c *serveConfig) publisherConfig() (*directory.PublisherConfig, error) {
-	pc := &directory.PublisherConfig{URL: c.publishURL, BindDN: c.publishBindDN, BaseDN: c.publishBaseDN,
+func (c *serveConfig) publisherConfig() (*publish.Config, error) {
+	pc := &publish.Config{URL: c.publishURL, BindDN: c.publishBindDN, BaseDN: c.publishBaseDN,
 		Filter: c.publishFilter, Attribute: c.publishAttribute, RetryMax: c.publishRetryMax}
 	if c.publishPWFile != "" {
 		pw, err := readPassword(c.publishPWFile, "")
@@ -101,6 +101,9 @@ func (c *serveConfig) publisherConfig() (*directory.PublisherConfig, error) {
 		if pc.Issuers, err = pemutil.ParseCertificateBundle(b); err != nil {
 			return nil, usagef("--ldap-publish-issuers %s: %v", c.publishIssuers, err)
 		}
+	}
+	if err := pc.Validate(); err != nil {
+		return nil, usagef("%v (--ldap-publish-*)", err)
 	}
 	return pc, nil
 }

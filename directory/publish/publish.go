@@ -1,4 +1,9 @@
-package directory
+// Package publish keeps users' recipient certificates — the public part of
+// their current escrowed encryption certificates — in an existing
+// directory (OpenLDAP, Active Directory) with go-ldap: an outbound
+// publisher that follows the escrow's changes. The built-in LDAP endpoint
+// that answers lookups is package directory.
+package publish
 
 import (
 	"bytes"
@@ -30,15 +35,18 @@ type EscrowReader interface {
 
 // Publisher defaults.
 const (
-	DefaultPublishFilter    = "(mail=%s)"
-	DefaultPublishAttribute = "userCertificate;binary"
-	DefaultRetryMax         = 5 * time.Minute
-	retryMin                = 500 * time.Millisecond
-	publishTimeout          = 30 * time.Second
+	DefaultFilter    = "(mail=%s)"
+	DefaultAttribute = "userCertificate;binary"
+	DefaultRetryMax  = 5 * time.Minute
+	retryMin         = 500 * time.Millisecond
+	publishTimeout   = 30 * time.Second
+	// maxLDAPMessage bounds every LDAP message this process reads (the
+	// BER library's default is 2 GiB, allocated as announced).
+	maxLDAPMessage = 256 << 10
 )
 
-// PublisherConfig says where and how to publish.
-type PublisherConfig struct {
+// Config says where and how to publish.
+type Config struct {
 	// URL of the directory: ldap://host:port or ldaps://host:port.
 	URL string
 	// BindDN and Password of an account that may modify the attribute of
@@ -48,9 +56,9 @@ type PublisherConfig struct {
 	// BaseDN under which users' entries are searched.
 	BaseDN string
 	// Filter finds a user's entry; %s is the user's address, escaped
-	// (DefaultPublishFilter).
+	// (DefaultFilter).
 	Filter string
-	// Attribute holds the certificates (DefaultPublishAttribute; Active
+	// Attribute holds the certificates (DefaultAttribute; Active
 	// Directory: userCertificate).
 	Attribute string
 	// Issuers are CA certificates whose certificates in the attribute are
@@ -70,7 +78,7 @@ type PublisherConfig struct {
 // retried with exponential back-off until it succeeds; SyncAll reconciles
 // every user (on start, and with `smimeca directory sync`).
 type Publisher struct {
-	cfg PublisherConfig
+	cfg Config
 	src EscrowReader
 	log *slog.Logger
 	now func() time.Time
@@ -92,31 +100,40 @@ type SyncReport struct {
 	Users, Added, Removed, Missing, Failed int
 }
 
-// NewPublisher returns a publisher; Run starts its worker.
-func NewPublisher(cfg PublisherConfig, src EscrowReader, log *slog.Logger) (*Publisher, error) {
+// New returns a publisher; Run starts its worker.
+func New(cfg Config, src EscrowReader, log *slog.Logger) (*Publisher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ber.MaxPacketLengthBytes = maxLDAPMessage
+	return &Publisher{cfg: cfg, src: src, log: log, now: time.Now, pending: map[string]*pendingUser{}, wake: make(chan struct{}, 1)}, nil
+}
+
+// Validate fills the defaults and checks the URL, the filter and the base
+// DN, naming what to fix.
+func (cfg *Config) Validate() error {
 	if cfg.Filter == "" {
-		cfg.Filter = DefaultPublishFilter
+		cfg.Filter = DefaultFilter
 	}
 	if cfg.Attribute == "" {
-		cfg.Attribute = DefaultPublishAttribute
+		cfg.Attribute = DefaultAttribute
 	}
 	if cfg.RetryMax <= 0 {
 		cfg.RetryMax = DefaultRetryMax
 	}
 	switch {
 	case !strings.HasPrefix(cfg.URL, "ldap://") && !strings.HasPrefix(cfg.URL, "ldaps://"):
-		return nil, fmt.Errorf("directory: publish URL %q is not ldap:// or ldaps://", cfg.URL)
+		return fmt.Errorf("publish: URL %q is not ldap:// or ldaps://", cfg.URL)
 	case strings.Count(cfg.Filter, "%s") != 1:
-		return nil, fmt.Errorf("directory: publish filter %q must hold one %%s (the address)", cfg.Filter)
+		return fmt.Errorf("publish: filter %q must hold one %%s (the address)", cfg.Filter)
 	}
 	if _, err := ldap.CompileFilter(fmt.Sprintf(cfg.Filter, "a@example.com")); err != nil {
-		return nil, fmt.Errorf("directory: publish filter %q: %w", cfg.Filter, err)
+		return fmt.Errorf("publish: filter %q: %w", cfg.Filter, err)
 	}
 	if _, err := ldap.ParseDN(cfg.BaseDN); err != nil || cfg.BaseDN == "" {
-		return nil, fmt.Errorf("directory: publish base DN %q is not a DN", cfg.BaseDN)
+		return fmt.Errorf("publish: base DN %q is not a DN", cfg.BaseDN)
 	}
-	ber.MaxPacketLengthBytes = maxLDAPMessage
-	return &Publisher{cfg: cfg, src: src, log: log, now: time.Now, pending: map[string]*pendingUser{}, wake: make(chan struct{}, 1)}, nil
+	return nil
 }
 
 // Notify queues user's publication. It is a policy.ChangeListener and
@@ -184,7 +201,7 @@ func (p *Publisher) runDue(ctx context.Context) time.Time {
 			r, err = p.publish(ctx, conn, user, extra[i])
 			if err == nil {
 				p.done(user, gens[i])
-				p.log.Info("directory: published", "user", user, "added", r.Added, "removed", r.Removed, "entry_missing", r.Missing > 0)
+				p.log.Info("publish: published", "user", user, "added", r.Added, "removed", r.Removed, "entry_missing", r.Missing > 0)
 				continue
 			}
 		}
@@ -215,7 +232,7 @@ func (p *Publisher) retry(user string, err error) {
 	}
 	u.delay = min(max(2*u.delay, retryMin), p.cfg.RetryMax)
 	u.due = p.now().Add(u.delay)
-	p.log.Warn("directory: publishing failed; will retry", "user", user, "in", u.delay, "err", err)
+	p.log.Warn("publish: publishing failed; will retry", "user", user, "in", u.delay, "err", err)
 }
 
 func (p *Publisher) nextDue() time.Time {
@@ -233,13 +250,13 @@ func (p *Publisher) nextDue() time.Time {
 func (p *Publisher) dial() (*ldap.Conn, error) {
 	conn, err := ldap.DialURL(p.cfg.URL, ldap.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}))
 	if err != nil {
-		return nil, fmt.Errorf("directory: connect %s: %w", p.cfg.URL, err)
+		return nil, fmt.Errorf("publish: connect %s: %w", p.cfg.URL, err)
 	}
 	conn.SetTimeout(publishTimeout)
 	if p.cfg.BindDN != "" {
 		if err := conn.Bind(p.cfg.BindDN, p.cfg.Password); err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("directory: bind as %s: %w", p.cfg.BindDN, err)
+			return nil, fmt.Errorf("publish: bind as %s: %w", p.cfg.BindDN, err)
 		}
 	}
 	return conn, nil
@@ -299,7 +316,7 @@ func (p *Publisher) publish(ctx context.Context, conn *ldap.Conn, user string, r
 	res, err := conn.Search(ldap.NewSearchRequest(p.cfg.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 2, 0, false,
 		fmt.Sprintf(p.cfg.Filter, ldap.EscapeFilter(user)), []string{p.cfg.Attribute}, nil))
 	if err != nil {
-		return r, fmt.Errorf("directory: find the entry of %s: %w", user, err)
+		return r, fmt.Errorf("publish: find the entry of %s: %w", user, err)
 	}
 	switch len(res.Entries) {
 	case 0:
@@ -307,7 +324,7 @@ func (p *Publisher) publish(ctx context.Context, conn *ldap.Conn, user string, r
 		return r, nil // the directory has no entry for this user: nothing to publish to
 	case 1:
 	default:
-		return r, fmt.Errorf("directory: %d entries match %s; make the publish filter unique", len(res.Entries), user)
+		return r, fmt.Errorf("publish: %d entries match %s; make the publish filter unique", len(res.Entries), user)
 	}
 	entry := res.Entries[0]
 	var existing [][]byte
@@ -343,7 +360,7 @@ func (p *Publisher) publish(ctx context.Context, conn *ldap.Conn, user string, r
 		mod.Delete(p.cfg.Attribute, del)
 	}
 	if err := conn.Modify(mod); err != nil {
-		return r, fmt.Errorf("directory: modify %s: %w", entry.DN, err)
+		return r, fmt.Errorf("publish: modify %s: %w", entry.DN, err)
 	}
 	r.Added, r.Removed = len(add), len(del)
 	return r, nil
