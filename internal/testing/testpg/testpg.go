@@ -1,0 +1,73 @@
+// Package testpg gives tests a real PostgreSQL: one throw-away cluster per
+// test binary, started with scripts/postgres.sh (Debian's package), and a
+// fresh database per test on it.
+package testpg
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+var (
+	once     sync.Once
+	baseDSN  string
+	dir      string
+	startErr error
+	seq      atomic.Int64
+)
+
+// script is scripts/postgres.sh of this repository.
+func script() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "scripts", "postgres.sh")
+}
+
+// DSN returns the URL of a new, empty database on the test binary's
+// PostgreSQL cluster (started on first use; Stop, from TestMain, ends it).
+// The database is created by the first client that opens it.
+func DSN(t testing.TB) string {
+	t.Helper()
+	once.Do(start)
+	if startErr != nil {
+		t.Fatalf("start PostgreSQL (scripts/postgres.sh; make test installs postgresql): %v", startErr)
+	}
+	return strings.Replace(baseDSN, "/smimeca?", fmt.Sprintf("/t%d_%d?", os.Getpid(), seq.Add(1)), 1)
+}
+
+func start() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		startErr = err
+		return
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	if dir, err = os.MkdirTemp("", "smimeca-testpg"); err != nil {
+		startErr = err
+		return
+	}
+	out, err := exec.Command(script(), dir, fmt.Sprint(port)).Output()
+	if err != nil {
+		startErr = fmt.Errorf("%v: %s", err, out)
+		return
+	}
+	baseDSN = strings.TrimSpace(string(out))
+}
+
+// Stop stops the cluster, if one was started. Call it from TestMain after
+// m.Run.
+func Stop() {
+	if dir == "" {
+		return
+	}
+	exec.Command(script(), dir, "stop").Run()
+	os.RemoveAll(dir)
+}

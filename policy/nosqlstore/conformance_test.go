@@ -1,0 +1,56 @@
+package nosqlstore_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/smallstep/nosql/database"
+
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/testing/testpg"
+	"github.com/smimeca/smimeca/policy"
+	"github.com/smimeca/smimeca/policy/nosqlstore"
+	"github.com/smimeca/smimeca/policy/storetest"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testpg.Stop()
+	os.Exit(code)
+}
+
+// The store conformance suite on bbolt: two Store values on one database
+// file stand for two nodes (each has its own in-process locks).
+func TestConformanceBbolt(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) (policy.Store, policy.Store) {
+		db := openDB(t)
+		return mustStore(t, db), mustStore(t, db)
+	})
+}
+
+// The suite on PostgreSQL, as several nodes use it: two connections to one
+// database, every transaction SERIALIZABLE (ca.OpenPostgres).
+func TestConformancePostgres(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) (policy.Store, policy.Store) {
+		dsn := testpg.DSN(t)
+		var stores [2]policy.Store
+		for i := range stores {
+			db, err := ca.OpenPostgres(dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			stores[i] = mustStore(t, db.DB.DB)
+		}
+		return stores[0], stores[1]
+	})
+}
+
+func mustStore(t *testing.T, db database.DB) *nosqlstore.Store {
+	t.Helper()
+	s, err := nosqlstore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
