@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/smimeca/smimeca/policy"
+	"github.com/smimeca/smimeca/profile"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
 
@@ -101,8 +102,8 @@ func (s *BundleService) GetUserBundle(ctx context.Context, req *pb.GetUserBundle
 		User: b.User, DeviceId: b.Device,
 		Signing: &pb.SigningReference{
 			ScepUrl: sg.SCEPURL, Challenge: sg.Challenge, EnvelopedChallenge: sg.EnvelopedChallenge, ChallengeExpiresAt: timestamppb.New(sg.ExpiresAt),
-			Subject: sg.Subject, Rfc822Name: sg.RFC822Name, KeySize: int32(sg.KeySize), KeyType: "RSA",
-			AppleKeyUsage:       1,
+			Subject: sg.Subject, Rfc822Name: sg.RFC822Name, KeySize: int32(sg.KeySize), KeyType: sg.KeyType,
+			AppleKeyUsage:       int32(profile.AppleKeyUsage(sg.KeyUsage)),
 			CaFingerprintSha256: sg.CAFingerprint.SHA256, CaFingerprintSha1: sg.CAFingerprint.SHA1, CaFingerprintMd5: sg.CAFingerprint.MD5,
 			IssuedSerials: sg.IssuedSerials,
 		},

@@ -72,7 +72,8 @@ func (s *BundleService) RenderDeviceProfile(ctx context.Context, req *pb.RenderD
 func ProfileBundle(b *policy.Bundle) profile.Bundle {
 	out := profile.Bundle{User: b.User, Device: b.Device, EscrowNotice: b.EscrowNotice,
 		SCEP: profile.SCEPRef{URL: b.Signing.SCEPURL, Challenge: b.Signing.Challenge, CommonName: b.User,
-			RFC822Name: b.Signing.RFC822Name, KeySize: b.Signing.KeySize, CAFingerprint: b.Signing.CAFingerprint.SHA1}}
+			RFC822Name: b.Signing.RFC822Name, KeySize: b.Signing.KeySize, KeyType: b.Signing.KeyType,
+			AppleKeyUsage: profile.AppleKeyUsage(b.Signing.KeyUsage), CAFingerprint: b.Signing.CAFingerprint.SHA1}}
 	if len(b.Chain) == 2 {
 		out.Root, out.Intermediate = b.Chain[0], b.Chain[1]
 	}

@@ -136,9 +136,12 @@ type SigningReference struct {
 	EnvelopedChallenge []byte
 	ExpiresAt          time.Time
 	// Subject is the subject the certificate will carry ("CN=<user>").
-	Subject       string
-	RFC822Name    string
+	Subject    string
+	RFC822Name string
+	// KeySize and KeyType are what the device's key must be: the
+	// configured minimum RSA size (Config.MinRSABits), RSA.
 	KeySize       int
+	KeyType       string
 	KeyUsage      x509.KeyUsage
 	CAFingerprint struct {
 		SHA256, SHA1, MD5 []byte
@@ -350,7 +353,8 @@ func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, req
 	} else {
 		s.Challenge = ch.Secret
 	}
-	s.Subject, s.RFC822Name, s.KeySize, s.KeyUsage = "CN="+user, user, 2048, x509.KeyUsageDigitalSignature
+	s.Subject, s.RFC822Name, s.KeyUsage = "CN="+user, user, x509.KeyUsageDigitalSignature
+	s.KeySize, s.KeyType = b.enroll.cfg.MinRSABits, "RSA"
 	s256, s1, m5 := sha256.Sum256(inter.Raw), sha1.Sum(inter.Raw), md5.Sum(inter.Raw)
 	s.CAFingerprint.SHA256, s.CAFingerprint.SHA1, s.CAFingerprint.MD5 = s256[:], s1[:], m5[:]
 	issued, err := b.enroll.ListCertificates(ctx, Filter{User: user, Device: device})

@@ -185,3 +185,17 @@ func TestBundleWithoutEscrowAndWithVaultDown(t *testing.T) {
 		t.Errorf("last release event %+v", last)
 	}
 }
+
+// The signing reference's key parameters come from the configuration, the
+// one place they are set: a minimum of 3072 bits asks the device for 3072.
+func TestSigningReferenceFollowsTheKeyRules(t *testing.T) {
+	v := newBundleEnv(t)
+	e, err := policy.NewEnrollment(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, MinRSABits: 3072})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := policy.NewBundles(e, nil, v.ca, "http://x/scep", nil).Bundle(context.Background(), policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
+	if err != nil || b.Signing.KeySize != 3072 || b.Signing.KeyType != "RSA" || b.Signing.KeyUsage != x509.KeyUsageDigitalSignature {
+		t.Fatalf("signing reference %+v %v", b.Signing, err)
+	}
+}

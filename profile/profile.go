@@ -30,11 +30,29 @@ type SCEPRef struct {
 	Challenge  string
 	CommonName string
 	RFC822Name string
-	KeySize    int
+	// KeySize, KeyType ("RSA") and AppleKeyUsage (AppleKeyUsage of the
+	// certificate's key usage) are the SCEP payload's key parameters.
+	KeySize       int
+	KeyType       string
+	AppleKeyUsage int
 	// CAFingerprint is the SHA-1 of the issuing CA certificate.
 	CAFingerprint []byte
 	// CAName is sent as the SCEP "Name" (optional).
 	CAName string
+}
+
+// AppleKeyUsage returns the SCEP payload's "Key Usage" for a certificate's
+// key usage: 1 signing (digitalSignature), 4 encryption (keyEncipherment),
+// 5 both.
+func AppleKeyUsage(ku x509.KeyUsage) int {
+	n := 0
+	if ku&x509.KeyUsageDigitalSignature != 0 {
+		n |= 1
+	}
+	if ku&x509.KeyUsageKeyEncipherment != 0 {
+		n |= 4
+	}
+	return n
 }
 
 // Identity is one re-wrapped encryption certificate.
@@ -139,6 +157,9 @@ func Render(in Input) ([]byte, error) {
 	if b.User == "" || b.Device == "" || b.Root == nil || b.Intermediate == nil || b.SCEP.URL == "" {
 		return nil, fmt.Errorf("profile: the bundle lacks user, device, CA chain or SCEP URL")
 	}
+	if in.Bundle.SCEP.KeySize == 0 || in.Bundle.SCEP.KeyType == "" || in.Bundle.SCEP.AppleKeyUsage == 0 {
+		return nil, fmt.Errorf("profile: the SCEP reference lacks the key size, type or usage")
+	}
 	var content []any
 
 	root := payload(b, "com.apple.security.root", kindRoot, "", b.Root.Subject.CommonName)
@@ -150,18 +171,14 @@ func Render(in Input) ([]byte, error) {
 	content = append(content, root, inter)
 
 	scep := payload(b, "com.apple.security.scep", kindSCEP, "", "S/MIME signing identity")
-	keySize := b.SCEP.KeySize
-	if keySize == 0 {
-		keySize = 2048
-	}
 	sc := dict{
 		"URL":              b.SCEP.URL,
 		"Subject":          []any{[]any{[]any{"CN", b.SCEP.CommonName}}},
 		"SubjectAltName":   dict{"rfc822Name": b.SCEP.RFC822Name},
 		"Challenge":        b.SCEP.Challenge,
-		"Keysize":          keySize,
-		"Key Type":         "RSA",
-		"Key Usage":        1, // signing
+		"Keysize":          b.SCEP.KeySize,
+		"Key Type":         b.SCEP.KeyType,
+		"Key Usage":        b.SCEP.AppleKeyUsage,
 		"Retries":          3,
 		"RetryDelay":       10,
 		"KeyIsExtractable": false,

@@ -54,7 +54,7 @@ func newFixture(t *testing.T) *fixture {
 	f.bundle = profile.Bundle{
 		User: "alice@example.com", Device: "iphone-1",
 		SCEP: profile.SCEPRef{URL: "https://ca.example.com/scep", Challenge: "one-time-challenge", CommonName: "alice@example.com",
-			RFC822Name: "alice@example.com", KeySize: 2048, CAFingerprint: sum[:]},
+			RFC822Name: "alice@example.com", KeySize: 2048, KeyType: "RSA", AppleKeyUsage: profile.AppleKeyUsage(x509.KeyUsageDigitalSignature), CAFingerprint: sum[:]},
 		Root: c.Root(), Intermediate: c.Intermediate(),
 	}
 	for i := 0; i < 3; i++ {

@@ -139,8 +139,9 @@ func bundleFromProto(r *pb.GetUserBundleResponse) (profile.Bundle, error) {
 	b := profile.Bundle{
 		User: r.GetUser(), Device: r.GetDeviceId(), Root: root, Intermediate: inter,
 		SCEP: profile.SCEPRef{URL: s.GetScepUrl(), Challenge: s.GetChallenge(), CommonName: s.GetRfc822Name(),
-			RFC822Name: s.GetRfc822Name(), KeySize: int(s.GetKeySize()), CAFingerprint: s.GetCaFingerprintSha1(),
-			CAName: inter.Subject.CommonName},
+			RFC822Name: s.GetRfc822Name(), KeySize: int(s.GetKeySize()), KeyType: s.GetKeyType(), AppleKeyUsage: int(s.GetAppleKeyUsage()),
+			CAFingerprint: s.GetCaFingerprintSha1(),
+			CAName:        inter.Subject.CommonName},
 	}
 	for _, e := range r.GetEncryptionCertificates() {
 		m := e.GetMetadata()
