@@ -74,3 +74,24 @@ func CheckRecipient(c *x509.Certificate, now time.Time) error {
 	}
 	return nil
 }
+
+// RewrapDER is Rewrap for a key as escrow stores it: the DER certificate,
+// its PKCS#8 private key and the DER chain (certificates that do not parse
+// are left out of it). The errors name no key material.
+func RewrapDER(certDER, keyPKCS8 []byte, chainDER [][]byte, enc Encoding) (Rewrapped, error) {
+	cert, err := x509.ParseCertificate(certDER)
+	if err != nil {
+		return Rewrapped{}, fmt.Errorf("pfx: the certificate is unreadable: %w", err)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(keyPKCS8)
+	if err != nil {
+		return Rewrapped{}, errors.New("pfx: the private key is unreadable")
+	}
+	var chain []*x509.Certificate
+	for _, d := range chainDER {
+		if c, err := x509.ParseCertificate(d); err == nil {
+			chain = append(chain, c)
+		}
+	}
+	return Rewrap(key, cert, chain, enc)
+}

@@ -419,23 +419,9 @@ func (b *Bundles) rewrap(recs []EscrowedKey, req BundleRequest, recipient *x509.
 }
 
 func rewrapOne(r EscrowedKey, req BundleRequest, recipient *x509.Certificate, now time.Time, current bool) (EncryptionEntry, error) {
-	cert, err := x509.ParseCertificate(r.CertDER)
+	w, err := pfxconnector.RewrapDER(r.CertDER, r.KeyPKCS8, r.ChainDER, req.Encoding)
 	if err != nil {
-		return EncryptionEntry{}, fmt.Errorf("policy: escrowed certificate %s is unreadable: %w", r.SHA256, err)
-	}
-	key, err := x509.ParsePKCS8PrivateKey(r.KeyPKCS8)
-	if err != nil {
-		return EncryptionEntry{}, fmt.Errorf("policy: escrowed key of %s is unreadable", r.SHA256)
-	}
-	var chain []*x509.Certificate
-	for _, d := range r.ChainDER {
-		if c, err := x509.ParseCertificate(d); err == nil {
-			chain = append(chain, c)
-		}
-	}
-	w, err := pfxconnector.Rewrap(key, cert, chain, req.Encoding)
-	if err != nil {
-		return EncryptionEntry{}, err
+		return EncryptionEntry{}, fmt.Errorf("policy: escrowed certificate %s: %w", r.SHA256, err)
 	}
 	e := EncryptionEntry{Metadata: r.Escrowed, PFX: w.PFX, Current: current, Expired: now.After(r.NotAfter)}
 	if req.Delivery == DeliverCMS {
