@@ -42,7 +42,7 @@ func (t *Token) PIN(tb testing.TB) string {
 func New(tb testing.TB) *Token {
 	tb.Helper()
 	_, here, _, _ := runtime.Caller(0)
-	script := filepath.Join(filepath.Dir(here), "..", "..", "scripts", "softhsm.sh")
+	script := filepath.Join(filepath.Dir(here), "..", "..", "..", "scripts", "softhsm.sh")
 	dir := filepath.Join(tb.TempDir(), "softhsm")
 	out, err := exec.Command(script, dir).Output()
 	if err != nil {
