@@ -26,24 +26,30 @@ build:
 ## test: install what the tests need, then vet, lint, unit tests (race, kept fuzz corpora replayed), e2e tests
 ##       with real clients, a fuzz smoke (5 000 runs per target; `make fuzz` is the long campaign)
 test: deps vault vet lint unit e2e fuzz-smoke
+	@echo "== phase done $$(date +%T)"
 
 deps:
+	@echo "== phase deps $$(date +%T)"
 	./scripts/deps.sh
 
 ## vault: build the real Vault the tests and `make run` use (cached in ~/.cache/smimeca)
 vault:
+	@echo "== phase vault $$(date +%T)"
 	./scripts/vault.sh >/dev/null
 
 vet:
+	@echo "== phase vet $$(date +%T)"
 	$(GO) vet ./...
 
 ## lint: gofmt, go.mod/go.sum as go mod tidy leaves them, and staticcheck (installed by deps)
 lint:
+	@echo "== phase lint $$(date +%T)"
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^tools/vault/')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) mod tidy -diff
 	staticcheck ./...
 
 unit:
+	@echo "== phase unit $$(date +%T)"
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test$$)
 
 ## e2e: the end-to-end suite with the CA keys in files (softkms), then, with the keys in a SoftHSM2 token
@@ -53,6 +59,7 @@ unit:
 ##      TestKeysMigrate make their own tokens and run in the first pass.)
 TOKEN_TESTS := TestEnrolWithScepclient|TestCertmonger|TestScepclientAndIssuerKeyType|TestOCSPWithOpenSSL|TestProfileRenderCLI|TestPFXImportWithCLI|TestIntuneImportWithCLI|TestBundleEndToEnd|TestGRPCWithGrpcurl|TestRestartKeepsData|TestServeWithRootKeyOffline
 e2e:
+	@echo "== phase e2e $$(date +%T)"
 	$(GO) test -count=1 -timeout 20m ./test/...
 	SMIMECA_TEST_KMS=softhsm $(GO) test -count=1 -timeout 20m -run '^($(TOKEN_TESTS))$$' ./test/
 
@@ -84,6 +91,7 @@ fuzz:
 
 ## fuzz-smoke: every fuzz target for 5 000 runs (make test); the corpora under testdata/fuzz run in unit
 fuzz-smoke:
+	@echo "== phase fuzz-smoke $$(date +%T)"
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5000x
 
 ## fuzz-keep: copy what the fuzzer found (Go's fuzz cache) into the kept corpus under testdata/fuzz

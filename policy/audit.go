@@ -2,11 +2,6 @@ package policy
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"log/slog"
-	"os"
-	"sync"
 	"time"
 )
 
@@ -77,102 +72,6 @@ type Recorder interface {
 	Record(ctx context.Context, e Event) error
 }
 
-// LogAuditor writes audit events to a slog logger under the "audit" group.
-type LogAuditor struct{ Logger *slog.Logger }
-
-// Audit implements Auditor.
-func (l LogAuditor) Audit(ctx context.Context, e Event) {
-	if l.Logger == nil {
-		return
-	}
-	l.Logger.LogAttrs(ctx, slog.LevelInfo, "audit",
-		slog.String("action", e.Action),
-		slog.String("actor_role", e.Actor.Role),
-		slog.String("actor", e.Actor.Name),
-		slog.String("credential", e.Actor.Credential),
-		slog.String("user", e.User),
-		slog.String("device", e.Device),
-		slog.Any("serials", e.Serials),
-		slog.Any("sha256", e.SHA256),
-		slog.String("recipient_sha256", e.Recipient),
-		slog.String("result", e.Result),
-		slog.String("detail", e.Detail),
-	)
-}
-
-// FileAuditor appends audit events as JSON lines to a file (mode 0600).
-// Each event is one write of one line, so lines never interleave.
-type FileAuditor struct {
-	mu      sync.Mutex // guards writes and written
-	f       *os.File
-	log     *slog.Logger
-	written uint64 // lines written
-	// syncMu serialises syncs; synced is the number of lines the last
-	// sync covered. Concurrent Records share one sync: the first waiter
-	// syncs every line written so far, those behind it find theirs covered.
-	syncMu sync.Mutex
-	synced uint64
-}
-
-// OpenFileAuditor opens (creating) the audit file at path for appending.
-// Trouble writing later is reported to log, never to the audited action.
-func OpenFileAuditor(path string, log *slog.Logger) (*FileAuditor, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("policy: audit file: %w", err)
-	}
-	return &FileAuditor{f: f, log: log}, nil
-}
-
-// Audit implements Auditor.
-func (a *FileAuditor) Audit(ctx context.Context, e Event) {
-	if _, err := a.write(e); err != nil && a.log != nil {
-		a.log.Error("audit file write failed", "err", err, "action", e.Action)
-	}
-}
-
-// Record implements Recorder: the event is written and synced to disk
-// before it returns nil. Concurrent Records share syncs.
-func (a *FileAuditor) Record(_ context.Context, e Event) error {
-	mine, err := a.write(e)
-	if err != nil {
-		return err
-	}
-	a.syncMu.Lock()
-	defer a.syncMu.Unlock()
-	if a.synced >= mine {
-		return nil
-	}
-	a.mu.Lock()
-	target := a.written
-	a.mu.Unlock()
-	if err := a.f.Sync(); err != nil {
-		return fmt.Errorf("policy: audit file sync: %w", err)
-	}
-	a.synced = target
-	return nil
-}
-
-// write appends e as one line and returns the number of lines written so
-// far, its own included.
-func (a *FileAuditor) write(e Event) (uint64, error) {
-	b, err := json.Marshal(e)
-	if err != nil {
-		return 0, fmt.Errorf("policy: audit event: %w", err)
-	}
-	b = append(b, '\n')
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if _, err := a.f.Write(b); err != nil {
-		return 0, fmt.Errorf("policy: audit file: %w", err)
-	}
-	a.written++
-	return a.written, nil
-}
-
-// Close closes the file.
-func (a *FileAuditor) Close() error { return a.f.Close() }
-
 // Auditors sends each event to every auditor in turn.
 type Auditors []Auditor
 
@@ -197,11 +96,4 @@ func (as Auditors) Record(ctx context.Context, e Event) error {
 		a.Audit(ctx, e)
 	}
 	return first
-}
-
-// Record implements Recorder; a log line is not durable, so it never fails
-// the action (a FileAuditor beside it is what makes a release durable).
-func (l LogAuditor) Record(ctx context.Context, e Event) error {
-	l.Audit(ctx, e)
-	return nil
 }

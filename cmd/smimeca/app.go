@@ -25,6 +25,7 @@ import (
 	"github.com/smimeca/smimeca/directory/publish"
 	"github.com/smimeca/smimeca/internal/httplimit"
 	"github.com/smimeca/smimeca/policy"
+	"github.com/smimeca/smimeca/policy/auditlog"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 	"github.com/smimeca/smimeca/scep"
@@ -53,15 +54,11 @@ type app struct {
 }
 
 // newApp builds the server; on error what was built is closed.
-func newApp(ctx context.Context, cfg *serveConfig, logger *slog.Logger) (a *app, err error) {
-	a = &app{cfg: cfg, log: logger}
-	defer func() {
-		if err != nil {
-			a.close()
-		}
-	}()
+func newApp(ctx context.Context, cfg *serveConfig, logger *slog.Logger) (*app, error) {
+	a := &app{cfg: cfg, log: logger}
 	for _, build := range []func(context.Context) error{a.buildCA, a.buildPolicy, a.buildEscrow, a.buildHTTP, a.buildGRPC, a.buildDirectory} {
 		if err := build(ctx); err != nil {
+			a.close()
 			return nil, err
 		}
 	}
@@ -112,12 +109,12 @@ func (a *app) buildPolicy(context.Context) error {
 	if r.identityCAs == nil {
 		logger.Warn("no --device-identity-ca set: devices can be registered without an identity only, so no escrowed key can be released")
 	}
-	auditFile, err := policy.OpenFileAuditor(filepath.Join(cfg.dataDir, "audit.log"), logger)
+	auditFile, err := auditlog.Open(filepath.Join(cfg.dataDir, "audit.log"), logger)
 	if err != nil {
 		return err
 	}
 	a.closers = append(a.closers, func() { auditFile.Close() })
-	a.audit = policy.Auditors{policy.LogAuditor{Logger: logger}, auditFile}
+	a.audit = policy.Auditors{auditlog.Log{Logger: logger}, auditFile}
 	a.enrollment, err = policy.NewEnrollment(a.st.authority, a.store, policy.Config{
 		Domains: r.domains, Validity: cfg.validity, ContentCommitment: cfg.contentCommitment,
 		ChallengeTTL: cfg.challengeTTL, StaticChallenge: cfg.staticChallenge, DeviceIdentityCAs: r.identityCAs,

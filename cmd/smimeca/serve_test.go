@@ -99,3 +99,18 @@ func TestServeValidatesBeforeBuilding(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A failure while building (here the key store) is reported and what was
+// built is closed: exit 1 with the cause, no panic, and the database is
+// released (a second start gets the same message, not a lock error).
+func TestServeBuildFailureIsReported(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	for i := 0; i < 2; i++ {
+		var stderr strings.Builder
+		code := run([]string{"serve", "--data", data, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--ops-addr", "",
+			"--kms", "pkcs11:module-path=/nonexistent/libvendor.so;token=x"}, io.Discard, &stderr)
+		if code != exitFailure || !strings.Contains(stderr.String(), "/nonexistent/libvendor.so") {
+			t.Fatalf("start %d: exit %d, %q", i, code, stderr.String())
+		}
+	}
+}

@@ -1,4 +1,4 @@
-package policy_test
+package auditlog_test
 
 import (
 	"bufio"
@@ -11,13 +11,14 @@ import (
 	"testing"
 
 	"github.com/smimeca/smimeca/policy"
+	"github.com/smimeca/smimeca/policy/auditlog"
 )
 
 // Records from many goroutines all land, one JSON line each, and a Record
 // that cannot write reports it (so the release it guards does not happen).
-func TestFileAuditorRecord(t *testing.T) {
+func TestFileRecord(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
-	a, err := policy.OpenFileAuditor(path, nil)
+	a, err := auditlog.Open(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
