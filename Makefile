@@ -57,11 +57,14 @@ unit:
 ##      certmonger, both issuer key types), OCSP signer, profile signer, PFX connector (PFX and Intune
 ##      import, bundles), API CA (grpcurl), restart, and the offline root. (TestKeysInToken and
 ##      TestKeysMigrate make their own tokens and run in the first pass.)
+## E2E_PARALLEL: end-to-end tests marked t.Parallel (those that wait on their own processes and assert no
+##               timing) run this many at once; the fault, soak and timing tests run alone first
+E2E_PARALLEL ?= 4
 TOKEN_TESTS := TestEnrolWithScepclient|TestCertmonger|TestScepclientAndIssuerKeyType|TestOCSPWithOpenSSL|TestProfileRenderCLI|TestPFXImportWithCLI|TestIntuneImportWithCLI|TestBundleEndToEnd|TestGRPCWithGrpcurl|TestRestartKeepsData|TestServeWithRootKeyOffline
 e2e:
 	@echo "== phase e2e $$(date +%T)"
-	$(GO) test -count=1 -timeout 20m ./test/...
-	SMIMECA_TEST_KMS=softhsm $(GO) test -count=1 -timeout 20m -run '^($(TOKEN_TESTS))$$' ./test/
+	$(GO) test -count=1 -timeout 20m -parallel $(E2E_PARALLEL) ./test/...
+	SMIMECA_TEST_KMS=softhsm $(GO) test -count=1 -timeout 20m -parallel $(E2E_PARALLEL) -run '^($(TOKEN_TESTS))$$' ./test/
 
 ## chaos: the fault tests (smimeca killed under enrolment load, Vault stopped and killed) CHAOS_ROUNDS
 ##        times each, every round at a new random point; `make test` runs each once (in e2e)

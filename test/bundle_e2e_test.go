@@ -72,6 +72,7 @@ func (s *server) bundle(t *testing.T, out string, extra ...string) bundleJSON {
 // bundle alone; then the device enrols over SCEP with the bundle's challenge
 // and its signature verifies against the bundle's CA chain.
 func TestBundleEndToEnd(t *testing.T) {
+	t.Parallel()
 	v := testvault.Start(t)
 	s := escrowServer(t, v)
 	w := t.TempDir()
@@ -226,6 +227,7 @@ func TestBundleEndToEnd(t *testing.T) {
 // credential would, to get keys to anything but a registered device's own
 // identity, with grpcurl and the CLI.
 func TestKeyReleaseRefusals(t *testing.T) {
+	t.Parallel()
 	v := testvault.Start(t)
 	s := escrowServer(t, v)
 	w := t.TempDir()
@@ -290,6 +292,7 @@ func TestKeyReleaseRefusals(t *testing.T) {
 // TestProfileRoleLimits: the profile credentials get bundles and nothing
 // that changes state.
 func TestProfileRoleLimits(t *testing.T) {
+	t.Parallel()
 	v := testvault.Start(t)
 	s := escrowServer(t, v)
 	addr := "localhost" + s.grpcAddr[strings.LastIndex(s.grpcAddr, ":"):]

@@ -84,6 +84,7 @@ func (c *certmonger) getcert(args ...string) result {
 // the challenge's user, whatever certmonger's request names, and the
 // renewal supersedes the first.
 func TestCertmonger(t *testing.T) {
+	t.Parallel()
 	s := newServer(t)
 	cm := startCertmonger(t)
 	mustOK(t, "getcert add-scep-ca", cm.getcert("add-scep-ca", "-c", "smimeca", "-u", s.baseURL+"/scep"))

@@ -78,6 +78,7 @@ func newNodes(t *testing.T, n int, dsn string, extra ...string) []*server {
 // on the second node with a challenge the first made, and that challenge is
 // then refused on every node.
 func TestChallengeRaceAcrossNodes(t *testing.T) {
+	t.Parallel()
 	nodes := newNodes(t, 3, newPostgres(t))
 	devs, enr, _ := nodes[0].adminClients(t)
 	ra := raCert(t, nodes[0])
@@ -163,6 +164,7 @@ func crlOf(t *testing.T, s *server) *x509.RevocationList {
 // CRL number is ever served with two contents (nodes may generate at the
 // same time; only a newer CRL replaces the stored one).
 func TestCRLAcrossNodes(t *testing.T) {
+	t.Parallel()
 	nodes := newNodes(t, 3, newPostgres(t))
 	enrol := func(s *server, user string) string {
 		dir := filepath.Join(t.TempDir(), "dev")
@@ -237,6 +239,7 @@ func TestCRLAcrossNodes(t *testing.T) {
 // front keeps working: enrolments and bundles through it still succeed. An
 // interrupt stops it all.
 func TestClusterTool(t *testing.T) {
+	t.Parallel()
 	clusterBin := filepath.Join(t.TempDir(), "cluster")
 	mustOK(t, "build tools/cluster", run(t, 120*time.Second, "go", "build", "-o", clusterBin, "../tools/cluster"))
 	httpFront, grpcFront := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))

@@ -61,6 +61,7 @@ func (s *server) ldapsearch(t *testing.T, addr string, args ...string) result {
 // (PKCS#7) — not with expired, revoked or deleted ones; anonymous only,
 // nothing to enumerate.
 func TestRecipientDirectoryWithLdapsearch(t *testing.T) {
+	t.Parallel()
 	v := testvault.Start(t)
 	ldapAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	s := escrowServer(t, v, "--ldap-addr", ldapAddr)

@@ -38,6 +38,7 @@ func serialOf(t *testing.T, certPath string) string {
 // TestEnrolWithScepclient is the issue's end-to-end scenario with real
 // clients: enrol, verify, second use refused, renewal, revoke → CRL.
 func TestEnrolWithScepclient(t *testing.T) {
+	t.Parallel()
 	s := newServer(t)
 	work := t.TempDir()
 	chainPEM := filepath.Join(s.data, "ca", "intermediate_ca.crt")
@@ -194,6 +195,7 @@ func TestEnrolWithScepclient(t *testing.T) {
 
 // TestChallengeRaceIssuesOnce runs several real clients on one challenge.
 func TestChallengeRaceIssuesOnce(t *testing.T) {
+	t.Parallel()
 	s := newServer(t)
 	work := t.TempDir()
 	challenge := s.challenge("carol@example.com", "race-device")
@@ -229,6 +231,7 @@ func TestChallengeRaceIssuesOnce(t *testing.T) {
 // the stored expiry into the past while the server is stopped (the
 // server's own clock decides, as it would a minute later).
 func TestExpiredChallengeRefused(t *testing.T) {
+	t.Parallel()
 	s := newServer(t)
 	s.register("dave@example.com", "slow")
 	r := s.cli("challenge", "create", "--user", "dave@example.com", "--device", "slow", "--ttl", "1m")
@@ -247,6 +250,7 @@ func TestExpiredChallengeRefused(t *testing.T) {
 
 // TestRestartKeepsData restarts the server on the same data dir.
 func TestRestartKeepsData(t *testing.T) {
+	t.Parallel()
 	s := newServer(t)
 	root1, _ := os.ReadFile(filepath.Join(s.data, "ca", "root_ca.crt"))
 	mustOK(t, "enrol", s.scepclient(filepath.Join(t.TempDir(), "d"), s.challenge("erin@example.com", "dev")))
@@ -265,6 +269,7 @@ func TestRestartKeepsData(t *testing.T) {
 
 // TestGarbageGets4xx sends junk to every endpoint.
 func TestGarbageGets4xx(t *testing.T) {
+	t.Parallel()
 	s := newServer(t)
 	cases := []struct{ method, path, body string }{
 		{"POST", "/scep?operation=PKIOperation", "garbage"},
@@ -314,6 +319,7 @@ func TestGarbageGets4xx(t *testing.T) {
 // cannot encrypt to the ECDSA certificate and needs -ca-fingerprint to pick
 // the RA — the trade-off the README states.
 func TestScepclientAndIssuerKeyType(t *testing.T) {
+	t.Parallel()
 	s := newServer(t, "--issuer-key-type", "EC")
 	s.register("alice@example.com", "d1")
 	ch := s.challenge("alice@example.com", "d1")

@@ -70,6 +70,7 @@ func (s *server) pfxList(t *testing.T, user string) listJSON {
 // a manifest with refusals, a re-run, Vault going away mid-run and coming
 // back, and checks that no password or key reached a log or a file.
 func TestPFXImportWithCLI(t *testing.T) {
+	t.Parallel()
 	v := testvault.Start(t)
 	s := escrowServer(t, v)
 	is := testpki.NewIssuer(t)

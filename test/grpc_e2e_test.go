@@ -27,6 +27,7 @@ func (s *server) grpcurl(t *testing.T, role string, args ...string) result {
 // TestGRPCWithGrpcurl drives the API with grpcurl: reflection, health,
 // roles, and a challenge created over gRPC that scepclient then uses.
 func TestGRPCWithGrpcurl(t *testing.T) {
+	t.Parallel()
 	s := newServer(t)
 	addr := "localhost" + s.grpcAddr[strings.LastIndex(s.grpcAddr, ":"):]
 
@@ -89,6 +90,7 @@ func TestGRPCWithGrpcurl(t *testing.T) {
 
 // TestCLIErrors checks exit codes and messages of the client commands.
 func TestCLIErrors(t *testing.T) {
+	t.Parallel()
 	s := newServer(t)
 	bin := smimecaBin(t)
 	cases := []struct {

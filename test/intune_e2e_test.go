@@ -39,6 +39,7 @@ func connectorKey(t *testing.T, s *server) *rsa.PublicKey {
 // of the same files makes — and refuses the signing record by name; a
 // re-run changes nothing.
 func TestIntuneImportWithCLI(t *testing.T) {
+	t.Parallel()
 	v := testvault.Start(t)
 	s := escrowServer(t, v)
 	is := testpki.NewIssuer(t)

@@ -23,6 +23,7 @@ import (
 // server at start-up with a message that names the URI and the fix, never
 // the PIN.
 func TestKeysInToken(t *testing.T) {
+	t.Parallel()
 	tok := testhsm.New(t)
 	data := filepath.Join(t.TempDir(), "data")
 	env := []string{tok.Env}
@@ -105,6 +106,7 @@ func assertNoKeyFiles(t *testing.T, data string) {
 // --remove-files, and the server then runs on the token with the same
 // hierarchy: Debian's scepclient enrols and openssl verifies the chain.
 func TestKeysMigrate(t *testing.T) {
+	t.Parallel()
 	tok := testhsm.New(t)
 	data := filepath.Join(t.TempDir(), "data")
 	mustOK(t, "init with key files", run(t, 60*time.Second, smimecaBin(t), "init", "--data", data, "--kms", "softkms", "--public-url", "http://127.0.0.1:1"))
@@ -156,6 +158,7 @@ func TestKeysMigrate(t *testing.T) {
 // starts, enrols and serves the root CRL without it; `smimeca root crl`,
 // the ceremony, says it needs the key.
 func TestServeWithRootKeyOffline(t *testing.T) {
+	t.Parallel()
 	s := newServer(t)
 	s.stop()
 	if s.token != nil {

@@ -34,6 +34,7 @@ func fetch(t *testing.T, url, dir, name string) string {
 // with reason and time, and unknown for a serial never issued. The issuing
 // CA's CRL DP (the root's CRL) verifies under the root.
 func TestOCSPWithOpenSSL(t *testing.T) {
+	t.Parallel()
 	s := newServer(t)
 	work := t.TempDir()
 	chainPEM := filepath.Join(s.data, "ca", "intermediate_ca.crt")

@@ -25,6 +25,7 @@ import (
 // with the SCEP payload's challenge. The admin's --plain rendering (labs)
 // still works, signed.
 func TestProfileRenderCLI(t *testing.T) {
+	t.Parallel()
 	dir, err := appleschema.Dir()
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 // a user's keys and signature the issue found, each as an attacker holding
 // one credential would try it; every one must now end with nothing.
 func TestNobodyButTheDevice(t *testing.T) {
+	t.Parallel()
 	v := testvault.Start(t)
 	s := escrowServer(t, v)
 	w := t.TempDir()

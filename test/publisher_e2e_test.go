@@ -131,6 +131,7 @@ func holds(list [][]byte, der []byte) bool {
 // was down (retry with back-off), and `directory sync` reconciles a change
 // made behind its back.
 func TestPublisherToSlapd(t *testing.T) {
+	t.Parallel()
 	sl := startSlapd(t)
 	is, foreign := testpki.NewIssuer(t), testpki.NewIssuer(t)
 	kf := testpki.RSAKey(t, 2048, 4)

@@ -163,6 +163,7 @@ func readmeSetup(t *testing.T) (dir string, env []string, subst *strings.Replace
 // TestReadme runs the README's shell blocks, verbatim but for the ports,
 // in order (make readme-test).
 func TestReadme(t *testing.T) {
+	t.Parallel()
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
@@ -184,6 +185,7 @@ func TestReadme(t *testing.T) {
 // README with one command broken, and on one whose shown output no longer
 // matches, fails and names the block.
 func TestReadmeRunnerCatchesABrokenCopy(t *testing.T) {
+	t.Parallel()
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
