@@ -25,7 +25,27 @@ func startCertmonger(t *testing.T) *certmonger {
 		t.Fatal("certmonger is not installed (scripts/deps.sh installs Debian's certmonger and dbus)")
 	}
 	home := t.TempDir()
-	bus := exec.Command(tool(t, "dbus-daemon"), "--session", "--nofork", "--print-address=1")
+	// A session bus without service directories: the standard session
+	// configuration would let D-Bus activation start a second certmonger
+	// (certmonger.service) on the first getcert call, one that keeps its
+	// state in root's home and outlives the test.
+	busConf := filepath.Join(home, "bus.conf")
+	if err := os.WriteFile(busConf, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:tmpdir=`+home+`</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bus := exec.Command(tool(t, "dbus-daemon"), "--config-file="+busConf, "--nofork", "--print-address=1")
 	bus.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := bus.StdoutPipe()
 	if err != nil {
