@@ -61,9 +61,28 @@ type CAInfo interface {
 	Intermediate() *x509.Certificate
 }
 
+// BundleRules is what bundles need of the device registry and the
+// enrolment rules; *Enrollment implements it.
+type BundleRules interface {
+	// ActiveDevice returns the registered, active device (user, id)
+	// (ReasonUnknownDevice, ReasonDeviceRetired otherwise).
+	ActiveDevice(ctx context.Context, user, id string) (Device, error)
+	// ReleasableIdentity returns the device's identity certificate when
+	// keys may be encrypted to it now (ReasonNoIdentity,
+	// ReasonIdentityOnHold otherwise).
+	ReleasableIdentity(d Device) (*x509.Certificate, error)
+	// CreateChallenge creates the device's one-time challenge (ttl 0: the
+	// default).
+	CreateChallenge(ctx context.Context, user, device string, ttl time.Duration) (NewChallenge, error)
+	// ListCertificates lists the certificates issued to a user's device.
+	ListCertificates(ctx context.Context, f Filter) ([]CertificateStatus, error)
+	// MinRSABits is the smallest device key accepted.
+	MinRSABits() int
+}
+
 // Bundles assembles what one device of one user needs.
 type Bundles struct {
-	enroll  *Enrollment
+	enroll  BundleRules
 	keys    KeyStore
 	ca      CAInfo
 	scepURL string
@@ -74,11 +93,11 @@ type Bundles struct {
 // NewBundles returns the bundle rules. keys may be nil when no escrow is
 // configured: bundles then carry the signing reference only. Every release
 // is recorded by audit before it is returned (nil: nowhere, for tests).
-func NewBundles(enroll *Enrollment, keys KeyStore, ca CAInfo, scepURL string, audit Recorder) *Bundles {
+func NewBundles(enroll BundleRules, keys KeyStore, ca CAInfo, scepURL string, audit Recorder) *Bundles {
 	if audit == nil {
 		audit = nopAuditor{}
 	}
-	return &Bundles{enroll: enroll, keys: keys, ca: ca, scepURL: scepURL, audit: audit, now: enroll.now}
+	return &Bundles{enroll: enroll, keys: keys, ca: ca, scepURL: scepURL, audit: audit, now: time.Now}
 }
 
 // PKCS12Encoding selects the algorithms of the re-wrapped PKCS#12 files.
@@ -248,7 +267,7 @@ const deliverSealed Delivery = -1
 // and creates the challenge; it returns the bundle with the release's
 // audit event, still to be recorded.
 func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Event, error) {
-	dev, err := b.enroll.activeDevice(ctx, req.User, req.Device)
+	dev, err := b.enroll.ActiveDevice(ctx, req.User, req.Device)
 	if err != nil {
 		return nil, Event{}, err
 	}
@@ -277,7 +296,7 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 	// to it even when the user has nothing in escrow.
 	var recipient *x509.Certificate
 	if req.Delivery == DeliverCMS || req.Delivery == deliverSealed {
-		if recipient, err = b.identity(dev, now); err != nil {
+		if recipient, err = b.enroll.ReleasableIdentity(dev); err != nil {
 			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device, Result: "refused", Detail: err.Error()})
 			return nil, Event{}, err
 		}
@@ -317,25 +336,6 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 	return out, ev, nil
 }
 
-// identity returns the device's registered identity certificate if it can
-// receive envelopes now.
-func (b *Bundles) identity(d Device, now time.Time) (*x509.Certificate, error) {
-	if len(d.Identity) == 0 {
-		return nil, reject(ReasonNoIdentity, fmt.Sprintf("device %q of %s has no registered identity certificate, so no key can be encrypted to it; register it with --identity-cert (smimeca device register)", d.ID, d.User))
-	}
-	c, err := x509.ParseCertificate(d.Identity)
-	if err != nil {
-		return nil, fmt.Errorf("policy: the registered identity of %s is unreadable: %w", d.ID, err)
-	}
-	if err := pfxconnector.CheckRecipient(c, now); err != nil {
-		return nil, reject(ReasonNoIdentity, fmt.Sprintf("the registered identity certificate of device %q cannot receive keys (%v); register its current identity", d.ID, err))
-	}
-	if err := b.enroll.releasable(d, c, now); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
 // signingReference creates the device's challenge and fills s; for a CMS
 // bundle the challenge leaves only enveloped to recipient.
 func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, req BundleRequest, recipient *x509.Certificate, user string, now time.Time) error {
@@ -354,7 +354,7 @@ func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, req
 		s.Challenge = ch.Secret
 	}
 	s.Subject, s.RFC822Name, s.KeyUsage = "CN="+user, user, x509.KeyUsageDigitalSignature
-	s.KeySize, s.KeyType = b.enroll.cfg.MinRSABits, "RSA"
+	s.KeySize, s.KeyType = b.enroll.MinRSABits(), "RSA"
 	s256, s1, m5 := sha256.Sum256(inter.Raw), sha1.Sum(inter.Raw), md5.Sum(inter.Raw)
 	s.CAFingerprint.SHA256, s.CAFingerprint.SHA1, s.CAFingerprint.MD5 = s256[:], s1[:], m5[:]
 	issued, err := b.enroll.ListCertificates(ctx, Filter{User: user, Device: device})

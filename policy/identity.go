@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 )
 
 // Audit actions of device identities.
@@ -237,6 +239,37 @@ func (e *Enrollment) ConfirmIdentity(ctx context.Context, user, id string) (Devi
 	e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceConfirm, User: d.User, Device: id, Result: "ok",
 		SHA256: []string{d.IdentitySHA256()}, Detail: "rekeyed identity confirmed; key releases resume"})
 	return d, nil
+}
+
+// ActiveDevice returns the registered, active device (user, id), the user
+// normalised: ReasonUnknownDevice or ReasonDeviceRetired otherwise.
+func (e *Enrollment) ActiveDevice(ctx context.Context, user, id string) (Device, error) {
+	return e.activeDevice(ctx, user, id)
+}
+
+// MinRSABits is the smallest device RSA key accepted (Config.MinRSABits).
+func (e *Enrollment) MinRSABits() int { return e.cfg.MinRSABits }
+
+// ReleasableIdentity returns the device's registered identity certificate
+// when keys may be encrypted to it now: it has one, it can receive CMS
+// envelopes, it is not on hold after a rekey, and it still chains to a
+// configured device identity CA (and is not revoked by the MDM).
+func (e *Enrollment) ReleasableIdentity(d Device) (*x509.Certificate, error) {
+	if len(d.Identity) == 0 {
+		return nil, reject(ReasonNoIdentity, fmt.Sprintf("device %q of %s has no registered identity certificate, so no key can be encrypted to it; register it with --identity-cert (smimeca device register)", d.ID, d.User))
+	}
+	c, err := x509.ParseCertificate(d.Identity)
+	if err != nil {
+		return nil, fmt.Errorf("policy: the registered identity of %s is unreadable: %w", d.ID, err)
+	}
+	now := e.now()
+	if err := pfxconnector.CheckRecipient(c, now); err != nil {
+		return nil, reject(ReasonNoIdentity, fmt.Sprintf("the registered identity certificate of device %q cannot receive keys (%v); register its current identity", d.ID, err))
+	}
+	if err := e.releasable(d, c, now); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // releasable checks, at release time, that the device's registered
