@@ -106,6 +106,13 @@ func bundleCmd(args []string, stdout io.Writer) error {
 	}); err != nil {
 		return err
 	}
+	return writeBundle(out, resp, stdout)
+}
+
+// writeBundle writes a bundle into out: bundle.json, the enveloped
+// challenge, each PKCS#12 with its enveloped password (or, break-glass,
+// the password in bundle.json), and the CA chain.
+func writeBundle(out string, resp *pb.GetUserBundleResponse, stdout io.Writer) error {
 	if err := os.MkdirAll(out, 0o700); err != nil {
 		return err
 	}

@@ -106,41 +106,58 @@ func pfxImport(args []string, stdout, stderr io.Writer) error {
 	if len(f.bad) > 0 {
 		return usagef("%s", strings.Join(f.bad, "; "))
 	}
+	jobs, err := importJobs(files, user, pwFile, pwEnv, purpose, manifest, intune)
+	if err != nil {
+		return err
+	}
+	if concurrency < 1 || concurrency > 64 {
+		return usagef("--concurrency must be 1..64")
+	}
+	return runImports(&cf, jobs, !plain && intune == "", concurrency, quiet, stdout, stderr)
+}
+
+// importJobs turns pfx import's arguments into the imports to run: the
+// records of an Intune file, the lines of a manifest, or the files given
+// for one user.
+func importJobs(files []string, user, pwFile, pwEnv, purpose, manifest, intune string) ([]importJob, error) {
 	var jobs []importJob
 	switch {
 	case intune != "" && (manifest != "" || len(files) > 0 || user != "" || pwFile != "" || pwEnv != "" || purpose != ""):
-		return usagef("--intune excludes --manifest, --user, --password-file, --password-env, --purpose and file arguments: each record names its user, password and purpose")
+		return nil, usagef("--intune excludes --manifest, --user, --password-file, --password-env, --purpose and file arguments: each record names its user, password and purpose")
 	case intune != "":
 		var err error
 		if jobs, err = readIntune(intune); err != nil {
-			return usagef("--intune %s: %v", intune, err)
+			return nil, usagef("--intune %s: %v", intune, err)
 		}
 	case manifest != "" && (len(files) > 0 || user != "" || pwFile != "" || pwEnv != ""):
-		return usagef("--manifest excludes --user, --password-file, --password-env and file arguments")
+		return nil, usagef("--manifest excludes --user, --password-file, --password-env and file arguments")
 	case manifest != "":
 		var err error
 		if jobs, err = readManifest(manifest); err != nil {
-			return usagef("manifest %s: %v", manifest, err)
+			return nil, usagef("manifest %s: %v", manifest, err)
 		}
 	default:
 		if user == "" || len(files) == 0 {
-			return usagef("pfx import needs --user EMAIL and at least one FILE (or --manifest FILE.csv)")
+			return nil, usagef("pfx import needs --user EMAIL and at least one FILE (or --manifest FILE.csv)")
 		}
 		if (pwFile == "") == (pwEnv == "") {
-			return usagef("give exactly one of --password-file and --password-env")
+			return nil, usagef("give exactly one of --password-file and --password-env")
 		}
 		pw, err := readPassword(pwFile, pwEnv)
 		if err != nil {
-			return usagef("%v", err)
+			return nil, usagef("%v", err)
 		}
 		for _, file := range files {
 			jobs = append(jobs, importJob{user: user, file: file, password: pw, purpose: purpose})
 		}
 	}
-	if concurrency < 1 || concurrency > 64 {
-		return usagef("--concurrency must be 1..64")
-	}
+	return jobs, nil
+}
 
+// runImports runs the imports, concurrency at once, with a progress bar on
+// stderr (unless quiet), passwords encrypted to the connector key when
+// encrypt, and prints the report.
+func runImports(cf *clientFlags, jobs []importJob, encrypt bool, concurrency int, quiet bool, stdout, stderr io.Writer) error {
 	conn, err := cf.dial()
 	if err != nil {
 		return err
@@ -148,7 +165,7 @@ func pfxImport(args []string, stdout, stderr io.Writer) error {
 	defer conn.Close()
 	client := pb.NewEscrowAdminClient(conn)
 	var connector *connectorKey
-	if !plain && intune == "" {
+	if encrypt {
 		ctx, cancel := cf.ctx()
 		ck, err := client.GetConnectorKey(ctx, &pb.GetConnectorKeyRequest{})
 		cancel()
@@ -170,7 +187,7 @@ func pfxImport(args []string, stdout, stderr io.Writer) error {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			outcomes[i] = importOne(client, &cf, connector, jobs[i])
+			outcomes[i] = importOne(client, cf, connector, jobs[i])
 			progress.done(outcomes[i].status)
 		}(i)
 	}

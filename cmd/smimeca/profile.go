@@ -21,21 +21,21 @@ func profileCmd(args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] != "render" {
 		return usagef("usage: smimeca profile render --user EMAIL --device ID --settings FILE.yaml --out FILE.mobileconfig [--plain [--sign]]")
 	}
-	var cf clientFlags
-	var user, device, settingsPath, out, org, signerDir, kms string
-	var ui profile.UserInfo
-	var sign, plain bool
+	var r profileRender
+	var settingsPath string
+	var plain bool
+	cf, ui := &r.cf, &r.ui
 	f := newFlags("profile render")
 	cf.register(f, "profile")
-	f.fs.StringVar(&user, "user", "", "user e-mail address (required)")
-	f.fs.StringVar(&device, "device", "", "device id (required)")
+	f.fs.StringVar(&r.user, "user", "", "user e-mail address (required)")
+	f.fs.StringVar(&r.device, "device", "", "device id (required)")
 	f.fs.StringVar(&settingsPath, "settings", "", "e-mail settings, JSON or YAML with Graph iosEasEmailProfileConfiguration fields (required)")
-	f.fs.StringVar(&out, "out", "", "output .mobileconfig (required; written 0600)")
-	f.fs.StringVar(&org, "organization", "", "PayloadOrganization")
+	f.fs.StringVar(&r.out, "out", "", "output .mobileconfig (required; written 0600)")
+	f.fs.StringVar(&r.org, "organization", "", "PayloadOrganization")
 	f.fs.BoolVar(&plain, "plain", false, "LABS, ADMIN ONLY, AUDITED AS BREAK-GLASS: fetch the keys with their passwords and render here, unencrypted (default: the server renders the profile encrypted to the device and signed)")
-	f.fs.BoolVar(&sign, "sign", false, "with --plain: sign the profile with the CA's profile-signing certificate")
-	f.fs.StringVar(&signerDir, "signer-dir", filepath.Join(defaultDataDir(), "ca"), "directory with profile_signer.crt and intermediate_ca.crt (and the key, with --kms softkms)")
-	f.fs.StringVar(&kms, "kms", envOr("SMIMECA_KMS", ca.KMSSoft), "where the profile-signing key is: softkms (a file in --signer-dir) or the server's pkcs11: URI ($SMIMECA_KMS; PIN also from $SMIMECA_KMS_PIN)")
+	f.fs.BoolVar(&r.sign, "sign", false, "with --plain: sign the profile with the CA's profile-signing certificate")
+	f.fs.StringVar(&r.signerDir, "signer-dir", filepath.Join(defaultDataDir(), "ca"), "directory with profile_signer.crt and intermediate_ca.crt (and the key, with --kms softkms)")
+	f.fs.StringVar(&r.kms, "kms", envOr("SMIMECA_KMS", ca.KMSSoft), "where the profile-signing key is: softkms (a file in --signer-dir) or the server's pkcs11: URI ($SMIMECA_KMS; PIN also from $SMIMECA_KMS_PIN)")
 	f.fs.StringVar(&ui.UPN, "upn", "", "user principal name (default: the user address)")
 	f.fs.StringVar(&ui.PrimarySMTP, "primary-smtp", "", "primary SMTP address (default: the user address)")
 	f.fs.StringVar(&ui.SAMAccountName, "sam-account-name", "", "sAMAccountName, for usernameAADSource samAccountName")
@@ -44,37 +44,58 @@ func profileCmd(args []string, stdout io.Writer) error {
 	if err := f.parse(args[1:]); err != nil {
 		return helpOK(err)
 	}
-	if user == "" || device == "" || settingsPath == "" || out == "" {
+	if r.user == "" || r.device == "" || settingsPath == "" || r.out == "" {
 		return usagef("profile render needs --user, --device, --settings and --out")
 	}
 	raw, err := os.ReadFile(settingsPath)
 	if err != nil {
 		return usagef("--settings: %v", err)
 	}
-	settings, err := profile.ParseSettings(raw)
-	if err != nil {
+	if r.settings, err = profile.ParseSettings(raw); err != nil {
 		return usagef("%s: %v", settingsPath, err)
 	}
-	if !plain {
-		if sign {
-			return usagef("--sign goes with --plain: the server always signs the profiles it renders")
-		}
-		var resp *pb.RenderDeviceProfileResponse
-		if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
-			resp, err = pb.NewProfileBundlesClient(conn).RenderDeviceProfile(ctx, &pb.RenderDeviceProfileRequest{
-				User: user, DeviceId: device, Settings: raw, Upn: ui.UPN, PrimarySmtp: ui.PrimarySMTP,
-				SamAccountName: ui.SAMAccountName, Domain: ui.FullDomain, NetbiosDomain: ui.NetBIOSDomain, Organization: org})
-			return err
-		}); err != nil {
-			return err
-		}
-		if err := os.WriteFile(out, resp.GetMobileconfig(), 0o600); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "wrote %s: signed, payloads encrypted to device identity %s, %d encryption certificate(s)\n",
-			out, resp.GetRecipientSha256(), len(resp.GetEncryptionSha256()))
-		return nil
+	if plain {
+		return r.plain(stdout)
 	}
+	if r.sign {
+		return usagef("--sign goes with --plain: the server always signs the profiles it renders")
+	}
+	return r.onServer(raw, stdout)
+}
+
+// profileRender is one `profile render`.
+type profileRender struct {
+	cf                                     clientFlags
+	user, device, out, org, signerDir, kms string
+	ui                                     profile.UserInfo
+	settings                               *profile.Settings
+	sign                                   bool
+}
+
+// onServer has the server render the device's profile, encrypted to its
+// identity and signed.
+func (r *profileRender) onServer(raw []byte, stdout io.Writer) error {
+	var resp *pb.RenderDeviceProfileResponse
+	if err := r.cf.call(func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pb.NewProfileBundlesClient(conn).RenderDeviceProfile(ctx, &pb.RenderDeviceProfileRequest{
+			User: r.user, DeviceId: r.device, Settings: raw, Upn: r.ui.UPN, PrimarySmtp: r.ui.PrimarySMTP,
+			SamAccountName: r.ui.SAMAccountName, Domain: r.ui.FullDomain, NetbiosDomain: r.ui.NetBIOSDomain, Organization: r.org})
+		return err
+	}); err != nil {
+		return err
+	}
+	if err := os.WriteFile(r.out, resp.GetMobileconfig(), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s: signed, payloads encrypted to device identity %s, %d encryption certificate(s)\n",
+		r.out, resp.GetRecipientSha256(), len(resp.GetEncryptionSha256()))
+	return nil
+}
+
+// plain fetches the keys with their passwords (a break-glass release) and
+// renders the profile here, unencrypted, signed with --sign.
+func (r *profileRender) plain(stdout io.Writer) error {
+	cf, user, device, out, org, ui, settings, sign, kms, signerDir := &r.cf, r.user, r.device, r.out, r.org, r.ui, r.settings, r.sign, r.kms, r.signerDir
 	// --plain is a break-glass release: the admin credentials by default.
 	if cf.credentials == filepath.Join(defaultDataDir(), "credentials", "profile") {
 		cf.credentials = filepath.Join(defaultDataDir(), "credentials", "admin")

@@ -46,49 +46,11 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	stop := noop
 	switch {
 	case cfg.embeddedVault:
-		logger.Warn("EMBEDDED VAULT: single-machine default. Its unseal key is stored in " +
-			filepath.Join(cfg.dataDir, "vault", "init.json") + "; anyone who can read the data directory can read every escrowed key. Use an operator-run Vault (--vault-addr) in production.")
-		p, err := vaultproc.Start(ctx, cfg.vaultBin, filepath.Join(cfg.dataDir, "vault"), cfg.embeddedVaultAddr, vaultLog{logger})
+		ev, p, err := startEmbeddedVault(ctx, cfg, logger, ecfg)
 		if err != nil {
-			return escrowSetup{stop: noop}, fmt.Errorf("embedded vault: %w", err)
-		}
-		stop = func() { p.Stop() }
-		// Setting up needs root: the token of initialisation on the first
-		// start, afterwards one regenerated from the unseal key and revoked
-		// right after (WithRoot).
-		if err := p.WithRoot(ctx, func(root *vault.Client) error {
-			if err := escrow.Setup(ctx, root, ecfg); err != nil {
-				return err
-			}
-			if err := vaultproc.PutPolicy(ctx, root, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey); err != nil {
-				return err
-			}
-			if err := enableAudit(ctx, root, filepath.Join(cfg.dataDir, "vault", "audit.log")); err != nil {
-				logger.Warn("vault audit device", "err", err)
-			}
-			return nil
-		}); err != nil {
-			stop()
 			return escrowSetup{stop: noop}, err
 		}
-		// One periodic token, kept under DATA/vault and renewed (by the
-		// supervisor daily, and whenever Vault refuses it), minted again
-		// only if it lapsed. The supervisor restarts and unseals Vault
-		// when it dies; escrow calls answer UNAVAILABLE meanwhile.
-		token := func(ctx context.Context) (string, error) {
-			return p.SmimecaToken(ctx, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey)
-		}
-		if _, err := token(ctx); err != nil {
-			stop()
-			return escrowSetup{stop: noop}, err
-		}
-		// No root token is kept: init.json holds the unseal key only.
-		if err := p.RevokeRoot(ctx); err != nil {
-			logger.Warn("vault: the root token could not be revoked", "err", err)
-		}
-		vc = escrow.VaultConfig{Address: p.Addr, TokenSource: token}
-		go p.Supervise(ctx, 24*time.Hour, func(ctx context.Context) error { _, err := token(ctx); return err },
-			func(msg string, args ...any) { logger.Warn(msg, args...) })
+		vc, stop = ev, func() { p.Stop() }
 	case cfg.vaultAddr == "":
 		logger.Warn("no Vault configured (--vault-addr or --embedded-vault): the escrow API is off")
 		return escrowSetup{stop: noop}, nil
@@ -178,4 +140,53 @@ func (v vaultLog) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// startEmbeddedVault starts the single-machine Vault under DATA/vault, sets
+// it up with a root token regenerated for the purpose and revoked after,
+// and returns how to reach it with smimeca's periodic token; its
+// supervisor restarts and unseals it when it dies.
+func startEmbeddedVault(ctx context.Context, cfg *serveConfig, logger *slog.Logger, ecfg escrow.Config) (escrow.VaultConfig, *vaultproc.Proc, error) {
+	logger.Warn("EMBEDDED VAULT: single-machine default. Its unseal key is stored in " +
+		filepath.Join(cfg.dataDir, "vault", "init.json") + "; anyone who can read the data directory can read every escrowed key. Use an operator-run Vault (--vault-addr) in production.")
+	p, err := vaultproc.Start(ctx, cfg.vaultBin, filepath.Join(cfg.dataDir, "vault"), cfg.embeddedVaultAddr, vaultLog{logger})
+	if err != nil {
+		return escrow.VaultConfig{}, nil, fmt.Errorf("embedded vault: %w", err)
+	}
+	// Setting up needs root: the token of initialisation on the first
+	// start, afterwards one regenerated from the unseal key and revoked
+	// right after (WithRoot).
+	if err := p.WithRoot(ctx, func(root *vault.Client) error {
+		if err := escrow.Setup(ctx, root, ecfg); err != nil {
+			return err
+		}
+		if err := vaultproc.PutPolicy(ctx, root, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey); err != nil {
+			return err
+		}
+		if err := enableAudit(ctx, root, filepath.Join(cfg.dataDir, "vault", "audit.log")); err != nil {
+			logger.Warn("vault audit device", "err", err)
+		}
+		return nil
+	}); err != nil {
+		p.Stop()
+		return escrow.VaultConfig{}, nil, err
+	}
+	// One periodic token, kept under DATA/vault and renewed (by the
+	// supervisor daily, and whenever Vault refuses it), minted again
+	// only if it lapsed. The supervisor restarts and unseals Vault
+	// when it dies; escrow calls answer UNAVAILABLE meanwhile.
+	token := func(ctx context.Context) (string, error) {
+		return p.SmimecaToken(ctx, ecfg.KVMount, ecfg.TransitMount, ecfg.TransitKey)
+	}
+	if _, err := token(ctx); err != nil {
+		p.Stop()
+		return escrow.VaultConfig{}, nil, err
+	}
+	// No root token is kept: init.json holds the unseal key only.
+	if err := p.RevokeRoot(ctx); err != nil {
+		logger.Warn("vault: the root token could not be revoked", "err", err)
+	}
+	go p.Supervise(ctx, 24*time.Hour, func(ctx context.Context) error { _, err := token(ctx); return err },
+		func(msg string, args ...any) { logger.Warn(msg, args...) })
+	return escrow.VaultConfig{Address: p.Addr, TokenSource: token}, p, nil
 }
