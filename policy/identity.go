@@ -187,17 +187,19 @@ func (e *Enrollment) RekeyDevice(ctx context.Context, user, id string, identity 
 	if err != nil {
 		return Device{}, err
 	}
-	c, err := e.checkIdentity(identity, id)
-	if err != nil {
+	refused := func(err error) (Device, error) {
 		e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionDeviceRekey, User: d.User, Device: id, Result: "refused", Detail: err.Error()})
 		return Device{}, err
+	}
+	c, err := e.checkIdentity(identity, id)
+	if err != nil {
+		return refused(err)
 	}
 	if string(d.Identity) == string(c.Raw) {
 		return d, nil
 	}
 	if err := e.claimIdentity(ctx, c, d.User, id); err != nil {
-		e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionDeviceRekey, User: d.User, Device: id, Result: "refused", Detail: err.Error()})
-		return Device{}, err
+		return refused(err)
 	}
 	now := e.now().UTC()
 	oldSum := d.IdentitySHA256()
