@@ -176,7 +176,14 @@ func (e *Enrollment) RegisterDevice(ctx context.Context, user, id string, identi
 			return refused(err)
 		}
 	}
-	if err := e.store.PutDevice(ctx, d); err != nil {
+	put := e.store.PutDevice
+	if action == ActionDeviceIdentity {
+		// A change of an active device: a retirement meanwhile stands.
+		put = e.store.UpdateDevice
+	}
+	if err := put(ctx, d); errors.Is(err, ErrInactiveDevice) {
+		return refused(errRetiredNow(u, id))
+	} else if err != nil {
 		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: u, Device: id, Result: "error", Detail: "storing the device failed"})
 		return Device{}, fmt.Errorf("policy: register device: %w", err)
 	}

@@ -210,7 +210,9 @@ func (e *Enrollment) RekeyDevice(ctx context.Context, user, id string, identity 
 		detail = fmt.Sprintf("identity replaced: old sha256 %s, new sha256 %s; key releases held until %s unless an administrator confirms (smimeca device confirm)",
 			oldSum, d.IdentitySHA256(), d.HeldUntil.Format(time.RFC3339))
 	}
-	if err := e.store.PutDevice(ctx, d); err != nil {
+	if err := e.store.UpdateDevice(ctx, d); errors.Is(err, ErrInactiveDevice) {
+		return refused(errRetiredNow(d.User, id))
+	} else if err != nil {
 		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRekey, User: d.User, Device: id, Result: "error", Detail: "storing the device failed"})
 		return Device{}, fmt.Errorf("policy: rekey device: %w", err)
 	}
@@ -235,7 +237,9 @@ func (e *Enrollment) ConfirmIdentity(ctx context.Context, user, id string) (Devi
 		return Device{}, reject(ReasonIdentityChange, fmt.Sprintf("device %q of %s has no identity on hold", id, d.User))
 	}
 	d.HeldUntil, d.UpdatedAt, d.UpdatedBy = time.Time{}, now, ActorFrom(ctx).Name
-	if err := e.store.PutDevice(ctx, d); err != nil {
+	if err := e.store.UpdateDevice(ctx, d); errors.Is(err, ErrInactiveDevice) {
+		return Device{}, errRetiredNow(d.User, id)
+	} else if err != nil {
 		return Device{}, fmt.Errorf("policy: confirm identity: %w", err)
 	}
 	e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceConfirm, User: d.User, Device: id, Result: "ok",

@@ -215,3 +215,33 @@ func TestRevokedIdentityGetsNothing(t *testing.T) {
 	_, err = policy.NewBundles(e2, v.keys, v.ca, "http://x/scep", nil).Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
 	wantReason(t, err, policy.ReasonNoIdentity)
 }
+
+// retiringStore retires the device just before an update of it commits.
+type retiringStore struct {
+	policy.Store
+	retire func()
+}
+
+func (r *retiringStore) UpdateDevice(ctx context.Context, d policy.Device) error {
+	r.retire()
+	return r.Store.UpdateDevice(ctx, d)
+}
+
+// A rekey racing a retirement never brings the device back: the rekey is
+// refused and the device stays retired, with no claim on its old identity.
+func TestRekeyRacingRetirement(t *testing.T) {
+	v := newBundleEnv(t)
+	ctx := context.Background()
+	rs := &retiringStore{Store: v.store}
+	e, _ := policy.NewEnrollment(v.ca, rs, policy.Config{DeviceIdentityCAs: v.pool})
+	rs.retire = func() {
+		if _, err := v.enroll.RetireDevice(ctx, "a@example.com", "d", "stolen"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := e.RekeyDevice(ctx, "a@example.com", "d", v.identityFor(t, "d", 8).Raw)
+	wantReason(t, err, policy.ReasonDeviceRetired)
+	if d, _ := v.enroll.Device(ctx, "a@example.com", "d"); d.State != policy.DeviceRetired || string(d.Identity) != string(v.devCert.Raw) {
+		t.Fatalf("the device after the race: %s", d.State)
+	}
+}

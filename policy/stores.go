@@ -156,6 +156,11 @@ type DeviceStore interface {
 	// PutDevice stores d; an active d may be issued certificates and
 	// challenges from the moment this returns.
 	PutDevice(ctx context.Context, d Device) error
+	// UpdateDevice stores a change of an active device (its identity, its
+	// hold) in a transaction that fails with ErrInactiveDevice, changing
+	// nothing, when the device is no longer active: a retirement racing the
+	// change is never undone.
+	UpdateDevice(ctx context.Context, d Device) error
 	// Device returns the device, or ErrNotFound.
 	Device(ctx context.Context, user, id string) (Device, error)
 	// ListDevices returns the user's devices (every device for ""), by id.

@@ -591,6 +591,29 @@ func (s *Store) PutDevice(_ context.Context, d policy.Device) error {
 	return fmt.Errorf("nosqlstore: register device %s: too many concurrent registrations for its user", d.ID)
 }
 
+// UpdateDevice implements policy.DeviceStore: the write rolls back when the
+// device's active row is gone.
+func (s *Store) UpdateDevice(_ context.Context, d policy.Device) error {
+	b, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	key := devKey(d.User, d.ID)
+	mu := s.lock(key)
+	mu.Lock()
+	defer mu.Unlock()
+	tx := &database.Tx{}
+	tx.Get(activeTable, key) // rolls back for a retired device
+	tx.Set(devicesTable, key, b)
+	if err := s.db.Update(tx); err != nil {
+		if database.IsErrNotFound(err) {
+			return policy.ErrInactiveDevice
+		}
+		return fmt.Errorf("nosqlstore: update device %s: %w", d.ID, err)
+	}
+	return nil
+}
+
 // userDevices returns the stored list of user's device ids (nil when
 // absent) and the ids, sorted.
 func (s *Store) userDevices(user string) ([]byte, []string, error) {

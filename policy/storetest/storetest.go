@@ -36,6 +36,7 @@ func Run(t *testing.T, open Opener) {
 		{"RenewalOnce", renewalOnce},
 		{"InventoryAndRegistry", inventory},
 		{"IdentityClaimRaceAcrossNodes", identityRace},
+		{"UpdateNeverUndoesARetirement", updateDevice},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			a, b := open(t)
@@ -277,5 +278,36 @@ func identityRace(t *testing.T, a, b policy.Store) {
 		if n := wins.Load(); n != 1 {
 			t.Fatalf("round %d: %d nodes claimed one identity", round, n)
 		}
+	}
+}
+
+// An update of an active device never undoes a retirement that came first.
+func updateDevice(t *testing.T, a, b policy.Store) {
+	register(t, a, "a@example.com", "d")
+	d, err := a.Device(ctx, "a@example.com", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.UpdatedBy = "rekey"
+	if err := b.UpdateDevice(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := a.Device(ctx, "a@example.com", "d"); got.UpdatedBy != "rekey" {
+		t.Fatalf("the update was not stored: %+v", got)
+	}
+	retired := d
+	retired.State, retired.RetiredAt = policy.DeviceRetired, time.Now().UTC()
+	if err := a.RetireDevice(ctx, retired, nil); err != nil {
+		t.Fatal(err)
+	}
+	d.UpdatedBy = "late rekey"
+	if err := b.UpdateDevice(ctx, d); !errors.Is(err, policy.ErrInactiveDevice) {
+		t.Fatalf("an update of a retired device: %v", err)
+	}
+	if got, _ := a.Device(ctx, "a@example.com", "d"); got.State != policy.DeviceRetired || got.UpdatedBy == "late rekey" {
+		t.Fatalf("the retirement was undone: %+v", got)
+	}
+	if err := b.PutChallenge(ctx, []byte("after"), policy.Challenge{User: "a@example.com", Device: "d", ExpiresAt: time.Now().Add(time.Hour)}); !errors.Is(err, policy.ErrInactiveDevice) {
+		t.Fatalf("the device came back active: %v", err)
 	}
 }
