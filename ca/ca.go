@@ -35,6 +35,8 @@ import (
 	"github.com/smallstep/nosql/database"
 	"go.step.sm/crypto/pemutil"
 	"go.step.sm/crypto/x509util"
+
+	"github.com/smimeca/smimeca/ca/keystore"
 )
 
 // Key types accepted for the issuing intermediate.
@@ -824,7 +826,7 @@ func createAndStore(what, certPath, keyPath string, tmpl, parent *x509.Certifica
 	if err != nil {
 		return nil, fmt.Errorf("ca: create %s: %w", what, err)
 	}
-	if err := writeKey(keyPath, key); err != nil {
+	if err := keystore.WriteKeyFile(keyPath, key); err != nil {
 		return nil, err
 	}
 	return crt, writeCertificates(certPath, crt)

@@ -12,10 +12,10 @@ import (
 	"path/filepath"
 
 	"go.step.sm/crypto/pemutil"
-)
 
-// keyFileMode is the permission of every private key file the CA writes.
-const keyFileMode = 0o600
+	"github.com/smimeca/smimeca/ca/keystore"
+	"github.com/smimeca/smimeca/internal/atomicfile"
+)
 
 // writeCertificates writes certs as a PEM bundle to path (mode 0644).
 func writeCertificates(path string, certs ...*x509.Certificate) error {
@@ -26,44 +26,10 @@ func writeCertificates(path string, certs ...*x509.Certificate) error {
 	return writeFileAtomic(path, buf, 0o644)
 }
 
-// writeKey writes a private key as PKCS#8 PEM to path with mode 0600.
-func writeKey(path string, key crypto.PrivateKey) error {
-	block, err := pemutil.Serialize(key, pemutil.WithPKCS8(true))
-	if err != nil {
-		return fmt.Errorf("ca: serialize key for %s: %w", filepath.Base(path), err)
-	}
-	return writeFileAtomic(path, pem.EncodeToMemory(block), keyFileMode)
-}
-
-// writeFileAtomic writes data to a temporary file next to path and renames
-// it into place, so that a crash never leaves a half-written file.
+// writeFileAtomic writes data to path through a synced temporary file.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("ca: create %s: %w", filepath.Dir(path), err)
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("ca: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("ca: write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("ca: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("ca: write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("ca: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("ca: write %s: %w", path, err)
+	if err := atomicfile.Write(path, data, mode); err != nil {
+		return fmt.Errorf("ca: %w", err)
 	}
 	return nil
 }
@@ -78,7 +44,7 @@ func readKeyPair(certPath, keyPath string) (*x509.Certificate, crypto.Signer, er
 		}
 		return nil, nil, fmt.Errorf("ca: read %s: %w", certPath, err)
 	}
-	key, err := readKeyFile(keyPath)
+	key, err := keystore.ReadKeyFile(keyPath)
 	return crt, key, err
 }
 

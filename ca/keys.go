@@ -1,295 +1,38 @@
 package ca
 
-import (
-	"context"
-	"crypto"
-	"errors"
-	"fmt"
-	"io/fs"
-	"net/url"
-	"os"
-	"path/filepath"
-	"strings"
+import "github.com/smimeca/smimeca/ca/keystore"
 
-	"go.step.sm/crypto/keyutil"
-	"go.step.sm/crypto/kms/apiv1"
-	"go.step.sm/crypto/kms/pkcs11"
-	"go.step.sm/crypto/kms/uri"
-	"go.step.sm/crypto/pemutil"
+// The CA's key names and key store are package keystore's; these names are
+// kept for the CA's callers.
+type (
+	// KeyName names one of the CA's private keys (keystore.Name).
+	KeyName = keystore.Name
+	// KeyStore is where the CA's keys are made and used (keystore.Store).
+	KeyStore = keystore.Store
+	// KeySpec is the kind of key KeyStore.Create makes (keystore.Spec).
+	KeySpec = keystore.Spec
+	// FileKeys is the key store of PEM files (keystore.Files).
+	FileKeys = keystore.Files
 )
 
-// KeyName names one of the CA's private keys in a KeyStore.
-type KeyName string
-
-// The CA's private keys.
+// The CA's private keys (keystore's names).
 const (
-	KeyRoot      KeyName = "root"      // signs the issuing CA and the root's CRL
-	KeyIssuing   KeyName = "issuing"   // signs leaves, CRLs and the CA's own certificates
-	KeyRA        KeyName = "ra"        // SCEP RA: decrypts requests, signs CertRep (RSA)
-	KeyProfile   KeyName = "profile"   // signs configuration profiles
-	KeyOCSP      KeyName = "ocsp"      // signs OCSP responses (delegated responder)
-	KeyConnector KeyName = "connector" // PFX connector: RSA-OAEP-decrypts import passwords
-	KeyAPI       KeyName = "api"       // the gRPC API's own CA: server and client credentials
+	KeyRoot      = keystore.Root
+	KeyIssuing   = keystore.Issuing
+	KeyRA        = keystore.RA
+	KeyProfile   = keystore.Profile
+	KeyOCSP      = keystore.OCSP
+	KeyConnector = keystore.Connector
+	KeyAPI       = keystore.API
+	// KMSSoft is the --kms value of key files (keystore.KMSSoft).
+	KMSSoft = keystore.KMSSoft
 )
 
 // KeyNames lists every key a KeyStore holds for the CA, root first.
-var KeyNames = []KeyName{KeyRoot, KeyIssuing, KeyRA, KeyProfile, KeyOCSP, KeyConnector, KeyAPI}
+var KeyNames = keystore.Names
 
-// KeySpec is the kind of key KeyStore.Create makes.
-type KeySpec struct {
-	Type string // KeyTypeEC or KeyTypeRSA
-	// Bits is the RSA modulus size; the curve for EC: 256 (P-256) or 384 (P-384).
-	Bits int
-}
+// OpenKeyStore opens the key store kms names (keystore.Open).
+func OpenKeyStore(kms, dir, pin string) (KeyStore, error) { return keystore.Open(kms, dir, pin) }
 
-// KeyStore is where the CA's private keys are made and used: files under the
-// CA directory (FileKeys) or a PKCS#11 token (OpenKeyStore with a pkcs11:
-// URI). A key a token creates never leaves it.
-type KeyStore interface {
-	// Key returns the named key. The error wraps fs.ErrNotExist when the
-	// store has no key of that name.
-	Key(name KeyName) (crypto.Signer, error)
-	// Create makes a new key under name. It never replaces one: the error
-	// wraps fs.ErrExist when the store holds a key of that name.
-	Create(name KeyName, spec KeySpec) (crypto.Signer, error)
-	// Delete removes the named key, if there is one.
-	Delete(name KeyName) error
-	// Location says where the named key is kept, for messages: a file path
-	// or a pkcs11: URI (never a PIN).
-	Location(name KeyName) string
-	// Close releases the store (a token's sessions).
-	Close() error
-}
-
-// KMSSoft is the --kms value that keeps keys in 0600 PEM files in the CA
-// directory, as step-ca's softkms does.
-const KMSSoft = "softkms"
-
-// OpenKeyStore opens the key store kms names: "" or KMSSoft for files in dir,
-// or a pkcs11: URI (RFC 7512; module-path, token, pin-source or pin-value,
-// max-sessions) for a token, whose PIN may also come from pin (e.g.
-// $SMIMECA_KMS_PIN). Errors say which URI failed and what to check.
-func OpenKeyStore(kms, dir, pin string) (KeyStore, error) {
-	if kms == "" || kms == KMSSoft {
-		return FileKeys(dir), nil
-	}
-	if !strings.HasPrefix(kms, "pkcs11:") {
-		return nil, fmt.Errorf("ca: --kms %q is neither %s nor a pkcs11: URI", kms, KMSSoft)
-	}
-	return openPKCS11(kms, pin)
-}
-
-// FileKeys is the KeyStore of PEM files (PKCS#8, mode 0600) in a CA
-// directory; a key file readable by group or others is refused.
-type FileKeys string
-
-// keyFiles are the files of FileKeys, named as the CA has always named them.
-var keyFiles = map[KeyName]string{
-	KeyRoot: rootKeyFile, KeyIssuing: intermediateKeyFile, KeyRA: raKeyFile,
-	KeyProfile: ProfileSignerKeyFile, KeyOCSP: ocspSignerKeyFile, KeyConnector: ConnectorKeyFile, KeyAPI: apiCAKeyFile,
-}
-
-// Location returns the key's file path.
-func (d FileKeys) Location(name KeyName) string { return filepath.Join(string(d), keyFiles[name]) }
-
-// Key reads the named key file.
-func (d FileKeys) Key(name KeyName) (crypto.Signer, error) {
-	return readKeyFile(d.Location(name))
-}
-
-// Create generates a key in memory and writes it to its file (atomically,
-// mode 0600).
-func (d FileKeys) Create(name KeyName, spec KeySpec) (crypto.Signer, error) {
-	if _, err := os.Stat(d.Location(name)); err == nil {
-		return nil, existsError(d.Location(name))
-	}
-	var key crypto.Signer
-	var err error
-	switch spec.Type {
-	case KeyTypeEC:
-		key, err = keyutil.GenerateSigner("EC", fmt.Sprintf("P-%d", spec.Bits), 0)
-	default:
-		key, err = keyutil.GenerateSigner("RSA", "", spec.Bits)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("ca: generate %s key: %w", name, err)
-	}
-	return key, writeKey(d.Location(name), key)
-}
-
-// Delete removes the key's file.
-func (d FileKeys) Delete(name KeyName) error {
-	if err := os.Remove(d.Location(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
-// Close does nothing: files need no release.
-func (d FileKeys) Close() error { return nil }
-
-// existsError refuses to make a key where one is: a store holding a CA's
-// key without its certificate is restored or replaced by an operator, never
-// overwritten at start-up.
-func existsError(where string) error {
-	return fmt.Errorf("ca: %s already holds a key but its certificate is missing: restore the certificate from the backup of DATA/ca, or remove the key if it is truly unused: %w", where, fs.ErrExist)
-}
-
-// readKeyFile reads a PEM private key, refusing a file others may read.
-func readKeyFile(path string) (crypto.Signer, error) {
-	if fi, err := os.Stat(path); err != nil {
-		return nil, err
-	} else if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("ca: %s is readable by group or others (mode %04o); run chmod 600 on it", path, fi.Mode().Perm())
-	}
-	k, err := pemutil.Read(path)
-	if err != nil {
-		return nil, fmt.Errorf("ca: read key %s: %w", path, err)
-	}
-	signer, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("ca: key %s is not a signing key", path)
-	}
-	return signer, nil
-}
-
-// tokenKeys is the KeyStore of a PKCS#11 token, through step-ca's kms
-// (crypto11 underneath, which pools the token's sessions: concurrent
-// operations do not wait for one another).
-type tokenKeys struct {
-	kms *pkcs11.PKCS11
-	uri string // redacted
-	// module, token and pin open the raw session Import needs.
-	module, token, pin string
-}
-
-// keyIDs are the CKA_IDs of the CA's keys in a token, beside their labels
-// (CKA_LABEL smimeca-<name>): step-ca's kms wants both when it creates.
-var keyIDs = map[KeyName]string{
-	KeyRoot: "5301", KeyIssuing: "5302", KeyRA: "5303", KeyProfile: "5304", KeyOCSP: "5305", KeyConnector: "5306", KeyAPI: "5307",
-}
-
-// TokenKeyURI is the pkcs11: URI of the named key inside a token.
-func TokenKeyURI(name KeyName) string {
-	return "pkcs11:id=%" + keyIDs[name][:2] + "%" + keyIDs[name][2:] + ";object=smimeca-" + string(name)
-}
-
-func openPKCS11(raw, pin string) (KeyStore, error) {
-	u, err := uri.ParseWithScheme("pkcs11", raw)
-	if err != nil {
-		return nil, fmt.Errorf("ca: --kms is not a valid pkcs11: URI: %w", err)
-	}
-	shown := RedactKMS(raw)
-	if src := u.Get("pin-source"); src != "" {
-		// kms reads pin-source but ignores an unreadable file, which the
-		// token then reports as a wrong PIN.
-		if _, err := os.ReadFile(src); err != nil {
-			return nil, fmt.Errorf("ca: PIN file of %s: %w", shown, err)
-		}
-	}
-	if mod := u.Get("module-path"); mod != "" && strings.ContainsRune(mod, '/') {
-		if _, err := os.Stat(mod); err != nil {
-			return nil, fmt.Errorf("ca: %s: PKCS#11 module %s: %w (install the HSM vendor's module, or SoftHSM2's: apt-get install softhsm2)", shown, mod, err)
-		}
-	}
-	k, err := pkcs11.New(context.Background(), apiv1.Options{Type: apiv1.PKCS11, URI: raw, Pin: pin})
-	if err != nil {
-		msg := err.Error()
-		hint := "check module-path, the token label (token=) and that the token is initialised"
-		switch {
-		case strings.Contains(msg, "CKR_PIN_INCORRECT"), strings.Contains(msg, "CKR_PIN_LEN_RANGE"):
-			hint = "the PIN is wrong: fix the pin-source file, pin-value or $SMIMECA_KMS_PIN"
-		case strings.Contains(msg, "CKR_PIN_LOCKED"):
-			hint = "the token's user PIN is locked: the token's security officer must reset it"
-		case strings.Contains(u.Get("module-path"), "softhsm") && os.Getenv("SOFTHSM2_CONF") == "":
-			hint = "$SOFTHSM2_CONF is not set, so SoftHSM2 reads /etc/softhsm/softhsm2.conf and its token directory; export SOFTHSM2_CONF=<dir>/softhsm2.conf (make run's: data/softhsm/softhsm2.conf)"
-		case strings.Contains(msg, "could not find"), strings.Contains(msg, "no slot"):
-			hint = "no such token: check token= (softhsm2-util --show-slots or pkcs11-tool -L lists them)"
-		case strings.Contains(msg, "not compiled"), strings.Contains(msg, "cgo"):
-			hint = "this smimeca binary was built without cgo and cannot load PKCS#11 modules: rebuild with CGO_ENABLED=1"
-		}
-		if pin != "" {
-			msg = strings.ReplaceAll(msg, pin, "…")
-		}
-		return nil, fmt.Errorf("ca: open key store %s: %s; %s", shown, msg, hint)
-	}
-	if pin == "" {
-		pin = u.Pin()
-	}
-	return &tokenKeys{kms: k, uri: shown, module: u.Get("module-path"), token: u.Get("token"), pin: pin}, nil
-}
-
-// RedactKMS returns a --kms value without its PIN, for logs and messages:
-// a pin-value attribute is replaced wherever the URI carries it, in its path
-// (";"-separated) or its query ("&"-separated), whatever its case or
-// percent-encoding.
-func RedactKMS(raw string) string {
-	if !strings.HasPrefix(strings.ToLower(raw), "pkcs11:") {
-		return raw
-	}
-	path, query, hasQuery := strings.Cut(raw, "?")
-	out := redactAttrs(path, ";")
-	if hasQuery {
-		out += "?" + redactAttrs(query, "&")
-	}
-	return out
-}
-
-func redactAttrs(s, sep string) string {
-	attrs := strings.Split(s, sep)
-	for i, a := range attrs {
-		name, _, _ := strings.Cut(a, "=")
-		if n, err := url.PathUnescape(name); err == nil {
-			name = n
-		}
-		if strings.EqualFold(strings.TrimPrefix(strings.ToLower(name), "pkcs11:"), "pin-value") {
-			attrs[i] = name[:len(name)-len("pin-value")] + "pin-value=REDACTED"
-		}
-	}
-	return strings.Join(attrs, sep)
-}
-
-func (t *tokenKeys) Location(name KeyName) string {
-	return strings.TrimSuffix(strings.SplitN(t.uri, "?", 2)[0], ";") + ";" + strings.TrimPrefix(TokenKeyURI(name), "pkcs11:")
-}
-
-func (t *tokenKeys) Key(name KeyName) (crypto.Signer, error) {
-	s, err := t.kms.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: TokenKeyURI(name)})
-	if err != nil {
-		if errors.Is(err, apiv1.NotFoundError{}) || strings.Contains(err.Error(), "not found") {
-			return nil, fmt.Errorf("ca: %s: %w", t.Location(name), fs.ErrNotExist)
-		}
-		return nil, fmt.Errorf("ca: key %s: %w", t.Location(name), err)
-	}
-	return s, nil
-}
-
-func (t *tokenKeys) Create(name KeyName, spec KeySpec) (crypto.Signer, error) {
-	if _, err := t.Key(name); err == nil {
-		return nil, existsError(t.Location(name))
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
-	}
-	req := &apiv1.CreateKeyRequest{Name: TokenKeyURI(name), Bits: spec.Bits}
-	switch {
-	case spec.Type == KeyTypeEC && spec.Bits == 384:
-		req.SignatureAlgorithm = apiv1.ECDSAWithSHA384
-	case spec.Type == KeyTypeEC:
-		req.SignatureAlgorithm = apiv1.ECDSAWithSHA256
-	default:
-		req.SignatureAlgorithm = apiv1.SHA256WithRSA
-	}
-	if _, err := t.kms.CreateKey(req); err != nil {
-		return nil, fmt.Errorf("ca: create key %s in the token: %w", t.Location(name), err)
-	}
-	return t.Key(name)
-}
-
-func (t *tokenKeys) Delete(name KeyName) error {
-	if err := t.kms.DeleteKey(TokenKeyURI(name)); err != nil {
-		return fmt.Errorf("ca: delete key %s: %w", t.Location(name), err)
-	}
-	return nil
-}
-
-func (t *tokenKeys) Close() error { return t.kms.Close() }
+// RedactKMS returns a --kms value without its PIN (keystore.RedactKMS).
+func RedactKMS(raw string) string { return keystore.RedactKMS(raw) }

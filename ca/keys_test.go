@@ -20,6 +20,7 @@ import (
 	"github.com/smallstep/certificates/db"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/internal/testing/testhsm"
 	"github.com/smimeca/smimeca/internal/testing/testpki"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
@@ -281,22 +282,6 @@ func TestKeyStoreErrors(t *testing.T) {
 
 }
 
-// A PIN in a --kms URI never reaches a message, wherever the URI puts it.
-func TestRedactKMS(t *testing.T) {
-	for _, uri := range []string{
-		"pkcs11:token=a?pin-value=secret",
-		"pkcs11:token=a;pin-value=secret?module-path=/m.so",
-		"pkcs11:pin-value=secret;token=a",
-		"pkcs11:token=a;PIN-VALUE=secret",
-		"pkcs11:token=a;pin%2Dvalue=secret",
-		"pkcs11:token=a?module-path=/m.so&pin%2dvalue=secret&max-sessions=4",
-	} {
-		got := ca.RedactKMS(uri)
-		if strings.Contains(got, "secret") || !strings.Contains(got, "REDACTED") || !strings.Contains(got, "token=a") {
-			t.Errorf("RedactKMS(%q) = %q", uri, got)
-		}
-	}
-}
 
 // A CA made with key files moves into a token: every key is imported and
 // works from there (the CA opens on the token alone and its certificates
@@ -315,10 +300,10 @@ func TestMigrateFilesToToken(t *testing.T) {
 	a.Close()
 	keys := backends[1].open(t, caDir) // a token
 	defer keys.Close()
-	if _, err := ca.Migrate(caDir, ca.FileKeys(caDir), false); err == nil {
+	if _, err := keystore.Migrate(caDir, ca.FileKeys(caDir), false); err == nil {
 		t.Error("migrated into files")
 	}
-	moved, err := ca.Migrate(caDir, keys, false)
+	moved, err := keystore.Migrate(caDir, keys, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +318,7 @@ func TestMigrateFilesToToken(t *testing.T) {
 			t.Errorf("%s removed without --remove-files", m.File)
 		}
 	}
-	again, err := ca.Migrate(caDir, keys, true)
+	again, err := keystore.Migrate(caDir, keys, true)
 	if err != nil || len(again) != 5 || !again[0].Already || !again[0].Removed {
 		t.Fatalf("second run: %+v, %v", again, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 )
 
 // kmsPINEnv holds a token's user PIN when the --kms URI names none.
@@ -146,7 +147,7 @@ func keysCmd(args []string, stdout io.Writer) error {
 	if args[0] == "list" {
 		return listKeys(stdout, keys)
 	}
-	moved, err := ca.Migrate(caDir, keys, remove)
+	moved, err := keystore.Migrate(caDir, keys, remove)
 	for _, m := range moved {
 		what := "imported into"
 		if m.Already {

@@ -1,4 +1,4 @@
-package ca
+package keystore
 
 import (
 	"crypto"
@@ -18,16 +18,16 @@ import (
 	p11 "github.com/miekg/pkcs11"
 )
 
-// Importer is a KeyStore that can take in a key made elsewhere.
+// Importer is a Store that can take in a key made elsewhere.
 type Importer interface {
-	KeyStore
+	Store
 	// Import stores key under name, never to be extracted again.
-	Import(name KeyName, key crypto.Signer) error
+	Import(name Name, key crypto.Signer) error
 }
 
 // Migrated is what Migrate did with one key file.
 type Migrated struct {
-	Name     KeyName
+	Name     Name
 	File     string // the key file
 	Location string // where the key is now
 	// Already is set when the store held the same key before.
@@ -42,14 +42,14 @@ type Migrated struct {
 // and only with remove, is its file deleted. A key the token already holds
 // is left as it is; a different key under the same name stops the
 // migration. Keys without a file are skipped.
-func Migrate(dir string, to KeyStore, remove bool) ([]Migrated, error) {
+func Migrate(dir string, to Store, remove bool) ([]Migrated, error) {
 	imp, ok := to.(Importer)
 	if !ok {
 		return nil, errors.New("ca: keys can only be migrated into a PKCS#11 token (--kms pkcs11:…)")
 	}
-	from := FileKeys(dir)
+	from := Files(dir)
 	var out []Migrated
-	for _, n := range KeyNames {
+	for _, n := range Names {
 		key, err := from.Key(n)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -90,7 +90,7 @@ func samePublic(a, b crypto.PublicKey) bool {
 }
 
 // checkKeyWorks reads the named key back from keys and signs with it once.
-func checkKeyWorks(keys KeyStore, name KeyName, pub crypto.PublicKey) error {
+func checkKeyWorks(keys Store, name Name, pub crypto.PublicKey) error {
 	k, err := keys.Key(name)
 	if err != nil {
 		return err
@@ -128,7 +128,7 @@ var curveOIDs = map[elliptic.Curve]asn1.ObjectIdentifier{
 // the id and label the CA looks it up by; the private object is sensitive
 // and not extractable (the token keeps CKA_LOCAL and CKA_NEVER_EXTRACTABLE
 // false: the key was made outside).
-func (t *tokenKeys) Import(name KeyName, key crypto.Signer) error {
+func (t *tokenKeys) Import(name Name, key crypto.Signer) error {
 	id, err := hex.DecodeString(keyIDs[name])
 	if err != nil {
 		return err
