@@ -282,7 +282,6 @@ func TestKeyStoreErrors(t *testing.T) {
 
 }
 
-
 // A CA made with key files moves into a token: every key is imported and
 // works from there (the CA opens on the token alone and its certificates
 // stay the same), the files go only when asked, and a second run finds the
