@@ -213,18 +213,30 @@ func (s *Store) DeleteChallenge(_ context.Context, user, device string) error {
 	mu := s.lock(key)
 	mu.Lock()
 	defer mu.Unlock()
+	tx := &database.Tx{}
+	if err := s.dropLiveChallenge(tx, key); err != nil {
+		return err
+	}
+	if len(tx.Operations) == 0 {
+		return nil
+	}
+	if err := s.db.Update(tx); err != nil {
+		return fmt.Errorf("nosqlstore: delete the challenge of %s: %w", device, err)
+	}
+	return nil
+}
+
+// dropLiveChallenge adds to tx the deletion of the live challenge of the
+// device with the given key (whose lock the caller holds), if it has one.
+func (s *Store) dropLiveChallenge(tx *database.Tx, key []byte) error {
 	live, err := s.get(deviceChallengeTable, key)
 	if err == policy.ErrNotFound {
 		return nil
 	} else if err != nil {
 		return err
 	}
-	tx := &database.Tx{}
 	tx.Del(challengesTable, live)
 	tx.Del(deviceChallengeTable, key)
-	if err := s.db.Update(tx); err != nil {
-		return fmt.Errorf("nosqlstore: delete the challenge of %s: %w", device, err)
-	}
 	return nil
 }
 
@@ -530,13 +542,8 @@ func (s *Store) RevokeIssued(_ context.Context, serial string, revocation ca.Rec
 		mu := s.lock(key)
 		mu.Lock()
 		defer mu.Unlock()
-		live, err := s.get(deviceChallengeTable, key)
-		if err != nil && err != policy.ErrNotFound {
+		if err := s.dropLiveChallenge(tx, key); err != nil {
 			return fmt.Errorf("nosqlstore: revoke %s: %w", serial, err)
-		}
-		if live != nil {
-			tx.Del(challengesTable, live)
-			tx.Del(deviceChallengeTable, key)
 		}
 	}
 	tx.Del(renewableTable, []byte(serial))
