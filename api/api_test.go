@@ -21,7 +21,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/smimeca/smimeca/api"
+	"github.com/smimeca/smimeca/api/apipki"
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/internal/testing/testpki"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
@@ -33,7 +35,7 @@ type server struct {
 	credDir string
 	pool    *x509.CertPool
 	ca      *testpki.CA
-	pki     *ca.APIPKI
+	pki     *apipki.PKI
 }
 
 // options are what a test server may be given beyond the defaults.
@@ -49,7 +51,7 @@ func startServer(t *testing.T) *server { return startServerWith(t, options{}) }
 // credentials of each role.
 type fixture struct {
 	ca       *testpki.CA
-	pki      *ca.APIPKI
+	pki      *apipki.PKI
 	creds    *policy.Credentials
 	services api.Services
 	dir      string
@@ -63,12 +65,12 @@ func newFixture(t testing.TB, o options) *fixture {
 		t.Fatal(err)
 	}
 	domains, _ := policy.NewDomains([]string{"example.com"})
-	e, err := policy.NewEnrollment(c, store, policy.Config{Domains: domains, DeviceIdentityCAs: o.identityCAs})
+	e, err := policy.New(c, store, policy.Config{Domains: domains, DeviceIdentityCAs: o.identityCAs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	pki, err := ca.EnsureAPIPKI(dir, ca.FileKeys(dir), filepath.Join(dir, "credentials"), nil, api.Roles())
+	pki, err := apipki.Ensure(dir, keystore.Files(dir), filepath.Join(dir, "credentials"), nil, api.Roles())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +84,7 @@ func newFixture(t testing.TB, o options) *fixture {
 			t.Fatal(err)
 		}
 	}
-	profCert, profKey := c.ProfileSigner()
+	profCert, profKey := c.ProfileSigner(t)
 	return &fixture{ca: c, pki: pki, creds: creds, dir: dir, services: api.Services{
 		Enrollment:  api.NewEnrollmentService(e, "http://scep.test/scep", nil),
 		Devices:     api.NewDeviceService(e, nil),
@@ -124,7 +126,7 @@ func (s *server) dial(t *testing.T, role string) *grpc.ClientConn {
 	t.Helper()
 	cfg := &tls.Config{RootCAs: s.pool, ServerName: "localhost"}
 	if role != "" {
-		pair, err := tls.LoadX509KeyPair(filepath.Join(s.credDir, role, ca.ClientCertFile), filepath.Join(s.credDir, role, ca.ClientKeyFile))
+		pair, err := tls.LoadX509KeyPair(filepath.Join(s.credDir, role, apipki.ClientCertFile), filepath.Join(s.credDir, role, apipki.ClientKeyFile))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,11 +1,8 @@
-// Package ca is smimeca's issuing certificate authority. It owns the root,
-// the issuing intermediate and the RSA SCEP decrypter (RA) certificate, signs
-// leaf certificates from x509util templates through an embedded
-// smallstep/certificates authority, keeps the issued-certificate inventory and
-// the revocations in that authority's database, and publishes the CRL.
-//
-// It knows nothing about users, devices, roles or escrow: callers decide what a
-// certificate says (see Template) and ca applies it.
+// Package ca is smimeca's issuing certificate authority: from the root and
+// the issuing intermediate it signs the leaves, the SCEP RA and its own
+// services' delegated certificates, keeps their records and revocations,
+// and publishes the CRLs. Callers decide what a certificate says (Template,
+// Delegate); ca knows nothing of users, devices, roles or escrow.
 package ca
 
 import (
@@ -91,10 +88,6 @@ const (
 	intermediateKeyFile  = "intermediate_ca.key"
 	RACertFile           = "scep_ra.crt"
 	raKeyFile            = "scep_ra.key"
-	// ProfileSignerCertFile and ProfileSignerKeyFile sign configuration
-	// profiles.
-	ProfileSignerCertFile = "profile_signer.crt"
-	ProfileSignerKeyFile  = "profile_signer.key"
 )
 
 // ErrNotFound is returned when a certificate serial is unknown to the CA.
@@ -127,7 +120,7 @@ type Config struct {
 	CRLValidity time.Duration
 	// Keys holds the CA's private keys (default: FileKeys(Dir)). The CA
 	// creates in it the keys it does not find there on first start.
-	Keys KeyStore
+	Keys keystore.Store
 }
 
 // Validate reports whether the configuration is usable.
@@ -159,8 +152,6 @@ type Authority struct {
 	intermediate *x509.Certificate
 	ra           *x509.Certificate
 	raKey        RAKey
-	profCert     *x509.Certificate
-	profKey      crypto.Signer
 	crlURL       string
 	ocspURL      string
 	issuerURL    string
@@ -171,7 +162,7 @@ type Authority struct {
 	rootCRL      *rootCRL
 	// dir, keys, name and interKey issue the OCSP responder's certificate.
 	dir      string
-	keys     KeyStore
+	keys     keystore.Store
 	name     string
 	interKey crypto.Signer
 	crlMu    sync.Mutex
@@ -192,7 +183,7 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 		cfg.CRLValidity = 24 * time.Hour
 	}
 	if cfg.Keys == nil {
-		cfg.Keys = FileKeys(cfg.Dir)
+		cfg.Keys = keystore.Files(cfg.Dir)
 	}
 	base := strings.TrimRight(cfg.BaseURL, "/")
 	policies := []string{OIDMailboxStrict.String()}
@@ -214,10 +205,6 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	}
 	rootKey = nil
 	ra, raKey, err := loadOrCreateRA(cfg, inter, interKey)
-	if err != nil {
-		return nil, err
-	}
-	profCert, profKey, err := loadOrCreateProfileSigner(cfg, inter, interKey)
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +242,7 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	}
 	a := &Authority{
 		auth: auth, db: database, deferring: deferring,
-		root: root, intermediate: inter, ra: ra, raKey: raKey, profCert: profCert, profKey: profKey,
+		root: root, intermediate: inter, ra: ra, raKey: raKey,
 		crlURL: base + CRLPath, ocspURL: base + OCSPPath, issuerURL: base + IssuerPath,
 		policies: policies, rootCRL: rcrl,
 		dir: cfg.Dir, keys: cfg.Keys, name: cfg.Name, interKey: interKey,
@@ -289,10 +276,6 @@ type RAKey interface {
 
 // RA returns the SCEP RA/decrypter certificate and its RSA key.
 func (a *Authority) RA() (*x509.Certificate, RAKey) { return a.ra, a.raKey }
-
-// ProfileSigner returns the certificate and key that sign configuration
-// profiles, issued by the intermediate on first start.
-func (a *Authority) ProfileSigner() (*x509.Certificate, crypto.Signer) { return a.profCert, a.profKey }
 
 // CRLURL returns the CRL distribution point URL.
 func (a *Authority) CRLURL() string { return a.crlURL }
@@ -639,8 +622,8 @@ func rootForOpen(cfg Config) (*x509.Certificate, crypto.Signer, error) {
 
 // LoadRoot returns the root certificate and its key from keys: for root
 // ceremonies only (RootCRL signing, re-issuing the issuing CA).
-func LoadRoot(dir string, keys KeyStore) (*x509.Certificate, crypto.Signer, error) {
-	return loadPair(keys, filepath.Join(dir, RootCertFile), KeyRoot, false)
+func LoadRoot(dir string, keys keystore.Store) (*x509.Certificate, crypto.Signer, error) {
+	return loadPair(keys, filepath.Join(dir, RootCertFile), keystore.Root, false)
 }
 
 func isNotFound(err error) bool {
@@ -649,16 +632,16 @@ func isNotFound(err error) bool {
 
 func loadOrCreateRoot(cfg Config) (*x509.Certificate, crypto.Signer, error) {
 	certPath := filepath.Join(cfg.Dir, RootCertFile)
-	crt, key, err := loadPair(cfg.Keys, certPath, KeyRoot, false)
+	crt, key, err := loadPair(cfg.Keys, certPath, keystore.Root, false)
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return crt, key, err
 	}
 	// The root follows the issuing CA's key type: RSA (4096) by default,
 	// so that GetCACert, which includes it, holds only RSA certificates
 	// that every SCEP client can encrypt to; ECDSA P-384 with EC.
-	spec := KeySpec{Type: KeyTypeRSA, Bits: 4096}
+	spec := keystore.Spec{Type: KeyTypeRSA, Bits: 4096}
 	if cfg.IssuerKeyType == KeyTypeEC {
-		spec = KeySpec{Type: KeyTypeEC, Bits: 384}
+		spec = keystore.Spec{Type: KeyTypeEC, Bits: 384}
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: cfg.Name + " Root CA", Organization: []string{cfg.Name}},
@@ -673,18 +656,18 @@ func loadOrCreateRoot(cfg Config) (*x509.Certificate, crypto.Signer, error) {
 		ExcludedIPRanges:            []*net.IPNet{{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, {IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
 		PermittedDNSDomainsCritical: true,
 	}
-	return issuePair(cfg.Keys, KeyRoot, spec, "root", certPath, tmpl, nil, nil)
+	return issuePair(cfg.Keys, keystore.Root, spec, false, "root", certPath, tmpl, nil, nil)
 }
 
 func loadOrCreateIntermediate(cfg Config, base string, root *x509.Certificate, rootKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
 	certPath := filepath.Join(cfg.Dir, IntermediateCertFile)
-	crt, key, err := loadPair(cfg.Keys, certPath, KeyIssuing, false)
+	crt, key, err := loadPair(cfg.Keys, certPath, keystore.Issuing, false)
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return crt, key, err
 	}
-	spec := KeySpec{Type: KeyTypeRSA, Bits: 3072}
+	spec := keystore.Spec{Type: KeyTypeRSA, Bits: 3072}
 	if cfg.IssuerKeyType == KeyTypeEC {
-		spec = KeySpec{Type: KeyTypeEC, Bits: 256}
+		spec = keystore.Spec{Type: KeyTypeEC, Bits: 256}
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: cfg.Name + " S/MIME Issuing CA", Organization: []string{cfg.Name}},
@@ -706,19 +689,19 @@ func loadOrCreateIntermediate(cfg Config, base string, root *x509.Certificate, r
 		CRLDistributionPoints: []string{base + RootCRLPath},
 		IssuingCertificateURL: []string{base + RootPath},
 	}
-	return issuePair(cfg.Keys, KeyIssuing, spec, "intermediate", certPath, tmpl, root, rootKey)
+	return issuePair(cfg.Keys, keystore.Issuing, spec, false, "intermediate", certPath, tmpl, root, rootKey)
 }
 
 func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, RAKey, error) {
 	certPath := filepath.Join(cfg.Dir, RACertFile)
-	crt, key, err := loadPair(cfg.Keys, certPath, KeyRA, true)
+	crt, key, err := loadPair(cfg.Keys, certPath, keystore.RA, true)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, err
 	}
 	if err == nil {
 		rk, ok := key.(RAKey)
 		if _, rsaKey := key.Public().(*rsa.PublicKey); !ok || !rsaKey {
-			return nil, nil, fmt.Errorf("ca: %s is not an RSA key; SCEP content encryption needs RSA", cfg.Keys.Location(KeyRA))
+			return nil, nil, fmt.Errorf("ca: %s is not an RSA key; SCEP content encryption needs RSA", cfg.Keys.Location(keystore.RA))
 		}
 		if time.Until(crt.NotAfter) > raRenewBefore && crt.CheckSignatureFrom(inter) == nil {
 			return crt, rk, nil
@@ -732,75 +715,29 @@ func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer)
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		BasicConstraintsValid: true,
 	}
-	crt, key, err = issuePair(cfg.Keys, KeyRA, KeySpec{Type: KeyTypeRSA, Bits: raKeyBits}, "SCEP RA certificate", certPath, tmpl, inter, interKey)
+	crt, key, err = issuePair(cfg.Keys, keystore.RA, keystore.Spec{Type: KeyTypeRSA, Bits: raKeyBits}, true, "SCEP RA certificate", certPath, tmpl, inter, interKey)
 	if err != nil {
 		return nil, nil, err
 	}
 	rk, ok := key.(RAKey)
 	if !ok {
-		return nil, nil, fmt.Errorf("ca: %s cannot decrypt; SCEP needs an RSA key that does", cfg.Keys.Location(KeyRA))
+		return nil, nil, fmt.Errorf("ca: %s cannot decrypt; SCEP needs an RSA key that does", cfg.Keys.Location(keystore.RA))
 	}
 	return crt, rk, nil
 }
 
-func loadOrCreateProfileSigner(cfg Config, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
-	certPath := filepath.Join(cfg.Dir, ProfileSignerCertFile)
-	crt, key, err := loadPair(cfg.Keys, certPath, KeyProfile, true)
-	if err == nil && time.Until(crt.NotAfter) > raRenewBefore && crt.CheckSignatureFrom(inter) == nil {
-		return crt, key, nil
-	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: cfg.Name + " Profile Signing", Organization: []string{cfg.Name}},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(raLifetime),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-	}
-	return issuePair(cfg.Keys, KeyProfile, KeySpec{Type: KeyTypeEC, Bits: 256}, "profile signing certificate", certPath, tmpl, inter, interKey)
-}
-
-// renewable are the keys whose certificates the CA reissues with a new key
-// at will.
-var renewable = map[KeyName]bool{KeyRA: true, KeyProfile: true, KeyOCSP: true}
-
-// loadPair reads the certificate at certPath and its key from keys. The
-// error wraps fs.ErrNotExist when the certificate is missing, and, for a
-// renewable certificate (one the CA reissues at will), when its key is.
-// A certificate whose key does not match is refused.
-func loadPair(keys KeyStore, certPath string, name KeyName, renewable bool) (*x509.Certificate, crypto.Signer, error) {
-	crt, err := pemutil.ReadCertificate(certPath)
-	if err != nil {
-		if _, statErr := os.Stat(certPath); errors.Is(statErr, fs.ErrNotExist) {
-			return nil, nil, statErr
-		}
-		return nil, nil, fmt.Errorf("ca: read %s: %w", certPath, err)
-	}
-	key, err := keys.Key(name)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) && !renewable {
-			return nil, nil, fmt.Errorf("ca: %s exists but its key %s does not: restore the key, or point --kms at the store that holds it", certPath, keys.Location(name))
-		}
-		return nil, nil, err
-	}
-	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(crt.PublicKey) {
-		if renewable {
-			return nil, nil, fmt.Errorf("ca: key %s does not belong to %s: %w", keys.Location(name), certPath, fs.ErrNotExist)
-		}
-		return nil, nil, fmt.Errorf("ca: key %s does not belong to %s: point --kms at the store that holds its key", keys.Location(name), certPath)
-	}
-	return crt, key, nil
+// loadPair reads the certificate at certPath and its key (keystore.LoadPair).
+func loadPair(keys keystore.Store, certPath string, name keystore.Name, renewable bool) (*x509.Certificate, crypto.Signer, error) {
+	return keystore.LoadPair(keys, certPath, name, renewable)
 }
 
 // issuePair creates the named key in keys, signs tmpl for it with parentKey
 // (x509util picks a random serial; a nil parent self-signs) and writes the
-// certificate to certPath. Only a renewed certificate's key (the RA's, the
-// profile and OCSP signers') replaces a key of that name; the root's, the
+// certificate to certPath. Only a renewed certificate's key (the RA's and
+// the delegates') replaces a key of that name (replace); the root's, the
 // issuing CA's and the API CA's never do (KeyStore.Create refuses).
-func issuePair(keys KeyStore, name KeyName, spec KeySpec, what, certPath string, tmpl, parent *x509.Certificate, parentKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
-	if renewable[name] {
+func issuePair(keys keystore.Store, name keystore.Name, spec keystore.Spec, replace bool, what, certPath string, tmpl, parent *x509.Certificate, parentKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
+	if replace {
 		if err := keys.Delete(name); err != nil {
 			return nil, nil, err
 		}
@@ -817,17 +754,4 @@ func issuePair(keys KeyStore, name KeyName, spec KeySpec, what, certPath string,
 		return nil, nil, fmt.Errorf("ca: create %s: %w", what, err)
 	}
 	return crt, key, writeCertificates(certPath, crt)
-}
-
-// createAndStore signs tmpl for key with parentKey (x509util picks a random
-// serial), then writes the key (0600) and the certificate.
-func createAndStore(what, certPath, keyPath string, tmpl, parent *x509.Certificate, key, parentKey crypto.Signer) (*x509.Certificate, error) {
-	crt, err := x509util.CreateCertificate(tmpl, parent, key.Public(), parentKey)
-	if err != nil {
-		return nil, fmt.Errorf("ca: create %s: %w", what, err)
-	}
-	if err := keystore.WriteKeyFile(keyPath, key); err != nil {
-		return nil, err
-	}
-	return crt, writeCertificates(certPath, crt)
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/ca/keystore"
+	"github.com/smimeca/smimeca/internal/datastore"
 	"github.com/smimeca/smimeca/internal/testing/testhsm"
 	"github.com/smimeca/smimeca/internal/testing/testpki"
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
@@ -30,12 +31,12 @@ import (
 // (softkms) and a SoftHSM2 token made by scripts/softhsm.sh.
 var backends = []struct {
 	name string
-	open func(t *testing.T, caDir string) ca.KeyStore
+	open func(t *testing.T, caDir string) keystore.Store
 }{
-	{"softkms", func(t *testing.T, caDir string) ca.KeyStore { return ca.FileKeys(caDir) }},
-	{"softhsm", func(t *testing.T, caDir string) ca.KeyStore {
+	{"softkms", func(t *testing.T, caDir string) keystore.Store { return keystore.Files(caDir) }},
+	{"softhsm", func(t *testing.T, caDir string) keystore.Store {
 		tok := tokenFor(t)
-		k, err := ca.OpenKeyStore(tok.URI, caDir, "")
+		k, err := keystore.Open(tok.URI, caDir, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -64,7 +65,7 @@ func TestKeyStoreBackends(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			dir := t.TempDir()
 			caDir := filepath.Join(dir, "ca")
-			open := func() (*ca.Authority, ca.KeyStore, db.AuthDB) {
+			open := func() (*ca.Authority, keystore.Store, db.AuthDB) {
 				authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
 				if err != nil {
 					t.Fatal(err)
@@ -99,13 +100,15 @@ func TestKeyStoreBackends(t *testing.T) {
 			if err != nil || rsa.VerifyPKCS1v15(ra.PublicKey.(*rsa.PublicKey), crypto.SHA256, digest[:], sig) != nil {
 				t.Errorf("RA sign: %v", err)
 			}
-			if _, err := a.NewOCSPResponder(ca.DefaultOCSPValidity); err != nil {
-				t.Errorf("OCSP responder: %v", err)
+			if crt, key, err := a.Delegated(testDelegate, time.Now()); err != nil || crt.CheckSignatureFrom(a.Intermediate()) != nil {
+				t.Errorf("delegated certificate: %v", err)
+			} else if sig, err := key.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil || crt.CheckSignature(x509.ECDSAWithSHA256, []byte("certrep"), sig) != nil {
+				t.Errorf("delegated key signs: %v", err)
 			}
 			if _, err := a.CRL(); err != nil {
 				t.Errorf("CRL: %v", err)
 			}
-			conn, err := ca.LoadOrCreateConnectorKey(keys)
+			conn, err := pfxconnector.LoadOrCreateKey(keys)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -125,7 +128,7 @@ func TestKeyStoreBackends(t *testing.T) {
 			if !second.Root().Equal(a.Root()) || !second.Intermediate().Equal(a.Intermediate()) || !ra2.Equal(ra) {
 				t.Error("CA certificates changed across a restart")
 			}
-			conn2, err := ca.LoadOrCreateConnectorKey(keys2)
+			conn2, err := pfxconnector.LoadOrCreateKey(keys2)
 			if err != nil || !conn2.Public().(*rsa.PublicKey).Equal(conn.Public()) {
 				t.Errorf("connector key changed across a restart: %v", err)
 			}
@@ -154,7 +157,7 @@ func TestMissingKeyIsRefusedNotRecreated(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "object=smimeca-issuing") || !strings.Contains(err.Error(), "does not") {
 		t.Fatalf("open with the keys elsewhere: %v", err)
 	}
-	if _, err := keys.Key(ca.KeyRoot); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := keys.Key(keystore.Root); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("a root key was made in the token: %v", err)
 	}
 	crt, _ := os.ReadFile(filepath.Join(caDir, ca.RootCertFile))
@@ -180,7 +183,7 @@ func TestRootKeyOffline(t *testing.T) {
 			a.Close()
 			// A ceremony elsewhere (the offline root) signs the next CRL,
 			// then the key leaves the serving store.
-			rootKey, err := s.keys.Key(ca.KeyRoot)
+			rootKey, err := s.keys.Key(keystore.Root)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -192,10 +195,10 @@ func TestRootKeyOffline(t *testing.T) {
 			if err := ca.SignRootCRL(ceremony, root, rootKey, 400*24*time.Hour, time.Now()); err == nil {
 				t.Error("a root CRL valid over 366 days was signed")
 			}
-			if err := s.keys.Delete(ca.KeyRoot); err != nil {
+			if err := s.keys.Delete(keystore.Root); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := s.keys.Key(ca.KeyRoot); !errors.Is(err, fs.ErrNotExist) {
+			if _, err := s.keys.Key(keystore.Root); !errors.Is(err, fs.ErrNotExist) {
 				t.Fatalf("the root key is still in the store: %v", err)
 			}
 			a, err = s.open()
@@ -254,7 +257,7 @@ func TestKeyStoreErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			k, err := ca.OpenKeyStore(c.uri, t.TempDir(), c.pin)
+			k, err := keystore.Open(c.uri, t.TempDir(), c.pin)
 			if err == nil {
 				k.Close()
 				t.Fatal("opened")
@@ -270,7 +273,7 @@ func TestKeyStoreErrors(t *testing.T) {
 	// SoftHSM2 without its configuration looks for tokens elsewhere.
 	t.Run("SOFTHSM2_CONF unset", func(t *testing.T) {
 		t.Setenv("SOFTHSM2_CONF", "")
-		k, err := ca.OpenKeyStore(tok.URI, t.TempDir(), "")
+		k, err := keystore.Open(tok.URI, t.TempDir(), "")
 		if err == nil {
 			k.Close()
 			t.Fatal("opened")
@@ -293,13 +296,16 @@ func TestMigrateFilesToToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ca.LoadOrCreateConnectorKey(ca.FileKeys(caDir)); err != nil {
+	if _, err := pfxconnector.LoadOrCreateKey(keystore.Files(caDir)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Delegated(testDelegate, time.Now()); err != nil { // the profile signer's key
 		t.Fatal(err)
 	}
 	a.Close()
 	keys := backends[1].open(t, caDir) // a token
 	defer keys.Close()
-	if _, err := keystore.Migrate(caDir, ca.FileKeys(caDir), false); err == nil {
+	if _, err := keystore.Migrate(caDir, keystore.Files(caDir), false); err == nil {
 		t.Error("migrated into files")
 	}
 	moved, err := keystore.Migrate(caDir, keys, false)
@@ -342,11 +348,11 @@ func TestMigrateFilesToToken(t *testing.T) {
 // one test; open opens the CA on them.
 type storeCA struct {
 	dir  string
-	keys ca.KeyStore
+	keys keystore.Store
 	db   db.AuthDB
 }
 
-func newStoreCA(t *testing.T, b func(t *testing.T, caDir string) ca.KeyStore) *storeCA {
+func newStoreCA(t *testing.T, b func(t *testing.T, caDir string) keystore.Store) *storeCA {
 	t.Helper()
 	dir := t.TempDir()
 	authDB, err := db.New(&db.Config{Type: "bbolt", DataSource: filepath.Join(dir, "db")})
@@ -383,7 +389,7 @@ func TestExistingKeyIsNeverReplaced(t *testing.T) {
 			if !errors.Is(err, fs.ErrExist) || !strings.Contains(err.Error(), "restore the certificate") {
 				t.Fatalf("open without the root certificate: %v", err)
 			}
-			k, err := s.keys.Key(ca.KeyRoot)
+			k, err := s.keys.Key(keystore.Root)
 			if err != nil || !k.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(rootPub) {
 				t.Errorf("the root key was replaced: %v", err)
 			}
@@ -422,7 +428,7 @@ func TestRAKeyRenewedInStore(t *testing.T) {
 			if raKey2.Public().(*rsa.PublicKey).Equal(ra1.PublicKey) {
 				t.Error("the RA kept its old key")
 			}
-			if k, err := s.keys.Key(ca.KeyRA); err != nil || !k.Public().(*rsa.PublicKey).Equal(ra2.PublicKey) {
+			if k, err := s.keys.Key(keystore.RA); err != nil || !k.Public().(*rsa.PublicKey).Equal(ra2.PublicKey) {
 				t.Errorf("the store holds another RA key: %v", err)
 			}
 		})
@@ -432,7 +438,7 @@ func TestRAKeyRenewedInStore(t *testing.T) {
 // --db must be a postgres:// URL, and an error never shows its password.
 func TestOpenPostgresRefusesOtherURLs(t *testing.T) {
 	for _, dsn := range []string{"mysql://u:s3cret@h/db", "s3cret", "postgres://u:s3cret@127.0.0.1:1/db?connect_timeout=1"} {
-		_, err := ca.OpenPostgres(dsn)
+		_, err := datastore.OpenPostgres(dsn)
 		if err == nil {
 			t.Fatalf("%s: opened", dsn)
 		}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/smimeca/smimeca/ca/keystore"
 	"go.step.sm/crypto/pemutil"
 	"go.step.sm/crypto/x509util"
 )
@@ -108,7 +109,7 @@ func SignRootCRL(dir string, root *x509.Certificate, key crypto.Signer, validity
 // now for lifetime (at most to the root's end), signed with the root key
 // from keys. It writes the new certificate into dir; serving nodes use it
 // from their next start. The issuing key is not touched.
-func ReissueIntermediate(dir string, keys KeyStore, lifetime time.Duration, now time.Time) (*x509.Certificate, error) {
+func ReissueIntermediate(dir string, keys keystore.Store, lifetime time.Duration, now time.Time) (*x509.Certificate, error) {
 	root, rootKey, err := LoadRoot(dir, keys)
 	if err != nil {
 		return nil, err

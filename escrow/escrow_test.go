@@ -38,7 +38,8 @@ func record(t testing.TB, size int) policy.EscrowedKey {
 }
 
 func TestPutLoadListDeletePurge(t *testing.T) {
-	v := testvault.Start(t)
+	t.Parallel()
+	v := testvault.Mount(t)
 	s, own := v.Store(t)
 	ctx := context.Background()
 	a, b := record(t, 1218), record(t, 1219)
@@ -63,7 +64,7 @@ func TestPutLoadListDeletePurge(t *testing.T) {
 		t.Error("keys or order differ after the round trip")
 	}
 	// The key never sits in KV in the clear.
-	raw, err := v.Root.Logical().Read("smimeca/data/users/alice@example.com")
+	raw, err := v.Root.Logical().Read(v.KV("alice@example.com"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +91,7 @@ func TestPutLoadListDeletePurge(t *testing.T) {
 	// token, still holds the deleted key's ciphertext (versions 1 and 2
 	// held a; the current one, 3, does not).
 	for _, ver := range []string{"1", "2"} {
-		old, err := own.Logical().ReadWithData("smimeca/data/users/alice@example.com", map[string][]string{"version": {ver}})
+		old, err := own.Logical().ReadWithData(v.KV("alice@example.com"), map[string][]string{"version": {ver}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,13 +107,14 @@ func TestPutLoadListDeletePurge(t *testing.T) {
 		t.Fatalf("after purge: %+v", list)
 	}
 	// Purge removes the version history too.
-	if old, err := v.Root.Logical().ReadWithData("smimeca/data/users/alice@example.com", map[string][]string{"version": {"1"}}); err != nil || (old != nil && old.Data["data"] != nil) {
+	if old, err := v.Root.Logical().ReadWithData(v.KV("alice@example.com"), map[string][]string{"version": {"1"}}); err != nil || (old != nil && old.Data["data"] != nil) {
 		t.Fatalf("an old version survived the purge: %v %v", old, err)
 	}
 }
 
 func TestConcurrentImportsLoseNothing(t *testing.T) {
-	v := testvault.Start(t)
+	t.Parallel()
+	v := testvault.Mount(t)
 	s, _ := v.Store(t)
 	// A second store stands for a second smimeca process: its writers do
 	// not share the first one's locks, so check-and-set must arbitrate.
@@ -158,7 +160,8 @@ func TestConcurrentImportsLoseNothing(t *testing.T) {
 }
 
 func TestSameCertificateConcurrentlyIsOneEntry(t *testing.T) {
-	v := testvault.Start(t)
+	t.Parallel()
+	v := testvault.Mount(t)
 	s, _ := v.Store(t)
 	ctx := context.Background()
 	r := record(t, 1218)
@@ -189,7 +192,8 @@ func TestSameCertificateConcurrentlyIsOneEntry(t *testing.T) {
 }
 
 func TestEntrySizeLimit(t *testing.T) {
-	v := testvault.Start(t)
+	t.Parallel()
+	v := testvault.Mount(t)
 	s, _ := v.Store(t)
 	ctx := context.Background()
 	// Large stand-in keys reach the limit in a few dozen writes.
@@ -317,7 +321,8 @@ func TestAppRoleTokenExpiryReLogin(t *testing.T) {
 }
 
 func TestPutManyIsOneAtomicWrite(t *testing.T) {
-	v := testvault.Start(t)
+	t.Parallel()
+	v := testvault.Mount(t)
 	s, _ := v.Store(t)
 	ctx := context.Background()
 	a, b, c := record(t, 1218), record(t, 1219), record(t, 1220)
@@ -350,3 +355,6 @@ func TestPutManyIsOneAtomicWrite(t *testing.T) {
 		t.Fatalf("after the refused batch %d certificates are escrowed, want 3", len(list))
 	}
 }
+
+// TestMain shares one Vault among the package's tests (per-test mounts).
+func TestMain(m *testing.M) { testvault.Main(m) }

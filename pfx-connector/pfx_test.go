@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -135,5 +136,37 @@ func BenchmarkDecode(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// RewrapAll keeps each key in its place whichever worker took it, and a key
+// that does not parse fails alone, named by no key material.
+func TestRewrapAllKeepsOrderAndFailsAlone(t *testing.T) {
+	is := testpki.NewIssuer(t)
+	var keys []pfxconnector.DERKey
+	var certs []*x509.Certificate
+	for i := range 5 {
+		key := testpki.RSAKey(t, 2048, i)
+		cert := is.UserCert(t, key, testpki.CertOptions{Emails: []string{fmt.Sprintf("u%d@example.com", i)}})
+		der, _ := x509.MarshalPKCS8PrivateKey(key)
+		if i == 2 {
+			der = []byte("not a key")
+		}
+		keys, certs = append(keys, pfxconnector.DERKey{CertDER: cert.Raw, KeyPKCS8: der, ChainDER: [][]byte{is.Cert.Raw}}), append(certs, cert)
+	}
+	out, errs := pfxconnector.RewrapAll(keys, pfxconnector.Modern)
+	for i := range keys {
+		if i == 2 {
+			if errs[i] == nil || strings.Contains(errs[i].Error(), "not a key") {
+				t.Errorf("broken key: %v", errs[i])
+			}
+			continue
+		}
+		if errs[i] != nil {
+			t.Fatalf("key %d: %v", i, errs[i])
+		}
+		if _, c, _, err := pkcs12.DecodeChain(out[i].PFX, out[i].Password); err != nil || !c.Equal(certs[i]) {
+			t.Errorf("entry %d holds another certificate: %v", i, err)
+		}
 	}
 }

@@ -8,6 +8,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
@@ -94,4 +97,34 @@ func RewrapDER(certDER, keyPKCS8 []byte, chainDER [][]byte, enc Encoding) (Rewra
 		}
 	}
 	return Rewrap(key, cert, chain, enc)
+}
+
+// DERKey is one key as escrow stores it, for RewrapAll.
+type DERKey struct {
+	CertDER, KeyPKCS8 []byte
+	ChainDER          [][]byte
+}
+
+// RewrapAll re-wraps every key (RewrapDER) with the encoding, spread over
+// the cores: the PBKDF and the cipher of each file dominate a bundle's CPU,
+// so one caller's latency drops with them. out[i] and errs[i] are key i's.
+func RewrapAll(keys []DERKey, enc Encoding) (out []Rewrapped, errs []error) {
+	out, errs = make([]Rewrapped, len(keys)), make([]error, len(keys))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < min(runtime.GOMAXPROCS(0), len(keys)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(keys) {
+					return
+				}
+				out[i], errs[i] = RewrapDER(keys[i].CertDER, keys[i].KeyPKCS8, keys[i].ChainDER, enc)
+			}
+		}()
+	}
+	wg.Wait()
+	return out, errs
 }

@@ -9,10 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"runtime"
 	"sort"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
@@ -387,25 +384,18 @@ func (b *Bundles) rewrap(recs []EscrowedKey, req BundleRequest, recipient *x509.
 			current = i
 		}
 	}
-	// Re-wrapping (PBKDF + 3DES/AES per file) dominates a bundle's CPU:
-	// spread it over the cores so one caller's latency drops with them.
-	errs := make([]error, len(recs))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := 0; w < min(runtime.GOMAXPROCS(0), len(recs)); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(recs) {
-					return
-				}
-				entries[i], errs[i] = rewrapOne(recs[i], req, recipient, now, i == current)
-			}
-		}()
+	keys := make([]pfxconnector.DERKey, len(recs))
+	for i, r := range recs {
+		keys[i] = pfxconnector.DERKey{CertDER: r.CertDER, KeyPKCS8: r.KeyPKCS8, ChainDER: r.ChainDER}
 	}
-	wg.Wait()
+	wrapped, errs := pfxconnector.RewrapAll(keys, req.Encoding)
+	for i, r := range recs {
+		if errs[i] != nil {
+			errs[i] = fmt.Errorf("policy: escrowed certificate %s: %w", r.SHA256, errs[i])
+			continue
+		}
+		entries[i], errs[i] = deliverOne(r, wrapped[i], req, recipient, now, i == current)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -418,13 +408,12 @@ func (b *Bundles) rewrap(recs []EscrowedKey, req BundleRequest, recipient *x509.
 	return entries, nil
 }
 
-func rewrapOne(r EscrowedKey, req BundleRequest, recipient *x509.Certificate, now time.Time, current bool) (EncryptionEntry, error) {
-	w, err := pfxconnector.RewrapDER(r.CertDER, r.KeyPKCS8, r.ChainDER, req.Encoding)
-	if err != nil {
-		return EncryptionEntry{}, fmt.Errorf("policy: escrowed certificate %s: %w", r.SHA256, err)
-	}
+// deliverOne is one re-wrapped key as this delivery carries it: its
+// password enveloped to the recipient (CMS) or in the clear (break-glass).
+func deliverOne(r EscrowedKey, w pfxconnector.Rewrapped, req BundleRequest, recipient *x509.Certificate, now time.Time, current bool) (EncryptionEntry, error) {
 	e := EncryptionEntry{Metadata: r.Escrowed, PFX: w.PFX, Current: current, Expired: now.After(r.NotAfter)}
 	if req.Delivery == DeliverCMS {
+		var err error
 		if e.EnvelopedPassword, err = pfxconnector.Envelope([]byte(w.Password), recipient, req.KeyTransport); err != nil {
 			return EncryptionEntry{}, err
 		}

@@ -22,7 +22,7 @@ import (
 // one escrowed certificate for a@example.com, and a registered device "d"
 // whose identity key is devKey.
 type bundleEnv struct {
-	enroll  *policy.Enrollment
+	enroll  *policy.Services
 	store   *nosqlstore.Store
 	pool    *x509.CertPool
 	ca      *testpki.CA
@@ -35,7 +35,15 @@ type bundleEnv struct {
 	bundles *policy.Bundles
 }
 
+// newBundleEnv is newBundleEnvOn the package's shared Vault.
 func newBundleEnv(t *testing.T) *bundleEnv {
+	t.Helper()
+	return newBundleEnvOn(t, testvault.Mount(t))
+}
+
+// newBundleEnvOn sets up a registered device with an identity and one
+// escrowed key for a@example.com in v.
+func newBundleEnvOn(t *testing.T, v *testvault.Vault) *bundleEnv {
 	t.Helper()
 	c := testpki.NewCA(t, ca.KeyTypeEC)
 	store, _ := nosqlstore.New(c.DB.DB)
@@ -43,7 +51,7 @@ func newBundleEnv(t *testing.T) *bundleEnv {
 	pool := x509.NewCertPool()
 	pool.AddCert(mdm.Cert)
 	audit := &recordingAuditor{}
-	enroll, err := policy.NewEnrollment(c, store, policy.Config{DeviceIdentityCAs: pool}, policy.WithAuditor(audit))
+	enroll, err := policy.New(c, store, policy.Config{DeviceIdentityCAs: pool}, policy.WithAuditor(audit))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +60,6 @@ func newBundleEnv(t *testing.T) *bundleEnv {
 	if _, err := enroll.RegisterDevice(ctx, "a@example.com", "d", devCert.Raw); err != nil {
 		t.Fatal(err)
 	}
-	v := testvault.Start(t)
 	ks, _ := v.Store(t)
 	is := testpki.NewIssuer(t)
 	key := testpki.RSAKey(t, 2048, 0)
@@ -168,7 +175,7 @@ func TestBundleFailsClosedWithoutAudit(t *testing.T) {
 }
 
 func TestBundleWithoutEscrowAndWithVaultDown(t *testing.T) {
-	v := newBundleEnv(t)
+	v := newBundleEnvOn(t, testvault.Start(t)) // a Vault of its own to stop
 	ctx := context.Background()
 	// No escrow configured: a signing reference and an empty list.
 	b, err := policy.NewBundles(v.enroll, nil, v.ca, "http://x/scep", nil).Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
@@ -190,7 +197,7 @@ func TestBundleWithoutEscrowAndWithVaultDown(t *testing.T) {
 // one place they are set: a minimum of 3072 bits asks the device for 3072.
 func TestSigningReferenceFollowsTheKeyRules(t *testing.T) {
 	v := newBundleEnv(t)
-	e, err := policy.NewEnrollment(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, MinRSABits: 3072})
+	e, err := policy.New(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, MinRSABits: 3072})
 	if err != nil {
 		t.Fatal(err)
 	}

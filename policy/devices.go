@@ -29,12 +29,12 @@ const minIdentityRSABits = 2048
 // activeDevice returns the registered, active device (user, id), with the
 // user normalised and checked against the allowed domains. An unknown
 // device is ReasonUnknownDevice, a retired one ReasonDeviceRetired.
-func (e *Enrollment) activeDevice(ctx context.Context, user, id string) (Device, error) {
-	u, err := e.checkDeviceName(user, id)
+func (reg *Registry) activeDevice(ctx context.Context, user, id string) (Device, error) {
+	u, err := reg.checkDeviceName(user, id)
 	if err != nil {
 		return Device{}, err
 	}
-	d, err := e.store.Device(ctx, u, id)
+	d, err := reg.store.Device(ctx, u, id)
 	if errors.Is(err, ErrNotFound) {
 		return Device{}, reject(ReasonUnknownDevice, fmt.Sprintf("device %q of %s is not registered; register it first (smimeca device register --user %s --device %s)", id, u, u, id))
 	} else if err != nil {
@@ -46,12 +46,12 @@ func (e *Enrollment) activeDevice(ctx context.Context, user, id string) (Device,
 	return d, nil
 }
 
-func (e *Enrollment) checkDeviceName(user, id string) (string, error) {
+func (r *rules) checkDeviceName(user, id string) (string, error) {
 	u, err := NormalizeEmail(user)
 	if err != nil {
 		return "", err
 	}
-	if err := e.cfg.Domains.Check(u); err != nil {
+	if err := r.cfg.Domains.Check(u); err != nil {
 		return "", err
 	}
 	if err := ValidateDeviceID(id); err != nil {
@@ -88,8 +88,8 @@ func (d Device) IdentitySHA256() string {
 // 2048 to 4096 bits with exponent 65537 (what iOS MDM enrolment issues, and
 // what CMS key transport needs), valid now, issued by one of the
 // configured device identity CAs, and naming the device (Config.IdentityFields).
-func (e *Enrollment) checkIdentity(der []byte, device string) (*x509.Certificate, error) {
-	if e.cfg.DeviceIdentityCAs == nil {
+func (reg *Registry) checkIdentity(der []byte, device string) (*x509.Certificate, error) {
+	if reg.cfg.DeviceIdentityCAs == nil {
 		return nil, reject(ReasonBadIdentity, "no device identity CA is configured; start the server with --device-identity-ca FILE.pem (the MDM's device identity CA) before registering identities")
 	}
 	c, err := x509.ParseCertificate(der)
@@ -103,21 +103,21 @@ func (e *Enrollment) checkIdentity(der []byte, device string) (*x509.Certificate
 	if bits := pub.N.BitLen(); bits < minIdentityRSABits || CheckPublicKey(pub) != nil {
 		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate's RSA key has %d bits and exponent %d; %d to %d bits with exponent 65537 are accepted", bits, pub.E, minIdentityRSABits, MaxRSABits))
 	}
-	now := e.now()
+	now := reg.now()
 	if now.Before(c.NotBefore) || now.After(c.NotAfter) {
 		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate is not valid now (%s to %s)", c.NotBefore.UTC().Format("2006-01-02"), c.NotAfter.UTC().Format("2006-01-02")))
 	}
 	if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
 		return nil, reject(ReasonBadIdentity, "the identity certificate's key usage lacks keyEncipherment, so nothing can be encrypted to it")
 	}
-	if err := e.verifyIdentityChain(c, now); errors.Is(err, errIdentityRevoked) {
+	if err := reg.verifyIdentityChain(c, now); errors.Is(err, errIdentityRevoked) {
 		return nil, reject(ReasonBadIdentity, "the identity certificate was revoked by the MDM CA (--device-identity-crl)")
 	} else if err != nil {
 		return nil, reject(ReasonBadIdentity, "the identity certificate does not chain to a configured device identity CA (--device-identity-ca), or its revocation cannot be checked")
 	}
-	if !namesDevice(c, device, e.cfg.IdentityFields) {
+	if !namesDevice(c, device, reg.cfg.IdentityFields) {
 		return nil, reject(ReasonBadIdentity, fmt.Sprintf("the identity certificate (subject %q) does not name device %q in %s; an identity must name the device it is registered to (--identity-device-fields)",
-			c.Subject.String(), device, identityFieldNames(e.cfg.IdentityFields)))
+			c.Subject.String(), device, identityFieldNames(reg.cfg.IdentityFields)))
 	}
 	return c, nil
 }
@@ -131,8 +131,8 @@ func (e *Enrollment) checkIdentity(der []byte, device string) (*x509.Certificate
 // is refused (ReasonIdentityChange): that is RekeyDevice, which holds key
 // releases. A retired device starts a new lifecycle. It returns the device
 // as stored.
-func (e *Enrollment) RegisterDevice(ctx context.Context, user, id string, identity []byte) (Device, error) {
-	u, err := e.checkDeviceName(user, id)
+func (reg *Registry) RegisterDevice(ctx context.Context, user, id string, identity []byte) (Device, error) {
+	u, err := reg.checkDeviceName(user, id)
 	if err != nil {
 		return Device{}, err
 	}
@@ -140,19 +140,19 @@ func (e *Enrollment) RegisterDevice(ctx context.Context, user, id string, identi
 		return Device{}, reject(ReasonBadDevice, fmt.Sprintf("the device id %q is reserved for the labs static challenge", id))
 	}
 	refused := func(err error) (Device, error) {
-		e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionDeviceRegister, User: u, Device: id, Result: "refused", Detail: err.Error()})
+		reg.audit.Audit(ctx, Event{Time: reg.now().UTC(), Actor: ActorFrom(ctx), Action: ActionDeviceRegister, User: u, Device: id, Result: "refused", Detail: err.Error()})
 		return Device{}, err
 	}
 	var idCert *x509.Certificate
 	if len(identity) > 0 {
-		if idCert, err = e.checkIdentity(identity, id); err != nil {
+		if idCert, err = reg.checkIdentity(identity, id); err != nil {
 			return refused(err)
 		}
 		identity = idCert.Raw
 	}
-	now := e.now().UTC()
+	now := reg.now().UTC()
 	by := ActorFrom(ctx).Name
-	old, err := e.store.Device(ctx, u, id)
+	old, err := reg.store.Device(ctx, u, id)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Device{}, fmt.Errorf("policy: read device: %w", err)
 	}
@@ -172,36 +172,42 @@ func (e *Enrollment) RegisterDevice(ctx context.Context, user, id string, identi
 		detail = "registered again after retirement at " + old.RetiredAt.Format("2006-01-02T15:04:05Z")
 	}
 	if idCert != nil {
-		if err := e.claimIdentity(ctx, idCert, u, id); err != nil {
+		if err := reg.claimIdentity(ctx, idCert, u, id); err != nil {
 			return refused(err)
 		}
 	}
-	put := e.store.PutDevice
+	put := reg.store.PutDevice
 	if action == ActionDeviceIdentity {
 		// A change of an active device: a retirement meanwhile stands.
-		put = e.store.UpdateDevice
+		put = reg.store.UpdateDevice
 	}
 	if err := put(ctx, d); errors.Is(err, ErrInactiveDevice) {
 		return refused(errRetiredNow(u, id))
 	} else if err != nil {
-		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: u, Device: id, Result: "error", Detail: "storing the device failed"})
+		reg.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: u, Device: id, Result: "error", Detail: "storing the device failed"})
 		return Device{}, fmt.Errorf("policy: register device: %w", err)
 	}
 	ev := Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: u, Device: id, Result: "ok", Detail: detail}
 	if s := d.IdentitySHA256(); s != "" {
 		ev.SHA256 = []string{s}
 	}
-	e.audit.Audit(ctx, ev)
+	reg.audit.Audit(ctx, ev)
 	return d, nil
 }
 
 // Device returns the registered device (user, id).
-func (e *Enrollment) Device(ctx context.Context, user, id string) (Device, error) {
-	u, err := e.checkDeviceName(user, id)
+func (reg *Registry) Device(ctx context.Context, user, id string) (Device, error) {
+	return reg.device(ctx, user, id)
+}
+
+// device returns the registered device (user, id), ReasonUnknownDevice when
+// there is none.
+func (r *rules) device(ctx context.Context, user, id string) (Device, error) {
+	u, err := r.checkDeviceName(user, id)
 	if err != nil {
 		return Device{}, err
 	}
-	d, err := e.store.Device(ctx, u, id)
+	d, err := r.store.Device(ctx, u, id)
 	if errors.Is(err, ErrNotFound) {
 		return Device{}, reject(ReasonUnknownDevice, fmt.Sprintf("device %q of %s is not registered", id, u))
 	}
@@ -209,12 +215,12 @@ func (e *Enrollment) Device(ctx context.Context, user, id string) (Device, error
 }
 
 // ListDevices returns the user's registered devices.
-func (e *Enrollment) ListDevices(ctx context.Context, user string) ([]Device, error) {
+func (reg *Registry) ListDevices(ctx context.Context, user string) ([]Device, error) {
 	u, err := NormalizeEmail(user)
 	if err != nil {
 		return nil, err
 	}
-	return e.store.ListDevices(ctx, u)
+	return reg.store.ListDevices(ctx, u)
 }
 
 // RetireDevice ends a device's lifecycle. In one transaction: the device is
@@ -224,24 +230,24 @@ func (e *Enrollment) ListDevices(ctx context.Context, user string) ([]Device, er
 // retired; one that committed between the listing and the retirement is
 // revoked right after, so none ends valid. The user's escrow is untouched.
 // It returns the serials it revoked.
-func (e *Enrollment) RetireDevice(ctx context.Context, user, id, reason string) ([]string, error) {
+func (reg *Registry) RetireDevice(ctx context.Context, user, id, reason string) ([]string, error) {
 	if err := CheckText("the reason", reason); err != nil {
 		return nil, err
 	}
-	d, err := e.activeDevice(ctx, user, id)
+	d, err := reg.activeDevice(ctx, user, id)
 	if err != nil {
 		return nil, err
 	}
-	now := e.now().UTC()
-	revs, sums, err := e.unrevoked(ctx, d.User, d.ID, ca.ReasonCessationOfOperation, "device retired: "+reason)
+	now := reg.now().UTC()
+	revs, sums, err := reg.revocations.unrevoked(ctx, d.User, d.ID, ca.ReasonCessationOfOperation, "device retired: "+reason)
 	if err != nil {
 		return nil, err
 	}
 	d.State, d.RetiredAt, d.RetiredBy, d.RetireReason = DeviceRetired, now, ActorFrom(ctx).Name, reason
-	if err := e.store.RetireDevice(ctx, d, revs); errors.Is(err, ErrInactiveDevice) {
+	if err := reg.store.RetireDevice(ctx, d, revs); errors.Is(err, ErrInactiveDevice) {
 		return nil, reject(ReasonDeviceRetired, fmt.Sprintf("device %q of %s was retired meanwhile", id, d.User))
 	} else if err != nil {
-		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRetire, User: d.User, Device: id, Result: "error", Detail: "storing the retirement failed"})
+		reg.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRetire, User: d.User, Device: id, Result: "error", Detail: "storing the retirement failed"})
 		return nil, fmt.Errorf("policy: retire device: %w", err)
 	}
 	serials := make([]string, 0, len(revs))
@@ -249,56 +255,13 @@ func (e *Enrollment) RetireDevice(ctx context.Context, user, id, reason string) 
 		serials = append(serials, r.Serial)
 	}
 	// Anything issued between the listing and the commit.
-	late, lateSums, err := e.revokeAll(ctx, d.User, d.ID, ca.ReasonCessationOfOperation, "device retired: "+reason)
+	late, lateSums, err := reg.revocations.revokeAll(ctx, d.User, d.ID, ca.ReasonCessationOfOperation, "device retired: "+reason)
 	serials, sums = append(serials, late...), append(sums, lateSums...)
 	ev := Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRetire, User: d.User, Device: id,
 		Serials: serials, SHA256: sums, Result: "ok", Detail: reason}
 	if err != nil {
 		ev.Result, ev.Detail = "error", "retired; revoking late certificates failed: "+err.Error()
 	}
-	e.audit.Audit(ctx, ev)
+	reg.audit.Audit(ctx, ev)
 	return serials, err
-}
-
-// unrevoked lists the device's unrevoked certificates with the CA's records
-// of revoking them.
-func (e *Enrollment) unrevoked(ctx context.Context, user, id string, code int, reason string) ([]Revocation, []string, error) {
-	recs, err := e.store.ListIssued(ctx, Filter{User: user, Device: id})
-	if err != nil {
-		return nil, nil, fmt.Errorf("policy: list issued: %w", err)
-	}
-	var revs []Revocation
-	var sums []string
-	now := e.now()
-	for _, r := range recs {
-		if revoked, err := e.issuer.IsRevoked(r.Serial); err != nil {
-			return nil, nil, err
-		} else if revoked {
-			continue
-		}
-		rec, err := e.issuer.RevocationRecord(r.Serial, code, reason, now)
-		if err != nil {
-			return nil, nil, fmt.Errorf("policy: revoke %s: %w", r.Serial, err)
-		}
-		revs = append(revs, Revocation{Serial: r.Serial, CA: rec})
-		sums = append(sums, r.SHA256)
-	}
-	return revs, sums, nil
-}
-
-// revokeAll revokes every unrevoked certificate of the device, one
-// transaction each, and returns their serials and thumbprints.
-func (e *Enrollment) revokeAll(ctx context.Context, user, id string, code int, reason string) ([]string, []string, error) {
-	revs, sums, err := e.unrevoked(ctx, user, id, code, reason)
-	if err != nil {
-		return nil, nil, err
-	}
-	var serials []string
-	for i, r := range revs {
-		if err := e.store.RevokeIssued(ctx, r.Serial, r.CA); err != nil {
-			return serials, sums[:i], fmt.Errorf("policy: revoke %s: %w", r.Serial, err)
-		}
-		serials = append(serials, r.Serial)
-	}
-	return serials, sums, nil
 }

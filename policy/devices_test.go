@@ -172,7 +172,7 @@ func TestRenewalRacingRetirement(t *testing.T) {
 		v := newEnv(t, nil)
 		cur := v.enrol("alice@example.com", "d", 0)
 		g := &gatedStore{Store: v.store, reached: make(chan struct{}), release: make(chan struct{})}
-		e, _ := policy.NewEnrollment(v.ca, g, policy.Config{})
+		e, _ := policy.New(v.ca, g, policy.Config{})
 		errc := make(chan error, 1)
 		go func() {
 			_, err := e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 1), nil), Signer: cur})
@@ -195,7 +195,7 @@ func TestRenewalRacingRetirement(t *testing.T) {
 			l.before = func() {}
 			_, renewErr = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 1), nil), Signer: cur})
 		}
-		e, _ := policy.NewEnrollment(v.ca, l, policy.Config{})
+		e, _ := policy.New(v.ca, l, policy.Config{})
 		serials, err := e.RetireDevice(ctx, "alice@example.com", "d", "race")
 		if err != nil || renewErr != nil {
 			t.Fatalf("retire: %v; renewal: %v", err, renewErr)

@@ -1,7 +1,10 @@
-// Package policy holds smimeca's rules: which user and device a one-time
-// challenge binds, what a device may ask for in its CSR, what the issued
-// S/MIME signing certificate carries, who may renew, what is revoked, and the
-// audit trail of every such decision. It decides; ca signs and stores.
+// Package policy decides who gets what: smimeca's rules, as separate
+// services — Enrollment (which user and device a one-time challenge binds,
+// what a CSR may ask for, what the S/MIME signing certificate carries, who
+// may renew), Registry (devices and their identities), Revocations, Escrow
+// (what may be imported), Bundles (what is released, to whom) and
+// Credentials (API callers) — each audited. It decides; ca signs,
+// pfx-connector wraps, the stores keep.
 //
 // It knows nothing of HTTP, gRPC or Vault. Its stores are the small
 // interfaces in stores.go; implementations live in subpackages named after
@@ -120,12 +123,10 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Enrollment applies the enrolment rules. It is safe for concurrent use.
-type Enrollment struct {
-	// inUse holds the hashes of challenges an enrolment in this process is
-	// using right now, so that a concurrent second use is refused before
-	// anything is signed (the store's transaction is the final arbiter).
-	inUse  sync.Map
+// rules is what the enrolment, registry and revocation services share: the
+// configuration, the issuer, the store, where audit events go, the clock
+// and the randomness.
+type rules struct {
 	cfg    Config
 	issuer Issuer
 	store  Store
@@ -134,17 +135,51 @@ type Enrollment struct {
 	rand   io.Reader
 }
 
-// Option configures an Enrollment.
-type Option func(*Enrollment)
+// Enrollment applies the enrolment rules: one-time challenges and the
+// certificate requests of devices. It is safe for concurrent use.
+type Enrollment struct {
+	*rules
+	devices *Registry
+	// inUse holds the hashes of challenges an enrolment in this process is
+	// using right now, so that a concurrent second use is refused before
+	// anything is signed (the store's transaction is the final arbiter).
+	inUse sync.Map
+}
+
+// Registry is the device registry: devices, their identity certificates
+// (registration, rekey, confirmation) and retirement. It is safe for
+// concurrent use.
+type Registry struct {
+	*rules
+	revocations *Revocations
+}
+
+// Revocations lists and revokes issued certificates. It is safe for
+// concurrent use.
+type Revocations struct {
+	*rules
+}
+
+// Services are the enrolment, device-registry and revocation services on
+// one issuer and store. Callers hand each consumer the one it needs; the
+// embedding lets a test or a tool that drives all three call them as one.
+type Services struct {
+	*Enrollment
+	*Registry
+	*Revocations
+}
+
+// Option configures the services.
+type Option func(*rules)
 
 // WithAuditor sets where audit events go (default: nowhere).
-func WithAuditor(a Auditor) Option { return func(e *Enrollment) { e.audit = a } }
+func WithAuditor(a Auditor) Option { return func(r *rules) { r.audit = a } }
 
 // WithClock sets the clock (default time.Now).
-func WithClock(now func() time.Time) Option { return func(e *Enrollment) { e.now = now } }
+func WithClock(now func() time.Time) Option { return func(r *rules) { r.now = now } }
 
 // WithRand sets the randomness for challenges (default crypto/rand).
-func WithRand(r io.Reader) Option { return func(e *Enrollment) { e.rand = r } }
+func WithRand(rd io.Reader) Option { return func(r *rules) { r.rand = rd } }
 
 type nopAuditor struct{}
 
@@ -152,18 +187,19 @@ func (nopAuditor) Audit(context.Context, Event) {}
 
 func (nopAuditor) Record(context.Context, Event) error { return nil }
 
-// NewEnrollment returns the enrolment and device rules on the given issuer
-// and store.
-func NewEnrollment(issuer Issuer, store Store, cfg Config, opts ...Option) (*Enrollment, error) {
+// New returns the enrolment, registry and revocation services on the given
+// issuer and store.
+func New(issuer Issuer, store Store, cfg Config, opts ...Option) (*Services, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Enrollment{cfg: cfg, issuer: issuer, store: store,
-		audit: nopAuditor{}, now: time.Now, rand: rand.Reader}
+	r := &rules{cfg: cfg, issuer: issuer, store: store, audit: nopAuditor{}, now: time.Now, rand: rand.Reader}
 	for _, o := range opts {
-		o(e)
+		o(r)
 	}
-	return e, nil
+	rv := &Revocations{rules: r}
+	reg := &Registry{rules: r, revocations: rv}
+	return &Services{Enrollment: &Enrollment{rules: r, devices: reg}, Registry: reg, Revocations: rv}, nil
 }
 
 // NewChallenge is a freshly created challenge.
@@ -183,7 +219,7 @@ const challengeBytes = 32
 // active device enrol one signing certificate for user; it replaces the
 // device's previous challenge. ttl 0 means the configured default.
 func (e *Enrollment) CreateChallenge(ctx context.Context, user, device string, ttl time.Duration) (NewChallenge, error) {
-	d, err := e.activeDevice(ctx, user, device)
+	d, err := e.devices.activeDevice(ctx, user, device)
 	if err != nil {
 		return NewChallenge{}, err
 	}
@@ -365,7 +401,7 @@ func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificat
 	// day the predecessor was issued.
 	static := isStaticDevice(prev.Device)
 	if !static {
-		if _, err := e.activeDevice(ctx, prev.User, prev.Device); err != nil {
+		if _, err := e.devices.activeDevice(ctx, prev.User, prev.Device); err != nil {
 			return nil, e.refused(ctx, ActionRenew, prev.User, prev.Device,
 				reject(ReasonRenewalNotAuthorized, "the device is not registered and active: "+err.Error()))
 		}

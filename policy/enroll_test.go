@@ -58,7 +58,7 @@ type env struct {
 	t     testing.TB
 	ca    *testpki.CA
 	store *nosqlstore.Store
-	e     *policy.Enrollment
+	e     *policy.Services
 	audit *recordingAuditor
 	now   time.Time
 	mu    sync.Mutex
@@ -92,7 +92,7 @@ func newEnv(t testing.TB, mut func(*policy.Config)) *env {
 		mut(&cfg)
 	}
 	v := &env{t: t, ca: c, store: store, audit: &recordingAuditor{}, now: time.Now()}
-	v.e, err = policy.NewEnrollment(c, store, cfg, policy.WithAuditor(v.audit), policy.WithClock(v.clock))
+	v.e, err = policy.New(c, store, cfg, policy.WithAuditor(v.audit), policy.WithClock(v.clock))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +301,7 @@ func TestChallengeUnknownMissingExpired(t *testing.T) {
 // handed out.
 func TestConcurrentDoubleUseIssuesOnce(t *testing.T) {
 	v := newEnv(t, nil)
-	other, err := policy.NewEnrollment(v.ca, v.store, policy.Config{})
+	other, err := policy.New(v.ca, v.store, policy.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +427,7 @@ func TestRenewalRechecksPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	domains, _ := policy.NewDomains([]string{"other.example"})
-	later, err := policy.NewEnrollment(v.ca, v.store, policy.Config{Domains: domains})
+	later, err := policy.New(v.ca, v.store, policy.Config{Domains: domains})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -596,7 +596,7 @@ func TestFailedCommitLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	audit := &recordingAuditor{}
-	e, err := policy.NewEnrollment(c, store, policy.Config{}, policy.WithAuditor(audit))
+	e, err := policy.New(c, store, policy.Config{}, policy.WithAuditor(audit))
 	if err != nil {
 		t.Fatal(err)
 	}

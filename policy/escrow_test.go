@@ -19,11 +19,12 @@ import (
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
-	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/escrow"
 	"github.com/smimeca/smimeca/internal/testing/testhsm"
 	"github.com/smimeca/smimeca/internal/testing/testpki"
 	"github.com/smimeca/smimeca/internal/testing/testvault"
+	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/policy"
 )
 
@@ -37,7 +38,7 @@ type escrowEnv struct {
 
 func newEscrowEnv(t *testing.T) *escrowEnv {
 	t.Helper()
-	v := testvault.Start(t)
+	v := testvault.Mount(t)
 	store, _ := v.Store(t)
 	domains, _ := policy.NewDomains([]string{"example.com"})
 	conn := testpki.RSAKey(t, 3072, 0)
@@ -324,16 +325,16 @@ func TestImportIntuneRecord(t *testing.T) {
 func TestImportWithConnectorKeyInToken(t *testing.T) {
 	tok := testhsm.New(t)
 	t.Setenv("SOFTHSM2_CONF", tok.Conf)
-	keys, err := ca.OpenKeyStore(tok.URI, t.TempDir(), "")
+	keys, err := keystore.Open(tok.URI, t.TempDir(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer keys.Close()
-	conn, err := ca.LoadOrCreateConnectorKey(keys)
+	conn, err := pfxconnector.LoadOrCreateKey(keys)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := testvault.Start(t)
+	v := testvault.Mount(t)
 	store, _ := v.Store(t)
 	domains, _ := policy.NewDomains([]string{"example.com"})
 	e := policy.NewEscrow(store, conn, domains)
@@ -353,3 +354,6 @@ func TestImportWithConnectorKeyInToken(t *testing.T) {
 		t.Fatalf("SHA-1: %v", err)
 	}
 }
+
+// TestMain shares one Vault among the package's tests (per-test mounts).
+func TestMain(m *testing.M) { testvault.Main(m) }

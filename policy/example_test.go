@@ -8,7 +8,10 @@ import (
 	"os"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/escrow"
+	"github.com/smimeca/smimeca/internal/datastore"
+	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 )
@@ -19,7 +22,7 @@ import (
 // certificate's names come from the binding, never from the CSR.
 func ExampleEnrollment_Enroll() {
 	ctx := context.Background()
-	database, err := ca.OpenDatabase("data/db/smimeca.db")
+	database, err := datastore.OpenBolt("data/db/smimeca.db")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -32,7 +35,7 @@ func ExampleEnrollment_Enroll() {
 		log.Fatal(err)
 	}
 	domains, _ := policy.NewDomains([]string{"example.com"})
-	enrollment, err := policy.NewEnrollment(authority, store, policy.Config{Domains: domains})
+	enrollment, err := policy.New(authority, store, policy.Config{Domains: domains})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -61,8 +64,8 @@ func ExampleEscrow_Import() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	keys := ca.FileKeys("data/ca")
-	connector, err := ca.LoadOrCreateConnectorKey(keys)
+	keys := keystore.Files("data/ca")
+	connector, err := pfxconnector.LoadOrCreateKey(keys)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -84,8 +87,8 @@ func ExampleEscrow_Import() {
 func ExampleBundles_Bundle() {
 	ctx := context.Background()
 	var (
-		enrollment *policy.Enrollment // as in ExampleEnrollment_Enroll, with Config.DeviceIdentityCAs
-		keys       policy.KeyStore    // *escrow.Store, as in ExampleEscrow_Import
+		enrollment *policy.Services // as in ExampleEnrollment_Enroll, with Config.DeviceIdentityCAs
+		keys       policy.KeyStore  // *escrow.Store, as in ExampleEscrow_Import
 		authority  *ca.Authority
 	)
 	bundles := policy.NewBundles(enrollment, keys, authority, "https://ca.example.com/scep", nil)

@@ -124,20 +124,20 @@ type IdentityIndex interface {
 
 // claimIdentity makes (user, id) the holder of identity c, or refuses with
 // ReasonIdentityInUse naming the active device that holds it.
-func (e *Enrollment) claimIdentity(ctx context.Context, c *x509.Certificate, user, id string) error {
-	now := e.now().UTC()
+func (reg *Registry) claimIdentity(ctx context.Context, c *x509.Certificate, user, id string) error {
+	now := reg.now().UTC()
 	for _, key := range IdentityKeys(c) {
 		swapped := false
 		for attempt := 0; attempt < 10 && !swapped; attempt++ {
 			var old *IdentityClaim
-			cur, err := e.store.IdentityClaim(ctx, key)
+			cur, err := reg.store.IdentityClaim(ctx, key)
 			switch {
 			case err == nil:
 				if cur.User == user && cur.Device == id {
 					swapped = true
 					continue
 				}
-				if held, err := e.holds(ctx, cur, key, now); err != nil {
+				if held, err := reg.holds(ctx, cur, key, now); err != nil {
 					return err
 				} else if held {
 					return reject(ReasonIdentityInUse, fmt.Sprintf("the identity certificate is registered to device %q of %s; an identity belongs to one active device: retire that device or rekey it first", cur.Device, cur.User))
@@ -146,7 +146,7 @@ func (e *Enrollment) claimIdentity(ctx context.Context, c *x509.Certificate, use
 			case !errors.Is(err, ErrNotFound):
 				return fmt.Errorf("policy: read identity index: %w", err)
 			}
-			if swapped, err = e.store.SwapIdentityClaim(ctx, key, old, IdentityClaim{User: user, Device: id, At: now}); err != nil {
+			if swapped, err = reg.store.SwapIdentityClaim(ctx, key, old, IdentityClaim{User: user, Device: id, At: now}); err != nil {
 				return fmt.Errorf("policy: claim identity: %w", err)
 			}
 		}
@@ -160,8 +160,8 @@ func (e *Enrollment) claimIdentity(ctx context.Context, c *x509.Certificate, use
 // holds reports whether the claim still binds: its device is active with
 // an identity under key, or the claim is too young to tell (a registration
 // in flight).
-func (e *Enrollment) holds(ctx context.Context, c IdentityClaim, key string, now time.Time) (bool, error) {
-	d, err := e.store.Device(ctx, c.User, c.Device)
+func (reg *Registry) holds(ctx context.Context, c IdentityClaim, key string, now time.Time) (bool, error) {
+	d, err := reg.store.Device(ctx, c.User, c.Device)
 	if errors.Is(err, ErrNotFound) {
 		return now.Sub(c.At) < claimGrace, nil
 	} else if err != nil {
@@ -182,38 +182,38 @@ func (e *Enrollment) holds(ctx context.Context, c IdentityClaim, key string, now
 // administrator confirms the new identity (ConfirmIdentity); the audit
 // event (device.rekey) names the old and the new SHA-256 and the hold, and
 // is the notification. The same identity again changes nothing.
-func (e *Enrollment) RekeyDevice(ctx context.Context, user, id string, identity []byte) (Device, error) {
-	d, err := e.activeDevice(ctx, user, id)
+func (reg *Registry) RekeyDevice(ctx context.Context, user, id string, identity []byte) (Device, error) {
+	d, err := reg.activeDevice(ctx, user, id)
 	if err != nil {
 		return Device{}, err
 	}
 	refused := func(err error) (Device, error) {
-		e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: ActionDeviceRekey, User: d.User, Device: id, Result: "refused", Detail: err.Error()})
+		reg.audit.Audit(ctx, Event{Time: reg.now().UTC(), Actor: ActorFrom(ctx), Action: ActionDeviceRekey, User: d.User, Device: id, Result: "refused", Detail: err.Error()})
 		return Device{}, err
 	}
-	c, err := e.checkIdentity(identity, id)
+	c, err := reg.checkIdentity(identity, id)
 	if err != nil {
 		return refused(err)
 	}
 	if string(d.Identity) == string(c.Raw) {
 		return d, nil
 	}
-	if err := e.claimIdentity(ctx, c, d.User, id); err != nil {
+	if err := reg.claimIdentity(ctx, c, d.User, id); err != nil {
 		return refused(err)
 	}
-	now := e.now().UTC()
+	now := reg.now().UTC()
 	oldSum := d.IdentitySHA256()
 	d.Identity, d.UpdatedAt, d.UpdatedBy = c.Raw, now, ActorFrom(ctx).Name
 	detail := "identity added; no key was released to this device before"
 	if oldSum != "" {
-		d.HeldUntil = now.Add(e.cfg.RekeyHold)
+		d.HeldUntil = now.Add(reg.cfg.RekeyHold)
 		detail = fmt.Sprintf("identity replaced: old sha256 %s, new sha256 %s; key releases held until %s unless an administrator confirms (smimeca device confirm)",
 			oldSum, d.IdentitySHA256(), d.HeldUntil.Format(time.RFC3339))
 	}
-	if err := e.store.UpdateDevice(ctx, d); errors.Is(err, ErrInactiveDevice) {
+	if err := reg.store.UpdateDevice(ctx, d); errors.Is(err, ErrInactiveDevice) {
 		return refused(errRetiredNow(d.User, id))
 	} else if err != nil {
-		e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRekey, User: d.User, Device: id, Result: "error", Detail: "storing the device failed"})
+		reg.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRekey, User: d.User, Device: id, Result: "error", Detail: "storing the device failed"})
 		return Device{}, fmt.Errorf("policy: rekey device: %w", err)
 	}
 	ev := Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceRekey, User: d.User, Device: id, Result: "ok", Detail: detail,
@@ -221,36 +221,36 @@ func (e *Enrollment) RekeyDevice(ctx context.Context, user, id string, identity 
 	if oldSum != "" {
 		ev.SHA256 = []string{oldSum, d.IdentitySHA256()}
 	}
-	e.audit.Audit(ctx, ev)
+	reg.audit.Audit(ctx, ev)
 	return d, nil
 }
 
 // ConfirmIdentity ends the hold a rekey put on a device's key releases (an
 // administrator's decision: the new identity is the device's).
-func (e *Enrollment) ConfirmIdentity(ctx context.Context, user, id string) (Device, error) {
-	d, err := e.activeDevice(ctx, user, id)
+func (reg *Registry) ConfirmIdentity(ctx context.Context, user, id string) (Device, error) {
+	d, err := reg.activeDevice(ctx, user, id)
 	if err != nil {
 		return Device{}, err
 	}
-	now := e.now().UTC()
+	now := reg.now().UTC()
 	if !now.Before(d.HeldUntil) {
 		return Device{}, reject(ReasonIdentityChange, fmt.Sprintf("device %q of %s has no identity on hold", id, d.User))
 	}
 	d.HeldUntil, d.UpdatedAt, d.UpdatedBy = time.Time{}, now, ActorFrom(ctx).Name
-	if err := e.store.UpdateDevice(ctx, d); errors.Is(err, ErrInactiveDevice) {
+	if err := reg.store.UpdateDevice(ctx, d); errors.Is(err, ErrInactiveDevice) {
 		return Device{}, errRetiredNow(d.User, id)
 	} else if err != nil {
 		return Device{}, fmt.Errorf("policy: confirm identity: %w", err)
 	}
-	e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceConfirm, User: d.User, Device: id, Result: "ok",
+	reg.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionDeviceConfirm, User: d.User, Device: id, Result: "ok",
 		SHA256: []string{d.IdentitySHA256()}, Detail: "rekeyed identity confirmed; key releases resume"})
 	return d, nil
 }
 
 // ActiveDevice returns the registered, active device (user, id), the user
 // normalised: ReasonUnknownDevice or ReasonDeviceRetired otherwise.
-func (e *Enrollment) ActiveDevice(ctx context.Context, user, id string) (Device, error) {
-	return e.activeDevice(ctx, user, id)
+func (reg *Registry) ActiveDevice(ctx context.Context, user, id string) (Device, error) {
+	return reg.activeDevice(ctx, user, id)
 }
 
 // MinRSABits is the smallest device RSA key accepted (Config.MinRSABits).
@@ -260,7 +260,7 @@ func (e *Enrollment) MinRSABits() int { return e.cfg.MinRSABits }
 // when keys may be encrypted to it now: it has one, it can receive CMS
 // envelopes, it is not on hold after a rekey, and it still chains to a
 // configured device identity CA (and is not revoked by the MDM).
-func (e *Enrollment) ReleasableIdentity(d Device) (*x509.Certificate, error) {
+func (reg *Registry) ReleasableIdentity(d Device) (*x509.Certificate, error) {
 	if len(d.Identity) == 0 {
 		return nil, reject(ReasonNoIdentity, fmt.Sprintf("device %q of %s has no registered identity certificate, so no key can be encrypted to it; register it with --identity-cert (smimeca device register)", d.ID, d.User))
 	}
@@ -268,11 +268,11 @@ func (e *Enrollment) ReleasableIdentity(d Device) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: the registered identity of %s is unreadable: %w", d.ID, err)
 	}
-	now := e.now()
+	now := reg.now()
 	if err := pfxconnector.CheckRecipient(c, now); err != nil {
 		return nil, reject(ReasonNoIdentity, fmt.Sprintf("the registered identity certificate of device %q cannot receive keys (%v); register its current identity", d.ID, err))
 	}
-	if err := e.releasable(d, c, now); err != nil {
+	if err := reg.releasable(d, c, now); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -281,12 +281,12 @@ func (e *Enrollment) ReleasableIdentity(d Device) (*x509.Certificate, error) {
 // releasable checks, at release time, that the device's registered
 // identity may receive keys now: not on hold after a rekey, and still
 // chaining to a currently configured device identity CA.
-func (e *Enrollment) releasable(d Device, c *x509.Certificate, now time.Time) error {
+func (reg *Registry) releasable(d Device, c *x509.Certificate, now time.Time) error {
 	if now.Before(d.HeldUntil) {
 		return reject(ReasonIdentityOnHold, fmt.Sprintf("the identity of device %q of %s was replaced; key releases are held until %s unless an administrator confirms it (smimeca device confirm --user %s --device %s)",
 			d.ID, d.User, d.HeldUntil.UTC().Format(time.RFC3339), d.User, d.ID))
 	}
-	if err := e.verifyIdentityChain(c, now); err != nil {
+	if err := reg.verifyIdentityChain(c, now); err != nil {
 		return reject(ReasonNoIdentity, fmt.Sprintf("the registered identity of device %q cannot receive keys now (%v): it must chain to a configured device identity CA (--device-identity-ca) and not be revoked by the MDM; rekey the device with its current identity", d.ID, err))
 	}
 	return nil
@@ -294,15 +294,15 @@ func (e *Enrollment) releasable(d Device, c *x509.Certificate, now time.Time) er
 
 // verifyIdentityChain checks that c chains to a configured device identity
 // CA now and, where the MDM's CRL is configured, is not revoked.
-func (e *Enrollment) verifyIdentityChain(c *x509.Certificate, now time.Time) error {
-	if e.cfg.DeviceIdentityCAs == nil {
+func (reg *Registry) verifyIdentityChain(c *x509.Certificate, now time.Time) error {
+	if reg.cfg.DeviceIdentityCAs == nil {
 		return errors.New("no device identity CA configured")
 	}
-	if _, err := c.Verify(x509.VerifyOptions{Roots: e.cfg.DeviceIdentityCAs, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if _, err := c.Verify(x509.VerifyOptions{Roots: reg.cfg.DeviceIdentityCAs, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return err
 	}
-	if e.cfg.IdentityRevocations != nil {
-		revoked, err := e.cfg.IdentityRevocations.Revoked(c)
+	if reg.cfg.IdentityRevocations != nil {
+		revoked, err := reg.cfg.IdentityRevocations.Revoked(c)
 		if err != nil {
 			return fmt.Errorf("the MDM CA's revocation list cannot be checked: %w", err)
 		}

@@ -73,7 +73,7 @@ func TestRekeyHoldEndsAfterTheCoolingOff(t *testing.T) {
 	v := newBundleEnv(t)
 	ctx := context.Background()
 	now := time.Now()
-	clocked, err := policy.NewEnrollment(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, RekeyHold: time.Hour}, policy.WithClock(func() time.Time { return now }))
+	clocked, err := policy.New(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, RekeyHold: time.Hour}, policy.WithClock(func() time.Time { return now }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestIdentityBelongsToOneDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e2, _ := policy.NewEnrollment(v.ca, other, policy.Config{DeviceIdentityCAs: v.pool})
+	e2, _ := policy.New(v.ca, other, policy.Config{DeviceIdentityCAs: v.pool})
 	_, err = e2.RegisterDevice(ctx, "cfo@example.com", "ceo-phone", sameKey.Raw)
 	wantReason(t, err, policy.ReasonIdentityInUse)
 }
@@ -135,7 +135,7 @@ func TestReleaseRechecksTheIdentityCA(t *testing.T) {
 	otherCA := testpki.NewIssuer(t)
 	pool := x509.NewCertPool()
 	pool.AddCert(otherCA.Cert)
-	e2, _ := policy.NewEnrollment(v.ca, v.store, policy.Config{DeviceIdentityCAs: pool})
+	e2, _ := policy.New(v.ca, v.store, policy.Config{DeviceIdentityCAs: pool})
 	_, err := policy.NewBundles(e2, v.keys, v.ca, "http://x/scep", nil).Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
 	wantReason(t, err, policy.ReasonNoIdentity)
 }
@@ -198,7 +198,7 @@ func TestRevokedIdentityGetsNothing(t *testing.T) {
 	v := newBundleEnv(t)
 	ctx := context.Background()
 	revoked := revokedSerials{}
-	e, _ := policy.NewEnrollment(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, IdentityRevocations: revoked})
+	e, _ := policy.New(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, IdentityRevocations: revoked})
 	bundles := policy.NewBundles(e, v.keys, v.ca, "http://x/scep", nil)
 	if _, err := bundles.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS}); err != nil {
 		t.Fatal(err)
@@ -211,7 +211,7 @@ func TestRevokedIdentityGetsNothing(t *testing.T) {
 	_, err = e.RegisterDevice(ctx, "a@example.com", "e", other.Raw)
 	wantReason(t, err, policy.ReasonBadIdentity)
 	var unknown revokedSerials
-	e2, _ := policy.NewEnrollment(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, IdentityRevocations: unknown})
+	e2, _ := policy.New(v.ca, v.store, policy.Config{DeviceIdentityCAs: v.pool, IdentityRevocations: unknown})
 	_, err = policy.NewBundles(e2, v.keys, v.ca, "http://x/scep", nil).Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS})
 	wantReason(t, err, policy.ReasonNoIdentity)
 }
@@ -233,7 +233,7 @@ func TestRekeyRacingRetirement(t *testing.T) {
 	v := newBundleEnv(t)
 	ctx := context.Background()
 	rs := &retiringStore{Store: v.store}
-	e, _ := policy.NewEnrollment(v.ca, rs, policy.Config{DeviceIdentityCAs: v.pool})
+	e, _ := policy.New(v.ca, rs, policy.Config{DeviceIdentityCAs: v.pool})
 	rs.retire = func() {
 		if _, err := v.enroll.RetireDevice(ctx, "a@example.com", "d", "stolen"); err != nil {
 			t.Fatal(err)

@@ -213,7 +213,7 @@ func TestPayloadsOpenAndUUIDsAreStable(t *testing.T) {
 func TestSignedProfileVerifiesWithOpenSSL(t *testing.T) {
 	f := newFixture(t)
 	out := render(t, f, settings(t, fullSMIME))
-	cert, key := f.ca.ProfileSigner()
+	cert, key := f.ca.ProfileSigner(t)
 	signed, err := profile.Sign(out, cert, key, []*x509.Certificate{f.ca.Intermediate()})
 	if err != nil {
 		t.Fatal(err)

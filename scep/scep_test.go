@@ -35,7 +35,7 @@ import (
 
 type fixture struct {
 	srv    *httptest.Server
-	e      *policy.Enrollment
+	e      *policy.Services
 	raKey  scep.RAKey
 	ra     *x509.Certificate
 	caCert *testpki.CA
@@ -51,7 +51,7 @@ func newFixture(t testing.TB) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := policy.NewEnrollment(c, store, policy.Config{})
+	e, err := policy.New(c, store, policy.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

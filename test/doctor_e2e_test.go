@@ -13,7 +13,7 @@ import (
 
 	"go.step.sm/crypto/pemutil"
 
-	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/internal/testing/testvault"
 )
 
@@ -39,7 +39,7 @@ func TestDoctor(t *testing.T) {
 	// A mirror serving a CRL of this CA that has expired.
 	inter, _ := pemutil.ReadCertificate(filepath.Join(s.data, "ca", "intermediate_ca.crt"))
 	stale, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(1),
-		ThisUpdate: time.Now().Add(-48 * time.Hour), NextUpdate: time.Now().Add(-24 * time.Hour)}, inter, s.caKey(t, ca.KeyIssuing))
+		ThisUpdate: time.Now().Add(-48 * time.Hour), NextUpdate: time.Now().Add(-24 * time.Hour)}, inter, s.caKey(t, keystore.Issuing))
 	if err != nil {
 		t.Fatal(err)
 	}

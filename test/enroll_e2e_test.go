@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/datastore"
 	"github.com/smimeca/smimeca/policy"
 )
 
@@ -340,7 +340,7 @@ func TestScepclientAndIssuerKeyType(t *testing.T) {
 // second ago, in the bbolt database of a stopped server.
 func expireChallenge(t *testing.T, path, secret string) {
 	t.Helper()
-	db, err := ca.OpenDatabase(path)
+	db, err := datastore.OpenBolt(path)
 	if err != nil {
 		t.Fatal(err)
 	}

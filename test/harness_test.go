@@ -19,8 +19,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/internal/testing/testhsm"
+	"github.com/smimeca/smimeca/internal/testing/testpg"
 )
 
 var (
@@ -264,14 +265,14 @@ func (s *server) cli(args ...string) result {
 
 // caKey opens s's key store in this process (its token, with a token:
 // SOFTHSM2_CONF is set for the test) and returns the named CA key.
-func (s *server) caKey(t *testing.T, name ca.KeyName) crypto.Signer {
+func (s *server) caKey(t *testing.T, name keystore.Name) crypto.Signer {
 	t.Helper()
-	kms := ca.KMSSoft
+	kms := keystore.KMSSoft
 	if s.token != nil {
 		kms = s.token.URI
 		t.Setenv("SOFTHSM2_CONF", s.token.Conf)
 	}
-	keys, err := ca.OpenKeyStore(kms, filepath.Join(s.data, "ca"), "")
+	keys, err := keystore.Open(kms, filepath.Join(s.data, "ca"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,4 +379,12 @@ func (s *server) scepclient(dir, challenge string, extra ...string) result {
 		args = append(args, "-challenge", challenge)
 	}
 	return run(s.t, 60*time.Second, tool(s.t, "scepclient"), args...)
+}
+
+// TestMain runs the suite and then stops the PostgreSQL the multi-node
+// tests shared (a database each).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testpg.Stop()
+	os.Exit(code)
 }

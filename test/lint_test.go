@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/datastore"
 	"github.com/smimeca/smimeca/internal/testing/certlint"
 )
 
@@ -19,14 +19,14 @@ import (
 func lintIssued(t testing.TB, dataDir, dsn string) {
 	t.Helper()
 	dbPath := filepath.Join(dataDir, "db", "smimeca.db")
-	var database *ca.Database
+	var database *datastore.Database
 	var err error
 	if dsn != "" {
-		database, err = ca.OpenPostgres(dsn)
+		database, err = datastore.OpenPostgres(dsn)
 	} else if _, statErr := os.Stat(dbPath); statErr != nil {
 		return // the server never started
 	} else {
-		database, err = ca.OpenDatabase(dbPath)
+		database, err = datastore.OpenBolt(dbPath)
 	}
 	if err != nil {
 		t.Errorf("lint: %v", err)

@@ -9,6 +9,7 @@ package keystore
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -324,3 +325,31 @@ func (t *tokenKeys) Delete(name Name) error {
 }
 
 func (t *tokenKeys) Close() error { return t.kms.Close() }
+
+// LoadPair reads the certificate at certPath and its key from keys. The
+// error wraps fs.ErrNotExist when the certificate is missing, and, for a
+// renewable certificate (one the CA reissues at will), when its key is.
+// A certificate whose key does not match is refused.
+func LoadPair(keys Store, certPath string, name Name, renewable bool) (*x509.Certificate, crypto.Signer, error) {
+	crt, err := pemutil.ReadCertificate(certPath)
+	if err != nil {
+		if _, statErr := os.Stat(certPath); errors.Is(statErr, fs.ErrNotExist) {
+			return nil, nil, statErr
+		}
+		return nil, nil, fmt.Errorf("keystore: read %s: %w", certPath, err)
+	}
+	key, err := keys.Key(name)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && !renewable {
+			return nil, nil, fmt.Errorf("keystore: %s exists but its key %s does not: restore the key, or point --kms at the store that holds it", certPath, keys.Location(name))
+		}
+		return nil, nil, err
+	}
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(crt.PublicKey) {
+		if renewable {
+			return nil, nil, fmt.Errorf("keystore: key %s does not belong to %s: %w", keys.Location(name), certPath, fs.ErrNotExist)
+		}
+		return nil, nil, fmt.Errorf("keystore: key %s does not belong to %s: point --kms at the store that holds its key", keys.Location(name), certPath)
+	}
+	return crt, key, nil
+}

@@ -20,10 +20,13 @@ import (
 	"google.golang.org/grpc/health"
 
 	"github.com/smimeca/smimeca/api"
+	"github.com/smimeca/smimeca/api/apipki"
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/directory"
 	"github.com/smimeca/smimeca/directory/publish"
 	"github.com/smimeca/smimeca/internal/httplimit"
+	"github.com/smimeca/smimeca/ocsp"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/auditlog"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
@@ -39,18 +42,18 @@ type app struct {
 	log     *slog.Logger
 	closers []func()
 
-	st         *caStack
-	store      *nosqlstore.Store
-	audit      policy.Auditors
-	enrollment *policy.Enrollment
-	esc        escrowSetup
-	reg        *prometheus.Registry
-	httpSrv    *http.Server
-	grpcSrv    *grpc.Server
-	monitor    *healthMonitor
-	escrowSvc  *api.EscrowService
-	ldapSrv    *directory.Server
-	publisher  *publish.Publisher
+	st        *caStack
+	store     *nosqlstore.Store
+	audit     policy.Auditors
+	rules     *policy.Services
+	esc       escrowSetup
+	reg       *prometheus.Registry
+	httpSrv   *http.Server
+	grpcSrv   *grpc.Server
+	monitor   *healthMonitor
+	escrowSvc *api.EscrowService
+	ldapSrv   *directory.Server
+	publisher *publish.Publisher
 }
 
 // newApp builds the server; on error what was built is closed.
@@ -90,7 +93,7 @@ func (a *app) buildCA(context.Context) error {
 	}
 	a.st = st
 	a.closers = append(a.closers, st.Close)
-	logger.Info("CA keys", "kms", ca.RedactKMS(cfg.kms), "issuing_key", st.keys.Location(ca.KeyIssuing))
+	logger.Info("CA keys", "kms", keystore.RedactKMS(cfg.kms), "issuing_key", st.keys.Location(keystore.Issuing))
 	if next := st.authority.RootCRLNextUpdate(); time.Until(next) < rootCRLWarnBefore {
 		logger.Warn("the root CRL expires soon: sign the next with the offline root key (smimeca root crl) and copy it to every node's DATA/ca", "next_update", next.UTC().Format(time.RFC3339))
 	}
@@ -115,7 +118,7 @@ func (a *app) buildPolicy(context.Context) error {
 	}
 	a.closers = append(a.closers, func() { auditFile.Close() })
 	a.audit = policy.Auditors{auditlog.Log{Logger: logger}, auditFile}
-	a.enrollment, err = policy.NewEnrollment(a.st.authority, a.store, policy.Config{
+	a.rules, err = policy.New(a.st.authority, a.store, policy.Config{
 		Domains: r.domains, Validity: cfg.validity, ContentCommitment: cfg.contentCommitment,
 		ChallengeTTL: cfg.challengeTTL, StaticChallenge: cfg.staticChallenge, DeviceIdentityCAs: r.identityCAs,
 		IdentityFields: r.identityFields, RekeyHold: cfg.rekeyHold, IdentityRevocations: r.identityCRLs,
@@ -147,7 +150,7 @@ func (a *app) buildHTTP(context.Context) error {
 	if cfg.scepIncludeRoot {
 		chain = append(chain, authority.Root())
 	}
-	scepHandler, err := scep.New(a.enrollment, ra, raKey, chain, scep.WithLogger(logger), scep.WithMetrics(newSCEPMetrics(a.reg)))
+	scepHandler, err := scep.New(a.rules.Enrollment, ra, raKey, chain, scep.WithLogger(logger), scep.WithMetrics(newSCEPMetrics(a.reg)))
 	if err != nil {
 		return err
 	}
@@ -157,7 +160,7 @@ func (a *app) buildHTTP(context.Context) error {
 		MaxPerIP: cfg.scepMaxPerIP, MaxBodyBytes: scep.MaxMessageBytes, BodyTimeout: cfg.bodyTimeout, TrustedProxies: cfg.trustedPrefixes}
 	shed := httplimit.New(scepHandler, func(r *http.Request) bool { return r.URL.Query().Get("operation") == "PKIOperation" }, limits)
 	ocspLimits := limits
-	ocspLimits.RatePerIP, ocspLimits.BurstPerIP, ocspLimits.MaxBodyBytes = 5*limits.RatePerIP, 5*limits.BurstPerIP, ca.MaxOCSPRequestBytes
+	ocspLimits.RatePerIP, ocspLimits.BurstPerIP, ocspLimits.MaxBodyBytes = 5*limits.RatePerIP, 5*limits.BurstPerIP, ocsp.MaxRequestBytes
 	mux := http.NewServeMux()
 	mux.Handle(scep.Path, shed)
 	mux.Handle(scep.LegacyPath, shed)
@@ -165,7 +168,7 @@ func (a *app) buildHTTP(context.Context) error {
 	mux.Handle("GET "+ca.RootCRLPath, derHandler("application/pkix-crl", authority.RootCRL, logger))
 	mux.Handle("GET "+ca.IssuerPath, derHandler("application/pkix-cert", func() ([]byte, error) { return authority.Intermediate().Raw, nil }, logger))
 	mux.Handle("GET "+ca.RootPath, derHandler("application/pkix-cert", func() ([]byte, error) { return authority.Root().Raw, nil }, logger))
-	responder, err := authority.NewOCSPResponder(cfg.ocspValidity)
+	responder, err := ocsp.New(authority, cfg.ocspValidity)
 	if err != nil {
 		return err
 	}
@@ -186,7 +189,7 @@ func (a *app) buildGRPC(ctx context.Context) error {
 	hostname, _ := os.Hostname()
 	// The two credentials of the first start (admin, profile) are kept
 	// under DATA/credentials and registered like any other credential.
-	pki, err := ca.EnsureAPIPKI(filepath.Join(cfg.dataDir, "ca"), a.st.keys, filepath.Join(cfg.dataDir, "credentials"),
+	pki, err := apipki.Ensure(filepath.Join(cfg.dataDir, "ca"), a.st.keys, filepath.Join(cfg.dataDir, "credentials"),
 		[]string{u.Hostname(), grpcHost, hostname},
 		map[string]string{string(api.RoleAdmin): api.RoleURI(api.RoleAdmin), string(api.RoleProfile): api.RoleURI(api.RoleProfile)})
 	if err != nil {
@@ -204,8 +207,8 @@ func (a *app) buildGRPC(ctx context.Context) error {
 	}
 	scepURL := cfg.publicURL + scep.Path
 	services := api.Services{
-		Enrollment:  api.NewEnrollmentService(a.enrollment, scepURL, logger),
-		Devices:     api.NewDeviceService(a.enrollment, logger),
+		Enrollment:  api.NewEnrollmentService(a.rules, scepURL, logger),
+		Devices:     api.NewDeviceService(a.rules.Registry, logger),
 		Credentials: api.NewCredentialService(creds, pki.CA, logger),
 		Health:      health.NewServer(),
 	}
@@ -215,8 +218,11 @@ func (a *app) buildGRPC(ctx context.Context) error {
 		services.Escrow = a.escrowSvc
 		escrowed = a.esc.store
 	}
-	profCert, profKey := authority.ProfileSigner()
-	services.Bundles = api.NewBundleService(policy.NewBundles(a.enrollment, escrowed, authority, scepURL, a.audit),
+	profCert, profKey, err := authority.Delegated(profileSigner(authority.Name()), time.Now())
+	if err != nil {
+		return err
+	}
+	services.Bundles = api.NewBundleService(policy.NewBundles(a.rules, escrowed, authority, scepURL, a.audit),
 		&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{authority.Intermediate()}}, logger)
 	a.grpcSrv = api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services, logger)
 	a.monitor = a.healthMonitor(services.Health)

@@ -21,7 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/api/apipki"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
 
@@ -58,9 +58,9 @@ func (c *clientFlags) register(f *envFlags, role string) {
 }
 
 func (c *clientFlags) dial() (*grpc.ClientConn, error) {
-	crtPath := filepath.Join(c.credentials, ca.ClientCertFile)
-	keyPath := filepath.Join(c.credentials, ca.ClientKeyFile)
-	caPath := filepath.Join(c.credentials, ca.ClientCAFile)
+	crtPath := filepath.Join(c.credentials, apipki.ClientCertFile)
+	keyPath := filepath.Join(c.credentials, apipki.ClientKeyFile)
+	caPath := filepath.Join(c.credentials, apipki.ClientCAFile)
 	pair, err := tls.LoadX509KeyPair(crtPath, keyPath)
 	if err != nil {
 		return nil, fmt.Errorf("load client credentials from %s (run \"smimeca serve\" once to create them, or pass --credentials): %w", c.credentials, err)

@@ -17,7 +17,7 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/api/apipki"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
 
@@ -293,8 +293,8 @@ func credentialsIssue(args []string, stdout io.Writer) error {
 	if role == "" || name == "" || out == "" {
 		return usagef("credentials issue needs --role, --name and --out")
 	}
-	if _, err := os.Stat(filepath.Join(out, ca.ClientKeyFile)); err == nil {
-		return usagef("--out %s already holds a %s; choose an empty directory", out, ca.ClientKeyFile)
+	if _, err := os.Stat(filepath.Join(out, apipki.ClientKeyFile)); err == nil {
+		return usagef("--out %s already holds a %s; choose an empty directory", out, apipki.ClientKeyFile)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -324,9 +324,9 @@ func credentialsIssue(args []string, stdout io.Writer) error {
 		der       []byte
 		mode      os.FileMode
 	}{
-		{ca.ClientKeyFile, "PRIVATE KEY", keyDER, 0o600},
-		{ca.ClientCertFile, "CERTIFICATE", resp.GetCertificateDer(), 0o644},
-		{ca.ClientCAFile, "CERTIFICATE", resp.GetCaDer(), 0o644},
+		{apipki.ClientKeyFile, "PRIVATE KEY", keyDER, 0o600},
+		{apipki.ClientCertFile, "CERTIFICATE", resp.GetCertificateDer(), 0o644},
+		{apipki.ClientCAFile, "CERTIFICATE", resp.GetCaDer(), 0o644},
 	} {
 		if err := os.WriteFile(filepath.Join(out, w.file), pem.EncodeToMemory(&pem.Block{Type: w.typ, Bytes: w.der}), w.mode); err != nil {
 			return err

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
 
@@ -53,7 +54,7 @@ func doctor(args []string, stdout io.Writer) error {
 	f.str(&dataDir, "data", "SMIMECA_DATA", "data", "data directory of the installation")
 	f.str(&baseURL, "url", "SMIMECA_PUBLIC_URL", defURL, "public base URL of the server (SCEP, CRL)")
 	f.str(&crlURL, "crl-url", "", "", "URL relying parties fetch the CRL from (default: <url>/crl)")
-	f.str(&kms, "kms", "SMIMECA_KMS", ca.KMSSoft, "the server's --kms: where the CA keys are (PIN also from $"+kmsPINEnv+")")
+	f.str(&kms, "kms", "SMIMECA_KMS", keystore.KMSSoft, "the server's --kms: where the CA keys are (PIN also from $"+kmsPINEnv+")")
 	f.str(&opsAddr, "ops-addr", "SMIMECA_OPS_ADDR", "127.0.0.1:9090", "the server's ops listener (health of Vault, database, CA)")
 	f.fs.Int64Var(&minFree, "min-free-mib", 1024, "least free space on the data directory's file system, MiB")
 	if err := f.parse(args); err != nil {
@@ -206,14 +207,14 @@ func checkOps(c *http.Client, addr, dataDir string) []finding {
 // caPairs are the CA certificates doctor checks, each with its key.
 var caPairs = []struct {
 	file string
-	key  ca.KeyName
-}{{ca.RootCertFile, ca.KeyRoot}, {ca.IntermediateCertFile, ca.KeyIssuing}, {ca.RACertFile, ca.KeyRA}}
+	key  keystore.Name
+}{{ca.RootCertFile, keystore.Root}, {ca.IntermediateCertFile, keystore.Issuing}, {ca.RACertFile, keystore.RA}}
 
 // checkCAKeys opens the CA's key store as the server does (files, or the
 // token with its PIN) and checks that the root, issuing and RA keys are
 // there, match their certificates, and that those are valid.
 func checkCAKeys(dir, kms string, now time.Time) []finding {
-	keys, err := ca.OpenKeyStore(kms, dir, os.Getenv(kmsPINEnv))
+	keys, err := keystore.Open(kms, dir, os.Getenv(kmsPINEnv))
 	if err != nil {
 		return []finding{{name: "ca-keys", detail: err.Error(), fix: "pass --kms (or $SMIMECA_KMS, $" + kmsPINEnv + ") as the server has them"}}
 	}
@@ -227,7 +228,7 @@ func checkCAKeys(dir, kms string, now time.Time) []finding {
 		}
 		k, err := keys.Key(p.key)
 		switch {
-		case errors.Is(err, fs.ErrNotExist) && p.key == ca.KeyRoot:
+		case errors.Is(err, fs.ErrNotExist) && p.key == keystore.Root:
 			// The root key is offline; serve never needs it.
 			continue
 		case errors.Is(err, fs.ErrNotExist):
@@ -248,7 +249,7 @@ func checkCAKeys(dir, kms string, now time.Time) []finding {
 		}
 	}
 	if len(out) == 0 {
-		out = append(out, finding{name: "ca-keys", ok: true, detail: fmt.Sprintf("root, issuing and RA keys in %s match their valid certificates", ca.RedactKMS(kms))})
+		out = append(out, finding{name: "ca-keys", ok: true, detail: fmt.Sprintf("root, issuing and RA keys in %s match their valid certificates", keystore.RedactKMS(kms))})
 	}
 	return out
 }

@@ -9,9 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/ca/keystore"
+	"github.com/smimeca/smimeca/internal/datastore"
+	"github.com/smimeca/smimeca/ocsp"
+	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 )
 
 // kmsPINEnv holds a token's user PIN when the --kms URI names none.
@@ -28,8 +32,8 @@ func envOr(env, def string) string {
 // caStack is the CA as serve and init open it: the database, the key
 // store and the authority on them.
 type caStack struct {
-	database  *ca.Database
-	keys      ca.KeyStore
+	database  *datastore.Database
+	keys      keystore.Store
 	authority *ca.Authority
 }
 
@@ -39,14 +43,14 @@ func openCA(cfg *serveConfig) (*caStack, error) {
 	st := &caStack{}
 	var err error
 	if cfg.db != "" {
-		st.database, err = ca.OpenPostgres(cfg.db)
+		st.database, err = datastore.OpenPostgres(cfg.db)
 	} else {
-		st.database, err = ca.OpenDatabase(filepath.Join(cfg.dataDir, "db", "smimeca.db"))
+		st.database, err = datastore.OpenBolt(filepath.Join(cfg.dataDir, "db", "smimeca.db"))
 	}
 	if err != nil {
 		return nil, err
 	}
-	if st.keys, err = ca.OpenKeyStore(cfg.kms, filepath.Join(cfg.dataDir, "ca"), os.Getenv(kmsPINEnv)); err != nil {
+	if st.keys, err = keystore.Open(cfg.kms, filepath.Join(cfg.dataDir, "ca"), os.Getenv(kmsPINEnv)); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -99,13 +103,16 @@ func initCmd(args []string, stdout io.Writer) error {
 	}
 	defer st.Close()
 	keys, authority := st.keys, st.authority
-	if _, err := ca.LoadOrCreateConnectorKey(keys); err != nil {
+	if _, err := pfxconnector.LoadOrCreateKey(keys); err != nil {
 		return err
 	}
-	if _, err := authority.NewOCSPResponder(ca.DefaultOCSPValidity); err != nil {
+	if _, err := ocsp.New(authority, ocsp.DefaultValidity); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "CA in %s, keys in %s:\n", filepath.Join(cfg.dataDir, "ca"), ca.RedactKMS(cfg.kms))
+	if _, _, err := authority.Delegated(profileSigner(authority.Name()), time.Now()); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "CA in %s, keys in %s:\n", filepath.Join(cfg.dataDir, "ca"), keystore.RedactKMS(cfg.kms))
 	if err := listKeys(stdout, keys); err != nil {
 		return err
 	}
@@ -125,7 +132,7 @@ func keysCmd(args []string, stdout io.Writer) error {
 	f.str(&dataDir, "data", "SMIMECA_DATA", "data", "the server's data directory")
 	switch args[0] {
 	case "list":
-		f.str(&kms, "kms", "SMIMECA_KMS", ca.KMSSoft, "the server's --kms (PIN also from $"+kmsPINEnv+")")
+		f.str(&kms, "kms", "SMIMECA_KMS", keystore.KMSSoft, "the server's --kms (PIN also from $"+kmsPINEnv+")")
 	case "migrate":
 		f.str(&kms, "kms", "SMIMECA_KMS", "", "the token to move the key files of DATA/ca into: a pkcs11: URI (PIN also from $"+kmsPINEnv+")")
 		f.fs.BoolVar(&remove, "remove-files", false, "delete each key file once its key works from the token (default: keep them; move them off the machine yourself)")
@@ -139,7 +146,7 @@ func keysCmd(args []string, stdout io.Writer) error {
 	if args[0] == "migrate" && !strings.HasPrefix(kms, "pkcs11:") {
 		return usagef("--kms must name the token to migrate into (pkcs11:…)")
 	}
-	keys, err := ca.OpenKeyStore(kms, caDir, os.Getenv(kmsPINEnv))
+	keys, err := keystore.Open(kms, caDir, os.Getenv(kmsPINEnv))
 	if err != nil {
 		return err
 	}
@@ -165,7 +172,7 @@ func keysCmd(args []string, stdout io.Writer) error {
 	if len(moved) == 0 {
 		return fmt.Errorf("no key files under %s", caDir)
 	}
-	fmt.Fprintf(stdout, "moved %d keys; start the server with --kms '%s'", len(moved), ca.RedactKMS(kms))
+	fmt.Fprintf(stdout, "moved %d keys; start the server with --kms '%s'", len(moved), keystore.RedactKMS(kms))
 	if !remove {
 		fmt.Fprint(stdout, "; the key files are still in place: remove them (--remove-files) once the server runs on the token")
 	}
@@ -174,8 +181,8 @@ func keysCmd(args []string, stdout io.Writer) error {
 }
 
 // listKeys prints each CA key's state and place.
-func listKeys(w io.Writer, keys ca.KeyStore) error {
-	for _, n := range ca.KeyNames {
+func listKeys(w io.Writer, keys keystore.Store) error {
+	for _, n := range keystore.Names {
 		state := "present"
 		if _, err := keys.Key(n); errors.Is(err, fs.ErrNotExist) {
 			state = "made at the first serve"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/profile"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
@@ -35,7 +37,7 @@ func profileCmd(args []string, stdout io.Writer) error {
 	f.fs.BoolVar(&plain, "plain", false, "LABS, ADMIN ONLY, AUDITED AS BREAK-GLASS: fetch the keys with their passwords and render here, unencrypted (default: the server renders the profile encrypted to the device and signed)")
 	f.fs.BoolVar(&r.sign, "sign", false, "with --plain: sign the profile with the CA's profile-signing certificate")
 	f.fs.StringVar(&r.signerDir, "signer-dir", filepath.Join(defaultDataDir(), "ca"), "directory with profile_signer.crt and intermediate_ca.crt (and the key, with --kms softkms)")
-	f.fs.StringVar(&r.kms, "kms", envOr("SMIMECA_KMS", ca.KMSSoft), "where the profile-signing key is: softkms (a file in --signer-dir) or the server's pkcs11: URI ($SMIMECA_KMS; PIN also from $SMIMECA_KMS_PIN)")
+	f.fs.StringVar(&r.kms, "kms", envOr("SMIMECA_KMS", keystore.KMSSoft), "where the profile-signing key is: softkms (a file in --signer-dir) or the server's pkcs11: URI ($SMIMECA_KMS; PIN also from $SMIMECA_KMS_PIN)")
 	f.fs.StringVar(&ui.UPN, "upn", "", "user principal name (default: the user address)")
 	f.fs.StringVar(&ui.PrimarySMTP, "primary-smtp", "", "primary SMTP address (default: the user address)")
 	f.fs.StringVar(&ui.SAMAccountName, "sam-account-name", "", "sAMAccountName, for usernameAADSource samAccountName")
@@ -105,12 +107,12 @@ func (r *profileRender) plain(stdout io.Writer) error {
 	var chain []*x509.Certificate
 	if sign {
 		var inter *x509.Certificate
-		keys, err := ca.OpenKeyStore(kms, signerDir, os.Getenv(kmsPINEnv))
+		keys, err := keystore.Open(kms, signerDir, os.Getenv(kmsPINEnv))
 		if err != nil {
 			return err
 		}
 		defer keys.Close()
-		if signer, signerKey, inter, err = ca.ReadProfileSigner(signerDir, keys); err != nil {
+		if signer, signerKey, inter, err = ca.ReadDelegated(signerDir, keys, keystore.Profile, profileSignerCertFile); err != nil {
 			return fmt.Errorf("%w (pass --signer-dir DATA/ca and the server's --kms)", err)
 		}
 		chain = []*x509.Certificate{inter}
@@ -172,4 +174,24 @@ func bundleFromProto(r *pb.GetUserBundleResponse) (profile.Bundle, error) {
 		})
 	}
 	return b, nil
+}
+
+// profileSignerCertFile is the profile signer's certificate in the CA
+// directory.
+const profileSignerCertFile = "profile_signer.crt"
+
+// profileSigner is the certificate that signs configuration profiles
+// (RenderDeviceProfile, profile render --sign): issued by the intermediate
+// for an ECDSA P-256 key in the CA's key store, valid five years and
+// renewed at start-up within 60 days of its end.
+func profileSigner(caName string) ca.Delegate {
+	return ca.Delegate{
+		Key: keystore.Profile, Spec: keystore.Spec{Type: ca.KeyTypeEC, Bits: 256},
+		CertFile: profileSignerCertFile, What: "profile signing certificate",
+		Template: x509.Certificate{
+			Subject:  pkix.Name{CommonName: caName + " Profile Signing", Organization: []string{caName}},
+			KeyUsage: x509.KeyUsageDigitalSignature,
+		},
+		Lifetime: 5 * 365 * 24 * time.Hour, RenewBefore: 60 * 24 * time.Hour,
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 )
 
 // rootCmd runs the root ceremonies: the only commands that load the
@@ -21,7 +22,7 @@ func rootCmd(args []string, stdout io.Writer) error {
 	validity, lifetime := ca.DefaultRootCRLValidity, 10*365*24*time.Hour
 	f := newFlags("root " + args[0])
 	f.str(&dataDir, "data", "SMIMECA_DATA", "data", "the CA's data directory (its ca/ holds the root certificate; what the ceremony signs is written there)")
-	f.str(&kms, "kms", "SMIMECA_KMS", ca.KMSSoft, "where the root key is: softkms (DATA/ca/root_ca.key, or a copy brought back for the ceremony) or a pkcs11: URI (PIN also from $"+kmsPINEnv+")")
+	f.str(&kms, "kms", "SMIMECA_KMS", keystore.KMSSoft, "where the root key is: softkms (DATA/ca/root_ca.key, or a copy brought back for the ceremony) or a pkcs11: URI (PIN also from $"+kmsPINEnv+")")
 	duration := func(p *time.Duration) func(string) error {
 		return func(s string) error {
 			d, err := parseDuration(s)
@@ -41,7 +42,7 @@ func rootCmd(args []string, stdout io.Writer) error {
 		return usagef("--validity %s: between 1h and 366d", validity)
 	}
 	dir := filepath.Join(dataDir, "ca")
-	keys, err := ca.OpenKeyStore(kms, dir, os.Getenv(kmsPINEnv))
+	keys, err := keystore.Open(kms, dir, os.Getenv(kmsPINEnv))
 	if err != nil {
 		return err
 	}

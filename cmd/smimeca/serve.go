@@ -20,11 +20,14 @@ import (
 	"time"
 
 	"github.com/smimeca/smimeca/api"
+	"github.com/smimeca/smimeca/api/apipki"
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/directory"
 	"github.com/smimeca/smimeca/directory/publish"
 	"github.com/smimeca/smimeca/internal/httplimit"
 	"github.com/smimeca/smimeca/internal/vaultproc"
+	"github.com/smimeca/smimeca/ocsp"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 	"github.com/smimeca/smimeca/scep"
@@ -34,10 +37,10 @@ import (
 var (
 	_ policy.Issuer        = (*ca.Authority)(nil)
 	_ scep.Enroller        = (*policy.Enrollment)(nil)
-	_ api.EnrollmentPolicy = (*policy.Enrollment)(nil)
-	_ api.DevicePolicy     = (*policy.Enrollment)(nil)
+	_ api.EnrollmentPolicy = (*policy.Services)(nil)
+	_ api.DevicePolicy     = (*policy.Registry)(nil)
 	_ api.CredentialPolicy = (*policy.Credentials)(nil)
-	_ policy.ClientSigner  = (*ca.APIPKI)(nil)
+	_ policy.ClientSigner  = (*apipki.PKI)(nil)
 	_ policy.Store         = (*nosqlstore.Store)(nil)
 )
 
@@ -129,13 +132,13 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f := newFlags(name)
 	f.str(&c.dataDir, "data", "SMIMECA_DATA", "data", "data directory (CA certificates, key files with softkms, database, credentials)")
 	f.str(&c.db, "db", "SMIMECA_DB", "", "the CA's database: empty for the embedded bbolt file under DATA/db (one node), or a postgres:// URL shared by several nodes (transactions run SERIALIZABLE)")
-	f.str(&c.kms, "kms", "SMIMECA_KMS", ca.KMSSoft, "where the CA's private keys are made and kept: softkms (0600 files under DATA/ca) or a PKCS#11 token's URI, e.g. 'pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=smimeca?pin-source=/etc/smimeca/pin' (PIN also from $"+kmsPINEnv+")")
+	f.str(&c.kms, "kms", "SMIMECA_KMS", keystore.KMSSoft, "where the CA's private keys are made and kept: softkms (0600 files under DATA/ca) or a PKCS#11 token's URI, e.g. 'pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=smimeca?pin-source=/etc/smimeca/pin' (PIN also from $"+kmsPINEnv+")")
 	f.str(&c.httpAddr, "http-addr", "SMIMECA_HTTP_ADDR", ":8080", "public HTTP listen address (SCEP, CRL)")
 	f.str(&c.grpcAddr, "grpc-addr", "SMIMECA_GRPC_ADDR", ":9443", "gRPC (mTLS) listen address")
 	f.str(&c.publicURL, "public-url", "SMIMECA_PUBLIC_URL", "", "public base URL put into certificates and bundles (default http://<http addr>)")
 	f.str(&c.certBaseURL, "cert-base-url", "SMIMECA_CERT_BASE_URL", "", "plain http:// base URL put into certificates for the CRL, OCSP responder and CA certificates (default: --public-url, which must then be http://)")
 	f.str(&c.policyOIDs, "policy-oids", "SMIMECA_POLICY_OIDS", "", "comma-separated private certificate policy OIDs added to every certificate beside the S/MIME BR mailbox-validated strict policy 2.23.140.1.5.1.3")
-	f.duration(&c.ocspValidity, "ocsp-validity", "SMIMECA_OCSP_VALIDITY", ca.DefaultOCSPValidity, "validity of OCSP responses (8h to 240h)")
+	f.duration(&c.ocspValidity, "ocsp-validity", "SMIMECA_OCSP_VALIDITY", ocsp.DefaultValidity, "validity of OCSP responses (8h to 240h)")
 	f.str(&c.allowedDomains, "allowed-domains", "SMIMECA_ALLOWED_DOMAINS", "", "comma-separated e-mail domains that may get certificates (default: any)")
 	f.str(&c.issuerKeyType, "issuer-key-type", "SMIMECA_ISSUER_KEY_TYPE", ca.KeyTypeRSA, "issuing CA key type on first start: RSA (3072; every SCEP client can encrypt to GetCACert's certificates) or EC (P-256; faster, but clients that encrypt to every certificate need the RA picked out, e.g. scepclient -ca-fingerprint)")
 	f.duration(&c.validity, "cert-validity", "SMIMECA_CERT_VALIDITY", policy.DefaultValidity, "validity of issued signing certificates")
@@ -218,8 +221,8 @@ func (c *serveConfig) checkFlags() error {
 		return usagef("--cert-base-url %q must be an absolute http:// URL", c.certBaseURL)
 	}
 	c.certBaseURL = strings.TrimRight(c.certBaseURL, "/")
-	if c.ocspValidity < ca.MinOCSPValidity || c.ocspValidity > ca.MaxOCSPValidity {
-		return usagef("--ocsp-validity %s must be between %s and %s", c.ocspValidity, ca.MinOCSPValidity, ca.MaxOCSPValidity)
+	if c.ocspValidity < ocsp.MinValidity || c.ocspValidity > ocsp.MaxValidity {
+		return usagef("--ocsp-validity %s must be between %s and %s", c.ocspValidity, ocsp.MinValidity, ocsp.MaxValidity)
 	}
 	if c.validity > policy.MaxValidity {
 		return usagef("--cert-validity %s is longer than the S/MIME BR's 825 days (%s)", c.validity, policy.MaxValidity)

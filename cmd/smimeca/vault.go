@@ -15,9 +15,10 @@ import (
 	vault "github.com/hashicorp/vault/api"
 
 	"github.com/smimeca/smimeca/api"
-	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/escrow"
 	"github.com/smimeca/smimeca/internal/vaultproc"
+	pfxconnector "github.com/smimeca/smimeca/pfx-connector"
 	"github.com/smimeca/smimeca/policy"
 )
 
@@ -38,7 +39,7 @@ type escrowSetup struct {
 	ping func(context.Context) error
 }
 
-func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, audit policy.Auditor, domains *policy.Domains, keys ca.KeyStore) (escrowSetup, error) {
+func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, audit policy.Auditor, domains *policy.Domains, keys keystore.Store) (escrowSetup, error) {
 	noop := func() {}
 	vc := escrow.VaultConfig{Address: cfg.vaultAddr, TokenFile: cfg.vaultTokenFile,
 		Token: os.Getenv("SMIMECA_VAULT_TOKEN"), RoleID: cfg.vaultRoleID, SecretIDFile: cfg.vaultSecretIDFile}
@@ -69,7 +70,7 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	if err := escrow.Ping(ctx, client); err != nil {
 		logger.Warn("Vault is not available now; escrow calls will answer UNAVAILABLE until it is", "err", err)
 	}
-	conn, err := ca.LoadOrCreateConnectorKey(keys)
+	conn, err := pfxconnector.LoadOrCreateKey(keys)
 	if err != nil {
 		stop()
 		return escrowSetup{stop: noop}, err
@@ -78,7 +79,7 @@ func setupEscrow(ctx context.Context, cfg *serveConfig, logger *slog.Logger, aud
 	store := escrow.New(logical, ecfg)
 	logger.Info("escrow in Vault", "vault", client.Address(), "kv_mount", ecfg.KVMount)
 	esc := policy.NewEscrow(store, conn, domains, policy.WithAliases(aliases), policy.WithEscrowAuditor(audit))
-	logger.Info("PFX connector key", "key", keys.Location(ca.KeyConnector), "oaep_hashes", esc.ConnectorHashes())
+	logger.Info("PFX connector key", "key", keys.Location(keystore.Connector), "oaep_hashes", esc.ConnectorHashes())
 	dir := policy.NewDirectory(store, aliases, 0, policy.WithDirectoryDomains(domains))
 	esc.OnChange(dir.Invalidate)
 	return escrowSetup{

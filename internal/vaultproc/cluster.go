@@ -317,5 +317,5 @@ func (c *Cluster) ScopedToken(ctx context.Context, kvMount, transitMount, transi
 	if err != nil {
 		return "", err
 	}
-	return scopedToken(ctx, root, kvMount, transitMount, transitKey)
+	return scopedToken(ctx, root, "smimeca", kvMount, transitMount, transitKey)
 }

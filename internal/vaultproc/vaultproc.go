@@ -29,12 +29,9 @@ import (
 // DefaultVersion is the Vault version scripts/vault.sh builds.
 const DefaultVersion = "1.21.0"
 
-// DefaultBinary returns where scripts/vault.sh puts the Vault binary, unless
-// $SMIMECA_VAULT_BIN names another.
+// DefaultBinary returns where scripts/vault.sh puts the Vault binary (the
+// binaries that run Vault read their own flag or $SMIMECA_VAULT_BIN first).
 func DefaultBinary() string {
-	if b := os.Getenv("SMIMECA_VAULT_BIN"); b != "" {
-		return b
-	}
 	home, _ := os.UserHomeDir()
 	return filepath.Join(home, ".cache", "smimeca", "vault-"+DefaultVersion, "vault")
 }
@@ -476,19 +473,26 @@ func (p *Proc) SmimecaToken(ctx context.Context, kvMount, transitMount, transitK
 // else (policy "smimeca"), for smimeca to run with instead of the root
 // token. Each call makes a new token: smimeca itself uses SmimecaToken.
 func (p *Proc) ScopedToken(ctx context.Context, kvMount, transitMount, transitKey string) (tok string, err error) {
+	return p.ScopedTokenAs(ctx, "smimeca", kvMount, transitMount, transitKey)
+}
+
+// ScopedTokenAs is ScopedToken with a policy of another name: mounts of
+// their own, each with its own policy, share one Vault (the unit tests'
+// per-test mounts).
+func (p *Proc) ScopedTokenAs(ctx context.Context, policy, kvMount, transitMount, transitKey string) (tok string, err error) {
 	err = p.WithRoot(ctx, func(c *vault.Client) error {
-		tok, err = scopedToken(ctx, c, kvMount, transitMount, transitKey)
+		tok, err = scopedToken(ctx, c, policy, kvMount, transitMount, transitKey)
 		return err
 	})
 	return tok, err
 }
 
-func scopedToken(ctx context.Context, c *vault.Client, kvMount, transitMount, transitKey string) (string, error) {
-	if err := PutPolicy(ctx, c, kvMount, transitMount, transitKey); err != nil {
+func scopedToken(ctx context.Context, c *vault.Client, policy, kvMount, transitMount, transitKey string) (string, error) {
+	if err := putPolicy(ctx, c, policy, kvMount, transitMount, transitKey); err != nil {
 		return "", err
 	}
 	sec, err := c.Auth().Token().CreateWithContext(ctx, &vault.TokenCreateRequest{
-		Policies: []string{"smimeca"}, NoParent: true, Period: tokenPeriod.String(), DisplayName: "smimeca",
+		Policies: []string{policy}, NoParent: true, Period: tokenPeriod.String(), DisplayName: "smimeca",
 	})
 	if err != nil {
 		return "", fmt.Errorf("vault token: %w", err)
@@ -501,13 +505,17 @@ func scopedToken(ctx context.Context, c *vault.Client, kvMount, transitMount, tr
 // rewrites it, so that a token minted by an older version gains what a
 // newer one needs (e.g. listing users for the directory publisher).
 func PutPolicy(ctx context.Context, c *vault.Client, kvMount, transitMount, transitKey string) error {
+	return putPolicy(ctx, c, "smimeca", kvMount, transitMount, transitKey)
+}
+
+func putPolicy(ctx context.Context, c *vault.Client, name, kvMount, transitMount, transitKey string) error {
 	pol := fmt.Sprintf(`path "%[1]s/data/users/*" { capabilities = ["create", "read", "update"] }
 path "%[1]s/metadata/users/*" { capabilities = ["read", "delete", "list"] }
 path "%[1]s/destroy/users/*" { capabilities = ["update"] }
 path "%[2]s/encrypt/%[3]s" { capabilities = ["update"] }
 path "%[2]s/decrypt/%[3]s" { capabilities = ["update"] }
 `, kvMount, transitMount, transitKey)
-	if err := c.Sys().PutPolicyWithContext(ctx, "smimeca", pol); err != nil {
+	if err := c.Sys().PutPolicyWithContext(ctx, name, pol); err != nil {
 		return fmt.Errorf("vault policy: %w", err)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 )
 
@@ -24,7 +25,7 @@ func start(t *testing.T) (*vaultproc.Proc, string) {
 	addr := ln.Addr().String()
 	ln.Close()
 	dir := t.TempDir()
-	p, err := vaultproc.Start(context.Background(), vaultproc.DefaultBinary(), dir, addr, nil)
+	p, err := vaultproc.Start(context.Background(), testvault.Binary(), dir, addr, nil)
 	if err != nil {
 		t.Fatalf("start Vault: %v (scripts/vault.sh builds it)", err)
 	}

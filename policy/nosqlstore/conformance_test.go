@@ -6,7 +6,7 @@ import (
 
 	"github.com/smallstep/nosql/database"
 
-	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/datastore"
 	"github.com/smimeca/smimeca/internal/testing/testpg"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
@@ -29,13 +29,13 @@ func TestConformanceBbolt(t *testing.T) {
 }
 
 // The suite on PostgreSQL, as several nodes use it: two connections to one
-// database, every transaction SERIALIZABLE (ca.OpenPostgres).
+// database, every transaction SERIALIZABLE (datastore.OpenPostgres).
 func TestConformancePostgres(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) (policy.Store, policy.Store) {
 		dsn := testpg.DSN(t)
 		var stores [2]policy.Store
 		for i := range stores {
-			db, err := ca.OpenPostgres(dsn)
+			db, err := datastore.OpenPostgres(dsn)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/smallstep/nosql/database"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/datastore"
 	"github.com/smimeca/smimeca/internal/testing/testpki"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
@@ -19,7 +20,7 @@ import (
 
 func openDB(t *testing.T) database.DB {
 	t.Helper()
-	db, err := ca.OpenDatabase(filepath.Join(t.TempDir(), "db"))
+	db, err := datastore.OpenBolt(filepath.Join(t.TempDir(), "db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/smimeca/smimeca/internal/vaultproc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
@@ -196,4 +197,13 @@ func DeviceIdentity(ca *x509.Certificate, caKey crypto.Signer, device string) ([
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
 		KeyUsage: x509.KeyUsageKeyEncipherment | x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
 		ca, &key.PublicKey, caKey)
+}
+
+// VaultBinary returns $SMIMECA_VAULT_BIN (the scripts set it from
+// scripts/vault.sh), or where scripts/vault.sh puts Vault.
+func VaultBinary() string {
+	if b := os.Getenv("SMIMECA_VAULT_BIN"); b != "" {
+		return b
+	}
+	return vaultproc.DefaultBinary()
 }

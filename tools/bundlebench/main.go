@@ -54,7 +54,7 @@ func run(bin string, calls int) error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	vp, err := vaultproc.Start(ctx, vaultproc.DefaultBinary(), filepath.Join(work, "vault"), benchutil.FreeAddr(), nil)
+	vp, err := vaultproc.Start(ctx, benchutil.VaultBinary(), filepath.Join(work, "vault"), benchutil.FreeAddr(), nil)
 	if err != nil {
 		return err
 	}

@@ -81,7 +81,7 @@ func run(ctx context.Context, bin string, n int, httpFront, grpcFront, dir, iden
 	defer exec.Command("scripts/postgres.sh", pgDir, "stop").Run()
 	dsn := strings.TrimSpace(string(out))
 
-	vc, err := vaultproc.StartCluster(ctx, vaultproc.DefaultBinary(), filepath.Join(dir, "vault"), 3, nil)
+	vc, err := vaultproc.StartCluster(ctx, benchutil.VaultBinary(), filepath.Join(dir, "vault"), 3, nil)
 	if err != nil {
 		return err
 	}

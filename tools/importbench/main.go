@@ -74,7 +74,7 @@ func run(bin string, n, users, conc int) error {
 
 	ctx := context.Background()
 	vaultAddr := benchutil.FreeAddr()
-	vp, err := vaultproc.Start(ctx, vaultproc.DefaultBinary(), filepath.Join(work, "vault"), vaultAddr, nil)
+	vp, err := vaultproc.Start(ctx, benchutil.VaultBinary(), filepath.Join(work, "vault"), vaultAddr, nil)
 	if err != nil {
 		return err
 	}

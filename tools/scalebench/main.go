@@ -59,7 +59,9 @@ import (
 	smallscep "github.com/smallstep/scep"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	"github.com/smimeca/smimeca/escrow"
+	"github.com/smimeca/smimeca/internal/datastore"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
@@ -265,7 +267,7 @@ func run(cfg config) error {
 	b := &bench{cfg: cfg, pg: map[string]string{}}
 
 	logf("starting Vault (integrated storage, one node)…")
-	vc, err := vaultproc.StartCluster(ctx, vaultproc.DefaultBinary(), filepath.Join(work, "vault"), 1, nil)
+	vc, err := vaultproc.StartCluster(ctx, benchutil.VaultBinary(), filepath.Join(work, "vault"), 1, nil)
 	if err != nil {
 		return err
 	}
@@ -524,21 +526,21 @@ func progress(what string, total int, done *atomic.Int64) func() {
 // CA and the policy store, as serve opens them, and returns certificates
 // per second.
 func (b *bench) loadCA(ctx context.Context, s, dir string) (float64, error) {
-	var database *ca.Database
+	var database *datastore.Database
 	var err error
 	if dsn := b.pg[s]; dsn != "" {
 		// The loader alone does not wait for each commit's WAL flush
 		// (a crash would lose its last transactions, not corrupt any):
 		// the servers measured afterwards commit synchronously.
-		database, err = ca.OpenPostgres(dsn + "&synchronous_commit=off")
+		database, err = datastore.OpenPostgres(dsn + "&synchronous_commit=off")
 	} else {
-		database, err = ca.OpenDatabase(filepath.Join(dir, "db", "smimeca.db"))
+		database, err = datastore.OpenBolt(filepath.Join(dir, "db", "smimeca.db"))
 	}
 	if err != nil {
 		return 0, err
 	}
 	defer database.Close()
-	keys, err := ca.OpenKeyStore("", filepath.Join(dir, "ca"), "")
+	keys, err := keystore.Open("", filepath.Join(dir, "ca"), "")
 	if err != nil {
 		return 0, err
 	}

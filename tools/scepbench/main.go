@@ -43,6 +43,7 @@ import (
 	smallscep "github.com/smallstep/scep"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 	"github.com/smimeca/smimeca/tools/benchutil"
 )
@@ -584,24 +585,24 @@ func limitKeys(backend, dir string) (ra crypto.Decrypter, issuer crypto.Signer, 
 		return nil, nil, nil, err
 	}
 	os.Setenv("SOFTHSM2_CONF", tok.conf)
-	keys, err := ca.OpenKeyStore(tok.uri, dir, "")
+	keys, err := keystore.Open(tok.uri, dir, "")
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	get := func(name ca.KeyName, spec ca.KeySpec) (crypto.Signer, error) {
+	get := func(name keystore.Name, spec keystore.Spec) (crypto.Signer, error) {
 		k, err := keys.Key(name)
 		if errors.Is(err, fs.ErrNotExist) {
 			k, err = keys.Create(name, spec)
 		}
 		return k, err
 	}
-	raKey, err := get(ca.KeyRA, ca.KeySpec{Type: ca.KeyTypeRSA, Bits: 2048})
+	raKey, err := get(keystore.RA, keystore.Spec{Type: ca.KeyTypeRSA, Bits: 2048})
 	if err == nil {
-		spec := ca.KeySpec{Type: ca.KeyTypeEC, Bits: 256}
+		spec := keystore.Spec{Type: ca.KeyTypeEC, Bits: 256}
 		if issuerKeyType == "RSA" {
-			spec = ca.KeySpec{Type: ca.KeyTypeRSA, Bits: 3072}
+			spec = keystore.Spec{Type: ca.KeyTypeRSA, Bits: 3072}
 		}
-		issuer, err = get(ca.KeyIssuing, spec)
+		issuer, err = get(keystore.Issuing, spec)
 	}
 	if err != nil {
 		keys.Close()

@@ -4,6 +4,7 @@
 package testpki
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -13,10 +14,13 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/smallstep/certificates/db"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
+	"github.com/smimeca/smimeca/internal/datastore"
 )
 
 // CA is a real CA with its database.
@@ -30,7 +34,7 @@ type CA struct {
 func NewCA(t testing.TB, keyType string) *CA {
 	t.Helper()
 	dir := t.TempDir()
-	database, err := ca.OpenDatabase(filepath.Join(dir, "smimeca.db"))
+	database, err := datastore.OpenBolt(filepath.Join(dir, "smimeca.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,4 +95,20 @@ func ECKey(t testing.TB) *ecdsa.PrivateKey {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// ProfileSigner returns a profile-signing certificate the CA's intermediate
+// issued (a delegate like the server's) and its key.
+func (c *CA) ProfileSigner(t testing.TB) (*x509.Certificate, crypto.Signer) {
+	t.Helper()
+	crt, key, err := c.Delegated(ca.Delegate{
+		Key: keystore.Profile, Spec: keystore.Spec{Type: ca.KeyTypeEC, Bits: 256},
+		CertFile: "profile_signer.crt", What: "profile signing certificate",
+		Template: x509.Certificate{Subject: pkix.Name{CommonName: "smimeca Profile Signing"}, KeyUsage: x509.KeyUsageDigitalSignature},
+		Lifetime: 365 * 24 * time.Hour, RenewBefore: 24 * time.Hour,
+	}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return crt, key
 }

@@ -1,4 +1,6 @@
-package ca
+// Package ocsp is smimeca's OCSP responder: the public HTTP edge that
+// answers RFC 6960 requests about the issuing CA's certificates.
+package ocsp
 
 import (
 	"bytes"
@@ -9,42 +11,40 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/smallstep/certificates/db"
 	"golang.org/x/crypto/ocsp"
+
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 )
 
-// Bounds of OCSPResponder's response validity (thisUpdate to nextUpdate):
+// Bounds of a Responder's response validity (thisUpdate to nextUpdate):
 // S/MIME BR 4.9.10 wants at least 8 hours and at most 10 days.
 const (
-	MinOCSPValidity     = 8 * time.Hour
-	MaxOCSPValidity     = 10 * 24 * time.Hour
-	DefaultOCSPValidity = 24 * time.Hour
+	MinValidity     = 8 * time.Hour
+	MaxValidity     = 10 * 24 * time.Hour
+	DefaultValidity = 24 * time.Hour
 )
 
 const (
 	// The delegated OCSP signing certificate is short-lived, as RFC 6960
 	// 4.2.2.2.1 asks of one that carries id-pkix-ocsp-nocheck, and renewed
 	// in-process a month before it expires.
-	ocspSignerLifetime    = 90 * 24 * time.Hour
-	ocspSignerRenewBefore = 30 * 24 * time.Hour
-	ocspSignerCertFile    = "ocsp_signer.crt"
-	ocspSignerKeyFile     = "ocsp_signer.key"
-	// MaxOCSPRequestBytes bounds a request's DER (a single-certificate request
+	signerLifetime    = 90 * 24 * time.Hour
+	signerRenewBefore = 30 * 24 * time.Hour
+	// SignerCertFile is the signing certificate's file in the CA directory.
+	SignerCertFile = "ocsp_signer.crt"
+	// MaxRequestBytes bounds a request's DER (a single-certificate request
 	// with a nonce is about 120 bytes).
-	MaxOCSPRequestBytes = 4 << 10
+	MaxRequestBytes = 4 << 10
 	// ocspCacheEntries bounds the signed responses kept; beyond it one
 	// entry is dropped at random per new one.
 	ocspCacheEntries = 1 << 16
@@ -61,7 +61,18 @@ var (
 	asn1Null       = []byte{0x05, 0x00}
 )
 
-// OCSPResponder answers OCSP requests (RFC 6960, in RFC 5019's lightweight
+// Issuer is the CA a Responder answers for: its issuing certificate, what
+// its database says of a serial, and the delegated signing certificate it
+// issues and renews (*ca.Authority).
+type Issuer interface {
+	Intermediate() *x509.Certificate
+	Name() string
+	Known(serial string) (bool, error)
+	Revocation(serial string) (*ca.Revocation, error)
+	Delegated(d ca.Delegate, now time.Time) (*x509.Certificate, crypto.Signer, error)
+}
+
+// Responder answers OCSP requests (RFC 6960, in RFC 5019's lightweight
 // profile: one certificate per request, no nonce) for the certificates of
 // this CA's issuing intermediate: "good" or "revoked" (with time and
 // reason) for a serial this CA issued, "unknown" for any other serial, and
@@ -74,8 +85,8 @@ var (
 //
 // It is an http.Handler for GET (/ocsp/<base64 request>) and POST
 // (application/ocsp-request).
-type OCSPResponder struct {
-	a        *Authority
+type Responder struct {
+	ca       Issuer
 	validity time.Duration
 	now      func() time.Time
 	// issuerHashes are the intermediate's name and key hashes per hash
@@ -101,28 +112,29 @@ type ocspEntry struct {
 	nextUpdate time.Time
 }
 
-// NewOCSPResponder returns the responder of a's intermediate whose
-// responses are valid for validity (0: DefaultOCSPValidity), creating or
-// renewing the delegated signing certificate under the CA directory.
-func (a *Authority) NewOCSPResponder(validity time.Duration) (*OCSPResponder, error) {
+// New returns the responder of the issuer's intermediate whose responses
+// are valid for validity (0: DefaultValidity), creating or renewing the
+// delegated signing certificate.
+func New(issuer Issuer, validity time.Duration) (*Responder, error) {
 	if validity == 0 {
-		validity = DefaultOCSPValidity
+		validity = DefaultValidity
 	}
-	if validity < MinOCSPValidity || validity > MaxOCSPValidity {
-		return nil, fmt.Errorf("ca: OCSP response validity %s must be between %s and %s (S/MIME BR 4.9.10)", validity, MinOCSPValidity, MaxOCSPValidity)
+	if validity < MinValidity || validity > MaxValidity {
+		return nil, fmt.Errorf("ocsp: response validity %s must be between %s and %s (S/MIME BR 4.9.10)", validity, MinValidity, MaxValidity)
 	}
-	r := &OCSPResponder{a: a, validity: validity, now: time.Now, cache: map[ocspKey]*ocspEntry{}, unknown: map[ocspKey]*ocspEntry{},
+	inter := issuer.Intermediate()
+	r := &Responder{ca: issuer, validity: validity, now: time.Now, cache: map[ocspKey]*ocspEntry{}, unknown: map[ocspKey]*ocspEntry{},
 		issuerHashes: map[crypto.Hash][2][]byte{}}
 	var spki struct {
 		Algorithm pkix.AlgorithmIdentifier
 		PublicKey asn1.BitString
 	}
-	if _, err := asn1.Unmarshal(a.intermediate.RawSubjectPublicKeyInfo, &spki); err != nil {
-		return nil, fmt.Errorf("ca: intermediate public key: %w", err)
+	if _, err := asn1.Unmarshal(inter.RawSubjectPublicKeyInfo, &spki); err != nil {
+		return nil, fmt.Errorf("ocsp: intermediate public key: %w", err)
 	}
 	for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
 		name, key := h.New(), h.New()
-		name.Write(a.intermediate.RawSubject)
+		name.Write(inter.RawSubject)
 		key.Write(spki.PublicKey.RightAlign())
 		r.issuerHashes[h] = [2][]byte{name.Sum(nil), key.Sum(nil)}
 	}
@@ -133,7 +145,7 @@ func (a *Authority) NewOCSPResponder(validity time.Duration) (*OCSPResponder, er
 }
 
 // Signer returns the delegated OCSP signing certificate in use.
-func (r *OCSPResponder) Signer() *x509.Certificate {
+func (r *Responder) Signer() *x509.Certificate {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.signer
@@ -142,30 +154,12 @@ func (r *OCSPResponder) Signer() *x509.Certificate {
 // loadOrRenewSigner reads the signing certificate and key, or issues new
 // ones when they are missing, not the intermediate's, or due. r.mu is held
 // or r is not shared yet.
-func (r *OCSPResponder) loadOrRenewSigner() error {
+func (r *Responder) loadOrRenewSigner() error {
 	now := r.now()
-	if r.signer != nil && now.Before(r.signer.NotAfter.Add(-ocspSignerRenewBefore)) {
+	if r.signer != nil && now.Before(r.signer.NotAfter.Add(-signerRenewBefore)) {
 		return nil
 	}
-	certPath := filepath.Join(r.a.dir, ocspSignerCertFile)
-	crt, key, err := loadPair(r.a.keys, certPath, KeyOCSP, true)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	if err == nil && !now.Before(crt.NotBefore) && now.Before(crt.NotAfter.Add(-ocspSignerRenewBefore)) && crt.CheckSignatureFrom(r.a.intermediate) == nil {
-		r.signer, r.key = crt, key
-		return nil
-	}
-	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: r.a.name + " OCSP Responder", Organization: []string{r.a.name}},
-		NotBefore:             now.Add(-time.Minute),
-		NotAfter:              now.Add(ocspSignerLifetime),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
-		BasicConstraintsValid: true,
-		ExtraExtensions:       []pkix.Extension{{Id: oidOCSPNoCheck, Value: asn1Null}},
-	}
-	crt, key, err = issuePair(r.a.keys, KeyOCSP, KeySpec{Type: KeyTypeEC, Bits: 256}, "OCSP signing certificate", certPath, tmpl, r.a.intermediate, r.a.interKey)
+	crt, key, err := r.ca.Delegated(signerDelegate(r.ca.Name()), now)
 	if err != nil {
 		return err
 	}
@@ -173,12 +167,28 @@ func (r *OCSPResponder) loadOrRenewSigner() error {
 	return nil
 }
 
+// signerDelegate is the delegated OCSP signing certificate: EKU
+// OCSPSigning with id-pkix-ocsp-nocheck, an ECDSA P-256 key.
+func signerDelegate(caName string) ca.Delegate {
+	return ca.Delegate{
+		Key: keystore.OCSP, Spec: keystore.Spec{Type: ca.KeyTypeEC, Bits: 256},
+		CertFile: SignerCertFile, What: "OCSP signing certificate",
+		Template: x509.Certificate{
+			Subject:         pkix.Name{CommonName: caName + " OCSP Responder", Organization: []string{caName}},
+			KeyUsage:        x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:     []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
+			ExtraExtensions: []pkix.Extension{{Id: oidOCSPNoCheck, Value: asn1Null}},
+		},
+		Lifetime: signerLifetime, RenewBefore: signerRenewBefore,
+	}
+}
+
 // Respond answers one DER OCSP request with a DER OCSP response: a
 // signed one for this CA's intermediate, an error response (malformed,
 // unauthorized, internal error) otherwise. thisUpdate and nextUpdate are
 // zero for an error response.
-func (r *OCSPResponder) Respond(reqDER []byte) (der []byte, thisUpdate, nextUpdate time.Time) {
-	if len(reqDER) > MaxOCSPRequestBytes {
+func (r *Responder) Respond(reqDER []byte) (der []byte, thisUpdate, nextUpdate time.Time) {
+	if len(reqDER) > MaxRequestBytes {
 		return ocsp.MalformedRequestErrorResponse, time.Time{}, time.Time{}
 	}
 	req, err := ocsp.ParseRequest(reqDER)
@@ -196,7 +206,7 @@ func (r *OCSPResponder) Respond(reqDER []byte) (der []byte, thisUpdate, nextUpda
 	r.mu.Unlock()
 	if u != nil && now.Before(u.thisUpdate.Add(r.validity/2)) {
 		// Still unknown (a serial issued since is answered afresh).
-		if _, err := r.a.db.GetCertificate(k.serial); isNotFound(err) {
+		if known, err := r.ca.Known(k.serial); err == nil && !known {
 			return u.der, u.thisUpdate, u.nextUpdate
 		}
 	}
@@ -205,7 +215,7 @@ func (r *OCSPResponder) Respond(reqDER []byte) (der []byte, thisUpdate, nextUpda
 			return e.der, e.thisUpdate, e.nextUpdate
 		}
 		// A revocation since is seen at once.
-		if rev, err := r.a.revocation(k.serial); err == nil && rev == nil {
+		if rev, err := r.ca.Revocation(k.serial); err == nil && rev == nil {
 			return e.der, e.thisUpdate, e.nextUpdate
 		}
 	}
@@ -218,26 +228,25 @@ func (r *OCSPResponder) Respond(reqDER []byte) (der []byte, thisUpdate, nextUpda
 
 // sign builds and signs the response for serial and caches it (an unknown
 // serial's in the smaller table of its own).
-func (r *OCSPResponder) sign(req *ocsp.Request, serial string, now time.Time) (*ocspEntry, error) {
+func (r *Responder) sign(req *ocsp.Request, serial string, now time.Time) (*ocspEntry, error) {
 	tmpl := ocsp.Response{
 		SerialNumber: req.SerialNumber, IssuerHash: req.HashAlgorithm,
 		ThisUpdate: now.Add(-time.Minute).Truncate(time.Second), Status: ocsp.Good,
 	}
 	tmpl.NextUpdate = tmpl.ThisUpdate.Add(r.validity)
-	known := true
-	if _, err := r.a.db.GetCertificate(serial); err != nil {
-		if !isNotFound(err) {
-			return nil, err
-		}
-		known, tmpl.Status = false, ocsp.Unknown
+	known, err := r.ca.Known(serial)
+	if err != nil {
+		return nil, err
 	}
-	if known {
-		rev, err := r.a.revocation(serial)
+	if !known {
+		tmpl.Status = ocsp.Unknown
+	} else {
+		rev, err := r.ca.Revocation(serial)
 		if err != nil {
 			return nil, err
 		}
 		if rev != nil {
-			tmpl.Status, tmpl.RevokedAt, tmpl.RevocationReason = ocsp.Revoked, rev.RevokedAt.Truncate(time.Second), rev.ReasonCode
+			tmpl.Status, tmpl.RevokedAt, tmpl.RevocationReason = ocsp.Revoked, rev.At.Truncate(time.Second), rev.Reason
 		}
 	}
 	r.mu.Lock()
@@ -248,9 +257,9 @@ func (r *OCSPResponder) sign(req *ocsp.Request, serial string, now time.Time) (*
 	signer, key := r.signer, r.key
 	r.mu.Unlock()
 	tmpl.Certificate = signer // embedded: relying parties verify with it
-	der, err := ocsp.CreateResponse(r.a.intermediate, signer, tmpl, key)
+	der, err := ocsp.CreateResponse(r.ca.Intermediate(), signer, tmpl, key)
 	if err != nil {
-		return nil, fmt.Errorf("ca: sign OCSP response: %w", err)
+		return nil, fmt.Errorf("ocsp: sign response: %w", err)
 	}
 	e := &ocspEntry{der: der, revoked: tmpl.Status == ocsp.Revoked, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate}
 	table, bound := r.cache, ocspCacheEntries
@@ -272,11 +281,11 @@ func (r *OCSPResponder) sign(req *ocsp.Request, serial string, now time.Time) (*
 // ServeHTTP answers GET /ocsp/<base64 DER request> and POST /ocsp with an
 // application/ocsp-request body; GET answers carry RFC 5019's caching
 // headers.
-func (r *OCSPResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	var body []byte
 	switch req.Method {
 	case http.MethodPost:
-		b, err := io.ReadAll(io.LimitReader(req.Body, MaxOCSPRequestBytes+1))
+		b, err := io.ReadAll(io.LimitReader(req.Body, MaxRequestBytes+1))
 		if err != nil {
 			http.Error(w, "reading the request failed", http.StatusBadRequest)
 			return
@@ -285,9 +294,9 @@ func (r *OCSPResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	case http.MethodGet:
 		// The request is the rest of the path, base64 (RFC 6960 A.1),
 		// possibly URL-encoded; it may contain "/".
-		enc := strings.TrimPrefix(req.URL.EscapedPath(), OCSPPath)
+		enc := strings.TrimPrefix(req.URL.EscapedPath(), ca.OCSPPath)
 		enc = strings.TrimPrefix(enc, "/")
-		if len(enc) > 2*MaxOCSPRequestBytes {
+		if len(enc) > 2*MaxRequestBytes {
 			http.Error(w, "OCSP request too long", http.StatusRequestURITooLong)
 			return
 		}
@@ -320,28 +329,4 @@ func (r *OCSPResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 	}
 	w.Write(der)
-}
-
-// revocation returns the CA database's revocation record of the decimal
-// serial, nil when it is not revoked.
-func (a *Authority) revocation(serial string) (*db.RevokedCertificateInfo, error) {
-	if a.deferring == nil {
-		revoked, err := a.IsRevoked(serial)
-		if err != nil || !revoked {
-			return nil, err
-		}
-		return &db.RevokedCertificateInfo{Serial: serial}, nil
-	}
-	b, err := a.deferring.DB.Get(revokedCertsTable, []byte(serial))
-	if err != nil {
-		if isNotFound(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("ca: revocation status of %s: %w", serial, err)
-	}
-	var rci db.RevokedCertificateInfo
-	if err := json.Unmarshal(b, &rci); err != nil {
-		return nil, fmt.Errorf("ca: revocation record of %s: %w", serial, err)
-	}
-	return &rci, nil
 }

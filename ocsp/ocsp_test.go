@@ -1,4 +1,4 @@
-package ca_test
+package ocsp_test
 
 import (
 	"bytes"
@@ -21,7 +21,16 @@ import (
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/internal/testing/certlint"
 	"github.com/smimeca/smimeca/internal/testing/testpki"
+	responder "github.com/smimeca/smimeca/ocsp"
 )
+
+func leafTemplate(now time.Time) ca.Template {
+	return ca.Template{
+		CommonName: "alice@example.com", Emails: []string{"alice@example.com"},
+		KeyUsage: []string{"digitalSignature"}, ExtKeyUsage: []string{"emailProtection"},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(365 * 24 * time.Hour),
+	}
+}
 
 func ocspRequest(t *testing.T, leaf, issuer *x509.Certificate, h crypto.Hash) []byte {
 	t.Helper()
@@ -49,7 +58,7 @@ func parseOCSP(t *testing.T, der []byte, leaf, issuer *x509.Certificate) *ocsp.R
 func TestOCSPResponder(t *testing.T) {
 	c := testpki.NewCA(t, ca.KeyTypeEC)
 	ctx := context.Background()
-	r, err := c.NewOCSPResponder(12 * time.Hour)
+	r, err := responder.New(c, 12*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +156,7 @@ func TestOCSPResponder(t *testing.T) {
 	}
 }
 
-func mustRespond(r *ca.OCSPResponder, req []byte) []byte {
+func mustRespond(r *responder.Responder, req []byte) []byte {
 	der, _, _ := r.Respond(req)
 	return der
 }
@@ -156,7 +165,7 @@ func mustRespond(r *ca.OCSPResponder, req []byte) []byte {
 // percent-encoded), with RFC 5019's caching headers on GET.
 func TestOCSPOverHTTP(t *testing.T) {
 	c := testpki.NewCA(t, ca.KeyTypeRSA)
-	r, err := c.NewOCSPResponder(0)
+	r, err := responder.New(c, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +187,7 @@ func TestOCSPOverHTTP(t *testing.T) {
 		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/ocsp-response" {
 			t.Fatalf("%s: %d %s", name, resp.StatusCode, resp.Header.Get("Content-Type"))
 		}
-		if o := parseOCSP(t, b, leaf, inter); o.Status != ocsp.Good || o.NextUpdate.Sub(o.ThisUpdate) != ca.DefaultOCSPValidity {
+		if o := parseOCSP(t, b, leaf, inter); o.Status != ocsp.Good || o.NextUpdate.Sub(o.ThisUpdate) != responder.DefaultValidity {
 			t.Errorf("%s: status %d validity %s", name, o.Status, o.NextUpdate.Sub(o.ThisUpdate))
 		}
 		if resp.Request.Method == http.MethodGet && !strings.Contains(resp.Header.Get("Cache-Control"), "max-age=") {
@@ -198,7 +207,7 @@ func TestOCSPOverHTTP(t *testing.T) {
 func TestOCSPValidityBounds(t *testing.T) {
 	c := testpki.NewCA(t, ca.KeyTypeEC)
 	for _, d := range []time.Duration{time.Hour, 11 * 24 * time.Hour} {
-		if _, err := c.NewOCSPResponder(d); err == nil || !strings.Contains(err.Error(), "must be between") {
+		if _, err := responder.New(c, d); err == nil || !strings.Contains(err.Error(), "must be between") {
 			t.Errorf("validity %s: %v", d, err)
 		}
 	}
@@ -210,7 +219,7 @@ func TestOCSPValidityBounds(t *testing.T) {
 // or a response signed by the delegated responder that parses.
 func FuzzOCSPRespond(f *testing.F) {
 	c := testpki.NewCA(f, ca.KeyTypeEC)
-	r, err := c.NewOCSPResponder(0)
+	r, err := responder.New(c, 0)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -1,4 +1,7 @@
-package ca
+// Package datastore opens smimeca's one database — an embedded bbolt file,
+// or PostgreSQL shared by several nodes — once, with group commit and
+// SERIALIZABLE retries, for the CA and the policy stores to share.
+package datastore
 
 import (
 	"errors"
@@ -12,35 +15,33 @@ import (
 
 	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql/database"
-
-	"github.com/smimeca/smimeca/internal/groupcommit"
 )
 
 // Database is the CA's database with step-ca's tables: an embedded bbolt
 // file, or PostgreSQL shared by several nodes (OpenPostgres). Its DB field
 // is what Open and the policy stores use; writes to it are group-committed
-// (see internal/groupcommit), so concurrent enrolments share bbolt commits.
+// (see GroupCommit), so concurrent enrolments share bbolt commits.
 type Database struct {
 	// DB is the step-ca database with group commit.
 	DB  *db.DB
 	raw db.AuthDB
 }
 
-// OpenDatabase opens, creating it when missing, the bbolt database at path.
-func OpenDatabase(path string) (*Database, error) {
+// OpenBolt opens, creating it when missing, the bbolt database at path.
+func OpenBolt(path string) (*Database, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("ca: database dir: %w", err)
+		return nil, fmt.Errorf("datastore: database dir: %w", err)
 	}
 	raw, err := db.New(&db.Config{Type: "bbolt", DataSource: path})
 	if err != nil {
-		return nil, fmt.Errorf("ca: open database %s (is another smimeca using it?): %w", path, err)
+		return nil, fmt.Errorf("datastore: open database %s (is another smimeca using it?): %w", path, err)
 	}
 	step, ok := raw.(*db.DB)
 	if !ok {
 		raw.Shutdown()
-		return nil, fmt.Errorf("ca: unexpected database type %T", raw)
+		return nil, fmt.Errorf("datastore: unexpected database type %T", raw)
 	}
-	return &Database{DB: &db.DB{DB: groupcommit.New(step.DB)}, raw: raw}, nil
+	return &Database{DB: &db.DB{DB: NewGroupCommit(step.DB)}, raw: raw}, nil
 }
 
 // Close closes the database.
@@ -59,7 +60,7 @@ func (d *Database) Close() error { return d.raw.Shutdown() }
 func OpenPostgres(dsn string) (*Database, error) {
 	u, err := url.Parse(dsn)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		return nil, errors.New("ca: --db is not a postgres:// URL (postgres://user@host:5432/smimeca)")
+		return nil, errors.New("datastore: --db is not a postgres:// URL (postgres://user@host:5432/smimeca)")
 	}
 	q := u.Query()
 	q.Set("default_transaction_isolation", "serializable")
@@ -74,12 +75,12 @@ func OpenPostgres(dsn string) (*Database, error) {
 	u.RawQuery = q.Encode()
 	raw, err := db.New(&db.Config{Type: "postgresql", DataSource: u.String()})
 	if err != nil {
-		return nil, fmt.Errorf("ca: open database %s: %w", redactDSN(dsn), err)
+		return nil, fmt.Errorf("datastore: open database %s: %w", redactDSN(dsn), err)
 	}
 	step, ok := raw.(*db.DB)
 	if !ok {
 		raw.Shutdown()
-		return nil, fmt.Errorf("ca: unexpected database type %T", raw)
+		return nil, fmt.Errorf("datastore: unexpected database type %T", raw)
 	}
 	return &Database{DB: &db.DB{DB: serialRetry{step.DB}}, raw: raw}, nil
 }

@@ -1,4 +1,4 @@
-package groupcommit_test
+package datastore_test
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
-	"github.com/smimeca/smimeca/internal/groupcommit"
+	"github.com/smimeca/smimeca/internal/datastore"
 )
 
 var table = []byte("t")
@@ -29,7 +29,7 @@ func (c *countingDB) Update(tx *database.Tx) error {
 	return c.DB.Update(tx)
 }
 
-func open(t *testing.T) (*groupcommit.DB, *countingDB) {
+func open(t *testing.T) (*datastore.GroupCommit, *countingDB) {
 	t.Helper()
 	raw, err := nosql.New("bbolt", filepath.Join(t.TempDir(), "db"))
 	if err != nil {
@@ -40,7 +40,7 @@ func open(t *testing.T) (*groupcommit.DB, *countingDB) {
 		t.Fatal(err)
 	}
 	c := &countingDB{DB: raw}
-	return groupcommit.New(c), c
+	return datastore.NewGroupCommit(c), c
 }
 
 func TestConcurrentWritesAllLandInFewerCommits(t *testing.T) {
@@ -160,7 +160,7 @@ func TestLeaderReturnsAfterItsOwnCommit(t *testing.T) {
 	t.Cleanup(func() { raw.Close() })
 	raw.CreateTable(table)
 	gd := &gatedDB{DB: raw, started: make(chan int, 4), gates: []chan struct{}{make(chan struct{}), make(chan struct{})}}
-	g := groupcommit.New(gd)
+	g := datastore.NewGroupCommit(gd)
 	set := func(k string) chan error {
 		c := make(chan error, 1)
 		go func() { c <- g.Set(table, []byte(k), []byte("v")) }()

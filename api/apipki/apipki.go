@@ -1,4 +1,8 @@
-package ca
+// Package apipki is the gRPC API's own small PKI for mutual TLS: a CA of
+// its own (key in the CA's key store), the server certificate and the role
+// client credentials. It is separate from the S/MIME PKI, so an S/MIME
+// certificate can never authenticate to the API and vice versa.
+package apipki
 
 import (
 	"crypto"
@@ -10,20 +14,26 @@ import (
 	"io/fs"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"encoding/pem"
+
 	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/pemutil"
 	"go.step.sm/crypto/x509util"
+
+	"github.com/smimeca/smimeca/ca/keystore"
+	"github.com/smimeca/smimeca/internal/atomicfile"
 )
 
-// The API PKI is separate from the S/MIME PKI: its CA only issues the gRPC
-// server certificate and the role client certificates, so an S/MIME
-// certificate can never authenticate to the API and vice versa.
+// The API CA only issues the gRPC server certificate and the role client
+// certificates.
 const (
-	apiCACertFile = "api_ca.crt"
-	apiCAKeyFile  = "api_ca.key"
+	// CACertFile is the API CA's certificate under the CA directory.
+	CACertFile = "api_ca.crt"
 
 	// Client credential file names under DATA/credentials/<role>/.
 	ClientCertFile = "client.crt"
@@ -35,12 +45,12 @@ const (
 	apiServerLifetime = 90 * 24 * time.Hour
 )
 
-// APIPKI holds what the gRPC server needs for mutual TLS.
-type APIPKI struct {
+// PKI holds what the gRPC server needs for mutual TLS.
+type PKI struct {
 	// CA is the API CA certificate; client certificates must chain to it.
 	CA *x509.Certificate
 
-	// Clients are the client certificates EnsureAPIPKI keeps under the
+	// Clients are the client certificates Ensure keeps under the
 	// credentials directory, by role: the credentials serve bootstraps.
 	Clients map[string]*x509.Certificate
 
@@ -58,7 +68,7 @@ const serverRenewBefore = 14 * 24 * time.Hour
 
 // Server returns the current server certificate, re-issuing it when it is
 // within two weeks of expiry.
-func (p *APIPKI) Server() (*tls.Certificate, error) {
+func (p *PKI) Server() (*tls.Certificate, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.server.Leaf == nil || time.Until(p.server.Leaf.NotAfter) < serverRenewBefore {
@@ -73,7 +83,7 @@ func (p *APIPKI) Server() (*tls.Certificate, error) {
 
 // TLSConfig returns a server TLS config that presents the server
 // certificate and verifies client certificates against the API CA.
-func (p *APIPKI) TLSConfig() *tls.Config {
+func (p *PKI) TLSConfig() *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AddCert(p.CA)
 	return &tls.Config{
@@ -84,19 +94,19 @@ func (p *APIPKI) TLSConfig() *tls.Config {
 	}
 }
 
-// EnsureAPIPKI loads or creates the API CA (certificate in caDir, key in
+// Ensure loads or creates the API CA (certificate in caDir, key in
 // keys), issues a fresh server certificate for hosts, and makes sure every
 // role in roles (role name → URI SAN) has client credentials in
 // credDir/<role>/ (created once, renewed when less than 30 days remain).
-func EnsureAPIPKI(caDir string, keys KeyStore, credDir string, hosts []string, roles map[string]string) (*APIPKI, error) {
-	caCert, caKey, err := loadPair(keys, filepath.Join(caDir, apiCACertFile), KeyAPI, false)
+func Ensure(caDir string, keys keystore.Store, credDir string, hosts []string, roles map[string]string) (*PKI, error) {
+	caCert, caKey, err := keystore.LoadPair(keys, filepath.Join(caDir, CACertFile), keystore.API, false)
 	if errors.Is(err, fs.ErrNotExist) {
 		caCert, caKey, err = createAPICA(caDir, keys)
 	}
 	if err != nil {
 		return nil, err
 	}
-	p := &APIPKI{CA: caCert, caKey: caKey, hosts: hosts, Clients: map[string]*x509.Certificate{}}
+	p := &PKI{CA: caCert, caKey: caKey, hosts: hosts, Clients: map[string]*x509.Certificate{}}
 	for role, uri := range roles {
 		crt, err := ensureClient(caCert, caKey, filepath.Join(credDir, role), role, uri)
 		if err != nil {
@@ -110,7 +120,7 @@ func EnsureAPIPKI(caDir string, keys KeyStore, credDir string, hosts []string, r
 	return p, nil
 }
 
-func createAPICA(dir string, keys KeyStore) (*x509.Certificate, crypto.Signer, error) {
+func createAPICA(dir string, keys keystore.Store) (*x509.Certificate, crypto.Signer, error) {
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: "smimeca API CA", Organization: []string{"smimeca"}},
 		NotBefore:             time.Now().Add(-time.Minute),
@@ -118,12 +128,20 @@ func createAPICA(dir string, keys KeyStore) (*x509.Certificate, crypto.Signer, e
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLen: 0, MaxPathLenZero: true,
 	}
-	return issuePair(keys, KeyAPI, KeySpec{Type: KeyTypeEC, Bits: 256}, "API CA", filepath.Join(dir, apiCACertFile), tmpl, nil, nil)
+	key, err := keys.Create(keystore.API, keystore.Spec{Type: "EC", Bits: 256})
+	if err != nil {
+		return nil, nil, fmt.Errorf("apipki: API CA: %w", err)
+	}
+	crt, err := x509util.CreateCertificate(tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("apipki: create API CA: %w", err)
+	}
+	return crt, key, writeCertificates(filepath.Join(dir, CACertFile), crt)
 }
 
 func ensureClient(caCert *x509.Certificate, caKey crypto.Signer, dir, role, uri string) (*x509.Certificate, error) {
 	certPath, keyPath := filepath.Join(dir, ClientCertFile), filepath.Join(dir, ClientKeyFile)
-	crt, _, err := readKeyPair(certPath, keyPath)
+	crt, err := readClient(certPath, keyPath)
 	if err == nil && time.Until(crt.NotAfter) > 30*24*time.Hour && crt.CheckSignatureFrom(caCert) == nil {
 		return crt, writeCertificates(filepath.Join(dir, ClientCAFile), caCert)
 	}
@@ -132,22 +150,44 @@ func ensureClient(caCert *x509.Certificate, caKey crypto.Signer, dir, role, uri 
 	}
 	key, err := keyutil.GenerateSigner("EC", "P-256", 0)
 	if err != nil {
-		return nil, fmt.Errorf("ca: generate %s client key: %w", role, err)
+		return nil, fmt.Errorf("apipki: generate %s client key: %w", role, err)
 	}
 	tmpl, err := clientTemplate(role, uri, apiClientLifetime)
 	if err != nil {
 		return nil, err
 	}
-	if crt, err = createAndStore(role+" client certificate", certPath, keyPath, tmpl, caCert, key, caKey); err != nil {
+	if crt, err = x509util.CreateCertificate(tmpl, caCert, key.Public(), caKey); err != nil {
+		return nil, fmt.Errorf("apipki: create %s client certificate: %w", role, err)
+	}
+	if err := keystore.WriteKeyFile(keyPath, key); err != nil {
+		return nil, err
+	}
+	if err := writeCertificates(certPath, crt); err != nil {
 		return nil, err
 	}
 	return crt, writeCertificates(filepath.Join(dir, ClientCAFile), caCert)
 }
 
+// readClient reads a client certificate and checks its key file (0600, a
+// key); the error wraps fs.ErrNotExist when either is missing.
+func readClient(certPath, keyPath string) (*x509.Certificate, error) {
+	if _, err := os.Stat(certPath); err != nil {
+		return nil, err
+	}
+	crt, err := pemutil.ReadCertificate(certPath)
+	if err != nil {
+		return nil, fmt.Errorf("apipki: read %s: %w", certPath, err)
+	}
+	if _, err := keystore.ReadKeyFile(keyPath); err != nil {
+		return nil, err
+	}
+	return crt, nil
+}
+
 func clientTemplate(name, uri string, lifetime time.Duration) (*x509.Certificate, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
-		return nil, fmt.Errorf("ca: role URI %q: %w", uri, err)
+		return nil, fmt.Errorf("apipki: role URI %q: %w", uri, err)
 	}
 	return &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "smimeca " + name, Organization: []string{"smimeca"}},
@@ -162,14 +202,14 @@ func clientTemplate(name, uri string, lifetime time.Duration) (*x509.Certificate
 // SignClient issues an API client certificate for the CSR's public key:
 // CN "smimeca <name>", the role URI SAN, clientAuth, for lifetime. The
 // caller checked the CSR.
-func (p *APIPKI) SignClient(csr *x509.CertificateRequest, name, roleURI string, lifetime time.Duration) (*x509.Certificate, error) {
+func (p *PKI) SignClient(csr *x509.CertificateRequest, name, roleURI string, lifetime time.Duration) (*x509.Certificate, error) {
 	tmpl, err := clientTemplate(name, roleURI, lifetime)
 	if err != nil {
 		return nil, err
 	}
 	crt, err := x509util.CreateCertificate(tmpl, p.CA, csr.PublicKey, p.caKey)
 	if err != nil {
-		return nil, fmt.Errorf("ca: create client certificate: %w", err)
+		return nil, fmt.Errorf("apipki: create client certificate: %w", err)
 	}
 	return crt, nil
 }
@@ -177,7 +217,7 @@ func (p *APIPKI) SignClient(csr *x509.CertificateRequest, name, roleURI string, 
 func issueServer(caCert *x509.Certificate, caKey crypto.Signer, hosts []string) (tls.Certificate, error) {
 	key, err := keyutil.GenerateSigner("EC", "P-256", 0)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("ca: generate API server key: %w", err)
+		return tls.Certificate{}, fmt.Errorf("apipki: generate API server key: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "smimeca API", Organization: []string{"smimeca"}},
@@ -200,7 +240,19 @@ func issueServer(caCert *x509.Certificate, caKey crypto.Signer, hosts []string) 
 	}
 	crt, err := x509util.CreateCertificate(tmpl, caCert, key.Public(), caKey)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("ca: create API server certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("apipki: create API server certificate: %w", err)
 	}
 	return tls.Certificate{Certificate: [][]byte{crt.Raw, caCert.Raw}, PrivateKey: key, Leaf: crt}, nil
+}
+
+// writeCertificates writes certs as a PEM bundle to path (mode 0644).
+func writeCertificates(path string, certs ...*x509.Certificate) error {
+	var buf []byte
+	for _, c := range certs {
+		buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	if err := atomicfile.Write(path, buf, 0o644); err != nil {
+		return fmt.Errorf("apipki: %w", err)
+	}
+	return nil
 }

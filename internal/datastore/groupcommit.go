@@ -1,12 +1,4 @@
-// Package groupcommit coalesces concurrent writes to a smallstep nosql
-// database into one transaction, so that N enrolments finishing at the same
-// time pay for one bbolt commit (and its fsyncs) instead of N. Every write
-// still returns only after the transaction holding it committed: durability
-// is unchanged, only the number of commits goes down (the idea of bbolt's
-// DB.Batch, which the nosql interface does not expose).
-//
-// Reads, table management and Close pass straight through.
-package groupcommit
+package datastore
 
 import (
 	"fmt"
@@ -15,8 +7,16 @@ import (
 	"github.com/smallstep/nosql/database"
 )
 
-// DB wraps a database.DB. It is safe for concurrent use.
-type DB struct {
+// GroupCommit coalesces concurrent writes to a smallstep nosql
+// database into one transaction, so that N enrolments finishing at the same
+// time pay for one bbolt commit (and its fsyncs) instead of N. Every write
+// still returns only after the transaction holding it committed: durability
+// is unchanged, only the number of commits goes down (the idea of bbolt's
+// DB.Batch, which the nosql interface does not expose).
+//
+// Reads, table management and Close pass straight through. It is safe for
+// concurrent use.
+type GroupCommit struct {
 	database.DB
 
 	mu       sync.Mutex
@@ -34,15 +34,15 @@ type request struct {
 	lead chan struct{}
 }
 
-var _ database.DB = (*DB)(nil)
+var _ database.DB = (*GroupCommit)(nil)
 
-// New returns db with group commit for Set, Del, CmpAndSwap and Update.
-func New(db database.DB) *DB {
-	return &DB{DB: db, maxOps: 1024}
+// NewGroupCommit returns db with group commit for Set, Del, CmpAndSwap and Update.
+func NewGroupCommit(db database.DB) *GroupCommit {
+	return &GroupCommit{DB: db, maxOps: 1024}
 }
 
 // Pending returns the number of writes waiting for a commit.
-func (g *DB) Pending() int {
+func (g *GroupCommit) Pending() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return len(g.pending)
@@ -55,7 +55,7 @@ func (g *DB) Pending() int {
 // hands the lead to the oldest writer still waiting and returns. So no
 // writer waits for more than the commits queued ahead of it when it
 // arrived, however busy the period.
-func (g *DB) Update(tx *database.Tx) error {
+func (g *GroupCommit) Update(tx *database.Tx) error {
 	r := &request{tx: tx, done: make(chan struct{}), lead: make(chan struct{}, 1)}
 	g.mu.Lock()
 	g.pending = append(g.pending, r)
@@ -77,7 +77,7 @@ func (g *DB) Update(tx *database.Tx) error {
 
 // leadOnce commits one batch from the front of the queue (the leader's own
 // write is its first) and passes the lead on, or ends it when nobody waits.
-func (g *DB) leadOnce() {
+func (g *GroupCommit) leadOnce() {
 	g.mu.Lock()
 	batch := g.pending
 	n, ops := 0, 0
@@ -97,7 +97,7 @@ func (g *DB) leadOnce() {
 	g.pending[0].lead <- struct{}{}
 }
 
-func (g *DB) commit(batch []*request) {
+func (g *GroupCommit) commit(batch []*request) {
 	// A panic below must not leave writers waiting forever (and every later
 	// writer queued behind a commit that never ends): fail the batch.
 	defer func() {
@@ -106,7 +106,7 @@ func (g *DB) commit(batch []*request) {
 				select {
 				case <-req.done:
 				default:
-					req.err = fmt.Errorf("groupcommit: commit panicked: %v", r)
+					req.err = fmt.Errorf("datastore: commit panicked: %v", r)
 					close(req.done)
 				}
 			}
@@ -139,14 +139,14 @@ func (g *DB) commit(batch []*request) {
 }
 
 // Set implements database.DB through Update.
-func (g *DB) Set(bucket, key, value []byte) error {
+func (g *GroupCommit) Set(bucket, key, value []byte) error {
 	tx := new(database.Tx)
 	tx.Set(bucket, key, value)
 	return g.Update(tx)
 }
 
 // Del implements database.DB through Update.
-func (g *DB) Del(bucket, key []byte) error {
+func (g *GroupCommit) Del(bucket, key []byte) error {
 	tx := new(database.Tx)
 	tx.Del(bucket, key)
 	return g.Update(tx)
@@ -155,7 +155,7 @@ func (g *DB) Del(bucket, key []byte) error {
 // CmpAndSwap implements database.DB through Update. Compare-and-swaps on the
 // same key within one merged transaction are applied in arrival order, so
 // of two racing swaps from the same old value exactly one succeeds.
-func (g *DB) CmpAndSwap(bucket, key, oldValue, newValue []byte) ([]byte, bool, error) {
+func (g *GroupCommit) CmpAndSwap(bucket, key, oldValue, newValue []byte) ([]byte, bool, error) {
 	tx := &database.Tx{Operations: []*database.TxEntry{{
 		Bucket: bucket, Key: key, CmpValue: oldValue, Value: newValue, Cmd: database.CmpAndSwap,
 	}}}

@@ -1,4 +1,4 @@
-package ca
+package ocsp
 
 import (
 	"path/filepath"
@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/smallstep/certificates/db"
+	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/ca/keystore"
 )
 
 // The delegated OCSP signer is renewed by the responder itself a month
@@ -17,26 +19,26 @@ func TestOCSPSignerRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer authDB.Shutdown()
-	a, err := Open(Config{Dir: filepath.Join(dir, "ca"), BaseURL: "http://ca.example.com", IssuerKeyType: KeyTypeEC}, authDB)
+	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), BaseURL: "http://ca.example.com", IssuerKeyType: ca.KeyTypeEC}, authDB)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	r, err := a.NewOCSPResponder(0)
+	r, err := New(a, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	first := r.Signer()
-	if got := first.NotAfter.Sub(first.NotBefore); got < ocspSignerLifetime-time.Hour || got > ocspSignerLifetime+time.Hour {
-		t.Errorf("signer lifetime %s, want %s", got, ocspSignerLifetime)
+	if got := first.NotAfter.Sub(first.NotBefore); got < signerLifetime-time.Hour || got > signerLifetime+time.Hour {
+		t.Errorf("signer lifetime %s, want %s", got, signerLifetime)
 	}
 	// A restart within its life keeps it.
-	r2, err := a.NewOCSPResponder(0)
+	r2, err := New(a, 0)
 	if err != nil || !r2.Signer().Equal(first) {
 		t.Fatalf("a second responder made a new signer: %v", err)
 	}
 	// A month before it ends, the next signature renews it.
-	r.now = func() time.Time { return first.NotAfter.Add(-ocspSignerRenewBefore + time.Hour) }
+	r.now = func() time.Time { return first.NotAfter.Add(-signerRenewBefore + time.Hour) }
 	r.mu.Lock()
 	err = r.loadOrRenewSigner()
 	r.mu.Unlock()
@@ -44,10 +46,10 @@ func TestOCSPSignerRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := r.Signer()
-	if second.Equal(first) || second.CheckSignatureFrom(a.intermediate) != nil {
+	if second.Equal(first) || second.CheckSignatureFrom(a.Intermediate()) != nil {
 		t.Fatal("the signer was not renewed by the intermediate")
 	}
-	kept, _, err := readKeyPair(filepath.Join(dir, "ca", ocspSignerCertFile), filepath.Join(dir, "ca", ocspSignerKeyFile))
+	kept, _, _, err := ca.ReadDelegated(filepath.Join(dir, "ca"), keystore.Files(filepath.Join(dir, "ca")), keystore.OCSP, SignerCertFile)
 	if err != nil || !kept.Equal(second) {
 		t.Errorf("the renewed signer was not kept: %v", err)
 	}
