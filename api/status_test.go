@@ -59,6 +59,8 @@ func TestStatusForEveryReason(t *testing.T) {
 		"identity-in-use":             codes.FailedPrecondition,
 		"identity-change-needs-rekey": codes.FailedPrecondition,
 		"identity-on-hold":            codes.FailedPrecondition,
+		"challenge-refused":           codes.PermissionDenied,
+		"challenge-unverified":        codes.FailedPrecondition,
 	}
 	log := slog.New(slog.DiscardHandler)
 	seen := map[string]bool{}

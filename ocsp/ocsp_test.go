@@ -141,7 +141,7 @@ func TestOCSPResponder(t *testing.T) {
 	}
 
 	// Another issuer's certificate, garbage, and an oversized request.
-	foreign := testpki.NewCA(t, ca.KeyTypeEC)
+	foreign := testpki.NewOtherCA(t, ca.KeyTypeEC)
 	fchain, err := foreign.Issue(ctx, testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
 	if err != nil {
 		t.Fatal(err)

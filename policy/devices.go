@@ -136,8 +136,8 @@ func (reg *Registry) RegisterDevice(ctx context.Context, user, id string, identi
 	if err != nil {
 		return Device{}, err
 	}
-	if isStaticDevice(id) {
-		return Device{}, reject(ReasonBadDevice, fmt.Sprintf("the device id %q is reserved for the labs static challenge", id))
+	if isUnregisteredDevice(id) {
+		return Device{}, reject(ReasonBadDevice, fmt.Sprintf("the device id %q is reserved for devices outside the registry (the labs static challenge, %s…)", id, ExternalDevicePrefix))
 	}
 	refused := func(err error) (Device, error) {
 		reg.audit.Audit(ctx, Event{Time: reg.now().UTC(), Actor: ActorFrom(ctx), Action: ActionDeviceRegister, User: u, Device: id, Result: "refused", Detail: err.Error()})

@@ -399,7 +399,7 @@ func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificat
 	}
 	// A renewal is a new issuance: today's rules apply, not those of the
 	// day the predecessor was issued.
-	static := isStaticDevice(prev.Device)
+	static := isUnregisteredDevice(prev.Device)
 	if !static {
 		if _, err := e.devices.activeDevice(ctx, prev.User, prev.Device); err != nil {
 			return nil, e.refused(ctx, ActionRenew, prev.User, prev.Device,
@@ -426,6 +426,13 @@ func (e *Enrollment) renew(ctx context.Context, req Request) ([]*x509.Certificat
 // issue signs a certificate and records it together with c (the challenge
 // it uses up, the predecessor it supersedes) in one transaction.
 func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.CertificateRequest, user, device string, c Commit) ([]*x509.Certificate, error) {
+	return e.issueThen(ctx, action, csr, user, device, c, nil)
+}
+
+// issueThen is issue with a last word: before, when not nil, is given the
+// signed chain before it is recorded, and an error from it drops the
+// certificate (never recorded, never answered) and is returned.
+func (e *Enrollment) issueThen(ctx context.Context, action string, csr *x509.CertificateRequest, user, device string, c Commit, before func([]*x509.Certificate) error) ([]*x509.Certificate, error) {
 	now := e.now().UTC()
 	ku := []string{"digitalSignature"}
 	if e.cfg.ContentCommitment {
@@ -455,6 +462,13 @@ func (e *Enrollment) issue(ctx context.Context, action string, csr *x509.Certifi
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IssuedAt: now,
 		RenewedFrom: c.Supersedes, SHA256: hex.EncodeToString(sum[:]),
 	}
+	if before != nil {
+		if err := before(iss.Chain); err != nil {
+			e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: action, User: user, Device: device, Serials: []string{rec.Serial},
+				Result: "refused", Detail: "signed but not recorded or delivered: " + err.Error()})
+			return nil, err
+		}
+	}
 	c.CA = iss.Record
 	if err := e.store.RecordIssued(ctx, rec, c); err != nil {
 		if errors.Is(err, ErrInactiveDevice) {
@@ -480,6 +494,10 @@ func (e *Enrollment) refused(ctx context.Context, action, user, device string, e
 	detail := err.Error()
 	if re != nil {
 		detail = re.Reason.String()
+		if re.Reason == ReasonChallengeRefused || re.Reason == ReasonChallengeUnverified {
+			// The authority's own code (ChallengeExpired, …) says why.
+			detail += ": " + re.Detail
+		}
 	}
 	e.audit.Audit(ctx, Event{Time: e.now().UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: device, Result: "refused", Detail: detail})
 	return err
@@ -564,4 +582,11 @@ func checkNamesBound(csr *x509.CertificateRequest, user string) error {
 // device (or the one device of version 1 databases).
 func isStaticDevice(id string) bool {
 	return id == StaticDevice || strings.HasPrefix(id, StaticDevice+"/")
+}
+
+// isUnregisteredDevice reports whether id names a device outside the
+// registry: a static-challenge enrolment or one an external challenge
+// authority vouched for.
+func isUnregisteredDevice(id string) bool {
+	return isStaticDevice(id) || strings.HasPrefix(id, ExternalDevicePrefix)
 }

@@ -365,7 +365,7 @@ func TestRenewal(t *testing.T) {
 	// Without a signer, or with a foreign certificate: refused.
 	_, err = v.e.Enroll(ctx, policy.Request{Kind: policy.Renewal, CSR: testpki.CSR(t, newKey, nil)})
 	wantReason(t, err, policy.ReasonRenewalNotAuthorized)
-	other := testpki.NewCA(t, ca.KeyTypeEC)
+	other := testpki.NewOtherCA(t, ca.KeyTypeEC)
 	foreign, err := other.Issue(ctx, testpki.CSR(t, key, nil), ca.Template{CommonName: "alice@example.com", Emails: []string{"alice@example.com"},
 		KeyUsage: []string{"digitalSignature"}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)})
 	if err != nil {

@@ -72,6 +72,12 @@ const (
 	ReasonIdentityInUse
 	ReasonIdentityChange
 	ReasonIdentityOnHold
+	// ReasonChallengeRefused: an external challenge authority (Intune)
+	// refused the request; its code is in the detail.
+	ReasonChallengeRefused
+	// ReasonChallengeUnverified: the external authority could not be asked,
+	// or did not take the notice of the certificate.
+	ReasonChallengeUnverified
 	reasonEnd
 )
 
@@ -121,6 +127,8 @@ var reasons = [reasonEnd]struct {
 	ReasonIdentityInUse:        {"identity-in-use", KindFailedPrecondition},
 	ReasonIdentityChange:       {"identity-change-needs-rekey", KindFailedPrecondition},
 	ReasonIdentityOnHold:       {"identity-on-hold", KindFailedPrecondition},
+	ReasonChallengeRefused:     {"challenge-refused", KindDenied},
+	ReasonChallengeUnverified:  {"challenge-unverified", KindFailedPrecondition},
 }
 
 // Reasons returns every reason, in order: for tables at the edges that

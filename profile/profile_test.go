@@ -236,7 +236,7 @@ func TestSignedProfileVerifiesWithOpenSSL(t *testing.T) {
 		t.Error("the signature does not use SHA-256")
 	}
 	// Another root does not verify it.
-	other := testpki.NewCA(t, ca.KeyTypeEC)
+	other := testpki.NewOtherCA(t, ca.KeyTypeEC)
 	if _, err := exec.Command("openssl", "cms", "-verify", "-inform", "DER", "-in", in, "-CAfile",
 		filepath.Join(other.Dir, "ca", ca.RootCertFile), "-purpose", "any", "-out", got).CombinedOutput(); err == nil {
 		t.Error("verified against a foreign root")

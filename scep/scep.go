@@ -30,10 +30,13 @@ import (
 	"github.com/smimeca/smimeca/policy"
 )
 
-// Paths the handler answers on.
+// Paths the handler answers on (WithPath mounts it elsewhere).
 const (
 	Path       = "/scep"
 	LegacyPath = "/scep/pkiclient.exe"
+	// IntunePath is where the endpoint whose challenges Intune validates is
+	// mounted (policy.ExternalEnrollment behind it).
+	IntunePath = "/scep/intune"
 )
 
 // MaxMessageBytes bounds a PKIOperation body; real requests are a few KiB.
@@ -69,6 +72,9 @@ type Handler struct {
 	caps     string
 	log      *slog.Logger
 	metrics  Metrics
+	// path is where the handler is mounted; it also answers on
+	// path+"/pkiclient.exe".
+	path string
 }
 
 // Option configures a Handler.
@@ -79,6 +85,10 @@ func WithLogger(l *slog.Logger) Option { return func(h *Handler) { h.log = l } }
 
 // WithMetrics sets the metrics sink.
 func WithMetrics(m Metrics) Option { return func(h *Handler) { h.metrics = m } }
+
+// WithPath mounts the handler at path (and path+"/pkiclient.exe") instead
+// of Path.
+func WithPath(path string) Option { return func(h *Handler) { h.path = path } }
 
 // WithCaps replaces the advertised capabilities.
 func WithCaps(caps []string) Option {
@@ -106,7 +116,7 @@ func New(enroller Enroller, ra *x509.Certificate, raKey RAKey, chain []*x509.Cer
 	h := &Handler{
 		enroller: enroller, ra: ra, raKey: raKey,
 		caCerts: append([]*x509.Certificate{ra}, chain...),
-		log:     slog.New(slog.DiscardHandler), metrics: nopMetrics{},
+		log:     slog.New(slog.DiscardHandler), metrics: nopMetrics{}, path: Path,
 	}
 	WithCaps(DefaultCaps)(h)
 	for _, o := range opts {
@@ -147,7 +157,7 @@ func SetPKCS7Defaults(name string) error {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != Path && r.URL.Path != LegacyPath {
+	if r.URL.Path != h.path && r.URL.Path != h.path+"/pkiclient.exe" {
 		http.NotFound(w, r)
 		return
 	}

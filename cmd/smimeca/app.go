@@ -26,6 +26,7 @@ import (
 	"github.com/smimeca/smimeca/directory"
 	"github.com/smimeca/smimeca/directory/publish"
 	"github.com/smimeca/smimeca/internal/httplimit"
+	"github.com/smimeca/smimeca/intune"
 	"github.com/smimeca/smimeca/ocsp"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/auditlog"
@@ -54,12 +55,13 @@ type app struct {
 	escrowSvc *api.EscrowService
 	ldapSrv   *directory.Server
 	publisher *publish.Publisher
+	intune    *intune.Client // nil: Intune is off
 }
 
 // newApp builds the server; on error what was built is closed.
 func newApp(ctx context.Context, cfg *serveConfig, logger *slog.Logger) (*app, error) {
 	a := &app{cfg: cfg, log: logger}
-	for _, build := range []func(context.Context) error{a.buildCA, a.buildPolicy, a.buildEscrow, a.buildHTTP, a.buildGRPC, a.buildDirectory} {
+	for _, build := range []func(context.Context) error{a.buildCA, a.buildPolicy, a.buildEscrow, a.buildIntune, a.buildHTTP, a.buildGRPC, a.buildDirectory} {
 		if err := build(ctx); err != nil {
 			a.close()
 			return nil, err
@@ -146,11 +148,8 @@ func (a *app) buildHTTP(context.Context) error {
 	a.reg = prometheus.NewRegistry()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ra, raKey := authority.RA()
-	chain := []*x509.Certificate{authority.Intermediate()}
-	if cfg.scepIncludeRoot {
-		chain = append(chain, authority.Root())
-	}
-	scepHandler, err := scep.New(a.rules.Enrollment, ra, raKey, chain, scep.WithLogger(logger), scep.WithMetrics(newSCEPMetrics(a.reg)))
+	scepOpts := []scep.Option{scep.WithLogger(logger), scep.WithMetrics(newSCEPMetrics(a.reg))}
+	scepHandler, err := scep.New(a.rules.Enrollment, ra, raKey, a.scepChain(), scepOpts...)
 	if err != nil {
 		return err
 	}
@@ -164,6 +163,14 @@ func (a *app) buildHTTP(context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle(scep.Path, shed)
 	mux.Handle(scep.LegacyPath, shed)
+	if a.intune != nil {
+		ih, err := a.intuneHandler(a.intune, limits, scep.WithLogger(logger.With("endpoint", scep.IntunePath)))
+		if err != nil {
+			return err
+		}
+		mux.Handle(scep.IntunePath, ih)
+		mux.Handle(scep.IntunePath+"/pkiclient.exe", ih)
+	}
 	mux.Handle("GET "+ca.CRLPath, derHandler("application/pkix-crl", authority.CRL, logger))
 	mux.Handle("GET "+ca.RootCRLPath, derHandler("application/pkix-crl", authority.RootCRL, logger))
 	mux.Handle("GET "+ca.IssuerPath, derHandler("application/pkix-cert", func() ([]byte, error) { return authority.Intermediate().Raw, nil }, logger))
@@ -178,6 +185,15 @@ func (a *app) buildHTTP(context.Context) error {
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	return nil
+}
+
+// scepChain is what GetCACert returns after the RA certificate.
+func (a *app) scepChain() []*x509.Certificate {
+	chain := []*x509.Certificate{a.st.authority.Intermediate()}
+	if a.cfg.scepIncludeRoot {
+		chain = append(chain, a.st.authority.Root())
+	}
+	return chain
 }
 
 // buildGRPC builds the API (mutual TLS with smimeca's API PKI, the

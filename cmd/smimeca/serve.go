@@ -117,6 +117,7 @@ type serveConfig struct {
 	bodyTimeout        time.Duration
 	trustedProxies     string
 	trustedPrefixes    []netip.Prefix
+	intune             intuneFlags
 	// resolved is what validate read and parsed from the flags above.
 	resolved  resolved
 	logFormat string
@@ -182,6 +183,7 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f.duration(&c.publishRetryMax, "ldap-publish-retry-max", "SMIMECA_LDAP_PUBLISH_RETRY_MAX", publish.DefaultRetryMax, "longest wait between retries when the directory is down")
 	f.str(&c.opsAddr, "ops-addr", "SMIMECA_OPS_ADDR", "127.0.0.1:9090", "ops listener: /healthz (each dependency), /metrics, and pprof with --ops-pprof; keep it off the public network")
 	f.boolean(&c.opsPprof, "ops-pprof", "SMIMECA_OPS_PPROF", false, "serve net/http/pprof under /debug/pprof/ on the ops listener")
+	c.intune.register(f)
 	f.str(&c.logFormat, "log-format", "SMIMECA_LOG_FORMAT", "text", "log format: text or json")
 	f.str(&c.logLevel, "log-level", "SMIMECA_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	if err := f.parse(args); err != nil {

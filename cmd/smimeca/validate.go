@@ -9,6 +9,7 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/smimeca/smimeca/directory/publish"
+	"github.com/smimeca/smimeca/intune"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/scep"
 )
@@ -24,6 +25,7 @@ type resolved struct {
 	identityFields []policy.IdentityField
 	aliases        map[string]string
 	publisher      *publish.Config // nil: no publishing
+	intune         *intune.Config  // nil: Intune is off
 }
 
 // validate checks every flag of serve (and init) whose check needs more
@@ -78,6 +80,9 @@ func (c *serveConfig) validate() error {
 		if r.publisher, err = c.publisherConfig(); err != nil {
 			return err
 		}
+	}
+	if r.intune, err = c.intune.config(); err != nil {
+		return err
 	}
 	return nil
 }

@@ -338,8 +338,12 @@ func (s *Store) RecordIssued(_ context.Context, rec policy.Issued, c policy.Comm
 	var guards []*database.TxEntry
 	if !c.Unregistered {
 		guards = append(guards, &database.TxEntry{Bucket: activeTable, Key: key, Cmd: database.Get})
-	} else {
+	} else if _, err := s.get(metaTable, staticKey); err == policy.ErrNotFound {
+		// Marked once: a write of the same row by every unregistered
+		// enrolment would make concurrent ones conflict on PostgreSQL.
 		guards = append(guards, &database.TxEntry{Bucket: metaTable, Key: staticKey, Value: marker, Cmd: database.Set})
+	} else if err != nil {
+		return err
 	}
 	if c.Challenge != nil {
 		ch, err := s.getChallenge(challengesTable, c.Challenge)
@@ -507,9 +511,10 @@ func (s *Store) ListIssued(_ context.Context, f policy.Filter) ([]policy.Issued,
 	return out, nil
 }
 
-// staticDevices returns the keys of user's devices enrolled with the labs
-// mode's static challenge (not in the user's list); it scans the heads only
-// in a database that has recorded such an enrolment.
+// staticDevices returns the keys of user's devices outside the registry —
+// enrolled with the labs mode's static challenge or vouched for by an
+// external authority (not in the user's list); it scans the heads only in
+// a database that has recorded such an enrolment.
 func (s *Store) staticDevices(user string) ([][]byte, error) {
 	if _, err := s.get(metaTable, staticKey); err == policy.ErrNotFound {
 		return nil, nil
@@ -522,7 +527,7 @@ func (s *Store) staticDevices(user string) ([][]byte, error) {
 	}
 	var keys [][]byte
 	for _, e := range entries {
-		if u, d := splitDevKey(e.Key); u == user && strings.HasPrefix(d, policy.StaticDevice) {
+		if u, d := splitDevKey(e.Key); u == user && (strings.HasPrefix(d, policy.StaticDevice) || strings.HasPrefix(d, policy.ExternalDevicePrefix)) {
 			keys = append(keys, e.Key)
 		}
 	}

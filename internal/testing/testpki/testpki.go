@@ -11,6 +11,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -30,16 +31,45 @@ type CA struct {
 	Dir string
 }
 
-// NewCA opens a fresh CA in a temporary directory.
+// NewCA opens a CA in a temporary directory, with a fresh database, on a
+// copy of the package's CA of that key type (generated once per test
+// binary: RSA root and intermediate generation dominated the unit tests).
+// Tests that need a CA of other keys use NewOtherCA.
 func NewCA(t testing.TB, keyType string) *CA {
 	t.Helper()
 	dir := t.TempDir()
+	v, _ := templates.LoadOrStore(keyType, &caTemplate{})
+	tmpl := v.(*caTemplate)
+	tmpl.once.Do(func() { tmpl.files, tmpl.err = makeTemplate(keyType) })
+	if tmpl.err != nil {
+		t.Fatal(tmpl.err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "ca"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, f := range tmpl.files {
+		if err := os.WriteFile(filepath.Join(dir, "ca", name), f.data, f.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return openCA(t, dir, keyType)
+}
+
+// NewOtherCA opens a CA of keys of its own, unlike any other CA's.
+func NewOtherCA(t testing.TB, keyType string) *CA {
+	t.Helper()
+	return openCA(t, t.TempDir(), keyType)
+}
+
+func openCA(t testing.TB, dir, keyType string) *CA {
+	t.Helper()
 	database, err := datastore.OpenBolt(filepath.Join(dir, "smimeca.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), IssuerKeyType: keyType, BaseURL: "http://ca.test"}, database.DB)
 	if err != nil {
+		database.Close()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -47,6 +77,58 @@ func NewCA(t testing.TB, keyType string) *CA {
 		database.Close()
 	})
 	return &CA{Authority: a, DB: database.DB, Dir: dir}
+}
+
+// caTemplate is a CA directory's files, kept in memory.
+type caTemplate struct {
+	once  sync.Once
+	files map[string]caFile
+	err   error
+}
+
+type caFile struct {
+	data []byte
+	mode os.FileMode
+}
+
+var templates sync.Map // key type → *caTemplate
+
+// makeTemplate creates a CA of keyType in a directory of its own and reads
+// its files.
+func makeTemplate(keyType string) (map[string]caFile, error) {
+	dir, err := os.MkdirTemp("", "testpki-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	database, err := datastore.OpenBolt(filepath.Join(dir, "smimeca.db"))
+	if err != nil {
+		return nil, err
+	}
+	a, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), IssuerKeyType: keyType, BaseURL: "http://ca.test"}, database.DB)
+	if err != nil {
+		database.Close()
+		return nil, err
+	}
+	a.Close()
+	database.Close()
+	entries, err := os.ReadDir(filepath.Join(dir, "ca"))
+	if err != nil {
+		return nil, err
+	}
+	files := map[string]caFile{}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, "ca", e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		files[e.Name()] = caFile{data: b, mode: info.Mode().Perm()}
+	}
+	return files, nil
 }
 
 var (

@@ -1,0 +1,218 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	smallscep "github.com/smallstep/scep"
+	scepx509 "github.com/smallstep/scep/x509util"
+
+	"github.com/smimeca/smimeca/internal/testing/intunemock"
+	"github.com/smimeca/smimeca/internal/testing/testpki"
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+)
+
+// newIntuneServer starts smimeca as the mock tenant's SCEP CA: the mock's
+// CA trusted through SSL_CERT_FILE, as an operator's would be through the
+// system store.
+func newIntuneServer(t *testing.T, m *intunemock.Mock, extra ...string) *server {
+	t.Helper()
+	secret := filepath.Join(t.TempDir(), "intune-secret")
+	if err := os.WriteFile(secret, []byte(intunemock.Secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return newServerEnv(t, []string{"SSL_CERT_FILE=" + m.CAFile}, append([]string{
+		"--intune-tenant", intunemock.Tenant, "--intune-client-id", intunemock.ClientID, "--intune-client-secret-file", secret,
+		"--intune-authority-url", m.URL + "/", "--intune-graph-url", m.URL, "--intune-resource-url", m.URL + "/manage/",
+	}, extra...)...)
+}
+
+// intuneEnrol sends a PKCSReq for the address (an rfc822Name SAN, as an
+// Intune SCEP profile's "Email address" SAN puts it, with Intune's SID URI
+// beside it) with challenge to /scep/intune: what the device's SCEP
+// client does. It returns the certificate and the CertRep's status.
+func intuneEnrol(t *testing.T, s *server, ra *x509.Certificate, key *rsa.PrivateKey, addr, challenge string) (*x509.Certificate, smallscep.PKIStatus, smallscep.FailInfo, string) {
+	t.Helper()
+	return intuneEnrolAt(t, s, "/scep/intune", ra, key, addr, challenge)
+}
+
+// intuneEnrolAt is intuneEnrol to the SCEP endpoint at path.
+func intuneEnrolAt(t *testing.T, s *server, path string, ra *x509.Certificate, key *rsa.PrivateKey, addr, challenge string) (*x509.Certificate, smallscep.PKIStatus, smallscep.FailInfo, string) {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "device"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, _ := x509.ParseCertificate(der)
+	sid, _ := url.Parse("tag:microsoft.com,2022-09-14:sid:S-1-5-21-1004336348-1177238915-682003330-512")
+	csrDER, err := scepx509.CreateCertificateRequest(rand.Reader, &scepx509.CertificateRequest{
+		CertificateRequest: x509.CertificateRequest{Subject: pkix.Name{CommonName: "Alice Example"}, EmailAddresses: []string{addr}, URIs: []*url.URL{sid}},
+		ChallengePassword:  challenge}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := x509.ParseCertificateRequest(csrDER)
+	msg, err := smallscep.NewCSRRequest(csr, &smallscep.PKIMessage{MessageType: smallscep.PKCSReq,
+		Recipients: []*x509.Certificate{ra}, SignerKey: key, SignerCert: self})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(s.baseURL+path+"?operation=PKIOperation", "application/x-pki-message", bytes.NewReader(msg.Raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("HTTP %d: %s", resp.StatusCode, body)
+	}
+	rep, err := smallscep.ParsePKIMessage(body, smallscep.WithCACerts([]*x509.Certificate{ra}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.PKIStatus != smallscep.SUCCESS {
+		return nil, rep.PKIStatus, rep.FailInfo, string(msg.TransactionID)
+	}
+	if err := rep.DecryptPKIEnvelope(self, key); err != nil {
+		t.Fatal(err)
+	}
+	return rep.CertRepMessage.Certificate, rep.PKIStatus, "", string(msg.TransactionID)
+}
+
+// TestIntuneSCEP: smimeca as Intune's third-party SCEP CA against the
+// conformance mock, over HTTPS. A Success challenge gets smimeca's S/MIME
+// certificate, reported to Intune with the thumbprint, serial and expiry
+// of the very certificate the client received, and in the inventory; every
+// injected failure — token refused, discovery without the service, a
+// refusal code, validation 500, the success notification answered 500 or
+// with another code — gets a CertRep FAILURE, leaves no certificate in the
+// inventory and, wherever Intune can be reached, a failure notification;
+// /scep is unchanged beside it.
+func TestIntuneSCEP(t *testing.T) {
+	t.Parallel()
+	m := intunemock.Start(t)
+	s := newIntuneServer(t, m)
+	ra := raCert(t, s)
+	_, enr, _ := s.adminClients(t)
+	ctx := context.Background()
+	inventory := func(user string) []*pb.Certificate {
+		t.Helper()
+		l, err := enr.ListCertificates(ctx, &pb.ListCertificatesRequest{User: user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.GetCertificates()
+	}
+	failures := func() map[string]intunemock.Notification {
+		out := map[string]intunemock.Notification{}
+		for _, n := range m.Notifications() {
+			if !n.Success {
+				out[n.TransactionID] = n
+			}
+		}
+		return out
+	}
+	key := testpki.RSAKey(t, 2048, 0)
+
+	type failure struct {
+		name     string
+		set      func(m *intunemock.Mock)
+		code     string // the challenge's validation code
+		notified bool   // a failure notification reaches the mock
+	}
+	// Order matters: the token and discovery failures come before anything
+	// is cached.
+	for i, f := range []failure{
+		{"token refused", func(m *intunemock.Mock) { m.TokenStatus = 401 }, "Success", false},
+		{"discovery without the validation service", func(m *intunemock.Mock) { m.Missing = []string{"ScepRequestValidationFEService"} }, "Success", false},
+		{"validation refused", nil, "ChallengeExpired", true},
+		{"validation 500", func(m *intunemock.Mock) { m.ValidateStatus = 500 }, "Success", true},
+		{"success notification 500", func(m *intunemock.Mock) { m.SuccessStatus = 500 }, "Success", true},
+		{"success notification not Success", func(m *intunemock.Mock) { m.SuccessCode = "ChallengeExpired" }, "Success", true},
+	} {
+		m.Set(func(m *intunemock.Mock) {
+			m.TokenStatus, m.Missing, m.ValidateStatus, m.SuccessStatus, m.SuccessCode = 0, nil, 0, 0, ""
+			if f.set != nil {
+				f.set(m)
+			}
+		})
+		user := "fail" + string(rune('a'+i)) + "@example.com"
+		crt, status, info, tx := intuneEnrol(t, s, ra, key, user, m.Challenge(f.code))
+		if crt != nil || status != smallscep.FAILURE || info != smallscep.BadRequest {
+			t.Errorf("%s: status %s failInfo %s, certificate %v", f.name, status, info, crt != nil)
+		}
+		if l := inventory(user); len(l) != 0 {
+			t.Errorf("%s: the inventory holds %d certificates", f.name, len(l))
+		}
+		if _, got := failures()[tx]; got != f.notified {
+			t.Errorf("%s: failure notification received %v, want %v", f.name, got, f.notified)
+		}
+	}
+	m.Set(func(m *intunemock.Mock) {
+		m.TokenStatus, m.Missing, m.ValidateStatus, m.SuccessStatus, m.SuccessCode = 0, nil, 0, 0, ""
+	})
+
+	crt, status, _, tx := intuneEnrol(t, s, ra, key, "Alice@Example.com", m.Challenge("Success"))
+	if crt == nil {
+		t.Fatalf("a Success challenge: status %s", status)
+	}
+	if len(crt.EmailAddresses) != 1 || crt.EmailAddresses[0] != "alice@example.com" || len(crt.URIs) != 0 ||
+		len(crt.ExtKeyUsage) != 1 || crt.ExtKeyUsage[0] != x509.ExtKeyUsageEmailProtection {
+		t.Errorf("certificate: %v %v %v", crt.EmailAddresses, crt.URIs, crt.ExtKeyUsage)
+	}
+	var success *intunemock.Notification
+	for _, n := range m.Notifications() {
+		if n.Success && n.TransactionID == tx {
+			success = &n
+		}
+	}
+	sum := sha1.Sum(crt.Raw)
+	if success == nil || !strings.EqualFold(success.Thumbprint, hex.EncodeToString(sum[:])) || !strings.EqualFold(success.Serial, crt.SerialNumber.Text(16)) ||
+		success.Expiry != crt.NotAfter.UTC().Format("2006-01-02T15:04:05.000Z") || !strings.Contains(success.Issuer, "CN=") {
+		t.Fatalf("success notification %+v does not describe the certificate received", success)
+	}
+	l := inventory("alice@example.com")
+	if len(l) != 1 || l[0].GetSerial() != crt.SerialNumber.String() || !strings.HasPrefix(l[0].GetDeviceId(), "intune/") {
+		t.Fatalf("inventory %+v", l)
+	}
+	leaf := filepath.Join(t.TempDir(), "leaf.pem")
+	os.WriteFile(leaf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: crt.Raw}), 0o644)
+	mustOK(t, "verify -purpose smimesign", openssl(t, "verify", "-purpose", "smimesign", "-CAfile", filepath.Join(s.data, "ca", "root_ca.crt"),
+		"-untrusted", filepath.Join(s.data, "ca", "intermediate_ca.crt"), leaf))
+	// /scep does not take Intune's challenges; /scep/intune answers SCEP's
+	// other operations like /scep.
+	if _, status, _, _ := intuneEnrolAt(t, s, "/scep", ra, key, "bob@example.com", m.Challenge("Success")); status != smallscep.FAILURE {
+		t.Errorf("/scep took an Intune challenge: %s", status)
+	}
+	resp, err := http.Get(s.baseURL + "/scep/intune?operation=GetCACaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caps, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(caps), "POSTPKIOperation") {
+		t.Errorf("GetCACaps on /scep/intune: %q", caps)
+	}
+	// The challenge never reaches the log.
+	if strings.Contains(s.log.String(), "intune-challenge-") {
+		t.Error("an Intune challenge is in smimeca's log")
+	}
+}
