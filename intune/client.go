@@ -91,6 +91,9 @@ type Client struct {
 
 	mu        sync.Mutex
 	endpoints map[string]string // lower-case service name → base URI
+	// lastErr and lastAt are the outcome of the last call to Intune.
+	lastErr error
+	lastAt  time.Time
 }
 
 // New returns a client for cfg; it makes no call until one is asked for.
@@ -154,7 +157,9 @@ func (c *Client) CallerInfo() string { return c.cfg.CallerInfo }
 func (c *Client) token(ctx context.Context, scope string) (string, error) {
 	t, err := c.cred.GetToken(ctx, azpolicy.TokenRequestOptions{Scopes: []string{scope}})
 	if err != nil {
-		return "", fmt.Errorf("%w: token for %s (check the tenant, the client ID, the credential and the app's permissions): %s", ErrUnavailable, scope, firstLine(err.Error()))
+		err = fmt.Errorf("%w: token for %s (check the tenant, the client ID, the credential and the app's permissions): %s", ErrUnavailable, scope, firstLine(err.Error()))
+		c.record(err)
+		return "", err
 	}
 	return t.Token, nil
 }
@@ -167,15 +172,21 @@ func (c *Client) intuneScope() string { return c.cfg.ResourceURL + "/.default" }
 // Discover returns the services' base URIs, from the cache or from Graph
 // (servicePrincipals/appId=<Intune>/endpoints).
 func (c *Client) Discover(ctx context.Context) (map[string]string, error) {
+	m, _, err := c.discover(ctx)
+	return m, err
+}
+
+// discover is Discover, saying whether the map came from the cache.
+func (c *Client) discover(ctx context.Context) (endpoints map[string]string, cached bool, err error) {
 	c.mu.Lock()
-	cached := c.endpoints
+	cachedMap := c.endpoints
 	c.mu.Unlock()
-	if cached != nil {
-		return cached, nil
+	if cachedMap != nil {
+		return cachedMap, true, nil
 	}
 	tok, err := c.token(ctx, c.graphScope())
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	u := c.cfg.GraphURL + "/v1.0/servicePrincipals/appId=" + intuneAppID + "/endpoints"
 	var out struct {
@@ -186,7 +197,7 @@ func (c *Client) Discover(ctx context.Context) (map[string]string, error) {
 		} `json:"value"`
 	}
 	if err := c.do(ctx, http.MethodGet, u, tok, nil, nil, &out); err != nil {
-		return nil, fmt.Errorf("service discovery: %w", err)
+		return nil, false, fmt.Errorf("service discovery: %w", err)
 	}
 	m := map[string]string{}
 	for _, v := range out.Value {
@@ -201,7 +212,7 @@ func (c *Client) Discover(ctx context.Context) (map[string]string, error) {
 	c.mu.Lock()
 	c.endpoints = m
 	c.mu.Unlock()
-	return m, nil
+	return m, false, nil
 }
 
 // forget drops the discovered endpoints, so that the next call discovers
@@ -212,17 +223,22 @@ func (c *Client) forget() {
 	c.mu.Unlock()
 }
 
-// endpoint returns the base URI of service.
+// endpoint returns the base URI of service; a service missing from the
+// cached endpoints is looked up again once.
 func (c *Client) endpoint(ctx context.Context, service string) (string, error) {
-	m, err := c.Discover(ctx)
-	if err != nil {
-		return "", err
+	for {
+		m, cached, err := c.discover(ctx)
+		if err != nil {
+			return "", err
+		}
+		if u, ok := m[strings.ToLower(service)]; ok {
+			return u, nil
+		}
+		c.forget()
+		if !cached {
+			return "", fmt.Errorf("%w: service discovery lists no %s for this tenant (is Intune licensed and the app granted its permissions?)", ErrUnavailable, service)
+		}
 	}
-	if u, ok := m[strings.ToLower(service)]; ok {
-		return u, nil
-	}
-	c.forget()
-	return "", fmt.Errorf("%w: service discovery lists no %s for this tenant (is Intune licensed and the app granted its permissions?)", ErrUnavailable, service)
 }
 
 // post calls service's path with body and decodes the answer into out. A
@@ -270,6 +286,12 @@ func retryable(err error) bool {
 // do sends one request with a fresh client-request-id and decodes a JSON
 // answer into out (nil: discard it).
 func (c *Client) do(ctx context.Context, method, url, token string, headers map[string]string, body, out any) error {
+	err := c.doOnce(ctx, method, url, token, headers, body, out)
+	c.record(err)
+	return err
+}
+
+func (c *Client) doOnce(ctx context.Context, method, url, token string, headers map[string]string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -311,6 +333,30 @@ func (c *Client) do(ctx context.Context, method, url, token string, headers map[
 		return fmt.Errorf("%w: %s %s: the answer is not the JSON expected: %v", ErrUnavailable, method, redactURL(url), err)
 	}
 	return nil
+}
+
+// record keeps the outcome of a call for Reachable.
+func (c *Client) record(err error) {
+	c.mu.Lock()
+	c.lastErr, c.lastAt = err, time.Now()
+	c.mu.Unlock()
+}
+
+// recentCall is how long the last call's outcome stands for Intune's
+// reachability.
+const recentCall = 5 * time.Minute
+
+// Reachable reports whether Intune answered: the last call's outcome when
+// it was recent, otherwise a token and service discovery (for /healthz and
+// doctor).
+func (c *Client) Reachable(ctx context.Context) error {
+	c.mu.Lock()
+	err, at := c.lastErr, c.lastAt
+	c.mu.Unlock()
+	if !at.IsZero() && time.Since(at) < recentCall {
+		return err
+	}
+	return c.Ping(ctx)
 }
 
 // redactURL drops a URL's query (it may carry a filter with a user's

@@ -161,8 +161,8 @@ func TestNotifications(t *testing.T) {
 	}
 }
 
-// The revocation feed: requests come down once, results go up.
-func TestRevocationFeed(t *testing.T) {
+// The revocation calls: requests come down once, results go up.
+func TestRevocationCalls(t *testing.T) {
 	m := intunemock.Start(t)
 	c := newClient(t, m, nil)
 	ctx := context.Background()

@@ -199,3 +199,11 @@ type Issuer interface {
 	// DeviceStore.RetireDevice, Commit.Revocation).
 	RevocationRecord(serial string, reasonCode int, reason string, at time.Time) (ca.Record, error)
 }
+
+// Leases lets one of several nodes run a job at a time (the Intune
+// revocation feed): a named lease held by one holder until it expires.
+type Leases interface {
+	// TryLease takes or renews the lease name for holder until now+ttl:
+	// true when holder has it, false when another holder's has not expired.
+	TryLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error)
+}

@@ -109,7 +109,14 @@ func intuneEnrolAt(t *testing.T, s *server, path string, ra *x509.Certificate, k
 func TestIntuneSCEP(t *testing.T) {
 	t.Parallel()
 	m := intunemock.Start(t)
-	s := newIntuneServer(t, m)
+	// Refused tokens from the start: nothing is cached when the first
+	// enrolment comes (the revocation feed asks for tokens too).
+	m.Set(func(m *intunemock.Mock) { m.TokenStatus = 401 })
+	s := newIntuneServer(t, m, "--intune-revocation-interval", "1s")
+	// /healthz shows Intune's state without making the node unhealthy.
+	if code, h := s.health(t); code != http.StatusOK || !strings.Contains(h.Checks["intune"], "token") {
+		t.Errorf("health with Intune refusing tokens: %d %+v", code, h)
+	}
 	ra := raCert(t, s)
 	_, enr, _ := s.adminClients(t)
 	ctx := context.Background()
@@ -157,7 +164,7 @@ func TestIntuneSCEP(t *testing.T) {
 		user := "fail" + string(rune('a'+i)) + "@example.com"
 		crt, status, info, tx := intuneEnrol(t, s, ra, key, user, m.Challenge(f.code))
 		if crt != nil || status != smallscep.FAILURE || info != smallscep.BadRequest {
-			t.Errorf("%s: status %s failInfo %s, certificate %v", f.name, status, info, crt != nil)
+			t.Errorf("%s: status %s failInfo %q, certificate %v", f.name, status, string(info), crt != nil)
 		}
 		if l := inventory(user); len(l) != 0 {
 			t.Errorf("%s: the inventory holds %d certificates", f.name, len(l))
@@ -210,6 +217,47 @@ func TestIntuneSCEP(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(caps), "POSTPKIOperation") {
 		t.Errorf("GetCACaps on /scep/intune: %q", caps)
+	}
+	// Intune's revocation feed: our certificate is revoked (openssl ocsp
+	// and the CRL show it) and answered succeeded; a serial we never
+	// issued gets CertificateNotFound (4004).
+	issuerName := strings.TrimSpace(strings.TrimPrefix(mustOK(t, "issuer subject", openssl(t, "x509", "-in", filepath.Join(s.data, "ca", "intermediate_ca.crt"),
+		"-noout", "-subject", "-nameopt", "RFC2253")), "subject="))
+	m.QueueRevocation("revoke-ours", strings.ToUpper(crt.SerialNumber.Text(16)), issuerName)
+	m.QueueRevocation("revoke-unknown", "0DEADBEEF0", issuerName)
+	deadline := time.Now().Add(20 * time.Second)
+	for len(m.Results()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	got := map[string]intunemock.RevocationResult{}
+	for _, r := range m.Results() {
+		got[r.RequestContext] = r
+	}
+	if r := got["revoke-ours"]; !r.Succeeded {
+		t.Fatalf("revocation of our certificate: %+v (all: %+v)", r, m.Results())
+	}
+	if r := got["revoke-unknown"]; r.Succeeded || r.ErrorCode != 4004 {
+		t.Errorf("revocation of an unknown serial: %+v", r)
+	}
+	if l := inventory("alice@example.com"); len(l) != 1 || !l[0].GetRevoked() {
+		t.Errorf("inventory after Intune's revocation: %+v", l)
+	}
+	ocspOut := mustOK(t, "openssl ocsp", openssl(t, "ocsp", "-url", s.baseURL+"/ocsp", "-issuer", filepath.Join(s.data, "ca", "intermediate_ca.crt"),
+		"-CAfile", filepath.Join(s.data, "ca", "root_ca.crt"), "-no_nonce", "-cert", leaf))
+	if !strings.Contains(ocspOut, leaf+": revoked") {
+		t.Errorf("OCSP after Intune's revocation:\n%s", ocspOut)
+	}
+	crl := filepath.Join(t.TempDir(), "crl.der")
+	fetch(t, s.baseURL+"/crl", filepath.Dir(crl), "crl.der")
+	if out := mustOK(t, "crl", openssl(t, "crl", "-inform", "DER", "-in", crl, "-noout", "-text")); !strings.Contains(strings.ToUpper(out), strings.ToUpper(crt.SerialNumber.Text(16))) {
+		t.Errorf("the CRL does not list the revoked serial:\n%s", out)
+	}
+	healthDeadline := time.Now().Add(15 * time.Second)
+	for _, h := s.health(t); h.Checks["intune"] != "ok"; _, h = s.health(t) {
+		if time.Now().After(healthDeadline) {
+			t.Fatalf("health once Intune answers: %+v", h)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	// The challenge never reaches the log.
 	if strings.Contains(s.log.String(), "intune-challenge-") {

@@ -260,6 +260,10 @@ func (a *app) healthMonitor(hs *health.Server) *healthMonitor {
 		m.needs[pb.EscrowAdmin_ServiceDesc.ServiceName] = []string{"database", "vault"}
 		m.needs[pb.ProfileBundles_ServiceDesc.ServiceName] = []string{"database", "ca", "vault"}
 	}
+	if a.intune != nil {
+		m.checks = append(m.checks, healthCheck{"intune", a.intune.Reachable})
+		m.informational = map[string]bool{"intune": true}
+	}
 	return m
 }
 
@@ -315,6 +319,7 @@ func (a *app) run(ctx context.Context) error {
 	go func() { errc <- a.grpcSrv.Serve(grpcLn) }()
 	go purgeChallenges(ctx, a.store, logger)
 	a.startDirectory(ctx, errc)
+	a.startIntuneFeed(ctx)
 	if opsLn != nil {
 		go func() {
 			if err := opsSrv.Serve(opsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {

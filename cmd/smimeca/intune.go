@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
@@ -45,8 +46,8 @@ func (i *intuneFlags) config() (*intune.Config, error) {
 	if (i.secretFile == "") == (i.certFile == "") {
 		return nil, usagef("give exactly one of --intune-client-secret-file and --intune-client-cert")
 	}
-	if i.revocationInterval < 0 || i.revocationInterval > 0 && i.revocationInterval < time.Minute {
-		return nil, usagef("--intune-revocation-interval must be 0 (off) or at least 1m")
+	if i.revocationInterval < 0 || i.revocationInterval > 0 && i.revocationInterval < time.Second {
+		return nil, usagef("--intune-revocation-interval must be 0 (off) or at least 1s")
 	}
 	for name, u := range map[string]string{"--intune-authority-url": i.authorityURL, "--intune-graph-url": i.graphURL, "--intune-resource-url": i.resourceURL} {
 		if !strings.HasPrefix(u, "https://") {
@@ -103,4 +104,17 @@ func (a *app) buildIntune(context.Context) error {
 	a.intune = c
 	a.log.Info("Intune: /scep/intune validates challenges with Intune", "tenant", cfg.Tenant, "client_id", cfg.ClientID)
 	return nil
+}
+
+// startIntuneFeed runs Intune's revocation feed (on one node of several at
+// a time) every --intune-revocation-interval.
+func (a *app) startIntuneFeed(ctx context.Context) {
+	if a.intune == nil || a.cfg.intune.revocationInterval == 0 {
+		return
+	}
+	host, _ := os.Hostname()
+	feed := &intune.Feed{Client: a.intune, Revoker: a.rules.Revocations, Leases: a.store,
+		Holder: fmt.Sprintf("%s/%d", host, os.Getpid()), IssuerName: a.st.authority.Intermediate().Subject.String(),
+		Interval: a.cfg.intune.revocationInterval, Log: a.log.With("job", "intune-revocation-feed")}
+	go feed.Run(ctx)
 }

@@ -24,10 +24,13 @@ type healthCheck struct {
 // it needs is down, and so is the server as a whole ("") while the database
 // or the CA is.
 type healthMonitor struct {
-	checks   []healthCheck
-	grpc     *health.Server
-	needs    map[string][]string // gRPC service → dependencies it needs
-	interval time.Duration
+	checks []healthCheck
+	grpc   *health.Server
+	needs  map[string][]string // gRPC service → dependencies it needs
+	// informational dependencies are shown but leave the status ok: an
+	// outside service (Intune) the node serves well without.
+	informational map[string]bool
+	interval      time.Duration
 
 	mu    sync.Mutex
 	state map[string]string // dependency → "" (ok) or why it is down
@@ -75,7 +78,8 @@ func (m *healthMonitor) run(ctx context.Context) {
 }
 
 // ServeHTTP answers the dependencies' state as JSON: 200 when every one is
-// up, 503 ("degraded", with the reasons) when one is not.
+// up, 503 ("degraded", with the reasons) when one is not (an informational
+// one's reason is shown, the status stays ok).
 func (m *healthMonitor) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	m.mu.Lock()
 	state, at := m.state, m.at
@@ -95,7 +99,10 @@ func (m *healthMonitor) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 			out.Checks[n] = "ok"
 			continue
 		}
-		out.Checks[n], out.Status = state[n], "degraded"
+		out.Checks[n] = state[n]
+		if !m.informational[n] {
+			out.Status = "degraded"
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if out.Status != "ok" {

@@ -37,6 +37,7 @@ func Run(t *testing.T, open Opener) {
 		{"InventoryAndRegistry", inventory},
 		{"IdentityClaimRaceAcrossNodes", identityRace},
 		{"UpdateNeverUndoesARetirement", updateDevice},
+		{"OneLeaseHolderAcrossNodes", leases},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			a, b := open(t)
@@ -309,5 +310,53 @@ func updateDevice(t *testing.T, a, b policy.Store) {
 	}
 	if err := b.PutChallenge(ctx, []byte("after"), policy.Challenge{User: "a@example.com", Device: "d", ExpiresAt: time.Now().Add(time.Hour)}); !errors.Is(err, policy.ErrInactiveDevice) {
 		t.Fatalf("the device came back active: %v", err)
+	}
+}
+
+// leases: of two nodes racing for a free lease one wins; the holder renews
+// it, the other cannot take it before it expires and can after.
+func leases(t *testing.T, a, b policy.Store) {
+	la, okA := a.(policy.Leases)
+	lb, okB := b.(policy.Leases)
+	if !okA || !okB {
+		t.Skip("the store keeps no leases")
+	}
+	now := time.Now().UTC()
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i, l := range []policy.Leases{la, lb, la, lb} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok, err := l.TryLease(ctx, "feed", fmt.Sprintf("node-%d", i), time.Minute, now)
+			if err != nil {
+				t.Error(err)
+			}
+			if ok {
+				wins.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d holders took one free lease", wins.Load())
+	}
+	holder := ""
+	for i, l := range []policy.Leases{la, lb, la, lb} {
+		if ok, _ := l.TryLease(ctx, "feed", fmt.Sprintf("node-%d", i), time.Minute, now.Add(time.Second)); ok {
+			holder = fmt.Sprintf("node-%d", i)
+		}
+	}
+	if holder == "" {
+		t.Fatal("the holder could not renew its lease")
+	}
+	if ok, _ := lb.TryLease(ctx, "feed", "newcomer", time.Minute, now.Add(30*time.Second)); ok {
+		t.Error("a lease was taken before it expired")
+	}
+	if ok, err := lb.TryLease(ctx, "feed", "newcomer", time.Minute, now.Add(2*time.Minute)); !ok || err != nil {
+		t.Errorf("an expired lease could not be taken: %v", err)
+	}
+	if ok, _ := la.TryLease(ctx, "other", "node-0", time.Minute, now); !ok {
+		t.Error("leases of different names are not independent")
 	}
 }
