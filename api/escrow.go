@@ -38,8 +38,10 @@ type EscrowService struct {
 	policy EscrowPolicy
 	// sync reconciles the published directory (nil: none configured).
 	sync DirectorySync
-	log  *slog.Logger
-	now  func() time.Time
+	// intuneSync fills Intune's imported-PFX store (nil: not configured).
+	intuneSync IntuneSync
+	log        *slog.Logger
+	now        func() time.Time
 }
 
 // NewEscrowService returns the EscrowAdmin service.
@@ -171,6 +173,45 @@ func (s *EscrowService) SyncDirectory(ctx context.Context, _ *pb.SyncDirectoryRe
 		return res, status.Error(codes.Unavailable, "the directory or the escrow could not be reached; see the server log, then run it again")
 	}
 	return res, nil
+}
+
+// IntuneSync is what SyncIntune runs (*policy.PFXSync).
+type IntuneSync interface {
+	SyncUser(ctx context.Context, user string) (policy.SyncResult, error)
+	SyncAll(ctx context.Context, progress func(done, total int)) (policy.SyncResult, error)
+}
+
+// SetIntuneSync enables SyncIntune.
+func (s *EscrowService) SetIntuneSync(f IntuneSync) { s.intuneSync = f }
+
+// SyncIntune implements pb.EscrowAdminServer.
+func (s *EscrowService) SyncIntune(req *pb.SyncIntuneRequest, stream pb.EscrowAdmin_SyncIntuneServer) error {
+	if s.intuneSync == nil {
+		return status.Error(codes.FailedPrecondition, "Intune's imported-PFX store is not configured (--intune-tenant and --intune-pfx-connector-key)")
+	}
+	if (req.GetUser() == "") == !req.GetAll() {
+		return status.Error(codes.InvalidArgument, "name one user, or ask for all")
+	}
+	ctx := stream.Context()
+	var res policy.SyncResult
+	var err error
+	if req.GetAll() {
+		res, err = s.intuneSync.SyncAll(ctx, func(done, total int) {
+			stream.Send(&pb.SyncIntuneProgress{Done: int32(done), Total: int32(total)})
+		})
+	} else {
+		res, err = s.intuneSync.SyncUser(ctx, req.GetUser())
+	}
+	if err != nil {
+		if _, ok := policy.IsReject(err); ok {
+			return s.status(ctx, err)
+		}
+		s.log.Warn("intune sync", "err", err)
+		return status.Error(codes.Unavailable, "Intune, the escrow or the audit could not be reached; see the server log, then run it again (what was done stays done)")
+	}
+	return stream.Send(&pb.SyncIntuneProgress{Done: int32(res.Users), Total: int32(res.Users), Report: &pb.SyncIntuneReport{
+		Users: int32(res.Users), Uploaded: int32(res.Uploaded), Present: int32(res.Present), Deleted: int32(res.Deleted),
+		Failed: int32(res.Failed), Errors: res.Errors}})
 }
 
 // RevokeUserCertificate implements pb.EscrowAdminServer.

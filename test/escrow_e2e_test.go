@@ -37,6 +37,13 @@ func writePFX(t *testing.T, dir, name string, data []byte, password string) (str
 
 func escrowServer(t *testing.T, v *testvault.Vault, extra ...string) *server {
 	t.Helper()
+	return newServer(t, append(vaultFlags(t, v), extra...)...)
+}
+
+// vaultFlags are the flags that give a server the escrow in v, with a token
+// limited to smimeca's policy.
+func vaultFlags(t *testing.T, v *testvault.Vault) []string {
+	t.Helper()
 	tok, err := v.ScopedToken(context.Background(), "smimeca", "transit", "smimeca-escrow")
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +52,7 @@ func escrowServer(t *testing.T, v *testvault.Vault, extra ...string) *server {
 	if err := os.WriteFile(tf, []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return newServer(t, append([]string{"--vault-addr", v.Addr, "--vault-token-file", tf}, extra...)...)
+	return []string{"--vault-addr", v.Addr, "--vault-token-file", tf}
 }
 
 type listJSON struct {

@@ -6,10 +6,13 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
@@ -22,9 +25,11 @@ import (
 
 	smallscep "github.com/smallstep/scep"
 	scepx509 "github.com/smallstep/scep/x509util"
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
 	"github.com/smimeca/smimeca/internal/testing/intunemock"
 	"github.com/smimeca/smimeca/internal/testing/testpki"
+	"github.com/smimeca/smimeca/internal/testing/testvault"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 )
 
@@ -262,5 +267,82 @@ func TestIntuneSCEP(t *testing.T) {
 	// The challenge never reaches the log.
 	if strings.Contains(s.log.String(), "intune-challenge-") {
 		t.Error("an Intune challenge is in smimeca's log")
+	}
+}
+
+// TestIntuneSync: `smimeca intune sync` puts every escrowed encryption
+// certificate into the mock's imported-PFX store: each record's password
+// opens only with the connector's private key (RSA-OAEP-SHA256) and its
+// PFX holds the escrowed key; a second run uploads nothing; a purged user's
+// records are deleted there; every upload is audited with the connector
+// key as the recipient.
+func TestIntuneSync(t *testing.T) {
+	t.Parallel()
+	v := testvault.Start(t)
+	m := intunemock.Start(t)
+	connector := testpki.RSAKey(t, 2048, 7)
+	pubDER, _ := x509.MarshalPKIXPublicKey(&connector.PublicKey)
+	pubFile := filepath.Join(t.TempDir(), "connector.pem")
+	os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644)
+	s := newIntuneServer(t, m, append(vaultFlags(t, v), "--intune-pfx-connector-key", pubFile, "--intune-revocation-interval", "0")...)
+
+	is := testpki.NewIssuer(t)
+	in := t.TempDir()
+	keys := map[string]*rsa.PrivateKey{} // SHA-1 thumbprint → escrowed key
+	for i, user := range []string{"alice@example.com", "alice@example.com", "alice@example.com", "bob@example.com"} {
+		key := testpki.RSAKey(t, 2048, i)
+		crt := is.UserCert(t, key, testpki.CertOptions{Emails: []string{user}, NotBefore: time.Now().Add(-time.Duration(i+1) * 24 * time.Hour)})
+		sum := sha1.Sum(crt.Raw)
+		keys[strings.ToUpper(hex.EncodeToString(sum[:]))] = key
+		pw := randomPassword(t)
+		file, pwFile := writePFX(t, in, fmt.Sprintf("c%d", i), is.PFX(t, nil, key, crt, pw), pw)
+		mustOK(t, "pfx import", s.cli("pfx", "import", "--user", user, "--password-file", pwFile, file))
+	}
+	out := mustOK(t, "intune sync --all", s.cli("intune", "sync", "--all"))
+	if !strings.Contains(out, "uploaded 4, already in Intune 0") {
+		t.Fatalf("first sync: %s", out)
+	}
+	recs := m.PFX()
+	if len(recs) != 4 {
+		t.Fatalf("the mock holds %d records", len(recs))
+	}
+	for _, r := range recs {
+		ct, err := base64.StdEncoding.DecodeString(r.EncryptedPfxPassword)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pw, err := rsa.DecryptOAEP(sha256.New(), nil, connector, ct, nil)
+		if err != nil {
+			t.Fatalf("%s: the password does not open with the connector key: %v", r.Thumbprint, err)
+		}
+		key, crt, _, err := pkcs12.DecodeChain(r.EncryptedPfxBlob, string(pw))
+		if err != nil {
+			t.Fatalf("%s: the PFX does not open with its password: %v", r.Thumbprint, err)
+		}
+		sum := sha1.Sum(crt.Raw)
+		want := keys[strings.ToUpper(hex.EncodeToString(sum[:]))]
+		if want == nil || !strings.EqualFold(r.Thumbprint, hex.EncodeToString(sum[:])) || !want.Equal(key) {
+			t.Errorf("%s: the PFX does not hold the escrowed key of its thumbprint", r.Thumbprint)
+		}
+		if r.IntendedPurpose != "smimeEncryption" || r.PaddingScheme != "oaepSha256" || r.KeyName != "PFXEncryptionKey" ||
+			!strings.EqualFold(r.UserPrincipalName, crt.EmailAddresses[0]) || !r.ExpirationDateTime.Equal(crt.NotAfter) {
+			t.Errorf("record fields: %+v", r)
+		}
+	}
+	if out := mustOK(t, "intune sync again", s.cli("intune", "sync", "--user", "alice@example.com")); !strings.Contains(out, "uploaded 0, already in Intune 3") {
+		t.Errorf("second sync: %s", out)
+	}
+	mustOK(t, "pfx purge", s.cli("pfx", "purge", "--user", "bob@example.com"))
+	if out := mustOK(t, "intune sync after a purge", s.cli("intune", "sync", "--all")); !strings.Contains(out, "deleted from Intune 1") || len(m.PFX()) != 3 {
+		t.Errorf("after purging bob: %s (%d records)", out, len(m.PFX()))
+	}
+	audit, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	sum := sha256.Sum256(pubDER)
+	if n := strings.Count(string(audit), `"action":"key.release.intune"`); n != 4 || !strings.Contains(string(audit), hex.EncodeToString(sum[:])) {
+		t.Errorf("%d key.release.intune events; the connector key as recipient: %v", n, strings.Contains(string(audit), hex.EncodeToString(sum[:])))
+	}
+	// Without a connector key the server refuses to sync, saying why.
+	if r := newIntuneServer(t, intunemock.Start(t), vaultFlags(t, v)...).cli("intune", "sync", "--all"); r.code == 0 || !strings.Contains(r.stderr, "connector-key") {
+		t.Errorf("sync without a connector key: %+v", r)
 	}
 }

@@ -232,6 +232,9 @@ func (a *app) buildGRPC(ctx context.Context) error {
 	if a.esc.policy != nil {
 		a.escrowSvc = api.NewEscrowService(a.esc.policy, logger)
 		services.Escrow = a.escrowSvc
+		if sync := a.pfxSync(); sync != nil {
+			a.escrowSvc.SetIntuneSync(sync)
+		}
 		escrowed = a.esc.store
 	}
 	profCert, profKey, err := authority.Delegated(profileSigner(authority.Name()), time.Now())
@@ -320,6 +323,7 @@ func (a *app) run(ctx context.Context) error {
 	go purgeChallenges(ctx, a.store, logger)
 	a.startDirectory(ctx, errc)
 	a.startIntuneFeed(ctx)
+	a.startPFXSync(ctx, a.pfxSync())
 	if opsLn != nil {
 		go func() {
 			if err := opsSrv.Serve(opsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {

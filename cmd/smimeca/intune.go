@@ -2,15 +2,24 @@ package main
 
 import (
 	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
 	"time"
 
+	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+
 	"github.com/smimeca/smimeca/internal/httplimit"
 	"github.com/smimeca/smimeca/intune"
+	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/scep"
+	"google.golang.org/grpc"
 )
 
 // intuneFlags are serve's --intune-* flags: smimeca as Intune's third-party
@@ -19,6 +28,11 @@ type intuneFlags struct {
 	tenant, clientID, secretFile, certFile string
 	authorityURL, graphURL, resourceURL    string
 	revocationInterval                     time.Duration
+	// The imported-PFX store: the tenant's PFX connector key and where it
+	// keeps its private key; how often to synchronise (0: on request).
+	pfxConnectorKey, pfxProvider, pfxKeyName string
+	pfxSyncInterval                          time.Duration
+	connectorKey                             *rsa.PublicKey // read by config
 }
 
 func (i *intuneFlags) register(f *envFlags) {
@@ -29,6 +43,10 @@ func (i *intuneFlags) register(f *envFlags) {
 	f.str(&i.authorityURL, "intune-authority-url", "SMIMECA_INTUNE_AUTHORITY_URL", intune.DefaultAuthorityURL, "Entra authority (sovereign clouds)")
 	f.str(&i.graphURL, "intune-graph-url", "SMIMECA_INTUNE_GRAPH_URL", intune.DefaultGraphURL, "Microsoft Graph (sovereign clouds)")
 	f.str(&i.resourceURL, "intune-resource-url", "SMIMECA_INTUNE_RESOURCE_URL", intune.DefaultResourceURL, "Intune's resource (token audience)")
+	f.str(&i.pfxConnectorKey, "intune-pfx-connector-key", "SMIMECA_INTUNE_PFX_CONNECTOR_KEY", "", "PEM public key (or certificate) of the tenant's PFX Certificate Connector: escrowed keys go to Intune's imported-PFX store (smimeca intune sync) with passwords encrypted to it, and to no other key")
+	f.str(&i.pfxProvider, "intune-pfx-provider-name", "SMIMECA_INTUNE_PFX_PROVIDER_NAME", intune.DefaultPFXProvider, "key storage provider of the connector's key, as Intune's records name it")
+	f.str(&i.pfxKeyName, "intune-pfx-key-name", "SMIMECA_INTUNE_PFX_KEY_NAME", intune.DefaultPFXKeyName, "name of the connector's key, as Intune's records name it")
+	f.duration(&i.pfxSyncInterval, "intune-pfx-sync-interval", "SMIMECA_INTUNE_PFX_SYNC_INTERVAL", 0, "synchronise every user's escrow into Intune's imported-PFX store this often (0: only on `smimeca intune sync`)")
 	f.duration(&i.revocationInterval, "intune-revocation-interval", "SMIMECA_INTUNE_REVOCATION_INTERVAL", time.Hour, "how often Intune's revocation requests are fetched and carried out (0: never)")
 }
 
@@ -68,6 +86,18 @@ func (i *intuneFlags) config() (*intune.Config, error) {
 			return nil, usagef("--intune-client-cert: %v", err)
 		}
 		cfg.ClientCertPEM = b
+	}
+	if i.pfxConnectorKey != "" {
+		key, err := readRSAPublicKey(i.pfxConnectorKey)
+		if err != nil {
+			return nil, usagef("--intune-pfx-connector-key: %v", err)
+		}
+		i.connectorKey = key
+	} else if i.pfxSyncInterval != 0 {
+		return nil, usagef("--intune-pfx-sync-interval needs --intune-pfx-connector-key")
+	}
+	if i.pfxSyncInterval < 0 || i.pfxSyncInterval > 0 && i.pfxSyncInterval < time.Minute {
+		return nil, usagef("--intune-pfx-sync-interval must be 0 (on request) or at least 1m")
 	}
 	// The credential is parsed now, so that a bad one stops the start.
 	if _, err := intune.New(*cfg); err != nil {
@@ -117,4 +147,142 @@ func (a *app) startIntuneFeed(ctx context.Context) {
 		Holder: fmt.Sprintf("%s/%d", host, os.Getpid()), IssuerName: a.st.authority.Intermediate().Subject.String(),
 		Interval: a.cfg.intune.revocationInterval, Log: a.log.With("job", "intune-revocation-feed")}
 	go feed.Run(ctx)
+}
+
+// readRSAPublicKey reads an RSA public key from a PEM PUBLIC KEY or
+// CERTIFICATE.
+func readRSAPublicKey(path string) (*rsa.PublicKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
+		var pub any
+		switch blk.Type {
+		case "PUBLIC KEY":
+			pub, err = x509.ParsePKIXPublicKey(blk.Bytes)
+		case "CERTIFICATE":
+			var c *x509.Certificate
+			if c, err = x509.ParseCertificate(blk.Bytes); err == nil {
+				pub = c.PublicKey
+			}
+		default:
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if k, ok := pub.(*rsa.PublicKey); ok && k.N.BitLen() >= 2048 {
+			return k, nil
+		}
+		return nil, errors.New("the connector key must be RSA of at least 2048 bits")
+	}
+	return nil, errors.New("no PEM PUBLIC KEY or CERTIFICATE in it")
+}
+
+// pfxSync returns the synchronisation of the escrow into Intune's
+// imported-PFX store, nil when it is not configured.
+func (a *app) pfxSync() *policy.PFXSync {
+	i := a.cfg.intune
+	if a.intune == nil || i.connectorKey == nil || a.esc.store == nil {
+		return nil
+	}
+	return policy.NewPFXSync(a.esc.store, intune.PFXStore{Client: a.intune, ConnectorKey: i.connectorKey, ProviderName: i.pfxProvider, KeyName: i.pfxKeyName},
+		a.store, a.audit)
+}
+
+// startPFXSync synchronises every user every --intune-pfx-sync-interval
+// (on one node of several at a time).
+func (a *app) startPFXSync(ctx context.Context, sync *policy.PFXSync) {
+	every := a.cfg.intune.pfxSyncInterval
+	if sync == nil || every == 0 {
+		return
+	}
+	host, _ := os.Hostname()
+	holder := fmt.Sprintf("%s/%d", host, os.Getpid())
+	log := a.log.With("job", "intune-pfx-sync")
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			if ok, err := a.store.TryLease(ctx, "intune-pfx-sync", holder, every, time.Now()); err == nil && ok {
+				actx := policy.WithActor(ctx, policy.Actor{Role: "intune", Name: "continuous intune sync"})
+				if r, err := sync.SyncAll(actx, nil); err != nil || r.Failed > 0 {
+					log.Warn("intune: imported-PFX sync", "err", err, "failed", r.Failed, "uploaded", r.Uploaded)
+				} else if r.Uploaded+r.Deleted > 0 {
+					log.Info("intune: imported-PFX sync", "uploaded", r.Uploaded, "deleted", r.Deleted)
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// intuneCmd is `smimeca intune sync`: the server puts escrowed encryption
+// certificates into Intune's imported-PFX store.
+func intuneCmd(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "sync" {
+		return usagef("usage: smimeca intune sync (--user EMAIL | --all) [--quiet]")
+	}
+	var cf clientFlags
+	var user string
+	var all, quiet bool
+	f := newFlags("intune sync")
+	cf.register(f, "admin")
+	f.fs.StringVar(&user, "user", "", "synchronise this user's escrow")
+	f.fs.BoolVar(&all, "all", false, "synchronise every user's escrow")
+	f.fs.BoolVar(&quiet, "quiet", false, "no progress bar")
+	if err := f.parse(args[1:]); err != nil {
+		return helpOK(err)
+	}
+	if (user == "") == !all {
+		return usagef("intune sync needs exactly one of --user and --all")
+	}
+	var report *pb.SyncIntuneReport
+	if err := cf.call(func(ctx context.Context, conn *grpc.ClientConn) error {
+		stream, err := pb.NewEscrowAdminClient(conn).SyncIntune(ctx, &pb.SyncIntuneRequest{User: user, All: all})
+		if err != nil {
+			return err
+		}
+		var bar *progress
+		for {
+			p, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if bar == nil && p.GetTotal() > 0 {
+				bar = newProgress(stderr, int(p.GetTotal()), quiet)
+			}
+			if p.GetReport() != nil {
+				report = p.GetReport()
+			} else if bar != nil {
+				bar.done("")
+			}
+		}
+		if bar != nil {
+			bar.finish()
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if report == nil {
+		return &clientError{errors.New("the server ended the sync without a report; see its log")}
+	}
+	fmt.Fprintf(stdout, "users %d: uploaded %d, already in Intune %d, deleted from Intune %d, failed %d\n",
+		report.GetUsers(), report.GetUploaded(), report.GetPresent(), report.GetDeleted(), report.GetFailed())
+	for _, e := range report.GetErrors() {
+		fmt.Fprintln(stdout, "  failed:", e)
+	}
+	if report.GetFailed() > 0 {
+		return &clientError{fmt.Errorf("%d certificates were not synchronised; run it again (what was done stays done)", report.GetFailed())}
+	}
+	return nil
 }

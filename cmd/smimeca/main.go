@@ -53,6 +53,7 @@ Usage:
   smimeca pfx import --intune FILE.json
   smimeca pfx connector-key
   smimeca directory sync
+  smimeca intune sync (--user EMAIL | --all)   put escrowed certificates into Intune's imported-PFX store
   smimeca doctor [--data DIR] [--url URL] [--ops-addr ADDR]    check a running installation
   smimeca bundle get --user EMAIL --device ID --out DIR [--key-transport pkcs1|oaep] [--break-glass --reason R]
   smimeca profile render --user EMAIL --device ID --settings FILE.yaml --out FILE.mobileconfig [--sign]
@@ -110,6 +111,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = profileCmd(args[1:], stdout)
 	case "directory":
 		err = directoryCmd(args[1:], stdout)
+	case "intune":
+		err = intuneCmd(args[1:], stdout, stderr)
 	case "doctor":
 		err = doctor(args[1:], stdout)
 	case "version", "--version":

@@ -107,7 +107,7 @@ type row struct {
 // layout.
 func New(db database.DB) (*Store, error) {
 	for _, t := range [][]byte{challengesTable, usedTable, devicesTable, userDevicesTable, activeTable, deviceChallengeTable,
-		headsTable, certsTable, renewableTable, metaTable, identitiesTable} {
+		headsTable, certsTable, renewableTable, metaTable, identitiesTable, pfxSyncTable} {
 		if err := db.CreateTable(t); err != nil {
 			return nil, fmt.Errorf("nosqlstore: create table %s: %w", t, err)
 		}

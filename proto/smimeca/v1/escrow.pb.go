@@ -79,6 +79,207 @@ func (PasswordHash) EnumDescriptor() ([]byte, []int) {
 	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{0}
 }
 
+type SyncIntuneRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One user; empty with all = true for every user.
+	User          string `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	All           bool   `protobuf:"varint,2,opt,name=all,proto3" json:"all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncIntuneRequest) Reset() {
+	*x = SyncIntuneRequest{}
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncIntuneRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncIntuneRequest) ProtoMessage() {}
+
+func (x *SyncIntuneRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncIntuneRequest.ProtoReflect.Descriptor instead.
+func (*SyncIntuneRequest) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SyncIntuneRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *SyncIntuneRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+type SyncIntuneProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Users done and to do.
+	Done  int32 `protobuf:"varint,1,opt,name=done,proto3" json:"done,omitempty"`
+	Total int32 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	// Set on the last message: the report.
+	Report        *SyncIntuneReport `protobuf:"bytes,3,opt,name=report,proto3" json:"report,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncIntuneProgress) Reset() {
+	*x = SyncIntuneProgress{}
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncIntuneProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncIntuneProgress) ProtoMessage() {}
+
+func (x *SyncIntuneProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncIntuneProgress.ProtoReflect.Descriptor instead.
+func (*SyncIntuneProgress) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SyncIntuneProgress) GetDone() int32 {
+	if x != nil {
+		return x.Done
+	}
+	return 0
+}
+
+func (x *SyncIntuneProgress) GetTotal() int32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *SyncIntuneProgress) GetReport() *SyncIntuneReport {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+type SyncIntuneReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Users int32                  `protobuf:"varint,1,opt,name=users,proto3" json:"users,omitempty"`
+	// Certificates uploaded now, already there, deleted there, failed.
+	Uploaded int32 `protobuf:"varint,2,opt,name=uploaded,proto3" json:"uploaded,omitempty"`
+	Present  int32 `protobuf:"varint,3,opt,name=present,proto3" json:"present,omitempty"`
+	Deleted  int32 `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Failed   int32 `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
+	// What failed (no secret in it).
+	Errors        []string `protobuf:"bytes,6,rep,name=errors,proto3" json:"errors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncIntuneReport) Reset() {
+	*x = SyncIntuneReport{}
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncIntuneReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncIntuneReport) ProtoMessage() {}
+
+func (x *SyncIntuneReport) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncIntuneReport.ProtoReflect.Descriptor instead.
+func (*SyncIntuneReport) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SyncIntuneReport) GetUsers() int32 {
+	if x != nil {
+		return x.Users
+	}
+	return 0
+}
+
+func (x *SyncIntuneReport) GetUploaded() int32 {
+	if x != nil {
+		return x.Uploaded
+	}
+	return 0
+}
+
+func (x *SyncIntuneReport) GetPresent() int32 {
+	if x != nil {
+		return x.Present
+	}
+	return 0
+}
+
+func (x *SyncIntuneReport) GetDeleted() int32 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
+func (x *SyncIntuneReport) GetFailed() int32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *SyncIntuneReport) GetErrors() []string {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
 type GetConnectorKeyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -87,7 +288,7 @@ type GetConnectorKeyRequest struct {
 
 func (x *GetConnectorKeyRequest) Reset() {
 	*x = GetConnectorKeyRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[0]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -99,7 +300,7 @@ func (x *GetConnectorKeyRequest) String() string {
 func (*GetConnectorKeyRequest) ProtoMessage() {}
 
 func (x *GetConnectorKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[0]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -112,7 +313,7 @@ func (x *GetConnectorKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectorKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetConnectorKeyRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{0}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{3}
 }
 
 type GetConnectorKeyResponse struct {
@@ -130,7 +331,7 @@ type GetConnectorKeyResponse struct {
 
 func (x *GetConnectorKeyResponse) Reset() {
 	*x = GetConnectorKeyResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[1]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -142,7 +343,7 @@ func (x *GetConnectorKeyResponse) String() string {
 func (*GetConnectorKeyResponse) ProtoMessage() {}
 
 func (x *GetConnectorKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[1]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -155,7 +356,7 @@ func (x *GetConnectorKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectorKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetConnectorKeyResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{1}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetConnectorKeyResponse) GetPublicKeyPem() string {
@@ -198,7 +399,7 @@ type ImportPfxRequest struct {
 
 func (x *ImportPfxRequest) Reset() {
 	*x = ImportPfxRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[2]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +411,7 @@ func (x *ImportPfxRequest) String() string {
 func (*ImportPfxRequest) ProtoMessage() {}
 
 func (x *ImportPfxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[2]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +424,7 @@ func (x *ImportPfxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportPfxRequest.ProtoReflect.Descriptor instead.
 func (*ImportPfxRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{2}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ImportPfxRequest) GetUser() string {
@@ -307,7 +508,7 @@ type ImportIntunePfxRequest struct {
 
 func (x *ImportIntunePfxRequest) Reset() {
 	*x = ImportIntunePfxRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[3]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +520,7 @@ func (x *ImportIntunePfxRequest) String() string {
 func (*ImportIntunePfxRequest) ProtoMessage() {}
 
 func (x *ImportIntunePfxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[3]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +533,7 @@ func (x *ImportIntunePfxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportIntunePfxRequest.ProtoReflect.Descriptor instead.
 func (*ImportIntunePfxRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{3}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ImportIntunePfxRequest) GetRecord() []byte {
@@ -366,7 +567,7 @@ type EscrowedCertificate struct {
 
 func (x *EscrowedCertificate) Reset() {
 	*x = EscrowedCertificate{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[4]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +579,7 @@ func (x *EscrowedCertificate) String() string {
 func (*EscrowedCertificate) ProtoMessage() {}
 
 func (x *EscrowedCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[4]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +592,7 @@ func (x *EscrowedCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EscrowedCertificate.ProtoReflect.Descriptor instead.
 func (*EscrowedCertificate) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{4}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EscrowedCertificate) GetSha1() string {
@@ -505,7 +706,7 @@ type ImportPfxResponse struct {
 
 func (x *ImportPfxResponse) Reset() {
 	*x = ImportPfxResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[5]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +718,7 @@ func (x *ImportPfxResponse) String() string {
 func (*ImportPfxResponse) ProtoMessage() {}
 
 func (x *ImportPfxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[5]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +731,7 @@ func (x *ImportPfxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportPfxResponse.ProtoReflect.Descriptor instead.
 func (*ImportPfxResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{5}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ImportPfxResponse) GetCertificate() *EscrowedCertificate {
@@ -563,7 +764,7 @@ type ListUserCertificatesRequest struct {
 
 func (x *ListUserCertificatesRequest) Reset() {
 	*x = ListUserCertificatesRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[6]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +776,7 @@ func (x *ListUserCertificatesRequest) String() string {
 func (*ListUserCertificatesRequest) ProtoMessage() {}
 
 func (x *ListUserCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[6]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +789,7 @@ func (x *ListUserCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUserCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListUserCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{6}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListUserCertificatesRequest) GetUser() string {
@@ -607,7 +808,7 @@ type ListUserCertificatesResponse struct {
 
 func (x *ListUserCertificatesResponse) Reset() {
 	*x = ListUserCertificatesResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[7]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +820,7 @@ func (x *ListUserCertificatesResponse) String() string {
 func (*ListUserCertificatesResponse) ProtoMessage() {}
 
 func (x *ListUserCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[7]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +833,7 @@ func (x *ListUserCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUserCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListUserCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{7}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListUserCertificatesResponse) GetCertificates() []*EscrowedCertificate {
@@ -653,7 +854,7 @@ type DeleteUserCertificateRequest struct {
 
 func (x *DeleteUserCertificateRequest) Reset() {
 	*x = DeleteUserCertificateRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[8]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +866,7 @@ func (x *DeleteUserCertificateRequest) String() string {
 func (*DeleteUserCertificateRequest) ProtoMessage() {}
 
 func (x *DeleteUserCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[8]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +879,7 @@ func (x *DeleteUserCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteUserCertificateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteUserCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{8}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteUserCertificateRequest) GetUser() string {
@@ -704,7 +905,7 @@ type DeleteUserCertificateResponse struct {
 
 func (x *DeleteUserCertificateResponse) Reset() {
 	*x = DeleteUserCertificateResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[9]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +917,7 @@ func (x *DeleteUserCertificateResponse) String() string {
 func (*DeleteUserCertificateResponse) ProtoMessage() {}
 
 func (x *DeleteUserCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[9]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +930,7 @@ func (x *DeleteUserCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteUserCertificateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteUserCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{9}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteUserCertificateResponse) GetCertificate() *EscrowedCertificate {
@@ -752,7 +953,7 @@ type RevokeUserCertificateRequest struct {
 
 func (x *RevokeUserCertificateRequest) Reset() {
 	*x = RevokeUserCertificateRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +965,7 @@ func (x *RevokeUserCertificateRequest) String() string {
 func (*RevokeUserCertificateRequest) ProtoMessage() {}
 
 func (x *RevokeUserCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[10]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +978,7 @@ func (x *RevokeUserCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeUserCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RevokeUserCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{10}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RevokeUserCertificateRequest) GetUser() string {
@@ -810,7 +1011,7 @@ type RevokeUserCertificateResponse struct {
 
 func (x *RevokeUserCertificateResponse) Reset() {
 	*x = RevokeUserCertificateResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[11]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +1023,7 @@ func (x *RevokeUserCertificateResponse) String() string {
 func (*RevokeUserCertificateResponse) ProtoMessage() {}
 
 func (x *RevokeUserCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[11]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +1036,7 @@ func (x *RevokeUserCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeUserCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RevokeUserCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{11}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RevokeUserCertificateResponse) GetCertificate() *EscrowedCertificate {
@@ -853,7 +1054,7 @@ type SyncDirectoryRequest struct {
 
 func (x *SyncDirectoryRequest) Reset() {
 	*x = SyncDirectoryRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[12]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +1066,7 @@ func (x *SyncDirectoryRequest) String() string {
 func (*SyncDirectoryRequest) ProtoMessage() {}
 
 func (x *SyncDirectoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[12]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1079,7 @@ func (x *SyncDirectoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDirectoryRequest.ProtoReflect.Descriptor instead.
 func (*SyncDirectoryRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{12}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{15}
 }
 
 type SyncDirectoryResponse struct {
@@ -897,7 +1098,7 @@ type SyncDirectoryResponse struct {
 
 func (x *SyncDirectoryResponse) Reset() {
 	*x = SyncDirectoryResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[13]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1110,7 @@ func (x *SyncDirectoryResponse) String() string {
 func (*SyncDirectoryResponse) ProtoMessage() {}
 
 func (x *SyncDirectoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[13]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1123,7 @@ func (x *SyncDirectoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDirectoryResponse.ProtoReflect.Descriptor instead.
 func (*SyncDirectoryResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{13}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SyncDirectoryResponse) GetUsers() int32 {
@@ -969,7 +1170,7 @@ type PurgeUserRequest struct {
 
 func (x *PurgeUserRequest) Reset() {
 	*x = PurgeUserRequest{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[14]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1182,7 @@ func (x *PurgeUserRequest) String() string {
 func (*PurgeUserRequest) ProtoMessage() {}
 
 func (x *PurgeUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[14]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1195,7 @@ func (x *PurgeUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeUserRequest.ProtoReflect.Descriptor instead.
 func (*PurgeUserRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{14}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PurgeUserRequest) GetUser() string {
@@ -1013,7 +1214,7 @@ type PurgeUserResponse struct {
 
 func (x *PurgeUserResponse) Reset() {
 	*x = PurgeUserResponse{}
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[15]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1025,7 +1226,7 @@ func (x *PurgeUserResponse) String() string {
 func (*PurgeUserResponse) ProtoMessage() {}
 
 func (x *PurgeUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_escrow_proto_msgTypes[15]
+	mi := &file_smimeca_v1_escrow_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1038,7 +1239,7 @@ func (x *PurgeUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeUserResponse.ProtoReflect.Descriptor instead.
 func (*PurgeUserResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{15}
+	return file_smimeca_v1_escrow_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PurgeUserResponse) GetPurged() []*EscrowedCertificate {
@@ -1053,7 +1254,21 @@ var File_smimeca_v1_escrow_proto protoreflect.FileDescriptor
 const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"\n" +
 	"\x17smimeca/v1/escrow.proto\x12\n" +
-	"smimeca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n" +
+	"smimeca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"9\n" +
+	"\x11SyncIntuneRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x10\n" +
+	"\x03all\x18\x02 \x01(\bR\x03all\"t\n" +
+	"\x12SyncIntuneProgress\x12\x12\n" +
+	"\x04done\x18\x01 \x01(\x05R\x04done\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x05R\x05total\x124\n" +
+	"\x06report\x18\x03 \x01(\v2\x1c.smimeca.v1.SyncIntuneReportR\x06report\"\xa8\x01\n" +
+	"\x10SyncIntuneReport\x12\x14\n" +
+	"\x05users\x18\x01 \x01(\x05R\x05users\x12\x1a\n" +
+	"\buploaded\x18\x02 \x01(\x05R\buploaded\x12\x18\n" +
+	"\apresent\x18\x03 \x01(\x05R\apresent\x12\x18\n" +
+	"\adeleted\x18\x04 \x01(\x05R\adeleted\x12\x16\n" +
+	"\x06failed\x18\x05 \x01(\x05R\x06failed\x12\x16\n" +
+	"\x06errors\x18\x06 \x03(\tR\x06errors\"\x18\n" +
 	"\x16GetConnectorKeyRequest\"w\n" +
 	"\x17GetConnectorKeyResponse\x12$\n" +
 	"\x0epublic_key_pem\x18\x01 \x01(\tR\fpublicKeyPem\x12\x15\n" +
@@ -1129,7 +1344,7 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"\x14PASSWORD_HASH_SHA256\x10\x01\x12\x18\n" +
 	"\x14PASSWORD_HASH_SHA384\x10\x02\x12\x18\n" +
 	"\x14PASSWORD_HASH_SHA512\x10\x03\x12\x16\n" +
-	"\x12PASSWORD_HASH_SHA1\x10\x042\xf0\x05\n" +
+	"\x12PASSWORD_HASH_SHA1\x10\x042\xbf\x06\n" +
 	"\vEscrowAdmin\x12Z\n" +
 	"\x0fGetConnectorKey\x12\".smimeca.v1.GetConnectorKeyRequest\x1a#.smimeca.v1.GetConnectorKeyResponse\x12H\n" +
 	"\tImportPfx\x12\x1c.smimeca.v1.ImportPfxRequest\x1a\x1d.smimeca.v1.ImportPfxResponse\x12T\n" +
@@ -1138,7 +1353,9 @@ const file_smimeca_v1_escrow_proto_rawDesc = "" +
 	"\x15DeleteUserCertificate\x12(.smimeca.v1.DeleteUserCertificateRequest\x1a).smimeca.v1.DeleteUserCertificateResponse\x12l\n" +
 	"\x15RevokeUserCertificate\x12(.smimeca.v1.RevokeUserCertificateRequest\x1a).smimeca.v1.RevokeUserCertificateResponse\x12H\n" +
 	"\tPurgeUser\x12\x1c.smimeca.v1.PurgeUserRequest\x1a\x1d.smimeca.v1.PurgeUserResponse\x12T\n" +
-	"\rSyncDirectory\x12 .smimeca.v1.SyncDirectoryRequest\x1a!.smimeca.v1.SyncDirectoryResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
+	"\rSyncDirectory\x12 .smimeca.v1.SyncDirectoryRequest\x1a!.smimeca.v1.SyncDirectoryResponse\x12M\n" +
+	"\n" +
+	"SyncIntune\x12\x1d.smimeca.v1.SyncIntuneRequest\x1a\x1e.smimeca.v1.SyncIntuneProgress0\x01B7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
 
 var (
 	file_smimeca_v1_escrow_proto_rawDescOnce sync.Once
@@ -1153,59 +1370,65 @@ func file_smimeca_v1_escrow_proto_rawDescGZIP() []byte {
 }
 
 var file_smimeca_v1_escrow_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_smimeca_v1_escrow_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_smimeca_v1_escrow_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_smimeca_v1_escrow_proto_goTypes = []any{
 	(PasswordHash)(0),                     // 0: smimeca.v1.PasswordHash
-	(*GetConnectorKeyRequest)(nil),        // 1: smimeca.v1.GetConnectorKeyRequest
-	(*GetConnectorKeyResponse)(nil),       // 2: smimeca.v1.GetConnectorKeyResponse
-	(*ImportPfxRequest)(nil),              // 3: smimeca.v1.ImportPfxRequest
-	(*ImportIntunePfxRequest)(nil),        // 4: smimeca.v1.ImportIntunePfxRequest
-	(*EscrowedCertificate)(nil),           // 5: smimeca.v1.EscrowedCertificate
-	(*ImportPfxResponse)(nil),             // 6: smimeca.v1.ImportPfxResponse
-	(*ListUserCertificatesRequest)(nil),   // 7: smimeca.v1.ListUserCertificatesRequest
-	(*ListUserCertificatesResponse)(nil),  // 8: smimeca.v1.ListUserCertificatesResponse
-	(*DeleteUserCertificateRequest)(nil),  // 9: smimeca.v1.DeleteUserCertificateRequest
-	(*DeleteUserCertificateResponse)(nil), // 10: smimeca.v1.DeleteUserCertificateResponse
-	(*RevokeUserCertificateRequest)(nil),  // 11: smimeca.v1.RevokeUserCertificateRequest
-	(*RevokeUserCertificateResponse)(nil), // 12: smimeca.v1.RevokeUserCertificateResponse
-	(*SyncDirectoryRequest)(nil),          // 13: smimeca.v1.SyncDirectoryRequest
-	(*SyncDirectoryResponse)(nil),         // 14: smimeca.v1.SyncDirectoryResponse
-	(*PurgeUserRequest)(nil),              // 15: smimeca.v1.PurgeUserRequest
-	(*PurgeUserResponse)(nil),             // 16: smimeca.v1.PurgeUserResponse
-	(*timestamppb.Timestamp)(nil),         // 17: google.protobuf.Timestamp
+	(*SyncIntuneRequest)(nil),             // 1: smimeca.v1.SyncIntuneRequest
+	(*SyncIntuneProgress)(nil),            // 2: smimeca.v1.SyncIntuneProgress
+	(*SyncIntuneReport)(nil),              // 3: smimeca.v1.SyncIntuneReport
+	(*GetConnectorKeyRequest)(nil),        // 4: smimeca.v1.GetConnectorKeyRequest
+	(*GetConnectorKeyResponse)(nil),       // 5: smimeca.v1.GetConnectorKeyResponse
+	(*ImportPfxRequest)(nil),              // 6: smimeca.v1.ImportPfxRequest
+	(*ImportIntunePfxRequest)(nil),        // 7: smimeca.v1.ImportIntunePfxRequest
+	(*EscrowedCertificate)(nil),           // 8: smimeca.v1.EscrowedCertificate
+	(*ImportPfxResponse)(nil),             // 9: smimeca.v1.ImportPfxResponse
+	(*ListUserCertificatesRequest)(nil),   // 10: smimeca.v1.ListUserCertificatesRequest
+	(*ListUserCertificatesResponse)(nil),  // 11: smimeca.v1.ListUserCertificatesResponse
+	(*DeleteUserCertificateRequest)(nil),  // 12: smimeca.v1.DeleteUserCertificateRequest
+	(*DeleteUserCertificateResponse)(nil), // 13: smimeca.v1.DeleteUserCertificateResponse
+	(*RevokeUserCertificateRequest)(nil),  // 14: smimeca.v1.RevokeUserCertificateRequest
+	(*RevokeUserCertificateResponse)(nil), // 15: smimeca.v1.RevokeUserCertificateResponse
+	(*SyncDirectoryRequest)(nil),          // 16: smimeca.v1.SyncDirectoryRequest
+	(*SyncDirectoryResponse)(nil),         // 17: smimeca.v1.SyncDirectoryResponse
+	(*PurgeUserRequest)(nil),              // 18: smimeca.v1.PurgeUserRequest
+	(*PurgeUserResponse)(nil),             // 19: smimeca.v1.PurgeUserResponse
+	(*timestamppb.Timestamp)(nil),         // 20: google.protobuf.Timestamp
 }
 var file_smimeca_v1_escrow_proto_depIdxs = []int32{
-	0,  // 0: smimeca.v1.ImportPfxRequest.password_hash:type_name -> smimeca.v1.PasswordHash
-	17, // 1: smimeca.v1.EscrowedCertificate.not_before:type_name -> google.protobuf.Timestamp
-	17, // 2: smimeca.v1.EscrowedCertificate.not_after:type_name -> google.protobuf.Timestamp
-	17, // 3: smimeca.v1.EscrowedCertificate.imported_at:type_name -> google.protobuf.Timestamp
-	17, // 4: smimeca.v1.EscrowedCertificate.revoked_at:type_name -> google.protobuf.Timestamp
-	5,  // 5: smimeca.v1.ImportPfxResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
-	5,  // 6: smimeca.v1.ListUserCertificatesResponse.certificates:type_name -> smimeca.v1.EscrowedCertificate
-	5,  // 7: smimeca.v1.DeleteUserCertificateResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
-	5,  // 8: smimeca.v1.RevokeUserCertificateResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
-	5,  // 9: smimeca.v1.PurgeUserResponse.purged:type_name -> smimeca.v1.EscrowedCertificate
-	1,  // 10: smimeca.v1.EscrowAdmin.GetConnectorKey:input_type -> smimeca.v1.GetConnectorKeyRequest
-	3,  // 11: smimeca.v1.EscrowAdmin.ImportPfx:input_type -> smimeca.v1.ImportPfxRequest
-	4,  // 12: smimeca.v1.EscrowAdmin.ImportIntunePfx:input_type -> smimeca.v1.ImportIntunePfxRequest
-	7,  // 13: smimeca.v1.EscrowAdmin.ListUserCertificates:input_type -> smimeca.v1.ListUserCertificatesRequest
-	9,  // 14: smimeca.v1.EscrowAdmin.DeleteUserCertificate:input_type -> smimeca.v1.DeleteUserCertificateRequest
-	11, // 15: smimeca.v1.EscrowAdmin.RevokeUserCertificate:input_type -> smimeca.v1.RevokeUserCertificateRequest
-	15, // 16: smimeca.v1.EscrowAdmin.PurgeUser:input_type -> smimeca.v1.PurgeUserRequest
-	13, // 17: smimeca.v1.EscrowAdmin.SyncDirectory:input_type -> smimeca.v1.SyncDirectoryRequest
-	2,  // 18: smimeca.v1.EscrowAdmin.GetConnectorKey:output_type -> smimeca.v1.GetConnectorKeyResponse
-	6,  // 19: smimeca.v1.EscrowAdmin.ImportPfx:output_type -> smimeca.v1.ImportPfxResponse
-	6,  // 20: smimeca.v1.EscrowAdmin.ImportIntunePfx:output_type -> smimeca.v1.ImportPfxResponse
-	8,  // 21: smimeca.v1.EscrowAdmin.ListUserCertificates:output_type -> smimeca.v1.ListUserCertificatesResponse
-	10, // 22: smimeca.v1.EscrowAdmin.DeleteUserCertificate:output_type -> smimeca.v1.DeleteUserCertificateResponse
-	12, // 23: smimeca.v1.EscrowAdmin.RevokeUserCertificate:output_type -> smimeca.v1.RevokeUserCertificateResponse
-	16, // 24: smimeca.v1.EscrowAdmin.PurgeUser:output_type -> smimeca.v1.PurgeUserResponse
-	14, // 25: smimeca.v1.EscrowAdmin.SyncDirectory:output_type -> smimeca.v1.SyncDirectoryResponse
-	18, // [18:26] is the sub-list for method output_type
-	10, // [10:18] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	3,  // 0: smimeca.v1.SyncIntuneProgress.report:type_name -> smimeca.v1.SyncIntuneReport
+	0,  // 1: smimeca.v1.ImportPfxRequest.password_hash:type_name -> smimeca.v1.PasswordHash
+	20, // 2: smimeca.v1.EscrowedCertificate.not_before:type_name -> google.protobuf.Timestamp
+	20, // 3: smimeca.v1.EscrowedCertificate.not_after:type_name -> google.protobuf.Timestamp
+	20, // 4: smimeca.v1.EscrowedCertificate.imported_at:type_name -> google.protobuf.Timestamp
+	20, // 5: smimeca.v1.EscrowedCertificate.revoked_at:type_name -> google.protobuf.Timestamp
+	8,  // 6: smimeca.v1.ImportPfxResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
+	8,  // 7: smimeca.v1.ListUserCertificatesResponse.certificates:type_name -> smimeca.v1.EscrowedCertificate
+	8,  // 8: smimeca.v1.DeleteUserCertificateResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
+	8,  // 9: smimeca.v1.RevokeUserCertificateResponse.certificate:type_name -> smimeca.v1.EscrowedCertificate
+	8,  // 10: smimeca.v1.PurgeUserResponse.purged:type_name -> smimeca.v1.EscrowedCertificate
+	4,  // 11: smimeca.v1.EscrowAdmin.GetConnectorKey:input_type -> smimeca.v1.GetConnectorKeyRequest
+	6,  // 12: smimeca.v1.EscrowAdmin.ImportPfx:input_type -> smimeca.v1.ImportPfxRequest
+	7,  // 13: smimeca.v1.EscrowAdmin.ImportIntunePfx:input_type -> smimeca.v1.ImportIntunePfxRequest
+	10, // 14: smimeca.v1.EscrowAdmin.ListUserCertificates:input_type -> smimeca.v1.ListUserCertificatesRequest
+	12, // 15: smimeca.v1.EscrowAdmin.DeleteUserCertificate:input_type -> smimeca.v1.DeleteUserCertificateRequest
+	14, // 16: smimeca.v1.EscrowAdmin.RevokeUserCertificate:input_type -> smimeca.v1.RevokeUserCertificateRequest
+	18, // 17: smimeca.v1.EscrowAdmin.PurgeUser:input_type -> smimeca.v1.PurgeUserRequest
+	16, // 18: smimeca.v1.EscrowAdmin.SyncDirectory:input_type -> smimeca.v1.SyncDirectoryRequest
+	1,  // 19: smimeca.v1.EscrowAdmin.SyncIntune:input_type -> smimeca.v1.SyncIntuneRequest
+	5,  // 20: smimeca.v1.EscrowAdmin.GetConnectorKey:output_type -> smimeca.v1.GetConnectorKeyResponse
+	9,  // 21: smimeca.v1.EscrowAdmin.ImportPfx:output_type -> smimeca.v1.ImportPfxResponse
+	9,  // 22: smimeca.v1.EscrowAdmin.ImportIntunePfx:output_type -> smimeca.v1.ImportPfxResponse
+	11, // 23: smimeca.v1.EscrowAdmin.ListUserCertificates:output_type -> smimeca.v1.ListUserCertificatesResponse
+	13, // 24: smimeca.v1.EscrowAdmin.DeleteUserCertificate:output_type -> smimeca.v1.DeleteUserCertificateResponse
+	15, // 25: smimeca.v1.EscrowAdmin.RevokeUserCertificate:output_type -> smimeca.v1.RevokeUserCertificateResponse
+	19, // 26: smimeca.v1.EscrowAdmin.PurgeUser:output_type -> smimeca.v1.PurgeUserResponse
+	17, // 27: smimeca.v1.EscrowAdmin.SyncDirectory:output_type -> smimeca.v1.SyncDirectoryResponse
+	2,  // 28: smimeca.v1.EscrowAdmin.SyncIntune:output_type -> smimeca.v1.SyncIntuneProgress
+	20, // [20:29] is the sub-list for method output_type
+	11, // [11:20] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_smimeca_v1_escrow_proto_init() }
@@ -1213,7 +1436,7 @@ func file_smimeca_v1_escrow_proto_init() {
 	if File_smimeca_v1_escrow_proto != nil {
 		return
 	}
-	file_smimeca_v1_escrow_proto_msgTypes[2].OneofWrappers = []any{
+	file_smimeca_v1_escrow_proto_msgTypes[5].OneofWrappers = []any{
 		(*ImportPfxRequest_Password)(nil),
 		(*ImportPfxRequest_EncryptedPassword)(nil),
 	}
@@ -1223,7 +1446,7 @@ func file_smimeca_v1_escrow_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_smimeca_v1_escrow_proto_rawDesc), len(file_smimeca_v1_escrow_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	EscrowAdmin_RevokeUserCertificate_FullMethodName = "/smimeca.v1.EscrowAdmin/RevokeUserCertificate"
 	EscrowAdmin_PurgeUser_FullMethodName             = "/smimeca.v1.EscrowAdmin/PurgeUser"
 	EscrowAdmin_SyncDirectory_FullMethodName         = "/smimeca.v1.EscrowAdmin/SyncDirectory"
+	EscrowAdmin_SyncIntune_FullMethodName            = "/smimeca.v1.EscrowAdmin/SyncIntune"
 )
 
 // EscrowAdminClient is the client API for EscrowAdmin service.
@@ -66,6 +67,14 @@ type EscrowAdminClient interface {
 	// escrow for every user (--ldap-publish-url); FAILED_PRECONDITION when
 	// no directory is configured, UNAVAILABLE when it cannot be reached.
 	SyncDirectory(ctx context.Context, in *SyncDirectoryRequest, opts ...grpc.CallOption) (*SyncDirectoryResponse, error)
+	// SyncIntune puts every escrowed encryption certificate of one user (or
+	// of every user) into Intune's imported-PFX store (userPfxCertificates),
+	// re-wrapped with a fresh password encrypted to the tenant's PFX
+	// connector key the server is configured with (never a key the caller
+	// names); idempotent by thumbprint, and what this CA put there and no
+	// longer escrows is deleted there. It streams progress, then the report.
+	// FAILED_PRECONDITION when Intune or its connector key is not configured.
+	SyncIntune(ctx context.Context, in *SyncIntuneRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SyncIntuneProgress], error)
 }
 
 type escrowAdminClient struct {
@@ -156,6 +165,25 @@ func (c *escrowAdminClient) SyncDirectory(ctx context.Context, in *SyncDirectory
 	return out, nil
 }
 
+func (c *escrowAdminClient) SyncIntune(ctx context.Context, in *SyncIntuneRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SyncIntuneProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &EscrowAdmin_ServiceDesc.Streams[0], EscrowAdmin_SyncIntune_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SyncIntuneRequest, SyncIntuneProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EscrowAdmin_SyncIntuneClient = grpc.ServerStreamingClient[SyncIntuneProgress]
+
 // EscrowAdminServer is the server API for EscrowAdmin service.
 // All implementations must embed UnimplementedEscrowAdminServer
 // for forward compatibility.
@@ -193,6 +221,14 @@ type EscrowAdminServer interface {
 	// escrow for every user (--ldap-publish-url); FAILED_PRECONDITION when
 	// no directory is configured, UNAVAILABLE when it cannot be reached.
 	SyncDirectory(context.Context, *SyncDirectoryRequest) (*SyncDirectoryResponse, error)
+	// SyncIntune puts every escrowed encryption certificate of one user (or
+	// of every user) into Intune's imported-PFX store (userPfxCertificates),
+	// re-wrapped with a fresh password encrypted to the tenant's PFX
+	// connector key the server is configured with (never a key the caller
+	// names); idempotent by thumbprint, and what this CA put there and no
+	// longer escrows is deleted there. It streams progress, then the report.
+	// FAILED_PRECONDITION when Intune or its connector key is not configured.
+	SyncIntune(*SyncIntuneRequest, grpc.ServerStreamingServer[SyncIntuneProgress]) error
 	mustEmbedUnimplementedEscrowAdminServer()
 }
 
@@ -226,6 +262,9 @@ func (UnimplementedEscrowAdminServer) PurgeUser(context.Context, *PurgeUserReque
 }
 func (UnimplementedEscrowAdminServer) SyncDirectory(context.Context, *SyncDirectoryRequest) (*SyncDirectoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SyncDirectory not implemented")
+}
+func (UnimplementedEscrowAdminServer) SyncIntune(*SyncIntuneRequest, grpc.ServerStreamingServer[SyncIntuneProgress]) error {
+	return status.Error(codes.Unimplemented, "method SyncIntune not implemented")
 }
 func (UnimplementedEscrowAdminServer) mustEmbedUnimplementedEscrowAdminServer() {}
 func (UnimplementedEscrowAdminServer) testEmbeddedByValue()                     {}
@@ -392,6 +431,17 @@ func _EscrowAdmin_SyncDirectory_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EscrowAdmin_SyncIntune_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SyncIntuneRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(EscrowAdminServer).SyncIntune(m, &grpc.GenericServerStream[SyncIntuneRequest, SyncIntuneProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EscrowAdmin_SyncIntuneServer = grpc.ServerStreamingServer[SyncIntuneProgress]
+
 // EscrowAdmin_ServiceDesc is the grpc.ServiceDesc for EscrowAdmin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -432,6 +482,12 @@ var EscrowAdmin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _EscrowAdmin_SyncDirectory_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SyncIntune",
+			Handler:       _EscrowAdmin_SyncIntune_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "smimeca/v1/escrow.proto",
 }
