@@ -31,7 +31,7 @@ type PFXStore struct {
 	Client *Client
 	// ConnectorKey is the connector's public key; ProviderName and KeyName
 	// say where the connector keeps its private key.
-	ConnectorKey           *rsa.PublicKey
+	ConnectorKey          *rsa.PublicKey
 	ProviderName, KeyName string
 }
 
@@ -75,7 +75,9 @@ func (p PFXStore) Upload(ctx context.Context, user string, k policy.EscrowedKey)
 }
 
 // Delete implements policy.PFXStore.
-func (p PFXStore) Delete(ctx context.Context, id string) error { return p.Client.DeleteUserPFX(ctx, id) }
+func (p PFXStore) Delete(ctx context.Context, id string) error {
+	return p.Client.DeleteUserPFX(ctx, id)
+}
 
 // Recipient implements policy.PFXStore: the SHA-256 of the connector key's
 // SubjectPublicKeyInfo.
