@@ -38,14 +38,18 @@ import (
 // system store.
 func newIntuneServer(t *testing.T, m *intunemock.Mock, extra ...string) *server {
 	t.Helper()
+	return newServerEnv(t, []string{"SSL_CERT_FILE=" + m.CAFile}, append(intuneFlagsFor(t, m), extra...)...)
+}
+
+// intuneFlagsFor are the --intune-* flags of the mock's tenant.
+func intuneFlagsFor(t *testing.T, m *intunemock.Mock) []string {
+	t.Helper()
 	secret := filepath.Join(t.TempDir(), "intune-secret")
 	if err := os.WriteFile(secret, []byte(intunemock.Secret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return newServerEnv(t, []string{"SSL_CERT_FILE=" + m.CAFile}, append([]string{
-		"--intune-tenant", intunemock.Tenant, "--intune-client-id", intunemock.ClientID, "--intune-client-secret-file", secret,
-		"--intune-authority-url", m.URL + "/", "--intune-graph-url", m.URL, "--intune-resource-url", m.URL + "/manage/",
-	}, extra...)...)
+	return []string{"--intune-tenant", intunemock.Tenant, "--intune-client-id", intunemock.ClientID, "--intune-client-secret-file", secret,
+		"--intune-authority-url", m.URL + "/", "--intune-graph-url", m.URL, "--intune-resource-url", m.URL + "/manage/"}
 }
 
 // intuneEnrol sends a PKCSReq for the address (an rfc822Name SAN, as an
@@ -263,6 +267,12 @@ func TestIntuneSCEP(t *testing.T) {
 			t.Fatalf("health once Intune answers: %+v", h)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// doctor, given the server's --intune-* flags, runs a dry validation.
+	doc := runEnv(t, []string{"SSL_CERT_FILE=" + m.CAFile}, smimecaBin(t), append([]string{"doctor", "--data", s.data, "--url", s.baseURL,
+		"--ops-addr", s.opsAddr, "--server", s.grpcAddr}, intuneFlagsFor(t, m)...)...)
+	if !strings.Contains(doc.stdout, "a dry validation work (Intune refused the challenge-less request: ChallengePasswordMissing)") {
+		t.Errorf("doctor: %+v", doc)
 	}
 	// The challenge never reaches the log.
 	if strings.Contains(s.log.String(), "intune-challenge-") {

@@ -43,6 +43,7 @@ func doctor(args []string, stdout io.Writer) error {
 	var cf clientFlags
 	var dataDir, baseURL, crlURL, opsAddr, kms string
 	var minFree int64
+	var in intuneFlags
 	f := newFlags("doctor")
 	cf.register(f, "admin")
 	defURL := "http://localhost:8080"
@@ -57,6 +58,7 @@ func doctor(args []string, stdout io.Writer) error {
 	f.str(&kms, "kms", "SMIMECA_KMS", keystore.KMSSoft, "the server's --kms: where the CA keys are (PIN also from $"+kmsPINEnv+")")
 	f.str(&opsAddr, "ops-addr", "SMIMECA_OPS_ADDR", "127.0.0.1:9090", "the server's ops listener (health of Vault, database, CA)")
 	f.fs.Int64Var(&minFree, "min-free-mib", 1024, "least free space on the data directory's file system, MiB")
+	in.register(f)
 	if err := f.parse(args); err != nil {
 		return helpOK(err)
 	}
@@ -77,6 +79,9 @@ func doctor(args []string, stdout io.Writer) error {
 	out = append(out, checkOps(client, opsAddr, dataDir)...)
 	out = append(out, checkCAKeys(filepath.Join(dataDir, "ca"), kms, time.Now())...)
 	out = append(out, checkDisk(dataDir, minFree<<20))
+	if in.tenant != "" {
+		out = append(out, checkIntune(&in))
+	}
 	bad := 0
 	for _, x := range out {
 		mark := "ok  "
@@ -165,6 +170,7 @@ var depFixes = map[string]string{
 	"vault":    "escrow is down (imports and bundles answer UNAVAILABLE). With the embedded Vault (make run) smimeca restarts it: see DATA/vault/vault.log; with --vault-addr, check `vault status` and unseal it, and that smimeca's token is valid",
 	"database": "the CA database cannot be read or written: check the file system of DATA/db (space, permissions) and the server log",
 	"ca":       "the CA cannot sign its CRL: check the key files under DATA/ca and the server log",
+	"intune":   "Intune does not answer smimeca: /scep/intune refuses every enrolment until it does. Check the app registration (tenant, client ID, secret or certificate not expired, Intune scep_challenge_provider and Graph Application.Read.All granted with admin consent) and outbound HTTPS to login.microsoftonline.com, graph.microsoft.com and *.manage.microsoft.com; `smimeca doctor --intune-tenant …` runs a dry validation",
 }
 
 func checkOps(c *http.Client, addr, dataDir string) []finding {

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -13,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 
 	"github.com/smimeca/smimeca/internal/httplimit"
@@ -285,4 +288,36 @@ func intuneCmd(args []string, stdout, stderr io.Writer) error {
 		return &clientError{fmt.Errorf("%d certificates were not synchronised; run it again (what was done stays done)", report.GetFailed())}
 	}
 	return nil
+}
+
+// checkIntune is doctor's check with the server's --intune-* flags: a
+// token, service discovery and a dry validation (a CSR without a
+// challenge, which Intune must refuse with a code of its own).
+func checkIntune(in *intuneFlags) finding {
+	fix := depFixes["intune"]
+	cfg, err := in.config()
+	if err != nil {
+		return finding{name: "intune", detail: err.Error(), fix: "pass doctor the server's --intune-* flags"}
+	}
+	c, err := intune.New(*cfg)
+	if err != nil {
+		return finding{name: "intune", detail: err.Error(), fix: fix}
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return finding{name: "intune", detail: err.Error()}
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "smimeca doctor"}}, key)
+	if err != nil {
+		return finding{name: "intune", detail: err.Error()}
+	}
+	err = c.ValidateRequest(context.Background(), "smimeca-doctor-"+uuid.NewString(), csr)
+	var r *intune.Refusal
+	switch {
+	case errors.As(err, &r):
+		return finding{name: "intune", ok: true, detail: "token, discovery and a dry validation work (Intune refused the challenge-less request: " + r.Code + ")"}
+	case err == nil:
+		return finding{name: "intune", detail: "Intune validated a request without a challenge", fix: "check --intune-graph-url and --intune-resource-url: that is not Intune"}
+	}
+	return finding{name: "intune", detail: err.Error(), fix: fix}
 }
