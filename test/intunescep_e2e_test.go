@@ -356,3 +356,44 @@ func TestIntuneSync(t *testing.T) {
 		t.Errorf("sync without a connector key: %+v", r)
 	}
 }
+
+// TestSlowIntuneHoldsItsShare: while Intune takes its time over every
+// validation, /scep/intune holds at most its half of the PKIOperation slots
+// (more get 503), and /scep enrols as ever.
+func TestSlowIntuneHoldsItsShare(t *testing.T) {
+	t.Parallel()
+	m := intunemock.Start(t)
+	m.Set(func(m *intunemock.Mock) { m.ValidateDelay = 4 * time.Second })
+	s := newIntuneServer(t, m, "--scep-max-inflight", "2", "--intune-revocation-interval", "0")
+	ra := raCert(t, s)
+	key := testpki.RSAKey(t, 2048, 0)
+	dev := newSCEPDevice(t, key, "u@example.com", "d", "irrelevant", ra)
+	codes := make(chan int, 3)
+	for range 3 {
+		go func() {
+			resp, err := http.Post(s.baseURL+"/scep/intune?operation=PKIOperation", "application/x-pki-message", bytes.NewReader(dev.msg))
+			if err != nil {
+				codes <- 0
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	time.Sleep(time.Second) // the slot is taken, Intune is thinking
+	start := time.Now()
+	s.register("alice@example.com", "phone")
+	mustOK(t, "scepclient on /scep while Intune is slow", s.scepclient(filepath.Join(t.TempDir(), "dev"), s.challenge("alice@example.com", "phone")))
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("/scep took %s while Intune was slow", d)
+	}
+	busy := 0
+	for range 3 {
+		if c := <-codes; c == http.StatusServiceUnavailable {
+			busy++
+		}
+	}
+	if busy != 2 {
+		t.Errorf("%d of 3 requests to a slow Intune got 503; with one slot of its own, want 2", busy)
+	}
+}
