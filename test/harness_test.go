@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/smimeca/smimeca/ca/keystore"
+	"github.com/smimeca/smimeca/internal/freeport"
 	"github.com/smimeca/smimeca/internal/testing/testhsm"
 	"github.com/smimeca/smimeca/internal/testing/testpg"
 )
@@ -69,12 +70,11 @@ func tool(t testing.TB, name string) string {
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // syncBuffer is a goroutine-safe log sink.

@@ -227,6 +227,28 @@ func TestIntuneSCEP(t *testing.T) {
 	if !strings.Contains(string(caps), "POSTPKIOperation") {
 		t.Errorf("GetCACaps on /scep/intune: %q", caps)
 	}
+	// Renewal on /scep/intune needs no Intune: a RenewalReq signed with the
+	// current certificate gets the next one, for the same address, and no
+	// validation is asked for.
+	bkey := testpki.RSAKey(t, 2048, 2)
+	bobCrt, _, _, _ := intuneEnrol(t, s, ra, bkey, "bob@example.com", m.Challenge("Success"))
+	if bobCrt == nil {
+		t.Fatal("bob's enrolment")
+	}
+	validations := m.Validations()
+	resp, err = http.Post(s.baseURL+"/scep/intune?operation=PKIOperation", "application/x-pki-message", bytes.NewReader(renewal(t, bkey, bobCrt, ra)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	rep, err := smallscep.ParsePKIMessage(body, smallscep.WithCACerts([]*x509.Certificate{ra}))
+	if err != nil || rep.PKIStatus != smallscep.SUCCESS || rep.DecryptPKIEnvelope(bobCrt, bkey) != nil {
+		t.Fatalf("renewal on /scep/intune: %v", err)
+	}
+	if r := rep.CertRepMessage.Certificate; r.EmailAddresses[0] != "bob@example.com" || r.SerialNumber.Cmp(bobCrt.SerialNumber) == 0 || m.Validations() != validations {
+		t.Errorf("renewed: %v, validations %d -> %d", r.EmailAddresses, validations, m.Validations())
+	}
 	// Intune's revocation feed: our certificate is revoked (openssl ocsp
 	// and the CRL show it) and answered succeeded; a serial we never
 	// issued gets CertificateNotFound (4004).
@@ -274,9 +296,15 @@ func TestIntuneSCEP(t *testing.T) {
 	if !strings.Contains(doc.stdout, "a dry validation work (Intune refused the challenge-less request: ChallengePasswordMissing)") {
 		t.Errorf("doctor: %+v", doc)
 	}
-	// The challenge never reaches the log.
-	if strings.Contains(s.log.String(), "intune-challenge-") {
-		t.Error("an Intune challenge is in smimeca's log")
+	// Intune's codes are in the log and the audit; the challenge never is.
+	audit, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	for what, text := range map[string]string{"log": s.log.String(), "audit": string(audit)} {
+		if strings.Contains(text, "intune-challenge-") {
+			t.Errorf("an Intune challenge is in smimeca's %s", what)
+		}
+		if !strings.Contains(text, "ChallengeExpired") {
+			t.Errorf("Intune's refusal code is not in smimeca's %s", what)
+		}
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
+	"github.com/smimeca/smimeca/internal/freeport"
 )
 
 // Cluster is a Vault cluster with integrated storage (Raft) of several
@@ -165,14 +165,9 @@ func (c *Cluster) waitVoters(ctx context.Context, n int, timeout time.Duration) 
 	return fmt.Errorf("vault cluster: fewer than %d voters after %s", n, timeout)
 }
 
-func freeLoopback() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
+// freeLoopback picks a node's address outside the ephemeral range, so that
+// no outgoing connection takes it while the node is down (Kill, Restart).
+func freeLoopback() (string, error) { return freeport.Addr() }
 
 // Start starts node i's server (again, after Kill), without unsealing it.
 func (c *Cluster) Start(i int) error {

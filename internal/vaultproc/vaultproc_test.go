@@ -2,7 +2,6 @@ package vaultproc_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,18 +11,17 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 
+	"github.com/smimeca/smimeca/internal/freeport"
 	"github.com/smimeca/smimeca/internal/testing/testvault"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 )
 
 func start(t *testing.T) (*vaultproc.Proc, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	dir := t.TempDir()
 	p, err := vaultproc.Start(context.Background(), testvault.Binary(), dir, addr, nil)
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/smimeca/smimeca/internal/freeport"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -32,12 +33,11 @@ import (
 
 // FreeAddr returns a free loopback host:port.
 func FreeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addr()
 	if err != nil {
 		panic(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return a
 }
 
 // WaitTCP waits up to 30 s for addr to accept connections.

@@ -5,7 +5,6 @@ package testpg
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/smimeca/smimeca/internal/freeport"
 )
 
 var (
@@ -43,13 +44,11 @@ func DSN(t testing.TB) string {
 }
 
 func start() {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freeport.Port()
 	if err != nil {
 		startErr = err
 		return
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	if dir, err = os.MkdirTemp("", "smimeca-testpg"); err != nil {
 		startErr = err
 		return

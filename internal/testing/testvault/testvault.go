@@ -8,7 +8,6 @@ package testvault
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"regexp"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	vault "github.com/hashicorp/vault/api"
 
 	"github.com/smimeca/smimeca/escrow"
+	"github.com/smimeca/smimeca/internal/freeport"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 )
 
@@ -50,12 +50,10 @@ func Start(t testing.TB) *Vault {
 }
 
 func start(dir string) (*vaultproc.Proc, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	p, err := vaultproc.Start(context.Background(), Binary(), dir, addr, nil)
 	if err != nil {
 		return nil, fmt.Errorf("start Vault: %w\nbuild it with: scripts/vault.sh (make test does)", err)
