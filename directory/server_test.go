@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 
+	"github.com/smimeca/smimeca/internal/freeport"
 	"github.com/smimeca/smimeca/internal/testing/testpki"
 )
 
@@ -79,9 +79,10 @@ func startServer(t *testing.T, src Source, cfg ServerConfig) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
+	addr, err := freeport.Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	go s.Serve(addr)
 	t.Cleanup(func() { s.Stop() })
 	for i := 0; i < 200 && !s.Ready(); i++ {

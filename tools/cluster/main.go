@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/smimeca/smimeca/escrow"
+	"github.com/smimeca/smimeca/internal/freeport"
 	"github.com/smimeca/smimeca/internal/vaultproc"
 	"github.com/smimeca/smimeca/tools/benchutil"
 )
@@ -178,12 +179,11 @@ func run(ctx context.Context, bin string, n int, httpFront, grpcFront, dir, iden
 }
 
 func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
-		return 55432
+		return 25432
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // roundRobin proxies each HTTP request to the next node, and to the one
