@@ -92,10 +92,11 @@ fuzz:
 	  $(GO) test ./$${t%/*}/ -run '^$$' -fuzz $${t##*/} -fuzztime $(FUZZTIME) -fuzzminimizetime 50x; \
 	done
 
-## fuzz-smoke: every fuzz target for 5 000 runs (make test); the corpora under testdata/fuzz run in unit
+## fuzz-smoke: every fuzz target for 5 000 runs (make test), two at a time with one worker each
+##             (scripts/fuzz-smoke.sh); the corpora under testdata/fuzz run in unit
 fuzz-smoke:
 	@echo "== phase fuzz-smoke $$(date +%T)"
-	@$(MAKE) --no-print-directory fuzz FUZZTIME=5000x
+	@GO=$(GO) FUZZTIME=5000x ./scripts/fuzz-smoke.sh $(FUZZ_TARGETS)
 
 ## fuzz-keep: copy what the fuzzer found (Go's fuzz cache) into the kept corpus under testdata/fuzz
 fuzz-keep:

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/smallstep/certificates/db"
@@ -23,8 +22,8 @@ import (
 // (see GroupCommit), so concurrent enrolments share bbolt commits.
 type Database struct {
 	// DB is the step-ca database with group commit.
-	DB  *db.DB
-	raw db.AuthDB
+	DB    *db.DB
+	close func() error
 }
 
 // OpenBolt opens, creating it when missing, the bbolt database at path.
@@ -41,11 +40,11 @@ func OpenBolt(path string) (*Database, error) {
 		raw.Shutdown()
 		return nil, fmt.Errorf("datastore: unexpected database type %T", raw)
 	}
-	return &Database{DB: &db.DB{DB: NewGroupCommit(step.DB)}, raw: raw}, nil
+	return &Database{DB: &db.DB{DB: NewGroupCommit(step.DB)}, close: raw.Shutdown}, nil
 }
 
 // Close closes the database.
-func (d *Database) Close() error { return d.raw.Shutdown() }
+func (d *Database) Close() error { return d.close() }
 
 // OpenPostgres opens the CA's database in PostgreSQL (dsn: postgres://…;
 // the database is created when missing), through step-ca's own driver
@@ -73,16 +72,18 @@ func OpenPostgres(dsn string) (*Database, error) {
 	// whole table still scans it.
 	q.Set("enable_seqscan", "off")
 	u.RawQuery = q.Encode()
+	// step-ca's driver creates the database when missing and its tables;
+	// the work goes through pgx (see pgDB).
 	raw, err := db.New(&db.Config{Type: "postgresql", DataSource: u.String()})
 	if err != nil {
 		return nil, fmt.Errorf("datastore: open database %s: %w", redactDSN(dsn), err)
 	}
-	step, ok := raw.(*db.DB)
-	if !ok {
-		raw.Shutdown()
-		return nil, fmt.Errorf("datastore: unexpected database type %T", raw)
+	raw.Shutdown()
+	pg, err := openPGX(u.String())
+	if err != nil {
+		return nil, fmt.Errorf("datastore: open database %s: %w", redactDSN(dsn), err)
 	}
-	return &Database{DB: &db.DB{DB: serialRetry{step.DB}}, raw: raw}, nil
+	return &Database{DB: &db.DB{DB: serialRetry{pg}}, close: pg.Close}, nil
 }
 
 // redactDSN drops a DSN's password, for messages.
@@ -111,10 +112,6 @@ const serialAttempts = 30
 
 // serialBackoffCap bounds one wait between attempts.
 const serialBackoffCap = 100 * time.Millisecond
-
-func isSerializationFailure(err error) bool {
-	return err != nil && (strings.Contains(err.Error(), "SQLSTATE 40001") || strings.Contains(err.Error(), "SQLSTATE 40P01"))
-}
 
 func retrySerial(f func() error) error {
 	var err error
