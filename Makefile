@@ -50,21 +50,19 @@ lint:
 
 unit:
 	@echo "== phase unit $$(date +%T)"
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test$$)
+	$(GO) test -race -count=1 $$($(GO) list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}{{end}}' ./... | grep -v /test$$)
 
-## e2e: the end-to-end suite with the CA keys in files (softkms), then, with the keys in a SoftHSM2 token
-##      per server, the tests that use each CA key through the server: RA and issuing CA (scepclient,
-##      certmonger, both issuer key types), OCSP signer, profile signer, PFX connector (PFX and Intune
-##      import, bundles), API CA (grpcurl), restart, and the offline root. (TestKeysInToken and
-##      TestKeysMigrate make their own tokens and run in the first pass.)
+## e2e: the end-to-end suite with the CA keys in files; the tests that use each CA key through a server
+##      (RA and issuing CA: scepclient, certmonger, both issuer key types; OCSP signer; profile signer;
+##      PFX connector: PFX and Intune import, bundles; API CA: grpcurl; restart; the offline root) run
+##      twice at once, as subtests softkms and softhsm (withEachKMS: each server's keys in a SoftHSM2
+##      token of its own). SMIMECA_TEST_KMS=softhsm runs the whole suite with tokens.
 ## E2E_PARALLEL: end-to-end tests marked t.Parallel (those that wait on their own processes and assert no
 ##               timing) run this many at once; the fault, soak and timing tests run alone first
 E2E_PARALLEL ?= 4
-TOKEN_TESTS := TestEnrolWithScepclient|TestCertmonger|TestScepclientAndIssuerKeyType|TestOCSPWithOpenSSL|TestProfileRenderCLI|TestPFXImportWithCLI|TestIntuneImportWithCLI|TestBundleEndToEnd|TestGRPCWithGrpcurl|TestRestartKeepsData|TestServeWithRootKeyOffline
 e2e:
 	@echo "== phase e2e $$(date +%T)"
 	$(GO) test -count=1 -timeout 20m -parallel $(E2E_PARALLEL) ./test/...
-	SMIMECA_TEST_KMS=softhsm $(GO) test -count=1 -timeout 20m -parallel $(E2E_PARALLEL) -run '^($(TOKEN_TESTS))$$' ./test/
 
 ## chaos: the fault tests (smimeca killed under enrolment load, Vault stopped and killed) CHAOS_ROUNDS
 ##        times each, every round at a new random point; `make test` runs each once (in e2e)

@@ -73,154 +73,156 @@ func (s *server) bundle(t *testing.T, out string, extra ...string) bundleJSON {
 // and its signature verifies against the bundle's CA chain.
 func TestBundleEndToEnd(t *testing.T) {
 	t.Parallel()
-	v := testvault.Start(t)
-	s := escrowServer(t, v)
-	w := t.TempDir()
+	withEachKMS(t, func(t *testing.T) {
+		v := testvault.Start(t)
+		s := escrowServer(t, v)
+		w := t.TempDir()
 
-	opensslIn(t, w, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-		"-keyout", "corp-ca.key", "-out", "corp-ca.pem", "-subj", "/CN=Corp SMIME CA", "-days", "3650")
-	os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:alice@example.com\nkeyUsage=keyEncipherment,digitalSignature\nextendedKeyUsage=emailProtection\n"), 0o600)
-	os.WriteFile(filepath.Join(w, "msg.txt"), []byte("quarterly numbers, eyes only\n"), 0o600)
-	pw := randomPassword(t)
-	os.WriteFile(filepath.Join(w, "export.pw"), []byte(pw), 0o600)
-	var files []string
-	for i, days := range []string{"-1", "400", "730"} { // the first one is expired
-		g := fmt.Sprintf("gen%d", i)
-		opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", g+".key", "-out", g+".csr", "-subj", "/CN=alice@example.com")
-		opensslIn(t, w, "x509", "-req", "-in", g+".csr", "-CA", "corp-ca.pem", "-CAkey", "corp-ca.key", "-CAcreateserial",
-			"-days", days, "-extfile", "ext", "-out", g+".pem")
-		opensslIn(t, w, "cms", "-encrypt", "-aes256", "-in", "msg.txt", "-out", g+".p7m", g+".pem")
-		opensslIn(t, w, "pkcs12", "-export", "-inkey", g+".key", "-in", g+".pem", "-certfile", "corp-ca.pem",
-			"-out", g+".p12", "-passout", "file:export.pw")
-		files = append(files, filepath.Join(w, g+".p12"))
-	}
-	args := append([]string{"pfx", "import", "--user", "alice@example.com", "--password-file", filepath.Join(w, "export.pw")}, files...)
-	if out := mustOK(t, "import", s.cli(args...)); !strings.Contains(out, "imported 3") {
-		t.Fatalf("import: %s", out)
-	}
-
-	// The MDM registers the device with its identity; the bundle, fetched
-	// with the profile credentials, carries each password only as an
-	// envelope to that identity.
-	id := s.registerWithIdentity("alice@example.com", "iphone-7")
-	bdir := filepath.Join(w, "bundle")
-	b := s.bundle(t, bdir, "--user", "Alice@example.com", "--device", "iphone-7")
-	if len(b.Encryption) != 3 {
-		t.Fatalf("bundle has %d encryption certificates, want 3", len(b.Encryption))
-	}
-	if !strings.Contains(b.KeyEscrowNotice, "held in escrow") {
-		t.Errorf("the bundle does not tell the subscriber that the keys are escrowed: %q", b.KeyEscrowNotice)
-	}
-	if !b.Encryption[0].Current || b.Encryption[0].Expired || b.Encryption[1].Current || !b.Encryption[2].Expired {
-		t.Errorf("order/flags: want current first and the expired last: %+v", b.Encryption)
-	}
-	if b.Signing.Subject != "CN=alice@example.com" || b.Signing.RFC822Name != "alice@example.com" || b.Signing.KeySize != 2048 ||
-		b.Signing.SCEPURL != s.baseURL+"/scep" || len(b.Signing.CAFingerprintSHA1) != 40 || len(b.Signing.CAFingerprintSHA256) != 64 {
-		t.Errorf("signing reference %+v", b.Signing)
-	}
-	fp := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(strings.TrimSpace(
-		opensslIn(t, w, "x509", "-in", filepath.Join(s.data, "ca", "intermediate_ca.crt"), "-noout", "-fingerprint", "-sha256")), "sha256 Fingerprint="), ":", ""))
-	if fp != b.Signing.CAFingerprintSHA256 {
-		t.Errorf("CA fingerprint %s, openssl says %s", b.Signing.CAFingerprintSHA256, fp)
-	}
-
-	// Every message decrypts with what the bundle returned opened by the
-	// device's key, and nothing else.
-	for i, e := range b.Encryption {
-		if e.Password != "" || e.EnvelopedPasswordFile == "" {
-			t.Fatalf("entry %d carries a plain password", i)
+		opensslIn(t, w, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+			"-keyout", "corp-ca.key", "-out", "corp-ca.pem", "-subj", "/CN=Corp SMIME CA", "-days", "3650")
+		os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:alice@example.com\nkeyUsage=keyEncipherment,digitalSignature\nextendedKeyUsage=emailProtection\n"), 0o600)
+		os.WriteFile(filepath.Join(w, "msg.txt"), []byte("quarterly numbers, eyes only\n"), 0o600)
+		pw := randomPassword(t)
+		os.WriteFile(filepath.Join(w, "export.pw"), []byte(pw), 0o600)
+		var files []string
+		for i, days := range []string{"-1", "400", "730"} { // the first one is expired
+			g := fmt.Sprintf("gen%d", i)
+			opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", g+".key", "-out", g+".csr", "-subj", "/CN=alice@example.com")
+			opensslIn(t, w, "x509", "-req", "-in", g+".csr", "-CA", "corp-ca.pem", "-CAkey", "corp-ca.key", "-CAcreateserial",
+				"-days", days, "-extfile", "ext", "-out", g+".pem")
+			opensslIn(t, w, "cms", "-encrypt", "-aes256", "-in", "msg.txt", "-out", g+".p7m", g+".pem")
+			opensslIn(t, w, "pkcs12", "-export", "-inkey", g+".key", "-in", g+".pem", "-certfile", "corp-ca.pem",
+				"-out", g+".p12", "-passout", "file:export.pw")
+			files = append(files, filepath.Join(w, g+".p12"))
 		}
-		password := opensslIn(t, bdir, "cms", "-decrypt", "-inform", "DER", "-in", e.EnvelopedPasswordFile, "-inkey", id.key, "-recip", id.cert)
-		pwf := filepath.Join(bdir, fmt.Sprintf("pw%d", i))
-		os.WriteFile(pwf, []byte(password), 0o600)
-		keyPEM := filepath.Join(bdir, fmt.Sprintf("k%d.pem", i))
-		opensslIn(t, bdir, "pkcs12", "-in", e.File, "-nocerts", "-nodes", "-passin", "file:"+pwf, "-out", keyPEM)
-		decrypted := 0
-		for g := 0; g < 3; g++ {
-			cmd := execCommand(t.Context(), tool(t, "openssl"), "cms", "-decrypt", "-in", filepath.Join(w, fmt.Sprintf("gen%d.p7m", g)), "-inkey", keyPEM)
-			r := runCmd(t, cmd)
-			// S/MIME canonicalises line ends to CRLF.
-			if r.code == 0 && strings.ReplaceAll(r.stdout, "\r\n", "\n") == "quarterly numbers, eyes only\n" {
-				decrypted++
+		args := append([]string{"pfx", "import", "--user", "alice@example.com", "--password-file", filepath.Join(w, "export.pw")}, files...)
+		if out := mustOK(t, "import", s.cli(args...)); !strings.Contains(out, "imported 3") {
+			t.Fatalf("import: %s", out)
+		}
+
+		// The MDM registers the device with its identity; the bundle, fetched
+		// with the profile credentials, carries each password only as an
+		// envelope to that identity.
+		id := s.registerWithIdentity("alice@example.com", "iphone-7")
+		bdir := filepath.Join(w, "bundle")
+		b := s.bundle(t, bdir, "--user", "Alice@example.com", "--device", "iphone-7")
+		if len(b.Encryption) != 3 {
+			t.Fatalf("bundle has %d encryption certificates, want 3", len(b.Encryption))
+		}
+		if !strings.Contains(b.KeyEscrowNotice, "held in escrow") {
+			t.Errorf("the bundle does not tell the subscriber that the keys are escrowed: %q", b.KeyEscrowNotice)
+		}
+		if !b.Encryption[0].Current || b.Encryption[0].Expired || b.Encryption[1].Current || !b.Encryption[2].Expired {
+			t.Errorf("order/flags: want current first and the expired last: %+v", b.Encryption)
+		}
+		if b.Signing.Subject != "CN=alice@example.com" || b.Signing.RFC822Name != "alice@example.com" || b.Signing.KeySize != 2048 ||
+			b.Signing.SCEPURL != s.baseURL+"/scep" || len(b.Signing.CAFingerprintSHA1) != 40 || len(b.Signing.CAFingerprintSHA256) != 64 {
+			t.Errorf("signing reference %+v", b.Signing)
+		}
+		fp := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(strings.TrimSpace(
+			opensslIn(t, w, "x509", "-in", filepath.Join(s.data, "ca", "intermediate_ca.crt"), "-noout", "-fingerprint", "-sha256")), "sha256 Fingerprint="), ":", ""))
+		if fp != b.Signing.CAFingerprintSHA256 {
+			t.Errorf("CA fingerprint %s, openssl says %s", b.Signing.CAFingerprintSHA256, fp)
+		}
+
+		// Every message decrypts with what the bundle returned opened by the
+		// device's key, and nothing else.
+		for i, e := range b.Encryption {
+			if e.Password != "" || e.EnvelopedPasswordFile == "" {
+				t.Fatalf("entry %d carries a plain password", i)
+			}
+			password := opensslIn(t, bdir, "cms", "-decrypt", "-inform", "DER", "-in", e.EnvelopedPasswordFile, "-inkey", id.key, "-recip", id.cert)
+			pwf := filepath.Join(bdir, fmt.Sprintf("pw%d", i))
+			os.WriteFile(pwf, []byte(password), 0o600)
+			keyPEM := filepath.Join(bdir, fmt.Sprintf("k%d.pem", i))
+			opensslIn(t, bdir, "pkcs12", "-in", e.File, "-nocerts", "-nodes", "-passin", "file:"+pwf, "-out", keyPEM)
+			decrypted := 0
+			for g := 0; g < 3; g++ {
+				cmd := execCommand(t.Context(), tool(t, "openssl"), "cms", "-decrypt", "-in", filepath.Join(w, fmt.Sprintf("gen%d.p7m", g)), "-inkey", keyPEM)
+				r := runCmd(t, cmd)
+				// S/MIME canonicalises line ends to CRLF.
+				if r.code == 0 && strings.ReplaceAll(r.stdout, "\r\n", "\n") == "quarterly numbers, eyes only\n" {
+					decrypted++
+				}
+			}
+			if decrypted != 1 {
+				t.Errorf("bundle key %d decrypts %d of the 3 messages, want exactly its own", i, decrypted)
 			}
 		}
-		if decrypted != 1 {
-			t.Errorf("bundle key %d decrypts %d of the 3 messages, want exactly its own", i, decrypted)
+
+		// The profile service holds no challenge it could redeem: only the
+		// device's key opens the envelope; then the device enrols over SCEP
+		// with it, exactly once.
+		if b.Signing.Challenge != "" || b.Signing.ChallengeFile == "" {
+			t.Fatalf("the profile credential's bundle carries the challenge in the clear (%q) or not enveloped (%q)", b.Signing.Challenge, b.Signing.ChallengeFile)
 		}
-	}
-
-	// The profile service holds no challenge it could redeem: only the
-	// device's key opens the envelope; then the device enrols over SCEP
-	// with it, exactly once.
-	if b.Signing.Challenge != "" || b.Signing.ChallengeFile == "" {
-		t.Fatalf("the profile credential's bundle carries the challenge in the clear (%q) or not enveloped (%q)", b.Signing.Challenge, b.Signing.ChallengeFile)
-	}
-	other := s.makeIdentity(t.TempDir(), "iphone-7")
-	if r := runCmd(t, execCommand(t.Context(), tool(t, "openssl"), "cms", "-decrypt", "-inform", "DER", "-in", filepath.Join(bdir, b.Signing.ChallengeFile), "-inkey", other.key, "-recip", other.cert)); r.code == 0 {
-		t.Fatal("another identity of the same MDM CA opens the challenge")
-	}
-	challenge := strings.TrimSpace(opensslIn(t, bdir, "cms", "-decrypt", "-inform", "DER", "-in", b.Signing.ChallengeFile, "-inkey", id.key, "-recip", id.cert))
-	dev := filepath.Join(w, "device")
-	mustOK(t, "scepclient with the bundle's challenge, opened by the device", s.scepclient(dev, challenge))
-	if r := s.scepclient(filepath.Join(w, "other-device"), challenge); r.code == 0 {
-		t.Fatal("a bundle's challenge worked twice")
-	}
-	opensslIn(t, dev, "cms", "-sign", "-in", filepath.Join(w, "msg.txt"), "-signer", "client.pem", "-inkey", "key.pem", "-out", "signed.p7m")
-	opensslIn(t, dev, "cms", "-verify", "-in", "signed.p7m", "-CAfile", filepath.Join(bdir, "ca.pem"), "-purpose", "smimesign", "-out", "verified.txt")
-	if got, _ := os.ReadFile(filepath.Join(dev, "verified.txt")); strings.ReplaceAll(string(got), "\r\n", "\n") != "quarterly numbers, eyes only\n" {
-		t.Errorf("verified content %q", got)
-	}
-	// A second bundle for the same device lists the enrolled certificate.
-	if b2 := s.bundle(t, filepath.Join(w, "bundle2"), "--user", "alice@example.com", "--device", "iphone-7"); len(b2.Signing.IssuedSerials) != 1 {
-		t.Errorf("issued serials %v, want the one enrolled", b2.Signing.IssuedSerials)
-	}
-
-	// A user with nothing escrowed still gets a signing reference, enveloped
-	// to the device; a device without an identity gets none.
-	s.registerWithIdentity("nobody@example.com", "d")
-	empty := s.bundle(t, filepath.Join(w, "empty"), "--user", "nobody@example.com", "--device", "d")
-	if empty.Signing.ChallengeFile == "" || empty.Encryption == nil || len(empty.Encryption) != 0 {
-		t.Errorf("empty bundle %+v", empty)
-	}
-	s.register("nobody@example.com", "no-identity")
-	if r := run(t, 60e9, smimecaBin(t), "bundle", "get", "--out", filepath.Join(w, "none"), "--server", s.grpcAddr,
-		"--credentials", filepath.Join(s.data, "credentials", "profile"), "--user", "nobody@example.com", "--device", "no-identity"); r.code == 0 || !strings.Contains(r.stderr, "no-identity-certificate") {
-		t.Errorf("a bundle for a device without an identity: %d %s", r.code, r.stderr)
-	}
-
-	// The audit trail names who, user, device, thumbprints and format, and
-	// holds no password or challenge.
-	audit, err := os.ReadFile(filepath.Join(s.data, "audit.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	idSHA := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(strings.TrimSpace(
-		opensslIn(t, w, "x509", "-in", id.cert, "-noout", "-fingerprint", "-sha256")), "sha256 Fingerprint="), ":", ""))
-	if !strings.Contains(string(audit), `"action":"key.release"`) || !strings.Contains(string(audit), b.Encryption[0].SHA256) ||
-		!strings.Contains(string(audit), `"device":"iphone-7"`) || !strings.Contains(string(audit), "delivery cms") ||
-		!strings.Contains(string(audit), `"recipient_sha256":"`+idSHA+`"`) || !strings.Contains(string(audit), `"name":"profile"`) {
-		t.Errorf("audit log lacks the key release to %s by the profile credential:\n%s", idSHA, audit)
-	}
-
-	// An administrator's break-glass release: plain files and passwords,
-	// audited as such with the reason.
-	glass := filepath.Join(w, "glass")
-	bg := s.bundle(t, glass, "--user", "alice@example.com", "--device", "iphone-7", "--credentials", filepath.Join(s.data, "credentials", "admin"),
-		"--break-glass", "--reason", "mailbox export, ticket 42")
-	if len(bg.Encryption) != 3 || bg.Encryption[0].Password == "" {
-		t.Fatalf("break-glass bundle %+v", bg.Encryption)
-	}
-	os.WriteFile(filepath.Join(glass, "pw"), []byte(bg.Encryption[0].Password), 0o600)
-	opensslIn(t, glass, "pkcs12", "-in", bg.Encryption[0].File, "-nokeys", "-passin", "file:pw", "-out", "c.pem")
-	audit, _ = os.ReadFile(filepath.Join(s.data, "audit.log"))
-	if !strings.Contains(string(audit), `"action":"key.release.break-glass"`) || !strings.Contains(string(audit), "ticket 42") {
-		t.Errorf("audit log lacks the break-glass release:\n%s", audit)
-	}
-	for _, secret := range []string{pw, challenge, bg.Encryption[0].Password} {
-		if strings.Contains(string(audit), secret) || strings.Contains(s.log.String(), secret) {
-			t.Errorf("audit or server log holds a secret")
+		other := s.makeIdentity(t.TempDir(), "iphone-7")
+		if r := runCmd(t, execCommand(t.Context(), tool(t, "openssl"), "cms", "-decrypt", "-inform", "DER", "-in", filepath.Join(bdir, b.Signing.ChallengeFile), "-inkey", other.key, "-recip", other.cert)); r.code == 0 {
+			t.Fatal("another identity of the same MDM CA opens the challenge")
 		}
-	}
+		challenge := strings.TrimSpace(opensslIn(t, bdir, "cms", "-decrypt", "-inform", "DER", "-in", b.Signing.ChallengeFile, "-inkey", id.key, "-recip", id.cert))
+		dev := filepath.Join(w, "device")
+		mustOK(t, "scepclient with the bundle's challenge, opened by the device", s.scepclient(dev, challenge))
+		if r := s.scepclient(filepath.Join(w, "other-device"), challenge); r.code == 0 {
+			t.Fatal("a bundle's challenge worked twice")
+		}
+		opensslIn(t, dev, "cms", "-sign", "-in", filepath.Join(w, "msg.txt"), "-signer", "client.pem", "-inkey", "key.pem", "-out", "signed.p7m")
+		opensslIn(t, dev, "cms", "-verify", "-in", "signed.p7m", "-CAfile", filepath.Join(bdir, "ca.pem"), "-purpose", "smimesign", "-out", "verified.txt")
+		if got, _ := os.ReadFile(filepath.Join(dev, "verified.txt")); strings.ReplaceAll(string(got), "\r\n", "\n") != "quarterly numbers, eyes only\n" {
+			t.Errorf("verified content %q", got)
+		}
+		// A second bundle for the same device lists the enrolled certificate.
+		if b2 := s.bundle(t, filepath.Join(w, "bundle2"), "--user", "alice@example.com", "--device", "iphone-7"); len(b2.Signing.IssuedSerials) != 1 {
+			t.Errorf("issued serials %v, want the one enrolled", b2.Signing.IssuedSerials)
+		}
+
+		// A user with nothing escrowed still gets a signing reference, enveloped
+		// to the device; a device without an identity gets none.
+		s.registerWithIdentity("nobody@example.com", "d")
+		empty := s.bundle(t, filepath.Join(w, "empty"), "--user", "nobody@example.com", "--device", "d")
+		if empty.Signing.ChallengeFile == "" || empty.Encryption == nil || len(empty.Encryption) != 0 {
+			t.Errorf("empty bundle %+v", empty)
+		}
+		s.register("nobody@example.com", "no-identity")
+		if r := run(t, 60e9, smimecaBin(t), "bundle", "get", "--out", filepath.Join(w, "none"), "--server", s.grpcAddr,
+			"--credentials", filepath.Join(s.data, "credentials", "profile"), "--user", "nobody@example.com", "--device", "no-identity"); r.code == 0 || !strings.Contains(r.stderr, "no-identity-certificate") {
+			t.Errorf("a bundle for a device without an identity: %d %s", r.code, r.stderr)
+		}
+
+		// The audit trail names who, user, device, thumbprints and format, and
+		// holds no password or challenge.
+		audit, err := os.ReadFile(filepath.Join(s.data, "audit.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		idSHA := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(strings.TrimSpace(
+			opensslIn(t, w, "x509", "-in", id.cert, "-noout", "-fingerprint", "-sha256")), "sha256 Fingerprint="), ":", ""))
+		if !strings.Contains(string(audit), `"action":"key.release"`) || !strings.Contains(string(audit), b.Encryption[0].SHA256) ||
+			!strings.Contains(string(audit), `"device":"iphone-7"`) || !strings.Contains(string(audit), "delivery cms") ||
+			!strings.Contains(string(audit), `"recipient_sha256":"`+idSHA+`"`) || !strings.Contains(string(audit), `"name":"profile"`) {
+			t.Errorf("audit log lacks the key release to %s by the profile credential:\n%s", idSHA, audit)
+		}
+
+		// An administrator's break-glass release: plain files and passwords,
+		// audited as such with the reason.
+		glass := filepath.Join(w, "glass")
+		bg := s.bundle(t, glass, "--user", "alice@example.com", "--device", "iphone-7", "--credentials", filepath.Join(s.data, "credentials", "admin"),
+			"--break-glass", "--reason", "mailbox export, ticket 42")
+		if len(bg.Encryption) != 3 || bg.Encryption[0].Password == "" {
+			t.Fatalf("break-glass bundle %+v", bg.Encryption)
+		}
+		os.WriteFile(filepath.Join(glass, "pw"), []byte(bg.Encryption[0].Password), 0o600)
+		opensslIn(t, glass, "pkcs12", "-in", bg.Encryption[0].File, "-nokeys", "-passin", "file:pw", "-out", "c.pem")
+		audit, _ = os.ReadFile(filepath.Join(s.data, "audit.log"))
+		if !strings.Contains(string(audit), `"action":"key.release.break-glass"`) || !strings.Contains(string(audit), "ticket 42") {
+			t.Errorf("audit log lacks the break-glass release:\n%s", audit)
+		}
+		for _, secret := range []string{pw, challenge, bg.Encryption[0].Password} {
+			if strings.Contains(string(audit), secret) || strings.Contains(s.log.String(), secret) {
+				t.Errorf("audit or server log holds a secret")
+			}
+		}
+	})
 }
 
 // TestKeyReleaseRefusals tries, as an attacker holding the profile

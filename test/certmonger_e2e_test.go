@@ -105,44 +105,46 @@ func (c *certmonger) getcert(args ...string) result {
 // renewal supersedes the first.
 func TestCertmonger(t *testing.T) {
 	t.Parallel()
-	s := newServer(t)
-	cm := startCertmonger(t)
-	mustOK(t, "getcert add-scep-ca", cm.getcert("add-scep-ca", "-c", "smimeca", "-u", s.baseURL+"/scep"))
-	s.register("alice@example.com", "laptop")
-	ch := s.challenge("alice@example.com", "laptop")
-	dir := t.TempDir()
-	key, cert := filepath.Join(dir, "key.pem"), filepath.Join(dir, "cert.pem")
-	// The subject is the device's; the certificate names the challenge's
-	// user. (certmonger encodes it as a PrintableString, which has no "@".)
-	mustOK(t, "getcert request", cm.getcert("request", "-c", "smimeca", "-k", key, "-f", cert, "-L", ch, "-N", "CN=laptop", "-I", "alice", "-w"))
-	status := mustOK(t, "getcert list", cm.getcert("list", "-i", "alice"))
-	if !strings.Contains(status, "status: MONITORING") {
-		t.Fatalf("certmonger's request:\n%s", status)
-	}
-	check := func() string {
-		t.Helper()
-		text := mustOK(t, "x509", openssl(t, "x509", "-in", cert, "-noout", "-text"))
-		for _, want := range []string{"Subject: CN = alice@example.com", "email:alice@example.com", "E-mail Protection"} {
-			if !strings.Contains(text, want) {
-				t.Errorf("certmonger's certificate lacks %q:\n%s", want, text)
-			}
+	withEachKMS(t, func(t *testing.T) {
+		s := newServer(t)
+		cm := startCertmonger(t)
+		mustOK(t, "getcert add-scep-ca", cm.getcert("add-scep-ca", "-c", "smimeca", "-u", s.baseURL+"/scep"))
+		s.register("alice@example.com", "laptop")
+		ch := s.challenge("alice@example.com", "laptop")
+		dir := t.TempDir()
+		key, cert := filepath.Join(dir, "key.pem"), filepath.Join(dir, "cert.pem")
+		// The subject is the device's; the certificate names the challenge's
+		// user. (certmonger encodes it as a PrintableString, which has no "@".)
+		mustOK(t, "getcert request", cm.getcert("request", "-c", "smimeca", "-k", key, "-f", cert, "-L", ch, "-N", "CN=laptop", "-I", "alice", "-w"))
+		status := mustOK(t, "getcert list", cm.getcert("list", "-i", "alice"))
+		if !strings.Contains(status, "status: MONITORING") {
+			t.Fatalf("certmonger's request:\n%s", status)
 		}
-		mustOK(t, "verify -purpose smimesign", openssl(t, "verify", "-purpose", "smimesign", "-CAfile", filepath.Join(s.data, "ca", "root_ca.crt"),
-			"-untrusted", filepath.Join(s.data, "ca", "intermediate_ca.crt"), cert))
-		return serialOf(t, cert)
-	}
-	first := check()
+		check := func() string {
+			t.Helper()
+			text := mustOK(t, "x509", openssl(t, "x509", "-in", cert, "-noout", "-text"))
+			for _, want := range []string{"Subject: CN = alice@example.com", "email:alice@example.com", "E-mail Protection"} {
+				if !strings.Contains(text, want) {
+					t.Errorf("certmonger's certificate lacks %q:\n%s", want, text)
+				}
+			}
+			mustOK(t, "verify -purpose smimesign", openssl(t, "verify", "-purpose", "smimesign", "-CAfile", filepath.Join(s.data, "ca", "root_ca.crt"),
+				"-untrusted", filepath.Join(s.data, "ca", "intermediate_ca.crt"), cert))
+			return serialOf(t, cert)
+		}
+		first := check()
 
-	mustOK(t, "getcert rekey", cm.getcert("rekey", "-i", "alice", "-w"))
-	if status := mustOK(t, "getcert list", cm.getcert("list", "-i", "alice")); !strings.Contains(status, "status: MONITORING") || strings.Contains(status, "ca-error") {
-		t.Fatalf("after rekey:\n%s", status)
-	}
-	second := check()
-	if second == first {
-		t.Fatal("getcert rekey kept the old certificate")
-	}
-	out := mustOK(t, "cert list", s.cli("cert", "list", "--user", "alice@example.com", "--device", "laptop"))
-	if !strings.Contains(out, "superseded") && !strings.Contains(out, "revoked") {
-		t.Errorf("the renewal did not supersede the first certificate:\n%s", out)
-	}
+		mustOK(t, "getcert rekey", cm.getcert("rekey", "-i", "alice", "-w"))
+		if status := mustOK(t, "getcert list", cm.getcert("list", "-i", "alice")); !strings.Contains(status, "status: MONITORING") || strings.Contains(status, "ca-error") {
+			t.Fatalf("after rekey:\n%s", status)
+		}
+		second := check()
+		if second == first {
+			t.Fatal("getcert rekey kept the old certificate")
+		}
+		out := mustOK(t, "cert list", s.cli("cert", "list", "--user", "alice@example.com", "--device", "laptop"))
+		if !strings.Contains(out, "superseded") && !strings.Contains(out, "revoked") {
+			t.Errorf("the renewal did not supersede the first certificate:\n%s", out)
+		}
+	})
 }

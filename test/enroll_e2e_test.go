@@ -39,158 +39,160 @@ func serialOf(t *testing.T, certPath string) string {
 // clients: enrol, verify, second use refused, renewal, revoke → CRL.
 func TestEnrolWithScepclient(t *testing.T) {
 	t.Parallel()
-	s := newServer(t)
-	work := t.TempDir()
-	chainPEM := filepath.Join(s.data, "ca", "intermediate_ca.crt")
-	rootPEM := filepath.Join(s.data, "ca", "root_ca.crt")
+	withEachKMS(t, func(t *testing.T) {
+		s := newServer(t)
+		work := t.TempDir()
+		chainPEM := filepath.Join(s.data, "ca", "intermediate_ca.crt")
+		rootPEM := filepath.Join(s.data, "ca", "root_ca.crt")
 
-	challenge := s.challenge("Alice@Example.com", "iphone-1")
-	if len(challenge) < 40 {
-		t.Fatalf("challenge %q", challenge)
-	}
-
-	// A device asking for another user's address is refused, and the
-	// challenge survives that.
-	evil := filepath.Join(work, "evil")
-	r := s.scepclient(evil, challenge, "-cn", "bob@example.com")
-	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "badRequest") {
-		t.Fatalf("CSR for bob was not refused with badRequest: %+v", r)
-	}
-
-	dev := filepath.Join(work, "dev")
-	mustOK(t, "scepclient enrol", s.scepclient(dev, challenge))
-	cert := filepath.Join(dev, "client.pem")
-
-	mustOK(t, "openssl verify -purpose smimesign",
-		openssl(t, "verify", "-purpose", "smimesign", "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
-	text := mustOK(t, "openssl x509 -text", openssl(t, "x509", "-in", cert, "-noout", "-text"))
-	for _, want := range []string{"email:alice@example.com", "E-mail Protection", "Subject: CN = alice@example.com",
-		"Digital Signature", "URI:" + s.baseURL + "/crl", "CA:FALSE"} {
-		if !strings.Contains(text, want) {
-			t.Errorf("certificate lacks %q:\n%s", want, text)
+		challenge := s.challenge("Alice@Example.com", "iphone-1")
+		if len(challenge) < 40 {
+			t.Fatalf("challenge %q", challenge)
 		}
-	}
-	if strings.Contains(text, "1.3.6.1.4.1.37476.9000.64.1") {
-		t.Error("certificate carries the smallstep provisioner extension")
-	}
-	if strings.Contains(text, "bob@") {
-		t.Error("certificate names bob")
-	}
 
-	// The device lost the answer and runs scepclient again with the same
-	// key: the same transaction, answered with the same certificate.
-	first, _ := os.ReadFile(cert)
-	os.Remove(cert)
-	mustOK(t, "scepclient repeat with the same key", s.scepclient(dev, challenge))
-	if again, _ := os.ReadFile(cert); string(again) != string(first) {
-		t.Error("the repeated request got another certificate")
-	}
+		// A device asking for another user's address is refused, and the
+		// challenge survives that.
+		evil := filepath.Join(work, "evil")
+		r := s.scepclient(evil, challenge, "-cn", "bob@example.com")
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "badRequest") {
+			t.Fatalf("CSR for bob was not refused with badRequest: %+v", r)
+		}
 
-	// The same challenge a second time fails (fresh key dir: a new device).
-	r = s.scepclient(filepath.Join(work, "again"), challenge)
-	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "badRequest") {
-		t.Fatalf("second use of a challenge: %+v", r)
-	}
+		dev := filepath.Join(work, "dev")
+		mustOK(t, "scepclient enrol", s.scepclient(dev, challenge))
+		cert := filepath.Join(dev, "client.pem")
 
-	// Renewal signed with the issued certificate, no challenge.
-	oldSerial := serialOf(t, cert)
-	old := filepath.Join(work, "old.pem")
-	b, _ := os.ReadFile(cert)
-	os.WriteFile(old, b, 0o600)
-	mustOK(t, "scepclient renewal", s.scepclient(dev, "", "-certificate", cert))
-	newSerial := serialOf(t, cert)
-	if newSerial == oldSerial {
-		t.Fatal("renewal returned the same certificate")
-	}
-	mustOK(t, "verify renewed", openssl(t, "verify", "-purpose", "smimesign", "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
+		mustOK(t, "openssl verify -purpose smimesign",
+			openssl(t, "verify", "-purpose", "smimesign", "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
+		text := mustOK(t, "openssl x509 -text", openssl(t, "x509", "-in", cert, "-noout", "-text"))
+		for _, want := range []string{"email:alice@example.com", "E-mail Protection", "Subject: CN = alice@example.com",
+			"Digital Signature", "URI:" + s.baseURL + "/crl", "CA:FALSE"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("certificate lacks %q:\n%s", want, text)
+			}
+		}
+		if strings.Contains(text, "1.3.6.1.4.1.37476.9000.64.1") {
+			t.Error("certificate carries the smallstep provisioner extension")
+		}
+		if strings.Contains(text, "bob@") {
+			t.Error("certificate names bob")
+		}
 
-	// Inventory over the CLI, as JSON.
-	out := mustOK(t, "cert list", s.cli("cert", "list", "--user", "alice@example.com", "--device", "iphone-1", "-o", "json"))
-	var list struct {
-		Certificates []struct {
-			SerialHex   string `json:"serialHex"`
-			User        string `json:"user"`
-			RenewedFrom string `json:"renewedFrom"`
-			Revoked     bool   `json:"revoked"`
-		} `json:"certificates"`
-	}
-	if err := json.Unmarshal([]byte(out), &list); err != nil {
-		t.Fatalf("cert list json: %v\n%s", err, out)
-	}
-	if len(list.Certificates) != 2 || list.Certificates[0].Revoked || !list.Certificates[1].Revoked {
-		t.Fatalf("after a renewal the predecessor must be revoked (superseded), the new one valid: %s", out)
-	}
+		// The device lost the answer and runs scepclient again with the same
+		// key: the same transaction, answered with the same certificate.
+		first, _ := os.ReadFile(cert)
+		os.Remove(cert)
+		mustOK(t, "scepclient repeat with the same key", s.scepclient(dev, challenge))
+		if again, _ := os.ReadFile(cert); string(again) != string(first) {
+			t.Error("the repeated request got another certificate")
+		}
 
-	// The renewal superseded the old one: revoking it again is refused, it
-	// appears in the CRL fetched from the certificate's CDP URL, and
-	// openssl's CRL check then fails.
-	if r := s.cli("cert", "revoke", "--serial", "0x"+oldSerial, "--reason", "keyCompromise"); r.code != 1 || !strings.Contains(r.stderr, "already-revoked") {
-		t.Fatalf("revoking the superseded certificate: %+v", r)
-	}
-	cdp := regexp.MustCompile(`Full Name:\s+URI:(\S+)`).FindStringSubmatch(text)[1]
-	resp, err := http.Get(cdp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	crlDER, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	crlFile := filepath.Join(work, "crl.der")
-	os.WriteFile(crlFile, crlDER, 0o600)
-	crlText := mustOK(t, "openssl crl", openssl(t, "crl", "-inform", "DER", "-in", crlFile, "-noout", "-text"))
-	if !strings.Contains(crlText, "Serial Number: "+oldSerial) || !strings.Contains(crlText, "Superseded") {
-		t.Fatalf("superseded serial %s not in CRL with its reason:\n%s", oldSerial, crlText)
-	}
-	crlPEM := filepath.Join(work, "crl.pem")
-	mustOK(t, "crl to pem", openssl(t, "crl", "-inform", "DER", "-in", crlFile, "-out", crlPEM))
-	r = openssl(t, "verify", "-crl_check", "-CRLfile", crlPEM, "-CAfile", rootPEM, "-untrusted", chainPEM, old)
-	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "revoked") {
-		t.Fatalf("openssl accepted the revoked certificate: %+v", r)
-	}
-	mustOK(t, "unrevoked cert passes the CRL check",
-		openssl(t, "verify", "-crl_check", "-CRLfile", crlPEM, "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
+		// The same challenge a second time fails (fresh key dir: a new device).
+		r = s.scepclient(filepath.Join(work, "again"), challenge)
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "badRequest") {
+			t.Fatalf("second use of a challenge: %+v", r)
+		}
 
-	// Renewal with the superseded certificate (a replayed renewal) is refused.
-	revokedDir := filepath.Join(work, "revoked")
-	os.MkdirAll(revokedDir, 0o700)
-	key, _ := os.ReadFile(filepath.Join(dev, "key.pem"))
-	os.WriteFile(filepath.Join(revokedDir, "key.pem"), key, 0o600)
-	csr, _ := os.ReadFile(filepath.Join(dev, "csr.pem"))
-	os.WriteFile(filepath.Join(revokedDir, "csr.pem"), csr, 0o600)
-	os.WriteFile(filepath.Join(revokedDir, "client.pem"), b, 0o600)
-	r = s.scepclient(revokedDir, "", "-certificate", filepath.Join(revokedDir, "client.pem"))
-	if r.code == 0 {
-		t.Fatal("renewal with a revoked certificate succeeded")
-	}
+		// Renewal signed with the issued certificate, no challenge.
+		oldSerial := serialOf(t, cert)
+		old := filepath.Join(work, "old.pem")
+		b, _ := os.ReadFile(cert)
+		os.WriteFile(old, b, 0o600)
+		mustOK(t, "scepclient renewal", s.scepclient(dev, "", "-certificate", cert))
+		newSerial := serialOf(t, cert)
+		if newSerial == oldSerial {
+			t.Fatal("renewal returned the same certificate")
+		}
+		mustOK(t, "verify renewed", openssl(t, "verify", "-purpose", "smimesign", "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
 
-	// Retire the device: the renewed one is revoked, the device can get no
-	// new challenge and its certificate cannot renew.
-	pending := s.challenge("alice@example.com", "iphone-1")
-	out = mustOK(t, "retire device", s.cli("device", "retire", "--user", "alice@example.com", "--device", "iphone-1", "--reason", "lost"))
-	if !strings.Contains(out, "revoked 1 certificate") {
-		t.Errorf("retire: %s", out)
-	}
-	out = mustOK(t, "cert list", s.cli("cert", "list", "--user", "ALICE@example.com"))
-	if strings.Contains(out, "valid") {
-		t.Errorf("a certificate is still valid after the retirement:\n%s", out)
-	}
-	if r := s.scepclient(filepath.Join(work, "late"), pending); r.code == 0 {
-		t.Error("a challenge created before the retirement enrolled")
-	}
-	if r := s.scepclient(dev, "", "-certificate", cert); r.code == 0 {
-		t.Error("the retired device renewed")
-	}
-	if r := s.cli("challenge", "create", "--user", "alice@example.com", "--device", "iphone-1"); r.code != 1 || !strings.Contains(r.stderr, "FailedPrecondition") {
-		t.Errorf("challenge for a retired device: %+v", r)
-	}
-	out = mustOK(t, "device show", s.cli("device", "show", "--user", "alice@example.com", "--device", "iphone-1"))
-	if !strings.Contains(out, "retired") || !strings.Contains(out, "lost") || !strings.Contains(out, "by admin") {
-		t.Errorf("device show: %s", out)
-	}
+		// Inventory over the CLI, as JSON.
+		out := mustOK(t, "cert list", s.cli("cert", "list", "--user", "alice@example.com", "--device", "iphone-1", "-o", "json"))
+		var list struct {
+			Certificates []struct {
+				SerialHex   string `json:"serialHex"`
+				User        string `json:"user"`
+				RenewedFrom string `json:"renewedFrom"`
+				Revoked     bool   `json:"revoked"`
+			} `json:"certificates"`
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			t.Fatalf("cert list json: %v\n%s", err, out)
+		}
+		if len(list.Certificates) != 2 || list.Certificates[0].Revoked || !list.Certificates[1].Revoked {
+			t.Fatalf("after a renewal the predecessor must be revoked (superseded), the new one valid: %s", out)
+		}
 
-	// No challenge ever reaches the log.
-	if strings.Contains(s.log.String(), challenge) {
-		t.Error("the server log contains a challenge")
-	}
+		// The renewal superseded the old one: revoking it again is refused, it
+		// appears in the CRL fetched from the certificate's CDP URL, and
+		// openssl's CRL check then fails.
+		if r := s.cli("cert", "revoke", "--serial", "0x"+oldSerial, "--reason", "keyCompromise"); r.code != 1 || !strings.Contains(r.stderr, "already-revoked") {
+			t.Fatalf("revoking the superseded certificate: %+v", r)
+		}
+		cdp := regexp.MustCompile(`Full Name:\s+URI:(\S+)`).FindStringSubmatch(text)[1]
+		resp, err := http.Get(cdp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		crlDER, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		crlFile := filepath.Join(work, "crl.der")
+		os.WriteFile(crlFile, crlDER, 0o600)
+		crlText := mustOK(t, "openssl crl", openssl(t, "crl", "-inform", "DER", "-in", crlFile, "-noout", "-text"))
+		if !strings.Contains(crlText, "Serial Number: "+oldSerial) || !strings.Contains(crlText, "Superseded") {
+			t.Fatalf("superseded serial %s not in CRL with its reason:\n%s", oldSerial, crlText)
+		}
+		crlPEM := filepath.Join(work, "crl.pem")
+		mustOK(t, "crl to pem", openssl(t, "crl", "-inform", "DER", "-in", crlFile, "-out", crlPEM))
+		r = openssl(t, "verify", "-crl_check", "-CRLfile", crlPEM, "-CAfile", rootPEM, "-untrusted", chainPEM, old)
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "revoked") {
+			t.Fatalf("openssl accepted the revoked certificate: %+v", r)
+		}
+		mustOK(t, "unrevoked cert passes the CRL check",
+			openssl(t, "verify", "-crl_check", "-CRLfile", crlPEM, "-CAfile", rootPEM, "-untrusted", chainPEM, cert))
+
+		// Renewal with the superseded certificate (a replayed renewal) is refused.
+		revokedDir := filepath.Join(work, "revoked")
+		os.MkdirAll(revokedDir, 0o700)
+		key, _ := os.ReadFile(filepath.Join(dev, "key.pem"))
+		os.WriteFile(filepath.Join(revokedDir, "key.pem"), key, 0o600)
+		csr, _ := os.ReadFile(filepath.Join(dev, "csr.pem"))
+		os.WriteFile(filepath.Join(revokedDir, "csr.pem"), csr, 0o600)
+		os.WriteFile(filepath.Join(revokedDir, "client.pem"), b, 0o600)
+		r = s.scepclient(revokedDir, "", "-certificate", filepath.Join(revokedDir, "client.pem"))
+		if r.code == 0 {
+			t.Fatal("renewal with a revoked certificate succeeded")
+		}
+
+		// Retire the device: the renewed one is revoked, the device can get no
+		// new challenge and its certificate cannot renew.
+		pending := s.challenge("alice@example.com", "iphone-1")
+		out = mustOK(t, "retire device", s.cli("device", "retire", "--user", "alice@example.com", "--device", "iphone-1", "--reason", "lost"))
+		if !strings.Contains(out, "revoked 1 certificate") {
+			t.Errorf("retire: %s", out)
+		}
+		out = mustOK(t, "cert list", s.cli("cert", "list", "--user", "ALICE@example.com"))
+		if strings.Contains(out, "valid") {
+			t.Errorf("a certificate is still valid after the retirement:\n%s", out)
+		}
+		if r := s.scepclient(filepath.Join(work, "late"), pending); r.code == 0 {
+			t.Error("a challenge created before the retirement enrolled")
+		}
+		if r := s.scepclient(dev, "", "-certificate", cert); r.code == 0 {
+			t.Error("the retired device renewed")
+		}
+		if r := s.cli("challenge", "create", "--user", "alice@example.com", "--device", "iphone-1"); r.code != 1 || !strings.Contains(r.stderr, "FailedPrecondition") {
+			t.Errorf("challenge for a retired device: %+v", r)
+		}
+		out = mustOK(t, "device show", s.cli("device", "show", "--user", "alice@example.com", "--device", "iphone-1"))
+		if !strings.Contains(out, "retired") || !strings.Contains(out, "lost") || !strings.Contains(out, "by admin") {
+			t.Errorf("device show: %s", out)
+		}
+
+		// No challenge ever reaches the log.
+		if strings.Contains(s.log.String(), challenge) {
+			t.Error("the server log contains a challenge")
+		}
+	})
 }
 
 // TestChallengeRaceIssuesOnce runs several real clients on one challenge.
@@ -251,20 +253,22 @@ func TestExpiredChallengeRefused(t *testing.T) {
 // TestRestartKeepsData restarts the server on the same data dir.
 func TestRestartKeepsData(t *testing.T) {
 	t.Parallel()
-	s := newServer(t)
-	root1, _ := os.ReadFile(filepath.Join(s.data, "ca", "root_ca.crt"))
-	mustOK(t, "enrol", s.scepclient(filepath.Join(t.TempDir(), "d"), s.challenge("erin@example.com", "dev")))
-	pending := s.challenge("erin@example.com", "dev2")
-	s.restart()
-	root2, _ := os.ReadFile(filepath.Join(s.data, "ca", "root_ca.crt"))
-	if string(root1) != string(root2) {
-		t.Fatal("root changed across restart")
-	}
-	out := mustOK(t, "cert list", s.cli("cert", "list", "--user", "erin@example.com"))
-	if !strings.Contains(out, "erin@example.com") {
-		t.Fatalf("inventory lost across restart:\n%s", out)
-	}
-	mustOK(t, "challenge created before restart", s.scepclient(filepath.Join(t.TempDir(), "d2"), pending))
+	withEachKMS(t, func(t *testing.T) {
+		s := newServer(t)
+		root1, _ := os.ReadFile(filepath.Join(s.data, "ca", "root_ca.crt"))
+		mustOK(t, "enrol", s.scepclient(filepath.Join(t.TempDir(), "d"), s.challenge("erin@example.com", "dev")))
+		pending := s.challenge("erin@example.com", "dev2")
+		s.restart()
+		root2, _ := os.ReadFile(filepath.Join(s.data, "ca", "root_ca.crt"))
+		if string(root1) != string(root2) {
+			t.Fatal("root changed across restart")
+		}
+		out := mustOK(t, "cert list", s.cli("cert", "list", "--user", "erin@example.com"))
+		if !strings.Contains(out, "erin@example.com") {
+			t.Fatalf("inventory lost across restart:\n%s", out)
+		}
+		mustOK(t, "challenge created before restart", s.scepclient(filepath.Join(t.TempDir(), "d2"), pending))
+	})
 }
 
 // TestGarbageGets4xx sends junk to every endpoint.
@@ -320,20 +324,22 @@ func TestGarbageGets4xx(t *testing.T) {
 // the RA — the trade-off the README states.
 func TestScepclientAndIssuerKeyType(t *testing.T) {
 	t.Parallel()
-	s := newServer(t, "--issuer-key-type", "EC")
-	s.register("alice@example.com", "d1")
-	ch := s.challenge("alice@example.com", "d1")
-	dir := filepath.Join(t.TempDir(), "dev")
-	os.MkdirAll(dir, 0o700)
-	r := run(t, 60*time.Second, tool(t, "scepclient"), "-server-url", s.baseURL+"/scep", "-private-key", filepath.Join(dir, "key.pem"), "-challenge", ch)
-	if r.code == 0 {
-		t.Fatal("scepclient enrolled against an ECDSA issuing CA without -ca-fingerprint; the README's trade-off is out of date")
-	}
-	mustOK(t, "scepclient -ca-fingerprint (EC issuing CA)", s.scepclient(dir, ch))
-	text := mustOK(t, "x509", openssl(t, "x509", "-in", filepath.Join(dir, "client.pem"), "-noout", "-text"))
-	if !strings.Contains(text, "ecdsa-with-SHA256") {
-		t.Errorf("the certificate is not signed by the ECDSA issuing CA:\n%s", text)
-	}
+	withEachKMS(t, func(t *testing.T) {
+		s := newServer(t, "--issuer-key-type", "EC")
+		s.register("alice@example.com", "d1")
+		ch := s.challenge("alice@example.com", "d1")
+		dir := filepath.Join(t.TempDir(), "dev")
+		os.MkdirAll(dir, 0o700)
+		r := run(t, 60*time.Second, tool(t, "scepclient"), "-server-url", s.baseURL+"/scep", "-private-key", filepath.Join(dir, "key.pem"), "-challenge", ch)
+		if r.code == 0 {
+			t.Fatal("scepclient enrolled against an ECDSA issuing CA without -ca-fingerprint; the README's trade-off is out of date")
+		}
+		mustOK(t, "scepclient -ca-fingerprint (EC issuing CA)", s.scepclient(dir, ch))
+		text := mustOK(t, "x509", openssl(t, "x509", "-in", filepath.Join(dir, "client.pem"), "-noout", "-text"))
+		if !strings.Contains(text, "ecdsa-with-SHA256") {
+			t.Errorf("the certificate is not signed by the ECDSA issuing CA:\n%s", text)
+		}
+	})
 }
 
 // expireChallenge sets the stored expiry of the challenge secret to a

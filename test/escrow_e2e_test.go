@@ -78,179 +78,181 @@ func (s *server) pfxList(t *testing.T, user string) listJSON {
 // back, and checks that no password or key reached a log or a file.
 func TestPFXImportWithCLI(t *testing.T) {
 	t.Parallel()
-	v := testvault.Start(t)
-	s := escrowServer(t, v)
-	is := testpki.NewIssuer(t)
-	in := t.TempDir() // the admin's export directory
-	// Random passwords: a constant would also sit in the compiled test binary.
-	pwLegacy, pwModern, pwGo := randomPassword(t), randomPassword(t), randomPassword(t)
+	withEachKMS(t, func(t *testing.T) {
+		v := testvault.Start(t)
+		s := escrowServer(t, v)
+		is := testpki.NewIssuer(t)
+		in := t.TempDir() // the admin's export directory
+		// Random passwords: a constant would also sit in the compiled test binary.
+		pwLegacy, pwModern, pwGo := randomPassword(t), randomPassword(t), randomPassword(t)
 
-	k1, k2, k3 := testpki.RSAKey(t, 2048, 0), testpki.RSAKey(t, 2048, 1), testpki.RSAKey(t, 2048, 2)
-	c1 := is.UserCert(t, k1, testpki.CertOptions{Emails: []string{"alice@example.com"},
-		NotBefore: time.Now().Add(-4 * 365 * 24 * time.Hour), NotAfter: time.Now().Add(-2 * 365 * 24 * time.Hour)})
-	c2 := is.UserCert(t, k2, testpki.CertOptions{Emails: []string{"alice@example.com"}})
-	c3 := is.UserCert(t, k3, testpki.CertOptions{Emails: []string{"alice@example.com"}})
-	legacy, legacyPW := writePFX(t, in, "2019-legacy", is.OpenSSLPFX(t, k1, c1, pwLegacy, true), pwLegacy)
-	modern, modernPW := writePFX(t, in, "2023-modern", is.OpenSSLPFX(t, k2, c2, pwModern, false), pwModern)
-	gop, goPW := writePFX(t, in, "2025-go", is.PFX(t, pkcs12.Modern2023, k3, c3, pwGo), pwGo)
+		k1, k2, k3 := testpki.RSAKey(t, 2048, 0), testpki.RSAKey(t, 2048, 1), testpki.RSAKey(t, 2048, 2)
+		c1 := is.UserCert(t, k1, testpki.CertOptions{Emails: []string{"alice@example.com"},
+			NotBefore: time.Now().Add(-4 * 365 * 24 * time.Hour), NotAfter: time.Now().Add(-2 * 365 * 24 * time.Hour)})
+		c2 := is.UserCert(t, k2, testpki.CertOptions{Emails: []string{"alice@example.com"}})
+		c3 := is.UserCert(t, k3, testpki.CertOptions{Emails: []string{"alice@example.com"}})
+		legacy, legacyPW := writePFX(t, in, "2019-legacy", is.OpenSSLPFX(t, k1, c1, pwLegacy, true), pwLegacy)
+		modern, modernPW := writePFX(t, in, "2023-modern", is.OpenSSLPFX(t, k2, c2, pwModern, false), pwModern)
+		gop, goPW := writePFX(t, in, "2025-go", is.PFX(t, pkcs12.Modern2023, k3, c3, pwGo), pwGo)
 
-	// One file with --password-file, one with --password-env.
-	r := s.cli("pfx", "import", "--user", "Alice@Example.com", "--password-file", legacyPW, legacy)
-	if r.code != 0 || !strings.Contains(r.stdout, "imported 1") {
-		t.Fatalf("import legacy: %+v", r)
-	}
-	cmd := []string{"pfx", "import", "--user", "alice@example.com", "--password-env", "PFX_PW", modern,
-		"--server", s.grpcAddr, "--credentials", filepath.Join(s.data, "credentials", "admin")}
-	r = runEnv(t, []string{"PFX_PW=" + pwModern}, smimecaBin(t), cmd...)
-	if r.code != 0 || !strings.Contains(r.stdout, "imported 1") {
-		t.Fatalf("import modern: %+v", r)
-	}
+		// One file with --password-file, one with --password-env.
+		r := s.cli("pfx", "import", "--user", "Alice@Example.com", "--password-file", legacyPW, legacy)
+		if r.code != 0 || !strings.Contains(r.stdout, "imported 1") {
+			t.Fatalf("import legacy: %+v", r)
+		}
+		cmd := []string{"pfx", "import", "--user", "alice@example.com", "--password-env", "PFX_PW", modern,
+			"--server", s.grpcAddr, "--credentials", filepath.Join(s.data, "credentials", "admin")}
+		r = runEnv(t, []string{"PFX_PW=" + pwModern}, smimecaBin(t), cmd...)
+		if r.code != 0 || !strings.Contains(r.stdout, "imported 1") {
+			t.Fatalf("import modern: %+v", r)
+		}
 
-	// A manifest with the third file, a duplicate, and four refusals.
-	wrongPW := filepath.Join(in, "wrong.pw")
-	os.WriteFile(wrongPW, []byte("not it"), 0o600)
-	certOnly, _ := pkcs12.Modern.EncodeTrustStore([]*x509.Certificate{c3}, pwGo)
-	co, coPW := writePFX(t, in, "cert-only", certOnly, pwGo)
-	kb := testpki.RSAKey(t, 2048, 3)
-	bob, bobPW := writePFX(t, in, "bob", is.PFX(t, nil, kb, is.UserCert(t, kb, testpki.CertOptions{Emails: []string{"bob@example.com"}}), pwGo), pwGo)
-	full, _ := os.ReadFile(gop)
-	trunc, truncPW := writePFX(t, in, "truncated", full[:len(full)/3], pwGo)
-	manifest := filepath.Join(in, "manifest.csv")
-	rows := []string{"user,file,password_file,purpose",
-		"alice@example.com,2025-go.p12,2025-go.pw,smimeEncryption",
-		"alice@example.com,2023-modern.p12,2023-modern.pw,",
-		"alice@example.com,2019-legacy.p12,wrong.pw,",
-		"alice@example.com,cert-only.p12,cert-only.pw,",
-		"alice@example.com,bob.p12,bob.pw,",
-		"alice@example.com,truncated.p12,truncated.pw,",
-	}
-	for _, f := range []string{goPW, modernPW, coPW, bobPW, truncPW, co, bob, trunc} {
-		if _, err := os.Stat(f); err != nil {
+		// A manifest with the third file, a duplicate, and four refusals.
+		wrongPW := filepath.Join(in, "wrong.pw")
+		os.WriteFile(wrongPW, []byte("not it"), 0o600)
+		certOnly, _ := pkcs12.Modern.EncodeTrustStore([]*x509.Certificate{c3}, pwGo)
+		co, coPW := writePFX(t, in, "cert-only", certOnly, pwGo)
+		kb := testpki.RSAKey(t, 2048, 3)
+		bob, bobPW := writePFX(t, in, "bob", is.PFX(t, nil, kb, is.UserCert(t, kb, testpki.CertOptions{Emails: []string{"bob@example.com"}}), pwGo), pwGo)
+		full, _ := os.ReadFile(gop)
+		trunc, truncPW := writePFX(t, in, "truncated", full[:len(full)/3], pwGo)
+		manifest := filepath.Join(in, "manifest.csv")
+		rows := []string{"user,file,password_file,purpose",
+			"alice@example.com,2025-go.p12,2025-go.pw,smimeEncryption",
+			"alice@example.com,2023-modern.p12,2023-modern.pw,",
+			"alice@example.com,2019-legacy.p12,wrong.pw,",
+			"alice@example.com,cert-only.p12,cert-only.pw,",
+			"alice@example.com,bob.p12,bob.pw,",
+			"alice@example.com,truncated.p12,truncated.pw,",
+		}
+		for _, f := range []string{goPW, modernPW, coPW, bobPW, truncPW, co, bob, trunc} {
+			if _, err := os.Stat(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		os.WriteFile(manifest, []byte(strings.Join(rows, "\n")+"\n"), 0o600)
+		r = s.cli("pfx", "import", "--manifest", manifest, "--concurrency", "3")
+		if r.code != 1 {
+			t.Fatalf("manifest with refusals exited %d: %+v", r.code, r)
+		}
+		for _, want := range []string{"imported 1, duplicate (already escrowed) 1, refused 4, failed 0",
+			"line 4", "wrong-password", "line 5", "no-private-key", "line 6", "user-mismatch", "line 7", "bad-pfx"} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("report lacks %q:\n%s", want, r.stdout)
+			}
+		}
+		l := s.pfxList(t, "alice@example.com")
+		if len(l.Certificates) != 3 {
+			t.Fatalf("escrow holds %d certificates, want 3", len(l.Certificates))
+		}
+		expired := 0
+		for _, c := range l.Certificates {
+			if c.Expired {
+				expired++
+			}
+		}
+		if expired != 1 {
+			t.Errorf("%d flagged expired, want 1", expired)
+		}
+
+		// Re-running changes nothing.
+		r = s.cli("pfx", "import", "--manifest", manifest)
+		if !strings.Contains(r.stdout, "imported 0, duplicate (already escrowed) 2, refused 4") {
+			t.Errorf("re-run: %s", r.stdout)
+		}
+
+		// Vault goes away mid-run: UNAVAILABLE, nothing half-written; after it
+		// comes back, the same manifest completes the set.
+		more := filepath.Join(in, "more")
+		os.MkdirAll(more, 0o700)
+		var moreRows []string
+		for i := 0; i < 4; i++ {
+			k := testpki.RSAKey(t, 2048, 4+i)
+			c := is.UserCert(t, k, testpki.CertOptions{Emails: []string{"carol@example.com"}})
+			name := fmt.Sprintf("carol-%d", i)
+			writePFX(t, more, name, is.PFX(t, nil, k, c, pwGo), pwGo)
+			moreRows = append(moreRows, fmt.Sprintf("carol@example.com,%s.p12,%s.pw,", name, name))
+		}
+		moreManifest := filepath.Join(more, "manifest.csv")
+		os.WriteFile(moreManifest, []byte(strings.Join(moreRows[:2], "\n")+"\n"), 0o600)
+		mustOK(t, "first half", s.cli("pfx", "import", "--manifest", moreManifest))
+		os.WriteFile(moreManifest, []byte(strings.Join(moreRows, "\n")+"\n"), 0o600)
+		v.Stop()
+		r = s.cli("pfx", "import", "--manifest", moreManifest)
+		if r.code != 1 || !strings.Contains(r.stdout, "Unavailable") || !strings.Contains(r.stdout, "re-run") {
+			t.Fatalf("import with Vault down: %+v", r)
+		}
+		r = s.cli("pfx", "list", "--user", "carol@example.com")
+		if r.code != 1 || !strings.Contains(r.stderr, "Unavailable") {
+			t.Fatalf("list with Vault down: %+v", r)
+		}
+		if err := v.Restart(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-	}
-	os.WriteFile(manifest, []byte(strings.Join(rows, "\n")+"\n"), 0o600)
-	r = s.cli("pfx", "import", "--manifest", manifest, "--concurrency", "3")
-	if r.code != 1 {
-		t.Fatalf("manifest with refusals exited %d: %+v", r.code, r)
-	}
-	for _, want := range []string{"imported 1, duplicate (already escrowed) 1, refused 4, failed 0",
-		"line 4", "wrong-password", "line 5", "no-private-key", "line 6", "user-mismatch", "line 7", "bad-pfx"} {
-		if !strings.Contains(r.stdout, want) {
-			t.Errorf("report lacks %q:\n%s", want, r.stdout)
+		if got := len(s.pfxList(t, "carol@example.com").Certificates); got != 2 {
+			t.Fatalf("after Vault came back carol has %d certificates, want the 2 imported before", got)
 		}
-	}
-	l := s.pfxList(t, "alice@example.com")
-	if len(l.Certificates) != 3 {
-		t.Fatalf("escrow holds %d certificates, want 3", len(l.Certificates))
-	}
-	expired := 0
-	for _, c := range l.Certificates {
-		if c.Expired {
-			expired++
+		r = s.cli("pfx", "import", "--manifest", moreManifest)
+		if r.code != 0 || !strings.Contains(r.stdout, "imported 2, duplicate (already escrowed) 2") {
+			t.Fatalf("resumed import: %+v", r)
 		}
-	}
-	if expired != 1 {
-		t.Errorf("%d flagged expired, want 1", expired)
-	}
+		if got := len(s.pfxList(t, "carol@example.com").Certificates); got != 4 {
+			t.Fatalf("carol has %d certificates, want 4", got)
+		}
 
-	// Re-running changes nothing.
-	r = s.cli("pfx", "import", "--manifest", manifest)
-	if !strings.Contains(r.stdout, "imported 0, duplicate (already escrowed) 2, refused 4") {
-		t.Errorf("re-run: %s", r.stdout)
-	}
+		// Delete and purge.
+		l = s.pfxList(t, "alice@example.com")
+		mustOK(t, "pfx delete", s.cli("pfx", "delete", "--user", "alice@example.com", "--thumbprint", l.Certificates[0].SHA1))
+		r = s.cli("pfx", "delete", "--user", "alice@example.com", "--thumbprint", l.Certificates[0].SHA1)
+		if r.code != 1 || !strings.Contains(r.stderr, "NotFound") {
+			t.Errorf("second delete: %+v", r)
+		}
+		out := mustOK(t, "pfx purge", s.cli("pfx", "purge", "--user", "carol@example.com"))
+		if !strings.Contains(out, "purged 4") {
+			t.Errorf("purge: %s", out)
+		}
 
-	// Vault goes away mid-run: UNAVAILABLE, nothing half-written; after it
-	// comes back, the same manifest completes the set.
-	more := filepath.Join(in, "more")
-	os.MkdirAll(more, 0o700)
-	var moreRows []string
-	for i := 0; i < 4; i++ {
-		k := testpki.RSAKey(t, 2048, 4+i)
-		c := is.UserCert(t, k, testpki.CertOptions{Emails: []string{"carol@example.com"}})
-		name := fmt.Sprintf("carol-%d", i)
-		writePFX(t, more, name, is.PFX(t, nil, k, c, pwGo), pwGo)
-		moreRows = append(moreRows, fmt.Sprintf("carol@example.com,%s.p12,%s.pw,", name, name))
-	}
-	moreManifest := filepath.Join(more, "manifest.csv")
-	os.WriteFile(moreManifest, []byte(strings.Join(moreRows[:2], "\n")+"\n"), 0o600)
-	mustOK(t, "first half", s.cli("pfx", "import", "--manifest", moreManifest))
-	os.WriteFile(moreManifest, []byte(strings.Join(moreRows, "\n")+"\n"), 0o600)
-	v.Stop()
-	r = s.cli("pfx", "import", "--manifest", moreManifest)
-	if r.code != 1 || !strings.Contains(r.stdout, "Unavailable") || !strings.Contains(r.stdout, "re-run") {
-		t.Fatalf("import with Vault down: %+v", r)
-	}
-	r = s.cli("pfx", "list", "--user", "carol@example.com")
-	if r.code != 1 || !strings.Contains(r.stderr, "Unavailable") {
-		t.Fatalf("list with Vault down: %+v", r)
-	}
-	if err := v.Restart(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if got := len(s.pfxList(t, "carol@example.com").Certificates); got != 2 {
-		t.Fatalf("after Vault came back carol has %d certificates, want the 2 imported before", got)
-	}
-	r = s.cli("pfx", "import", "--manifest", moreManifest)
-	if r.code != 0 || !strings.Contains(r.stdout, "imported 2, duplicate (already escrowed) 2") {
-		t.Fatalf("resumed import: %+v", r)
-	}
-	if got := len(s.pfxList(t, "carol@example.com").Certificates); got != 4 {
-		t.Fatalf("carol has %d certificates, want 4", got)
-	}
+		// The profile role cannot touch the escrow.
+		addr := "localhost" + s.grpcAddr[strings.LastIndex(s.grpcAddr, ":"):]
+		r = s.grpcurl(t, "profile", "-d", `{"user":"alice@example.com"}`, addr, "smimeca.v1.EscrowAdmin/PurgeUser")
+		if r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") {
+			t.Errorf("profile purge: %+v", r)
+		}
 
-	// Delete and purge.
-	l = s.pfxList(t, "alice@example.com")
-	mustOK(t, "pfx delete", s.cli("pfx", "delete", "--user", "alice@example.com", "--thumbprint", l.Certificates[0].SHA1))
-	r = s.cli("pfx", "delete", "--user", "alice@example.com", "--thumbprint", l.Certificates[0].SHA1)
-	if r.code != 1 || !strings.Contains(r.stderr, "NotFound") {
-		t.Errorf("second delete: %+v", r)
-	}
-	out := mustOK(t, "pfx purge", s.cli("pfx", "purge", "--user", "carol@example.com"))
-	if !strings.Contains(out, "purged 4") {
-		t.Errorf("purge: %s", out)
-	}
-
-	// The profile role cannot touch the escrow.
-	addr := "localhost" + s.grpcAddr[strings.LastIndex(s.grpcAddr, ":"):]
-	r = s.grpcurl(t, "profile", "-d", `{"user":"alice@example.com"}`, addr, "smimeca.v1.EscrowAdmin/PurgeUser")
-	if r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") {
-		t.Errorf("profile purge: %+v", r)
-	}
-
-	// No password, PEM key or key bytes in the server log, in the data
-	// directory, or in any temporary file smimeca may have left.
-	secrets := []string{pwLegacy, pwModern, pwGo}
-	for _, k := range []any{k1, k2, k3} {
-		der, _ := x509.MarshalPKCS8PrivateKey(k)
-		secrets = append(secrets, base64.StdEncoding.EncodeToString(der)[40:120], string(der[30:90]))
-	}
-	// The data directory holds the CA's own keys in PEM; the log holds none.
-	assertNoSecrets(t, "server log", s.log.String(), append(secrets, "PRIVATE KEY"))
-	assertNoSecrets(t, "CLI output", r.stdout+r.stderr, secrets)
-	// This test's own fixtures (the admin's export directory, openssl's
-	// scratch files) live under its temporary root; the server's data
-	// directory is there too and is walked on its own.
-	testRoot := filepath.Dir(in)
-	for _, dir := range []string{s.data, os.TempDir()} {
-		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() || (dir != s.data && strings.HasPrefix(p, testRoot)) {
-				return nil
-			}
-			if fi, err := d.Info(); err != nil || fi.Size() > 4<<20 || !fi.Mode().IsRegular() {
-				return nil
-			}
-			b, err := os.ReadFile(p)
-			if err == nil {
-				for _, sct := range secrets {
-					if strings.Contains(string(b), sct) && !isTestFixture(b) {
-						t.Errorf("%s contains a secret", p)
+		// No password, PEM key or key bytes in the server log, in the data
+		// directory, or in any temporary file smimeca may have left.
+		secrets := []string{pwLegacy, pwModern, pwGo}
+		for _, k := range []any{k1, k2, k3} {
+			der, _ := x509.MarshalPKCS8PrivateKey(k)
+			secrets = append(secrets, base64.StdEncoding.EncodeToString(der)[40:120], string(der[30:90]))
+		}
+		// The data directory holds the CA's own keys in PEM; the log holds none.
+		assertNoSecrets(t, "server log", s.log.String(), append(secrets, "PRIVATE KEY"))
+		assertNoSecrets(t, "CLI output", r.stdout+r.stderr, secrets)
+		// This test's own fixtures (the admin's export directory, openssl's
+		// scratch files) live under its temporary root; the server's data
+		// directory is there too and is walked on its own.
+		testRoot := filepath.Dir(in)
+		for _, dir := range []string{s.data, os.TempDir()} {
+			filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+				if err != nil || d.IsDir() || (dir != s.data && strings.HasPrefix(p, testRoot)) {
+					return nil
+				}
+				if fi, err := d.Info(); err != nil || fi.Size() > 4<<20 || !fi.Mode().IsRegular() {
+					return nil
+				}
+				b, err := os.ReadFile(p)
+				if err == nil {
+					for _, sct := range secrets {
+						if strings.Contains(string(b), sct) && !isTestFixture(b) {
+							t.Errorf("%s contains a secret", p)
+						}
 					}
 				}
-			}
-			return nil
-		})
-	}
+				return nil
+			})
+		}
+	})
 }
 
 // isTestFixture recognises the test's own PEM/PFX fixtures written by

@@ -28,64 +28,66 @@ func (s *server) grpcurl(t *testing.T, role string, args ...string) result {
 // roles, and a challenge created over gRPC that scepclient then uses.
 func TestGRPCWithGrpcurl(t *testing.T) {
 	t.Parallel()
-	s := newServer(t)
-	addr := "localhost" + s.grpcAddr[strings.LastIndex(s.grpcAddr, ":"):]
+	withEachKMS(t, func(t *testing.T) {
+		s := newServer(t)
+		addr := "localhost" + s.grpcAddr[strings.LastIndex(s.grpcAddr, ":"):]
 
-	list := mustOK(t, "grpcurl list", s.grpcurl(t, "admin", addr, "list"))
-	for _, svc := range []string{"smimeca.v1.Enrollment", "grpc.health.v1.Health"} {
-		if !strings.Contains(list, svc) {
-			t.Errorf("reflection does not list %s:\n%s", svc, list)
+		list := mustOK(t, "grpcurl list", s.grpcurl(t, "admin", addr, "list"))
+		for _, svc := range []string{"smimeca.v1.Enrollment", "grpc.health.v1.Health"} {
+			if !strings.Contains(list, svc) {
+				t.Errorf("reflection does not list %s:\n%s", svc, list)
+			}
 		}
-	}
-	if r := s.grpcurl(t, "", addr, "grpc.health.v1.Health/Check"); r.code == 0 || strings.Contains(r.stdout, "SERVING") {
-		t.Errorf("a connection without a client certificate: %+v", r)
-	}
-	health := mustOK(t, "health with a credential", s.grpcurl(t, "profile", addr, "grpc.health.v1.Health/Check"))
-	if !strings.Contains(health, "SERVING") {
-		t.Errorf("health: %s", health)
-	}
+		if r := s.grpcurl(t, "", addr, "grpc.health.v1.Health/Check"); r.code == 0 || strings.Contains(r.stdout, "SERVING") {
+			t.Errorf("a connection without a client certificate: %+v", r)
+		}
+		health := mustOK(t, "health with a credential", s.grpcurl(t, "profile", addr, "grpc.health.v1.Health/Check"))
+		if !strings.Contains(health, "SERVING") {
+			t.Errorf("health: %s", health)
+		}
 
-	req := `{"user":"frank@example.com","device_id":"ipad-7","ttl_seconds":3600}`
-	r := s.grpcurl(t, "", "-d", req, addr, "smimeca.v1.Enrollment/CreateChallenge")
-	if r.code == 0 || strings.Contains(r.stdout, "challenge") {
-		t.Errorf("no client cert: %+v", r)
-	}
-	r = s.grpcurl(t, "profile", "-d", req, addr, "smimeca.v1.Enrollment/CreateChallenge")
-	if r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") {
-		t.Errorf("profile role: %+v", r)
-	}
-	r = s.grpcurl(t, "admin", "-d", `{"user":"frank@evil.org","device_id":"x"}`, addr, "smimeca.v1.Enrollment/CreateChallenge")
-	if r.code == 0 || !strings.Contains(r.stderr, "InvalidArgument") || !strings.Contains(r.stderr, "allowed e-mail domains") {
-		t.Errorf("domain outside policy: %+v", r)
-	}
+		req := `{"user":"frank@example.com","device_id":"ipad-7","ttl_seconds":3600}`
+		r := s.grpcurl(t, "", "-d", req, addr, "smimeca.v1.Enrollment/CreateChallenge")
+		if r.code == 0 || strings.Contains(r.stdout, "challenge") {
+			t.Errorf("no client cert: %+v", r)
+		}
+		r = s.grpcurl(t, "profile", "-d", req, addr, "smimeca.v1.Enrollment/CreateChallenge")
+		if r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") {
+			t.Errorf("profile role: %+v", r)
+		}
+		r = s.grpcurl(t, "admin", "-d", `{"user":"frank@evil.org","device_id":"x"}`, addr, "smimeca.v1.Enrollment/CreateChallenge")
+		if r.code == 0 || !strings.Contains(r.stderr, "InvalidArgument") || !strings.Contains(r.stderr, "allowed e-mail domains") {
+			t.Errorf("domain outside policy: %+v", r)
+		}
 
-	r = s.grpcurl(t, "admin", "-d", req, addr, "smimeca.v1.Enrollment/CreateChallenge")
-	if r.code == 0 || !strings.Contains(r.stderr, "NotFound") || !strings.Contains(r.stderr, "smimeca device register") {
-		t.Errorf("challenge for an unregistered device: %+v", r)
-	}
-	mustOK(t, "RegisterDevice as admin", s.grpcurl(t, "admin", "-d", `{"user":"frank@example.com","device_id":"ipad-7"}`, addr, "smimeca.v1.Devices/RegisterDevice"))
-	out := mustOK(t, "CreateChallenge", s.grpcurl(t, "admin", "-d", req, addr, "smimeca.v1.Enrollment/CreateChallenge"))
-	var resp struct {
-		Challenge string `json:"challenge"`
-		User      string `json:"user"`
-		ScepURL   string `json:"scepUrl"`
-		ExpiresAt string `json:"expiresAt"`
-	}
-	if err := json.Unmarshal([]byte(out), &resp); err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
-	if resp.ScepURL != s.baseURL+"/scep" || resp.User != "frank@example.com" {
-		t.Errorf("response %+v", resp)
-	}
-	mustOK(t, "enrol with gRPC challenge", s.scepclient(filepath.Join(t.TempDir(), "d"), resp.Challenge))
-	out = mustOK(t, "ListCertificates", s.grpcurl(t, "admin", "-d", `{"user":"frank@example.com","device_id":"ipad-7"}`, addr, "smimeca.v1.Enrollment/ListCertificates"))
-	if !strings.Contains(out, "frank@example.com") {
-		t.Errorf("list: %s", out)
-	}
-	r = s.grpcurl(t, "admin", "-d", `{"serial":"424242"}`, addr, "smimeca.v1.Enrollment/RevokeCertificate")
-	if r.code == 0 || !strings.Contains(r.stderr, "NotFound") {
-		t.Errorf("revoke unknown serial: %+v", r)
-	}
+		r = s.grpcurl(t, "admin", "-d", req, addr, "smimeca.v1.Enrollment/CreateChallenge")
+		if r.code == 0 || !strings.Contains(r.stderr, "NotFound") || !strings.Contains(r.stderr, "smimeca device register") {
+			t.Errorf("challenge for an unregistered device: %+v", r)
+		}
+		mustOK(t, "RegisterDevice as admin", s.grpcurl(t, "admin", "-d", `{"user":"frank@example.com","device_id":"ipad-7"}`, addr, "smimeca.v1.Devices/RegisterDevice"))
+		out := mustOK(t, "CreateChallenge", s.grpcurl(t, "admin", "-d", req, addr, "smimeca.v1.Enrollment/CreateChallenge"))
+		var resp struct {
+			Challenge string `json:"challenge"`
+			User      string `json:"user"`
+			ScepURL   string `json:"scepUrl"`
+			ExpiresAt string `json:"expiresAt"`
+		}
+		if err := json.Unmarshal([]byte(out), &resp); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if resp.ScepURL != s.baseURL+"/scep" || resp.User != "frank@example.com" {
+			t.Errorf("response %+v", resp)
+		}
+		mustOK(t, "enrol with gRPC challenge", s.scepclient(filepath.Join(t.TempDir(), "d"), resp.Challenge))
+		out = mustOK(t, "ListCertificates", s.grpcurl(t, "admin", "-d", `{"user":"frank@example.com","device_id":"ipad-7"}`, addr, "smimeca.v1.Enrollment/ListCertificates"))
+		if !strings.Contains(out, "frank@example.com") {
+			t.Errorf("list: %s", out)
+		}
+		r = s.grpcurl(t, "admin", "-d", `{"serial":"424242"}`, addr, "smimeca.v1.Enrollment/RevokeCertificate")
+		if r.code == 0 || !strings.Contains(r.stderr, "NotFound") {
+			t.Errorf("revoke unknown serial: %+v", r)
+		}
+	})
 }
 
 // TestCLIErrors checks exit codes and messages of the client commands.

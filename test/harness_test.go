@@ -141,14 +141,14 @@ func newServerEnv(t testing.TB, env []string, extra ...string) *server {
 	mustOK(t, "device identity CA", run(t, 60*time.Second, tool(t, "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
 		"-keyout", filepath.Join(s.mdm, "mdm-ca.key"), "-out", filepath.Join(s.mdm, "mdm-ca.pem"), "-subj", "/CN=Test MDM Device Identity CA", "-days", "30"))
 	s.extra = append([]string{"--device-identity-ca", filepath.Join(s.mdm, "mdm-ca.pem")}, s.extra...)
-	switch kmsBackend {
+	switch kmsFor(t) {
 	case "", "softkms":
 	case "softhsm":
 		s.token = testhsm.New(t)
 		s.env = append(s.env, s.token.Env)
 		s.extra = append([]string{"--kms", s.token.URI}, s.extra...)
 	default:
-		t.Fatalf("SMIMECA_TEST_KMS=%q: use softkms or softhsm", kmsBackend)
+		t.Fatalf("SMIMECA_TEST_KMS=%q: use softkms or softhsm", kmsFor(t))
 	}
 	s.baseURL = "http://" + s.httpAddr
 	s.start()
@@ -387,4 +387,30 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	testpg.Stop()
 	os.Exit(code)
+}
+
+// kmsFor is where the servers test t starts keep their CA keys: a SoftHSM2
+// token of their own in withEachKMS's "softhsm" subtests, else
+// $SMIMECA_TEST_KMS (default key files).
+func kmsFor(t testing.TB) string {
+	if strings.HasSuffix(t.Name(), "/softhsm") || strings.Contains(t.Name(), "/softhsm/") {
+		return "softhsm"
+	}
+	return kmsBackend
+}
+
+// withEachKMS runs f — a test that uses each CA key through a server — with
+// the keys in files and, beside it, in a SoftHSM2 token (subtests softkms
+// and softhsm, in parallel); with $SMIMECA_TEST_KMS set, only that one.
+func withEachKMS(t *testing.T, f func(t *testing.T)) {
+	kinds := []string{"softkms", "softhsm"}
+	if kmsBackend != "" {
+		kinds = []string{kmsBackend}
+	}
+	for _, k := range kinds {
+		t.Run(k, func(t *testing.T) {
+			t.Parallel()
+			f(t)
+		})
+	}
 }

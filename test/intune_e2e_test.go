@@ -40,71 +40,73 @@ func connectorKey(t *testing.T, s *server) *rsa.PublicKey {
 // re-run changes nothing.
 func TestIntuneImportWithCLI(t *testing.T) {
 	t.Parallel()
-	v := testvault.Start(t)
-	s := escrowServer(t, v)
-	is := testpki.NewIssuer(t)
-	in := t.TempDir()
+	withEachKMS(t, func(t *testing.T) {
+		v := testvault.Start(t)
+		s := escrowServer(t, v)
+		is := testpki.NewIssuer(t)
+		in := t.TempDir()
 
-	conn := connectorKey(t, s)
-	// The admin picks padding schemes the connector key decrypts: all
-	// OAEP hashes with files, SHA-1 only with SoftHSM2 2.6.
-	hashes := connectorHashes(t, s)
-	scheme := func(preferred string) string { return intuneScheme(hashes, preferred) }
+		conn := connectorKey(t, s)
+		// The admin picks padding schemes the connector key decrypts: all
+		// OAEP hashes with files, SHA-1 only with SoftHSM2 2.6.
+		hashes := connectorHashes(t, s)
+		scheme := func(preferred string) string { return intuneScheme(hashes, preferred) }
 
-	pw := randomPassword(t)
-	k1, k2, k3 := testpki.RSAKey(t, 2048, 0), testpki.RSAKey(t, 2048, 1), testpki.RSAKey(t, 2048, 2)
-	c1 := is.UserCert(t, k1, testpki.CertOptions{Emails: []string{"alice@example.com"}})
-	c2 := is.UserCert(t, k2, testpki.CertOptions{Emails: []string{"alice@example.com"}})
-	c3 := is.UserCert(t, k3, testpki.CertOptions{Emails: []string{"alice@example.com"}})
-	p1 := is.OpenSSLPFX(t, k1, c1, pw, true)
-	p2 := is.PFX(t, pkcs12.Modern2023, k2, c2, pw)
-	p3 := is.PFX(t, pkcs12.Modern2023, k3, c3, pw)
-	records := filepath.Join(in, "intune-export.json")
-	if err := os.WriteFile(records, testpki.IntuneJSON(t,
-		testpki.IntuneRecord(t, conn, c1, p1, pw, "alice@example.com", "SmimeEncryption", scheme("OaepSha512")),
-		testpki.IntuneRecord(t, conn, c2, p2, pw, "Alice@Example.com", "Unassigned", scheme("OaepSha256")),
-		testpki.IntuneRecord(t, conn, c3, p3, pw, "alice@example.com", "SmimeSigning", scheme("OaepSha512")),
-	), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r := s.cli("pfx", "import", "--intune", records)
-	if r.code != 1 || !strings.Contains(r.stdout, "imported 2, duplicate (already escrowed) 0, refused 1") ||
-		!strings.Contains(r.stdout, "record 3") || !strings.Contains(r.stdout, "smimeSigning") {
-		t.Fatalf("intune import: %+v", r)
-	}
-	if l := s.pfxList(t, "alice@example.com"); len(l.Certificates) != 2 {
-		t.Fatalf("escrow after the Intune import: %+v", l)
-	}
-	// The PFX import of the same file lands on the same entry.
-	file, pwFile := writePFX(t, in, "alice-2", p2, pw)
-	r = s.cli("pfx", "import", "--user", "alice@example.com", "--password-file", pwFile, file)
-	if r.code != 0 || !strings.Contains(r.stdout, "duplicate (already escrowed) 1") {
-		t.Fatalf("PFX import of the same file: %+v", r)
-	}
-	r = s.cli("pfx", "import", "--intune", records)
-	if !strings.Contains(r.stdout, "imported 0, duplicate (already escrowed) 2, refused 1") {
-		t.Fatalf("re-run: %+v", r)
-	}
-	// A malformed file is refused before anything is sent, naming the record.
-	bad := filepath.Join(in, "bad.json")
-	os.WriteFile(bad, []byte(`[{"userPrincipalName":"a@example.com","thumbprint":"00"}]`), 0o600)
-	if r := s.cli("pfx", "import", "--intune", bad); r.code != 2 || !strings.Contains(r.stderr, "record 1") || !strings.Contains(r.stderr, "thumbprint") {
-		t.Fatalf("malformed file: %+v", r)
-	}
-	// A record encrypted with a hash the connector key cannot decrypt with
-	// is refused, naming those it can.
-	if !slices.Contains(hashes, "SHA256") {
-		k4 := testpki.RSAKey(t, 2048, 3)
-		c4 := is.UserCert(t, k4, testpki.CertOptions{Emails: []string{"alice@example.com"}})
-		sha256rec := filepath.Join(in, "sha256.json")
-		os.WriteFile(sha256rec, testpki.IntuneJSON(t, testpki.IntuneRecord(t, conn, c4, is.PFX(t, pkcs12.Modern2023, k4, c4, pw), pw, "alice@example.com", "SmimeEncryption", "OaepSha256")), 0o600)
-		if r := s.cli("pfx", "import", "--intune", sha256rec); r.code != 1 || !strings.Contains(r.stdout, "it can with: "+strings.Join(hashes, ", ")) {
-			t.Errorf("OAEP SHA-256 record to a connector key that cannot: %+v", r)
+		pw := randomPassword(t)
+		k1, k2, k3 := testpki.RSAKey(t, 2048, 0), testpki.RSAKey(t, 2048, 1), testpki.RSAKey(t, 2048, 2)
+		c1 := is.UserCert(t, k1, testpki.CertOptions{Emails: []string{"alice@example.com"}})
+		c2 := is.UserCert(t, k2, testpki.CertOptions{Emails: []string{"alice@example.com"}})
+		c3 := is.UserCert(t, k3, testpki.CertOptions{Emails: []string{"alice@example.com"}})
+		p1 := is.OpenSSLPFX(t, k1, c1, pw, true)
+		p2 := is.PFX(t, pkcs12.Modern2023, k2, c2, pw)
+		p3 := is.PFX(t, pkcs12.Modern2023, k3, c3, pw)
+		records := filepath.Join(in, "intune-export.json")
+		if err := os.WriteFile(records, testpki.IntuneJSON(t,
+			testpki.IntuneRecord(t, conn, c1, p1, pw, "alice@example.com", "SmimeEncryption", scheme("OaepSha512")),
+			testpki.IntuneRecord(t, conn, c2, p2, pw, "Alice@Example.com", "Unassigned", scheme("OaepSha256")),
+			testpki.IntuneRecord(t, conn, c3, p3, pw, "alice@example.com", "SmimeSigning", scheme("OaepSha512")),
+		), 0o600); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if strings.Contains(s.log.String(), pw) {
-		t.Error("the PFX password reached the server log")
-	}
+		r := s.cli("pfx", "import", "--intune", records)
+		if r.code != 1 || !strings.Contains(r.stdout, "imported 2, duplicate (already escrowed) 0, refused 1") ||
+			!strings.Contains(r.stdout, "record 3") || !strings.Contains(r.stdout, "smimeSigning") {
+			t.Fatalf("intune import: %+v", r)
+		}
+		if l := s.pfxList(t, "alice@example.com"); len(l.Certificates) != 2 {
+			t.Fatalf("escrow after the Intune import: %+v", l)
+		}
+		// The PFX import of the same file lands on the same entry.
+		file, pwFile := writePFX(t, in, "alice-2", p2, pw)
+		r = s.cli("pfx", "import", "--user", "alice@example.com", "--password-file", pwFile, file)
+		if r.code != 0 || !strings.Contains(r.stdout, "duplicate (already escrowed) 1") {
+			t.Fatalf("PFX import of the same file: %+v", r)
+		}
+		r = s.cli("pfx", "import", "--intune", records)
+		if !strings.Contains(r.stdout, "imported 0, duplicate (already escrowed) 2, refused 1") {
+			t.Fatalf("re-run: %+v", r)
+		}
+		// A malformed file is refused before anything is sent, naming the record.
+		bad := filepath.Join(in, "bad.json")
+		os.WriteFile(bad, []byte(`[{"userPrincipalName":"a@example.com","thumbprint":"00"}]`), 0o600)
+		if r := s.cli("pfx", "import", "--intune", bad); r.code != 2 || !strings.Contains(r.stderr, "record 1") || !strings.Contains(r.stderr, "thumbprint") {
+			t.Fatalf("malformed file: %+v", r)
+		}
+		// A record encrypted with a hash the connector key cannot decrypt with
+		// is refused, naming those it can.
+		if !slices.Contains(hashes, "SHA256") {
+			k4 := testpki.RSAKey(t, 2048, 3)
+			c4 := is.UserCert(t, k4, testpki.CertOptions{Emails: []string{"alice@example.com"}})
+			sha256rec := filepath.Join(in, "sha256.json")
+			os.WriteFile(sha256rec, testpki.IntuneJSON(t, testpki.IntuneRecord(t, conn, c4, is.PFX(t, pkcs12.Modern2023, k4, c4, pw), pw, "alice@example.com", "SmimeEncryption", "OaepSha256")), 0o600)
+			if r := s.cli("pfx", "import", "--intune", sha256rec); r.code != 1 || !strings.Contains(r.stdout, "it can with: "+strings.Join(hashes, ", ")) {
+				t.Errorf("OAEP SHA-256 record to a connector key that cannot: %+v", r)
+			}
+		}
+		if strings.Contains(s.log.String(), pw) {
+			t.Error("the PFX password reached the server log")
+		}
+	})
 }
 
 // intuneScheme is the Intune padding scheme an admin picks for a connector

@@ -159,27 +159,29 @@ func TestKeysMigrate(t *testing.T) {
 // the ceremony, says it needs the key.
 func TestServeWithRootKeyOffline(t *testing.T) {
 	t.Parallel()
-	s := newServer(t)
-	s.stop()
-	if s.token != nil {
-		mustOK(t, "pkcs11-tool --delete-object", runEnv(t, []string{s.token.Env}, tool(t, "pkcs11-tool"), "--module", s.token.Module(), "--token-label", "smimeca",
-			"--login", "--pin", s.token.PIN(t), "--delete-object", "--type", "privkey", "--label", "smimeca-root"))
-	} else if err := os.Remove(filepath.Join(s.data, "ca", "root_ca.key")); err != nil {
-		t.Fatal(err)
-	}
-	s.start()
-	mustOK(t, "enrol with the root key offline", s.scepclient(filepath.Join(t.TempDir(), "d"), s.challenge("alice@example.com", "phone")))
-	resp, err := http.Get(s.baseURL + "/ca/root.crl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if crl, err := x509.ParseRevocationList(der); resp.StatusCode != http.StatusOK || err != nil || time.Until(crl.NextUpdate) < 300*24*time.Hour {
-		t.Errorf("root CRL: HTTP %d, %v", resp.StatusCode, err)
-	}
-	r := runEnv(t, s.cliEnv(), smimecaBin(t), "root", "crl", "--data", s.data)
-	if r.code == 0 || !strings.Contains(r.stderr, "root_ca.crt exists but its key") {
-		t.Errorf("a root ceremony without the root key: %+v", r)
-	}
+	withEachKMS(t, func(t *testing.T) {
+		s := newServer(t)
+		s.stop()
+		if s.token != nil {
+			mustOK(t, "pkcs11-tool --delete-object", runEnv(t, []string{s.token.Env}, tool(t, "pkcs11-tool"), "--module", s.token.Module(), "--token-label", "smimeca",
+				"--login", "--pin", s.token.PIN(t), "--delete-object", "--type", "privkey", "--label", "smimeca-root"))
+		} else if err := os.Remove(filepath.Join(s.data, "ca", "root_ca.key")); err != nil {
+			t.Fatal(err)
+		}
+		s.start()
+		mustOK(t, "enrol with the root key offline", s.scepclient(filepath.Join(t.TempDir(), "d"), s.challenge("alice@example.com", "phone")))
+		resp, err := http.Get(s.baseURL + "/ca/root.crl")
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if crl, err := x509.ParseRevocationList(der); resp.StatusCode != http.StatusOK || err != nil || time.Until(crl.NextUpdate) < 300*24*time.Hour {
+			t.Errorf("root CRL: HTTP %d, %v", resp.StatusCode, err)
+		}
+		r := runEnv(t, s.cliEnv(), smimecaBin(t), "root", "crl", "--data", s.data)
+		if r.code == 0 || !strings.Contains(r.stderr, "root_ca.crt exists but its key") {
+			t.Errorf("a root ceremony without the root key: %+v", r)
+		}
+	})
 }
