@@ -43,6 +43,12 @@ type scepDevice struct {
 
 func newSCEPDevice(t *testing.T, key *rsa.PrivateKey, user, id, challenge string, ra *x509.Certificate) *scepDevice {
 	t.Helper()
+	return newSCEPDeviceFor(t, key, user, id, x509.CertificateRequest{Subject: pkix.Name{CommonName: id}}, challenge, ra)
+}
+
+// newSCEPDeviceFor is newSCEPDevice with the CSR's names from req.
+func newSCEPDeviceFor(t *testing.T, key *rsa.PrivateKey, user, id string, req x509.CertificateRequest, challenge string, ra *x509.Certificate) *scepDevice {
+	t.Helper()
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: id},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -51,7 +57,7 @@ func newSCEPDevice(t *testing.T, key *rsa.PrivateKey, user, id, challenge string
 	}
 	crt, _ := x509.ParseCertificate(der)
 	csrDER, err := scepx509.CreateCertificateRequest(rand.Reader, &scepx509.CertificateRequest{
-		CertificateRequest: x509.CertificateRequest{Subject: pkix.Name{CommonName: id}}, ChallengePassword: challenge}, key)
+		CertificateRequest: req, ChallengePassword: challenge}, key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -14,7 +13,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,7 +22,6 @@ import (
 	"time"
 
 	smallscep "github.com/smallstep/scep"
-	scepx509 "github.com/smallstep/scep/x509util"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
 	"github.com/smimeca/smimeca/internal/testing/intunemock"
@@ -64,27 +61,14 @@ func intuneEnrol(t *testing.T, s *server, ra *x509.Certificate, key *rsa.Private
 // intuneEnrolAt is intuneEnrol to the SCEP endpoint at path.
 func intuneEnrolAt(t *testing.T, s *server, path string, ra *x509.Certificate, key *rsa.PrivateKey, addr, challenge string) (*x509.Certificate, smallscep.PKIStatus, smallscep.FailInfo, string) {
 	t.Helper()
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "device"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	self, _ := x509.ParseCertificate(der)
 	sid, _ := url.Parse("tag:microsoft.com,2022-09-14:sid:S-1-5-21-1004336348-1177238915-682003330-512")
-	csrDER, err := scepx509.CreateCertificateRequest(rand.Reader, &scepx509.CertificateRequest{
-		CertificateRequest: x509.CertificateRequest{Subject: pkix.Name{CommonName: "Alice Example"}, EmailAddresses: []string{addr}, URIs: []*url.URL{sid}},
-		ChallengePassword:  challenge}, key)
+	dev := newSCEPDeviceFor(t, key, addr, "device", x509.CertificateRequest{Subject: pkix.Name{CommonName: "Alice Example"},
+		EmailAddresses: []string{addr}, URIs: []*url.URL{sid}}, challenge, ra)
+	tx, err := smallscep.ParsePKIMessage(dev.msg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, _ := x509.ParseCertificateRequest(csrDER)
-	msg, err := smallscep.NewCSRRequest(csr, &smallscep.PKIMessage{MessageType: smallscep.PKCSReq,
-		Recipients: []*x509.Certificate{ra}, SignerKey: key, SignerCert: self})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.Post(s.baseURL+path+"?operation=PKIOperation", "application/x-pki-message", bytes.NewReader(msg.Raw))
+	resp, err := http.Post(s.baseURL+path+"?operation=PKIOperation", "application/x-pki-message", bytes.NewReader(dev.msg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,12 +82,12 @@ func intuneEnrolAt(t *testing.T, s *server, path string, ra *x509.Certificate, k
 		t.Fatal(err)
 	}
 	if rep.PKIStatus != smallscep.SUCCESS {
-		return nil, rep.PKIStatus, rep.FailInfo, string(msg.TransactionID)
+		return nil, rep.PKIStatus, rep.FailInfo, string(tx.TransactionID)
 	}
-	if err := rep.DecryptPKIEnvelope(self, key); err != nil {
+	if err := rep.DecryptPKIEnvelope(dev.cert, key); err != nil {
 		t.Fatal(err)
 	}
-	return rep.CertRepMessage.Certificate, rep.PKIStatus, "", string(msg.TransactionID)
+	return rep.CertRepMessage.Certificate, rep.PKIStatus, "", string(tx.TransactionID)
 }
 
 // TestIntuneSCEP: smimeca as Intune's third-party SCEP CA against the

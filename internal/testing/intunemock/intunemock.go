@@ -93,7 +93,9 @@ type RevocationResult struct {
 	ErrorMessage   string `json:"errorMessage"`
 }
 
-// UserPFX is a stored userPFXCertificate.
+// UserPFX is a stored userPFXCertificate. The mock spells the wire format
+// out itself rather than reusing package intune's types, so that a wrong
+// field name on either side fails the tests instead of agreeing with itself.
 type UserPFX struct {
 	ID                   string    `json:"id"`
 	Thumbprint           string    `json:"thumbprint"`
