@@ -332,7 +332,7 @@ func (e *Enrollment) enrollInitial(ctx context.Context, req Request) ([]*x509.Ce
 		return nil, e.refused(ctx, ActionEnroll, c.User, c.Device, reject(ReasonChallengeUsed, "the challenge is being used by another request"))
 	}
 	defer e.inUse.Delete(key)
-	return e.issue(ctx, ActionEnroll, req.CSR, c.User, c.Device, Commit{Challenge: hash, At: now,
+	return e.issue(ctx, ActionEnroll, req.CSR, c.User, c.Device, Commit{Challenge: hash, ChallengeRecord: &c, At: now,
 		TransactionID: req.TransactionID, KeySHA256: keyHash(req.CSR)})
 }
 

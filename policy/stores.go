@@ -74,6 +74,10 @@ type Commit struct {
 	// TransactionID and KeySHA256 identify the request that used the
 	// challenge; they are kept with the used challenge and the serial.
 	TransactionID, KeySHA256 string
+	// ChallengeRecord, when not nil, is the challenge as the caller read it
+	// (the store then does not read it again; the transaction still fails
+	// when it is no longer unused).
+	ChallengeRecord *Challenge
 	// CA is the CA's own record of the certificate.
 	CA ca.Record
 	// Supersedes, for a renewal, is the decimal serial of the certificate

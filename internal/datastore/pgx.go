@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,7 +34,7 @@ type pgDB struct {
 
 // bucketQueries are one table's statements.
 type bucketQueries struct {
-	get, guard, set, del, list, cas string
+	get, guard, take, set, del, list, cas string
 }
 
 // openPGX opens a pool on dsn (whose options the session inherits).
@@ -68,9 +69,13 @@ func (d *pgDB) q(bucket []byte) bucketQueries {
 		// A read that must find its row: dividing by the count of
 		// rows fails the transaction (SQLSTATE 22012) when it is 0.
 		guard: "SELECT (SELECT nvalue FROM " + t + " WHERE nkey = $1), 1 / (SELECT count(*) FROM " + t + " WHERE nkey = $1)",
-		set:   "INSERT INTO " + t + " (nkey, nvalue) VALUES ($1, $2) ON CONFLICT (nkey) DO UPDATE SET nvalue = excluded.nvalue",
-		del:   "DELETE FROM " + t + " WHERE nkey = $1",
-		list:  "SELECT nkey, nvalue FROM " + t,
+		// A guard read followed by the deletion of the same row (a
+		// challenge used up, a certificate's right to renew spent): one
+		// statement that fails the transaction when there was no row.
+		take: "WITH d AS (DELETE FROM " + t + " WHERE nkey = $1 RETURNING nvalue) SELECT (SELECT nvalue FROM d), 1 / (SELECT count(*) FROM d)",
+		set:  "INSERT INTO " + t + " (nkey, nvalue) VALUES ($1, $2) ON CONFLICT (nkey) DO UPDATE SET nvalue = excluded.nvalue",
+		del:  "DELETE FROM " + t + " WHERE nkey = $1",
+		list: "SELECT nkey, nvalue FROM " + t,
 		// Compare and swap in one statement: the current value (locked),
 		// and the write only when it equals $2 (NULL: no row).
 		cas: "WITH cur AS (SELECT nvalue FROM " + t + " WHERE nkey = $1 FOR UPDATE), " +
@@ -160,14 +165,27 @@ func (d *pgDB) CmpAndSwap(bucket, key, oldValue, newValue []byte) ([]byte, bool,
 
 // Update implements database.DB: the operations go as one batch, which
 // PostgreSQL runs as one transaction; a Get that finds no row rolls it back
-// with database.ErrNotFound. A CmpAndSwap that does not swap leaves the
+// with database.ErrNotFound (a Get followed by the Delete of its row is one
+// DELETE … RETURNING). A CmpAndSwap that does not swap leaves the
 // others committed, as with bbolt.
 func (d *pgDB) Update(tx *database.Tx) error {
 	b := &pgx.Batch{}
-	for _, op := range tx.Operations {
+	ops := tx.Operations
+	// taken[i]: operation i, a Get, and i+1, the Delete of the same row,
+	// go as one statement.
+	taken := make([]bool, len(ops))
+	for i, op := range ops {
+		if i > 0 && taken[i-1] {
+			continue
+		}
 		q := d.q(op.Bucket)
 		switch op.Cmd {
 		case database.Get:
+			if i+1 < len(ops) && ops[i+1].Cmd == database.Delete && bytes.Equal(ops[i+1].Bucket, op.Bucket) && bytes.Equal(ops[i+1].Key, op.Key) {
+				taken[i] = true
+				b.Queue(q.take, op.Key)
+				continue
+			}
 			b.Queue(q.guard, op.Key)
 		case database.Set:
 			b.Queue(q.set, op.Key, op.Value)
@@ -183,7 +201,10 @@ func (d *pgDB) Update(tx *database.Tx) error {
 	}
 	res := d.pool.SendBatch(bg, b)
 	var failed error
-	for _, op := range tx.Operations {
+	for i, op := range ops {
+		if i > 0 && taken[i-1] {
+			continue // answered with its Get
+		}
 		var err error
 		switch op.Cmd {
 		case database.Get:

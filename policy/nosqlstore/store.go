@@ -346,7 +346,13 @@ func (s *Store) RecordIssued(_ context.Context, rec policy.Issued, c policy.Comm
 		return err
 	}
 	if c.Challenge != nil {
-		ch, err := s.getChallenge(challengesTable, c.Challenge)
+		var ch policy.Challenge
+		var err error
+		if c.ChallengeRecord != nil {
+			ch = *c.ChallengeRecord
+		} else {
+			ch, err = s.getChallenge(challengesTable, c.Challenge)
+		}
 		if err == policy.ErrNotFound || (err == nil && !ch.ConsumedAt.IsZero()) {
 			return errChallengeUsed()
 		} else if err != nil {
