@@ -347,8 +347,8 @@ func (c *Client) record(err error) {
 const recentCall = 5 * time.Minute
 
 // Reachable reports whether Intune answered: the last call's outcome when
-// it was recent, otherwise a token and service discovery (for /healthz and
-// doctor).
+// it was recent, otherwise a token and a fresh service discovery (so an
+// idle node asks Graph once per recentCall; for /healthz and doctor).
 func (c *Client) Reachable(ctx context.Context) error {
 	c.mu.Lock()
 	err, at := c.lastErr, c.lastAt
@@ -356,6 +356,7 @@ func (c *Client) Reachable(ctx context.Context) error {
 	if !at.IsZero() && time.Since(at) < recentCall {
 		return err
 	}
+	c.forget()
 	return c.Ping(ctx)
 }
 

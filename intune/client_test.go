@@ -234,3 +234,27 @@ func TestNewRefusesIncompleteConfig(t *testing.T) {
 		}
 	}
 }
+
+// Reachable answers from the last call when it was recent, and asks Intune
+// (a token and a fresh discovery) when nothing was called yet.
+func TestReachable(t *testing.T) {
+	m := intunemock.Start(t)
+	m.Set(func(m *intunemock.Mock) { m.TokenStatus = 401 })
+	c := newClient(t, m, nil)
+	ctx := context.Background()
+	if err := c.Reachable(ctx); !errors.Is(err, intune.ErrUnavailable) {
+		t.Fatalf("with tokens refused: %v", err)
+	}
+	m.Set(func(m *intunemock.Mock) { m.TokenStatus = 0 })
+	if err := c.ValidateRequest(ctx, "tx", csrWith(t, m.Challenge(intune.CodeSuccess))); err != nil {
+		t.Fatal(err)
+	}
+	m.Set(func(m *intunemock.Mock) { m.ValidateStatus = 500 })
+	if err := c.Reachable(ctx); err != nil {
+		t.Errorf("after a successful call: %v", err)
+	}
+	c.ValidateRequest(ctx, "tx", csrWith(t, m.Challenge(intune.CodeSuccess)))
+	if err := c.Reachable(ctx); !errors.Is(err, intune.ErrUnavailable) {
+		t.Errorf("after a failed call: %v", err)
+	}
+}
