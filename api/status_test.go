@@ -61,6 +61,7 @@ func TestStatusForEveryReason(t *testing.T) {
 		"identity-on-hold":            codes.FailedPrecondition,
 		"challenge-refused":           codes.PermissionDenied,
 		"challenge-unverified":        codes.FailedPrecondition,
+		"issue-failed":                codes.FailedPrecondition,
 	}
 	log := slog.New(slog.DiscardHandler)
 	seen := map[string]bool{}

@@ -494,7 +494,7 @@ func (e *Enrollment) refused(ctx context.Context, action, user, device string, e
 	detail := err.Error()
 	if re != nil {
 		detail = re.Reason.String()
-		if re.Reason == ReasonChallengeRefused || re.Reason == ReasonChallengeUnverified {
+		if re.Reason == ReasonChallengeRefused || re.Reason == ReasonChallengeUnverified || re.Reason == ReasonIssueFailed {
 			// The authority's own code (ChallengeExpired, …) says why.
 			detail += ": " + re.Detail
 		}

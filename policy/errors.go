@@ -78,6 +78,9 @@ const (
 	// ReasonChallengeUnverified: the external authority could not be asked,
 	// or did not take the notice of the certificate.
 	ReasonChallengeUnverified
+	// ReasonIssueFailed: smimeca could not issue a certificate the external
+	// authority had validated (signing or storage failed); it was told.
+	ReasonIssueFailed
 	reasonEnd
 )
 
@@ -129,6 +132,7 @@ var reasons = [reasonEnd]struct {
 	ReasonIdentityOnHold:       {"identity-on-hold", KindFailedPrecondition},
 	ReasonChallengeRefused:     {"challenge-refused", KindDenied},
 	ReasonChallengeUnverified:  {"challenge-unverified", KindFailedPrecondition},
+	ReasonIssueFailed:          {"issue-failed", KindFailedPrecondition},
 }
 
 // Reasons returns every reason, in order: for tables at the edges that

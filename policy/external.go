@@ -100,10 +100,12 @@ func (x *ExternalEnrollment) Enroll(ctx context.Context, req Request) ([]*x509.C
 			kind, detail = re.Reason.Kind(), re.Error()
 		}
 		x.auth.Failed(ctx, req.TransactionID, req.CSR.Raw, kind, detail)
-		if _, ok := IsReject(err); ok {
-			return nil, e.refused(ctx, ActionEnroll, user, device, err)
+		if _, ok := IsReject(err); !ok {
+			// The authority was told, so the device gets a failure too (a
+			// resend would need a new validation), saying what went wrong.
+			err = reject(ReasonIssueFailed, fmt.Sprintf("smimeca could not issue the certificate (%v); %s was told; enrol again", err, name))
 		}
-		return nil, err
+		return nil, e.refused(ctx, ActionEnroll, user, device, err)
 	}
 	user, device, err := externalNames(req.CSR)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/smimeca/smimeca/internal/testing/testpki"
 	"github.com/smimeca/smimeca/policy"
+	"github.com/smimeca/smimeca/policy/nosqlstore"
 )
 
 // authority stands for an external challenge authority at policy's border:
@@ -157,5 +158,30 @@ func TestExternalEnrollmentFailures(t *testing.T) {
 	}
 	if l, _ := v.e.ListCertificates(ctx, policy.Filter{User: "bob@example.com"}); len(l) != 0 {
 		t.Errorf("the inventory holds %+v after a notice not taken", l)
+	}
+}
+
+// failingStore fails every issuance's record.
+type failingStore struct{ *nosqlstore.Store }
+
+func (failingStore) RecordIssued(context.Context, policy.Issued, policy.Commit) error {
+	return errors.New("disk full")
+}
+
+// A certificate the authority validated but smimeca could not record is a
+// refusal for the device too (a resend would need a new validation), and
+// the authority hears of it as smimeca's own failure.
+func TestExternalEnrollmentInternalFailure(t *testing.T) {
+	v := newEnv(t, nil)
+	domains, _ := policy.NewDomains([]string{"example.com"})
+	svc, err := policy.New(v.ca, failingStore{v.store}, policy.Config{Domains: domains})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := newAuthority()
+	_, err = svc.External(auth).Enroll(context.Background(), externalRequest(t, "tx-disk", &x509.CertificateRequest{EmailAddresses: []string{"a@example.com"}}, 0))
+	wantReason(t, err, policy.ReasonIssueFailed)
+	if k, told := auth.failed["tx-disk"]; !told || k != 0 {
+		t.Errorf("the authority was told %v (kind %d), want smimeca's own failure (0)", told, k)
 	}
 }
