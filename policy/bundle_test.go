@@ -36,14 +36,14 @@ type bundleEnv struct {
 }
 
 // newBundleEnv is newBundleEnvOn the package's shared Vault.
-func newBundleEnv(t *testing.T) *bundleEnv {
+func newBundleEnv(t testing.TB) *bundleEnv {
 	t.Helper()
 	return newBundleEnvOn(t, testvault.Mount(t))
 }
 
 // newBundleEnvOn sets up a registered device with an identity and one
 // escrowed key for a@example.com in v.
-func newBundleEnvOn(t *testing.T, v *testvault.Vault) *bundleEnv {
+func newBundleEnvOn(t testing.TB, v *testvault.Vault) *bundleEnv {
 	t.Helper()
 	c := testpki.NewCA(t, ca.KeyTypeEC)
 	store, _ := nosqlstore.New(c.DB.DB)
