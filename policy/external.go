@@ -82,30 +82,24 @@ func (x *ExternalEnrollment) Enroll(ctx context.Context, req Request) ([]*x509.C
 		return nil, e.refused(ctx, ActionEnroll, "", "", reject(ReasonChallengeMissing, "the CSR carries no challengePassword"))
 	}
 	name := x.auth.Name()
+	// Once the authority was asked, every failure is reported to it and is a
+	// refusal for the device (a resend would need a new validation).
+	fail := func(user, device string, err error) ([]*x509.Certificate, error) {
+		kind, detail := Kind(0), "smimeca could not issue the certificate; see its log" // smimeca's own failure
+		if re, ok := IsReject(err); ok {
+			kind, detail = re.Reason.Kind(), re.Error()
+		} else {
+			err = reject(ReasonIssueFailed, fmt.Sprintf("smimeca could not issue the certificate (%v); %s was told; enrol again", err, name))
+		}
+		x.auth.Failed(ctx, req.TransactionID, req.CSR.Raw, kind, detail)
+		return nil, e.refused(ctx, ActionEnroll, user, device, err)
+	}
 	if err := x.auth.Validate(ctx, req.TransactionID, req.CSR.Raw); err != nil {
 		var r *AuthorityRefusal
 		if errors.As(err, &r) {
-			err = reject(ReasonChallengeRefused, fmt.Sprintf("%s refused the request: %s", name, r.Code))
-		} else {
-			err = reject(ReasonChallengeUnverified, fmt.Sprintf("%s could not be asked about the challenge; try again later (%v)", name, err))
+			return fail("", "", reject(ReasonChallengeRefused, fmt.Sprintf("%s refused the request: %s", name, r.Code)))
 		}
-		// The authority hears of it too, when it can be reached.
-		x.auth.Failed(ctx, req.TransactionID, req.CSR.Raw, err.(*RejectError).Reason.Kind(), err.Error())
-		return nil, e.refused(ctx, ActionEnroll, "", "", err)
-	}
-	fail := func(user, device string, err error) ([]*x509.Certificate, error) {
-		// An internal failure is reported as one (kind 0), without its text.
-		kind, detail := Kind(0), "smimeca could not issue the certificate; see its log"
-		if re, ok := IsReject(err); ok {
-			kind, detail = re.Reason.Kind(), re.Error()
-		}
-		x.auth.Failed(ctx, req.TransactionID, req.CSR.Raw, kind, detail)
-		if _, ok := IsReject(err); !ok {
-			// The authority was told, so the device gets a failure too (a
-			// resend would need a new validation), saying what went wrong.
-			err = reject(ReasonIssueFailed, fmt.Sprintf("smimeca could not issue the certificate (%v); %s was told; enrol again", err, name))
-		}
-		return nil, e.refused(ctx, ActionEnroll, user, device, err)
+		return fail("", "", reject(ReasonChallengeUnverified, fmt.Sprintf("%s could not be asked about the challenge; try again later (%v)", name, err)))
 	}
 	user, device, err := externalNames(req.CSR)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
+	"go.step.sm/crypto/pemutil"
 
 	"github.com/smimeca/smimeca/internal/httplimit"
 	"github.com/smimeca/smimeca/intune"
@@ -145,42 +145,32 @@ func (a *app) startIntuneFeed(ctx context.Context) {
 	if a.intune == nil || a.cfg.intune.revocationInterval == 0 {
 		return
 	}
-	host, _ := os.Hostname()
 	feed := &intune.Feed{Client: a.intune, Revoker: a.rules.Revocations, Leases: a.store,
-		Holder: fmt.Sprintf("%s/%d", host, os.Getpid()), IssuerName: a.st.authority.Intermediate().Subject.String(),
+		Holder: leaseHolder(), IssuerName: a.st.authority.Intermediate().Subject.String(),
 		Interval: a.cfg.intune.revocationInterval, Log: a.log.With("job", "intune-revocation-feed")}
 	go feed.Run(ctx)
 }
 
-// readRSAPublicKey reads an RSA public key from a PEM PUBLIC KEY or
-// CERTIFICATE.
+// readRSAPublicKey reads an RSA public key of at least 2048 bits from a PEM
+// PUBLIC KEY or CERTIFICATE.
 func readRSAPublicKey(path string) (*rsa.PublicKey, error) {
-	b, err := os.ReadFile(path)
+	v, err := pemutil.Read(path)
 	if err != nil {
 		return nil, err
 	}
-	for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
-		var pub any
-		switch blk.Type {
-		case "PUBLIC KEY":
-			pub, err = x509.ParsePKIXPublicKey(blk.Bytes)
-		case "CERTIFICATE":
-			var c *x509.Certificate
-			if c, err = x509.ParseCertificate(blk.Bytes); err == nil {
-				pub = c.PublicKey
-			}
-		default:
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if k, ok := pub.(*rsa.PublicKey); ok && k.N.BitLen() >= 2048 {
-			return k, nil
-		}
-		return nil, errors.New("the connector key must be RSA of at least 2048 bits")
+	if c, ok := v.(*x509.Certificate); ok {
+		v = c.PublicKey
 	}
-	return nil, errors.New("no PEM PUBLIC KEY or CERTIFICATE in it")
+	if k, ok := v.(*rsa.PublicKey); ok && k.N.BitLen() >= 2048 {
+		return k, nil
+	}
+	return nil, errors.New("the connector key must be an RSA key of at least 2048 bits, as a PEM PUBLIC KEY or CERTIFICATE")
+}
+
+// leaseHolder names this process for the jobs one node of several runs.
+func leaseHolder() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d", host, os.Getpid())
 }
 
 // pfxSync returns the synchronisation of the escrow into Intune's
@@ -201,8 +191,7 @@ func (a *app) startPFXSync(ctx context.Context, sync *policy.PFXSync) {
 	if sync == nil || every == 0 {
 		return
 	}
-	host, _ := os.Hostname()
-	holder := fmt.Sprintf("%s/%d", host, os.Getpid())
+	holder := leaseHolder()
 	log := a.log.With("job", "intune-pfx-sync")
 	go func() {
 		t := time.NewTicker(every)

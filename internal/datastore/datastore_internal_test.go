@@ -1,9 +1,10 @@
 package datastore
 
 import (
-	"errors"
+	"fmt"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/smallstep/nosql/database"
 )
 
@@ -31,7 +32,8 @@ func (f *flakyDB) Del(_, _ []byte) error                    { return f.next() }
 func (f *flakyDB) Update(_ *database.Tx) error              { return f.next() }
 
 func TestSerializationFailuresAreRetried(t *testing.T) {
-	serialization := errors.New("failed to get x: ERROR: could not serialize access due to read/write dependencies among transactions (SQLSTATE 40001)")
+	// As pgx returns it, wrapped.
+	serialization := fmt.Errorf("failed to get x: %w", &pgconn.PgError{Code: "40001", Message: "could not serialize access due to read/write dependencies among transactions"})
 	ops := map[string]func(database.DB) error{
 		"Get":    func(d database.DB) error { _, err := d.Get(nil, nil); return err },
 		"List":   func(d database.DB) error { _, err := d.List(nil); return err },
@@ -44,7 +46,7 @@ func TestSerializationFailuresAreRetried(t *testing.T) {
 		if err := op(serialRetry{f}); err != nil || f.calls != 6 {
 			t.Errorf("%s after 5 serialization failures: err=%v after %d calls, want success on the 6th", name, err, f.calls)
 		}
-		other := &flakyDB{fails: 1, err: errors.New("ERROR: relation does not exist (SQLSTATE 42P01)")}
+		other := &flakyDB{fails: 1, err: &pgconn.PgError{Code: "42P01", Message: "relation does not exist"}}
 		if err := op(serialRetry{other}); err == nil || other.calls != 1 {
 			t.Errorf("%s: another error was retried (%d calls) or lost (%v)", name, other.calls, err)
 		}

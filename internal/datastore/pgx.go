@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -269,12 +268,10 @@ func isDivisionByZero(err error) bool { return sqlState(err) == "22012" }
 func isUndefinedTable(err error) bool { return sqlState(err) == "42P01" }
 
 // isSerializationFailure reports a serialization failure or deadlock
-// (SQLSTATE 40001, 40P01), from either driver.
+// (SQLSTATE 40001, 40P01).
 func isSerializationFailure(err error) bool {
-	if s := sqlState(err); s == "40001" || s == "40P01" {
-		return true
-	}
-	return err != nil && (strings.Contains(err.Error(), "SQLSTATE 40001") || strings.Contains(err.Error(), "SQLSTATE 40P01"))
+	s := sqlState(err)
+	return s == "40001" || s == "40P01"
 }
 
 var _ database.DB = (*pgDB)(nil)

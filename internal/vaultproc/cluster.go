@@ -50,11 +50,11 @@ func StartCluster(ctx context.Context, bin, dir string, n int, log io.Writer) (*
 	c := &Cluster{bin: bin, log: log}
 	clusterAddrs := make([]string, n)
 	for i := range n {
-		api, err := freeLoopback()
+		api, err := freeport.Addr() // outside the ephemeral range: free again when a killed node restarts
 		if err != nil {
 			return nil, err
 		}
-		if clusterAddrs[i], err = freeLoopback(); err != nil {
+		if clusterAddrs[i], err = freeport.Addr(); err != nil {
 			return nil, err
 		}
 		c.Nodes = append(c.Nodes, &Node{Addr: "http://" + api, id: fmt.Sprintf("node%d", i+1)})
@@ -164,10 +164,6 @@ func (c *Cluster) waitVoters(ctx context.Context, n int, timeout time.Duration) 
 	}
 	return fmt.Errorf("vault cluster: fewer than %d voters after %s", n, timeout)
 }
-
-// freeLoopback picks a node's address outside the ephemeral range, so that
-// no outgoing connection takes it while the node is down (Kill, Restart).
-func freeLoopback() (string, error) { return freeport.Addr() }
 
 // Start starts node i's server (again, after Kill), without unsealing it.
 func (c *Cluster) Start(i int) error {
