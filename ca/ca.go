@@ -165,7 +165,9 @@ type Authority struct {
 	keys     keystore.Store
 	name     string
 	interKey crypto.Signer
-	crlMu    sync.Mutex
+	// crlMu serialises this process's CRL generations (generateCRL) and
+	// the root CRL's reloads.
+	crlMu sync.Mutex
 }
 
 // Open loads the CA from cfg.Dir, creating the root, the intermediate and the
@@ -486,34 +488,42 @@ func (a *Authority) Revoke(ctx context.Context, serial string, reasonCode int, r
 	if !validReason(reasonCode) {
 		return fmt.Errorf("ca: revocation reason code %d is not one of 0,1,3,4,5", reasonCode)
 	}
-	crt, err := a.Certificate(serial)
-	if err != nil {
-		return err
-	}
 	if revoked, err := a.IsRevoked(serial); err != nil {
 		return err
 	} else if revoked {
 		return fmt.Errorf("%w: serial %s", ErrAlreadyRevoked, serial)
 	}
-	// The pending token first: should this process die between step-ca's
-	// revocation and the CRL it then generates, the next CRL read of any
-	// node publishes the revocation.
-	if a.deferring != nil {
-		op := crlPendingOp()
-		if err := a.deferring.DB.DB.Set(op.Bucket, op.Key, op.Value); err != nil {
+	if a.deferring == nil {
+		crt, err := a.Certificate(serial)
+		if err != nil {
+			return err
+		}
+		ctx = provisioner.NewContextWithMethod(ctx, provisioner.RevokeMethod)
+		if err := a.auth.Revoke(ctx, &authority.RevokeOptions{
+			Serial: serial, ReasonCode: reasonCode, Reason: reason, MTLS: true, Crt: crt,
+		}); err != nil {
+			if errors.Is(err, db.ErrAlreadyExists) {
+				return fmt.Errorf("%w: serial %s", ErrAlreadyRevoked, serial)
+			}
 			return fmt.Errorf("ca: revoke %s: %w", serial, err)
 		}
+		return nil
 	}
-	ctx = provisioner.NewContextWithMethod(ctx, provisioner.RevokeMethod)
-	if err := a.auth.Revoke(ctx, &authority.RevokeOptions{
-		Serial: serial, ReasonCode: reasonCode, Reason: reason, MTLS: true, Crt: crt,
-	}); err != nil {
-		if errors.Is(err, db.ErrAlreadyExists) {
-			return fmt.Errorf("%w: serial %s", ErrAlreadyRevoked, serial)
-		}
+	// On step-ca's database the revocation and the CRL's pending token
+	// are one transaction, as for every revocation smimeca commits itself
+	// (RevocationRecord): a CRL read on another node between the two could
+	// otherwise take the token and publish a list without this revocation.
+	rec, err := a.RevocationRecord(serial, reasonCode, reason, time.Now())
+	if err != nil {
+		return err
+	}
+	if err := a.deferring.DB.DB.Update(&database.Tx{Operations: rec.ops}); err != nil {
 		return fmt.Errorf("ca: revoke %s: %w", serial, err)
 	}
-	return nil
+	if !rec.Applied() {
+		return fmt.Errorf("%w: serial %s", ErrAlreadyRevoked, serial)
+	}
+	return a.publishRevocations()
 }
 
 // CRL returns the current DER-encoded CRL, regenerating it when it has
@@ -526,8 +536,11 @@ func (a *Authority) CRL() ([]byte, error) {
 	if err == nil && time.Now().Before(info.ExpiresAt) {
 		return info.Data, nil
 	}
-	if err := a.auth.GenerateCertificateRevocationList(); err != nil {
-		return nil, fmt.Errorf("ca: generate CRL: %w", err)
+	a.crlMu.Lock()
+	_, err = a.generateCRL()
+	a.crlMu.Unlock()
+	if err != nil {
+		return nil, err
 	}
 	info, err = a.auth.GetCertificateRevocationList()
 	if err != nil {
@@ -540,8 +553,15 @@ func (a *Authority) CRL() ([]byte, error) {
 // since it was last generated, through this node or any node sharing the
 // database: their transactions wrote the pending token (crlPendingOp), so a
 // burst of revocations or renewals costs one regeneration instead of one
-// each (a regeneration lists every revoked certificate). The token is
-// cleared only if no newer revocation replaced it meanwhile.
+// each (a regeneration lists every revoked certificate).
+//
+// The token is cleared only when this regeneration's CRL is the one stored
+// and no newer revocation replaced the token meanwhile. Nodes regenerate
+// at the same time, each numbering its CRL from the one it read; of two
+// CRLs of one number only the first stored is kept (StoreCRL), and it may
+// be the one read from the older list. The node whose CRL was dropped
+// leaves the token, so the next read of any node generates a newer CRL from
+// a list that has every revocation the token stands for.
 func (a *Authority) publishRevocations() error {
 	token, err := a.crlPending()
 	if err != nil {
@@ -555,13 +575,29 @@ func (a *Authority) publishRevocations() error {
 	if token, err = a.crlPending(); err != nil || token == nil {
 		return err // nil: published while this call waited
 	}
-	if err := a.RefreshCRL(); err != nil {
+	stored, err := a.generateCRL()
+	if err != nil || !stored {
 		return err
 	}
 	if _, _, err := a.deferring.DB.DB.CmpAndSwap(crlStateTable, crlPendingKey, token, []byte{}); err != nil {
 		return fmt.Errorf("ca: clear the CRL's pending revocations: %w", err)
 	}
 	return nil
+}
+
+// generateCRL regenerates the CRL from the revocations committed so far and
+// reports whether it is the CRL now stored (false when another node's
+// CRL of the same number was stored first, or on a database that is not
+// step-ca's). The caller holds crlMu: every generation of this process goes
+// through here, so StoreCRL's report is this generation's.
+func (a *Authority) generateCRL() (bool, error) {
+	if a.deferring != nil {
+		a.deferring.crlStored = false
+	}
+	if err := a.auth.GenerateCertificateRevocationList(); err != nil {
+		return false, fmt.Errorf("ca: generate CRL: %w", err)
+	}
+	return a.deferring != nil && a.deferring.crlStored, nil
 }
 
 // crlPending returns the pending-revocations token, nil when there is none

@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/asn1"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/smallstep/nosql/database"
 
 	"github.com/smimeca/smimeca/ca"
+	"github.com/smimeca/smimeca/internal/datastore"
 	"github.com/smimeca/smimeca/internal/testing/certlint"
 	"github.com/smimeca/smimeca/internal/testing/testpki"
 )
@@ -456,4 +458,92 @@ func TestPolicyOIDsAndBaseURL(t *testing.T) {
 		t.Errorf("CRL DP %q (a trailing slash on BaseURL must not double)", got)
 	}
 	certlint.Check(t, "leaf with a private policy", chain[0].Raw)
+}
+
+// crlRace is a database on which another node's CRL of the same number is
+// stored just before the next CRL this node stores (armed once): the
+// other node generated from the list as it was before the latest
+// revocation, and stored first.
+type crlRace struct {
+	database.DB
+	armed bool
+}
+
+func (r *crlRace) CmpAndSwap(bucket, key, old, value []byte) ([]byte, bool, error) {
+	if r.armed && string(bucket) == "x509_crl" {
+		r.armed = false
+		var stale, ours db.CertificateRevocationListInfo
+		if err := json.Unmarshal(old, &stale); err != nil {
+			return nil, false, err
+		}
+		if err := json.Unmarshal(value, &ours); err != nil {
+			return nil, false, err
+		}
+		stale.Number = ours.Number // the older list under our number
+		b, _ := json.Marshal(stale)
+		if err := r.DB.Set(bucket, key, b); err != nil {
+			return nil, false, err
+		}
+	}
+	return r.DB.CmpAndSwap(bucket, key, old, value)
+}
+
+// TestRevocationSurvivesLostCRLRace: when another node's CRL of the same
+// number, generated before a revocation committed, is stored before this
+// node's, the revocation stays pending and the next CRL read of any node
+// lists it (the CRL number still only grows).
+func TestRevocationSurvivesLostCRLRace(t *testing.T) {
+	dir := t.TempDir()
+	store, err := datastore.OpenBolt(filepath.Join(dir, "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	race := &crlRace{DB: store.DB.DB}
+	c, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), IssuerKeyType: ca.KeyTypeEC, BaseURL: "http://x"}, &db.DB{DB: race})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	chain, err := c.Issue(context.Background(), testpki.CSR(t, testpki.RSAKey(t, 2048, 0), nil), leafTemplate(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := chain[0].SerialNumber
+	crlAt := func() *x509.RevocationList {
+		t.Helper()
+		der, err := c.CRL()
+		if err != nil {
+			t.Fatal(err)
+		}
+		crl, err := x509.ParseRevocationList(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return crl
+	}
+	first := crlAt()
+	rec, err := c.RevocationRecord(serial.String(), ca.ReasonKeyCompromise, "lost", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := race.Update(&database.Tx{Operations: rec.Ops()}); err != nil {
+		t.Fatal(err)
+	}
+	race.armed = true
+	crlAt() // this node's CRL loses to the other node's
+	if race.armed {
+		t.Fatal("the CRL read did not regenerate")
+	}
+	next := crlAt()
+	listed := false
+	for _, e := range next.RevokedCertificateEntries {
+		listed = listed || e.SerialNumber.Cmp(serial) == 0
+	}
+	if !listed {
+		t.Errorf("CRL %s lacks serial %s, revoked before the lost race", next.Number, serial)
+	}
+	if next.Number.Cmp(first.Number) <= 0 {
+		t.Errorf("CRL number %s after %s", next.Number, first.Number)
+	}
 }

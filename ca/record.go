@@ -45,6 +45,9 @@ type Issuance struct {
 type deferringDB struct {
 	*db.DB
 	pending sync.Map // decimal serial → *Record
+	// crlStored is set by StoreCRL when the CRL it was given is the one
+	// stored; read and reset under Authority.crlMu (generateCRL).
+	crlStored bool
 }
 
 // StoreCertificateChain captures the write of a registered serial and
@@ -74,7 +77,7 @@ var (
 // one, with a compare-and-swap: nodes sharing the database may generate
 // at the same time (each from the number it read), and the number of the
 // CRL served must only ever grow. A CRL that lost the race is dropped,
-// never served: the winner's is at least as new.
+// never served; crlStored tells the generation which happened.
 func (d *deferringDB) StoreCRL(info *db.CertificateRevocationListInfo) error {
 	b, err := json.Marshal(info)
 	if err != nil {
@@ -90,9 +93,11 @@ func (d *deferringDB) StoreCRL(info *db.CertificateRevocationListInfo) error {
 			return nil
 		}
 	}
-	if _, _, err := d.DB.DB.CmpAndSwap(crlTable, crlKey, cur, b); err != nil {
+	_, swapped, err := d.DB.DB.CmpAndSwap(crlTable, crlKey, cur, b)
+	if err != nil {
 		return fmt.Errorf("ca: store CRL: %w", err)
 	}
+	d.crlStored = swapped
 	return nil
 }
 
@@ -180,10 +185,10 @@ func crlPendingOp() *database.TxEntry {
 // RefreshCRL regenerates the CRL, after revocations committed through
 // RevocationRecord.
 func (a *Authority) RefreshCRL() error {
-	if err := a.auth.GenerateCertificateRevocationList(); err != nil {
-		return fmt.Errorf("ca: generate CRL: %w", err)
-	}
-	return nil
+	a.crlMu.Lock()
+	defer a.crlMu.Unlock()
+	_, err := a.generateCRL()
+	return err
 }
 
 // Applied reports, once the record was committed, whether every

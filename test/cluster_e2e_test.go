@@ -205,7 +205,9 @@ func TestCRLAcrossNodes(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nodes[i%3].cli("cert", "revoke", "--serial", "0x"+sn)
+			if r := nodes[i%3].cli("cert", "revoke", "--serial", "0x"+sn); r.code != 0 {
+				t.Errorf("cert revoke %s on node %d (exit %d): %s", sn, i%3+1, r.code, r.stderr)
+			}
 		}()
 	}
 	wg.Wait()
