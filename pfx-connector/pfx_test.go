@@ -7,6 +7,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -167,6 +170,49 @@ func TestRewrapAllKeepsOrderAndFailsAlone(t *testing.T) {
 		}
 		if _, c, _, err := pkcs12.DecodeChain(out[i].PFX, out[i].Password); err != nil || !c.Equal(certs[i]) {
 			t.Errorf("entry %d holds another certificate: %v", i, err)
+		}
+	}
+}
+
+// A delivery's files (RewrapAll) are made with one PBKDF iteration and
+// open in OpenSSL with their password, in both encodings; Rewrap, for
+// files that rest outside an envelope, keeps the encoding's 2 048.
+func TestDeliveryFilesUseOneIteration(t *testing.T) {
+	is := testpki.NewIssuer(t)
+	key := testpki.RSAKey(t, 2048, 0)
+	cert := is.UserCert(t, key, testpki.CertOptions{Emails: []string{"a@example.com"}})
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	dir := t.TempDir()
+	info := func(name string, w pfxconnector.Rewrapped) string {
+		t.Helper()
+		in := filepath.Join(dir, name)
+		if err := os.WriteFile(in, w.PFX, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("openssl", "pkcs12", "-info", "-noout", "-in", in, "-passin", "pass:"+w.Password).CombinedOutput()
+		if err != nil {
+			t.Fatalf("openssl pkcs12 -info %s: %s %v", name, out, err)
+		}
+		return string(out)
+	}
+	for _, enc := range []pfxconnector.Encoding{pfxconnector.Legacy, pfxconnector.Modern} {
+		out, errs := pfxconnector.RewrapAll([]pfxconnector.DERKey{{CertDER: cert.Raw, KeyPKCS8: der}}, enc)
+		if errs[0] != nil {
+			t.Fatal(errs[0])
+		}
+		got := info(fmt.Sprintf("delivery-%d.p12", enc), out[0])
+		if n := strings.Count(got, "Iteration 1\n") + strings.Count(got, "Iteration 1,"); n < 3 {
+			t.Errorf("encoding %d: %d of the MAC, certificate and key derivations use one iteration:\n%s", enc, n, got)
+		}
+		if strings.Contains(got, "Iteration 2048") {
+			t.Errorf("encoding %d: a delivery file derives with 2048 iterations:\n%s", enc, got)
+		}
+		rest, err := pfxconnector.Rewrap(key, cert, nil, enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info(fmt.Sprintf("rest-%d.p12", enc), rest); !strings.Contains(got, "Iteration 2048") {
+			t.Errorf("encoding %d: Rewrap's file lost the encoding's iterations:\n%s", enc, got)
 		}
 	}
 }
