@@ -132,7 +132,7 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	c := &serveConfig{}
 	f := newFlags(name)
 	f.str(&c.dataDir, "data", "SMIMECA_DATA", "data", "data directory (CA certificates, key files with softkms, database, credentials)")
-	f.str(&c.db, "db", "SMIMECA_DB", "", "the CA's database: empty for the embedded bbolt file under DATA/db (one node), or a postgres:// URL shared by several nodes (transactions run SERIALIZABLE)")
+	f.str(&c.db, "db", "SMIMECA_DB", "", "the CA's database: empty for the embedded bbolt file under DATA/db (one node), or a postgres:// URL shared by several nodes")
 	f.str(&c.kms, "kms", "SMIMECA_KMS", keystore.KMSSoft, "where the CA's private keys are made and kept: softkms (0600 files under DATA/ca) or a PKCS#11 token's URI, e.g. 'pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=smimeca?pin-source=/etc/smimeca/pin' (PIN also from $"+kmsPINEnv+")")
 	f.str(&c.httpAddr, "http-addr", "SMIMECA_HTTP_ADDR", ":8080", "public HTTP listen address (SCEP, CRL)")
 	f.str(&c.grpcAddr, "grpc-addr", "SMIMECA_GRPC_ADDR", ":9443", "gRPC (mTLS) listen address")

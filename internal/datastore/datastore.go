@@ -1,6 +1,6 @@
 // Package datastore opens smimeca's one database — an embedded bbolt file,
 // or PostgreSQL shared by several nodes — once, with group commit and
-// SERIALIZABLE retries, for the CA and the policy stores to share.
+// serialization-failure retries, for the CA and the policy stores to share.
 package datastore
 
 import (
@@ -47,29 +47,38 @@ func OpenBolt(path string) (*Database, error) {
 func (d *Database) Close() error { return d.close() }
 
 // OpenPostgres opens the CA's database in PostgreSQL (dsn: postgres://…;
-// the database is created when missing), through step-ca's own driver
-// (smallstep/nosql). Every transaction runs SERIALIZABLE — the DSN's
-// default_transaction_isolation is set so — so that the read that guards a
-// write (a challenge still unused, a certificate still renewable) holds
-// across nodes as bbolt's single writer makes it hold in one process: of two
-// nodes consuming one challenge, one commits and the other's transaction
-// fails with a serialization failure; such failures are retried, and the
-// retry sees the challenge gone. Sessions use index scans for lookups (see
-// below), so that two transactions conflict only when their rows do.
+// the database is created when missing, by step-ca's own driver,
+// smallstep/nosql, whose tables it uses; the work goes through pgx, see
+// pgDB).
+//
+// Transactions run at REPEATABLE READ, PostgreSQL's snapshot isolation,
+// which is serializable for the transactions smimeca runs: inside a
+// transaction every read is also a write of its row — a guard that must
+// find its row rewrites it unchanged, a guard followed by the deletion of
+// its row is the deletion (a challenge used up), a compare-and-swap locks
+// its row, inserts only into a key it saw absent, and when it does not
+// swap, no other write of its transaction depends on it — and other reads
+// happen before the transaction. Of two concurrent transactions that
+// write one row, the second to commit fails with a serialization failure
+// (first committer wins) and is run again (serialRetry), so two nodes
+// that consume one challenge give one certificate, as bbolt's single
+// writer does in one process, and a device's retirement and an issuance
+// to it are ordered. With no read left that is not a write, snapshot
+// isolation's one anomaly, write skew, has nothing to act on (Fekete et
+// al., "Making Snapshot Isolation Serializable", 2005: promotion), while
+// SERIALIZABLE, with its predicate locks, nearly doubled the database's
+// CPU per enrolment and aborted 3 % of transactions (BENCHMARKS.md, #22).
 func OpenPostgres(dsn string) (*Database, error) {
 	u, err := url.Parse(dsn)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		return nil, errors.New("datastore: --db is not a postgres:// URL (postgres://user@host:5432/smimeca)")
 	}
 	q := u.Query()
-	q.Set("default_transaction_isolation", "serializable")
-	// Every lookup is by primary key. A sequential scan — which the
-	// planner prefers for a table of a few pages, such as the live
-	// challenges — takes a predicate lock on the whole table under
-	// SERIALIZABLE, so that any concurrent write to it aborts one of the
-	// two transactions (PostgreSQL's manual, "Serializable Isolation
-	// Level", advises steering the planner to index scans). Listing a
-	// whole table still scans it.
+	q.Set("default_transaction_isolation", "repeatable read")
+	// Every lookup is by primary key: an index scan, even on a table of
+	// a few pages (the live challenges) that the planner would scan
+	// whole, so that a plan kept on a connection stays right as the
+	// table grows. Listing a whole table still scans it.
 	q.Set("enable_seqscan", "off")
 	u.RawQuery = q.Encode()
 	// step-ca's driver creates the database when missing and its tables;
@@ -96,14 +105,11 @@ func redactDSN(dsn string) string {
 }
 
 // serialRetry re-runs a transaction that PostgreSQL aborted with a
-// serialization failure (SQLSTATE 40001), as SERIALIZABLE requires of its
-// clients. Each attempt runs every operation again from the start.
-//
-// PostgreSQL's serializable isolation tracks reads by index page, so
-// concurrent transactions on neighbouring keys (devices registered one
-// after another) abort each other now and then even when they touch
-// different rows; retries back off exponentially with random jitter, so
-// that transactions aborted together do not collide again in lockstep.
+// serialization failure (SQLSTATE 40001: it wrote a row that a concurrent
+// transaction wrote and committed first). Each attempt runs every
+// operation again from the start, with a fresh snapshot; retries back off
+// exponentially with random jitter, so that transactions aborted together
+// do not collide again in lockstep.
 type serialRetry struct {
 	database.DB
 }
@@ -143,8 +149,7 @@ func (s serialRetry) CmpAndSwap(bucket, key, oldValue, newValue []byte) (out []b
 	return out, swapped, err
 }
 
-// Get is the database's, again after a serialization failure: under
-// SERIALIZABLE even a lone read can be chosen as a conflict's victim.
+// Get is the database's, again after a serialization failure.
 func (s serialRetry) Get(bucket, key []byte) (out []byte, err error) {
 	err = retrySerial(func() error {
 		out, err = s.DB.Get(bucket, key)

@@ -29,7 +29,8 @@ func TestConformanceBbolt(t *testing.T) {
 }
 
 // The suite on PostgreSQL, as several nodes use it: two connections to one
-// database, every transaction SERIALIZABLE (datastore.OpenPostgres).
+// database, every transaction at REPEATABLE READ with its reads promoted
+// to writes (datastore.OpenPostgres).
 func TestConformancePostgres(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) (policy.Store, policy.Store) {
 		dsn := testpg.DSN(t)

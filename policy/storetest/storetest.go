@@ -121,7 +121,8 @@ func challengeOnce(t *testing.T, s, _ policy.Store) {
 }
 
 // Two nodes racing one challenge: exactly one certificate, every round.
-// (A PostgreSQL store that lost SERIALIZABLE records two.)
+// (A PostgreSQL store whose transactions do not conflict on the
+// challenge's row records two.)
 func challengeRace(t *testing.T, a, b policy.Store) {
 	register(t, a, "a@example.com", "d")
 	for round := 0; round < 15; round++ {
