@@ -21,7 +21,10 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=1 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/smimeca ./cmd/smimeca \
+# libcrypto: RSA key files signed and decrypted by OpenSSL (libssl3 is in
+# the runtime image already, as SoftHSM2's dependency).
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libssl-dev \
+ && CGO_ENABLED=1 go build -trimpath -tags libcrypto -ldflags "-s -w -X main.version=${VERSION}" -o /out/smimeca ./cmd/smimeca \
  && mkdir -p /out/data
 
 FROM debian:bookworm-slim

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 N="${BENCH_N:-1000}"
 C="${BENCH_C:-1,16}"
 RUNS="${BENCH_RUNS:-5}"
-go build -o bin/scepbench ./tools/scepbench
+go build -tags "${SMIMECA_GOTAGS:-}" -o bin/scepbench ./tools/scepbench
 echo "## one registered device per enrolment"
 ./bin/scepbench -smimeca bin/smimeca -scepserver "$(command -v scepserver)" -kms softkms,softhsm -runs "$RUNS" -n "$N" -c "$C"
 echo

@@ -5,7 +5,8 @@
 #           certmonger and dbus (a stock SCEP client, on a private session bus),
 #           softhsm2 (the PKCS#11 token of `make run` and the tests) and opensc
 #           (pkcs11-tool, which reads the token's key attributes), postgresql (the
-#           shared database of several nodes; tests start throw-away clusters)
+#           shared database of several nodes; tests start throw-away clusters),
+#           libssl-dev and pkg-config (the libcrypto build tag: RSA key files in OpenSSL)
 #   Go:     grpcurl and staticcheck, into ~/.cache/smimeca/bin
 # apt-get update runs once, and only when something has to be installed.
 set -euo pipefail
@@ -23,6 +24,8 @@ command -v dbus-daemon >/dev/null || need_apt+=(dbus)
 command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
 command -v pkcs11-tool >/dev/null || need_apt+=(opensc)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+[ -f /usr/include/openssl/evp.h ] || need_apt+=(libssl-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

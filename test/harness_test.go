@@ -41,7 +41,9 @@ func smimecaBin(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "smimeca")
-		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/smimeca").CombinedOutput()
+		// The tags make test builds (SMIMECA_GOTAGS: libcrypto where
+		// OpenSSL's headers are installed).
+		out, err := exec.Command("go", "build", "-tags", os.Getenv("SMIMECA_GOTAGS"), "-o", binPath, "../cmd/smimeca").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

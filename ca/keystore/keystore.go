@@ -25,6 +25,7 @@ import (
 	"go.step.sm/crypto/kms/uri"
 	"go.step.sm/crypto/pemutil"
 
+	"github.com/smimeca/smimeca/ca/keystore/libcrypto"
 	"github.com/smimeca/smimeca/internal/atomicfile"
 )
 
@@ -124,9 +125,14 @@ func WriteKeyFile(path string, key crypto.PrivateKey) error {
 // Location returns the key's file path.
 func (d Files) Location(name Name) string { return filepath.Join(string(d), keyFiles[name]) }
 
-// Key reads the named key file.
+// Key reads the named key file; an RSA key's operations go through
+// OpenSSL in a build with the libcrypto tag (libcrypto.Wrap).
 func (d Files) Key(name Name) (crypto.Signer, error) {
-	return ReadKeyFile(d.Location(name))
+	key, err := ReadKeyFile(d.Location(name))
+	if err != nil {
+		return nil, err
+	}
+	return libcrypto.Wrap(key)
 }
 
 // Create generates a key in memory and writes it to its file (atomically,
@@ -146,7 +152,10 @@ func (d Files) Create(name Name, spec Spec) (crypto.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: generate %s key: %w", name, err)
 	}
-	return key, WriteKeyFile(d.Location(name), key)
+	if err := WriteKeyFile(d.Location(name), key); err != nil {
+		return nil, err
+	}
+	return libcrypto.Wrap(key)
 }
 
 // Delete removes the key's file.

@@ -50,7 +50,7 @@ func Migrate(dir string, to Store, remove bool) ([]Migrated, error) {
 	from := Files(dir)
 	var out []Migrated
 	for _, n := range Names {
-		key, err := from.Key(n)
+		key, err := ReadKeyFile(from.Location(n)) // the key itself, to import
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}

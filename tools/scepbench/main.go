@@ -13,8 +13,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -44,6 +42,7 @@ import (
 
 	"github.com/smimeca/smimeca/ca"
 	"github.com/smimeca/smimeca/ca/keystore"
+	"github.com/smimeca/smimeca/ca/keystore/libcrypto"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 	"github.com/smimeca/smimeca/tools/benchutil"
 )
@@ -255,8 +254,12 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 	if static {
 		mode = "smimeca in the static-challenge mode: every certificate for " + staticUser + " on one device record"
 	}
-	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), %s, go %s; n=%d enrolments per cell, %d round(s); %s\n\n",
-		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOARCH, runtime.Version(), n, runs, mode)
+	rsaImpl := "Go's crypto/rsa"
+	if libcrypto.Enabled {
+		rsaImpl = "OpenSSL (libcrypto tag)"
+	}
+	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), %s, go %s; n=%d enrolments per cell, %d round(s); %s; RSA key files through %s\n\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOARCH, runtime.Version(), n, runs, mode, rsaImpl)
 	issuer := map[string]string{"EC": "ECDSA P-256", "RSA": "RSA-3072"}[issuerKeyType]
 	for _, b := range backends {
 		fmt.Printf("crypto limit, %s (in-process, all cores, through the same key store): %.0f enrolments/s (%.2f ms of CPU each) = per enrolment one RSA-2048 decrypt (pkcsPKIEnvelope key), one RSA-2048 sign (CertRep), one %s sign (certificate)\n",
@@ -568,26 +571,25 @@ func newToken(dir string) (*token, error) {
 }
 
 // limitKeys returns the RA (RSA-2048) and issuing keys the limit is
-// measured with: in memory for softkms, in a token of their own in dir
-// through smimeca's own key store (ca.OpenKeyStore, PKCS#11) for softhsm.
+// measured with, through smimeca's own key store: key files in dir for
+// softkms (OpenSSL's RSA when built with the libcrypto tag, as smimeca
+// is), a token of their own in dir (PKCS#11) for softhsm.
 func limitKeys(backend, dir string) (ra crypto.Decrypter, issuer crypto.Signer, closer func(), err error) {
+	var keys keystore.Store
 	if backend == "softkms" {
-		rk, _ := rsa.GenerateKey(rand.Reader, 2048)
-		if issuerKeyType == "RSA" {
-			issuer, _ = rsa.GenerateKey(rand.Reader, 3072)
-		} else {
-			issuer, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, nil, nil, err
 		}
-		return rk, issuer, func() {}, nil
-	}
-	tok, err := newToken(dir)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	os.Setenv("SOFTHSM2_CONF", tok.conf)
-	keys, err := keystore.Open(tok.uri, dir, "")
-	if err != nil {
-		return nil, nil, nil, err
+		keys = keystore.Files(dir)
+	} else {
+		tok, err := newToken(dir)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		os.Setenv("SOFTHSM2_CONF", tok.conf)
+		if keys, err = keystore.Open(tok.uri, dir, ""); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	get := func(name keystore.Name, spec keystore.Spec) (crypto.Signer, error) {
 		k, err := keys.Key(name)
