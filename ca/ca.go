@@ -588,16 +588,16 @@ func (a *Authority) publishRevocations() error {
 // generateCRL regenerates the CRL from the revocations committed so far and
 // reports whether it is the CRL now stored (false when another node's
 // CRL of the same number was stored first, or on a database that is not
-// step-ca's). The caller holds crlMu: every generation of this process goes
-// through here, so StoreCRL's report is this generation's.
+// step-ca's). The caller holds crlMu: every other generation of this
+// process but step-ca's periodic one goes through here (see crlStored).
 func (a *Authority) generateCRL() (bool, error) {
 	if a.deferring != nil {
-		a.deferring.crlStored = false
+		a.deferring.crlStored.Store(false)
 	}
 	if err := a.auth.GenerateCertificateRevocationList(); err != nil {
 		return false, fmt.Errorf("ca: generate CRL: %w", err)
 	}
-	return a.deferring != nil && a.deferring.crlStored, nil
+	return a.deferring != nil && a.deferring.crlStored.Load(), nil
 }
 
 // crlPending returns the pending-revocations token, nil when there is none

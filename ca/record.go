@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/big"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smallstep/certificates/authority/provisioner"
@@ -45,9 +46,13 @@ type Issuance struct {
 type deferringDB struct {
 	*db.DB
 	pending sync.Map // decimal serial → *Record
-	// crlStored is set by StoreCRL when the CRL it was given is the one
-	// stored; read and reset under Authority.crlMu (generateCRL).
-	crlStored bool
+	// crlStored is what the last StoreCRL did: true when the CRL it was
+	// given is the one stored. generateCRL reads it after its own
+	// generation, under Authority.crlMu; step-ca's periodic regeneration
+	// may store in between, but only after that generation (step-ca runs
+	// one at a time), from a list at least as new, so its report is as
+	// good an answer.
+	crlStored atomic.Bool
 }
 
 // StoreCertificateChain captures the write of a registered serial and
@@ -90,14 +95,15 @@ func (d *deferringDB) StoreCRL(info *db.CertificateRevocationListInfo) error {
 	if cur != nil {
 		var have db.CertificateRevocationListInfo
 		if json.Unmarshal(cur, &have) == nil && have.Number >= info.Number {
+			d.crlStored.Store(false)
 			return nil
 		}
 	}
 	_, swapped, err := d.DB.DB.CmpAndSwap(crlTable, crlKey, cur, b)
+	d.crlStored.Store(err == nil && swapped)
 	if err != nil {
 		return fmt.Errorf("ca: store CRL: %w", err)
 	}
-	d.crlStored = swapped
 	return nil
 }
 
