@@ -510,19 +510,7 @@ func TestRevocationSurvivesLostCRLRace(t *testing.T) {
 		t.Fatal(err)
 	}
 	serial := chain[0].SerialNumber
-	crlAt := func() *x509.RevocationList {
-		t.Helper()
-		der, err := c.CRL()
-		if err != nil {
-			t.Fatal(err)
-		}
-		crl, err := x509.ParseRevocationList(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return crl
-	}
-	first := crlAt()
+	first := testpki.CurrentCRL(t, c)
 	rec, err := c.RevocationRecord(serial.String(), ca.ReasonKeyCompromise, "lost", time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -531,11 +519,11 @@ func TestRevocationSurvivesLostCRLRace(t *testing.T) {
 		t.Fatal(err)
 	}
 	race.armed = true
-	crlAt() // this node's CRL loses to the other node's
+	testpki.CurrentCRL(t, c) // this node's CRL loses to the other node's
 	if race.armed {
 		t.Fatal("the CRL read did not regenerate")
 	}
-	next := crlAt()
+	next := testpki.CurrentCRL(t, c)
 	listed := false
 	for _, e := range next.RevokedCertificateEntries {
 		listed = listed || e.SerialNumber.Cmp(serial) == 0

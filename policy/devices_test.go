@@ -14,19 +14,6 @@ import (
 	"github.com/smimeca/smimeca/policy"
 )
 
-func currentCRL(t *testing.T, c *testpki.CA) *x509.RevocationList {
-	t.Helper()
-	der, err := c.CRL()
-	if err != nil {
-		t.Fatal(err)
-	}
-	crl, err := x509.ParseRevocationList(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return crl
-}
-
 func crlEntry(crl *x509.RevocationList, c *x509.Certificate) *x509.RevocationListEntry {
 	for i, e := range crl.RevokedCertificateEntries {
 		if e.SerialNumber.Cmp(c.SerialNumber) == 0 {
@@ -101,7 +88,7 @@ func TestRetireEndsTheLifecycle(t *testing.T) {
 	if len(serials) != 1 || serials[0] != aliceCur.SerialNumber.String() {
 		t.Errorf("retire revoked %v, want only the still valid %s", serials, aliceCur.SerialNumber)
 	}
-	crl := currentCRL(t, v.ca)
+	crl := testpki.CurrentCRL(t, v.ca)
 	if e := crlEntry(crl, aliceCur); e == nil || e.ReasonCode != ca.ReasonCessationOfOperation {
 		t.Errorf("CRL entry of the retired device's certificate: %+v", e)
 	}

@@ -393,7 +393,7 @@ func TestRenewal(t *testing.T) {
 	if rev, _ := v.ca.IsRevoked(old.SerialNumber.String()); !rev {
 		t.Fatal("the renewed certificate is still valid")
 	}
-	crl := currentCRL(t, v.ca)
+	crl := testpki.CurrentCRL(t, v.ca)
 	if e := crlEntry(crl, old); e == nil || e.ReasonCode != ca.ReasonSuperseded {
 		t.Errorf("CRL entry of the predecessor: %+v", e)
 	}

@@ -194,3 +194,17 @@ func (c *CA) ProfileSigner(t testing.TB) (*x509.Certificate, crypto.Signer) {
 	}
 	return crt, key
 }
+
+// CurrentCRL returns the CRL c serves now, parsed.
+func CurrentCRL(t testing.TB, c interface{ CRL() ([]byte, error) }) *x509.RevocationList {
+	t.Helper()
+	der, err := c.CRL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return crl
+}
