@@ -46,10 +46,11 @@ func openPGX(dsn string) (*pgDB, error) {
 	cfg.MaxConns = int32(max(8, 4*runtime.GOMAXPROCS(0)))
 	// Every statement reads or writes one row by its primary key, or
 	// scans a table: a generic plan is the plan. Without this setting
-	// PostgreSQL plans each execution of a prepared statement anew for
-	// its first five runs on a connection and keeps doing so whenever
-	// the custom plan looks no costlier, which it always does here: a
-	// fifth of the database's CPU per enrolment was planning.
+	// PostgreSQL plans a prepared statement anew on each of its first
+	// five runs on a connection, and again five times after every
+	// invalidation (an ANALYZE of a growing table); planning was about
+	// 15 % of the database's CPU per enrolment (pg_stat_statements), and
+	// the setting measured 13 % less of it.
 	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
 		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
 	}
