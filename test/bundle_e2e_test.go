@@ -64,6 +64,33 @@ func (s *server) bundle(t *testing.T, out string, extra ...string) bundleJSON {
 	return bj
 }
 
+// corpHistory makes in w a user's history of three S/MIME encryption
+// certificates from a corporate CA (corp-ca.pem; the first certificate
+// expired), each with msg (msg.txt) encrypted to it (genN.p7m) and its
+// PKCS#12 with the CA (genN.p12) under one random password, as an admin
+// exports them; it returns the PKCS#12 files, the password's file and the
+// password.
+func corpHistory(t *testing.T, w, user, msg string) (files []string, pwFile, pw string) {
+	t.Helper()
+	opensslIn(t, w, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+		"-keyout", "corp-ca.key", "-out", "corp-ca.pem", "-subj", "/CN=Corp SMIME CA", "-days", "3650")
+	os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:"+user+"\nkeyUsage=keyEncipherment,digitalSignature\nextendedKeyUsage=emailProtection\n"), 0o600)
+	os.WriteFile(filepath.Join(w, "msg.txt"), []byte(msg), 0o600)
+	pwFile, pw = filepath.Join(w, "export.pw"), randomPassword(t)
+	os.WriteFile(pwFile, []byte(pw), 0o600)
+	for i, days := range []string{"-1", "400", "730"} { // the first one is expired
+		g := fmt.Sprintf("gen%d", i)
+		opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", g+".key", "-out", g+".csr", "-subj", "/CN="+user)
+		opensslIn(t, w, "x509", "-req", "-in", g+".csr", "-CA", "corp-ca.pem", "-CAkey", "corp-ca.key", "-CAcreateserial",
+			"-days", days, "-extfile", "ext", "-out", g+".pem")
+		opensslIn(t, w, "cms", "-encrypt", "-aes256", "-in", "msg.txt", "-out", g+".p7m", g+".pem")
+		opensslIn(t, w, "pkcs12", "-export", "-inkey", g+".key", "-in", g+".pem", "-certfile", "corp-ca.pem",
+			"-out", g+".p12", "-passout", "file:export.pw")
+		files = append(files, filepath.Join(w, g+".p12"))
+	}
+	return files, pwFile, pw
+}
+
 // TestBundleEndToEnd is the bundle issue's scenario with real tools only:
 // three generations of encryption certificates made with openssl (one
 // expired), a message encrypted to each with `openssl cms -encrypt`, the
@@ -78,24 +105,8 @@ func TestBundleEndToEnd(t *testing.T) {
 		s := escrowServer(t, v)
 		w := t.TempDir()
 
-		opensslIn(t, w, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-			"-keyout", "corp-ca.key", "-out", "corp-ca.pem", "-subj", "/CN=Corp SMIME CA", "-days", "3650")
-		os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:alice@example.com\nkeyUsage=keyEncipherment,digitalSignature\nextendedKeyUsage=emailProtection\n"), 0o600)
-		os.WriteFile(filepath.Join(w, "msg.txt"), []byte("quarterly numbers, eyes only\n"), 0o600)
-		pw := randomPassword(t)
-		os.WriteFile(filepath.Join(w, "export.pw"), []byte(pw), 0o600)
-		var files []string
-		for i, days := range []string{"-1", "400", "730"} { // the first one is expired
-			g := fmt.Sprintf("gen%d", i)
-			opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", g+".key", "-out", g+".csr", "-subj", "/CN=alice@example.com")
-			opensslIn(t, w, "x509", "-req", "-in", g+".csr", "-CA", "corp-ca.pem", "-CAkey", "corp-ca.key", "-CAcreateserial",
-				"-days", days, "-extfile", "ext", "-out", g+".pem")
-			opensslIn(t, w, "cms", "-encrypt", "-aes256", "-in", "msg.txt", "-out", g+".p7m", g+".pem")
-			opensslIn(t, w, "pkcs12", "-export", "-inkey", g+".key", "-in", g+".pem", "-certfile", "corp-ca.pem",
-				"-out", g+".p12", "-passout", "file:export.pw")
-			files = append(files, filepath.Join(w, g+".p12"))
-		}
-		args := append([]string{"pfx", "import", "--user", "alice@example.com", "--password-file", filepath.Join(w, "export.pw")}, files...)
+		files, pwFile, pw := corpHistory(t, w, "alice@example.com", "quarterly numbers, eyes only\n")
+		args := append([]string{"pfx", "import", "--user", "alice@example.com", "--password-file", pwFile}, files...)
 		if out := mustOK(t, "import", s.cli(args...)); !strings.Contains(out, "imported 3") {
 			t.Fatalf("import: %s", out)
 		}

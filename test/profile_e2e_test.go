@@ -37,24 +37,9 @@ func TestProfileRenderCLI(t *testing.T) {
 		}
 		s := escrowServer(t, testvault.Start(t))
 		w := t.TempDir()
-		opensslIn(t, w, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-			"-keyout", "corp-ca.key", "-out", "corp-ca.pem", "-subj", "/CN=Corp SMIME CA", "-days", "3650")
-		os.WriteFile(filepath.Join(w, "ext"), []byte("subjectAltName=email:erin@example.com\nkeyUsage=keyEncipherment,digitalSignature\nextendedKeyUsage=emailProtection\n"), 0o600)
 		const msg = "board minutes, draft 3\n"
-		os.WriteFile(filepath.Join(w, "msg.txt"), []byte(msg), 0o600)
-		pw := randomPassword(t)
-		os.WriteFile(filepath.Join(w, "pw"), []byte(pw), 0o600)
-		var files []string
-		for i, days := range []string{"-1", "400", "730"} { // the first one is expired
-			g := fmt.Sprintf("gen%d", i)
-			opensslIn(t, w, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", g+".key", "-out", g+".csr", "-subj", "/CN=erin@example.com")
-			opensslIn(t, w, "x509", "-req", "-in", g+".csr", "-CA", "corp-ca.pem", "-CAkey", "corp-ca.key", "-CAcreateserial",
-				"-days", days, "-extfile", "ext", "-out", g+".pem")
-			opensslIn(t, w, "cms", "-encrypt", "-aes256", "-in", "msg.txt", "-out", g+".p7m", g+".pem")
-			opensslIn(t, w, "pkcs12", "-export", "-inkey", g+".key", "-in", g+".pem", "-out", g+".p12", "-passout", "file:pw")
-			files = append(files, filepath.Join(w, g+".p12"))
-		}
-		mustOK(t, "import", s.cli(append([]string{"pfx", "import", "--user", "erin@example.com", "--password-file", filepath.Join(w, "pw")}, files...)...))
+		files, pwFile, _ := corpHistory(t, w, "erin@example.com", msg)
+		mustOK(t, "import", s.cli(append([]string{"pfx", "import", "--user", "erin@example.com", "--password-file", pwFile}, files...)...))
 		id := s.registerWithIdentity("erin@example.com", "iphone-9")
 
 		settings := filepath.Join(w, "settings.yaml")
