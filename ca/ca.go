@@ -38,7 +38,7 @@ import (
 
 // Key types accepted for the issuing intermediate.
 const (
-	KeyTypeEC  = "EC"  // ECDSA P-256
+	KeyTypeEC  = "EC"  // ECDSA P-256 (the default)
 	KeyTypeRSA = "RSA" // RSA 3072
 )
 
@@ -102,10 +102,15 @@ type Config struct {
 	Dir string
 	// Name is the organisation name put into the CA subjects.
 	Name string
-	// IssuerKeyType is KeyTypeRSA (default: SCEP clients that encrypt to
-	// every certificate GetCACert returns then work) or KeyTypeEC. It is
-	// only used when the intermediate is created.
+	// IssuerKeyType is KeyTypeEC (default) or KeyTypeRSA. It is only used
+	// when the intermediate is created. Either way GetCACert serves only
+	// RSA certificates (see SCEPCACerts), so SCEP clients that encrypt
+	// to every certificate it returns work.
 	IssuerKeyType string
+	// SCEPOmitRoot leaves the root out of GetCACert where the RA is
+	// signed by the issuing CA (an RSA issuing CA); where the root signs
+	// the RA, GetCACert always serves it.
+	SCEPOmitRoot bool
 	// BaseURL is the public plain http:// base URL of this CA's server; the
 	// URLs certificates carry are under it: the CRL distribution point
 	// (CRLPath, also the CRL's issuing distribution point), the OCSP
@@ -152,6 +157,8 @@ type Authority struct {
 	intermediate *x509.Certificate
 	ra           *x509.Certificate
 	raKey        RAKey
+	raUnderRoot  bool // the root signed ra (see raUnderRoot)
+	omitRoot     bool // Config.SCEPOmitRoot
 	crlURL       string
 	ocspURL      string
 	issuerURL    string
@@ -205,11 +212,11 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
-	rootKey = nil
-	ra, raKey, err := loadOrCreateRA(cfg, inter, interKey)
+	ra, raKey, err := loadOrCreateRA(cfg, root, rootKey, inter, interKey)
 	if err != nil {
 		return nil, err
 	}
+	rootKey = nil
 
 	conf := &config.Config{
 		Root:             []string{filepath.Join(cfg.Dir, RootCertFile)},
@@ -245,6 +252,7 @@ func Open(cfg Config, database db.AuthDB) (*Authority, error) {
 	a := &Authority{
 		auth: auth, db: database, deferring: deferring,
 		root: root, intermediate: inter, ra: ra, raKey: raKey,
+		raUnderRoot: raUnderRoot(root, inter), omitRoot: cfg.SCEPOmitRoot,
 		crlURL: base + CRLPath, ocspURL: base + OCSPPath, issuerURL: base + IssuerPath,
 		policies: policies, rootCRL: rcrl,
 		dir: cfg.Dir, keys: cfg.Keys, name: cfg.Name, interKey: interKey,
@@ -278,6 +286,42 @@ type RAKey interface {
 
 // RA returns the SCEP RA/decrypter certificate and its RSA key.
 func (a *Authority) RA() (*x509.Certificate, RAKey) { return a.ra, a.raKey }
+
+// SCEPCACerts returns what SCEP's GetCACert serves after the RA
+// certificate: the chain from the RA's issuer up, every certificate RSA.
+// With an RSA issuing CA (which signs the RA) that is the issuing CA and
+// the root (unless Config.SCEPOmitRoot); with an ECDSA issuing CA the
+// root signs the RA and GetCACert serves the root alone: clients that
+// encrypt their request to every certificate it returns (Debian's
+// scepclient) can, and certmonger verifies the CertRep's signer up to
+// it. The issuing CA then reaches devices with their profile and by the
+// caIssuers URL every leaf carries.
+func (a *Authority) SCEPCACerts() []*x509.Certificate {
+	if a.raUnderRoot {
+		return []*x509.Certificate{a.root}
+	}
+	if a.omitRoot {
+		return []*x509.Certificate{a.intermediate}
+	}
+	return []*x509.Certificate{a.intermediate, a.root}
+}
+
+// SCEPAnchor returns the certificate GetCACert's chain ends in: the one a
+// SCEP payload's CAFingerprint names. Apple's client builds the chain of
+// each GetCACert certificate from the others and requires its top to match
+// the fingerprint (Security's SecSCEPValidateCACertMessage), so it is the
+// root whenever GetCACert serves the root.
+func (a *Authority) SCEPAnchor() *x509.Certificate {
+	c := a.SCEPCACerts()
+	return c[len(c)-1]
+}
+
+// RARenewalDue reports whether the RA certificate is within its renewal
+// window while the offline root, which signs it (ECDSA issuing CA),
+// cannot renew it at start-up: a root ceremony must (ReissueRA).
+func (a *Authority) RARenewalDue() bool {
+	return a.raUnderRoot && time.Until(a.ra.NotAfter) <= raRenewBefore
+}
 
 // CRLURL returns the CRL distribution point URL.
 func (a *Authority) CRLURL() string { return a.crlURL }
@@ -672,13 +716,11 @@ func loadOrCreateRoot(cfg Config) (*x509.Certificate, crypto.Signer, error) {
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return crt, key, err
 	}
-	// The root follows the issuing CA's key type: RSA (4096) by default,
-	// so that GetCACert, which includes it, holds only RSA certificates
-	// that every SCEP client can encrypt to; ECDSA P-384 with EC.
+	// The root is RSA 4096 whatever the issuing CA's key: GetCACert serves
+	// it, and SCEP clients encrypt to every certificate there (see
+	// SCEPCACerts). Its key signs only in ceremonies, so RSA costs nothing
+	// per enrolment.
 	spec := keystore.Spec{Type: KeyTypeRSA, Bits: 4096}
-	if cfg.IssuerKeyType == KeyTypeEC {
-		spec = keystore.Spec{Type: KeyTypeEC, Bits: 384}
-	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: cfg.Name + " Root CA", Organization: []string{cfg.Name}},
 		NotBefore:             time.Now().Add(-time.Minute),
@@ -701,9 +743,9 @@ func loadOrCreateIntermediate(cfg Config, base string, root *x509.Certificate, r
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return crt, key, err
 	}
-	spec := keystore.Spec{Type: KeyTypeRSA, Bits: 3072}
-	if cfg.IssuerKeyType == KeyTypeEC {
-		spec = keystore.Spec{Type: KeyTypeEC, Bits: 256}
+	spec := keystore.Spec{Type: KeyTypeEC, Bits: 256}
+	if cfg.IssuerKeyType == KeyTypeRSA {
+		spec = keystore.Spec{Type: KeyTypeRSA, Bits: 3072}
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: cfg.Name + " S/MIME Issuing CA", Organization: []string{cfg.Name}},
@@ -728,7 +770,43 @@ func loadOrCreateIntermediate(cfg Config, base string, root *x509.Certificate, r
 	return issuePair(cfg.Keys, keystore.Issuing, spec, false, "intermediate", certPath, tmpl, root, rootKey)
 }
 
-func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, RAKey, error) {
+// raUnderRoot reports whether the root, not the issuing CA, signs the
+// SCEP RA certificate: when the issuing CA is not RSA and the root is.
+// GetCACert must serve only RSA certificates (clients encrypt to each) and
+// the RA's issuer (certmonger verifies CertRep up to a certificate it got
+// there); an ECDSA issuing CA is neither, so the RA goes under the RSA
+// root as an infrastructure certificate (S/MIME BR 6.1.7 lets a root key
+// sign those). A hierarchy whose root is ECDSA (made before smimeca
+// switched to RSA roots) keeps its RA under the issuing CA.
+func raUnderRoot(root, inter *x509.Certificate) bool {
+	_, rsaInter := inter.PublicKey.(*rsa.PublicKey)
+	_, rsaRoot := root.PublicKey.(*rsa.PublicKey)
+	return !rsaInter && rsaRoot
+}
+
+// raTemplate is the SCEP RA certificate's profile, valid from now.
+func raTemplate(subject pkix.Name, now time.Time) *x509.Certificate {
+	return &x509.Certificate{
+		Subject:   subject,
+		NotBefore: now.Add(-time.Minute),
+		NotAfter:  now.Add(raLifetime),
+		// Signs CertRep messages and decrypts pkcsPKIEnvelopes.
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		BasicConstraintsValid: true,
+	}
+}
+
+// loadOrCreateRA returns the RA certificate and key, creating them on the
+// first start and replacing them (new key) when the certificate is close to
+// its end or not signed by its parent (raUnderRoot). Under the root, whose
+// key is loaded only while the hierarchy is created, a certificate in its
+// renewal window is kept (the app warns: RARenewalDue) and a missing or
+// expired one is an error naming the ceremony that makes it (ReissueRA).
+func loadOrCreateRA(cfg Config, root *x509.Certificate, rootKey crypto.Signer, inter *x509.Certificate, interKey crypto.Signer) (*x509.Certificate, RAKey, error) {
+	parent, parentKey := inter, interKey
+	if raUnderRoot(root, inter) {
+		parent, parentKey = root, rootKey
+	}
 	certPath := filepath.Join(cfg.Dir, RACertFile)
 	crt, key, err := loadPair(cfg.Keys, certPath, keystore.RA, true)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -739,19 +817,16 @@ func loadOrCreateRA(cfg Config, inter *x509.Certificate, interKey crypto.Signer)
 		if _, rsaKey := key.Public().(*rsa.PublicKey); !ok || !rsaKey {
 			return nil, nil, fmt.Errorf("ca: %s is not an RSA key; SCEP content encryption needs RSA", cfg.Keys.Location(keystore.RA))
 		}
-		if time.Until(crt.NotAfter) > raRenewBefore && crt.CheckSignatureFrom(inter) == nil {
+		left := time.Until(crt.NotAfter)
+		if crt.CheckSignatureFrom(parent) == nil && (left > raRenewBefore || (parentKey == nil && left > 0)) {
 			return crt, rk, nil
 		}
 	}
-	tmpl := &x509.Certificate{
-		Subject:   pkix.Name{CommonName: cfg.Name + " SCEP RA", Organization: []string{cfg.Name}},
-		NotBefore: time.Now().Add(-time.Minute),
-		NotAfter:  time.Now().Add(raLifetime),
-		// Signs CertRep messages and decrypts pkcsPKIEnvelopes.
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		BasicConstraintsValid: true,
+	if parentKey == nil {
+		return nil, nil, fmt.Errorf("ca: the SCEP RA certificate %s is missing, expired or not signed by the root, which signs it in this hierarchy and is offline: make it in a root ceremony (smimeca root reissue-ra)", certPath)
 	}
-	crt, key, err = issuePair(cfg.Keys, keystore.RA, keystore.Spec{Type: KeyTypeRSA, Bits: raKeyBits}, true, "SCEP RA certificate", certPath, tmpl, inter, interKey)
+	tmpl := raTemplate(pkix.Name{CommonName: cfg.Name + " SCEP RA", Organization: []string{cfg.Name}}, time.Now())
+	crt, key, err = issuePair(cfg.Keys, keystore.RA, keystore.Spec{Type: KeyTypeRSA, Bits: raKeyBits}, true, "SCEP RA certificate", certPath, tmpl, parent, parentKey)
 	if err != nil {
 		return nil, nil, err
 	}

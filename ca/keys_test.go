@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -347,9 +348,10 @@ func TestMigrateFilesToToken(t *testing.T) {
 // storeCA is a CA directory, its database and a key store of backend b, for
 // one test; open opens the CA on them.
 type storeCA struct {
-	dir  string
-	keys keystore.Store
-	db   db.AuthDB
+	dir     string
+	keys    keystore.Store
+	db      db.AuthDB
+	keyType string // IssuerKeyType ("" = the default, EC)
 }
 
 func newStoreCA(t *testing.T, b func(t *testing.T, caDir string) keystore.Store) *storeCA {
@@ -366,7 +368,7 @@ func newStoreCA(t *testing.T, b func(t *testing.T, caDir string) keystore.Store)
 }
 
 func (s *storeCA) open() (*ca.Authority, error) {
-	return ca.Open(ca.Config{Dir: s.dir, BaseURL: "http://x", Keys: s.keys}, s.db)
+	return ca.Open(ca.Config{Dir: s.dir, BaseURL: "http://x", Keys: s.keys, IssuerKeyType: s.keyType}, s.db)
 }
 
 // A store that holds a CA key whose certificate is missing (a new data
@@ -404,6 +406,7 @@ func TestRAKeyRenewedInStore(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
 			s := newStoreCA(t, b.open)
+			s.keyType = ca.KeyTypeRSA // the issuing CA signs the RA
 			open := func() *ca.Authority {
 				a, err := s.open()
 				if err != nil {
@@ -414,11 +417,7 @@ func TestRAKeyRenewedInStore(t *testing.T) {
 			a := open()
 			ra1, _ := a.RA()
 			a.Close()
-			// A stale RA certificate: the root's, which the issuing CA did not sign.
-			root, _ := os.ReadFile(filepath.Join(s.dir, ca.RootCertFile))
-			if err := os.WriteFile(filepath.Join(s.dir, ca.RACertFile), root, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			staleRA(t, s.dir)
 			b2 := open()
 			defer b2.Close()
 			ra2, raKey2 := b2.RA()
@@ -432,6 +431,94 @@ func TestRAKeyRenewedInStore(t *testing.T) {
 				t.Errorf("the store holds another RA key: %v", err)
 			}
 		})
+	}
+}
+
+// staleRA replaces the RA certificate by one its parent did not sign (the
+// root's own).
+func staleRA(t *testing.T, dir string) {
+	t.Helper()
+	root, _ := os.ReadFile(filepath.Join(dir, ca.RootCertFile))
+	if err := os.WriteFile(filepath.Join(dir, ca.RACertFile), root, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With an ECDSA issuing CA (the default) the RSA root signs the RA, so
+// GetCACert serves only RSA certificates and the RA's issuer, and the
+// CAFingerprint anchor is the root. The offline root cannot renew the RA
+// at start-up: a stale RA stops the start naming the ceremony, which makes
+// a new key and certificate under the root.
+func TestRAUnderTheRoot(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			s := newStoreCA(t, b.open)
+			a, err := s.open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ra1, _ := a.RA()
+			if _, ok := a.Intermediate().PublicKey.(*ecdsa.PublicKey); !ok {
+				t.Fatalf("the default issuing CA is %T, not ECDSA", a.Intermediate().PublicKey)
+			}
+			if _, ok := a.Root().PublicKey.(*rsa.PublicKey); !ok || ra1.CheckSignatureFrom(a.Root()) != nil {
+				t.Fatal("the RA is not signed by an RSA root")
+			}
+			if got := a.SCEPCACerts(); len(got) != 1 || !got[0].Equal(a.Root()) || !a.SCEPAnchor().Equal(a.Root()) {
+				t.Fatalf("GetCACert serves %d certificates after the RA; want the root alone", len(got))
+			}
+			if a.RARenewalDue() {
+				t.Error("a new RA is already due for renewal")
+			}
+			a.Close()
+			staleRA(t, s.dir)
+			if _, err := s.open(); err == nil || !strings.Contains(err.Error(), "smimeca root reissue-ra") {
+				t.Fatalf("opened with an RA the root did not sign (or without naming the ceremony): %v", err)
+			}
+			crt, err := ca.ReissueRA(s.dir, s.keys, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(crt.RawSubject, ra1.RawSubject) || bytes.Equal(crt.RawSubjectPublicKeyInfo, ra1.RawSubjectPublicKeyInfo) {
+				t.Error("the ceremony's RA is not the same subject with a new key")
+			}
+			a, err = s.open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			ra2, key2 := a.RA()
+			if !ra2.Equal(crt) || ra2.CheckSignatureFrom(a.Root()) != nil || !key2.Public().(*rsa.PublicKey).Equal(ra2.PublicKey) {
+				t.Fatal("the CA did not open on the ceremony's RA and key")
+			}
+		})
+	}
+}
+
+// With an RSA issuing CA the issuing CA signs the RA; GetCACert serves it
+// and the root (or without the root when configured), and the ceremony
+// has nothing to do.
+func TestRAUnderAnRSAIssuingCA(t *testing.T) {
+	s := newStoreCA(t, backends[0].open)
+	s.keyType = ca.KeyTypeRSA
+	a, err := s.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.SCEPCACerts(); len(got) != 2 || !got[0].Equal(a.Intermediate()) || !got[1].Equal(a.Root()) || !a.SCEPAnchor().Equal(a.Root()) {
+		t.Fatalf("GetCACert serves %d certificates after the RA; want the issuing CA and the root", len(got))
+	}
+	a.Close()
+	a, err = ca.Open(ca.Config{Dir: s.dir, BaseURL: "http://x", Keys: s.keys, SCEPOmitRoot: true}, s.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if got := a.SCEPCACerts(); len(got) != 1 || !a.SCEPAnchor().Equal(a.Intermediate()) {
+		t.Fatal("SCEPOmitRoot: GetCACert's anchor is not the issuing CA")
+	}
+	if _, err := ca.ReissueRA(s.dir, s.keys, time.Now()); err == nil || !strings.Contains(err.Error(), "nothing for the root to do") {
+		t.Errorf("the ceremony renewed an RA the issuing CA signs: %v", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -147,4 +148,37 @@ func ReissueIntermediate(dir string, keys keystore.Store, lifetime time.Duration
 		return nil, fmt.Errorf("ca: re-issue the issuing CA: %w", err)
 	}
 	return crt, writeCertificates(path, crt)
+}
+
+// ReissueRA is the root ceremony that renews the SCEP RA certificate where
+// the root signs it (an ECDSA issuing CA; see SCEPCACerts): a new RSA key
+// in keys, under the RA's subject (from the root's organisation), valid from now for the RA's
+// lifetime (at most to the root's end), signed with the root key from
+// keys. It writes the certificate into dir; serving nodes use it from
+// their next start. Where the issuing CA signs the RA, each start renews
+// it and this is refused.
+func ReissueRA(dir string, keys keystore.Store, now time.Time) (*x509.Certificate, error) {
+	root, rootKey, err := LoadRoot(dir, keys)
+	if err != nil {
+		return nil, err
+	}
+	interPath := filepath.Join(dir, IntermediateCertFile)
+	inter, err := pemutil.ReadCertificate(interPath)
+	if err != nil {
+		return nil, fmt.Errorf("ca: read %s: %w", interPath, err)
+	}
+	if !raUnderRoot(root, inter) {
+		return nil, errors.New("ca: in this hierarchy the issuing CA signs the SCEP RA certificate and every start renews it when due; there is nothing for the root to do")
+	}
+	path := filepath.Join(dir, RACertFile)
+	subject := pkix.Name{CommonName: "smimeca SCEP RA"}
+	if org := root.Subject.Organization; len(org) > 0 {
+		subject = pkix.Name{CommonName: org[0] + " SCEP RA", Organization: org}
+	}
+	tmpl := raTemplate(subject, now)
+	if tmpl.NotAfter.After(root.NotAfter) {
+		tmpl.NotAfter = root.NotAfter
+	}
+	crt, _, err := issuePair(keys, keystore.RA, keystore.Spec{Type: KeyTypeRSA, Bits: raKeyBits}, true, "SCEP RA certificate", path, tmpl, root, rootKey)
+	return crt, err
 }

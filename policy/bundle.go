@@ -56,6 +56,9 @@ type KeyStore interface {
 type CAInfo interface {
 	Root() *x509.Certificate
 	Intermediate() *x509.Certificate
+	// SCEPAnchor is the certificate SCEP's GetCACert chain ends in, the
+	// one SCEP clients pin (CAFingerprint).
+	SCEPAnchor() *x509.Certificate
 }
 
 // BundleRules is what bundles need of the device registry and the
@@ -341,7 +344,7 @@ func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, req
 	if err != nil {
 		return err
 	}
-	inter := b.ca.Intermediate()
+	anchor := b.ca.SCEPAnchor()
 	s.SCEPURL, s.ExpiresAt = b.scepURL, ch.ExpiresAt
 	if req.Delivery == DeliverCMS {
 		if s.EnvelopedChallenge, err = pfxconnector.Envelope([]byte(ch.Secret), recipient, req.KeyTransport); err != nil {
@@ -352,7 +355,7 @@ func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, req
 	}
 	s.Subject, s.RFC822Name, s.KeyUsage = "CN="+user, user, x509.KeyUsageDigitalSignature
 	s.KeySize, s.KeyType = b.enroll.MinRSABits(), "RSA"
-	s256, s1, m5 := sha256.Sum256(inter.Raw), sha1.Sum(inter.Raw), md5.Sum(inter.Raw)
+	s256, s1, m5 := sha256.Sum256(anchor.Raw), sha1.Sum(anchor.Raw), md5.Sum(anchor.Raw)
 	s.CAFingerprint.SHA256, s.CAFingerprint.SHA1, s.CAFingerprint.MD5 = s256[:], s1[:], m5[:]
 	issued, err := b.enroll.ListCertificates(ctx, Filter{User: user, Device: device})
 	if err != nil {

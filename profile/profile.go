@@ -35,7 +35,9 @@ type SCEPRef struct {
 	KeySize       int
 	KeyType       string
 	AppleKeyUsage int
-	// CAFingerprint is the SHA-1 of the issuing CA certificate.
+	// CAFingerprint is the SHA-1 of the certificate GetCACert's chain ends
+	// in (the root by default): Apple's client matches it against the top
+	// of the chain it builds from GetCACert's certificates.
 	CAFingerprint []byte
 	// CAName is sent as the SCEP "Name" (optional).
 	CAName string

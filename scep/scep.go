@@ -68,6 +68,7 @@ type Handler struct {
 	ra       *x509.Certificate
 	raKey    RAKey
 	caCerts  []*x509.Certificate
+	issuers  []*x509.Certificate // sign the certificates renewals are signed with
 	caBody   []byte
 	caps     string
 	log      *slog.Logger
@@ -90,6 +91,11 @@ func WithMetrics(m Metrics) Option { return func(h *Handler) { h.metrics = m } }
 // of Path.
 func WithPath(path string) Option { return func(h *Handler) { h.path = path } }
 
+// WithIssuers names the CA certificates that sign the certificates a
+// renewal may be signed with (default: the chain GetCACert serves), for a
+// hierarchy whose issuing CA is not in GetCACert (ca.Authority.SCEPCACerts).
+func WithIssuers(certs ...*x509.Certificate) Option { return func(h *Handler) { h.issuers = certs } }
+
 // WithCaps replaces the advertised capabilities.
 func WithCaps(caps []string) Option {
 	return func(h *Handler) { h.caps = strings.Join(caps, "\n") + "\n" }
@@ -105,7 +111,7 @@ type RAKey interface {
 
 // New returns a SCEP handler. ra and raKey decrypt requests and sign
 // responses; chain is what GetCACert returns after the RA certificate (the
-// issuing intermediate, optionally the root).
+// RA's issuer and its chain up to the root; see WithIssuers).
 func New(enroller Enroller, ra *x509.Certificate, raKey RAKey, chain []*x509.Certificate, opts ...Option) (*Handler, error) {
 	if ra == nil || raKey == nil {
 		return nil, errors.New("scep: RA certificate and key are required")
@@ -115,7 +121,7 @@ func New(enroller Enroller, ra *x509.Certificate, raKey RAKey, chain []*x509.Cer
 	}
 	h := &Handler{
 		enroller: enroller, ra: ra, raKey: raKey,
-		caCerts: append([]*x509.Certificate{ra}, chain...),
+		caCerts: append([]*x509.Certificate{ra}, chain...), issuers: chain,
 		log:     slog.New(slog.DiscardHandler), metrics: nopMetrics{}, path: Path,
 	}
 	WithCaps(DefaultCaps)(h)
@@ -323,10 +329,10 @@ func (h *Handler) pkiOperation(w http.ResponseWriter, r *http.Request) {
 	writePKIMessage(w, rep.Raw)
 }
 
-// issuedHere reports whether c was signed by one of the CA certificates
-// this endpoint serves (not the RA).
+// issuedHere reports whether c was signed by one of the issuing CAs
+// (WithIssuers).
 func (h *Handler) issuedHere(c *x509.Certificate) bool {
-	for _, ca := range h.caCerts[1:] {
+	for _, ca := range h.issuers {
 		if bytes.Equal(c.RawIssuer, ca.RawSubject) && c.CheckSignatureFrom(ca) == nil {
 			return true
 		}

@@ -56,7 +56,9 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	ra, raKey := c.RA()
-	h, err := scep.New(e, ra, raKey, []*x509.Certificate{c.Intermediate()})
+	// As serve mounts it: the default ECDSA issuing CA is not in GetCACert
+	// (the root signs the RA), so renewals name it (WithIssuers).
+	h, err := scep.New(e, ra, raKey, c.SCEPCACerts(), scep.WithIssuers(c.Intermediate()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,11 +197,13 @@ func TestGetCACapsAndCert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(certs) != 2 || !certs[0].Equal(f.ra) || !certs[1].Equal(f.caCert.Intermediate()) {
-		t.Errorf("GetCACert returned %d certs, want RA then intermediate", len(certs))
+	if len(certs) != 2 || !certs[0].Equal(f.ra) || !certs[1].Equal(f.caCert.Root()) {
+		t.Errorf("GetCACert returned %d certs, want RA then root (which signed it)", len(certs))
 	}
-	if _, ok := certs[0].PublicKey.(*rsa.PublicKey); !ok {
-		t.Error("RA key is not RSA")
+	for _, c := range certs {
+		if _, ok := c.PublicKey.(*rsa.PublicKey); !ok {
+			t.Errorf("GetCACert serves %s with a %T key: clients that encrypt to every certificate cannot", c.Subject, c.PublicKey)
+		}
 	}
 }
 
@@ -343,8 +347,9 @@ func TestRenewalReq(t *testing.T) {
 }
 
 // A PKCSReq signed with a certificate this CA issued (and no challenge) is
-// a renewal, as certmonger's rekey sends it; signed with a certificate of
-// another CA it stays an initial request and needs a challenge.
+// a renewal, as certmonger's rekey sends it, also when GetCACert does not
+// serve the issuing CA (WithIssuers); signed with a certificate of another
+// CA it stays an initial request and needs a challenge.
 func TestPKCSReqSignedWithIssuedCertificateRenews(t *testing.T) {
 	f := newFixture(t)
 	d := newDevice(t, 0)

@@ -130,8 +130,10 @@ func TestBundleEndToEnd(t *testing.T) {
 			b.Signing.SCEPURL != s.baseURL+"/scep" || len(b.Signing.CAFingerprintSHA1) != 40 || len(b.Signing.CAFingerprintSHA256) != 64 {
 			t.Errorf("signing reference %+v", b.Signing)
 		}
+		// The SCEP payload's CAFingerprint names the top of GetCACert's
+		// chain, where Apple's client looks for it: the root.
 		fp := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(strings.TrimSpace(
-			opensslIn(t, w, "x509", "-in", filepath.Join(s.data, "ca", "intermediate_ca.crt"), "-noout", "-fingerprint", "-sha256")), "sha256 Fingerprint="), ":", ""))
+			opensslIn(t, w, "x509", "-in", filepath.Join(s.data, "ca", "root_ca.crt"), "-noout", "-fingerprint", "-sha256")), "sha256 Fingerprint="), ":", ""))
 		if fp != b.Signing.CAFingerprintSHA256 {
 			t.Errorf("CA fingerprint %s, openssl says %s", b.Signing.CAFingerprintSHA256, fp)
 		}

@@ -204,7 +204,6 @@ func TestChallengeRaceIssuesOnce(t *testing.T) {
 	const n = 4
 	var wg sync.WaitGroup
 	results := make([]result, n)
-	s.raFingerprint() // compute once before the race
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
@@ -316,30 +315,49 @@ func TestGarbageGets4xx(t *testing.T) {
 	}
 }
 
-// The issuing CA's key type decides whether Debian's scepclient works
-// without flags: it encrypts its request to every certificate GetCACert
-// returns. With the default RSA issuing CA it enrols and renews as is
-// (TestEnrolWithScepclient runs it so); with --issuer-key-type EC it
-// cannot encrypt to the ECDSA certificate and needs -ca-fingerprint to pick
-// the RA — the trade-off the README states.
+// Debian's scepclient encrypts its request to every certificate GetCACert
+// returns, so GetCACert must serve only RSA certificates whatever the
+// issuing CA's key: with the default ECDSA issuing CA the RSA root signs
+// the RA and GetCACert serves those two; with an RSA issuing CA it serves
+// RA, issuing CA and root. Either way scepclient enrols and renews without
+// flags, under the configured issuing key, and the certificate verifies
+// with openssl against the root and the issuing CA the server publishes.
 func TestScepclientAndIssuerKeyType(t *testing.T) {
 	t.Parallel()
-	withEachKMS(t, func(t *testing.T) {
-		s := newServer(t, "--issuer-key-type", "EC")
-		s.register("alice@example.com", "d1")
-		ch := s.challenge("alice@example.com", "d1")
-		dir := filepath.Join(t.TempDir(), "dev")
-		os.MkdirAll(dir, 0o700)
-		r := run(t, 60*time.Second, tool(t, "scepclient"), "-server-url", s.baseURL+"/scep", "-private-key", filepath.Join(dir, "key.pem"), "-challenge", ch)
-		if r.code == 0 {
-			t.Fatal("scepclient enrolled against an ECDSA issuing CA without -ca-fingerprint; the README's trade-off is out of date")
-		}
-		mustOK(t, "scepclient -ca-fingerprint (EC issuing CA)", s.scepclient(dir, ch))
-		text := mustOK(t, "x509", openssl(t, "x509", "-in", filepath.Join(dir, "client.pem"), "-noout", "-text"))
-		if !strings.Contains(text, "ecdsa-with-SHA256") {
-			t.Errorf("the certificate is not signed by the ECDSA issuing CA:\n%s", text)
-		}
-	})
+	for _, c := range []struct {
+		keyType, sigAlg string
+		getCACert       int
+	}{{"EC", "ecdsa-with-SHA256", 2}, {"RSA", "sha256WithRSAEncryption", 3}} {
+		t.Run(c.keyType, func(t *testing.T) {
+			t.Parallel()
+			var s *server
+			if c.keyType == "EC" {
+				s = newServer(t) // the default
+			} else {
+				s = newServer(t, "--issuer-key-type", c.keyType)
+			}
+			work := t.TempDir()
+			body := filepath.Join(work, "getcacert.p7")
+			os.WriteFile(body, httpGetBody(t, s.baseURL+"/scep?operation=GetCACert"), 0o600)
+			text := mustOK(t, "GetCACert", openssl(t, "pkcs7", "-inform", "DER", "-in", body, "-print_certs", "-text", "-noout"))
+			if n := strings.Count(text, "Public Key Algorithm: rsaEncryption"); n != c.getCACert || strings.Count(text, "Certificate:") != c.getCACert {
+				t.Fatalf("GetCACert serves %d RSA certificates of %d; want %d, all RSA:\n%s", n, strings.Count(text, "Certificate:"), c.getCACert, text)
+			}
+			s.register("alice@example.com", "d1")
+			dir := filepath.Join(work, "dev")
+			mustOK(t, "scepclient without flags", s.scepclient(dir, s.challenge("alice@example.com", "d1")))
+			cert := filepath.Join(dir, "client.pem")
+			leaf := mustOK(t, "x509", openssl(t, "x509", "-in", cert, "-noout", "-text"))
+			if !strings.Contains(leaf, "Signature Algorithm: "+c.sigAlg) {
+				t.Errorf("the certificate is not signed with %s:\n%s", c.sigAlg, leaf)
+			}
+			issuingDER, issuing := filepath.Join(work, "issuing.der"), filepath.Join(work, "issuing.pem")
+			os.WriteFile(issuingDER, httpGetBody(t, s.baseURL+"/ca/issuing.crt"), 0o600)
+			mustOK(t, "issuing CA", openssl(t, "x509", "-inform", "DER", "-in", issuingDER, "-out", issuing))
+			mustOK(t, "verify", openssl(t, "verify", "-CAfile", filepath.Join(s.data, "ca", "root_ca.crt"), "-untrusted", issuing, "-purpose", "smimesign", cert))
+			mustOK(t, "scepclient renewal without flags", s.scepclient(dir, "", "-certificate", cert))
+		})
+	}
 }
 
 // expireChallenge sets the stored expiry of the challenge secret to a

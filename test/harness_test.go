@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -342,27 +343,19 @@ func (s *server) challenge(user, device string) string {
 	return strings.TrimSpace(r.stdout)
 }
 
-// raFingerprint is the SHA-256 of the RA certificate, which scepclient
-// needs to pick the RSA recipient out of GetCACert when the issuing CA is
-// ECDSA (--issuer-key-type EC).
-func (s *server) raFingerprint() string {
-	s.t.Helper()
-	r := run(s.t, 30*time.Second, tool(s.t, "openssl"), "x509", "-in", filepath.Join(s.data, "ca", "scep_ra.crt"), "-noout", "-fingerprint", "-sha256")
-	if r.code != 0 {
-		s.t.Fatal(r.stderr)
+// httpGetBody returns the body of a GET that must answer 200.
+func httpGetBody(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
 	}
-	fp := strings.TrimSpace(r.stdout[strings.Index(r.stdout, "=")+1:])
-	return strings.ReplaceAll(fp, ":", "")
-}
-
-// ecIssuer reports whether the server was started with an ECDSA issuing CA.
-func (s *server) ecIssuer() bool {
-	for i, a := range s.extra {
-		if a == "--issuer-key-type" && i+1 < len(s.extra) && strings.EqualFold(s.extra[i+1], "EC") {
-			return true
-		}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
 	}
-	return false
+	return b
 }
 
 // scepclient enrols (or renews, when cert exists) in dir.
@@ -371,12 +364,9 @@ func (s *server) scepclient(dir, challenge string, extra ...string) result {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		s.t.Fatal(err)
 	}
-	// As a stock client: no -ca-fingerprint with the default RSA issuing
-	// CA, since scepclient can encrypt to every certificate of GetCACert.
+	// As a stock client: no -ca-fingerprint; scepclient encrypts to every
+	// certificate GetCACert serves, all RSA (ca.Authority.SCEPCACerts).
 	args := append([]string{"-server-url", s.baseURL + "/scep", "-private-key", filepath.Join(dir, "key.pem")}, extra...)
-	if s.ecIssuer() {
-		args = append(args, "-ca-fingerprint", s.raFingerprint())
-	}
 	if challenge != "" {
 		args = append(args, "-challenge", challenge)
 	}

@@ -99,6 +99,9 @@ func (a *app) buildCA(context.Context) error {
 	if next := st.authority.RootCRLNextUpdate(); time.Until(next) < rootCRLWarnBefore {
 		logger.Warn("the root CRL expires soon: sign the next with the offline root key (smimeca root crl) and copy it to every node's DATA/ca", "next_update", next.UTC().Format(time.RFC3339))
 	}
+	if ra, _ := st.authority.RA(); st.authority.RARenewalDue() {
+		logger.Warn("the SCEP RA certificate, which the offline root signs, expires soon: make its successor in a root ceremony (smimeca root reissue-ra), copy it to every node's DATA/ca and restart them", "not_after", ra.NotAfter.UTC().Format(time.RFC3339))
+	}
 	a.store, err = nosqlstore.New(st.database.DB.DB)
 	return err
 }
@@ -149,7 +152,7 @@ func (a *app) buildHTTP(context.Context) error {
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ra, raKey := authority.RA()
 	scepOpts := []scep.Option{scep.WithLogger(logger), scep.WithMetrics(newSCEPMetrics(a.reg))}
-	scepHandler, err := scep.New(a.rules.Enrollment, ra, raKey, a.scepChain(), scepOpts...)
+	scepHandler, err := scep.New(a.rules.Enrollment, ra, raKey, a.scepChain(), append(scepOpts, a.scepIssuers())...)
 	if err != nil {
 		return err
 	}
@@ -188,13 +191,10 @@ func (a *app) buildHTTP(context.Context) error {
 }
 
 // scepChain is what GetCACert returns after the RA certificate.
-func (a *app) scepChain() []*x509.Certificate {
-	chain := []*x509.Certificate{a.st.authority.Intermediate()}
-	if a.cfg.scepIncludeRoot {
-		chain = append(chain, a.st.authority.Root())
-	}
-	return chain
-}
+func (a *app) scepChain() []*x509.Certificate { return a.st.authority.SCEPCACerts() }
+
+// scepIssuers names the issuing CA for renewals: GetCACert may not serve it.
+func (a *app) scepIssuers() scep.Option { return scep.WithIssuers(a.st.authority.Intermediate()) }
 
 // buildGRPC builds the API (mutual TLS with smimeca's API PKI, the
 // credential registry, the services) and the health monitor.

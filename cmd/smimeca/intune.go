@@ -115,7 +115,7 @@ func (i *intuneFlags) config() (*intune.Config, error) {
 func (a *app) intuneHandler(client *intune.Client, limits httplimit.Limits, opts ...scep.Option) (http.Handler, error) {
 	ra, raKey := a.st.authority.RA()
 	h, err := scep.New(a.rules.External(intune.Authority{Client: client, Log: a.log}), ra, raKey, a.scepChain(),
-		append(opts, scep.WithPath(scep.IntunePath))...)
+		append(opts, scep.WithPath(scep.IntunePath), a.scepIssuers())...)
 	if err != nil {
 		return nil, err
 	}

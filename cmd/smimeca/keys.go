@@ -62,7 +62,7 @@ func openCA(cfg *serveConfig) (*caStack, error) {
 	}
 	st.authority, err = ca.Open(ca.Config{
 		Dir: filepath.Join(cfg.dataDir, "ca"), IssuerKeyType: strings.ToUpper(cfg.issuerKeyType),
-		BaseURL: cfg.certBaseURL, PolicyOIDs: policyOIDs, Keys: st.keys,
+		BaseURL: cfg.certBaseURL, PolicyOIDs: policyOIDs, Keys: st.keys, SCEPOmitRoot: !cfg.scepIncludeRoot,
 	}, st.database.DB)
 	if err != nil {
 		st.Close()

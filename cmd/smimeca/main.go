@@ -34,6 +34,7 @@ Usage:
   smimeca keys migrate --kms pkcs11:… [--remove-files]   move the CA's key files into a token
   smimeca root crl [--kms URI] [--validity 365d]   root ceremony: sign the root CRL with the offline root key
   smimeca root reissue-issuing [--kms URI] [--lifetime 3650d]   root ceremony: renew the issuing CA certificate (same key)
+  smimeca root reissue-ra [--kms URI]         root ceremony: new SCEP RA key and certificate (where the root signs it)
   smimeca device register --user EMAIL --device ID [--identity-cert FILE]
   smimeca device list --user EMAIL [-o json]
   smimeca device show --user EMAIL --device ID [-o json]

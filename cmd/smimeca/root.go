@@ -14,8 +14,8 @@ import (
 // rootCmd runs the root ceremonies: the only commands that load the
 // offline root key (serve never does).
 func rootCmd(args []string, stdout io.Writer) error {
-	const use = "usage: smimeca root (crl [--validity 365d] | reissue-issuing [--lifetime 3650d]) [--data DIR] [--kms URI]"
-	if len(args) == 0 || (args[0] != "crl" && args[0] != "reissue-issuing") {
+	const use = "usage: smimeca root (crl [--validity 365d] | reissue-issuing [--lifetime 3650d] | reissue-ra) [--data DIR] [--kms URI]"
+	if len(args) == 0 || (args[0] != "crl" && args[0] != "reissue-issuing" && args[0] != "reissue-ra") {
 		return usagef(use)
 	}
 	var dataDir, kms string
@@ -30,9 +30,10 @@ func rootCmd(args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if args[0] == "crl" {
+	switch args[0] {
+	case "crl":
 		f.fs.Func("validity", "how long the root CRL is valid (default 365d, at most 366d)", duration(&validity))
-	} else {
+	case "reissue-issuing":
 		f.fs.Func("lifetime", "how long the re-issued issuing CA certificate is valid (default 3650d; never past the root)", duration(&lifetime))
 	}
 	if err := f.parse(args[1:]); err != nil {
@@ -47,6 +48,15 @@ func rootCmd(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer keys.Close()
+	if args[0] == "reissue-ra" {
+		crt, err := ca.ReissueRA(dir, keys, time.Now())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "made a new SCEP RA key and certificate %s, serial %X, valid until %s, in %s; copy them to every node's DATA/ca (the key too, unless it is in a shared token) and restart them\n",
+			crt.Subject.CommonName, crt.SerialNumber, crt.NotAfter.UTC().Format(time.RFC3339), dir)
+		return nil
+	}
 	if args[0] == "reissue-issuing" {
 		crt, err := ca.ReissueIntermediate(dir, keys, lifetime, time.Now())
 		if err != nil {

@@ -53,7 +53,7 @@ func main() {
 	n := flag.Int("n", 300, "enrolments per run")
 	conc := flag.String("c", "1,16", "comma-separated client concurrencies")
 	keys := flag.Int("keys", 16, "distinct device keys (messages are unique anyway)")
-	flag.StringVar(&issuerKeyType, "issuer-key-type", "EC", "smimeca's issuing CA key type: EC (P-256, the fast configuration) or RSA (3072, the default since stock clients need it)")
+	flag.StringVar(&issuerKeyType, "issuer-key-type", "EC", "smimeca's issuing CA key type: EC (P-256, smimeca's default) or RSA (3072)")
 	flag.StringVar(&backendList, "kms", "softkms,softhsm", "smimeca's key stores to measure, each with its own server: softkms (key files) and/or softhsm (a SoftHSM2 token made by scripts/softhsm.sh, through PKCS#11)")
 	flag.StringVar(&pprofDir, "pprof", "", "write a CPU profile of each smimeca server during its last cell into this directory (smimeca-<kms>.pprof; the servers run with --ops-pprof)")
 	flag.IntVar(&runs, "runs", 1, "rounds of every cell; ratios are reported as the median and the spread over the rounds")
@@ -444,10 +444,9 @@ func startSmimeca(bin, work string, nChallenges int, backend string) (*target, e
 	data := filepath.Join(work, "smimeca")
 	httpAddr, grpcAddr := benchutil.FreeAddr(), benchutil.FreeAddr()
 	opsAddr := benchutil.FreeAddr()
-	// -issuer-key-type EC by default (not the RSA-3072 default): the
-	// configuration for fleets whose clients pick the RA out of GetCACert
-	// (iOS, macOS); the crypto limit below measures the same key type.
-	// Every client of the benchmark is on one address: no per-IP limit.
+	// -issuer-key-type EC by default, as smimeca's; the crypto limit below
+	// measures the same key type. Every client of the benchmark is on one
+	// address: no per-IP limit.
 	args := []string{"serve", "--data", data, "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--ops-addr", opsAddr, "--log-level", "warn", "--issuer-key-type", issuerKeyType,
 		"--scep-rate-per-ip", "0", "--scep-max-per-ip", "0"}
 	if pprofDir != "" {
@@ -482,7 +481,9 @@ func startSmimeca(bin, work string, nChallenges int, backend string) (*target, e
 	if err != nil {
 		return nil, err
 	}
-	// certs[0] is the RA; encrypt to it alone (the issuing CA is ECDSA).
+	// certs[0] is the RA; encrypt to it alone, as to scepserver's one
+	// certificate (a client that encrypts to the root too pays one more
+	// RSA public-key operation, on its side).
 	t := &target{name: "smimeca/" + backend, backend: backend, url: url, ra: certs[:1], cmd: cmd, recipie: certs[:1], serials: map[string]int{}, ops: opsAddr}
 
 	conn, err := benchutil.Dial(grpcAddr, filepath.Join(data, "credentials", "admin"))

@@ -500,7 +500,8 @@ type SigningReference struct {
 	KeyType string `protobuf:"bytes,7,opt,name=key_type,json=keyType,proto3" json:"key_type,omitempty"`
 	// Apple SCEP payload "Key Usage": 1 = signing.
 	AppleKeyUsage int32 `protobuf:"varint,8,opt,name=apple_key_usage,json=appleKeyUsage,proto3" json:"apple_key_usage,omitempty"`
-	// Fingerprints of the issuing CA certificate (SCEP "CAFingerprint").
+	// Fingerprints of the CA certificate GetCACert's chain ends in (SCEP
+	// "CAFingerprint"; the root by default).
 	CaFingerprintSha256 []byte `protobuf:"bytes,9,opt,name=ca_fingerprint_sha256,json=caFingerprintSha256,proto3" json:"ca_fingerprint_sha256,omitempty"`
 	CaFingerprintSha1   []byte `protobuf:"bytes,10,opt,name=ca_fingerprint_sha1,json=caFingerprintSha1,proto3" json:"ca_fingerprint_sha1,omitempty"`
 	CaFingerprintMd5    []byte `protobuf:"bytes,11,opt,name=ca_fingerprint_md5,json=caFingerprintMd5,proto3" json:"ca_fingerprint_md5,omitempty"`
