@@ -122,7 +122,7 @@ func New(enroller Enroller, ra *x509.Certificate, raKey RAKey, chain []*x509.Cer
 	h := &Handler{
 		enroller: enroller, ra: ra, raKey: raKey,
 		caCerts: append([]*x509.Certificate{ra}, chain...), issuers: chain,
-		log:     slog.New(slog.DiscardHandler), metrics: nopMetrics{}, path: Path,
+		log: slog.New(slog.DiscardHandler), metrics: nopMetrics{}, path: Path,
 	}
 	WithCaps(DefaultCaps)(h)
 	for _, o := range opts {
