@@ -40,6 +40,7 @@ func TestStatusForEveryReason(t *testing.T) {
 		"bad-format":                  codes.InvalidArgument,
 		"bad-device-certificate":      codes.InvalidArgument,
 		"break-glass-required":        codes.PermissionDenied,
+		"break-glass-off":             codes.FailedPrecondition,
 		"bad-pfx":                     codes.InvalidArgument,
 		"wrong-password":              codes.InvalidArgument,
 		"no-private-key":              codes.InvalidArgument,

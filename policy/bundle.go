@@ -88,16 +88,31 @@ type Bundles struct {
 	scepURL string
 	audit   Recorder
 	now     func() time.Time
+	// breakGlass: plain releases are allowed (AllowBreakGlass).
+	breakGlass bool
 }
+
+// BundlesOption configures Bundles.
+type BundlesOption func(*Bundles)
+
+// AllowBreakGlass lets an administrator take a user's keys in the clear
+// (DeliverPKCS12 with BreakGlass and a reason, audited). Without it every
+// such request is refused (ReasonBreakGlassOff) and audited as refused: an
+// escrowed key then leaves only encrypted to a device.
+func AllowBreakGlass() BundlesOption { return func(b *Bundles) { b.breakGlass = true } }
 
 // NewBundles returns the bundle rules. keys may be nil when no escrow is
 // configured: bundles then carry the signing reference only. Every release
 // is recorded by audit before it is returned (nil: nowhere, for tests).
-func NewBundles(enroll BundleRules, keys KeyStore, ca CAInfo, scepURL string, audit Recorder) *Bundles {
+func NewBundles(enroll BundleRules, keys KeyStore, ca CAInfo, scepURL string, audit Recorder, opts ...BundlesOption) *Bundles {
 	if audit == nil {
 		audit = nopAuditor{}
 	}
-	return &Bundles{enroll: enroll, keys: keys, ca: ca, scepURL: scepURL, audit: audit, now: time.Now}
+	b := &Bundles{enroll: enroll, keys: keys, ca: ca, scepURL: scepURL, audit: audit, now: time.Now}
+	for _, o := range opts {
+		o(b)
+	}
+	return b
 }
 
 // PKCS12Encoding selects the algorithms of the re-wrapped PKCS#12 files.
@@ -279,6 +294,11 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 			return nil, Event{}, reject(ReasonBreakGlass, "plain PKCS#12 with passwords is a break-glass release: an administrator must ask for it explicitly (--break-glass) with a reason; devices get CMS delivery")
 		}
 		action = ActionKeyBreakGlass
+		if !b.breakGlass {
+			err := reject(ReasonBreakGlassOff, "plain key release (break-glass) is turned off on this installation: escrowed keys leave only encrypted to a device; the operator can allow it with serve --allow-break-glass")
+			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device, Result: "refused", Detail: err.Error()})
+			return nil, Event{}, err
+		}
 	}
 	var recs []EscrowedKey
 	if b.keys != nil {

@@ -69,7 +69,7 @@ func newBundleEnvOn(t testing.TB, v *testvault.Vault) *bundleEnv {
 		t.Fatal(err)
 	}
 	return &bundleEnv{enroll: enroll, store: store, pool: pool, ca: c, keys: ks, vault: v, mdm: mdm, escrow: cert, devCert: devCert, audit: audit,
-		bundles: policy.NewBundles(enroll, ks, c, "http://x/scep", audit)}
+		bundles: policy.NewBundles(enroll, ks, c, "http://x/scep", audit, policy.AllowBreakGlass())}
 }
 
 // The default delivery: every password only as an envelope to the
@@ -160,6 +160,27 @@ func TestBundleBreakGlass(t *testing.T) {
 	ev := v.audit.last(policy.ActionKeyBreakGlass)
 	if ev.Result != "ok" || ev.Recipient != "" || len(ev.SHA256) != 1 {
 		t.Errorf("break-glass audit %+v", ev)
+	}
+}
+
+// Without AllowBreakGlass (the default) a plain release is refused, says
+// how to allow it, releases nothing and is audited as refused; the
+// devices' CMS delivery is unchanged.
+func TestBreakGlassOffByDefault(t *testing.T) {
+	v := newBundleEnv(t)
+	off := policy.NewBundles(v.enroll, v.keys, v.ca, "http://x/scep", v.audit)
+	ctx := context.Background()
+	b, err := off.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d",
+		Delivery: policy.DeliverPKCS12, BreakGlass: true, BreakGlassReason: "mailbox export, ticket 42"})
+	wantReason(t, err, policy.ReasonBreakGlassOff)
+	if b != nil || !strings.Contains(err.Error(), "--allow-break-glass") {
+		t.Fatalf("refusal %v (bundle %v)", err, b)
+	}
+	if ev := v.audit.last(policy.ActionKeyBreakGlass); ev.Result != "refused" || ev.User != "a@example.com" {
+		t.Errorf("the refused break-glass is not audited as refused: %+v", ev)
+	}
+	if _, err := off.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS}); err != nil {
+		t.Errorf("CMS delivery with break-glass off: %v", err)
 	}
 }
 

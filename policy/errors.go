@@ -81,6 +81,9 @@ const (
 	// ReasonIssueFailed: smimeca could not issue a certificate the external
 	// authority had validated (signing or storage failed); it was told.
 	ReasonIssueFailed
+	// ReasonBreakGlassOff: a plain (break-glass) key release was asked
+	// for where the operator has not allowed it (AllowBreakGlass).
+	ReasonBreakGlassOff
 	reasonEnd
 )
 
@@ -111,6 +114,7 @@ var reasons = [reasonEnd]struct {
 	ReasonBadFormat:            {"bad-format", KindInvalid},
 	ReasonBadDeviceCert:        {"bad-device-certificate", KindInvalid},
 	ReasonBreakGlass:           {"break-glass-required", KindDenied},
+	ReasonBreakGlassOff:        {"break-glass-off", KindFailedPrecondition},
 	ReasonBadPFX:               {"bad-pfx", KindInvalid},
 	ReasonWrongPassword:        {"wrong-password", KindInvalid},
 	ReasonNoKey:                {"no-private-key", KindInvalid},

@@ -102,7 +102,7 @@ func TestBundleEndToEnd(t *testing.T) {
 	t.Parallel()
 	withEachKMS(t, func(t *testing.T) {
 		v := testvault.Start(t)
-		s := escrowServer(t, v)
+		s := escrowServer(t, v, "--allow-break-glass")
 		w := t.TempDir()
 
 		files, pwFile, pw := corpHistory(t, w, "alice@example.com", "quarterly numbers, eyes only\n")
@@ -269,6 +269,39 @@ func TestKeyReleaseRefusals(t *testing.T) {
 		if r := s.grpcurl(t, "profile", "-d", b, addr, "smimeca.v1.ProfileBundles/GetUserBundle"); r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") {
 			t.Errorf("plain PKCS#12 for the profile role: %+v", r)
 		}
+	}
+	// Break-glass is off for a CA made by this version: the administrator's
+	// plain release is refused naming the setting, and audited as refused.
+	glass := func() result {
+		return run(t, 60e9, smimecaBin(t), "bundle", "get", "--out", filepath.Join(w, "glass"), "--server", s.grpcAddr,
+			"--credentials", filepath.Join(s.data, "credentials", "admin"), "--user", "bob@example.com", "--device", "ipad-1",
+			"--break-glass", "--reason", "legal hold export")
+	}
+	if r := glass(); r.code != 1 || !strings.Contains(r.stderr, "FailedPrecondition") || !strings.Contains(r.stderr, "--allow-break-glass") {
+		t.Errorf("break-glass on a new CA: %+v", r)
+	}
+	refused := false
+	audit, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	for _, line := range strings.Split(string(audit), "\n") {
+		refused = refused || strings.Contains(line, `"action":"key.release.break-glass"`) && strings.Contains(line, `"result":"refused"`)
+	}
+	if !refused {
+		t.Errorf("the refused break-glass is not in the audit log:\n%s", audit)
+	}
+	// A CA made before the setting (no default recorded) keeps break-glass
+	// on and says so at every start; --allow-break-glass=false ends it.
+	if err := os.Remove(filepath.Join(s.data, "ca", "break-glass-default")); err != nil {
+		t.Fatal(err)
+	}
+	s.restart()
+	if !strings.Contains(s.log.String(), "predates the break-glass setting") {
+		t.Error("an older CA's start does not warn that break-glass stays on")
+	}
+	mustOK(t, "break-glass on an older CA", glass())
+	s.extra = append(s.extra, "--allow-break-glass=false")
+	s.restart()
+	if r := glass(); r.code != 1 || !strings.Contains(r.stderr, "FailedPrecondition") {
+		t.Errorf("break-glass with --allow-break-glass=false: %+v", r)
 	}
 	bundle := func(device string) result {
 		return run(t, 60e9, smimecaBin(t), "bundle", "get", "--out", filepath.Join(w, "x-"+device), "--server", s.grpcAddr,

@@ -236,7 +236,7 @@ func raCert(t *testing.T, s *server) *x509.Certificate {
 // is whole: each user's break-glass bundle opens every one of their files.
 func TestKillDuringImport(t *testing.T) {
 	vaultAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s := newServer(t, "--embedded-vault", "--embedded-vault-addr", vaultAddr)
+	s := newServer(t, "--embedded-vault", "--embedded-vault-addr", vaultAddr, "--allow-break-glass")
 	is := testpki.NewIssuer(t)
 	in := t.TempDir()
 	const users, perUser = 8, 6

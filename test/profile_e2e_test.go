@@ -35,7 +35,7 @@ func TestProfileRenderCLI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := escrowServer(t, testvault.Start(t))
+		s := escrowServer(t, testvault.Start(t), "--allow-break-glass")
 		w := t.TempDir()
 		const msg = "board minutes, draft 3\n"
 		files, pwFile, _ := corpHistory(t, w, "erin@example.com", msg)

@@ -144,7 +144,7 @@ func TestSoak(t *testing.T) {
 	}
 	v := testvault.Start(t)
 	// All the load comes from one address: the per-IP rate would refuse it.
-	s := escrowServer(t, v, "--ops-pprof", "--scep-rate-per-ip", "0")
+	s := escrowServer(t, v, "--ops-pprof", "--scep-rate-per-ip", "0", "--allow-break-glass")
 	ctx := context.Background()
 	devs, enr, conn := s.adminClients(t)
 	esc, bundles := pb.NewEscrowAdminClient(conn), pb.NewProfileBundlesClient(conn)

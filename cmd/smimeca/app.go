@@ -190,6 +190,26 @@ func (a *app) buildHTTP(context.Context) error {
 	return nil
 }
 
+// breakGlass decides whether an administrator may take keys in the clear:
+// --allow-break-glass when given, else the installation's default (off for
+// a CA made by this version; on, with a warning, for an older one).
+func (a *app) breakGlass() (bool, error) {
+	if a.cfg.allowBreakGlass.set {
+		if a.cfg.allowBreakGlass.value {
+			a.log.Warn("plain key release (break-glass) is allowed (--allow-break-glass): an administrator credential can take any user's escrowed keys in the clear, audited")
+		}
+		return a.cfg.allowBreakGlass.value, nil
+	}
+	on, err := breakGlassDefault(filepath.Join(a.cfg.dataDir, "ca"))
+	if err != nil {
+		return false, err
+	}
+	if on {
+		a.log.Warn("this CA predates the break-glass setting, so plain key release (bundle --break-glass, profile render --plain) stays allowed: set --allow-break-glass=false to turn it off, or --allow-break-glass to keep it and silence this warning")
+	}
+	return on, nil
+}
+
 // scepChain is what GetCACert returns after the RA certificate.
 func (a *app) scepChain() []*x509.Certificate { return a.st.authority.SCEPCACerts() }
 
@@ -241,7 +261,13 @@ func (a *app) buildGRPC(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	services.Bundles = api.NewBundleService(policy.NewBundles(a.rules, escrowed, authority, scepURL, a.audit),
+	var bundleOpts []policy.BundlesOption
+	if allowed, err := a.breakGlass(); err != nil {
+		return err
+	} else if allowed {
+		bundleOpts = append(bundleOpts, policy.AllowBreakGlass())
+	}
+	services.Bundles = api.NewBundleService(policy.NewBundles(a.rules, escrowed, authority, scepURL, a.audit, bundleOpts...),
 		&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{authority.Intermediate()}}, logger)
 	a.grpcSrv = api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services, logger)
 	a.monitor = a.healthMonitor(services.Health)

@@ -41,6 +41,39 @@ func (e *envFlags) boolean(p *bool, name, env string, def bool, help string) {
 	e.fs.BoolVar(p, name, def, help+" ($"+env+")")
 }
 
+// optBool is a boolean flag that also knows whether it was set at all.
+type optBool struct{ set, value bool }
+
+func (o *optBool) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return strconv.FormatBool(o.value)
+}
+
+func (o *optBool) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("%q is not true or false", s)
+	}
+	o.set, o.value = true, b
+	return nil
+}
+
+// IsBoolFlag lets the flag be given bare (--name means true).
+func (o *optBool) IsBoolFlag() bool { return true }
+
+// optionalBool binds a boolean whose absence means "the default of the
+// installation", not false.
+func (e *envFlags) optionalBool(p *optBool, name, env, help string) {
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		if err := p.Set(v); err != nil {
+			e.bad = append(e.bad, fmt.Sprintf("$%s=%q is not a boolean", env, v))
+		}
+	}
+	e.fs.Var(p, name, help+" ($"+env+")")
+}
+
 func (e *envFlags) duration(p *time.Duration, name, env string, def time.Duration, help string) {
 	if v, ok := os.LookupEnv(env); ok && v != "" {
 		d, err := parseDuration(v)

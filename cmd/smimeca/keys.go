@@ -37,6 +37,29 @@ type caStack struct {
 	authority *ca.Authority
 }
 
+// breakGlassFile, under DATA/ca (copied with the CA to every node), holds
+// the installation's break-glass default: "off" for a CA made since plain
+// key release became a setting. A CA without it predates that: "on".
+const breakGlassFile = "break-glass-default"
+
+// breakGlassDefault returns the installation's break-glass default from
+// caDir (see breakGlassFile).
+func breakGlassDefault(caDir string) (bool, error) {
+	b, err := os.ReadFile(filepath.Join(caDir, breakGlassFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	switch v := strings.TrimSpace(string(b)); v {
+	case "on", "off":
+		return v == "on", nil
+	default:
+		return false, fmt.Errorf("%s: %q is neither on nor off", filepath.Join(caDir, breakGlassFile), v)
+	}
+}
+
 // openCA opens the database and the --kms key store under cfg.dataDir and
 // the CA on them, creating on first start what is missing.
 func openCA(cfg *serveConfig) (*caStack, error) {
@@ -50,7 +73,10 @@ func openCA(cfg *serveConfig) (*caStack, error) {
 	if err != nil {
 		return nil, err
 	}
-	if st.keys, err = keystore.Open(cfg.kms, filepath.Join(cfg.dataDir, "ca"), os.Getenv(kmsPINEnv)); err != nil {
+	caDir := filepath.Join(cfg.dataDir, "ca")
+	_, statErr := os.Stat(filepath.Join(caDir, ca.RootCertFile))
+	newCA := errors.Is(statErr, fs.ErrNotExist)
+	if st.keys, err = keystore.Open(cfg.kms, caDir, os.Getenv(kmsPINEnv)); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -67,6 +93,12 @@ func openCA(cfg *serveConfig) (*caStack, error) {
 	if err != nil {
 		st.Close()
 		return nil, err
+	}
+	if newCA {
+		if err := os.WriteFile(filepath.Join(caDir, breakGlassFile), []byte("off\n"), 0o644); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("record the installation's break-glass default: %w", err)
+		}
 	}
 	return st, nil
 }

@@ -78,6 +78,7 @@ type serveConfig struct {
 	staticChallenge   string
 	scepIncludeRoot   bool
 	scepEncryption    string
+	allowBreakGlass   optBool
 	opsAddr           string
 	ldapAddr          string
 	ldapBaseDN        string
@@ -146,6 +147,7 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f.duration(&c.challengeTTL, "challenge-ttl", "SMIMECA_CHALLENGE_TTL", policy.DefaultChallengeTTL, "default lifetime of one-time challenges")
 	f.boolean(&c.contentCommitment, "content-commitment", "SMIMECA_CONTENT_COMMITMENT", false, "add the contentCommitment key usage to signing certificates")
 	f.str(&c.staticChallenge, "static-challenge", "SMIMECA_STATIC_CHALLENGE", "", "LAB ONLY: a shared challenge that lets devices name their own address")
+	f.optionalBool(&c.allowBreakGlass, "allow-break-glass", "SMIMECA_ALLOW_BREAK_GLASS", "allow an administrator's plain key release (bundle --break-glass, profile render --plain; audited). Unset: off for a CA made by this version, on (with a warning at each start) for one made before it became a setting")
 	f.boolean(&c.scepIncludeRoot, "scep-include-root", "SMIMECA_SCEP_INCLUDE_ROOT", true, "include the root in GetCACert when the issuing CA signs the RA (RSA issuing CA; clients such as certmonger verify CertRep up to it); where the root signs the RA it is always there")
 	f.str(&c.scepEncryption, "scep-encryption", "SMIMECA_SCEP_ENCRYPTION", "aes256-cbc", "CertRep content encryption: aes256-cbc, aes128-cbc, aes256-gcm")
 	f.str(&c.vaultAddr, "vault-addr", "SMIMECA_VAULT_ADDR", "", "Vault address for the escrow (empty: no escrow, unless --embedded-vault); for a cluster every node's, comma-separated: requests move to the next node when one does not answer")

@@ -114,3 +114,52 @@ func TestServeBuildFailureIsReported(t *testing.T) {
 		}
 	}
 }
+
+// --allow-break-glass has three states: unset (the installation decides),
+// bare or =true, =false; the variable sets it too, and a bad value is an
+// error naming it.
+func TestAllowBreakGlassFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args      []string
+		env       string
+		set, want bool
+	}{
+		{nil, "", false, false},
+		{[]string{"--allow-break-glass"}, "", true, true},
+		{[]string{"--allow-break-glass=false"}, "", true, false},
+		{nil, "true", true, true},
+		{[]string{"--allow-break-glass=false"}, "true", true, false},
+	} {
+		t.Setenv("SMIMECA_ALLOW_BREAK_GLASS", tc.env)
+		c, err := parseServe(tc.args)
+		if err != nil {
+			t.Fatalf("%v %q: %v", tc.args, tc.env, err)
+		}
+		if c.allowBreakGlass.set != tc.set || c.allowBreakGlass.value != tc.want {
+			t.Errorf("%v with $SMIMECA_ALLOW_BREAK_GLASS=%q: %+v", tc.args, tc.env, c.allowBreakGlass)
+		}
+	}
+	t.Setenv("SMIMECA_ALLOW_BREAK_GLASS", "maybe")
+	if _, err := parseServe(nil); err == nil || !strings.Contains(err.Error(), "SMIMECA_ALLOW_BREAK_GLASS") {
+		t.Errorf("a bad variable: %v", err)
+	}
+}
+
+// A CA's recorded break-glass default decides when the flag is unset; a CA
+// without one predates the setting (on); anything else is an error.
+func TestBreakGlassDefault(t *testing.T) {
+	dir := t.TempDir()
+	if on, err := breakGlassDefault(dir); err != nil || !on {
+		t.Errorf("no record: %v %v, want on", on, err)
+	}
+	for content, want := range map[string]bool{"off\n": false, "on\n": true} {
+		os.WriteFile(filepath.Join(dir, breakGlassFile), []byte(content), 0o644)
+		if on, err := breakGlassDefault(dir); err != nil || on != want {
+			t.Errorf("%q: %v %v", content, on, err)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, breakGlassFile), []byte("yes\n"), 0o644)
+	if _, err := breakGlassDefault(dir); err == nil {
+		t.Error("an unreadable record was taken")
+	}
+}
