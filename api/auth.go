@@ -36,13 +36,20 @@ const (
 	// RoleProfile (the profile service) fetches bundles and renders
 	// profiles for registered, active devices, nothing else.
 	RoleProfile Role = "profile"
+	// RoleRecoveryOfficer asks for a user's escrowed keys (a recovery
+	// request) and downloads an approved request's release, once.
+	RoleRecoveryOfficer Role = "recovery-officer"
+	// RoleRecoveryApprover approves or rejects recovery requests.
+	RoleRecoveryApprover Role = "recovery-approver"
 )
 
 // Roles lists every role with the URI SAN its certificates carry.
 func Roles() map[string]string {
-	return map[string]string{
-		string(RoleAdmin): RoleURI(RoleAdmin), string(RoleRegistrar): RoleURI(RoleRegistrar), string(RoleProfile): RoleURI(RoleProfile),
+	out := map[string]string{}
+	for _, r := range []Role{RoleAdmin, RoleRegistrar, RoleProfile, RoleRecoveryOfficer, RoleRecoveryApprover} {
+		out[string(r)] = RoleURI(r)
 	}
+	return out
 }
 
 // RoleURIPrefix prefixes the URI SAN that carries a client certificate's
@@ -77,6 +84,15 @@ var DefaultAccess = Access{
 	"/smimeca.v1.Devices/ConfirmDeviceIdentity": {RoleAdmin},
 	// The profile service fetches bundles; admins may too.
 	"/smimeca.v1.ProfileBundles/": {RoleProfile, RoleAdmin},
+	// Key recovery separates asking from agreeing: officers ask and
+	// download, approvers vote, nobody else does either (an administrator
+	// neither, whose plain break-glass is a separate setting); all three
+	// may read the requests.
+	"/smimeca.v1.KeyRecovery/":                 {RoleRecoveryOfficer, RoleRecoveryApprover, RoleAdmin},
+	"/smimeca.v1.KeyRecovery/RequestRecovery":  {RoleRecoveryOfficer},
+	"/smimeca.v1.KeyRecovery/DownloadRecovery": {RoleRecoveryOfficer},
+	"/smimeca.v1.KeyRecovery/ApproveRecovery":  {RoleRecoveryApprover},
+	"/smimeca.v1.KeyRecovery/RejectRecovery":   {RoleRecoveryApprover},
 }
 
 // CredentialChecker says whether a client certificate is a registered,

@@ -86,6 +86,8 @@ type Services struct {
 	Devices pb.DevicesServer
 	// Credentials manages API credentials.
 	Credentials pb.CredentialsServer
+	// Recovery runs key recovery requests (optional: needs the escrow).
+	Recovery pb.KeyRecoveryServer
 	// Health is the gRPC health service; nil: one that reports SERVING
 	// for every registered service. The caller may set statuses on it.
 	Health *health.Server
@@ -147,6 +149,10 @@ func NewServer(tlsConfig *tls.Config, auth *Authorizer, svc Services, log *slog.
 	if svc.Credentials != nil {
 		pb.RegisterCredentialsServer(s, svc.Credentials)
 		hs.SetServingStatus(pb.Credentials_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	}
+	if svc.Recovery != nil {
+		pb.RegisterKeyRecoveryServer(s, svc.Recovery)
+		hs.SetServingStatus(pb.KeyRecovery_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	}
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)

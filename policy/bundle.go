@@ -88,8 +88,10 @@ type Bundles struct {
 	scepURL string
 	audit   Recorder
 	now     func() time.Time
-	// breakGlass: plain releases are allowed (AllowBreakGlass).
+	// breakGlass: plain releases are allowed (AllowBreakGlass), unless
+	// recoveryOn says key recovery is configured (RefuseBreakGlassWith).
 	breakGlass bool
+	recoveryOn func(context.Context) (bool, error)
 }
 
 // BundlesOption configures Bundles.
@@ -100,6 +102,13 @@ type BundlesOption func(*Bundles)
 // such request is refused (ReasonBreakGlassOff) and audited as refused: an
 // escrowed key then leaves only encrypted to a device.
 func AllowBreakGlass() BundlesOption { return func(b *Bundles) { b.breakGlass = true } }
+
+// RefuseBreakGlassWith refuses plain releases, even where they are
+// allowed, whenever configured reports that key recovery under dual
+// control is set up (Recoveries): one person's break-glass would bypass it.
+func RefuseBreakGlassWith(configured func(context.Context) (bool, error)) BundlesOption {
+	return func(b *Bundles) { b.recoveryOn = configured }
+}
 
 // NewBundles returns the bundle rules. keys may be nil when no escrow is
 // configured: bundles then carry the signing reference only. Every release
@@ -294,10 +303,21 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 			return nil, Event{}, reject(ReasonBreakGlass, "plain PKCS#12 with passwords is a break-glass release: an administrator must ask for it explicitly (--break-glass) with a reason; devices get CMS delivery")
 		}
 		action = ActionKeyBreakGlass
+		var off error
 		if !b.breakGlass {
-			err := reject(ReasonBreakGlassOff, "plain key release (break-glass) is turned off on this installation: escrowed keys leave only encrypted to a device; the operator can allow it with serve --allow-break-glass")
-			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device, Result: "refused", Detail: err.Error()})
-			return nil, Event{}, err
+			off = reject(ReasonBreakGlassOff, "plain key release (break-glass) is turned off on this installation: escrowed keys leave only encrypted to a device; the operator can allow it with serve --allow-break-glass")
+		} else if b.recoveryOn != nil {
+			on, err := b.recoveryOn(ctx)
+			if err != nil {
+				return nil, Event{}, fmt.Errorf("policy: is key recovery configured: %w", err)
+			}
+			if on {
+				off = reject(ReasonBreakGlassOff, "key recovery under dual control is configured (recovery-approver credentials exist), so plain break-glass is refused: ask with smimeca recovery request")
+			}
+		}
+		if off != nil {
+			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device, Result: "refused", Detail: off.Error()})
+			return nil, Event{}, off
 		}
 	}
 	var recs []EscrowedKey

@@ -182,6 +182,20 @@ func TestBreakGlassOffByDefault(t *testing.T) {
 	if _, err := off.Bundle(ctx, policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverCMS}); err != nil {
 		t.Errorf("CMS delivery with break-glass off: %v", err)
 	}
+	// Allowed, but key recovery is configured: refused all the same.
+	configured := false
+	gated := policy.NewBundles(v.enroll, v.keys, v.ca, "http://x/scep", v.audit, policy.AllowBreakGlass(),
+		policy.RefuseBreakGlassWith(func(context.Context) (bool, error) { return configured, nil }))
+	glass := policy.BundleRequest{User: "a@example.com", Device: "d", Delivery: policy.DeliverPKCS12, BreakGlass: true, BreakGlassReason: "x"}
+	if _, err := gated.Bundle(ctx, glass); err != nil {
+		t.Fatalf("break-glass allowed, no recovery: %v", err)
+	}
+	configured = true
+	_, err = gated.Bundle(ctx, glass)
+	wantReason(t, err, policy.ReasonBreakGlassOff)
+	if !strings.Contains(err.Error(), "recovery request") {
+		t.Errorf("the refusal does not point at key recovery: %v", err)
+	}
 }
 
 // No audit, no release: when the release cannot be recorded the caller

@@ -84,6 +84,13 @@ const (
 	// ReasonBreakGlassOff: a plain (break-glass) key release was asked
 	// for where the operator has not allowed it (AllowBreakGlass).
 	ReasonBreakGlassOff
+	// Recovery requests (Recoveries).
+	ReasonBadRecipient
+	ReasonUnknownRecovery
+	ReasonRecoveryClosed
+	ReasonSelfApproval
+	ReasonDoubleVote
+	ReasonNotRequester
 	reasonEnd
 )
 
@@ -115,6 +122,12 @@ var reasons = [reasonEnd]struct {
 	ReasonBadDeviceCert:        {"bad-device-certificate", KindInvalid},
 	ReasonBreakGlass:           {"break-glass-required", KindDenied},
 	ReasonBreakGlassOff:        {"break-glass-off", KindFailedPrecondition},
+	ReasonBadRecipient:         {"bad-recipient-certificate", KindInvalid},
+	ReasonUnknownRecovery:      {"unknown-recovery", KindNotFound},
+	ReasonRecoveryClosed:       {"recovery-closed", KindFailedPrecondition},
+	ReasonSelfApproval:         {"self-approval", KindDenied},
+	ReasonDoubleVote:           {"double-vote", KindFailedPrecondition},
+	ReasonNotRequester:         {"not-requester", KindDenied},
 	ReasonBadPFX:               {"bad-pfx", KindInvalid},
 	ReasonWrongPassword:        {"wrong-password", KindInvalid},
 	ReasonNoKey:                {"no-private-key", KindInvalid},

@@ -256,6 +256,12 @@ func (a *app) buildGRPC(ctx context.Context) error {
 			a.escrowSvc.SetIntuneSync(sync)
 		}
 		escrowed = a.esc.store
+		recStore, err := nosqlstore.NewRecoveryStore(a.st.database.DB.DB)
+		if err != nil {
+			return err
+		}
+		services.Recovery = api.NewRecoveryService(policy.NewRecoveries(recStore, a.esc.store, a.audit, policy.RecoveryConfig{
+			Quorum: cfg.recoveryQuorum, Deadline: cfg.recoveryDeadline, Notify: recoveryNotifier(cfg.recoveryNotifyURL, logger)}), logger)
 	}
 	profCert, profKey, err := authority.Delegated(profileSigner(authority.Name()), time.Now())
 	if err != nil {
@@ -265,7 +271,7 @@ func (a *app) buildGRPC(ctx context.Context) error {
 	if allowed, err := a.breakGlass(); err != nil {
 		return err
 	} else if allowed {
-		bundleOpts = append(bundleOpts, policy.AllowBreakGlass())
+		bundleOpts = append(bundleOpts, policy.AllowBreakGlass(), policy.RefuseBreakGlassWith(recoveryConfigured(creds)))
 	}
 	services.Bundles = api.NewBundleService(policy.NewBundles(a.rules, escrowed, authority, scepURL, a.audit, bundleOpts...),
 		&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{authority.Intermediate()}}, logger)

@@ -279,7 +279,7 @@ func credentialsIssue(args []string, stdout io.Writer) error {
 	var ttl time.Duration
 	f := newFlags("credentials issue")
 	cf.register(f, "admin")
-	f.fs.StringVar(&role, "role", "", "admin, registrar (the MDM's enrolment hook) or profile (the profile service); required")
+	f.fs.StringVar(&role, "role", "", "admin, registrar (the MDM's enrolment hook), profile (the profile service), recovery-officer or recovery-approver (key recovery); required")
 	f.fs.StringVar(&name, "name", "", "unique name of the identity, e.g. mdm-prod (required)")
 	f.fs.StringVar(&out, "out", "", "directory to write client.crt, client.key and ca.crt to (required; created 0700)")
 	f.fs.Func("ttl", "lifetime (default 90d, at most 730d)", func(s string) error {

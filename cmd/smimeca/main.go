@@ -35,6 +35,10 @@ Usage:
   smimeca root crl [--kms URI] [--validity 365d]   root ceremony: sign the root CRL with the offline root key
   smimeca root reissue-issuing [--kms URI] [--lifetime 3650d]   root ceremony: renew the issuing CA certificate (same key)
   smimeca root reissue-ra [--kms URI]         root ceremony: new SCEP RA key and certificate (where the root signs it)
+  smimeca recovery request --user EMAIL [--thumbprint SHA256]… --reason R --recipient-cert officer.pem   (recovery-officer)
+  smimeca recovery approve|reject --id ID [--comment C]   (recovery-approver: distinct from the officer, one vote each)
+  smimeca recovery list [--user EMAIL] | show --id ID
+  smimeca recovery download --id ID --out release.cms   (the officer, once, after the quorum)
   smimeca device register --user EMAIL --device ID [--identity-cert FILE]
   smimeca device list --user EMAIL [-o json]
   smimeca device show --user EMAIL --device ID [-o json]
@@ -104,6 +108,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = deviceCmd(args[1:], stdout)
 	case "credentials":
 		err = credentialsCmd(args[1:], stdout)
+	case "recovery":
+		err = recoveryCmd(args[1:], stdout)
 	case "pfx":
 		err = pfxCmd(args[1:], stdout, stderr)
 	case "bundle":

@@ -108,6 +108,9 @@ type serveConfig struct {
 	identityFields    string
 	identityCRL       string
 	rekeyHold         time.Duration
+	recoveryQuorum    int
+	recoveryDeadline  time.Duration
+	recoveryNotifyURL string
 	// publicURLDefaulted reports that --public-url was derived from an
 	// address other peers reach: certificates would then point at it.
 	publicURLDefaulted bool
@@ -164,6 +167,9 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f.str(&c.deviceIdentityCA, "device-identity-ca", "SMIMECA_DEVICE_IDENTITY_CA", "", "PEM file of the CA(s) that issue devices' MDM identity certificates; needed to register a device with an identity (and so to release any key to it)")
 	f.str(&c.identityCRL, "device-identity-crl", "SMIMECA_DEVICE_IDENTITY_CRL", "", "CRL file(s) of the MDM's device identity CA (PEM or DER, comma-separated; re-read when changed): a revoked identity is neither registered nor released to, and an expired CRL releases nothing")
 	f.str(&c.identityFields, "identity-device-fields", "SMIMECA_IDENTITY_DEVICE_FIELDS", "cn,san", "where a device identity certificate must name its device id: cn (subject CN), san (a DNS name, URI or e-mail SAN), both (cn,san), or none (no check)")
+	f.integer(&c.recoveryQuorum, "recovery-quorum", "SMIMECA_RECOVERY_QUORUM", 2, "key recovery: approvals (distinct recovery-approver credentials, never the officer) a request needs, 1 to 9")
+	f.duration(&c.recoveryDeadline, "recovery-deadline", "SMIMECA_RECOVERY_DEADLINE", 72*time.Hour, "key recovery: how long a request waits for its quorum and its one download")
+	f.str(&c.recoveryNotifyURL, "recovery-notify-url", "SMIMECA_RECOVERY_NOTIFY_URL", "", "key recovery: an http(s) URL that gets each step as JSON (user, officer, approvers, state; no secret) to tell the user, S/MIME BR 4.12.1 (optional)")
 	f.duration(&c.rekeyHold, "rekey-hold", "SMIMECA_REKEY_HOLD", policy.DefaultRekeyHold, "after a device rekey, how long key releases to it wait unless an administrator confirms (smimeca device confirm)")
 	f.integer(&c.scepMaxInFlight, "scep-max-inflight", "SMIMECA_SCEP_MAX_INFLIGHT", 16*runtime.GOMAXPROCS(0), "PKIOperations processed at once; more get 503 with Retry-After")
 	f.float(&c.scepRatePerIP, "scep-rate-per-ip", "SMIMECA_SCEP_RATE_PER_IP", httplimit.DefaultRatePerIP, "PKIOperations per second per client IP (0: no limit); more get 429 with Retry-After (OCSP: 5 times it)")

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/go-ldap/ldap/v3"
 	"go.step.sm/crypto/pemutil"
@@ -33,6 +34,15 @@ type resolved struct {
 func (c *serveConfig) validate() error {
 	if err := scep.SetPKCS7Defaults(c.scepEncryption); err != nil {
 		return usagef("--scep-encryption: %v", err)
+	}
+	if c.recoveryQuorum < 1 || c.recoveryQuorum > 9 {
+		return usagef("--recovery-quorum %d: between 1 and 9 approvals", c.recoveryQuorum)
+	}
+	if c.recoveryDeadline < time.Hour || c.recoveryDeadline > 30*24*time.Hour {
+		return usagef("--recovery-deadline %s: between 1h and 30d", c.recoveryDeadline)
+	}
+	if u := c.recoveryNotifyURL; u != "" && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
+		return usagef("--recovery-notify-url %q: an http:// or https:// URL", u)
 	}
 	var domainList []string
 	for _, d := range strings.Split(c.allowedDomains, ",") {

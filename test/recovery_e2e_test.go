@@ -1,0 +1,138 @@
+package test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/smimeca/smimeca/internal/testing/testvault"
+)
+
+// TestKeyRecoveryDualControl: an officer asks for a user's escrowed key,
+// encrypted to the officer's own encryption certificate; one approval
+// releases nothing, a second from another approver does; the officer
+// downloads one CMS envelope that `openssl cms -decrypt` with the officer's
+// key opens into the key as imported, byte for byte; a second download, a
+// double vote, an officer's vote, a rejected request, and every other role
+// get a clear refusal and nothing. With recovery set up, an administrator's
+// plain break-glass is refused too. Every step is in the audit log with the
+// credentials' names and serials.
+func TestKeyRecoveryDualControl(t *testing.T) {
+	t.Parallel()
+	v := testvault.Start(t)
+	s := escrowServer(t, v, "--allow-break-glass")
+	w := t.TempDir()
+	s.escrowOpenSSLPFX(t, w, "bob@example.com")
+	s.registerWithIdentity("bob@example.com", "ipad-1")
+	creds := map[string]string{}
+	for name, role := range map[string]string{"olga": "recovery-officer", "ann": "recovery-approver", "bert": "recovery-approver", "carl": "recovery-approver"} {
+		creds[name] = filepath.Join(w, "creds-"+name)
+		mustOK(t, "credentials issue "+name, s.cli("credentials", "issue", "--name", name, "--role", role, "--out", creds[name]))
+	}
+	as := func(name string, args ...string) result {
+		return runEnv(t, s.cliEnv(), smimecaBin(t), append(args, "--server", s.grpcAddr, "--credentials", creds[name])...)
+	}
+	// The officer's own encryption certificate and key.
+	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "officer.key", "-out", "officer.pem", "-subj", "/CN=Olga Officer",
+		"-days", "30", "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,keyEncipherment")
+	request := func() string {
+		r := mustOK(t, "recovery request", as("olga", "recovery", "request", "--user", "Bob@example.com", "--reason", "leaver's mailbox, ticket 77",
+			"--recipient-cert", filepath.Join(w, "officer.pem")))
+		m := regexp.MustCompile(`recovery ([0-9a-f]{24})`).FindStringSubmatch(r)
+		if m == nil || !strings.Contains(r, "state: pending (0 of 2 approvals)") {
+			t.Fatalf("recovery request printed:\n%s", r)
+		}
+		return m[1]
+	}
+	id := request()
+	download := func(name, out string) result {
+		return as(name, "recovery", "download", "--id", id, "--out", filepath.Join(w, out))
+	}
+	if r := download("olga", "early.cms"); r.code != 1 || !strings.Contains(r.stderr, "recovery-closed") || !strings.Contains(r.stderr, "not approved") {
+		t.Errorf("download before any approval: %+v", r)
+	}
+	mustOK(t, "approve ann", as("ann", "recovery", "approve", "--id", id, "--comment", "ticket checked"))
+	if r := download("olga", "one.cms"); r.code != 1 || !strings.Contains(r.stderr, "not approved") {
+		t.Errorf("download after one approval: %+v", r)
+	}
+	if _, err := os.Stat(filepath.Join(w, "one.cms")); err == nil {
+		t.Error("a refused download left a file")
+	}
+	if r := as("ann", "recovery", "approve", "--id", id); r.code != 1 || !strings.Contains(r.stderr, "double-vote") {
+		t.Errorf("a second vote of ann: %+v", r)
+	}
+	if r := as("olga", "recovery", "approve", "--id", id); r.code != 1 || !strings.Contains(r.stderr, "PermissionDenied") {
+		t.Errorf("the officer approving: %+v", r)
+	}
+	for _, cred := range []string{"profile", "admin"} {
+		r := runEnv(t, s.cliEnv(), smimecaBin(t), "recovery", "approve", "--id", id, "--server", s.grpcAddr, "--credentials", filepath.Join(s.data, "credentials", cred))
+		if r.code != 1 || !strings.Contains(r.stderr, "PermissionDenied") {
+			t.Errorf("%s approving: %+v", cred, r)
+		}
+		r = runEnv(t, s.cliEnv(), smimecaBin(t), "recovery", "request", "--user", "bob@example.com", "--reason", "x", "--recipient-cert", filepath.Join(w, "officer.pem"),
+			"--server", s.grpcAddr, "--credentials", filepath.Join(s.data, "credentials", cred))
+		if r.code != 1 || !strings.Contains(r.stderr, "PermissionDenied") {
+			t.Errorf("%s requesting: %+v", cred, r)
+		}
+	}
+	if out := mustOK(t, "approve bert", as("bert", "recovery", "approve", "--id", id, "--comment", "HR confirmed")); !strings.Contains(out, "state: approved (2 of 2 approvals)") {
+		t.Errorf("after the quorum:\n%s", out)
+	}
+	if r := download("ann", "ann.cms"); r.code != 1 || !strings.Contains(r.stderr, "PermissionDenied") {
+		t.Errorf("an approver downloading: %+v", r)
+	}
+	mustOK(t, "download", download("olga", "release.cms"))
+	if r := download("olga", "again.cms"); r.code != 1 || !strings.Contains(r.stderr, "given once") {
+		t.Errorf("a second download: %+v", r)
+	}
+	// The release opens with the officer's key into the imported key.
+	opensslIn(t, w, "cms", "-decrypt", "-inform", "DER", "-in", "release.cms", "-recip", "officer.pem", "-inkey", "officer.key", "-out", "release.pem")
+	opensslIn(t, w, "pkey", "-in", "u.key", "-out", "imported.pem") // the key the PFX was made of, as PKCS#8
+	released, _ := os.ReadFile(filepath.Join(w, "release.pem"))
+	imported, _ := os.ReadFile(filepath.Join(w, "imported.pem"))
+	if len(imported) == 0 || !bytes.Contains(released, imported) {
+		t.Fatalf("the release does not hold the imported key:\n%s", released)
+	}
+	cert, _ := os.ReadFile(filepath.Join(w, "u.pem"))
+	if !bytes.Contains(released, bytes.TrimSpace(cert)) {
+		t.Error("the release does not hold the certificate")
+	}
+	// A rejection ends a request.
+	id = request()
+	mustOK(t, "approve ann", as("ann", "recovery", "approve", "--id", id))
+	mustOK(t, "reject carl", as("carl", "recovery", "reject", "--id", id, "--comment", "no ticket"))
+	if r := as("bert", "recovery", "approve", "--id", id); r.code != 1 || !strings.Contains(r.stderr, "rejected") {
+		t.Errorf("approving a rejected request: %+v", r)
+	}
+	if r := download("olga", "rejected.cms"); r.code != 1 || !strings.Contains(r.stderr, "rejected") {
+		t.Errorf("downloading a rejected request: %+v", r)
+	}
+	list := mustOK(t, "recovery list", as("ann", "recovery", "list", "--user", "bob@example.com"))
+	if !strings.Contains(list, "released") || !strings.Contains(list, "rejected") {
+		t.Errorf("recovery list:\n%s", list)
+	}
+	// With approvers registered, one administrator's break-glass is refused.
+	r := s.cli("bundle", "get", "--out", filepath.Join(w, "glass"), "--user", "bob@example.com", "--device", "ipad-1", "--break-glass", "--reason", "shortcut")
+	if r.code != 1 || !strings.Contains(r.stderr, "key recovery under dual control is configured") {
+		t.Errorf("break-glass with recovery configured: %+v", r)
+	}
+	// The audit trail names every step's credential, by name and serial.
+	audit, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`"name":"olga","credential":"[0-9A-Fa-f]+"},"action":"recovery.request"`),
+		regexp.MustCompile(`"name":"ann","credential":"[0-9A-Fa-f]+"},"action":"recovery.approve"`),
+		regexp.MustCompile(`"name":"bert","credential":"[0-9A-Fa-f]+"},"action":"recovery.approve"`),
+		regexp.MustCompile(`"name":"carl","credential":"[0-9A-Fa-f]+"},"action":"recovery.reject"`),
+		regexp.MustCompile(`"name":"olga","credential":"[0-9A-Fa-f]+"},"action":"key.release.recovery","user":"bob@example.com","sha256":\["[0-9a-f]{64}"\],"recipient_sha256":"[0-9a-f]{64}","result":"ok"`),
+	} {
+		if !want.Match(audit) {
+			t.Errorf("the audit log lacks %s", want)
+		}
+	}
+	if bytes.Contains(audit, []byte("PRIVATE KEY")) || bytes.Contains([]byte(s.log.String()), []byte("PRIVATE KEY")) {
+		t.Error("a key reached the audit or server log")
+	}
+}
