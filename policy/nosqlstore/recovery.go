@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/smallstep/nosql/database"
 
@@ -64,14 +66,18 @@ func (s *RecoveryStore) read(id string) (policy.RecoveryRequest, []byte, error) 
 }
 
 // maxRecoveryRetries bounds UpdateRecovery's compare-and-swap attempts
-// (each lost one means another change of the same request committed).
-const maxRecoveryRetries = 16
+// (each lost one means another change of the same request committed);
+// between attempts it waits a random while that grows with each.
+const maxRecoveryRetries = 64
 
 // UpdateRecovery implements policy.RecoveryStore: read, change, and
 // compare-and-swap against what was read, again from the top when another
 // change came first.
 func (s *RecoveryStore) UpdateRecovery(_ context.Context, id string, change func(*policy.RecoveryRequest) error) (policy.RecoveryRequest, error) {
-	for range maxRecoveryRetries {
+	for attempt := range maxRecoveryRetries {
+		if attempt > 0 {
+			time.Sleep(time.Duration(rand.Int64N(int64(min(attempt, 20)) * int64(time.Millisecond))))
+		}
 		r, old, err := s.read(id)
 		if err != nil {
 			return policy.RecoveryRequest{}, err
