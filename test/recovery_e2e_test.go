@@ -2,11 +2,13 @@ package test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/smimeca/smimeca/internal/testing/testvault"
 )
@@ -134,5 +136,61 @@ func TestKeyRecoveryDualControl(t *testing.T) {
 	}
 	if bytes.Contains(audit, []byte("PRIVATE KEY")) || bytes.Contains([]byte(s.log.String()), []byte("PRIVATE KEY")) {
 		t.Error("a key reached the audit or server log")
+	}
+	checkAuditTlog(t, s, "recovery.request")
+}
+
+// checkAuditTlog: the server's audit transparency log verifies offline
+// (from its directory and from the ops listener) once a checkpoint covers
+// the audit file, holds every event of the file in order, and a copy with
+// one byte of the first event of action changed, or that event removed,
+// fails naming it.
+func checkAuditTlog(t *testing.T, s *server, action string) {
+	t.Helper()
+	dir, key := filepath.Join(s.data, "audit-log"), filepath.Join(s.data, "ca", "audit_log.pub")
+	audit := func(args ...string) result { return runEnv(t, s.cliEnv(), smimecaBin(t), append([]string{"audit"}, args...)...) }
+	auditFile, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	lines := bytes.Count(auditFile, []byte("\n"))
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		r := audit("verify", "--log", dir, "--key", key)
+		if r.code == 0 && strings.Contains(r.stdout, fmt.Sprintf(": %d events", lines)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("audit verify (want %d events): %+v", lines, r)
+		}
+	}
+	mustOK(t, "audit verify over the ops listener", audit("verify", "--log", "http://"+s.opsAddr+"/audit-log/", "--key", key))
+	shown := mustOK(t, "audit show", audit("show", "--log", dir, "--key", key, "--action", action))
+	first := strings.SplitN(strings.SplitN(shown, "\n", 2)[0], "\t", 2)
+	if len(first) != 2 || !strings.Contains(first[1], `"action":"`+action+`"`) {
+		t.Fatalf("audit show --action %s:\n%s", action, shown)
+	}
+	index, event := first[0], []byte(first[1])
+	for name, mutate := range map[string]func([]byte) []byte{
+		"changed": func(b []byte) []byte { return bytes.Replace(b, event, bytes.Replace(event, []byte(`"result":"ok"`), []byte(`"result":"no"`), 1), 1) },
+		"removed": func(b []byte) []byte {
+			i := bytes.Index(b, event)
+			if i < 2 {
+				return b
+			}
+			return append(append([]byte{}, b[:i-2]...), b[i+len(event):]...) // with its 2-byte length
+		},
+	} {
+		copyDir := filepath.Join(t.TempDir(), "log")
+		if err := os.CopyFS(copyDir, os.DirFS(dir)); err != nil {
+			t.Fatal(err)
+		}
+		filepath.WalkDir(filepath.Join(copyDir, "tile", "entries"), func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				b, _ := os.ReadFile(p)
+				os.WriteFile(p, mutate(b), 0o644)
+			}
+			return nil
+		})
+		r := audit("verify", "--log", copyDir, "--key", key)
+		if r.code != 1 || !strings.Contains(r.stderr, "entry "+index+":") {
+			t.Errorf("audit verify of a log with event %s %s: %+v", index, name, r)
+		}
 	}
 }

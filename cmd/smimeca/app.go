@@ -30,6 +30,7 @@ import (
 	"github.com/smimeca/smimeca/ocsp"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/auditlog"
+	"github.com/smimeca/smimeca/policy/auditlog/tlog"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
 	"github.com/smimeca/smimeca/scep"
@@ -42,6 +43,7 @@ type app struct {
 	cfg     *serveConfig
 	log     *slog.Logger
 	closers []func()
+	tlog    *tlog.Log // the audit transparency log (nil with --audit-tlog=false)
 
 	st        *caStack
 	store     *nosqlstore.Store
@@ -122,6 +124,24 @@ func (a *app) buildPolicy(context.Context) error {
 		return err
 	}
 	a.closers = append(a.closers, func() { auditFile.Close() })
+	if cfg.auditTlog {
+		signer, err := tlog.LoadOrCreateKey(filepath.Join(cfg.dataDir, "ca"), a.st.authority.Name()+" audit log")
+		if err != nil {
+			return err
+		}
+		tl, err := tlog.Open(context.Background(), cfg.auditTlogDir, signer, logger)
+		if err != nil {
+			return err
+		}
+		a.tlog = tl
+		auditFile.Mirror(tl.Append)
+		// Closed after the audit file's last line (closers run in reverse).
+		a.closers = append([]func(){func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			tl.Close(ctx)
+		}}, a.closers...)
+	}
 	a.audit = policy.Auditors{auditlog.Log{Logger: logger}, auditFile}
 	a.rules, err = policy.New(a.st.authority, a.store, policy.Config{
 		Domains: r.domains, Validity: cfg.validity, ContentCommitment: cfg.contentCommitment,
@@ -392,6 +412,11 @@ func (a *app) ops() (*http.Server, net.Listener, error) {
 	ops := http.NewServeMux()
 	ops.Handle("GET /healthz", a.monitor)
 	ops.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	if a.tlog != nil {
+		// The audit transparency log, read-only, for auditors and
+		// witnesses (smimeca audit verify --log http://…/audit-log/).
+		ops.Handle("GET /audit-log/", http.StripPrefix("/audit-log", tlogFiles(a.cfg.auditTlogDir)))
+	}
 	if a.cfg.opsPprof {
 		ops.Handle("/debug/pprof/", pprofMux())
 	}

@@ -39,6 +39,8 @@ Usage:
   smimeca recovery approve|reject --id ID [--comment C]   (recovery-approver: distinct from the officer, one vote each)
   smimeca recovery list [--user EMAIL] | show --id ID
   smimeca recovery download --id ID --out release.cms   (the officer, once, after the quorum)
+  smimeca audit verify --log DIR|URL --key audit_log.pub [--checkpoints DIR]   recompute the audit transparency log offline
+  smimeca audit show --log DIR|URL --key audit_log.pub [--user EMAIL] [--action A]   its events (after verifying it)
   smimeca device register --user EMAIL --device ID [--identity-cert FILE]
   smimeca device list --user EMAIL [-o json]
   smimeca device show --user EMAIL --device ID [-o json]
@@ -110,6 +112,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = credentialsCmd(args[1:], stdout)
 	case "recovery":
 		err = recoveryCmd(args[1:], stdout)
+	case "audit":
+		err = auditCmd(args[1:], stdout)
 	case "pfx":
 		err = pfxCmd(args[1:], stdout, stderr)
 	case "bundle":

@@ -111,6 +111,8 @@ type serveConfig struct {
 	recoveryQuorum    int
 	recoveryDeadline  time.Duration
 	recoveryNotifyURL string
+	auditTlog         bool
+	auditTlogDir      string
 	// publicURLDefaulted reports that --public-url was derived from an
 	// address other peers reach: certificates would then point at it.
 	publicURLDefaulted bool
@@ -170,6 +172,8 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f.integer(&c.recoveryQuorum, "recovery-quorum", "SMIMECA_RECOVERY_QUORUM", 2, "key recovery: approvals (distinct recovery-approver credentials, never the officer) a request needs, 1 to 9")
 	f.duration(&c.recoveryDeadline, "recovery-deadline", "SMIMECA_RECOVERY_DEADLINE", 72*time.Hour, "key recovery: how long a request waits for its quorum and its one download")
 	f.str(&c.recoveryNotifyURL, "recovery-notify-url", "SMIMECA_RECOVERY_NOTIFY_URL", "", "key recovery: an http(s) URL that gets each step as JSON (user, officer, approvers, state; no secret) to tell the user, S/MIME BR 4.12.1 (optional)")
+	f.boolean(&c.auditTlog, "audit-tlog", "SMIMECA_AUDIT_TLOG", true, "also append every audit event to a transparency log (signed checkpoints; smimeca audit verify)")
+	f.str(&c.auditTlogDir, "audit-tlog-dir", "SMIMECA_AUDIT_TLOG_DIR", "", "the transparency log's directory (default DATA/audit-log; several nodes may share one on a POSIX file system with locks, e.g. CephFS)")
 	f.duration(&c.rekeyHold, "rekey-hold", "SMIMECA_REKEY_HOLD", policy.DefaultRekeyHold, "after a device rekey, how long key releases to it wait unless an administrator confirms (smimeca device confirm)")
 	f.integer(&c.scepMaxInFlight, "scep-max-inflight", "SMIMECA_SCEP_MAX_INFLIGHT", 16*runtime.GOMAXPROCS(0), "PKIOperations processed at once; more get 503 with Retry-After")
 	f.float(&c.scepRatePerIP, "scep-rate-per-ip", "SMIMECA_SCEP_RATE_PER_IP", httplimit.DefaultRatePerIP, "PKIOperations per second per client IP (0: no limit); more get 429 with Retry-After (OCSP: 5 times it)")

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/x509"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -34,6 +35,9 @@ type resolved struct {
 func (c *serveConfig) validate() error {
 	if err := scep.SetPKCS7Defaults(c.scepEncryption); err != nil {
 		return usagef("--scep-encryption: %v", err)
+	}
+	if c.auditTlogDir == "" {
+		c.auditTlogDir = filepath.Join(c.dataDir, "audit-log")
 	}
 	if c.recoveryQuorum < 1 || c.recoveryQuorum > 9 {
 		return usagef("--recovery-quorum %d: between 1 and 9 approvals", c.recoveryQuorum)

@@ -50,7 +50,14 @@ type File struct {
 	// syncs every line written so far, those behind it find theirs covered.
 	syncMu sync.Mutex
 	synced uint64
+	// mirror, when set, gets every line, in the file's order (Mirror).
+	mirror func(ctx context.Context, line []byte)
 }
+
+// Mirror sends every line written from now on, in the file's order, to
+// mirror too (the transparency log, package tlog); it must not block.
+// Call it before the file is used.
+func (a *File) Mirror(mirror func(ctx context.Context, line []byte)) { a.mirror = mirror }
 
 // Open opens (creating) the audit file at path for appending. Trouble
 // writing later is reported to log, never to the audited action; Record
@@ -65,15 +72,15 @@ func Open(path string, log *slog.Logger) (*File, error) {
 
 // Audit implements policy.Auditor.
 func (a *File) Audit(ctx context.Context, e policy.Event) {
-	if _, err := a.write(e); err != nil && a.log != nil {
+	if _, err := a.write(ctx, e); err != nil && a.log != nil {
 		a.log.Error("audit file write failed", "err", err, "action", e.Action)
 	}
 }
 
 // Record implements policy.Recorder: the event is written and synced to disk
 // before it returns nil. Concurrent Records share syncs.
-func (a *File) Record(_ context.Context, e policy.Event) error {
-	mine, err := a.write(e)
+func (a *File) Record(ctx context.Context, e policy.Event) error {
+	mine, err := a.write(ctx, e)
 	if err != nil {
 		return err
 	}
@@ -94,7 +101,7 @@ func (a *File) Record(_ context.Context, e policy.Event) error {
 
 // write appends e as one line and returns the number of lines written so
 // far, its own included.
-func (a *File) write(e policy.Event) (uint64, error) {
+func (a *File) write(ctx context.Context, e policy.Event) (uint64, error) {
 	b, err := json.Marshal(e)
 	if err != nil {
 		return 0, fmt.Errorf("auditlog: event: %w", err)
@@ -104,6 +111,9 @@ func (a *File) write(e policy.Event) (uint64, error) {
 	defer a.mu.Unlock()
 	if _, err := a.f.Write(b); err != nil {
 		return 0, fmt.Errorf("auditlog: file: %w", err)
+	}
+	if a.mirror != nil {
+		a.mirror(ctx, b[:len(b)-1])
 	}
 	a.written++
 	return a.written, nil
