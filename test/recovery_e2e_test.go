@@ -148,7 +148,9 @@ func TestKeyRecoveryDualControl(t *testing.T) {
 func checkAuditTlog(t *testing.T, s *server, action string) {
 	t.Helper()
 	dir, key := filepath.Join(s.data, "audit-log"), filepath.Join(s.data, "ca", "audit_log.pub")
-	audit := func(args ...string) result { return runEnv(t, s.cliEnv(), smimecaBin(t), append([]string{"audit"}, args...)...) }
+	audit := func(args ...string) result {
+		return runEnv(t, s.cliEnv(), smimecaBin(t), append([]string{"audit"}, args...)...)
+	}
 	auditFile, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
 	lines := bytes.Count(auditFile, []byte("\n"))
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
@@ -168,7 +170,9 @@ func checkAuditTlog(t *testing.T, s *server, action string) {
 	}
 	index, event := first[0], []byte(first[1])
 	for name, mutate := range map[string]func([]byte) []byte{
-		"changed": func(b []byte) []byte { return bytes.Replace(b, event, bytes.Replace(event, []byte(`"result":"ok"`), []byte(`"result":"no"`), 1), 1) },
+		"changed": func(b []byte) []byte {
+			return bytes.Replace(b, event, bytes.Replace(event, []byte(`"result":"ok"`), []byte(`"result":"no"`), 1), 1)
+		},
 		"removed": func(b []byte) []byte {
 			i := bytes.Index(b, event)
 			if i < 2 {
