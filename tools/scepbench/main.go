@@ -54,7 +54,7 @@ func main() {
 	conc := flag.String("c", "1,16", "comma-separated client concurrencies")
 	keys := flag.Int("keys", 16, "distinct device keys (messages are unique anyway)")
 	flag.StringVar(&issuerKeyType, "issuer-key-type", "EC", "smimeca's issuing CA key type: EC (P-256, smimeca's default) or RSA (3072)")
-	flag.StringVar(&backendList, "kms", "softkms,softhsm", "smimeca's key stores to measure, each with its own server: softkms (key files) and/or softhsm (a SoftHSM2 token made by scripts/softhsm.sh, through PKCS#11)")
+	flag.StringVar(&backendList, "kms", "softkms,softhsm", "smimeca's key stores to measure, each with its own server: softkms (key files) and/or softhsm (a SoftHSM2 token made by scripts/softhsm.sh, through PKCS#11); a +notlog suffix (softkms+notlog) runs that server with --audit-tlog=false, beside the one with it")
 	flag.StringVar(&pprofDir, "pprof", "", "write a CPU profile of each smimeca server during its last cell into this directory (smimeca-<kms>.pprof; the servers run with --ops-pprof)")
 	flag.IntVar(&runs, "runs", 1, "rounds of every cell; ratios are reported as the median and the spread over the rounds")
 	flag.BoolVar(&static, "static", false, "run smimeca in the labs static-challenge mode: every enrolment with the shared secret for one user, so all certificates land on one device record (the worst case for a per-device inventory)")
@@ -152,6 +152,10 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 	// averaged: on a shared machine one 2-second window can be off by 15 %.
 	limits := map[string]float64{}
 	for _, b := range backends {
+		b = strings.TrimSuffix(b, notlog)
+		if _, done := limits[b]; done {
+			continue
+		}
 		l, err := cryptoLimit(b, filepath.Join(work, "limit-"+b), 2*time.Second)
 		if err != nil {
 			return err
@@ -241,7 +245,13 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 			}
 		}
 	}
+	var bases []string // the key stores, each once
 	for _, b := range backends {
+		if b = strings.TrimSuffix(b, notlog); !slices.Contains(bases, b) {
+			bases = append(bases, b)
+		}
+	}
+	for _, b := range bases {
 		after, err := cryptoLimit(b, filepath.Join(work, "limit-"+b), 2*time.Second)
 		if err != nil {
 			return err
@@ -261,7 +271,7 @@ func run(bin, peerBin string, n, nkeys int, concList string) error {
 	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), %s, go %s; n=%d enrolments per cell, %d round(s); %s; RSA key files through %s\n\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOARCH, runtime.Version(), n, runs, mode, rsaImpl)
 	issuer := map[string]string{"EC": "ECDSA P-256", "RSA": "RSA-3072"}[issuerKeyType]
-	for _, b := range backends {
+	for _, b := range bases {
 		fmt.Printf("crypto limit, %s (in-process, all cores, through the same key store): %.0f enrolments/s (%.2f ms of CPU each) = per enrolment one RSA-2048 decrypt (pkcsPKIEnvelope key), one RSA-2048 sign (CertRep), one %s sign (certificate)\n",
 			b, limits[b], float64(runtime.GOMAXPROCS(0))*1000/limits[b], issuer)
 	}
@@ -301,7 +311,7 @@ func profile(t *target) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(pprofDir, "smimeca-"+t.backend+".pprof"), b, 0o644)
+	return os.WriteFile(filepath.Join(pprofDir, strings.ReplaceAll(t.name, "/", "-")+".pprof"), b, 0o644)
 }
 
 // median of xs (0 for none).
@@ -440,7 +450,14 @@ func enrol(t *target, d *benchutil.Device, msg []byte) error {
 	return checkCertRep(t, d, bodies[0])
 }
 
+// notlog, after a -kms name, runs that server without the audit
+// transparency log (--audit-tlog=false), to measure what the log costs.
+const notlog = "+notlog"
+
 func startSmimeca(bin, work string, nChallenges int, backend string) (*target, error) {
+	name := "smimeca/" + backend
+	noTlog := strings.HasSuffix(backend, notlog)
+	backend = strings.TrimSuffix(backend, notlog)
 	data := filepath.Join(work, "smimeca")
 	httpAddr, grpcAddr := benchutil.FreeAddr(), benchutil.FreeAddr()
 	opsAddr := benchutil.FreeAddr()
@@ -451,6 +468,9 @@ func startSmimeca(bin, work string, nChallenges int, backend string) (*target, e
 		"--scep-rate-per-ip", "0", "--scep-max-per-ip", "0"}
 	if pprofDir != "" {
 		args = append(args, "--ops-pprof")
+	}
+	if noTlog {
+		args = append(args, "--audit-tlog=false")
 	}
 	if static {
 		args = append(args, "--static-challenge", staticSecret, "--allowed-domains", "example.com")
@@ -484,7 +504,7 @@ func startSmimeca(bin, work string, nChallenges int, backend string) (*target, e
 	// certs[0] is the RA; encrypt to it alone, as to scepserver's one
 	// certificate (a client that encrypts to the root too pays one more
 	// RSA public-key operation, on its side).
-	t := &target{name: "smimeca/" + backend, backend: backend, url: url, ra: certs[:1], cmd: cmd, recipie: certs[:1], serials: map[string]int{}, ops: opsAddr}
+	t := &target{name: name, backend: backend, url: url, ra: certs[:1], cmd: cmd, recipie: certs[:1], serials: map[string]int{}, ops: opsAddr}
 
 	conn, err := benchutil.Dial(grpcAddr, filepath.Join(data, "credentials", "admin"))
 	if err != nil {

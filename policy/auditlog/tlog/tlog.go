@@ -98,7 +98,13 @@ type Log struct {
 	dir      string
 	log      *slog.Logger
 	stop     context.CancelFunc
-	done     sync.WaitGroup
+	history  sync.WaitGroup
+	// pending holds the futures of appended entries; one goroutine waits
+	// for each in turn (drained closes when it is done).
+	mu      sync.Mutex // guards closed and sends on pending
+	closed  bool
+	pending chan tessera.IndexFuture
+	drained chan struct{}
 }
 
 // Open opens (creating) the log in dir, signing its checkpoints with
@@ -108,9 +114,12 @@ func Open(ctx context.Context, dir string, signer note.Signer, logger *slog.Logg
 	if err := os.MkdirAll(filepath.Join(dir, HistoryDir), 0o755); err != nil {
 		return nil, fmt.Errorf("tlog: %w", err)
 	}
+	// Tessera reports through klog: into smimeca's log (nowhere without
+	// one), at its levels.
 	if logger != nil {
-		// Tessera reports through klog: into smimeca's log, at its levels.
 		klog.SetSlogLogger(logger.With("component", "audit-tlog"))
+	} else {
+		klog.SetSlogLogger(slog.New(slog.DiscardHandler))
 	}
 	// The appender's loops live until Close, not as long as ctx.
 	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -126,40 +135,66 @@ func Open(ctx context.Context, dir string, signer note.Signer, logger *slog.Logg
 		cancel()
 		return nil, fmt.Errorf("tlog: appender: %w", err)
 	}
-	l := &Log{add: app.Add, reader: reader, shutdown: shutdown, dir: dir, log: logger, stop: cancel}
-	l.done.Add(1)
+	l := &Log{add: app.Add, reader: reader, shutdown: shutdown, dir: dir, log: logger, stop: cancel,
+		pending: make(chan tessera.IndexFuture, 1<<14), drained: make(chan struct{})}
+	l.history.Add(1)
 	go l.keepHistory(actx)
+	go l.watch()
 	return l, nil
 }
 
 // Append adds line as the log's next entry (entries keep the order of the
-// calls). It does not wait for the entry to be sequenced; a failure is
-// logged.
+// calls). It does not wait for the entry to be sequenced (within
+// batchAge); a failure is logged. After Close it does nothing.
 func (l *Log) Append(ctx context.Context, line []byte) {
-	f := l.add(context.WithoutCancel(ctx), tessera.NewEntry(append([]byte(nil), line...)))
-	l.done.Add(1)
-	go func() {
-		defer l.done.Done()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
+	l.pending <- l.add(context.WithoutCancel(ctx), tessera.NewEntry(append([]byte(nil), line...)))
+}
+
+// watch waits for every appended entry to be sequenced, logging failures.
+func (l *Log) watch() {
+	defer close(l.drained)
+	for f := range l.pending {
 		if _, err := f(); err != nil && l.log != nil {
 			l.log.Error("audit transparency log: entry not appended", "err", err)
 		}
-	}()
+	}
 }
 
 // Checkpoint returns the latest signed checkpoint.
 func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) { return l.reader.ReadCheckpoint(ctx) }
 
-// Close waits for the pending entries and stops the log.
+// Close waits (until ctx ends) for every appended entry to be sequenced,
+// then shuts the log down: Tessera's shutdown integrates what was
+// sequenced, but an entry still in its batch would be lost.
 func (l *Log) Close(ctx context.Context) error {
-	err := l.shutdown(ctx)
+	l.mu.Lock()
+	if !l.closed {
+		l.closed = true
+		close(l.pending)
+	}
+	l.mu.Unlock()
+	var err error
+	select {
+	case <-l.drained:
+	case <-ctx.Done():
+		err = fmt.Errorf("tlog: entries still pending at shutdown: %w", ctx.Err())
+	}
+	if serr := l.shutdown(ctx); serr != nil && err == nil {
+		err = serr
+	}
 	l.stop()
-	l.done.Wait()
+	l.history.Wait()
 	return err
 }
 
 // keepHistory copies every new checkpoint into HistoryDir.
 func (l *Log) keepHistory(ctx context.Context) {
-	defer l.done.Done()
+	defer l.history.Done()
 	t := time.NewTicker(checkpointEvery / 2)
 	defer t.Stop()
 	for {
