@@ -90,6 +90,9 @@ func LoadOrCreateKey(dir, origin string) (note.Signer, error) {
 	return s, nil
 }
 
+// klogOnce sets klog's output once per process.
+var klogOnce sync.Once
+
 // Log appends audit events to the transparency log in dir.
 type Log struct {
 	add      tessera.AddFn
@@ -114,13 +117,15 @@ func Open(ctx context.Context, dir string, signer note.Signer, logger *slog.Logg
 	if err := os.MkdirAll(filepath.Join(dir, HistoryDir), 0o755); err != nil {
 		return nil, fmt.Errorf("tlog: %w", err)
 	}
-	// Tessera reports through klog: into smimeca's log (nowhere without
-	// one), at its levels.
-	if logger != nil {
-		klog.SetSlogLogger(logger.With("component", "audit-tlog"))
-	} else {
-		klog.SetSlogLogger(slog.New(slog.DiscardHandler))
-	}
+	// Tessera reports through klog, a process-wide logger that cannot be
+	// set while in use: into the first Open's log (nowhere without one).
+	klogOnce.Do(func() {
+		if logger != nil {
+			klog.SetSlogLogger(logger.With("component", "audit-tlog"))
+		} else {
+			klog.SetSlogLogger(slog.New(slog.DiscardHandler))
+		}
+	})
 	// The appender's loops live until Close, not as long as ctx.
 	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	driver, err := posix.New(actx, posix.Config{Path: dir})
