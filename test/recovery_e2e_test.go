@@ -30,7 +30,7 @@ func TestKeyRecoveryDualControl(t *testing.T) {
 	s.escrowOpenSSLPFX(t, w, "bob@example.com")
 	s.registerWithIdentity("bob@example.com", "ipad-1")
 	creds := map[string]string{}
-	for name, role := range map[string]string{"olga": "recovery-officer", "ann": "recovery-approver", "bert": "recovery-approver", "carl": "recovery-approver"} {
+	for name, role := range map[string]string{"olga": "recovery-officer", "ann": "recovery-approver", "bert": "recovery-approver", "carl": "recovery-approver", "mdm": "registrar"} {
 		creds[name] = filepath.Join(w, "creds-"+name)
 		mustOK(t, "credentials issue "+name, s.cli("credentials", "issue", "--name", name, "--role", role, "--out", creds[name]))
 	}
@@ -69,13 +69,13 @@ func TestKeyRecoveryDualControl(t *testing.T) {
 	if r := as("olga", "recovery", "approve", "--id", id); r.code != 1 || !strings.Contains(r.stderr, "PermissionDenied") {
 		t.Errorf("the officer approving: %+v", r)
 	}
-	for _, cred := range []string{"profile", "admin"} {
-		r := runEnv(t, s.cliEnv(), smimecaBin(t), "recovery", "approve", "--id", id, "--server", s.grpcAddr, "--credentials", filepath.Join(s.data, "credentials", cred))
+	creds["profile"], creds["admin"] = filepath.Join(s.data, "credentials", "profile"), filepath.Join(s.data, "credentials", "admin")
+	for _, cred := range []string{"profile", "admin", "mdm"} {
+		r := as(cred, "recovery", "approve", "--id", id)
 		if r.code != 1 || !strings.Contains(r.stderr, "PermissionDenied") {
 			t.Errorf("%s approving: %+v", cred, r)
 		}
-		r = runEnv(t, s.cliEnv(), smimecaBin(t), "recovery", "request", "--user", "bob@example.com", "--reason", "x", "--recipient-cert", filepath.Join(w, "officer.pem"),
-			"--server", s.grpcAddr, "--credentials", filepath.Join(s.data, "credentials", cred))
+		r = as(cred, "recovery", "request", "--user", "bob@example.com", "--reason", "x", "--recipient-cert", filepath.Join(w, "officer.pem"))
 		if r.code != 1 || !strings.Contains(r.stderr, "PermissionDenied") {
 			t.Errorf("%s requesting: %+v", cred, r)
 		}
