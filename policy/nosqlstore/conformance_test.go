@@ -33,18 +33,25 @@ func TestConformanceBbolt(t *testing.T) {
 // to writes (datastore.OpenPostgres).
 func TestConformancePostgres(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) (policy.Store, policy.Store) {
-		dsn := testpg.DSN(t)
-		var stores [2]policy.Store
-		for i := range stores {
-			db, err := datastore.OpenPostgres(dsn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { db.Close() })
-			stores[i] = mustStore(t, db.DB.DB)
-		}
-		return stores[0], stores[1]
+		a, b := postgresPair(t)
+		return mustStore(t, a), mustStore(t, b)
 	})
+}
+
+// postgresPair opens two connections (two nodes) to one new database.
+func postgresPair(t *testing.T) (database.DB, database.DB) {
+	t.Helper()
+	dsn := testpg.DSN(t)
+	var dbs [2]database.DB
+	for i := range dbs {
+		db, err := datastore.OpenPostgres(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		dbs[i] = db.DB.DB
+	}
+	return dbs[0], dbs[1]
 }
 
 func mustStore(t *testing.T, db database.DB) *nosqlstore.Store {

@@ -10,8 +10,6 @@ import (
 
 	"github.com/smallstep/nosql/database"
 
-	"github.com/smimeca/smimeca/internal/datastore"
-	"github.com/smimeca/smimeca/internal/testing/testpg"
 	"github.com/smimeca/smimeca/policy"
 	"github.com/smimeca/smimeca/policy/nosqlstore"
 )
@@ -21,20 +19,8 @@ import (
 // lands, and a one-time transition happens once.
 func TestRecoveryStoreRaces(t *testing.T) {
 	for name, open := range map[string]func(t *testing.T) (database.DB, database.DB){
-		"bbolt": func(t *testing.T) (database.DB, database.DB) { db := openDB(t); return db, db },
-		"postgres": func(t *testing.T) (database.DB, database.DB) {
-			dsn := testpg.DSN(t)
-			var dbs [2]database.DB
-			for i := range dbs {
-				db, err := datastore.OpenPostgres(dsn)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { db.Close() })
-				dbs[i] = db.DB.DB
-			}
-			return dbs[0], dbs[1]
-		},
+		"bbolt":    func(t *testing.T) (database.DB, database.DB) { db := openDB(t); return db, db },
+		"postgres": postgresPair,
 	} {
 		t.Run(name, func(t *testing.T) {
 			da, db := open(t)
