@@ -140,6 +140,50 @@ func TestKeyRecoveryDualControl(t *testing.T) {
 	checkAuditTlog(t, s, "recovery.request")
 }
 
+// A request past its deadline takes no vote and releases nothing, even
+// approved; its expiry is audited.
+func TestKeyRecoveryExpires(t *testing.T) {
+	t.Parallel()
+	s := escrowServer(t, testvault.Start(t), "--recovery-deadline", "3s", "--recovery-quorum", "1")
+	w := t.TempDir()
+	s.escrowOpenSSLPFX(t, w, "bob@example.com")
+	creds := map[string]string{}
+	for name, role := range map[string]string{"olga": "recovery-officer", "ann": "recovery-approver", "bert": "recovery-approver"} {
+		creds[name] = filepath.Join(w, "creds-"+name)
+		mustOK(t, "credentials issue "+name, s.cli("credentials", "issue", "--name", name, "--role", role, "--out", creds[name]))
+	}
+	as := func(name string, args ...string) result {
+		return runEnv(t, s.cliEnv(), smimecaBin(t), append(args, "--server", s.grpcAddr, "--credentials", creds[name])...)
+	}
+	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "officer.key", "-out", "officer.pem", "-subj", "/CN=Olga Officer",
+		"-days", "30", "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,keyEncipherment")
+	ids := make([]string, 2)
+	for i := range ids {
+		r := mustOK(t, "recovery request", as("olga", "recovery", "request", "--user", "bob@example.com", "--reason", "ticket 9", "--recipient-cert", filepath.Join(w, "officer.pem")))
+		ids[i] = regexp.MustCompile(`recovery ([0-9a-f]{24})`).FindStringSubmatch(r)[1]
+	}
+	mustOK(t, "approve the second", as("ann", "recovery", "approve", "--id", ids[1])) // quorum 1: approved
+	time.Sleep(3500 * time.Millisecond)
+	if r := as("bert", "recovery", "approve", "--id", ids[0]); r.code != 1 || !strings.Contains(r.stderr, "expired") {
+		t.Errorf("a vote after the deadline: %+v", r)
+	}
+	if r := as("olga", "recovery", "download", "--id", ids[1], "--out", filepath.Join(w, "late.cms")); r.code != 1 || !strings.Contains(r.stderr, "expired") {
+		t.Errorf("downloading an approved request after the deadline: %+v", r)
+	}
+	if _, err := os.Stat(filepath.Join(w, "late.cms")); err == nil {
+		t.Error("an expired request released a file")
+	}
+	audit, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	if n := bytes.Count(audit, []byte(`"action":"recovery.expire"`)); n != 2 {
+		t.Errorf("%d recovery.expire events, want 2:\n%s", n, audit)
+	}
+	for _, line := range bytes.Split(audit, []byte("\n")) {
+		if bytes.Contains(line, []byte(`"action":"key.release.recovery"`)) && bytes.Contains(line, []byte(`"result":"ok"`)) {
+			t.Errorf("an expired request was released: %s", line)
+		}
+	}
+}
+
 // checkAuditTlog: the server's audit transparency log verifies offline
 // (from its directory and from the ops listener) once a checkpoint covers
 // the audit file, holds every event of the file in order, and a copy with

@@ -42,8 +42,9 @@ func (c *serveConfig) validate() error {
 	if c.recoveryQuorum < 1 || c.recoveryQuorum > 9 {
 		return usagef("--recovery-quorum %d: between 1 and 9 approvals", c.recoveryQuorum)
 	}
-	if c.recoveryDeadline < time.Hour || c.recoveryDeadline > 30*24*time.Hour {
-		return usagef("--recovery-deadline %s: between 1h and 30d", c.recoveryDeadline)
+	// A short deadline only refuses more; 30 days bounds a forgotten one.
+	if c.recoveryDeadline < time.Second || c.recoveryDeadline > 30*24*time.Hour {
+		return usagef("--recovery-deadline %s: between 1s and 30d", c.recoveryDeadline)
 	}
 	if u := c.recoveryNotifyURL; u != "" && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
 		return usagef("--recovery-notify-url %q: an http:// or https:// URL", u)
