@@ -139,7 +139,9 @@ func (a *app) buildPolicy(context.Context) error {
 		a.closers = append([]func(){func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			tl.Close(ctx)
+			if err := tl.Close(ctx); err != nil {
+				logger.Error("audit transparency log: close", "err", err)
+			}
 		}}, a.closers...)
 	}
 	a.audit = policy.Auditors{auditlog.Log{Logger: logger}, auditFile}
