@@ -343,6 +343,9 @@ func (r *Recoveries) Download(ctx context.Context, id string) ([]byte, RecoveryR
 		return nil
 	})
 	if err != nil {
+		if re, ok := IsReject(err); ok { // another node's download came first
+			r.audit.Audit(ctx, Event{Time: now, Actor: caller, Action: ActionKeyRecovery, User: req.User, Result: "refused", Detail: "recovery " + id + ": " + re.Error()})
+		}
 		return nil, RecoveryRequest{}, err
 	}
 	ev := r.event(ctx, req, ActionKeyRecovery, "ok", fmt.Sprintf("recovery %s released to %s, approved by %s", id, req.Requester.Name, strings.Join(approvers(req), ", ")))

@@ -242,3 +242,70 @@ func checkAuditTlog(t *testing.T, s *server, action string) {
 		}
 	}
 }
+
+// TestRecoveryAcrossNodes: two nodes on one PostgreSQL database and one
+// Vault, writing one audit transparency log in a shared directory. A
+// request filed on one node is approved on both and downloaded at the same
+// instant from both: exactly one release. The shared log verifies and
+// holds both nodes' recovery events.
+func TestRecoveryAcrossNodes(t *testing.T) {
+	t.Parallel()
+	v := testvault.Start(t)
+	shared := filepath.Join(t.TempDir(), "audit-log")
+	nodes := newNodes(t, 2, newPostgres(t), append(vaultFlags(t, v), "--audit-tlog-dir", shared)...)
+	w := t.TempDir()
+	nodes[0].escrowOpenSSLPFX(t, w, "bob@example.com")
+	creds := map[string]string{}
+	for name, role := range map[string]string{"olga": "recovery-officer", "ann": "recovery-approver", "bert": "recovery-approver"} {
+		creds[name] = filepath.Join(w, "creds-"+name)
+		mustOK(t, "credentials issue "+name, nodes[0].cli("credentials", "issue", "--name", name, "--role", role, "--out", creds[name]))
+	}
+	as := func(node int, name string, args ...string) result {
+		return runEnv(t, nodes[node].cliEnv(), smimecaBin(t), append(args, "--server", nodes[node].grpcAddr, "--credentials", creds[name])...)
+	}
+	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "officer.key", "-out", "officer.pem", "-subj", "/CN=Olga Officer",
+		"-days", "30", "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,keyEncipherment")
+	r := mustOK(t, "request on node 1", as(1, "olga", "recovery", "request", "--user", "bob@example.com", "--reason", "ticket 12", "--recipient-cert", filepath.Join(w, "officer.pem")))
+	id := regexp.MustCompile(`recovery ([0-9a-f]{24})`).FindStringSubmatch(r)[1]
+	mustOK(t, "approve on node 0", as(0, "ann", "recovery", "approve", "--id", id))
+	mustOK(t, "approve on node 1", as(1, "bert", "recovery", "approve", "--id", id))
+	results := make([]result, 2)
+	done := make(chan int)
+	for i := range results {
+		go func() {
+			results[i] = as(i, "olga", "recovery", "download", "--id", id, "--out", filepath.Join(w, fmt.Sprintf("release-%d.cms", i)))
+			done <- i
+		}()
+	}
+	<-done
+	<-done
+	if ok := (results[0].code == 0) != (results[1].code == 0); !ok {
+		t.Fatalf("two nodes downloading at once: %+v / %+v; want exactly one release", results[0], results[1])
+	}
+	for _, r := range results {
+		if r.code != 0 && !strings.Contains(r.stderr, "once") {
+			t.Errorf("the refused download does not say why: %+v", r)
+		}
+	}
+	key := filepath.Join(nodes[0].data, "ca", "audit_log.pub")
+	var shown string
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		r := runEnv(t, nodes[0].cliEnv(), smimecaBin(t), "audit", "show", "--log", shared, "--key", key)
+		shown = r.stdout
+		if r.code == 0 && strings.Contains(shown, `"action":"key.release.recovery"`) && strings.Count(shown, `"action":"recovery.approve"`) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the shared audit log: %+v", r)
+		}
+	}
+	released := 0
+	for _, line := range strings.Split(shown, "\n") {
+		if strings.Contains(line, `"action":"key.release.recovery"`) && strings.Contains(line, `"result":"ok"`) {
+			released++
+		}
+	}
+	if strings.Count(shown, `"action":"recovery.request"`) != 1 || released != 1 {
+		t.Errorf("the shared log's recovery events (%d releases):\n%s", released, shown)
+	}
+}
