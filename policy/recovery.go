@@ -202,12 +202,19 @@ func (r *Recoveries) Request(ctx context.Context, user string, thumbprints []str
 	return req, nil
 }
 
-// checkRecipient requires an RSA certificate, valid now, that may encrypt
-// keys (keyEncipherment when it has a key usage, emailProtection or any
-// when it has extended ones).
+// checkRecipient requires a non-CA certificate with an RSA key of 2048 to
+// 8192 bits, valid now, that may encrypt keys: keyEncipherment when it has
+// a key usage, emailProtection or any when it has extended ones.
 func checkRecipient(c *x509.Certificate, now time.Time) error {
-	if _, ok := c.PublicKey.(*rsa.PublicKey); !ok {
+	pub, ok := c.PublicKey.(*rsa.PublicKey)
+	if !ok {
 		return reject(ReasonBadRecipient, fmt.Sprintf("the recipient certificate's key is %s; the release is encrypted with RSA key transport", c.PublicKeyAlgorithm))
+	}
+	if bits := pub.N.BitLen(); bits < 2048 || bits > 8192 {
+		return reject(ReasonBadRecipient, fmt.Sprintf("the recipient certificate's RSA key has %d bits; 2048 to 8192 are accepted", bits))
+	}
+	if len(c.ExtKeyUsage) > 0 && !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageEmailProtection) && !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageAny) {
+		return reject(ReasonBadRecipient, "the recipient certificate's extended key usage has neither emailProtection nor any: name the officer's encryption certificate")
 	}
 	if now.Before(c.NotBefore) || now.After(c.NotAfter) {
 		return reject(ReasonBadRecipient, "the recipient certificate is not valid now")

@@ -162,10 +162,14 @@ func TestRecoveryRefusals(t *testing.T) {
 	ca := e.ca.Intermediate()
 	ecKey := testpki.ECKey(t)
 	ecCert := e.mdm.UserCert(t, ecKey, testpki.CertOptions{CommonName: "ec"})
-	for name, der := range map[string][]byte{"CA certificate": ca.Raw, "ECDSA": ecCert.Raw, "garbage": {0x30, 0x00}} {
+	small := e.mdm.UserCert(t, testpki.RSAKey(t, 1024, 0), testpki.CertOptions{CommonName: "small"})
+	tlsOnly := e.mdm.UserCert(t, testpki.RSAKey(t, 2048, 8), testpki.CertOptions{CommonName: "tls", EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	for name, der := range map[string][]byte{"CA certificate": ca.Raw, "ECDSA": ecCert.Raw, "garbage": {0x30, 0x00}, "RSA-1024": small.Raw, "clientAuth only": tlsOnly.Raw} {
 		_, err := e.rec.Request(officer, "a@example.com", nil, "x", der)
-		wantReason(t, err, policy.ReasonBadRecipient)
-		_ = name
+		var re *policy.RejectError
+		if !errors.As(err, &re) || re.Reason != policy.ReasonBadRecipient {
+			t.Errorf("recipient %s: %v", name, err)
+		}
 	}
 	_, err = e.rec.Request(officer, "nobody@example.com", nil, "x", e.officer.Raw)
 	wantReason(t, err, policy.ReasonNotEscrowed)
