@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,25 +30,15 @@ func TestKeyRecoveryDualControl(t *testing.T) {
 	w := t.TempDir()
 	s.escrowOpenSSLPFX(t, w, "bob@example.com")
 	s.registerWithIdentity("bob@example.com", "ipad-1")
-	creds := map[string]string{}
-	for name, role := range map[string]string{"olga": "recovery-officer", "ann": "recovery-approver", "bert": "recovery-approver", "carl": "recovery-approver", "mdm": "registrar"} {
-		creds[name] = filepath.Join(w, "creds-"+name)
-		mustOK(t, "credentials issue "+name, s.cli("credentials", "issue", "--name", name, "--role", role, "--out", creds[name]))
-	}
-	as := func(name string, args ...string) result {
-		return runEnv(t, s.cliEnv(), smimecaBin(t), append(args, "--server", s.grpcAddr, "--credentials", creds[name])...)
-	}
-	// The officer's own encryption certificate and key.
-	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "officer.key", "-out", "officer.pem", "-subj", "/CN=Olga Officer",
-		"-days", "30", "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,keyEncipherment")
+	creds := recoveryCrew(t, s, w, map[string]string{"carl": "recovery-approver", "mdm": "registrar"})
+	as := func(name string, args ...string) result { return creds.run(t, s, name, args...) }
 	request := func() string {
 		r := mustOK(t, "recovery request", as("olga", "recovery", "request", "--user", "Bob@example.com", "--reason", "leaver's mailbox, ticket 77",
 			"--recipient-cert", filepath.Join(w, "officer.pem")))
-		m := regexp.MustCompile(`recovery ([0-9a-f]{24})`).FindStringSubmatch(r)
-		if m == nil || !strings.Contains(r, "state: pending (0 of 2 approvals)") {
+		if !strings.Contains(r, "state: pending (0 of 2 approvals)") {
 			t.Fatalf("recovery request printed:\n%s", r)
 		}
-		return m[1]
+		return recoveryID(t, r)
 	}
 	id := request()
 	download := func(name, out string) result {
@@ -140,6 +131,41 @@ func TestKeyRecoveryDualControl(t *testing.T) {
 	checkAuditTlog(t, s, "recovery.request")
 }
 
+// credentialDirs maps credential names to their directories.
+type credentialDirs map[string]string
+
+// run runs smimeca against s with the named credential.
+func (c credentialDirs) run(t *testing.T, s *server, name string, args ...string) result {
+	return runEnv(t, s.cliEnv(), smimecaBin(t), append(args, "--server", s.grpcAddr, "--credentials", c[name])...)
+}
+
+// recoveryCrew issues through s the credentials of officer olga and
+// approvers ann and bert, and those in more (name → role), and makes olga's
+// own encryption certificate and key in w (officer.pem, officer.key).
+func recoveryCrew(t *testing.T, s *server, w string, more map[string]string) credentialDirs {
+	t.Helper()
+	roles := map[string]string{"olga": "recovery-officer", "ann": "recovery-approver", "bert": "recovery-approver"}
+	maps.Copy(roles, more)
+	creds := credentialDirs{}
+	for name, role := range roles {
+		creds[name] = filepath.Join(w, "creds-"+name)
+		mustOK(t, "credentials issue "+name, s.cli("credentials", "issue", "--name", name, "--role", role, "--out", creds[name]))
+	}
+	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "officer.key", "-out", "officer.pem", "-subj", "/CN=Olga Officer",
+		"-days", "30", "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,keyEncipherment")
+	return creds
+}
+
+// recoveryID returns the id `recovery request` printed.
+func recoveryID(t *testing.T, out string) string {
+	t.Helper()
+	m := regexp.MustCompile(`recovery ([0-9a-f]{24})`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no recovery id in:\n%s", out)
+	}
+	return m[1]
+}
+
 // A request past its deadline takes no vote and releases nothing, even
 // approved; its expiry is audited.
 func TestKeyRecoveryExpires(t *testing.T) {
@@ -147,20 +173,12 @@ func TestKeyRecoveryExpires(t *testing.T) {
 	s := escrowServer(t, testvault.Start(t), "--recovery-deadline", "3s", "--recovery-quorum", "1")
 	w := t.TempDir()
 	s.escrowOpenSSLPFX(t, w, "bob@example.com")
-	creds := map[string]string{}
-	for name, role := range map[string]string{"olga": "recovery-officer", "ann": "recovery-approver", "bert": "recovery-approver"} {
-		creds[name] = filepath.Join(w, "creds-"+name)
-		mustOK(t, "credentials issue "+name, s.cli("credentials", "issue", "--name", name, "--role", role, "--out", creds[name]))
-	}
-	as := func(name string, args ...string) result {
-		return runEnv(t, s.cliEnv(), smimecaBin(t), append(args, "--server", s.grpcAddr, "--credentials", creds[name])...)
-	}
-	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "officer.key", "-out", "officer.pem", "-subj", "/CN=Olga Officer",
-		"-days", "30", "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,keyEncipherment")
+	creds := recoveryCrew(t, s, w, nil)
+	as := func(name string, args ...string) result { return creds.run(t, s, name, args...) }
 	ids := make([]string, 2)
 	for i := range ids {
 		r := mustOK(t, "recovery request", as("olga", "recovery", "request", "--user", "bob@example.com", "--reason", "ticket 9", "--recipient-cert", filepath.Join(w, "officer.pem")))
-		ids[i] = regexp.MustCompile(`recovery ([0-9a-f]{24})`).FindStringSubmatch(r)[1]
+		ids[i] = recoveryID(t, r)
 	}
 	mustOK(t, "approve the second", as("ann", "recovery", "approve", "--id", ids[1])) // quorum 1: approved
 	time.Sleep(3500 * time.Millisecond)
@@ -255,18 +273,10 @@ func TestRecoveryAcrossNodes(t *testing.T) {
 	nodes := newNodes(t, 2, newPostgres(t), append(vaultFlags(t, v), "--audit-tlog-dir", shared)...)
 	w := t.TempDir()
 	nodes[0].escrowOpenSSLPFX(t, w, "bob@example.com")
-	creds := map[string]string{}
-	for name, role := range map[string]string{"olga": "recovery-officer", "ann": "recovery-approver", "bert": "recovery-approver"} {
-		creds[name] = filepath.Join(w, "creds-"+name)
-		mustOK(t, "credentials issue "+name, nodes[0].cli("credentials", "issue", "--name", name, "--role", role, "--out", creds[name]))
-	}
-	as := func(node int, name string, args ...string) result {
-		return runEnv(t, nodes[node].cliEnv(), smimecaBin(t), append(args, "--server", nodes[node].grpcAddr, "--credentials", creds[name])...)
-	}
-	opensslIn(t, w, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "officer.key", "-out", "officer.pem", "-subj", "/CN=Olga Officer",
-		"-days", "30", "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,keyEncipherment")
+	creds := recoveryCrew(t, nodes[0], w, nil)
+	as := func(node int, name string, args ...string) result { return creds.run(t, nodes[node], name, args...) }
 	r := mustOK(t, "request on node 1", as(1, "olga", "recovery", "request", "--user", "bob@example.com", "--reason", "ticket 12", "--recipient-cert", filepath.Join(w, "officer.pem")))
-	id := regexp.MustCompile(`recovery ([0-9a-f]{24})`).FindStringSubmatch(r)[1]
+	id := recoveryID(t, r)
 	mustOK(t, "approve on node 0", as(0, "ann", "recovery", "approve", "--id", id))
 	mustOK(t, "approve on node 1", as(1, "bert", "recovery", "approve", "--id", id))
 	results := make([]result, 2)
