@@ -7,6 +7,7 @@
 package tlog
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -83,7 +84,7 @@ func LoadOrCreateKey(dir, origin string) (note.Signer, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("tlog: read the checkpoint key: %w", err)
 	}
-	s, err := note.NewSigner(string(trimSpace(b)))
+	s, err := note.NewSigner(string(bytes.TrimSpace(b)))
 	if err != nil {
 		return nil, fmt.Errorf("tlog: %s is not a note signer key", path)
 	}
@@ -235,31 +236,13 @@ func (l *Log) saveCheckpoint(cp []byte) error {
 // parseUnverified reads a checkpoint's body without its signatures.
 func parseUnverified(cp []byte) (log.Checkpoint, []byte, error) {
 	var c log.Checkpoint
-	body, _, ok := cut(cp)
+	body, _, ok := bytes.Cut(cp, []byte("\n\n"))
 	if !ok {
 		return c, nil, errors.New("tlog: not a signed checkpoint")
 	}
-	rest, err := c.Unmarshal(body)
+	rest, err := c.Unmarshal(append(body, '\n'))
 	if err != nil {
 		return c, nil, fmt.Errorf("tlog: checkpoint: %w", err)
 	}
 	return c, rest, nil
-}
-
-// cut splits a signed note into its text (with its final newline) and its
-// signature lines.
-func cut(n []byte) (text, sigs []byte, ok bool) {
-	for i := 0; i+1 < len(n); i++ {
-		if n[i] == '\n' && n[i+1] == '\n' {
-			return n[:i+1], n[i+2:], true
-		}
-	}
-	return nil, nil, false
-}
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
@@ -142,7 +143,7 @@ func rootOf(tree *compact.Range) ([]byte, error) {
 
 // NewVerifier parses a note verifier key (PublicKeyFile's content).
 func NewVerifier(vkey string) (note.Verifier, error) {
-	v, err := note.NewVerifier(string(trimSpace([]byte(vkey))))
+	v, err := note.NewVerifier(strings.TrimSpace(vkey))
 	if err != nil {
 		return nil, fmt.Errorf("not a note verifier key: %w", err)
 	}
