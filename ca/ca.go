@@ -784,10 +784,11 @@ func raUnderRoot(root, inter *x509.Certificate) bool {
 	return !rsaInter && rsaRoot
 }
 
-// raTemplate is the SCEP RA certificate's profile, valid from now.
-func raTemplate(subject pkix.Name, now time.Time) *x509.Certificate {
+// raTemplate is the SCEP RA certificate's profile for the CA named name
+// (Config.Name), valid from now.
+func raTemplate(name string, now time.Time) *x509.Certificate {
 	return &x509.Certificate{
-		Subject:   subject,
+		Subject:   pkix.Name{CommonName: name + " SCEP RA", Organization: []string{name}},
 		NotBefore: now.Add(-time.Minute),
 		NotAfter:  now.Add(raLifetime),
 		// Signs CertRep messages and decrypts pkcsPKIEnvelopes.
@@ -825,7 +826,7 @@ func loadOrCreateRA(cfg Config, root *x509.Certificate, rootKey crypto.Signer, i
 	if parentKey == nil {
 		return nil, nil, fmt.Errorf("ca: the SCEP RA certificate %s is missing, expired or not signed by the root, which signs it in this hierarchy and is offline: make it in a root ceremony (smimeca root reissue-ra)", certPath)
 	}
-	tmpl := raTemplate(pkix.Name{CommonName: cfg.Name + " SCEP RA", Organization: []string{cfg.Name}}, time.Now())
+	tmpl := raTemplate(cfg.Name, time.Now())
 	crt, key, err = issuePair(cfg.Keys, keystore.RA, keystore.Spec{Type: KeyTypeRSA, Bits: raKeyBits}, true, "SCEP RA certificate", certPath, tmpl, parent, parentKey)
 	if err != nil {
 		return nil, nil, err

@@ -4,7 +4,6 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -152,7 +151,8 @@ func ReissueIntermediate(dir string, keys keystore.Store, lifetime time.Duration
 
 // ReissueRA is the root ceremony that renews the SCEP RA certificate where
 // the root signs it (an ECDSA issuing CA; see SCEPCACerts): a new RSA key
-// in keys, under the RA's subject (from the root's organisation), valid from now for the RA's
+// in keys, under the RA's subject (from the root's organisation, which is
+// the CA's name), valid from now for the RA's
 // lifetime (at most to the root's end), signed with the root key from
 // keys. It writes the certificate into dir; serving nodes use it from
 // their next start. Where the issuing CA signs the RA, each start renews
@@ -171,11 +171,11 @@ func ReissueRA(dir string, keys keystore.Store, now time.Time) (*x509.Certificat
 		return nil, errors.New("ca: in this hierarchy the issuing CA signs the SCEP RA certificate and every start renews it when due; there is nothing for the root to do")
 	}
 	path := filepath.Join(dir, RACertFile)
-	subject := pkix.Name{CommonName: "smimeca SCEP RA"}
+	name := "smimeca" // Config.Name's default, which the root names
 	if org := root.Subject.Organization; len(org) > 0 {
-		subject = pkix.Name{CommonName: org[0] + " SCEP RA", Organization: org}
+		name = org[0]
 	}
-	tmpl := raTemplate(subject, now)
+	tmpl := raTemplate(name, now)
 	if tmpl.NotAfter.After(root.NotAfter) {
 		tmpl.NotAfter = root.NotAfter
 	}

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -24,7 +23,7 @@ import (
 func tlogFiles(dir string) http.Handler {
 	files := http.FileServer(http.Dir(dir))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/.") || strings.Contains(r.URL.Path, "/.") {
+		if strings.Contains(r.URL.Path, "/.") {
 			http.NotFound(w, r)
 			return
 		}
@@ -88,22 +87,18 @@ func auditCmd(args []string, stdout io.Writer) error {
 }
 
 // openTlog returns the fetcher of a log directory or URL and the earlier
-// checkpoints to check it against: those in checkpoints, or the log's own
-// history.
+// checkpoints to check it against (tlog.Verify orders them): the files of
+// checkpoints named by a tree size, or the log directory's own history.
 func openTlog(at, checkpoints string) (tlog.Fetcher, [][]byte, error) {
 	var fetcher tlog.Fetcher
-	readHistory := func(name string) ([]byte, error) { return nil, os.ErrNotExist }
-	var names []string
 	if strings.HasPrefix(at, "http://") || strings.HasPrefix(at, "https://") {
 		u, err := url.Parse(strings.TrimSuffix(at, "/") + "/")
 		if err != nil {
 			return nil, nil, usagef("--log: %v", err)
 		}
-		hf, err := client.NewHTTPFetcher(u, http.DefaultClient)
-		if err != nil {
+		if fetcher, err = client.NewHTTPFetcher(u, http.DefaultClient); err != nil {
 			return nil, nil, err
 		}
-		fetcher = hf
 	} else {
 		if _, err := os.Stat(filepath.Join(at, "checkpoint")); err != nil {
 			return nil, nil, usagef("--log %s: not an audit log directory (%v)", at, err)
@@ -113,26 +108,19 @@ func openTlog(at, checkpoints string) (tlog.Fetcher, [][]byte, error) {
 			checkpoints = filepath.Join(at, tlog.HistoryDir)
 		}
 	}
-	if checkpoints != "" {
-		entries, err := os.ReadDir(checkpoints)
-		if err != nil {
-			return nil, nil, usagef("--checkpoints: %v", err)
-		}
-		for _, e := range entries {
-			if _, err := strconv.ParseUint(e.Name(), 10, 64); err == nil && e.Type().IsRegular() {
-				names = append(names, e.Name())
-			}
-		}
-		readHistory = func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(checkpoints, name)) }
+	if checkpoints == "" {
+		return fetcher, nil, nil
 	}
-	sort.Slice(names, func(i, j int) bool {
-		a, _ := strconv.ParseUint(names[i], 10, 64)
-		b, _ := strconv.ParseUint(names[j], 10, 64)
-		return a < b
-	})
+	entries, err := os.ReadDir(checkpoints)
+	if err != nil {
+		return nil, nil, usagef("--checkpoints: %v", err)
+	}
 	var history [][]byte
-	for _, n := range names {
-		b, err := readHistory(n)
+	for _, e := range entries {
+		if _, err := strconv.ParseUint(e.Name(), 10, 64); err != nil || !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(checkpoints, e.Name()))
 		if err != nil {
 			return nil, nil, err
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"go.step.sm/crypto/pemutil"
 	"google.golang.org/grpc"
 
 	pb "github.com/smimeca/smimeca/proto/smimeca/v1"
@@ -61,12 +61,12 @@ func recoveryRequest(args []string, stdout io.Writer) error {
 	if user == "" || reason == "" || recipient == "" {
 		return usagef("recovery request needs --user, --reason and --recipient-cert")
 	}
-	der, err := readCertificateFile(recipient)
+	cert, err := pemutil.ReadCertificate(recipient) // PEM or DER
 	if err != nil {
 		return usagef("--recipient-cert: %v", err)
 	}
 	return cf.callRecovery(stdout, output, func(ctx context.Context, c pb.KeyRecoveryClient) (*pb.Recovery, error) {
-		return c.RequestRecovery(ctx, &pb.RequestRecoveryRequest{User: user, Thumbprints: thumbs, Reason: reason, RecipientCertificateDer: der})
+		return c.RequestRecovery(ctx, &pb.RequestRecoveryRequest{User: user, Thumbprints: thumbs, Reason: reason, RecipientCertificateDer: cert.Raw})
 	})
 }
 
@@ -215,19 +215,4 @@ func approvals(r *pb.Recovery) int {
 		}
 	}
 	return n
-}
-
-// readCertificateFile reads one certificate, PEM or DER.
-func readCertificateFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	if block, _ := pem.Decode(b); block != nil {
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("%s holds a %s, not a CERTIFICATE", path, block.Type)
-		}
-		return block.Bytes, nil
-	}
-	return b, nil
 }

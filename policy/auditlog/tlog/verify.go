@@ -2,6 +2,7 @@ package tlog
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -68,7 +69,7 @@ func Verify(ctx context.Context, f Fetcher, v note.Verifier, history [][]byte, e
 		}
 		olds = append(olds, earlier{c.Size, c.Hash})
 	}
-	slices.SortFunc(olds, func(a, b earlier) int { return int(a.size) - int(b.size) })
+	slices.SortFunc(olds, func(a, b earlier) int { return cmp.Compare(a.size, b.size) })
 
 	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
 	tree := rf.NewEmptyRange(0)
