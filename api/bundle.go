@@ -24,9 +24,10 @@ type BundlePolicy interface {
 // BundleService implements smimeca.v1.ProfileBundles.
 type BundleService struct {
 	pb.UnimplementedProfileBundlesServer
-	policy BundlePolicy
-	signer *ProfileSigner
-	log    *slog.Logger
+	policy   BundlePolicy
+	signer   *ProfileSigner
+	log      *slog.Logger
+	delivery DeliveryConfig
 }
 
 // NewBundleService returns the ProfileBundles service; signer signs the

@@ -69,6 +69,8 @@ func TestStatusForEveryReason(t *testing.T) {
 		"challenge-refused":           codes.PermissionDenied,
 		"challenge-unverified":        codes.FailedPrecondition,
 		"issue-failed":                codes.FailedPrecondition,
+		"not-the-device-identity":     codes.PermissionDenied,
+		"bad-asset":                   codes.InvalidArgument,
 	}
 	log := slog.New(slog.DiscardHandler)
 	seen := map[string]bool{}

@@ -1,6 +1,7 @@
 package pfxconnector_test
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -214,5 +215,51 @@ func TestDeliveryFilesUseOneIteration(t *testing.T) {
 		if got := info(fmt.Sprintf("rest-%d.p12", enc), rest); !strings.Contains(got, "Iteration 2048") {
 			t.Errorf("encoding %d: Rewrap's file lost the encoding's iterations:\n%s", enc, got)
 		}
+	}
+}
+
+// A seeded re-wrap (a DDM asset) is the same file with the same password
+// every time for one seed, opens with OpenSSL in both encodings, and a
+// different seed gives a different password and file; short seeds are
+// refused.
+func TestRewrapSeededIsStable(t *testing.T) {
+	is := testpki.NewIssuer(t)
+	key := testpki.RSAKey(t, 2048, 0)
+	cert := is.UserCert(t, key, testpki.CertOptions{Emails: []string{"a@example.com"}})
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	k := pfxconnector.DERKey{CertDER: cert.Raw, KeyPKCS8: der, ChainDER: [][]byte{is.Cert.Raw}}
+	seed := bytes.Repeat([]byte{7}, 32)
+	other := bytes.Repeat([]byte{8}, 32)
+	dir := t.TempDir()
+	for _, enc := range []pfxconnector.Encoding{pfxconnector.Legacy, pfxconnector.Modern} {
+		a, err := pfxconnector.RewrapSeeded(k, enc, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := pfxconnector.RewrapSeeded(k, enc, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a.PFX, b.PFX) || a.Password != b.Password {
+			t.Errorf("encoding %d: two seeded re-wraps with one seed differ", enc)
+		}
+		c, err := pfxconnector.RewrapSeeded(k, enc, other)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(a.PFX, c.PFX) || a.Password == c.Password {
+			t.Errorf("encoding %d: another seed gave the same file or password", enc)
+		}
+		in := filepath.Join(dir, fmt.Sprintf("seeded-%d.p12", enc))
+		if err := os.WriteFile(in, a.PFX, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("openssl", "pkcs12", "-in", in, "-passin", "pass:"+a.Password, "-nodes", "-nocerts").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "PRIVATE KEY") {
+			t.Fatalf("openssl pkcs12 on the seeded file: %s %v", out, err)
+		}
+	}
+	if _, err := pfxconnector.RewrapSeeded(k, pfxconnector.Legacy, seed[:16]); err == nil {
+		t.Error("a 128-bit seed was accepted")
 	}
 }

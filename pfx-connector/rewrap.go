@@ -1,13 +1,17 @@
 package pfxconnector
 
 import (
+	"bytes"
 	"crypto"
+	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -59,8 +63,13 @@ func Rewrap(key crypto.PrivateKey, cert *x509.Certificate, chain []*x509.Certifi
 const deliveryIterations = 1
 
 func rewrap(key crypto.PrivateKey, cert *x509.Certificate, chain []*x509.Certificate, enc Encoding, iterations int) (Rewrapped, error) {
+	return rewrapFrom(rand.Reader, key, cert, chain, enc, iterations)
+}
+
+// rewrapFrom is rewrap with the password, salts and IVs read from r.
+func rewrapFrom(r io.Reader, key crypto.PrivateKey, cert *x509.Certificate, chain []*x509.Certificate, enc Encoding, iterations int) (Rewrapped, error) {
 	raw := make([]byte, passwordBytes)
-	if _, err := rand.Read(raw); err != nil {
+	if _, err := io.ReadFull(r, raw); err != nil {
 		return Rewrapped{}, fmt.Errorf("pfx: password randomness: %w", err)
 	}
 	password := base64.RawURLEncoding.EncodeToString(raw)
@@ -71,7 +80,7 @@ func rewrap(key crypto.PrivateKey, cert *x509.Certificate, chain []*x509.Certifi
 	if iterations > 0 {
 		encoder = encoder.WithIterations(iterations)
 	}
-	pfx, err := encoder.Encode(key, cert, chain, password)
+	pfx, err := encoder.WithRand(r).Encode(key, cert, chain, password)
 	if err != nil {
 		return Rewrapped{}, fmt.Errorf("pfx: encode: %w", err)
 	}
@@ -106,6 +115,33 @@ func RewrapDER(certDER, keyPKCS8 []byte, chainDER [][]byte, enc Encoding) (Rewra
 }
 
 func rewrapDER(k DERKey, enc Encoding, iterations int) (Rewrapped, error) {
+	return rewrapDERFrom(rand.Reader, k, enc, iterations)
+}
+
+// seededBytes is how much of a seed's HKDF stream one seeded re-wrap may
+// read: the password and go-pkcs12's salts and IVs take under 100 bytes.
+const seededBytes = 512
+
+// RewrapSeeded re-wraps one key for a delivery whose bytes must come out
+// the same each time they are made — a Declarative Device Management
+// asset, whose declaration carries the file's SHA-256 before the device
+// fetches it: the password and every salt and IV are read from
+// HKDF-SHA-256 of seed, with one PBKDF iteration as RewrapAll. seed must
+// be secret (it stands for the password) and bound to the key and to the
+// device the file is for. The errors name no key material.
+func RewrapSeeded(k DERKey, enc Encoding, seed []byte) (Rewrapped, error) {
+	if len(seed) < 32 {
+		return Rewrapped{}, errors.New("pfx: a seeded re-wrap needs a seed of at least 256 bits")
+	}
+	stream, err := hkdf.Key(sha256.New, seed, nil, "smimeca pkcs12 rewrap v1", seededBytes)
+	if err != nil {
+		return Rewrapped{}, fmt.Errorf("pfx: seed: %w", err)
+	}
+	defer clear(stream)
+	return rewrapDERFrom(bytes.NewReader(stream), k, enc, deliveryIterations)
+}
+
+func rewrapDERFrom(r io.Reader, k DERKey, enc Encoding, iterations int) (Rewrapped, error) {
 	cert, err := x509.ParseCertificate(k.CertDER)
 	if err != nil {
 		return Rewrapped{}, fmt.Errorf("pfx: the certificate is unreadable: %w", err)
@@ -120,7 +156,7 @@ func rewrapDER(k DERKey, enc Encoding, iterations int) (Rewrapped, error) {
 			chain = append(chain, c)
 		}
 	}
-	return rewrap(key, cert, chain, enc, iterations)
+	return rewrapFrom(r, key, cert, chain, enc, iterations)
 }
 
 // DERKey is one key as escrow stores it, for RewrapAll.

@@ -56,6 +56,12 @@ const (
 	ActionRenew           = "certificate.renew"
 	ActionRevoke          = "certificate.revoke"
 	ActionRevokeDevice    = "device.revoke"
+	// ActionAssetsRender: a device's Declarative Device Management
+	// declarations were rendered (hashes of its assets; nothing released).
+	ActionAssetsRender = "ddm.render"
+	// ActionAssetRefused: a device asset was refused to the TLS client
+	// that asked for it.
+	ActionAssetRefused = "ddm.asset"
 )
 
 // Auditor records audit events. Implementations must not block for long and

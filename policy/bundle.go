@@ -78,6 +78,11 @@ type BundleRules interface {
 	ListCertificates(ctx context.Context, f Filter) ([]CertificateStatus, error)
 	// MinRSABits is the smallest device key accepted.
 	MinRSABits() int
+	// ArmChallenge makes a secret the caller derived the device's
+	// one-time challenge (a DDM SCEP asset's).
+	ArmChallenge(ctx context.Context, user, device string, secret []byte, how string) (NewChallenge, error)
+	// SigningValidity is how long issued signing certificates are valid.
+	SigningValidity() time.Duration
 }
 
 // Bundles assembles what one device of one user needs.
@@ -92,6 +97,8 @@ type Bundles struct {
 	// recoveryOn says key recovery is configured (RefuseBreakGlassWith).
 	breakGlass bool
 	recoveryOn func(context.Context) (bool, error)
+	// assetSecret derives the secrets of a device's DDM assets (WithAssetSecret).
+	assetSecret []byte
 }
 
 // BundlesOption configures Bundles.
@@ -161,6 +168,9 @@ type BundleRequest struct {
 	// BreakGlass must be set for DeliverPKCS12, with the reason recorded.
 	BreakGlass       bool
 	BreakGlassReason string
+	// NoSigning leaves the SCEP reference out, and no challenge is made:
+	// for a channel that delivers escrowed keys only (Windows).
+	NoSigning bool
 }
 
 // SigningReference is what the device needs to enrol its own signing
@@ -348,7 +358,11 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 	// It comes after every refusal above, so a refused bundle leaves no
 	// challenge behind.
 	sigDone := make(chan error, 1)
-	go func() { sigDone <- b.signingReference(ctx, &out.Signing, req, recipient, user, now) }()
+	if req.NoSigning {
+		sigDone <- nil
+	} else {
+		go func() { sigDone <- b.signingReference(ctx, &out.Signing, req, recipient, user, now) }()
+	}
 	var rewrapErr error
 	out.Encryption, rewrapErr = b.rewrap(recs, req, recipient, now)
 	if err := <-sigDone; err != nil {
@@ -360,6 +374,9 @@ func (b *Bundles) assemble(ctx context.Context, req BundleRequest) (*Bundle, Eve
 
 	ev := Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: action, User: user, Device: req.Device,
 		Result: "ok", Detail: "delivery " + deliveryName(req.Delivery) + "; SCEP challenge enveloped to the identity"}
+	if req.NoSigning {
+		ev.Detail = "delivery " + deliveryName(req.Delivery) + "; no SCEP challenge"
+	}
 	if recipient != nil {
 		s := sha256.Sum256(recipient.Raw)
 		ev.Recipient = hex.EncodeToString(s[:])
@@ -384,8 +401,8 @@ func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, req
 	if err != nil {
 		return err
 	}
-	anchor := b.ca.SCEPAnchor()
-	s.SCEPURL, s.ExpiresAt = b.scepURL, ch.ExpiresAt
+	*s = b.scepReference(user)
+	s.ExpiresAt = ch.ExpiresAt
 	if req.Delivery == DeliverCMS {
 		if s.EnvelopedChallenge, err = pfxconnector.Envelope([]byte(ch.Secret), recipient, req.KeyTransport); err != nil {
 			return fmt.Errorf("policy: envelope the challenge: %w", err)
@@ -393,10 +410,6 @@ func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, req
 	} else {
 		s.Challenge = ch.Secret
 	}
-	s.Subject, s.RFC822Name, s.KeyUsage = "CN="+user, user, x509.KeyUsageDigitalSignature
-	s.KeySize, s.KeyType = b.enroll.MinRSABits(), "RSA"
-	s256, s1, m5 := sha256.Sum256(anchor.Raw), sha1.Sum(anchor.Raw), md5.Sum(anchor.Raw)
-	s.CAFingerprint.SHA256, s.CAFingerprint.SHA1, s.CAFingerprint.MD5 = s256[:], s1[:], m5[:]
 	issued, err := b.enroll.ListCertificates(ctx, Filter{User: user, Device: device})
 	if err != nil {
 		return err
@@ -407,6 +420,17 @@ func (b *Bundles) signingReference(ctx context.Context, s *SigningReference, req
 		}
 	}
 	return nil
+}
+
+// scepReference is what every device of user needs to enrol, without a
+// challenge.
+func (b *Bundles) scepReference(user string) SigningReference {
+	anchor := b.ca.SCEPAnchor()
+	s := SigningReference{SCEPURL: b.scepURL, Subject: "CN=" + user, RFC822Name: user, KeyUsage: x509.KeyUsageDigitalSignature,
+		KeySize: b.enroll.MinRSABits(), KeyType: "RSA"}
+	s256, s1, m5 := sha256.Sum256(anchor.Raw), sha1.Sum(anchor.Raw), md5.Sum(anchor.Raw)
+	s.CAFingerprint.SHA256, s.CAFingerprint.SHA1, s.CAFingerprint.MD5 = s256[:], s1[:], m5[:]
+	return s
 }
 
 func deliveryName(d Delivery) string {
@@ -421,12 +445,7 @@ func deliveryName(d Delivery) string {
 // first.
 func (b *Bundles) rewrap(recs []EscrowedKey, req BundleRequest, recipient *x509.Certificate, now time.Time) ([]EncryptionEntry, error) {
 	entries := make([]EncryptionEntry, len(recs))
-	current := -1
-	for i, r := range recs {
-		if r.CanEncrypt(now) && (current < 0 || r.NotAfter.After(recs[current].NotAfter)) {
-			current = i
-		}
-	}
+	current := currentKey(recs, now)
 	keys := make([]pfxconnector.DERKey, len(recs))
 	for i, r := range recs {
 		keys[i] = pfxconnector.DERKey{CertDER: r.CertDER, KeyPKCS8: r.KeyPKCS8, ChainDER: r.ChainDER}
@@ -442,13 +461,31 @@ func (b *Bundles) rewrap(recs []EscrowedKey, req BundleRequest, recipient *x509.
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	sortEntries(entries)
+	return entries, nil
+}
+
+// currentKey is the index of the certificate for new mail: the newest
+// valid encryption certificate (-1: none).
+func currentKey(recs []EscrowedKey, now time.Time) int {
+	current := -1
+	for i, r := range recs {
+		if r.CanEncrypt(now) && (current < 0 || r.NotAfter.After(recs[current].NotAfter)) {
+			current = i
+		}
+	}
+	return current
+}
+
+// sortEntries puts the current certificate first, then the others by
+// notAfter, newest first.
+func sortEntries(entries []EncryptionEntry) {
 	sort.SliceStable(entries, func(i, j int) bool {
 		if entries[i].Current != entries[j].Current {
 			return entries[i].Current
 		}
 		return entries[i].Metadata.NotAfter.After(entries[j].Metadata.NotAfter)
 	})
-	return entries, nil
 }
 
 // deliverOne is one re-wrapped key as this delivery carries it: its

@@ -219,6 +219,26 @@ const challengeBytes = 32
 // active device enrol one signing certificate for user; it replaces the
 // device's previous challenge. ttl 0 means the configured default.
 func (e *Enrollment) CreateChallenge(ctx context.Context, user, device string, ttl time.Duration) (NewChallenge, error) {
+	raw := make([]byte, challengeBytes)
+	if _, err := io.ReadFull(e.rand, raw); err != nil {
+		return NewChallenge{}, fmt.Errorf("policy: challenge randomness: %w", err)
+	}
+	return e.putChallenge(ctx, user, device, raw, ttl, "")
+}
+
+// ArmChallenge makes secret (at least 256 bits, which the caller derived
+// for this device and keeps to itself) the device's one-time challenge,
+// as CreateChallenge makes a random one: a Declarative Device Management
+// SCEP asset carries a challenge whose hash its declaration published
+// before the device fetched it. how goes into the audit event.
+func (e *Enrollment) ArmChallenge(ctx context.Context, user, device string, secret []byte, how string) (NewChallenge, error) {
+	if len(secret) < challengeBytes {
+		return NewChallenge{}, fmt.Errorf("policy: a challenge needs %d bytes of secret", challengeBytes)
+	}
+	return e.putChallenge(ctx, user, device, secret[:challengeBytes], 0, how)
+}
+
+func (e *Enrollment) putChallenge(ctx context.Context, user, device string, raw []byte, ttl time.Duration, how string) (NewChallenge, error) {
 	d, err := e.devices.activeDevice(ctx, user, device)
 	if err != nil {
 		return NewChallenge{}, err
@@ -230,14 +250,7 @@ func (e *Enrollment) CreateChallenge(ctx context.Context, user, device string, t
 	if ttl < time.Minute || ttl > MaxChallengeTTL {
 		return NewChallenge{}, reject(ReasonBadTTL, fmt.Sprintf("ttl %s is outside 1m..%s", ttl, MaxChallengeTTL))
 	}
-	raw := make([]byte, challengeBytes)
-	if _, err := io.ReadFull(e.rand, raw); err != nil {
-		return NewChallenge{}, fmt.Errorf("policy: challenge randomness: %w", err)
-	}
-	// Base32 (A–Z, 2–7): every character is allowed in a PrintableString,
-	// which clients such as certmonger encode the CSR's challengePassword
-	// as (base64's "_" or "/" would make the CSR unparsable).
-	secret := base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(raw)
+	secret := encodeChallenge(raw)
 	now := e.now().UTC()
 	c := Challenge{User: u, Device: device, CreatedAt: now, ExpiresAt: now.Add(ttl), CreatedBy: ActorFrom(ctx).Name}
 	if err := e.store.PutChallenge(ctx, hashChallenge(secret), c); errors.Is(err, ErrInactiveDevice) {
@@ -245,9 +258,21 @@ func (e *Enrollment) CreateChallenge(ctx context.Context, user, device string, t
 	} else if err != nil {
 		return NewChallenge{}, fmt.Errorf("policy: store challenge: %w", err)
 	}
+	detail := "expires " + c.ExpiresAt.Format(time.RFC3339)
+	if how != "" {
+		detail += "; " + how
+	}
 	e.audit.Audit(ctx, Event{Time: now, Actor: ActorFrom(ctx), Action: ActionChallengeCreate,
-		User: u, Device: device, Result: "ok", Detail: "expires " + c.ExpiresAt.Format(time.RFC3339)})
+		User: u, Device: device, Result: "ok", Detail: detail})
 	return NewChallenge{Secret: secret, User: u, Device: device, ExpiresAt: c.ExpiresAt}, nil
+}
+
+// encodeChallenge is how a challenge's secret bytes are written: base32
+// (A–Z, 2–7), every character of which is allowed in a PrintableString,
+// which clients such as certmonger encode the CSR's challengePassword as
+// (base64's "_" or "/" would make the CSR unparsable).
+func encodeChallenge(raw []byte) string {
+	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(raw)
 }
 
 func hashChallenge(secret string) []byte {

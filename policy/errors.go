@@ -91,6 +91,11 @@ const (
 	ReasonSelfApproval
 	ReasonDoubleVote
 	ReasonNotRequester
+	// ReasonNotDeviceIdentity: a device asset was asked for with a client
+	// certificate that is not the device's registered identity.
+	ReasonNotDeviceIdentity
+	// ReasonBadAsset: an asset reference that names nothing smimeca serves.
+	ReasonBadAsset
 	reasonEnd
 )
 
@@ -150,6 +155,8 @@ var reasons = [reasonEnd]struct {
 	ReasonChallengeRefused:     {"challenge-refused", KindDenied},
 	ReasonChallengeUnverified:  {"challenge-unverified", KindFailedPrecondition},
 	ReasonIssueFailed:          {"issue-failed", KindFailedPrecondition},
+	ReasonNotDeviceIdentity:    {"not-the-device-identity", KindDenied},
+	ReasonBadAsset:             {"bad-asset", KindInvalid},
 }
 
 // Reasons returns every reason, in order: for tables at the edges that

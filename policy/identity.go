@@ -256,6 +256,9 @@ func (reg *Registry) ActiveDevice(ctx context.Context, user, id string) (Device,
 // MinRSABits is the smallest device RSA key accepted (Config.MinRSABits).
 func (e *Enrollment) MinRSABits() int { return e.cfg.MinRSABits }
 
+// SigningValidity is how long issued signing certificates are valid.
+func (e *Enrollment) SigningValidity() time.Duration { return e.cfg.Validity }
+
 // ReleasableIdentity returns the device's registered identity certificate
 // when keys may be encrypted to it now: it has one, it can receive CMS
 // envelopes, it is not on hold after a rekey, and it still chains to a

@@ -55,6 +55,7 @@ type app struct {
 	grpcSrv   *grpc.Server
 	monitor   *healthMonitor
 	escrowSvc *api.EscrowService
+	assetSrv  *http.Server // the DDM asset endpoint (nil: off)
 	ldapSrv   *directory.Server
 	publisher *publish.Publisher
 	intune    *intune.Client // nil: Intune is off
@@ -295,8 +296,26 @@ func (a *app) buildGRPC(ctx context.Context) error {
 	} else if allowed {
 		bundleOpts = append(bundleOpts, policy.AllowBreakGlass(), policy.RefuseBreakGlassWith(recoveryConfigured(creds)))
 	}
-	services.Bundles = api.NewBundleService(policy.NewBundles(a.rules, escrowed, authority, scepURL, a.audit, bundleOpts...),
+	if cfg.assetAddr != "" {
+		secret, err := assetSecret(filepath.Join(cfg.dataDir, "ca"))
+		if err != nil {
+			return err
+		}
+		bundleOpts = append(bundleOpts, policy.WithAssetSecret(secret))
+		clear(secret)
+	}
+	bundles := policy.NewBundles(a.rules, escrowed, authority, scepURL, a.audit, bundleOpts...)
+	bundleSvc := api.NewBundleService(bundles,
 		&api.ProfileSigner{Cert: profCert, Key: profKey, Chain: []*x509.Certificate{authority.Intermediate()}}, logger)
+	services.Bundles = bundleSvc
+	delivery := api.DeliveryConfig{OutlookLDAPHost: cfg.outlookLDAPHost}
+	if cfg.assetAddr != "" {
+		delivery.Assets, delivery.AssetURL = bundles, cfg.assetURL
+		if a.assetSrv, err = a.assetServer(bundles, pki.TLSConfig().GetCertificate); err != nil {
+			return err
+		}
+	}
+	bundleSvc.SetDelivery(delivery)
 	a.grpcSrv = api.NewServer(pki.TLSConfig(), api.NewAuthorizer(api.DefaultAccess, creds), services, logger)
 	a.monitor = a.healthMonitor(services.Health)
 	return nil
@@ -371,7 +390,20 @@ func (a *app) run(ctx context.Context) error {
 		grpcLn.Close()
 		return err
 	}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
+	if a.assetSrv != nil {
+		ln, err := net.Listen("tcp", cfg.assetAddr)
+		if err != nil {
+			httpLn.Close()
+			grpcLn.Close()
+			if opsLn != nil {
+				opsLn.Close()
+			}
+			return fmt.Errorf("listen %s: %w", cfg.assetAddr, err)
+		}
+		go func() { errc <- a.assetSrv.ServeTLS(ln, "", "") }()
+		logger.Info("DDM asset endpoint (mutual TLS)", "addr", ln.Addr().String(), "url", cfg.assetURL+api.AssetPath)
+	}
 	go func() { errc <- a.httpSrv.Serve(httpLn) }()
 	go func() { errc <- a.grpcSrv.Serve(grpcLn) }()
 	go purgeChallenges(ctx, a.store, logger)
@@ -464,6 +496,9 @@ func (a *app) shutdown() {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	a.httpSrv.Shutdown(shutdownCtx)
+	if a.assetSrv != nil {
+		a.assetSrv.Shutdown(shutdownCtx)
+	}
 	stopped := make(chan struct{})
 	go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
 	select {

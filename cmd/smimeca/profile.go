@@ -21,11 +21,12 @@ import (
 
 func profileCmd(args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] != "render" {
-		return usagef("usage: smimeca profile render --user EMAIL --device ID --settings FILE.yaml --out FILE.mobileconfig [--plain [--sign]]")
+		return usagef("usage: smimeca profile render [--format mobileconfig|ddm|outlook-ios|outlook-android|windows|android] --user EMAIL --device ID --settings FILE.yaml --out FILE [--plain [--sign]]")
 	}
 	var r profileRender
 	var settingsPath string
 	var plain bool
+	var ch channelFlags
 	cf, ui := &r.cf, &r.ui
 	f := newFlags("profile render")
 	cf.register(f, "profile")
@@ -43,8 +44,15 @@ func profileCmd(args []string, stdout io.Writer) error {
 	f.fs.StringVar(&ui.SAMAccountName, "sam-account-name", "", "sAMAccountName, for usernameAADSource samAccountName")
 	f.fs.StringVar(&ui.FullDomain, "domain", "", "full domain name, for DOMAIN\\user")
 	f.fs.StringVar(&ui.NetBIOSDomain, "netbios-domain", "", "NetBIOS domain name, for DOMAIN\\user")
+	ch.register(f)
 	if err := f.parse(args[1:]); err != nil {
 		return helpOK(err)
+	}
+	if ch.format != "mobileconfig" {
+		if plain || r.sign {
+			return usagef("--plain and --sign go with --format mobileconfig only")
+		}
+		return ch.render(&r.cf, r.user, r.device, settingsPath, r.out, stdout)
 	}
 	if r.user == "" || r.device == "" || settingsPath == "" || r.out == "" {
 		return usagef("profile render needs --user, --device, --settings and --out")

@@ -113,6 +113,11 @@ type serveConfig struct {
 	recoveryNotifyURL string
 	auditTlog         bool
 	auditTlogDir      string
+	assetAddr         string
+	assetURL          string
+	assetTLSCert      string
+	assetTLSKey       string
+	outlookLDAPHost   string
 	// publicURLDefaulted reports that --public-url was derived from an
 	// address other peers reach: certificates would then point at it.
 	publicURLDefaulted bool
@@ -174,6 +179,11 @@ func parseServeAs(name string, args []string) (*serveConfig, error) {
 	f.str(&c.recoveryNotifyURL, "recovery-notify-url", "SMIMECA_RECOVERY_NOTIFY_URL", "", "key recovery: an http(s) URL that gets each step as JSON (user, officer, approvers, state; no secret) to tell the user, S/MIME BR 4.12.1 (optional)")
 	f.boolean(&c.auditTlog, "audit-tlog", "SMIMECA_AUDIT_TLOG", true, "also append every audit event to a transparency log (signed checkpoints; smimeca audit verify)")
 	f.str(&c.auditTlogDir, "audit-tlog-dir", "SMIMECA_AUDIT_TLOG_DIR", "", "the transparency log's directory (default DATA/audit-log; several nodes may share one on a POSIX file system with locks, e.g. CephFS)")
+	f.str(&c.assetAddr, "asset-addr", "SMIMECA_ASSET_ADDR", "", "HTTPS listen address of the DDM asset endpoint, where Apple devices fetch their SCEP credential and escrowed identities themselves over mutual TLS with their registered identity (empty: off, and profile render --format ddm is refused)")
+	f.str(&c.assetURL, "asset-url", "SMIMECA_ASSET_URL", "", "public https:// base URL of the asset endpoint put into DDM declarations (default https://<public URL host>:<asset port>)")
+	f.str(&c.assetTLSCert, "asset-tls-cert", "SMIMECA_ASSET_TLS_CERT", "", "PEM certificate chain of the asset endpoint, one devices trust (default: the gRPC API's server certificate, from smimeca's API CA — devices must then trust DATA/ca/api_ca.crt)")
+	f.str(&c.assetTLSKey, "asset-tls-key", "SMIMECA_ASSET_TLS_KEY", "", "PEM private key of --asset-tls-cert")
+	f.str(&c.outlookLDAPHost, "outlook-ldap-host", "SMIMECA_OUTLOOK_LDAP_HOST", "", "host (and port) of the recipient directory that Outlook's app configuration names (profile render --format outlook-*)")
 	f.duration(&c.rekeyHold, "rekey-hold", "SMIMECA_REKEY_HOLD", policy.DefaultRekeyHold, "after a device rekey, how long key releases to it wait unless an administrator confirms (smimeca device confirm)")
 	f.integer(&c.scepMaxInFlight, "scep-max-inflight", "SMIMECA_SCEP_MAX_INFLIGHT", 16*runtime.GOMAXPROCS(0), "PKIOperations processed at once; more get 503 with Retry-After")
 	f.float(&c.scepRatePerIP, "scep-rate-per-ip", "SMIMECA_SCEP_RATE_PER_IP", httplimit.DefaultRatePerIP, "PKIOperations per second per client IP (0: no limit); more get 429 with Retry-After (OCSP: 5 times it)")
@@ -250,7 +260,7 @@ func (c *serveConfig) checkFlags() error {
 	if c.trustedPrefixes, err = httplimit.ParsePrefixes(c.trustedProxies); err != nil {
 		return usagef("--trusted-proxies: %v", err)
 	}
-	return nil
+	return c.checkAssetFlags(u)
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {

@@ -9,6 +9,8 @@
 package appleschema
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,6 +31,9 @@ type Key struct {
 	Format      string                    `json:"format"`
 	SupportedOS map[string]map[string]any `json:"supportedOS"`
 	Subkeys     []Key                     `json:"subkeys"`
+	// AssetTypes, on a declaration's key, are the declaration types an
+	// asset reference may name.
+	AssetTypes []string `json:"assettypes"`
 }
 
 type file struct {
@@ -44,6 +49,16 @@ type Schema struct {
 	payloads map[string]*file
 	common   []Key
 	top      []Key
+	// json: values come from JSON (declarations): data is base64 text,
+	// numbers are json.Number.
+	json bool
+	// refs collects asset references met while checking declarations.
+	refs []assetRef
+}
+
+type assetRef struct {
+	where, id string
+	allowed   []string
 }
 
 // Dir returns the schema directory: $SMIMECA_APPLE_SCHEMA, or
@@ -257,23 +272,38 @@ func (s *Schema) checkValue(where string, v any, k Key, errs *[]error) {
 		if k.Format != "" && !regexp.MustCompile(k.Format).MatchString(str) {
 			bad("%q does not match %s", str, k.Format)
 		}
+		if len(k.AssetTypes) > 0 {
+			s.refs = append(s.refs, assetRef{where: where, id: str, allowed: k.AssetTypes})
+		}
 	case "<boolean>":
 		if _, ok := v.(bool); !ok {
 			bad("type %T, want boolean", v)
 		}
 	case "<integer>":
-		switch v.(type) {
+		switch n := v.(type) {
 		case uint64, int64, int, int32, uint32:
+		case json.Number:
+			if _, err := n.Int64(); err != nil || !s.json {
+				bad("%v is not an integer", n)
+			}
 		default:
 			bad("type %T, want integer", v)
 			return
 		}
 	case "<real>":
 		if _, ok := v.(float64); !ok {
-			bad("type %T, want real", v)
+			if n, isNum := v.(json.Number); !isNum || !s.json {
+				bad("type %T, want real", v)
+			} else if _, err := n.Float64(); err != nil {
+				bad("%v is not a number", n)
+			}
 		}
 	case "<data>":
-		if b, ok := v.([]byte); !ok || len(b) == 0 {
+		if str, ok := v.(string); ok && s.json {
+			if b, err := base64.StdEncoding.DecodeString(str); err != nil || len(b) == 0 {
+				bad("not non-empty base64 data")
+			}
+		} else if b, ok := v.([]byte); !ok || len(b) == 0 {
 			bad("type %T, want non-empty data", v)
 		}
 	case "<date>":

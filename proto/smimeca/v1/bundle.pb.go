@@ -22,6 +22,65 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// DeliveryChannel names what RenderDelivery renders.
+type DeliveryChannel int32
+
+const (
+	DeliveryChannel_DELIVERY_CHANNEL_UNSPECIFIED     DeliveryChannel = 0
+	DeliveryChannel_DELIVERY_CHANNEL_DDM             DeliveryChannel = 1
+	DeliveryChannel_DELIVERY_CHANNEL_OUTLOOK_IOS     DeliveryChannel = 2
+	DeliveryChannel_DELIVERY_CHANNEL_OUTLOOK_ANDROID DeliveryChannel = 3
+	DeliveryChannel_DELIVERY_CHANNEL_WINDOWS         DeliveryChannel = 4
+	DeliveryChannel_DELIVERY_CHANNEL_ANDROID         DeliveryChannel = 5
+)
+
+// Enum value maps for DeliveryChannel.
+var (
+	DeliveryChannel_name = map[int32]string{
+		0: "DELIVERY_CHANNEL_UNSPECIFIED",
+		1: "DELIVERY_CHANNEL_DDM",
+		2: "DELIVERY_CHANNEL_OUTLOOK_IOS",
+		3: "DELIVERY_CHANNEL_OUTLOOK_ANDROID",
+		4: "DELIVERY_CHANNEL_WINDOWS",
+		5: "DELIVERY_CHANNEL_ANDROID",
+	}
+	DeliveryChannel_value = map[string]int32{
+		"DELIVERY_CHANNEL_UNSPECIFIED":     0,
+		"DELIVERY_CHANNEL_DDM":             1,
+		"DELIVERY_CHANNEL_OUTLOOK_IOS":     2,
+		"DELIVERY_CHANNEL_OUTLOOK_ANDROID": 3,
+		"DELIVERY_CHANNEL_WINDOWS":         4,
+		"DELIVERY_CHANNEL_ANDROID":         5,
+	}
+)
+
+func (x DeliveryChannel) Enum() *DeliveryChannel {
+	p := new(DeliveryChannel)
+	*p = x
+	return p
+}
+
+func (x DeliveryChannel) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeliveryChannel) Descriptor() protoreflect.EnumDescriptor {
+	return file_smimeca_v1_bundle_proto_enumTypes[0].Descriptor()
+}
+
+func (DeliveryChannel) Type() protoreflect.EnumType {
+	return &file_smimeca_v1_bundle_proto_enumTypes[0]
+}
+
+func (x DeliveryChannel) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeliveryChannel.Descriptor instead.
+func (DeliveryChannel) EnumDescriptor() ([]byte, []int) {
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{0}
+}
+
 type DeliveryFormat int32
 
 const (
@@ -60,11 +119,11 @@ func (x DeliveryFormat) String() string {
 }
 
 func (DeliveryFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_smimeca_v1_bundle_proto_enumTypes[0].Descriptor()
+	return file_smimeca_v1_bundle_proto_enumTypes[1].Descriptor()
 }
 
 func (DeliveryFormat) Type() protoreflect.EnumType {
-	return &file_smimeca_v1_bundle_proto_enumTypes[0]
+	return &file_smimeca_v1_bundle_proto_enumTypes[1]
 }
 
 func (x DeliveryFormat) Number() protoreflect.EnumNumber {
@@ -73,7 +132,7 @@ func (x DeliveryFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DeliveryFormat.Descriptor instead.
 func (DeliveryFormat) EnumDescriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{0}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{1}
 }
 
 // KeyTransport is how an envelope's AES-256 content key is encrypted to
@@ -110,11 +169,11 @@ func (x KeyTransport) String() string {
 }
 
 func (KeyTransport) Descriptor() protoreflect.EnumDescriptor {
-	return file_smimeca_v1_bundle_proto_enumTypes[1].Descriptor()
+	return file_smimeca_v1_bundle_proto_enumTypes[2].Descriptor()
 }
 
 func (KeyTransport) Type() protoreflect.EnumType {
-	return &file_smimeca_v1_bundle_proto_enumTypes[1]
+	return &file_smimeca_v1_bundle_proto_enumTypes[2]
 }
 
 func (x KeyTransport) Number() protoreflect.EnumNumber {
@@ -123,7 +182,7 @@ func (x KeyTransport) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KeyTransport.Descriptor instead.
 func (KeyTransport) EnumDescriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{1}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{2}
 }
 
 type Pkcs12Encoding int32
@@ -158,11 +217,11 @@ func (x Pkcs12Encoding) String() string {
 }
 
 func (Pkcs12Encoding) Descriptor() protoreflect.EnumDescriptor {
-	return file_smimeca_v1_bundle_proto_enumTypes[2].Descriptor()
+	return file_smimeca_v1_bundle_proto_enumTypes[3].Descriptor()
 }
 
 func (Pkcs12Encoding) Type() protoreflect.EnumType {
-	return &file_smimeca_v1_bundle_proto_enumTypes[2]
+	return &file_smimeca_v1_bundle_proto_enumTypes[3]
 }
 
 func (x Pkcs12Encoding) Number() protoreflect.EnumNumber {
@@ -171,7 +230,240 @@ func (x Pkcs12Encoding) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Pkcs12Encoding.Descriptor instead.
 func (Pkcs12Encoding) EnumDescriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{2}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{3}
+}
+
+type RenderDeliveryRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	User     string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	DeviceId string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Channel  DeliveryChannel        `protobuf:"varint,3,opt,name=channel,proto3,enum=smimeca.v1.DeliveryChannel" json:"channel,omitempty"`
+	// E-mail settings with Microsoft Graph's iosEasEmailProfileConfiguration
+	// fields, JSON or YAML (at most 64 KiB): DDM and Outlook.
+	Settings     []byte         `protobuf:"bytes,4,opt,name=settings,proto3" json:"settings,omitempty"`
+	Encoding     Pkcs12Encoding `protobuf:"varint,5,opt,name=encoding,proto3,enum=smimeca.v1.Pkcs12Encoding" json:"encoding,omitempty"`
+	KeyTransport KeyTransport   `protobuf:"varint,6,opt,name=key_transport,json=keyTransport,proto3,enum=smimeca.v1.KeyTransport" json:"key_transport,omitempty"`
+	// DDM: the MDM's revision of the signing asset; raise it to have the
+	// device enrol a new signing certificate.
+	SigningGeneration uint32 `protobuf:"varint,7,opt,name=signing_generation,json=signingGeneration,proto3" json:"signing_generation,omitempty"`
+	// DDM: identifier of the MDM's own com.apple.asset.useridentity
+	// declaration for the account (optional).
+	UserIdentityAsset string `protobuf:"bytes,8,opt,name=user_identity_asset,json=userIdentityAsset,proto3" json:"user_identity_asset,omitempty"`
+	// Outlook: the recipient directory's host (default: the server's
+	// --outlook-ldap-host).
+	LdapHostName string `protobuf:"bytes,9,opt,name=ldap_host_name,json=ldapHostName,proto3" json:"ldap_host_name,omitempty"`
+	// Windows: the UniqueIDs the device reports under
+	// ClientCertificateInstall/PFXCertInstall; smimeca's that name a
+	// certificate no longer in escrow are deleted, installed ones are kept.
+	WindowsInstalledIds []string `protobuf:"bytes,10,rep,name=windows_installed_ids,json=windowsInstalledIds,proto3" json:"windows_installed_ids,omitempty"`
+	// Windows: KeyLocation, 1 TPM, 2 TPM else software (default), 3 software.
+	WindowsKeyLocation int32 `protobuf:"varint,11,opt,name=windows_key_location,json=windowsKeyLocation,proto3" json:"windows_key_location,omitempty"`
+	// Android: packages each identity is granted to, and whether the user
+	// may pick the identities in the system chooser.
+	AndroidGrants         []string `protobuf:"bytes,12,rep,name=android_grants,json=androidGrants,proto3" json:"android_grants,omitempty"`
+	AndroidUserSelectable bool     `protobuf:"varint,13,opt,name=android_user_selectable,json=androidUserSelectable,proto3" json:"android_user_selectable,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *RenderDeliveryRequest) Reset() {
+	*x = RenderDeliveryRequest{}
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenderDeliveryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenderDeliveryRequest) ProtoMessage() {}
+
+func (x *RenderDeliveryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenderDeliveryRequest.ProtoReflect.Descriptor instead.
+func (*RenderDeliveryRequest) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RenderDeliveryRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RenderDeliveryRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RenderDeliveryRequest) GetChannel() DeliveryChannel {
+	if x != nil {
+		return x.Channel
+	}
+	return DeliveryChannel_DELIVERY_CHANNEL_UNSPECIFIED
+}
+
+func (x *RenderDeliveryRequest) GetSettings() []byte {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+func (x *RenderDeliveryRequest) GetEncoding() Pkcs12Encoding {
+	if x != nil {
+		return x.Encoding
+	}
+	return Pkcs12Encoding_PKCS12_ENCODING_LEGACY
+}
+
+func (x *RenderDeliveryRequest) GetKeyTransport() KeyTransport {
+	if x != nil {
+		return x.KeyTransport
+	}
+	return KeyTransport_KEY_TRANSPORT_RSA_PKCS1V15
+}
+
+func (x *RenderDeliveryRequest) GetSigningGeneration() uint32 {
+	if x != nil {
+		return x.SigningGeneration
+	}
+	return 0
+}
+
+func (x *RenderDeliveryRequest) GetUserIdentityAsset() string {
+	if x != nil {
+		return x.UserIdentityAsset
+	}
+	return ""
+}
+
+func (x *RenderDeliveryRequest) GetLdapHostName() string {
+	if x != nil {
+		return x.LdapHostName
+	}
+	return ""
+}
+
+func (x *RenderDeliveryRequest) GetWindowsInstalledIds() []string {
+	if x != nil {
+		return x.WindowsInstalledIds
+	}
+	return nil
+}
+
+func (x *RenderDeliveryRequest) GetWindowsKeyLocation() int32 {
+	if x != nil {
+		return x.WindowsKeyLocation
+	}
+	return 0
+}
+
+func (x *RenderDeliveryRequest) GetAndroidGrants() []string {
+	if x != nil {
+		return x.AndroidGrants
+	}
+	return nil
+}
+
+func (x *RenderDeliveryRequest) GetAndroidUserSelectable() bool {
+	if x != nil {
+		return x.AndroidUserSelectable
+	}
+	return false
+}
+
+type RenderDeliveryResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Content []byte                 `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	// application/json, application/x-plist or application/vnd.syncml+xml.
+	ContentType string `protobuf:"bytes,2,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// The identity certificate the keys are for (DDM, Windows, Android).
+	RecipientSha256 string `protobuf:"bytes,3,opt,name=recipient_sha256,json=recipientSha256,proto3" json:"recipient_sha256,omitempty"`
+	// SHA-256 thumbprints of the escrowed certificates delivered.
+	EncryptionSha256 []string `protobuf:"bytes,4,rep,name=encryption_sha256,json=encryptionSha256,proto3" json:"encryption_sha256,omitempty"`
+	KeyEscrowNotice  string   `protobuf:"bytes,5,opt,name=key_escrow_notice,json=keyEscrowNotice,proto3" json:"key_escrow_notice,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RenderDeliveryResponse) Reset() {
+	*x = RenderDeliveryResponse{}
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenderDeliveryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenderDeliveryResponse) ProtoMessage() {}
+
+func (x *RenderDeliveryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenderDeliveryResponse.ProtoReflect.Descriptor instead.
+func (*RenderDeliveryResponse) Descriptor() ([]byte, []int) {
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RenderDeliveryResponse) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+func (x *RenderDeliveryResponse) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *RenderDeliveryResponse) GetRecipientSha256() string {
+	if x != nil {
+		return x.RecipientSha256
+	}
+	return ""
+}
+
+func (x *RenderDeliveryResponse) GetEncryptionSha256() []string {
+	if x != nil {
+		return x.EncryptionSha256
+	}
+	return nil
+}
+
+func (x *RenderDeliveryResponse) GetKeyEscrowNotice() string {
+	if x != nil {
+		return x.KeyEscrowNotice
+	}
+	return ""
 }
 
 type RenderDeviceProfileRequest struct {
@@ -197,7 +489,7 @@ type RenderDeviceProfileRequest struct {
 
 func (x *RenderDeviceProfileRequest) Reset() {
 	*x = RenderDeviceProfileRequest{}
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[0]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +501,7 @@ func (x *RenderDeviceProfileRequest) String() string {
 func (*RenderDeviceProfileRequest) ProtoMessage() {}
 
 func (x *RenderDeviceProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[0]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +514,7 @@ func (x *RenderDeviceProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenderDeviceProfileRequest.ProtoReflect.Descriptor instead.
 func (*RenderDeviceProfileRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{0}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RenderDeviceProfileRequest) GetUser() string {
@@ -319,7 +611,7 @@ type RenderDeviceProfileResponse struct {
 
 func (x *RenderDeviceProfileResponse) Reset() {
 	*x = RenderDeviceProfileResponse{}
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[1]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +623,7 @@ func (x *RenderDeviceProfileResponse) String() string {
 func (*RenderDeviceProfileResponse) ProtoMessage() {}
 
 func (x *RenderDeviceProfileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[1]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +636,7 @@ func (x *RenderDeviceProfileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenderDeviceProfileResponse.ProtoReflect.Descriptor instead.
 func (*RenderDeviceProfileResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{1}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RenderDeviceProfileResponse) GetMobileconfig() []byte {
@@ -398,7 +690,7 @@ type GetUserBundleRequest struct {
 
 func (x *GetUserBundleRequest) Reset() {
 	*x = GetUserBundleRequest{}
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[2]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -410,7 +702,7 @@ func (x *GetUserBundleRequest) String() string {
 func (*GetUserBundleRequest) ProtoMessage() {}
 
 func (x *GetUserBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[2]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -423,7 +715,7 @@ func (x *GetUserBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetUserBundleRequest) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{2}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetUserBundleRequest) GetUser() string {
@@ -517,7 +809,7 @@ type SigningReference struct {
 
 func (x *SigningReference) Reset() {
 	*x = SigningReference{}
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[3]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +821,7 @@ func (x *SigningReference) String() string {
 func (*SigningReference) ProtoMessage() {}
 
 func (x *SigningReference) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[3]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +834,7 @@ func (x *SigningReference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigningReference.ProtoReflect.Descriptor instead.
 func (*SigningReference) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{3}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SigningReference) GetScepUrl() string {
@@ -654,7 +946,7 @@ type EncryptionCertificate struct {
 
 func (x *EncryptionCertificate) Reset() {
 	*x = EncryptionCertificate{}
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[4]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +958,7 @@ func (x *EncryptionCertificate) String() string {
 func (*EncryptionCertificate) ProtoMessage() {}
 
 func (x *EncryptionCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[4]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +971,7 @@ func (x *EncryptionCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionCertificate.ProtoReflect.Descriptor instead.
 func (*EncryptionCertificate) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{4}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EncryptionCertificate) GetMetadata() *EscrowedCertificate {
@@ -741,7 +1033,7 @@ type GetUserBundleResponse struct {
 
 func (x *GetUserBundleResponse) Reset() {
 	*x = GetUserBundleResponse{}
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[5]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +1045,7 @@ func (x *GetUserBundleResponse) String() string {
 func (*GetUserBundleResponse) ProtoMessage() {}
 
 func (x *GetUserBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_smimeca_v1_bundle_proto_msgTypes[5]
+	mi := &file_smimeca_v1_bundle_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +1058,7 @@ func (x *GetUserBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetUserBundleResponse) Descriptor() ([]byte, []int) {
-	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{5}
+	return file_smimeca_v1_bundle_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetUserBundleResponse) GetUser() string {
@@ -830,7 +1122,28 @@ var File_smimeca_v1_bundle_proto protoreflect.FileDescriptor
 const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\n" +
 	"\x17smimeca/v1/bundle.proto\x12\n" +
-	"smimeca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17smimeca/v1/escrow.proto\"\xa2\x03\n" +
+	"smimeca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17smimeca/v1/escrow.proto\"\xdc\x04\n" +
+	"\x15RenderDeliveryRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x125\n" +
+	"\achannel\x18\x03 \x01(\x0e2\x1b.smimeca.v1.DeliveryChannelR\achannel\x12\x1a\n" +
+	"\bsettings\x18\x04 \x01(\fR\bsettings\x126\n" +
+	"\bencoding\x18\x05 \x01(\x0e2\x1a.smimeca.v1.Pkcs12EncodingR\bencoding\x12=\n" +
+	"\rkey_transport\x18\x06 \x01(\x0e2\x18.smimeca.v1.KeyTransportR\fkeyTransport\x12-\n" +
+	"\x12signing_generation\x18\a \x01(\rR\x11signingGeneration\x12.\n" +
+	"\x13user_identity_asset\x18\b \x01(\tR\x11userIdentityAsset\x12$\n" +
+	"\x0eldap_host_name\x18\t \x01(\tR\fldapHostName\x122\n" +
+	"\x15windows_installed_ids\x18\n" +
+	" \x03(\tR\x13windowsInstalledIds\x120\n" +
+	"\x14windows_key_location\x18\v \x01(\x05R\x12windowsKeyLocation\x12%\n" +
+	"\x0eandroid_grants\x18\f \x03(\tR\randroidGrants\x126\n" +
+	"\x17android_user_selectable\x18\r \x01(\bR\x15androidUserSelectable\"\xd9\x01\n" +
+	"\x16RenderDeliveryResponse\x12\x18\n" +
+	"\acontent\x18\x01 \x01(\fR\acontent\x12!\n" +
+	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12)\n" +
+	"\x10recipient_sha256\x18\x03 \x01(\tR\x0frecipientSha256\x12+\n" +
+	"\x11encryption_sha256\x18\x04 \x03(\tR\x10encryptionSha256\x12*\n" +
+	"\x11key_escrow_notice\x18\x05 \x01(\tR\x0fkeyEscrowNotice\"\xa2\x03\n" +
 	"\x1aRenderDeviceProfileRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x1a\n" +
@@ -890,7 +1203,14 @@ const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"caChainDer\x12:\n" +
 	"\x19recipient_certificate_der\x18\x06 \x01(\fR\x17recipientCertificateDer\x12)\n" +
 	"\x10recipient_sha256\x18\a \x01(\tR\x0frecipientSha256\x12*\n" +
-	"\x11key_escrow_notice\x18\b \x01(\tR\x0fkeyEscrowNotice*f\n" +
+	"\x11key_escrow_notice\x18\b \x01(\tR\x0fkeyEscrowNotice*\xd1\x01\n" +
+	"\x0fDeliveryChannel\x12 \n" +
+	"\x1cDELIVERY_CHANNEL_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14DELIVERY_CHANNEL_DDM\x10\x01\x12 \n" +
+	"\x1cDELIVERY_CHANNEL_OUTLOOK_IOS\x10\x02\x12$\n" +
+	" DELIVERY_CHANNEL_OUTLOOK_ANDROID\x10\x03\x12\x1c\n" +
+	"\x18DELIVERY_CHANNEL_WINDOWS\x10\x04\x12\x1c\n" +
+	"\x18DELIVERY_CHANNEL_ANDROID\x10\x05*f\n" +
 	"\x0eDeliveryFormat\x12\x1f\n" +
 	"\x1bDELIVERY_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DELIVERY_FORMAT_PKCS12\x10\x01\x12\x17\n" +
@@ -900,10 +1220,11 @@ const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	"\x1dKEY_TRANSPORT_RSA_OAEP_SHA256\x10\x01*H\n" +
 	"\x0ePkcs12Encoding\x12\x1a\n" +
 	"\x16PKCS12_ENCODING_LEGACY\x10\x00\x12\x1a\n" +
-	"\x16PKCS12_ENCODING_MODERN\x10\x012\xce\x01\n" +
+	"\x16PKCS12_ENCODING_MODERN\x10\x012\xa7\x02\n" +
 	"\x0eProfileBundles\x12T\n" +
 	"\rGetUserBundle\x12 .smimeca.v1.GetUserBundleRequest\x1a!.smimeca.v1.GetUserBundleResponse\x12f\n" +
-	"\x13RenderDeviceProfile\x12&.smimeca.v1.RenderDeviceProfileRequest\x1a'.smimeca.v1.RenderDeviceProfileResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
+	"\x13RenderDeviceProfile\x12&.smimeca.v1.RenderDeviceProfileRequest\x1a'.smimeca.v1.RenderDeviceProfileResponse\x12W\n" +
+	"\x0eRenderDelivery\x12!.smimeca.v1.RenderDeliveryRequest\x1a\".smimeca.v1.RenderDeliveryResponseB7Z5github.com/smimeca/smimeca/proto/smimeca/v1;smimecav1b\x06proto3"
 
 var (
 	file_smimeca_v1_bundle_proto_rawDescOnce sync.Once
@@ -917,40 +1238,48 @@ func file_smimeca_v1_bundle_proto_rawDescGZIP() []byte {
 	return file_smimeca_v1_bundle_proto_rawDescData
 }
 
-var file_smimeca_v1_bundle_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_smimeca_v1_bundle_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_smimeca_v1_bundle_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_smimeca_v1_bundle_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_smimeca_v1_bundle_proto_goTypes = []any{
-	(DeliveryFormat)(0),                 // 0: smimeca.v1.DeliveryFormat
-	(KeyTransport)(0),                   // 1: smimeca.v1.KeyTransport
-	(Pkcs12Encoding)(0),                 // 2: smimeca.v1.Pkcs12Encoding
-	(*RenderDeviceProfileRequest)(nil),  // 3: smimeca.v1.RenderDeviceProfileRequest
-	(*RenderDeviceProfileResponse)(nil), // 4: smimeca.v1.RenderDeviceProfileResponse
-	(*GetUserBundleRequest)(nil),        // 5: smimeca.v1.GetUserBundleRequest
-	(*SigningReference)(nil),            // 6: smimeca.v1.SigningReference
-	(*EncryptionCertificate)(nil),       // 7: smimeca.v1.EncryptionCertificate
-	(*GetUserBundleResponse)(nil),       // 8: smimeca.v1.GetUserBundleResponse
-	(*timestamppb.Timestamp)(nil),       // 9: google.protobuf.Timestamp
-	(*EscrowedCertificate)(nil),         // 10: smimeca.v1.EscrowedCertificate
+	(DeliveryChannel)(0),                // 0: smimeca.v1.DeliveryChannel
+	(DeliveryFormat)(0),                 // 1: smimeca.v1.DeliveryFormat
+	(KeyTransport)(0),                   // 2: smimeca.v1.KeyTransport
+	(Pkcs12Encoding)(0),                 // 3: smimeca.v1.Pkcs12Encoding
+	(*RenderDeliveryRequest)(nil),       // 4: smimeca.v1.RenderDeliveryRequest
+	(*RenderDeliveryResponse)(nil),      // 5: smimeca.v1.RenderDeliveryResponse
+	(*RenderDeviceProfileRequest)(nil),  // 6: smimeca.v1.RenderDeviceProfileRequest
+	(*RenderDeviceProfileResponse)(nil), // 7: smimeca.v1.RenderDeviceProfileResponse
+	(*GetUserBundleRequest)(nil),        // 8: smimeca.v1.GetUserBundleRequest
+	(*SigningReference)(nil),            // 9: smimeca.v1.SigningReference
+	(*EncryptionCertificate)(nil),       // 10: smimeca.v1.EncryptionCertificate
+	(*GetUserBundleResponse)(nil),       // 11: smimeca.v1.GetUserBundleResponse
+	(*timestamppb.Timestamp)(nil),       // 12: google.protobuf.Timestamp
+	(*EscrowedCertificate)(nil),         // 13: smimeca.v1.EscrowedCertificate
 }
 var file_smimeca_v1_bundle_proto_depIdxs = []int32{
-	2,  // 0: smimeca.v1.RenderDeviceProfileRequest.encoding:type_name -> smimeca.v1.Pkcs12Encoding
-	1,  // 1: smimeca.v1.RenderDeviceProfileRequest.key_transport:type_name -> smimeca.v1.KeyTransport
-	0,  // 2: smimeca.v1.GetUserBundleRequest.format:type_name -> smimeca.v1.DeliveryFormat
-	2,  // 3: smimeca.v1.GetUserBundleRequest.encoding:type_name -> smimeca.v1.Pkcs12Encoding
-	1,  // 4: smimeca.v1.GetUserBundleRequest.key_transport:type_name -> smimeca.v1.KeyTransport
-	9,  // 5: smimeca.v1.SigningReference.challenge_expires_at:type_name -> google.protobuf.Timestamp
-	10, // 6: smimeca.v1.EncryptionCertificate.metadata:type_name -> smimeca.v1.EscrowedCertificate
-	6,  // 7: smimeca.v1.GetUserBundleResponse.signing:type_name -> smimeca.v1.SigningReference
-	7,  // 8: smimeca.v1.GetUserBundleResponse.encryption_certificates:type_name -> smimeca.v1.EncryptionCertificate
-	5,  // 9: smimeca.v1.ProfileBundles.GetUserBundle:input_type -> smimeca.v1.GetUserBundleRequest
-	3,  // 10: smimeca.v1.ProfileBundles.RenderDeviceProfile:input_type -> smimeca.v1.RenderDeviceProfileRequest
-	8,  // 11: smimeca.v1.ProfileBundles.GetUserBundle:output_type -> smimeca.v1.GetUserBundleResponse
-	4,  // 12: smimeca.v1.ProfileBundles.RenderDeviceProfile:output_type -> smimeca.v1.RenderDeviceProfileResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	0,  // 0: smimeca.v1.RenderDeliveryRequest.channel:type_name -> smimeca.v1.DeliveryChannel
+	3,  // 1: smimeca.v1.RenderDeliveryRequest.encoding:type_name -> smimeca.v1.Pkcs12Encoding
+	2,  // 2: smimeca.v1.RenderDeliveryRequest.key_transport:type_name -> smimeca.v1.KeyTransport
+	3,  // 3: smimeca.v1.RenderDeviceProfileRequest.encoding:type_name -> smimeca.v1.Pkcs12Encoding
+	2,  // 4: smimeca.v1.RenderDeviceProfileRequest.key_transport:type_name -> smimeca.v1.KeyTransport
+	1,  // 5: smimeca.v1.GetUserBundleRequest.format:type_name -> smimeca.v1.DeliveryFormat
+	3,  // 6: smimeca.v1.GetUserBundleRequest.encoding:type_name -> smimeca.v1.Pkcs12Encoding
+	2,  // 7: smimeca.v1.GetUserBundleRequest.key_transport:type_name -> smimeca.v1.KeyTransport
+	12, // 8: smimeca.v1.SigningReference.challenge_expires_at:type_name -> google.protobuf.Timestamp
+	13, // 9: smimeca.v1.EncryptionCertificate.metadata:type_name -> smimeca.v1.EscrowedCertificate
+	9,  // 10: smimeca.v1.GetUserBundleResponse.signing:type_name -> smimeca.v1.SigningReference
+	10, // 11: smimeca.v1.GetUserBundleResponse.encryption_certificates:type_name -> smimeca.v1.EncryptionCertificate
+	8,  // 12: smimeca.v1.ProfileBundles.GetUserBundle:input_type -> smimeca.v1.GetUserBundleRequest
+	6,  // 13: smimeca.v1.ProfileBundles.RenderDeviceProfile:input_type -> smimeca.v1.RenderDeviceProfileRequest
+	4,  // 14: smimeca.v1.ProfileBundles.RenderDelivery:input_type -> smimeca.v1.RenderDeliveryRequest
+	11, // 15: smimeca.v1.ProfileBundles.GetUserBundle:output_type -> smimeca.v1.GetUserBundleResponse
+	7,  // 16: smimeca.v1.ProfileBundles.RenderDeviceProfile:output_type -> smimeca.v1.RenderDeviceProfileResponse
+	5,  // 17: smimeca.v1.ProfileBundles.RenderDelivery:output_type -> smimeca.v1.RenderDeliveryResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_smimeca_v1_bundle_proto_init() }
@@ -964,8 +1293,8 @@ func file_smimeca_v1_bundle_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_smimeca_v1_bundle_proto_rawDesc), len(file_smimeca_v1_bundle_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   6,
+			NumEnums:      4,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	ProfileBundles_GetUserBundle_FullMethodName       = "/smimeca.v1.ProfileBundles/GetUserBundle"
 	ProfileBundles_RenderDeviceProfile_FullMethodName = "/smimeca.v1.ProfileBundles/RenderDeviceProfile"
+	ProfileBundles_RenderDelivery_FullMethodName      = "/smimeca.v1.ProfileBundles/RenderDelivery"
 )
 
 // ProfileBundlesClient is the client API for ProfileBundles service.
@@ -45,6 +46,25 @@ type ProfileBundlesClient interface {
 	// with the profile signer. The caller never sees a key or a password.
 	// Audited as a key release.
 	RenderDeviceProfile(ctx context.Context, in *RenderDeviceProfileRequest, opts ...grpc.CallOption) (*RenderDeviceProfileResponse, error)
+	// RenderDelivery renders what one channel other than a .mobileconfig
+	// delivers to the device, with the profile role's guarantees: no plain
+	// key and no usable challenge ever reaches the caller.
+	//   - DDM: Apple's declarations (JSON array) for the MDM to serve; each
+	//     credential asset (SCEP with its challenge, one PKCS#12 identity per
+	//     escrowed certificate) is fetched by the device itself from
+	//     smimeca's asset listener, over mutual TLS with its registered
+	//     identity. The declarations carry the assets' URLs, sizes and
+	//     hashes only. Audited as ddm.render; each fetch as a key release.
+	//   - OUTLOOK_IOS / OUTLOOK_ANDROID: Outlook's managed app configuration
+	//     for S/MIME (no key).
+	//   - WINDOWS: a SyncML Atomic for the ClientCertificateInstall CSP, one
+	//     PFXCertInstall node per escrowed certificate, each password
+	//     enveloped to the device's registered identity (its MDM
+	//     certificate). Audited as a key release.
+	//   - ANDROID: a JSON document for a device policy controller, each
+	//     PKCS#12's password and the SCEP challenge enveloped to the device's
+	//     identity. Audited as a key release.
+	RenderDelivery(ctx context.Context, in *RenderDeliveryRequest, opts ...grpc.CallOption) (*RenderDeliveryResponse, error)
 }
 
 type profileBundlesClient struct {
@@ -75,6 +95,16 @@ func (c *profileBundlesClient) RenderDeviceProfile(ctx context.Context, in *Rend
 	return out, nil
 }
 
+func (c *profileBundlesClient) RenderDelivery(ctx context.Context, in *RenderDeliveryRequest, opts ...grpc.CallOption) (*RenderDeliveryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenderDeliveryResponse)
+	err := c.cc.Invoke(ctx, ProfileBundles_RenderDelivery_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ProfileBundlesServer is the server API for ProfileBundles service.
 // All implementations must embed UnimplementedProfileBundlesServer
 // for forward compatibility.
@@ -97,6 +127,25 @@ type ProfileBundlesServer interface {
 	// with the profile signer. The caller never sees a key or a password.
 	// Audited as a key release.
 	RenderDeviceProfile(context.Context, *RenderDeviceProfileRequest) (*RenderDeviceProfileResponse, error)
+	// RenderDelivery renders what one channel other than a .mobileconfig
+	// delivers to the device, with the profile role's guarantees: no plain
+	// key and no usable challenge ever reaches the caller.
+	//   - DDM: Apple's declarations (JSON array) for the MDM to serve; each
+	//     credential asset (SCEP with its challenge, one PKCS#12 identity per
+	//     escrowed certificate) is fetched by the device itself from
+	//     smimeca's asset listener, over mutual TLS with its registered
+	//     identity. The declarations carry the assets' URLs, sizes and
+	//     hashes only. Audited as ddm.render; each fetch as a key release.
+	//   - OUTLOOK_IOS / OUTLOOK_ANDROID: Outlook's managed app configuration
+	//     for S/MIME (no key).
+	//   - WINDOWS: a SyncML Atomic for the ClientCertificateInstall CSP, one
+	//     PFXCertInstall node per escrowed certificate, each password
+	//     enveloped to the device's registered identity (its MDM
+	//     certificate). Audited as a key release.
+	//   - ANDROID: a JSON document for a device policy controller, each
+	//     PKCS#12's password and the SCEP challenge enveloped to the device's
+	//     identity. Audited as a key release.
+	RenderDelivery(context.Context, *RenderDeliveryRequest) (*RenderDeliveryResponse, error)
 	mustEmbedUnimplementedProfileBundlesServer()
 }
 
@@ -112,6 +161,9 @@ func (UnimplementedProfileBundlesServer) GetUserBundle(context.Context, *GetUser
 }
 func (UnimplementedProfileBundlesServer) RenderDeviceProfile(context.Context, *RenderDeviceProfileRequest) (*RenderDeviceProfileResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RenderDeviceProfile not implemented")
+}
+func (UnimplementedProfileBundlesServer) RenderDelivery(context.Context, *RenderDeliveryRequest) (*RenderDeliveryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenderDelivery not implemented")
 }
 func (UnimplementedProfileBundlesServer) mustEmbedUnimplementedProfileBundlesServer() {}
 func (UnimplementedProfileBundlesServer) testEmbeddedByValue()                        {}
@@ -170,6 +222,24 @@ func _ProfileBundles_RenderDeviceProfile_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ProfileBundles_RenderDelivery_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenderDeliveryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProfileBundlesServer).RenderDelivery(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProfileBundles_RenderDelivery_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProfileBundlesServer).RenderDelivery(ctx, req.(*RenderDeliveryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ProfileBundles_ServiceDesc is the grpc.ServiceDesc for ProfileBundles service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -184,6 +254,10 @@ var ProfileBundles_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RenderDeviceProfile",
 			Handler:    _ProfileBundles_RenderDeviceProfile_Handler,
+		},
+		{
+			MethodName: "RenderDelivery",
+			Handler:    _ProfileBundles_RenderDelivery_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
