@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a bare machine (Debian + Go):
-#   Debian: scep (micromdm's scepclient/scepserver), openssl, gcc (for -race),
+#   Debian: scep (micromdm's scepclient/scepserver), openssl, curl (a device fetching its DDM assets over mutual TLS), gcc (for -race),
 #           ldap-utils (ldapsearch) and slapd (the directory the publisher writes to),
 #           certmonger and dbus (a stock SCEP client, on a private session bus),
 #           softhsm2 (the PKCS#11 token of `make run` and the tests) and opensc
@@ -16,6 +16,7 @@ mkdir -p "$BIN"
 need_apt=()
 command -v scepclient >/dev/null || need_apt+=(scep)
 command -v openssl    >/dev/null || need_apt+=(openssl)
+command -v curl       >/dev/null || need_apt+=(curl)
 command -v gcc        >/dev/null || need_apt+=(gcc)
 command -v ldapsearch >/dev/null || need_apt+=(ldap-utils)
 [ -x /usr/sbin/slapd ]           || need_apt+=(slapd)
