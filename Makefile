@@ -21,8 +21,8 @@ run: build
 	  export SMIMECA_KMS="$$(./scripts/softhsm.sh "$$DATA/softhsm")" SOFTHSM2_CONF="$$(cd "$$DATA" && pwd)/softhsm/softhsm2.conf"; \
 	fi; \
 	if [ -z "$$SMIMECA_VAULT_ADDR" ]; then \
-	  VB=$$(./scripts/vault.sh) && exec ./$(BIN) serve --data "$$DATA" --embedded-vault --vault-bin "$$VB" --ldap-addr :1389; \
-	else exec ./$(BIN) serve --data "$$DATA" --ldap-addr :1389; fi
+	  VB=$$(./scripts/vault.sh) && exec ./$(BIN) serve --data "$$DATA" --embedded-vault --vault-bin "$$VB" --ldap-addr :1389 --asset-addr :8443; \
+	else exec ./$(BIN) serve --data "$$DATA" --ldap-addr :1389 --asset-addr :8443; fi
 
 ## build: build the smimeca binary into bin/
 build:

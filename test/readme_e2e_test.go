@@ -107,13 +107,14 @@ func readmeRun(t *testing.T, blocks []readmeBlock, dir string, env []string, sub
 }
 
 // readmeSetup starts a server as `make run` would (escrow, the LDAP
-// endpoint; break-glass allowed, as the README's lab lines say) and a working directory with ./bin/smimeca, ./data and the
+// endpoint; break-glass allowed, as the README's lab lines say; the DDM
+// asset endpoint) and a working directory with ./bin/smimeca, ./data and the
 // example files the README's blocks name.
 func readmeSetup(t *testing.T) (dir string, env []string, subst *strings.Replacer) {
 	t.Helper()
 	v := testvault.Start(t)
 	ldapAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s := escrowServer(t, v, "--ldap-addr", ldapAddr, "--allow-break-glass")
+	s := escrowServer(t, v, "--ldap-addr", ldapAddr, "--allow-break-glass", "--asset-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	dir = t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "bin"), 0o755)
 	must := func(err error) {
