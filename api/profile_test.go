@@ -30,6 +30,16 @@ func (k keyStore) Load(context.Context, string) ([]policy.EscrowedKey, error) {
 	return out, nil
 }
 
+func (k keyStore) LoadKey(ctx context.Context, user, sha256 string) (policy.EscrowedKey, error) {
+	all, _ := k.Load(ctx, user)
+	for _, r := range all {
+		if r.SHA256 == sha256 {
+			return r, nil
+		}
+	}
+	return policy.EscrowedKey{}, policy.ErrNotFound
+}
+
 // The profile service gets a signed profile whose payloads only the
 // device's identity key opens; inside, every payload is valid against
 // Apple's schema and the PKCS#12 opens with the password beside it.

@@ -418,23 +418,48 @@ func (s *Store) MarkRevoked(ctx context.Context, user, thumbprint string, at tim
 // one KV read and one Transit batch decryption, whatever the number of
 // certificates. Newest notAfter first.
 func (s *Store) Load(ctx context.Context, user string) ([]policy.EscrowedKey, error) {
+	return s.load(ctx, user, func(stored) bool { return true })
+}
+
+// LoadKey returns one certificate, named by its SHA-256 (hex), with its
+// private key decrypted — and no other key: one KV read and one Transit
+// decryption. policy.ErrNotFound when it is not escrowed.
+func (s *Store) LoadKey(ctx context.Context, user, sha256 string) (policy.EscrowedKey, error) {
+	out, err := s.load(ctx, user, func(c stored) bool { return c.SHA256 == sha256 })
+	if err != nil {
+		return policy.EscrowedKey{}, err
+	}
+	if len(out) == 0 {
+		return policy.EscrowedKey{}, fmt.Errorf("%w: no escrowed certificate %s for %s", policy.ErrNotFound, sha256, user)
+	}
+	return out[0], nil
+}
+
+// load decrypts the certificates of user that want selects.
+func (s *Store) load(ctx context.Context, user string, want func(stored) bool) ([]policy.EscrowedKey, error) {
 	e, _, err := s.read(ctx, user)
 	if err != nil {
 		return nil, err
 	}
-	if len(e.Certificates) == 0 {
+	var sel []stored
+	for _, c := range e.Certificates {
+		if want(c) {
+			sel = append(sel, c)
+		}
+	}
+	if len(sel) == 0 {
 		return nil, nil
 	}
-	cts := make([]string, len(e.Certificates))
-	for i, c := range e.Certificates {
+	cts := make([]string, len(sel))
+	for i, c := range sel {
 		cts[i] = c.Key
 	}
 	keys, err := s.decrypt(ctx, cts)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]policy.EscrowedKey, len(e.Certificates))
-	for i, c := range e.Certificates {
+	out := make([]policy.EscrowedKey, len(sel))
+	for i, c := range sel {
 		der, err := c.certDER(user)
 		if err != nil {
 			return nil, err

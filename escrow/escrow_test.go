@@ -63,6 +63,14 @@ func TestPutLoadListDeletePurge(t *testing.T) {
 	if recs[0].SHA256 != b.SHA256 || !bytes.Equal(recs[0].KeyPKCS8, b.KeyPKCS8) || !bytes.Equal(recs[1].KeyPKCS8, a.KeyPKCS8) {
 		t.Error("keys or order differ after the round trip")
 	}
+	// One key alone, by its SHA-256; an unknown one is ErrNotFound.
+	one, err := s.LoadKey(ctx, "alice@example.com", a.SHA256)
+	if err != nil || one.SHA256 != a.SHA256 || !bytes.Equal(one.KeyPKCS8, a.KeyPKCS8) || !bytes.Equal(one.CertDER, a.CertDER) {
+		t.Fatalf("LoadKey: %v", err)
+	}
+	if _, err := s.LoadKey(ctx, "alice@example.com", strings.Repeat("0", 64)); !errors.Is(err, policy.ErrNotFound) {
+		t.Errorf("LoadKey of an unknown certificate: %v", err)
+	}
 	// The key never sits in KV in the clear.
 	raw, err := v.Root.Logical().Read(v.KV("alice@example.com"))
 	if err != nil {

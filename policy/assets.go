@@ -241,42 +241,35 @@ func (b *Bundles) ReleaseAsset(ctx context.Context, f AssetFetch, render func(*A
 		if !thumbprintRE.MatchString(f.Ref) {
 			return nil, reject(ReasonBadAsset, "an identity asset is named by the escrowed certificate's SHA-256 (64 lower-case hex digits)")
 		}
-		var recs []EscrowedKey
-		if b.keys != nil {
-			if recs, err = b.keys.Load(ctx, dev.User); err != nil {
-				return nil, fmt.Errorf("policy: device asset: %w", err)
-			}
+		if b.keys == nil {
+			return nil, reject(ReasonNotEscrowed, "this server has no escrow")
 		}
-		defer func() {
-			for i := range recs {
-				clear(recs[i].KeyPKCS8)
-			}
-		}()
-		current := currentKey(recs, now)
-		for i, r := range recs {
-			if r.SHA256 != f.Ref {
-				continue
-			}
-			e, err := b.assetIdentity(dev, r, f.Encoding, now, i == current)
-			if err != nil {
-				return nil, err
-			}
-			a := Asset{Kind: AssetIdentity, Ref: f.Ref, Identity: &e}
-			defer a.Clear()
-			doc, err := render(&a)
-			if err != nil {
-				return nil, err
-			}
-			ev := Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: ActionKeyRelease, User: dev.User, Device: dev.ID,
-				SHA256: []string{r.SHA256}, Recipient: dev.IdentitySHA256(), Result: "ok", EscrowNotice: true,
-				Detail: "DDM identity asset, fetched by the device over mutual TLS with its registered identity"}
-			if err := b.audit.Record(ctx, ev); err != nil {
-				clear(doc)
-				return nil, fmt.Errorf("policy: the key release could not be audited, so nothing was released: %w", err)
-			}
-			return doc, nil
+		// Only the key asked for is decrypted.
+		r, err := b.keys.LoadKey(ctx, dev.User, f.Ref)
+		if errors.Is(err, ErrNotFound) {
+			return nil, reject(ReasonNotEscrowed, "no escrowed certificate "+f.Ref+" for this user (purged, or never imported)")
+		} else if err != nil {
+			return nil, fmt.Errorf("policy: device asset: %w", err)
 		}
-		return nil, reject(ReasonNotEscrowed, "no escrowed certificate "+f.Ref+" for this user (purged, or never imported)")
+		defer clear(r.KeyPKCS8)
+		e, err := b.assetIdentity(dev, r, f.Encoding, now, false)
+		if err != nil {
+			return nil, err
+		}
+		a := Asset{Kind: AssetIdentity, Ref: f.Ref, Identity: &e}
+		defer a.Clear()
+		doc, err := render(&a)
+		if err != nil {
+			return nil, err
+		}
+		ev := Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: ActionKeyRelease, User: dev.User, Device: dev.ID,
+			SHA256: []string{r.SHA256}, Recipient: dev.IdentitySHA256(), Result: "ok", EscrowNotice: true,
+			Detail: "DDM identity asset, fetched by the device over mutual TLS with its registered identity"}
+		if err := b.audit.Record(ctx, ev); err != nil {
+			clear(doc)
+			return nil, fmt.Errorf("policy: the key release could not be audited, so nothing was released: %w", err)
+		}
+		return doc, nil
 	default:
 		return nil, reject(ReasonBadAsset, "asset kinds are scep and identity")
 	}

@@ -50,6 +50,9 @@ const (
 // it.
 type KeyStore interface {
 	Load(ctx context.Context, user string) ([]EscrowedKey, error)
+	// LoadKey decrypts one certificate's key, named by its SHA-256, and
+	// no other (ErrNotFound when it is not escrowed).
+	LoadKey(ctx context.Context, user, sha256 string) (EscrowedKey, error)
 }
 
 // CAInfo is the CA's public side that bundles carry.

@@ -19,6 +19,19 @@ func (e escrowOf) Load(_ context.Context, user string) ([]policy.EscrowedKey, er
 	return nil, policy.ErrNotFound
 }
 
+func (e escrowOf) LoadKey(ctx context.Context, user, sha256 string) (policy.EscrowedKey, error) {
+	keys, err := e.Load(ctx, user)
+	for _, k := range keys {
+		if k.SHA256 == sha256 {
+			return k, nil
+		}
+	}
+	if err == nil {
+		err = policy.ErrNotFound
+	}
+	return policy.EscrowedKey{}, err
+}
+
 func (e escrowOf) Users(context.Context) ([]string, error) {
 	var out []string
 	for u := range e {
