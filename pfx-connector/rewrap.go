@@ -172,21 +172,40 @@ type DERKey struct {
 // caller's latency drops with them). out[i] and errs[i] are key i's.
 func RewrapAll(keys []DERKey, enc Encoding) (out []Rewrapped, errs []error) {
 	out, errs = make([]Rewrapped, len(keys)), make([]error, len(keys))
+	parallel(len(keys), func(i int) { out[i], errs[i] = rewrapDER(keys[i], enc, deliveryIterations) })
+	return out, errs
+}
+
+// RewrapSeededAll is RewrapSeeded of keys[i] with seeds[i], spread over
+// the cores as RewrapAll.
+func RewrapSeededAll(keys []DERKey, seeds [][]byte, enc Encoding) (out []Rewrapped, errs []error) {
+	out, errs = make([]Rewrapped, len(keys)), make([]error, len(keys))
+	if len(seeds) != len(keys) {
+		for i := range errs {
+			errs[i] = errors.New("pfx: one seed per key")
+		}
+		return out, errs
+	}
+	parallel(len(keys), func(i int) { out[i], errs[i] = RewrapSeeded(keys[i], enc, seeds[i]) })
+	return out, errs
+}
+
+// parallel runs f(0) … f(n-1) on up to GOMAXPROCS goroutines.
+func parallel(n int, f func(i int)) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for w := 0; w < min(runtime.GOMAXPROCS(0), len(keys)); w++ {
+	for w := 0; w < min(runtime.GOMAXPROCS(0), n); w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= len(keys) {
+				if i >= n {
 					return
 				}
-				out[i], errs[i] = rewrapDER(keys[i], enc, deliveryIterations)
+				f(i)
 			}
 		}()
 	}
 	wg.Wait()
-	return out, errs
 }

@@ -141,18 +141,28 @@ func (b *Bundles) DeviceAssets(ctx context.Context, req AssetRequest) (*AssetSet
 			clear(recs[i].KeyPKCS8)
 		}
 	}()
-	entries := make([]EncryptionEntry, 0, len(recs))
 	current := currentKey(recs, now)
+	keys, seeds := make([]pfxconnector.DERKey, len(recs)), make([][]byte, len(recs))
 	for i, r := range recs {
-		e, err := b.assetIdentity(dev, r, req.Encoding, now, i == current)
-		if err != nil {
-			out.Clear()
-			for _, e := range entries {
-				clear(e.PFX)
-			}
-			return nil, err
+		keys[i], seeds[i] = derKey(r), b.identitySeed(dev, r, req.Encoding)
+	}
+	wrapped, errs := pfxconnector.RewrapSeededAll(keys, seeds, req.Encoding)
+	for _, s := range seeds {
+		clear(s)
+	}
+	entries := make([]EncryptionEntry, len(recs))
+	for i, r := range recs {
+		if errs[i] != nil {
+			errs[i] = fmt.Errorf("policy: escrowed certificate %s: %w", r.SHA256, errs[i])
 		}
-		entries = append(entries, e)
+		entries[i] = EncryptionEntry{Metadata: r.Escrowed, PFX: wrapped[i].PFX, Password: wrapped[i].Password, Current: i == current, Expired: now.After(r.NotAfter)}
+	}
+	if err := errors.Join(errs...); err != nil {
+		out.Clear()
+		for _, e := range entries {
+			clear(e.PFX)
+		}
+		return nil, err
 	}
 	sortEntries(entries)
 	ev := Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: ActionAssetsRender, User: dev.User, Device: dev.ID,
@@ -302,13 +312,23 @@ func (b *Bundles) challengeSeed(dev Device, rev string) []byte {
 // assetIdentity re-wraps one escrowed key into the device's identity asset,
 // with the same bytes each time for this device identity.
 func (b *Bundles) assetIdentity(dev Device, r EscrowedKey, enc PKCS12Encoding, now time.Time, current bool) (EncryptionEntry, error) {
-	seed := b.assetSeed("identity", dev.User, dev.ID, dev.IdentitySHA256(), r.SHA256, strconv.Itoa(int(enc)))
+	seed := b.identitySeed(dev, r, enc)
 	defer clear(seed)
-	w, err := pfxconnector.RewrapSeeded(pfxconnector.DERKey{CertDER: r.CertDER, KeyPKCS8: r.KeyPKCS8, ChainDER: r.ChainDER}, enc, seed)
+	w, err := pfxconnector.RewrapSeeded(derKey(r), enc, seed)
 	if err != nil {
 		return EncryptionEntry{}, fmt.Errorf("policy: escrowed certificate %s: %w", r.SHA256, err)
 	}
 	return EncryptionEntry{Metadata: r.Escrowed, PFX: w.PFX, Password: w.Password, Current: current, Expired: now.After(r.NotAfter)}, nil
+}
+
+// identitySeed is the seed of an identity asset's PKCS#12: bound to the
+// device, its identity and the escrowed certificate.
+func (b *Bundles) identitySeed(dev Device, r EscrowedKey, enc PKCS12Encoding) []byte {
+	return b.assetSeed("identity", dev.User, dev.ID, dev.IdentitySHA256(), r.SHA256, strconv.Itoa(int(enc)))
+}
+
+func derKey(r EscrowedKey) pfxconnector.DERKey {
+	return pfxconnector.DERKey{CertDER: r.CertDER, KeyPKCS8: r.KeyPKCS8, ChainDER: r.ChainDER}
 }
 
 // assetSeed is HMAC-SHA-256 under the asset secret of the NUL-separated

@@ -88,3 +88,70 @@ func BenchmarkBundleSteps(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkDeviceAssets is what Declarative Device Management costs beside
+// the bundle it replaces, for the same user with 4 escrowed certificates
+// (go test -bench DeviceAssets ./policy), real Vault, bbolt: the CMS bundle
+// (the peer), rendering the declarations' assets (every key decrypted and
+// re-wrapped to hash its document, nothing released), one device fetch of
+// an identity asset (one key decrypted, re-wrapped, audited), and the
+// device's whole delivery: the rendering, 4 identity fetches and the SCEP
+// fetch (which arms the challenge).
+func BenchmarkDeviceAssets(b *testing.B) {
+	v := newBundleEnv(b)
+	ctx := context.Background()
+	const user = "a@example.com"
+	for i := 1; i < 4; i++ {
+		key := testpki.RSAKey(b, 2048, 10+i)
+		cert := v.mdm.UserCert(b, key, testpki.CertOptions{Emails: []string{user}})
+		kder, _ := x509.MarshalPKCS8PrivateKey(key)
+		if _, _, err := v.keys.Put(ctx, user, policy.EscrowedKey{Escrowed: policy.CertificateMetadata(cert), CertDER: cert.Raw, KeyPKCS8: kder}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	bundles := assetBundles(v, 1)
+	render := func() *policy.AssetSet {
+		set, err := bundles.DeviceAssets(ctx, policy.AssetRequest{User: user, Device: "d"})
+		if err != nil || len(set.Assets) != 5 {
+			b.Fatal(err)
+		}
+		for i := range set.Assets {
+			if _, err := testDoc(&set.Assets[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		set.Clear()
+		return set
+	}
+	set := render()
+	fetch := func(a policy.Asset) {
+		if _, err := bundles.ReleaseAsset(ctx, policy.AssetFetch{User: user, Device: "d", Kind: a.Kind, Ref: a.Ref, Client: v.devCert}, testDoc); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("bundle-cms", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := bundles.Bundle(ctx, policy.BundleRequest{User: user, Device: "d", Delivery: policy.DeliverCMS}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("ddm-render", func(b *testing.B) {
+		for b.Loop() {
+			render()
+		}
+	})
+	b.Run("ddm-fetch-identity", func(b *testing.B) {
+		for b.Loop() {
+			fetch(set.Assets[1])
+		}
+	})
+	b.Run("ddm-delivery", func(b *testing.B) {
+		for b.Loop() {
+			render()
+			for _, a := range set.Assets {
+				fetch(a)
+			}
+		}
+	})
+}
