@@ -301,6 +301,9 @@ func (a *app) buildGRPC(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if err := pinAssetSecret(a.store, secret); err != nil {
+			return err
+		}
 		bundleOpts = append(bundleOpts, policy.WithAssetSecret(secret))
 		clear(secret)
 	}

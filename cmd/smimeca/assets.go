@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -74,6 +76,24 @@ func assetSecret(caDir string) ([]byte, error) {
 		return nil, fmt.Errorf("%s holds %d bytes, fewer than %d: restore it from another node's CA directory", path, len(b), policy.MinAssetSecret)
 	}
 	return b, nil
+}
+
+// pinAssetSecret records the asset secret's fingerprint in the CA
+// database, or checks it against the one recorded: a device whose
+// declarations were rendered by one node and whose assets another serves
+// gets the same bytes only when the nodes share the secret.
+func pinAssetSecret(store interface {
+	PinSetting(name string, value []byte) ([]byte, error)
+}, secret []byte) error {
+	id := sha256.Sum256(append([]byte("smimeca ddm asset secret id\x00"), secret...))
+	got, err := store.PinSetting("ddm-asset-secret", id[:16])
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, id[:16]) {
+		return fmt.Errorf("DATA/ca/%s is not the asset secret the other nodes on this database use (their assets would not match the declarations they render): copy it from a node that serves assets", assetSecretFile)
+	}
+	return nil
 }
 
 // assetServer is the DDM asset endpoint: HTTPS that asks every client for

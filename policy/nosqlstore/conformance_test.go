@@ -62,3 +62,22 @@ func mustStore(t *testing.T, db database.DB) *nosqlstore.Store {
 	}
 	return s
 }
+
+// A pinned setting is the first node's, on bbolt and on PostgreSQL seen
+// from two nodes: a second node with another value learns the first one.
+func TestPinSetting(t *testing.T) {
+	bolt := openDB(t)
+	pgA, pgB := postgresPair(t)
+	for name, pair := range map[string][2]database.DB{"bbolt": {bolt, bolt}, "postgres": {pgA, pgB}} {
+		a, b := mustStore(t, pair[0]), mustStore(t, pair[1])
+		if got, err := a.PinSetting("x", []byte("one")); err != nil || string(got) != "one" {
+			t.Fatalf("%s: first pin: %q %v", name, got, err)
+		}
+		if got, err := b.PinSetting("x", []byte("two")); err != nil || string(got) != "one" {
+			t.Errorf("%s: a second node's pin: %q %v, want the first one's", name, got, err)
+		}
+		if got, err := b.PinSetting("x", []byte("one")); err != nil || string(got) != "one" {
+			t.Errorf("%s: the same value again: %q %v", name, got, err)
+		}
+	}
+}

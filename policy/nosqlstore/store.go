@@ -207,6 +207,17 @@ func (s *Store) SwapIdentityClaim(_ context.Context, key string, old *policy.Ide
 	return cas.Swapped, nil
 }
 
+// PinSetting records value under name in the CA database the first time it
+// is called, and returns the value recorded (value itself then): nodes that
+// share one database find out with it that they were set up differently.
+func (s *Store) PinSetting(name string, value []byte) ([]byte, error) {
+	cas := &database.TxEntry{Bucket: metaTable, Key: []byte("setting:" + name), Value: value, Cmd: database.CmpAndSwap}
+	if err := s.db.Update(&database.Tx{Operations: []*database.TxEntry{cas}}); err != nil {
+		return nil, fmt.Errorf("nosqlstore: pin %s: %w", name, err)
+	}
+	return cas.Result, nil
+}
+
 // DeleteChallenge implements policy.ChallengeStore.
 func (s *Store) DeleteChallenge(_ context.Context, user, device string) error {
 	key := devKey(user, device)
