@@ -92,7 +92,7 @@ chaos: deps vault
 ##       -fuzztime deadline as a failure ("context deadline exceeded", no input written; golang/go#75804,
 ##       fixed in Go 1.27). 60000 runs is 10–20 s per target at the rates CI sees (3 000–6 000/s).
 FUZZTIME ?= 60000x
-FUZZ_TARGETS := scep/FuzzPKIOperation pfx-connector/FuzzDecode policy/FuzzNormalizeEmail policy/FuzzCSR profile/FuzzParseSettings cmd/smimeca/FuzzManifest api/FuzzRequests pfx-connector/FuzzParseIntune ocsp/FuzzOCSPRespond directory/FuzzFilterAddresses
+FUZZ_TARGETS := scep/FuzzPKIOperation pfx-connector/FuzzDecode policy/FuzzNormalizeEmail policy/FuzzCSR profile/FuzzParseSettings profile/FuzzRenderSyncML cmd/smimeca/FuzzManifest api/FuzzRequests pfx-connector/FuzzParseIntune ocsp/FuzzOCSPRespond directory/FuzzFilterAddresses
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  echo "$(GO) test ./$${t%/*}/ -run '^$$' -fuzz $${t##*/} -fuzztime $(FUZZTIME) -fuzzminimizetime 50x"; \
