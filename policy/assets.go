@@ -262,7 +262,7 @@ func (b *Bundles) ReleaseAsset(ctx context.Context, f AssetFetch, render func(*A
 			return nil, fmt.Errorf("policy: device asset: %w", err)
 		}
 		defer clear(r.KeyPKCS8)
-		e, err := b.assetIdentity(dev, r, f.Encoding, now, false)
+		e, err := b.assetIdentity(dev, r, f.Encoding, now)
 		if err != nil {
 			return nil, err
 		}
@@ -309,16 +309,17 @@ func (b *Bundles) challengeSeed(dev Device, rev string) []byte {
 	return b.assetSeed("scep", dev.User, dev.ID, dev.IdentitySHA256(), rev)
 }
 
-// assetIdentity re-wraps one escrowed key into the device's identity asset,
-// with the same bytes each time for this device identity.
-func (b *Bundles) assetIdentity(dev Device, r EscrowedKey, enc PKCS12Encoding, now time.Time, current bool) (EncryptionEntry, error) {
+// assetIdentity re-wraps one escrowed key into the device's identity asset
+// (as a fetch makes it: DeviceAssets re-wraps them all at once), with the
+// same bytes each time for this device identity.
+func (b *Bundles) assetIdentity(dev Device, r EscrowedKey, enc PKCS12Encoding, now time.Time) (EncryptionEntry, error) {
 	seed := b.identitySeed(dev, r, enc)
 	defer clear(seed)
 	w, err := pfxconnector.RewrapSeeded(derKey(r), enc, seed)
 	if err != nil {
 		return EncryptionEntry{}, fmt.Errorf("policy: escrowed certificate %s: %w", r.SHA256, err)
 	}
-	return EncryptionEntry{Metadata: r.Escrowed, PFX: w.PFX, Password: w.Password, Current: current, Expired: now.After(r.NotAfter)}, nil
+	return EncryptionEntry{Metadata: r.Escrowed, PFX: w.PFX, Password: w.Password, Expired: now.After(r.NotAfter)}, nil
 }
 
 // identitySeed is the seed of an identity asset's PKCS#12: bound to the

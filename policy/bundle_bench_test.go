@@ -25,14 +25,7 @@ func BenchmarkBundleSteps(b *testing.B) {
 	v := newBundleEnv(b)
 	ctx := context.Background()
 	const user = "a@example.com"
-	for i := 1; i < 4; i++ {
-		key := testpki.RSAKey(b, 2048, 10+i)
-		cert := v.mdm.UserCert(b, key, testpki.CertOptions{Emails: []string{user}})
-		kder, _ := x509.MarshalPKCS8PrivateKey(key)
-		if _, _, err := v.keys.Put(ctx, user, policy.EscrowedKey{Escrowed: policy.CertificateMetadata(cert), CertDER: cert.Raw, KeyPKCS8: kder}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	escrowMore(b, v, user, 3)
 	req := policy.BundleRequest{User: user, Device: "d", Delivery: policy.DeliverCMS}
 	b.Run("whole", func(b *testing.B) {
 		for b.Loop() {
@@ -101,14 +94,7 @@ func BenchmarkDeviceAssets(b *testing.B) {
 	v := newBundleEnv(b)
 	ctx := context.Background()
 	const user = "a@example.com"
-	for i := 1; i < 4; i++ {
-		key := testpki.RSAKey(b, 2048, 10+i)
-		cert := v.mdm.UserCert(b, key, testpki.CertOptions{Emails: []string{user}})
-		kder, _ := x509.MarshalPKCS8PrivateKey(key)
-		if _, _, err := v.keys.Put(ctx, user, policy.EscrowedKey{Escrowed: policy.CertificateMetadata(cert), CertDER: cert.Raw, KeyPKCS8: kder}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	escrowMore(b, v, user, 3)
 	bundles := assetBundles(v, 1)
 	render := func() *policy.AssetSet {
 		set, err := bundles.DeviceAssets(ctx, policy.AssetRequest{User: user, Device: "d"})
@@ -154,4 +140,17 @@ func BenchmarkDeviceAssets(b *testing.B) {
 			}
 		}
 	})
+}
+
+// escrowMore escrows n more RSA-2048 certificates for user.
+func escrowMore(b *testing.B, v *bundleEnv, user string, n int) {
+	b.Helper()
+	for i := 1; i <= n; i++ {
+		key := testpki.RSAKey(b, 2048, 10+i)
+		cert := v.mdm.UserCert(b, key, testpki.CertOptions{Emails: []string{user}})
+		kder, _ := x509.MarshalPKCS8PrivateKey(key)
+		if _, _, err := v.keys.Put(context.Background(), user, policy.EscrowedKey{Escrowed: policy.CertificateMetadata(cert), CertDER: cert.Raw, KeyPKCS8: kder}); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

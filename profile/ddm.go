@@ -188,12 +188,9 @@ func exchangeDeclaration(in DDMInput, scepID, currentID string) (map[string]any,
 		p["AuthenticationIdentityAssetReference"] = scepID
 	}
 	services, _ := s.services()
-	for _, svc := range []struct{ key, flag string }{
-		{"Mail", "email"}, {"Contacts", "contacts"}, {"Calendar", "calendars"},
-		{"Reminders", "reminders"}, {"Notes", "notes"},
-	} {
-		p[svc.key+"ServiceActive"] = services[svc.flag]
-		p["Lock"+svc.key+"Service"] = !s.EASServicesUserOverrideEnabled
+	for _, svc := range serviceKeys {
+		p[svc.ddm+"ServiceActive"] = services[svc.flag]
+		p["Lock"+svc.ddm+"Service"] = !s.EASServicesUserOverrideEnabled
 	}
 	if s.RequireSmime {
 		sign := dict{"Enabled": s.SmimeSigningEnabled, "UserOverrideable": s.SmimeSigningUserOverrideEnabled}

@@ -250,6 +250,13 @@ func Render(in Input) ([]byte, error) {
 	return out, nil
 }
 
+// serviceKeys name each easServices flag's keys: the profile's
+// com.apple.eas.account Enable* and the declaration's *ServiceActive.
+var serviceKeys = []struct{ flag, profile, ddm string }{
+	{"email", "EnableMail", "Mail"}, {"contacts", "EnableContacts", "Contacts"}, {"calendars", "EnableCalendars", "Calendar"},
+	{"reminders", "EnableReminders", "Reminders"}, {"notes", "EnableNotes", "Notes"},
+}
+
 // easPayload is the com.apple.eas.account payload.
 func easPayload(in Input, scepUUID, currentUUID string) (dict, error) {
 	b, s := &in.Bundle, in.Settings
@@ -304,12 +311,9 @@ func easPayload(in Input, scepUUID, currentUUID string) (dict, error) {
 	}
 
 	services, _ := s.services()
-	for _, svc := range []struct{ key, flag string }{
-		{"EnableMail", "email"}, {"EnableContacts", "contacts"}, {"EnableCalendars", "calendars"},
-		{"EnableReminders", "reminders"}, {"EnableNotes", "notes"},
-	} {
-		p[svc.key] = services[svc.flag]
-		p[svc.key+"UserOverridable"] = s.EASServicesUserOverrideEnabled
+	for _, svc := range serviceKeys {
+		p[svc.profile] = services[svc.flag]
+		p[svc.profile+"UserOverridable"] = s.EASServicesUserOverrideEnabled
 	}
 
 	if s.RequireSmime {
