@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,27 +40,44 @@ func newPostgres(t *testing.T) string {
 // mounted read-only, or the same token, would).
 func newNodes(t *testing.T, n int, dsn string, extra ...string) []*server {
 	t.Helper()
-	first := newServer(t, append([]string{"--db", dsn}, extra...)...)
+	return newNodesWith(t, n, dsn, nil, extra...)
+}
+
+// newNodesWith is newNodes with perNode(i) (nil: none) added to node i's
+// flags: what differs between nodes, such as a listen address.
+func newNodesWith(t *testing.T, n int, dsn string, perNode func(i int) []string, extra ...string) []*server {
+	t.Helper()
+	if perNode == nil {
+		perNode = func(int) []string { return nil }
+	}
+	first := newServer(t, append(append([]string{"--db", dsn}, extra...), perNode(0)...)...)
 	first.db = dsn
 	nodes := []*server{first}
+	shared := first.extra[:len(first.extra)-len(perNode(0))]
 	for i := 1; i < n; i++ {
-		s := &server{t: t, data: filepath.Join(t.TempDir(), "data"), log: &syncBuffer{}, env: first.env, token: first.token, mdm: first.mdm, db: dsn,
-			httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), opsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-			extra: first.extra}
-		s.baseURL = "http://" + s.httpAddr
-		for _, d := range []string{"ca", "credentials"} {
-			if r := run(t, 30*time.Second, "cp", "-a", filepath.Join(first.data, d), filepath.Join(s.data, d)); r.code != 0 {
-				if err := os.MkdirAll(s.data, 0o700); err != nil {
-					t.Fatal(err)
-				}
-				mustOK(t, "copy "+d, run(t, 30*time.Second, "cp", "-a", filepath.Join(first.data, d), filepath.Join(s.data, d)))
-			}
-		}
+		s := nextNode(t, first, append(slices.Clone(shared), perNode(i)...))
 		s.start()
 		t.Cleanup(s.stop)
 		nodes = append(nodes, s)
 	}
 	return nodes
+}
+
+// nextNode is a node (not started) beside first, on a copy of its CA
+// directory and first-start credentials, with flags extra.
+func nextNode(t *testing.T, first *server, extra []string) *server {
+	t.Helper()
+	s := &server{t: t, data: filepath.Join(t.TempDir(), "data"), log: &syncBuffer{}, env: first.env, token: first.token, mdm: first.mdm, db: first.db,
+		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), opsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		extra: extra}
+	s.baseURL = "http://" + s.httpAddr
+	if err := os.MkdirAll(s.data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"ca", "credentials"} {
+		mustOK(t, "copy "+d, run(t, 30*time.Second, "cp", "-a", filepath.Join(first.data, d), filepath.Join(s.data, d)))
+	}
+	return s
 }
 
 // TestChallengeRaceAcrossNodes: three nodes on one PostgreSQL database.

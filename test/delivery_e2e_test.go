@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -45,8 +47,13 @@ type deliveryEnv struct {
 func newDeliveryEnv(t *testing.T) *deliveryEnv {
 	t.Helper()
 	assetAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	e := &deliveryEnv{s: escrowServer(t, testvault.Start(t), "--asset-addr", assetAddr, "--outlook-ldap-host", "ldap.example.com:389"),
-		w: t.TempDir(), msg: "payroll, do not forward\n"}
+	return newDeliveryEnvOn(t, escrowServer(t, testvault.Start(t), "--asset-addr", assetAddr, "--outlook-ldap-host", "ldap.example.com:389"))
+}
+
+// newDeliveryEnvOn sets erin's escrow and device up on the running s.
+func newDeliveryEnvOn(t *testing.T, s *server) *deliveryEnv {
+	t.Helper()
+	e := &deliveryEnv{s: s, w: t.TempDir(), msg: "payroll, do not forward\n"}
 	files, pwFile, _ := corpHistory(t, e.w, "erin@example.com", e.msg)
 	mustOK(t, "import", e.s.cli(append([]string{"pfx", "import", "--user", "erin@example.com", "--password-file", pwFile}, files...)...))
 	e.id = e.s.registerWithIdentity("erin@example.com", "iphone-9")
@@ -329,4 +336,66 @@ func TestDeliveryChannelsOtherPlatforms(t *testing.T) {
 		t.Errorf("the Android identities decrypt %v, want 3 generations", gens)
 	}
 	mustOK(t, "enrol with the Android document's challenge", e.s.scepclient(filepath.Join(e.w, "android-dev"), e.openEnveloped(t, doc.SCEP.EnvelopedChallenge)))
+}
+
+// TestDDMAcrossNodes: two nodes on one PostgreSQL and one Vault, each with
+// its asset endpoint, behind one public URL. The declarations one node
+// renders are served byte for byte by the other (the asset secret travels
+// with DATA/ca), and a node started with another asset secret, or another
+// public URL, refuses to start naming what differs, instead of serving
+// assets whose hashes no declaration names.
+func TestDDMAcrossNodes(t *testing.T) {
+	t.Parallel()
+	v := testvault.Start(t)
+	addrs := []string{fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	// One public URL for both, as behind a load balancer: the SCEP asset
+	// names it.
+	front := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	nodes := newNodesWith(t, 2, newPostgres(t), func(i int) []string { return []string{"--asset-addr", addrs[i]} },
+		append(vaultFlags(t, v), "--public-url", front)...)
+	e := newDeliveryEnvOn(t, nodes[0])
+	raw := e.render(t, "ddm", filepath.Join(e.w, "declarations.json"))
+	var decls []struct {
+		Type    string
+		Payload map[string]any
+	}
+	if err := json.Unmarshal(raw, &decls); err != nil {
+		t.Fatal(err)
+	}
+	fetched := 0
+	for _, d := range decls {
+		ref, ok := d.Payload["Reference"].(map[string]any)
+		if !ok {
+			continue
+		}
+		url := ref["DataURL"].(string)
+		if !strings.Contains(url, addrs[0]) {
+			t.Fatalf("asset URL %s is not node 1's", url)
+		}
+		code, doc := e.curl(t, strings.Replace(url, addrs[0], addrs[1], 1), &e.id)
+		sum := sha256.Sum256(doc)
+		if code != 200 || ref["Hash-SHA-256"] != hex.EncodeToString(sum[:]) {
+			t.Errorf("node 2 serving %s: %d, hash %x, declared %v", url, code, sum, ref["Hash-SHA-256"])
+		}
+		fetched++
+	}
+	if fetched != 4 {
+		t.Fatalf("%d assets fetched from node 2, want 4", fetched)
+	}
+
+	// A third node with another secret, then with another public URL.
+	for _, tc := range []struct{ name, flag, want string }{{"secret", front, "asset.key"}, {"public URL", "http://elsewhere.example.com", "--public-url"}} {
+		flags := slices.Clone(nodes[1].extra[:len(nodes[1].extra)-2])
+		flags[slices.Index(flags, front)] = tc.flag
+		third := nextNode(t, nodes[0], append(flags, "--asset-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t))))
+		if tc.name == "secret" {
+			os.WriteFile(filepath.Join(third.data, "ca", "asset.key"), bytes.Repeat([]byte{7}, 32), 0o600)
+		}
+		args := append([]string{"serve", "--data", third.data, "--http-addr", third.httpAddr, "--grpc-addr", third.grpcAddr, "--ops-addr", third.opsAddr,
+			"--allowed-domains", "example.com"}, third.extra...)
+		r := runEnv(t, third.env, smimecaBin(t), args...)
+		if r.code == 0 || !strings.Contains(r.stderr+r.stdout, tc.want) {
+			t.Errorf("a node with another %s: exit %d, %s%s", tc.name, r.code, r.stdout, r.stderr)
+		}
+	}
 }

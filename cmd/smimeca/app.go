@@ -301,7 +301,7 @@ func (a *app) buildGRPC(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := pinAssetSecret(a.store, secret); err != nil {
+		if err := pinAssets(a.store, secret, scepURL); err != nil {
 			return err
 		}
 		bundleOpts = append(bundleOpts, policy.WithAssetSecret(secret))

@@ -78,13 +78,14 @@ func assetSecret(caDir string) ([]byte, error) {
 	return b, nil
 }
 
-// pinAssetSecret records the asset secret's fingerprint in the CA
-// database, or checks it against the one recorded: a device whose
-// declarations were rendered by one node and whose assets another serves
-// gets the same bytes only when the nodes share the secret.
-func pinAssetSecret(store interface {
+// pinAssets records in the CA database what every node's assets are made
+// from — the asset secret's fingerprint and the SCEP URL the SCEP asset
+// names — or checks them against what the first node recorded: a device
+// whose declarations one node rendered and whose assets another serves
+// gets the declared bytes only when the nodes agree on both.
+func pinAssets(store interface {
 	PinSetting(name string, value []byte) ([]byte, error)
-}, secret []byte) error {
+}, secret []byte, scepURL string) error {
 	id := sha256.Sum256(append([]byte("smimeca ddm asset secret id\x00"), secret...))
 	got, err := store.PinSetting("ddm-asset-secret", id[:16])
 	if err != nil {
@@ -92,6 +93,12 @@ func pinAssetSecret(store interface {
 	}
 	if !bytes.Equal(got, id[:16]) {
 		return fmt.Errorf("DATA/ca/%s is not the asset secret the other nodes on this database use (their assets would not match the declarations they render): copy it from a node that serves assets", assetSecretFile)
+	}
+	if got, err = store.PinSetting("ddm-scep-url", []byte(scepURL)); err != nil {
+		return err
+	}
+	if string(got) != scepURL {
+		return fmt.Errorf("--public-url gives the SCEP URL %s, but the other nodes on this database serve DDM assets naming %s: give every node the same --public-url (the load balancer's)", scepURL, got)
 	}
 	return nil
 }

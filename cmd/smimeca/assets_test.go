@@ -20,8 +20,8 @@ func (p pins) PinSetting(name string, value []byte) ([]byte, error) {
 }
 
 // The asset secret is made once (0600, 256 bits) and kept; a node whose
-// secret is not the one its database has seen refuses to serve assets,
-// naming the file to copy; a short file is refused.
+// secret or SCEP URL is not the one its database has seen refuses to serve
+// assets, naming the file to copy or the flag; a short file is refused.
 func TestAssetSecretIsSharedOrRefused(t *testing.T) {
 	dir := t.TempDir()
 	a, err := assetSecret(dir)
@@ -36,15 +36,19 @@ func TestAssetSecretIsSharedOrRefused(t *testing.T) {
 		t.Error("the secret changed across starts")
 	}
 	db := pins{}
-	if err := pinAssetSecret(db, a); err != nil {
+	const url = "http://ca.example.com/scep"
+	if err := pinAssets(db, a, url); err != nil {
 		t.Fatal(err)
 	}
-	if err := pinAssetSecret(db, a); err != nil {
+	if err := pinAssets(db, a, url); err != nil {
 		t.Errorf("the same secret again: %v", err)
 	}
 	other, _ := assetSecret(t.TempDir())
-	if err := pinAssetSecret(db, other); err == nil || !strings.Contains(err.Error(), assetSecretFile) {
+	if err := pinAssets(db, other, url); err == nil || !strings.Contains(err.Error(), assetSecretFile) {
 		t.Errorf("another node's secret: %v", err)
+	}
+	if err := pinAssets(db, a, "http://node2.example.com/scep"); err == nil || !strings.Contains(err.Error(), "--public-url") {
+		t.Errorf("another node's SCEP URL: %v", err)
 	}
 	if bytes.Contains(db["ddm-asset-secret"], a[:8]) {
 		t.Error("the database holds the secret, not a fingerprint")

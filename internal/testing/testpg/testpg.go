@@ -4,6 +4,7 @@
 package testpg
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/smimeca/smimeca/internal/freeport"
 )
@@ -33,15 +37,34 @@ func script() string {
 
 // DSN returns the URL of a new, empty database on the test binary's
 // PostgreSQL cluster (started on first use; Stop, from TestMain, ends it).
-// The database is created by the first client that opens it.
+// The database is created here, one at a time: PostgreSQL refuses a CREATE
+// DATABASE while another copies the same template ("source database
+// template1 is being accessed by other users"), which tests starting nodes
+// at once would otherwise hit.
 func DSN(t testing.TB) string {
 	t.Helper()
 	once.Do(start)
 	if startErr != nil {
 		t.Fatalf("start PostgreSQL (scripts/postgres.sh; make test installs postgresql): %v", startErr)
 	}
-	return strings.Replace(baseDSN, "/smimeca?", fmt.Sprintf("/t%d_%d?", os.Getpid(), seq.Add(1)), 1)
+	name := fmt.Sprintf("t%d_%d", os.Getpid(), seq.Add(1))
+	createMu.Lock()
+	defer createMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, strings.Replace(baseDSN, "/smimeca?", "/postgres?", 1))
+	if err != nil {
+		t.Fatalf("testpg: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("testpg: create database %s: %v", name, err)
+	}
+	return strings.Replace(baseDSN, "/smimeca?", "/"+name+"?", 1)
 }
+
+// createMu makes this binary's databases one at a time.
+var createMu sync.Mutex
 
 func start() {
 	port, err := freeport.Port()
