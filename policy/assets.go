@@ -200,7 +200,7 @@ var (
 // keys may be released to it now (ReasonNotDeviceIdentity otherwise,
 // audited as ActionAssetRefused with the presented certificate's
 // SHA-256). render makes the asset's document, which is returned. The SCEP
-// asset arms its challenge for the device; an identity asset is audited as
+// asset arms its challenge for the device (once: not after it was used); an identity asset is audited as
 // a key release to the identity, and if that cannot be recorded nothing is
 // returned.
 func (b *Bundles) ReleaseAsset(ctx context.Context, f AssetFetch, render func(*Asset) ([]byte, error)) ([]byte, error) {
@@ -242,8 +242,14 @@ func (b *Bundles) ReleaseAsset(ctx context.Context, f AssetFetch, render func(*A
 			return nil, err
 		}
 		// Armed only once the document is made: the device gets exactly
-		// the challenge its declaration's hash names.
-		if _, err := b.enroll.ArmChallenge(ctx, dev.User, dev.ID, b.challengeSeed(dev, f.Ref), "DDM SCEP asset "+f.Ref+", fetched by the device over mutual TLS"); err != nil {
+		// the challenge its declaration's hash names. A fetch of a revision
+		// whose challenge was used gets the same document, not armed again:
+		// a new enrolment needs a new revision.
+		_, err = b.enroll.ArmChallenge(ctx, dev.User, dev.ID, b.challengeSeed(dev, f.Ref), "DDM SCEP asset "+f.Ref+", fetched by the device over mutual TLS")
+		if re, ok := IsReject(err); ok && re.Reason == ReasonChallengeUsed {
+			b.audit.Audit(ctx, Event{Time: now.UTC(), Actor: ActorFrom(ctx), Action: ActionChallengeCreate, User: dev.User, Device: dev.ID,
+				Result: "refused", Detail: "DDM SCEP asset " + f.Ref + " fetched again: " + re.Detail})
+		} else if err != nil {
 			return nil, err
 		}
 		return doc, nil

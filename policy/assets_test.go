@@ -104,6 +104,17 @@ func TestDeviceAssetsOnlyToTheDevice(t *testing.T) {
 	if _, err := v.enroll.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 6), nil), Challenge: scep[2]}); err == nil {
 		t.Error("the asset's challenge enrolled twice from one fetch")
 	}
+	// Fetched again, the used revision is the same document, not armed
+	// again: one-time still.
+	if again, err := fetch(policy.AssetSCEP, "0.3", v.devCert); err != nil || !bytes.Equal(again, doc) {
+		t.Fatalf("a second fetch: %v, same document %v", err, bytes.Equal(again, doc))
+	}
+	if _, err := v.enroll.Enroll(ctx, policy.Request{Kind: policy.Initial, CSR: testpki.CSR(t, testpki.RSAKey(t, 2048, 6), nil), Challenge: scep[2]}); err == nil {
+		t.Error("a second fetch armed the used challenge again")
+	}
+	if ev := v.audit.last(policy.ActionChallengeCreate); ev.Result != "refused" {
+		t.Errorf("the refused re-arming is not audited: %+v", ev)
+	}
 	// Another revision is another challenge.
 	other, _ := fetch(policy.AssetSCEP, "0.4", v.devCert)
 	if bytes.Equal(other, doc) {

@@ -230,12 +230,21 @@ func (e *Enrollment) CreateChallenge(ctx context.Context, user, device string, t
 // for this device and keeps to itself) the device's one-time challenge,
 // as CreateChallenge makes a random one: a Declarative Device Management
 // SCEP asset carries a challenge whose hash its declaration published
-// before the device fetched it. how goes into the audit event.
+// before the device fetched it. A challenge already used is not armed
+// again (ReasonChallengeUsed). how goes into the audit event.
 func (e *Enrollment) ArmChallenge(ctx context.Context, user, device string, secret []byte, how string) (NewChallenge, error) {
 	if len(secret) < challengeBytes {
 		return NewChallenge{}, fmt.Errorf("policy: a challenge needs %d bytes of secret", challengeBytes)
 	}
-	return e.putChallenge(ctx, user, device, secret[:challengeBytes], 0, how)
+	raw := secret[:challengeBytes]
+	// One-time still: a challenge that paid for a certificate is not armed
+	// again (ReasonChallengeUsed).
+	if c, err := e.store.Challenge(ctx, hashChallenge(encodeChallenge(raw))); err == nil && !c.ConsumedAt.IsZero() {
+		return NewChallenge{}, reject(ReasonChallengeUsed, "this challenge paid for certificate "+c.Serial+"; a new one needs a new signing revision")
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
+		return NewChallenge{}, fmt.Errorf("policy: look the challenge up: %w", err)
+	}
+	return e.putChallenge(ctx, user, device, raw, 0, how)
 }
 
 func (e *Enrollment) putChallenge(ctx context.Context, user, device string, raw []byte, ttl time.Duration, how string) (NewChallenge, error) {
