@@ -182,6 +182,11 @@ func (s *BundleService) renderDDM(ctx context.Context, req *pb.RenderDeliveryReq
 	if resp.Content, err = json.MarshalIndent(decls, "", "  "); err != nil {
 		return nil, statusFor(ctx, s.log, err)
 	}
+	for _, d := range decls {
+		if strings.HasPrefix(d.Type, "com.apple.configuration.") {
+			resp.ActivateConfigurations = append(resp.ActivateConfigurations, d.Identifier)
+		}
+	}
 	return resp, nil
 }
 

@@ -42,6 +42,8 @@ type deliveryEnv struct {
 	id       identity
 	settings string
 	msg      string
+	// said is what the last render printed.
+	said string
 }
 
 func newDeliveryEnv(t *testing.T) *deliveryEnv {
@@ -67,7 +69,7 @@ func (e *deliveryEnv) render(t *testing.T, format, out string, extra ...string) 
 	t.Helper()
 	args := append([]string{"profile", "render", "--format", format, "--user", "erin@example.com", "--device", "iphone-9",
 		"--settings", e.settings, "--out", out, "--server", e.s.grpcAddr, "--credentials", filepath.Join(e.s.data, "credentials", "profile")}, extra...)
-	mustOK(t, "profile render --format "+format, runEnv(t, e.s.cliEnv(), smimecaBin(t), args...))
+	e.said = mustOK(t, "profile render --format "+format, runEnv(t, e.s.cliEnv(), smimecaBin(t), args...))
 	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
@@ -210,6 +212,12 @@ func TestDDMAssetsReachOnlyTheDevice(t *testing.T) {
 	if count["com.apple.asset.credential.scep"] != 1 || count["com.apple.asset.credential.identity"] != 3 ||
 		count["com.apple.configuration.account.exchange"] != 1 || count["com.apple.configuration.security.identity"] != 2 {
 		t.Fatalf("declarations %v", count)
+	}
+	// The CLI names the configurations the MDM's activation must list.
+	for _, d := range decls {
+		if listed := strings.Contains(e.said, d.Identifier); listed != strings.HasPrefix(d.Type, "com.apple.configuration.") {
+			t.Errorf("%s %s: named for activation %v\n%s", d.Type, d.Identifier, listed, e.said)
+		}
 	}
 	sort.Ints(keys)
 	if fmt.Sprint(keys) != "[0 1 2]" {

@@ -95,5 +95,8 @@ func (c *channelFlags) render(cf *clientFlags, user, device, settingsPath, out s
 		fmt.Fprintf(stdout, ": for device identity %s, %d encryption certificate(s)", r, len(resp.GetEncryptionSha256()))
 	}
 	fmt.Fprintln(stdout)
+	if ids := resp.GetActivateConfigurations(); len(ids) > 0 {
+		fmt.Fprintf(stdout, "activate (StandardConfigurations of the MDM's activation): %s\n", strings.Join(ids, " "))
+	}
 	return nil
 }

@@ -397,8 +397,12 @@ type RenderDeliveryResponse struct {
 	// SHA-256 thumbprints of the escrowed certificates delivered.
 	EncryptionSha256 []string `protobuf:"bytes,4,rep,name=encryption_sha256,json=encryptionSha256,proto3" json:"encryption_sha256,omitempty"`
 	KeyEscrowNotice  string   `protobuf:"bytes,5,opt,name=key_escrow_notice,json=keyEscrowNotice,proto3" json:"key_escrow_notice,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// DDM: the identifiers of the configurations rendered, which the MDM's
+	// activation declaration (com.apple.activation.simple
+	// StandardConfigurations) must list for the device to apply them.
+	ActivateConfigurations []string `protobuf:"bytes,6,rep,name=activate_configurations,json=activateConfigurations,proto3" json:"activate_configurations,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *RenderDeliveryResponse) Reset() {
@@ -464,6 +468,13 @@ func (x *RenderDeliveryResponse) GetKeyEscrowNotice() string {
 		return x.KeyEscrowNotice
 	}
 	return ""
+}
+
+func (x *RenderDeliveryResponse) GetActivateConfigurations() []string {
+	if x != nil {
+		return x.ActivateConfigurations
+	}
+	return nil
 }
 
 type RenderDeviceProfileRequest struct {
@@ -1137,13 +1148,14 @@ const file_smimeca_v1_bundle_proto_rawDesc = "" +
 	" \x03(\tR\x13windowsInstalledIds\x120\n" +
 	"\x14windows_key_location\x18\v \x01(\x05R\x12windowsKeyLocation\x12%\n" +
 	"\x0eandroid_grants\x18\f \x03(\tR\randroidGrants\x126\n" +
-	"\x17android_user_selectable\x18\r \x01(\bR\x15androidUserSelectable\"\xd9\x01\n" +
+	"\x17android_user_selectable\x18\r \x01(\bR\x15androidUserSelectable\"\x92\x02\n" +
 	"\x16RenderDeliveryResponse\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\fR\acontent\x12!\n" +
 	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12)\n" +
 	"\x10recipient_sha256\x18\x03 \x01(\tR\x0frecipientSha256\x12+\n" +
 	"\x11encryption_sha256\x18\x04 \x03(\tR\x10encryptionSha256\x12*\n" +
-	"\x11key_escrow_notice\x18\x05 \x01(\tR\x0fkeyEscrowNotice\"\xa2\x03\n" +
+	"\x11key_escrow_notice\x18\x05 \x01(\tR\x0fkeyEscrowNotice\x127\n" +
+	"\x17activate_configurations\x18\x06 \x03(\tR\x16activateConfigurations\"\xa2\x03\n" +
 	"\x1aRenderDeviceProfileRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x1a\n" +
